@@ -1,0 +1,75 @@
+"""asyncflow: asyncio-native workflows of stages of async actions that reshape their own run.
+
+>>> import asyncflow as af
+>>> @af.action
+... async def hello(ctx: af.ActionContext) -> None:
+...     ctx.store["greeting"] = "hello"
+>>> wf = af.Workflow("hi", stages=[af.Stage("only", actions=[hello])])
+
+Then ``result = await af.run(wf)`` inside async code.
+"""
+
+from loguru import logger as _logger
+
+from ._core.actions import Action as Action
+from ._core.actions import FunctionAction as FunctionAction
+from ._core.actions import action as action
+from ._core.context import ActionContext as ActionContext
+from ._core.errors import ActionFailed as ActionFailed
+from ._core.errors import Bail as Bail
+from ._core.errors import ContextClosed as ContextClosed
+from ._core.errors import DuplicateStageId as DuplicateStageId
+from ._core.errors import InsertionLimitExceeded as InsertionLimitExceeded
+from ._core.errors import InvalidDefinition as InvalidDefinition
+from ._core.errors import MissingKey as MissingKey
+from ._core.errors import TypeMismatch as TypeMismatch
+from ._core.errors import UnknownStep as UnknownStep
+from ._core.errors import WorkflowError as WorkflowError
+from ._core.plan import Plan as Plan
+from ._core.records import RunResult as RunResult
+from ._core.records import RunStatus as RunStatus
+from ._core.records import StepRecord as StepRecord
+from ._core.records import StepStatus as StepStatus
+from ._core.runner import Runner as Runner
+from ._core.runner import run as run
+from ._core.store import Key as Key
+from ._core.store import Store as Store
+from ._core.store import StoreConflict as StoreConflict
+from ._core.workflow import Stage as Stage
+from ._core.workflow import Workflow as Workflow
+
+__version__ = "0.1.0"
+
+# A library stays quiet until its user opts in (loguru's advice for libraries):
+# logger.enable("asyncflow") turns asyncflow's log lines on.
+_logger.disable("asyncflow")
+
+__all__ = [
+    "Action",
+    "ActionContext",
+    "ActionFailed",
+    "Bail",
+    "ContextClosed",
+    "DuplicateStageId",
+    "FunctionAction",
+    "InsertionLimitExceeded",
+    "InvalidDefinition",
+    "Key",
+    "MissingKey",
+    "Plan",
+    "RunResult",
+    "RunStatus",
+    "Runner",
+    "Stage",
+    "StepRecord",
+    "StepStatus",
+    "Store",
+    "StoreConflict",
+    "TypeMismatch",
+    "UnknownStep",
+    "Workflow",
+    "WorkflowError",
+    "__version__",
+    "action",
+    "run",
+]

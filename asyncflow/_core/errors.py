@@ -1,0 +1,159 @@
+"""The exception tree of asyncflow.
+
+Every error the library raises on purpose derives from :class:`WorkflowError`;
+each leaf also subclasses the builtin that fits, so ``except KeyError`` keeps
+working for a missing store key::
+
+    WorkflowError
+    ├── ActionFailed                 an action raised; the run failed
+    ├── InvalidDefinition            (ValueError) a workflow/stage/action is malformed
+    ├── DuplicateStageId             (ValueError) a stage id already in the plan
+    ├── InsertionLimitExceeded       (RuntimeError) too many dynamic insertions
+    ├── ContextClosed                (RuntimeError) a context used after its action ended
+    ├── UnknownStep                  (LookupError) no stage/action with that id or name
+    ├── MissingKey                   (KeyError) the store has no such key
+    └── TypeMismatch                 (TypeError) the stored value has another type
+
+:class:`Bail` is not an error: ``ctx.bail(reason)`` raises it to stop a run
+early, and the runner turns it into a result with status ``BAILED``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .records import RunResult
+
+
+class WorkflowError(Exception):
+    """Root of every error asyncflow raises on purpose."""
+
+
+class InvalidDefinition(WorkflowError, ValueError):
+    """A workflow, stage or action definition is malformed (empty id, duplicate id...)."""
+
+
+class DuplicateStageId(InvalidDefinition):
+    """A stage was inserted whose id is already in the run's plan.
+
+    Pass ``allow_duplicate=True`` to ``ctx.add_dynamic_stage`` to give the new
+    stage a distinct run-time id (``id#2``, ``id#3``...) instead.
+    """
+
+    def __init__(self, stage_id: str, *, where: str) -> None:
+        self.stage_id = stage_id
+        super().__init__(
+            f"stage id {stage_id!r} is already in the plan ({where}); "
+            f"pass allow_duplicate=True to run it again under a distinct id"
+        )
+
+
+class InsertionLimitExceeded(WorkflowError, RuntimeError):
+    """A run inserted more dynamic stages/actions than its bound allows."""
+
+    def __init__(self, limit: int, *, run_id: str) -> None:
+        self.limit = limit
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id!r} exceeded its bound of {limit} dynamic insertions; "
+            f"this usually means a workflow inserts steps in a loop "
+            f"(raise the bound with max_insertions= on af.run or af.Runner)"
+        )
+
+
+class ContextClosed(WorkflowError, RuntimeError):
+    """An action context was used after its action finished."""
+
+
+class UnknownStep(WorkflowError, LookupError):
+    """A plan operation named a stage or action that is not in the plan."""
+
+
+class MissingKey(WorkflowError, KeyError):
+    """The store has no entry for a key (or the entry has expired)."""
+
+    def __init__(self, key: str, *, expired: bool = False) -> None:
+        self.key = key
+        self.expired = expired
+        super().__init__(key)
+
+    def __str__(self) -> str:
+        if self.expired:
+            return f"store key {self.key!r} has expired"
+        return f"store has no key {self.key!r}"
+
+
+class TypeMismatch(WorkflowError, TypeError):
+    """A stored value is not of the type the caller asked for."""
+
+    def __init__(self, key: str, expected: Any, actual: Any) -> None:
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"store key {key!r} holds a {_type_name(type(actual))}, "
+            f"not a {_type_name(expected)}"
+        )
+
+
+class ActionFailed(WorkflowError):
+    """An action raised: the run failed.
+
+    The original exception is ``__cause__``; ``result`` is the run's
+    :class:`~asyncflow.RunResult` with status ``FAILED``.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        workflow_id: str,
+        stage_id: str,
+        action_name: str,
+        error: BaseException,
+        result: RunResult | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.workflow_id = workflow_id
+        self.stage_id = stage_id
+        self.action_name = action_name
+        self.error = error
+        self.result = result
+        super().__init__(
+            f"action {action_name!r} in stage {stage_id!r} of run {run_id!r} "
+            f"(workflow {workflow_id!r}) failed: {type(error).__name__}: {error}"
+        )
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_action_failed, (self.run_id, self.workflow_id, self.stage_id,
+                                         self.action_name, self.error))
+
+
+def _rebuild_action_failed(
+    run_id: str, workflow_id: str, stage_id: str, action_name: str, error: BaseException
+) -> ActionFailed:
+    return ActionFailed(
+        run_id=run_id, workflow_id=workflow_id, stage_id=stage_id,
+        action_name=action_name, error=error,
+    )
+
+
+class Bail(Exception):
+    """Raised by ``ctx.bail(reason)``: stop the run early, deliberately.
+
+    Not a :class:`WorkflowError`: the run ends with status ``BAILED`` and
+    ``af.run`` returns normally. Do not catch it in actions.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__qualname__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
+    if isinstance(tp, tuple):
+        return " or ".join(_type_name(t) for t in tp)
+    return repr(tp)

@@ -1,0 +1,332 @@
+"""The per-run plan: the run's own copy of the execution order, and the control API over it.
+
+Every run owns a plan built from the workflow definition, which the run
+never changes. Each stage node keeps the ordered list of stages inserted
+while it ran, and each action node the actions it inserted; the runner
+drains those lists depth first before moving to the next sibling, so the
+tree order *is* the execution order.
+
+Plan changes made by an action (insertions, enables, disables, removals) are
+journaled on that action's execution: when the action fails, they are
+undone, just as its store writes are discarded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from .actions import Action, FunctionAction
+from .errors import UnknownStep
+from .records import StepStatus
+from .workflow import Stage, Workflow
+
+if TYPE_CHECKING:
+    from .context import ActionContext
+
+
+class ActionNode:
+    """One action in a run's plan (internal)."""
+
+    __slots__ = (
+        "action", "call", "children", "depth", "duration", "dynamic", "enabled", "error",
+        "inserted_by", "reason", "removed", "stage_node", "started", "status",
+    )
+
+    def __init__(
+        self,
+        action: Action,
+        stage_node: StageNode,
+        dynamic: bool = False,
+        depth: int = 0,
+        inserted_by: str | None = None,
+    ) -> None:
+        self.action = action
+        # Calling the function straight away saves a coroutine frame per action.
+        self.call: Callable[[ActionContext], Any] = (
+            action.fn if type(action) is FunctionAction else action.execute
+        )
+        self.stage_node = stage_node
+        self.dynamic = dynamic
+        self.depth = depth
+        self.inserted_by = inserted_by
+        self.enabled = True
+        self.removed = False
+        self.status = StepStatus.PENDING
+        self.children: list[ActionNode] | None = None
+        self.started = 0.0
+        self.duration = 0.0
+        self.error: BaseException | None = None
+        self.reason: str | None = None
+
+    def walk(self) -> Iterator[ActionNode]:
+        """This node, then its inserted children depth first (no recursion)."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.children:
+                stack.extend(reversed(node.children))
+
+
+class StageNode:
+    """One stage in a run's plan (internal)."""
+
+    __slots__ = (
+        "_actions", "depth", "duration", "dynamic", "enabled", "error", "id", "inserted",
+        "inserted_by", "reason", "removed", "stage", "started", "status",
+    )
+
+    def __init__(
+        self,
+        stage: Stage,
+        run_id: str,
+        dynamic: bool = False,
+        depth: int = 0,
+        inserted_by: str | None = None,
+    ) -> None:
+        self.stage = stage
+        self.id = run_id
+        self.dynamic = dynamic
+        self.depth = depth
+        self.inserted_by = inserted_by
+        self.enabled = True
+        self.removed = False
+        self.status = StepStatus.PENDING
+        self.inserted: list[StageNode] = []
+        self._actions: list[ActionNode] | None = None
+        self.started = 0.0
+        self.duration = 0.0
+        self.error: BaseException | None = None
+        self.reason: str | None = None
+
+    @property
+    def actions(self) -> list[ActionNode]:
+        """The stage's static action nodes, created on first use."""
+        nodes = self._actions
+        if nodes is None:
+            nodes = self._actions = [ActionNode(a, self) for a in self.stage._actions]
+        return nodes
+
+    def walk_actions(self) -> Iterator[ActionNode]:
+        """Every action node of the stage, dynamic ones included, in plan order."""
+        for node in self.actions:
+            yield from node.walk()
+
+
+Undo = Callable[[], None]
+
+
+class PlanState:
+    """The nodes of one run's plan and its insertion accounting (internal)."""
+
+    __slots__ = ("by_id", "id_counts", "insertions", "max_insertions", "over_limit", "roots", "run_id")
+
+    def __init__(self, workflow: Workflow, run_id: str, max_insertions: int) -> None:
+        self.run_id = run_id
+        self.roots = [StageNode(stage, stage.id) for stage in workflow._stages]
+        self.by_id: dict[str, StageNode] = {node.id: node for node in self.roots}
+        self.id_counts: dict[str, int] = {}
+        self.insertions = 0
+        self.max_insertions = max_insertions
+        self.over_limit = False
+
+    def walk_stages(self) -> Iterator[StageNode]:
+        """Every stage node in execution order (static and inserted), removed ones too."""
+        stack = list(reversed(self.roots))
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.inserted:
+                stack.extend(reversed(node.inserted))
+
+    def distinct_id(self, stage_id: str) -> str:
+        """A run-time id for another copy of ``stage_id``: ``id#2``, ``id#3``..."""
+        count = self.id_counts.get(stage_id, 1)
+        while True:
+            count += 1
+            candidate = f"{stage_id}#{count}"
+            if candidate not in self.by_id:
+                self.id_counts[stage_id] = count
+                return candidate
+
+
+def _matches(obj: Stage | Action, tag: str | None, name: str | None) -> bool:
+    if tag is not None and tag not in obj.tags:
+        return False
+    return name is None or obj.name == name
+
+
+class Plan:
+    """Control over the rest of a run: enable, disable, remove and find steps.
+
+    ``ctx.plan`` hands one to each action. Changes an action makes through it
+    are undone if the action fails. Names of actions need not be unique: an
+    action operation applies to every action of that name (in ``stage_id``
+    only, when given).
+    """
+
+    __slots__ = ("_journal", "_state")
+
+    def __init__(self, state: PlanState, journal: list[Undo] | None = None) -> None:
+        self._state = state
+        self._journal = journal
+
+    # ---- reading -------------------------------------------------------------
+
+    def stage_ids(self) -> list[str]:
+        """Stage ids in execution order as known now (static + inserted so far)."""
+        return [node.id for node in self._state.walk_stages() if not node.removed]
+
+    def _stage(self, stage_id: str) -> StageNode:
+        node = self._state.by_id.get(stage_id)
+        if node is None or node.removed:
+            raise UnknownStep(
+                f"run {self._state.run_id!r} has no stage {stage_id!r} in its plan "
+                f"(stages: {self.stage_ids()!r})"
+            )
+        return node
+
+    def _actions(self, name: str, stage_id: str | None) -> list[ActionNode]:
+        stages = [self._stage(stage_id)] if stage_id is not None else self._live_stages()
+        found = [
+            node for stage in stages for node in stage.walk_actions()
+            if node.action.name == name and not node.removed
+        ]
+        if not found:
+            where = f"stage {stage_id!r}" if stage_id is not None else "any stage"
+            raise UnknownStep(f"run {self._state.run_id!r} has no action {name!r} in {where}")
+        return found
+
+    def _live_stages(self) -> list[StageNode]:
+        return [node for node in self._state.walk_stages() if not node.removed]
+
+    def stage_status(self, stage_id: str) -> StepStatus:
+        """Where the stage stands: pending, running, completed, failed, skipped or cancelled."""
+        return self._stage(stage_id).status
+
+    def action_status(self, name: str, stage_id: str | None = None) -> StepStatus:
+        """Where the (first) action of that name stands."""
+        return self._actions(name, stage_id)[0].status
+
+    def is_stage_enabled(self, stage_id: str) -> bool:
+        """Whether the stage will run when its turn comes."""
+        return self._stage(stage_id).enabled
+
+    def is_action_enabled(self, name: str, stage_id: str | None = None) -> bool:
+        """Whether every action of that name (in ``stage_id`` if given) is enabled."""
+        return all(node.enabled for node in self._actions(name, stage_id))
+
+    def find_stages(
+        self,
+        tag: str | None = None,
+        name: str | None = None,
+        where: Callable[[Stage], bool] | None = None,
+    ) -> list[Stage]:
+        """Stages of the plan (static and inserted) matching every criterion given."""
+        return [
+            node.stage for node in self._live_stages()
+            if _matches(node.stage, tag, name) and (where is None or where(node.stage))
+        ]
+
+    def find_actions(
+        self,
+        tag: str | None = None,
+        name: str | None = None,
+        type: type[Action] | None = None,
+        where: Callable[[Action], bool] | None = None,
+    ) -> list[Action]:
+        """Actions of the plan (static and inserted) matching every criterion given."""
+        return [
+            node.action for stage in self._live_stages() for node in stage.walk_actions()
+            if not node.removed
+            and _matches(node.action, tag, name)
+            and (type is None or isinstance(node.action, type))
+            and (where is None or where(node.action))
+        ]
+
+    # ---- changing ------------------------------------------------------------
+
+    def _set_enabled(self, node: StageNode | ActionNode, enabled: bool, what: str) -> bool:
+        if node.enabled == enabled:
+            return False
+        if node.status is not StepStatus.PENDING:
+            logger.info(
+                "{} is already {}; {} it has no effect on this execution",
+                what, node.status.value, "enabling" if enabled else "disabling",
+            )
+            return False
+        node.enabled = enabled
+        if self._journal is not None:
+            self._journal.append(lambda: setattr(node, "enabled", not enabled))
+        return True
+
+    def disable_stage(self, stage_id: str) -> bool:
+        """Skip the stage when its turn comes; return whether anything changed.
+
+        Disabling the stage that is running is a no-op for this execution (logged).
+        """
+        node = self._stage(stage_id)
+        return self._set_enabled(node, False, f"stage {stage_id!r}")
+
+    def enable_stage(self, stage_id: str) -> bool:
+        """Run the stage when its turn comes; return whether anything changed."""
+        node = self._stage(stage_id)
+        return self._set_enabled(node, True, f"stage {stage_id!r}")
+
+    def disable_action(self, name: str, stage_id: str | None = None) -> int:
+        """Skip every pending action of that name; return how many changed."""
+        return sum(
+            self._set_enabled(node, False, f"action {name!r} of stage {node.stage_node.id!r}")
+            for node in self._actions(name, stage_id)
+        )
+
+    def enable_action(self, name: str, stage_id: str | None = None) -> int:
+        """Enable every pending action of that name; return how many changed."""
+        return sum(
+            self._set_enabled(node, True, f"action {name!r} of stage {node.stage_node.id!r}")
+            for node in self._actions(name, stage_id)
+        )
+
+    def _by_tag(self, tag: str, enabled: bool) -> int:
+        changed = 0
+        for stage in self._live_stages():
+            if tag in stage.stage.tags:
+                changed += self._set_enabled(stage, enabled, f"stage {stage.id!r}")
+            for node in stage.walk_actions():
+                if tag in node.action.tags and not node.removed:
+                    changed += self._set_enabled(
+                        node, enabled, f"action {node.action.name!r} of stage {stage.id!r}"
+                    )
+        return changed
+
+    def disable_by_tag(self, tag: str) -> int:
+        """Disable every pending stage and action carrying ``tag``; return how many changed."""
+        return self._by_tag(tag, False)
+
+    def enable_by_tag(self, tag: str) -> int:
+        """Enable every pending stage and action carrying ``tag``; return how many changed."""
+        return self._by_tag(tag, True)
+
+    def remove_stage(self, stage_id: str) -> bool:
+        """Take a stage that has not started out of the plan; return whether it was removed."""
+        node = self._state.by_id.get(stage_id)
+        if node is None or node.removed or node.status is not StepStatus.PENDING:
+            return False
+        node.removed = True
+        if self._journal is not None:
+            self._journal.append(lambda: setattr(node, "removed", False))
+        return True
+
+    def remove_action(self, name: str, stage_id: str | None = None) -> int:
+        """Take every pending action of that name out of the plan; return how many."""
+        removed = 0
+        for node in self._actions(name, stage_id):
+            if node.status is StepStatus.PENDING:
+                node.removed = True
+                removed += 1
+                if self._journal is not None:
+                    self._journal.append(lambda n=node: setattr(n, "removed", False))  # type: ignore[misc]
+        return removed

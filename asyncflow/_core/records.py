@@ -1,0 +1,167 @@
+"""What a run leaves behind: statuses, one :class:`StepRecord` per step, the :class:`RunResult`."""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from .plan import ActionNode, StageNode
+
+
+class RunStatus(enum.StrEnum):
+    """How a run ended (or where it stands)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    BAILED = "bailed"
+    CANCELLED = "cancelled"
+
+
+class StepStatus(enum.StrEnum):
+    """Where a stage or action of a run's plan stands."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+@attrs.frozen
+class StepRecord:
+    """One stage or action of a run, executed or skipped, as it ended.
+
+    Attributes:
+        kind: ``"stage"`` or ``"action"``.
+        stage_id: the stage's id in this run (``"id#2"`` for a duplicate inserted
+            with ``allow_duplicate=True``).
+        action_name: the action's name; ``None`` for a stage record.
+        status: completed, failed, skipped or cancelled.
+        dynamic: inserted at run time.
+        duration: seconds from start to end (0 for a skipped step).
+        started_at: seconds from the start of the run.
+        depth: nesting: 0 for static steps, +1 for each dynamic insertion level.
+        inserted_by: ``"stage"`` or ``"stage/action"`` that inserted this step.
+        reason: why a step was skipped (``"disabled"``, ``"stage 'x' failed"``...).
+        error: the exception a failed step raised.
+    """
+
+    kind: str
+    stage_id: str
+    action_name: str | None
+    status: StepStatus
+    dynamic: bool
+    duration: float
+    started_at: float
+    depth: int = 0
+    inserted_by: str | None = None
+    reason: str | None = None
+    error: BaseException | None = None
+
+
+def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
+    from .plan import StageNode
+
+    started = node.started
+    if isinstance(node, StageNode):
+        return StepRecord(
+            kind="stage",
+            stage_id=node.id,
+            action_name=None,
+            status=node.status,
+            dynamic=node.dynamic,
+            duration=node.duration,
+            started_at=started - run_start if started else 0.0,
+            depth=node.depth,
+            inserted_by=node.inserted_by,
+            reason=node.reason,
+            error=node.error,
+        )
+    return StepRecord(
+        kind="action",
+        stage_id=node.stage_node.id,
+        action_name=node.action.name,
+        status=node.status,
+        dynamic=node.dynamic,
+        duration=node.duration,
+        started_at=started - run_start if started else 0.0,
+        depth=node.depth,
+        inserted_by=node.inserted_by,
+        reason=node.reason,
+        error=node.error,
+    )
+
+
+class RunResult:
+    """The outcome of one run.
+
+    Attributes:
+        run_id: unique per run.
+        workflow_id: the id of the workflow that ran.
+        status: completed, failed, bailed or cancelled.
+        store: a dict snapshot of the run's store at the end.
+        bail_reason: the reason given to ``ctx.bail``, else ``None``.
+        error: the exception that failed the run, else ``None``.
+        duration: seconds the run took.
+        steps: one :class:`StepRecord` per stage and action executed or
+            skipped, in execution order (built on first access).
+    """
+
+    __slots__ = (
+        "_log", "_started", "_steps", "bail_reason", "duration", "error",
+        "run_id", "status", "store", "workflow_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        workflow_id: str,
+        status: RunStatus,
+        store: dict[str, Any],
+        log: list[StageNode | ActionNode],
+        started: float,
+        duration: float,
+        bail_reason: str | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.workflow_id = workflow_id
+        self.status = status
+        self.store = store
+        self.bail_reason = bail_reason
+        self.error = error
+        self.duration = duration
+        self._log = log
+        self._started = started
+        self._steps: list[StepRecord] | None = None
+
+    @property
+    def steps(self) -> list[StepRecord]:
+        """Every stage and action executed or skipped, in execution order."""
+        if self._steps is None:
+            self._steps = [_record(node, self._started) for node in self._log]
+        return list(self._steps)
+
+    def stage_order(self) -> list[str]:
+        """Ids of the stages that ran (not skipped), in execution order."""
+        return [s.stage_id for s in self.steps if s.kind == "stage" and s.status != StepStatus.SKIPPED]
+
+    def action_order(self) -> list[str]:
+        """Names of the actions that ran (not skipped), in execution order."""
+        return [
+            s.action_name for s in self.steps
+            if s.action_name is not None and s.status != StepStatus.SKIPPED
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"<RunResult {self.run_id} workflow={self.workflow_id!r} status={self.status.value} "
+            f"steps={len(self._log)}>"
+        )

@@ -1,0 +1,140 @@
+"""Definitions a user builds: :class:`Workflow` (ordered stages) and :class:`Stage` (ordered actions).
+
+Definitions are never changed by running them: each run copies what it needs
+into its own :class:`~asyncflow.Plan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .actions import Action, check_id, freeze_tags
+from .errors import InvalidDefinition
+
+
+def _check_action(value: object, where: str) -> Action:
+    if not isinstance(value, Action):
+        hint = ""
+        if callable(value):
+            hint = " (decorate the function with @af.action)"
+        raise TypeError(f"{where} must be an af.Action, got {value!r}{hint}")
+    return value
+
+
+class Stage:
+    """An ordered list of actions, run one after another (or ``concurrency`` at once).
+
+    Args:
+        id: unique within its workflow (and within a run's plan).
+        name: for display; defaults to ``id``.
+        description: free text.
+        tags: strings for finding and enabling/disabling the stage by tag.
+        actions: the actions, in order.
+        initial: merged into the run's store (overwriting) when the stage starts.
+        concurrency: how many actions of this stage may run at once (default 1).
+
+    Raises:
+        TypeError: an argument has the wrong type (a non-Action in ``actions``...).
+        InvalidDefinition: an id is empty or ``concurrency`` is below 1.
+    """
+
+    __slots__ = ("_actions", "concurrency", "description", "id", "initial", "name", "tags")
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        name: str | None = None,
+        description: str = "",
+        tags: Iterable[str] | None = None,
+        actions: Iterable[Action] | None = None,
+        initial: Mapping[str, Any] | None = None,
+        concurrency: int = 1,
+    ) -> None:
+        self.id = check_id(id, "stage id")
+        self.name = check_id(name, f"name of stage {id!r}") if name is not None else id
+        self.description = description
+        self.tags = freeze_tags(tags, f"stage {id!r}")
+        if initial is not None and not isinstance(initial, Mapping):
+            raise TypeError(f"initial of stage {id!r} must be a mapping, got {initial!r}")
+        self.initial: dict[str, Any] = dict(initial) if initial else {}
+        for key in self.initial:
+            if not isinstance(key, str):
+                raise TypeError(f"initial of stage {id!r} has a non-string key {key!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise TypeError(f"concurrency of stage {id!r} must be an int, got {concurrency!r}")
+        if concurrency < 1:
+            raise InvalidDefinition(f"concurrency of stage {id!r} must be at least 1, got {concurrency}")
+        self.concurrency = concurrency
+        self._actions: list[Action] = []
+        if actions is not None:
+            if isinstance(actions, Action):
+                raise TypeError(f"actions of stage {id!r} must be a list of actions, not one action")
+            for index, act in enumerate(actions):
+                self._actions.append(_check_action(act, f"actions[{index}] of stage {id!r}"))
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        """The stage's actions, in order."""
+        return tuple(self._actions)
+
+    def add_action(self, action: Action) -> Stage:
+        """Append ``action`` to the stage and return the stage (for chaining)."""
+        self._actions.append(_check_action(action, f"action added to stage {self.id!r}"))
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Stage {self.id!r} actions={[a.name for a in self._actions]}>"
+
+
+class Workflow:
+    """An ordered list of stages with unique ids.
+
+    Raises:
+        TypeError: something in ``stages`` is not a :class:`Stage`.
+        InvalidDefinition: the id is empty, or two stages share an id.
+    """
+
+    __slots__ = ("_stages", "description", "id", "name", "tags")
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        name: str | None = None,
+        description: str = "",
+        tags: Iterable[str] | None = None,
+        stages: Iterable[Stage] | None = None,
+    ) -> None:
+        self.id = check_id(id, "workflow id")
+        self.name = check_id(name, f"name of workflow {id!r}") if name is not None else id
+        self.description = description
+        self.tags = freeze_tags(tags, f"workflow {id!r}")
+        self._stages: list[Stage] = []
+        for stage in stages or ():
+            self.add_stage(stage)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The workflow's stages, in order."""
+        return tuple(self._stages)
+
+    def add_stage(self, stage: Stage) -> Workflow:
+        """Append ``stage`` and return the workflow (for chaining).
+
+        Raises:
+            InvalidDefinition: a stage with the same id is already in the workflow.
+        """
+        if not isinstance(stage, Stage):
+            raise TypeError(f"workflow {self.id!r} takes af.Stage objects, got {stage!r}")
+        for existing in self._stages:
+            if existing.id == stage.id:
+                raise InvalidDefinition(
+                    f"workflow {self.id!r} already has a stage with id {stage.id!r}"
+                )
+        self._stages.append(stage)
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.id!r} stages={[s.id for s in self._stages]}>"
