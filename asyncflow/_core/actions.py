@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 from .errors import InvalidDefinition
+from .retry import Retry, check_retry, check_timeout
 
 if TYPE_CHECKING:
     from .context import ActionContext
@@ -53,6 +54,8 @@ class Action:
             name = "resize"                 # default: the class name in kebab-case
             description = "Resize one image"
             tags = frozenset({"images"})
+            timeout = 5.0                   # seconds per attempt; default None (no limit)
+            retry = af.Retry(attempts=3)    # default None (the stage's or runner's)
 
             def __init__(self, size: int) -> None:
                 self.size = size
@@ -66,6 +69,8 @@ class Action:
     name: str = ""
     description: str = ""
     tags: frozenset[str] = frozenset()
+    timeout: float | None = None
+    retry: Retry | None = None
 
     _abstract: ClassVar[bool] = True
 
@@ -77,6 +82,10 @@ class Action:
             check_id(cls.__dict__["name"], f"name of action class {cls.__qualname__}")
         if "tags" in cls.__dict__:
             cls.tags = freeze_tags(cls.__dict__["tags"], f"action class {cls.__qualname__}")
+        if "timeout" in cls.__dict__:
+            cls.timeout = check_timeout(cls.__dict__["timeout"], f"action class {cls.__qualname__}")
+        if "retry" in cls.__dict__:
+            cls.retry = check_retry(cls.__dict__["retry"], f"action class {cls.__qualname__}")
         cls._abstract = "execute" not in cls.__dict__ and cls._abstract
         execute = cls.__dict__.get("execute")
         if execute is not None and not inspect.iscoroutinefunction(execute):
@@ -102,18 +111,18 @@ class FunctionAction(Action):
         name: str | None = None,
         description: str | None = None,
         tags: Iterable[str] | None = None,
+        timeout: float | None = None,
+        retry: Retry | None = None,
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             what = getattr(fn, "__qualname__", repr(fn))
-            raise TypeError(
-                f"@af.action needs an async function (async def ...), but {what} is not one"
-            )
+            raise TypeError(f"@af.action needs an async function (async def ...), but {what} is not one")
         self.fn = fn
         self.name = check_id(name, "action name") if name is not None else kebab(fn.__name__)
-        self.description = (
-            description if description is not None else inspect.cleandoc(fn.__doc__ or "")
-        )
+        self.description = description if description is not None else inspect.cleandoc(fn.__doc__ or "")
         self.tags = freeze_tags(tags, f"action {self.name!r}")
+        self.timeout = check_timeout(timeout, f"action {self.name!r}")
+        self.retry = check_retry(retry, f"action {self.name!r}")
 
     async def execute(self, ctx: ActionContext) -> None:
         """Call the decorated function with ``ctx``."""
@@ -132,6 +141,8 @@ def action(
     name: str | None = None,
     description: str | None = None,
     tags: Iterable[str] | None = None,
+    timeout: float | None = None,
+    retry: Retry | None = None,
 ) -> Callable[[ActionFunc], FunctionAction]: ...
 
 
@@ -142,19 +153,23 @@ def action(
     name: str | None = None,
     description: str | None = None,
     tags: Iterable[str] | None = None,
+    timeout: float | None = None,
+    retry: Retry | None = None,
 ) -> FunctionAction | Callable[[ActionFunc], FunctionAction]:
     """Turn a coroutine function ``async def f(ctx)`` into an :class:`Action`.
 
     Use it bare (``@af.action``: the name is the function name with dashes for
-    underscores) or with options (``@af.action(name="load", tags={"io"})``).
+    underscores) or with options (``@af.action(name="load", tags={"io"})``);
+    ``timeout`` (seconds per attempt) and ``retry`` (an :class:`~asyncflow.Retry`)
+    take precedence over the stage's and the runner's defaults.
 
     Raises:
         TypeError: ``fn`` is not an ``async def`` function.
     """
     if fn is not None:
-        return FunctionAction(fn, name=name, description=description, tags=tags)
+        return FunctionAction(fn, name=name, description=description, tags=tags, timeout=timeout, retry=retry)
 
     def decorate(f: ActionFunc) -> FunctionAction:
-        return FunctionAction(f, name=name, description=description, tags=tags)
+        return FunctionAction(f, name=name, description=description, tags=tags, timeout=timeout, retry=retry)
 
     return decorate

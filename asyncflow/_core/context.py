@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from loguru import logger as _root_logger
 
 from .actions import Action
-from .errors import Bail, ContextClosed, DuplicateStageId, InsertionLimitExceeded
-from .plan import ActionNode, Plan, StageNode, Undo
+from .errors import Bail, ContextClosed, DuplicateStageId, InsertionLimitExceeded, NotSerializable
+from .events import Message
+from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, Plan, StageNode, UndoEntry, undo
 from .store import Store
 from .workflow import Stage, Workflow
 
@@ -32,7 +34,7 @@ class ActionContext:
         self._run = run
         self._node = node
         self._overlay: Store | None = None
-        self._journal: list[Undo] | None = None
+        self._journal: list[UndoEntry] | None = None
         self._plan: Plan | None = None
         self._logger: Logger | None = None
         self._closed = False
@@ -120,15 +122,16 @@ class ActionContext:
         self._count_insertion()
         parent = self._node
         child = ActionNode(
-            action, parent.stage_node, dynamic=True, depth=parent.depth + 1,
+            action,
+            parent.stage_node,
+            dynamic=True,
+            depth=parent.depth + 1,
             inserted_by=f"{parent.stage_node.id}/{parent.action.name}",
         )
         if parent.children is None:
             parent.children = []
-        children = parent.children
-        children.append(child)
-        self._ensure_journal().append(lambda: children.remove(child))
-        self._run.on_insert(child)
+        parent.children.append(child)
+        self._ensure_journal().append((_UNDO_ACTION, parent, child))
 
     def add_dynamic_stage(self, stage: Stage, *, allow_duplicate: bool = False) -> None:
         """Run ``stage`` right after the current stage, after stages inserted before it.
@@ -163,18 +166,59 @@ class ActionContext:
         self._count_insertion()
         current = node.stage_node
         child = StageNode(
-            stage, stage_id, dynamic=True, depth=current.depth + 1,
+            stage,
+            stage_id,
+            dynamic=True,
+            depth=current.depth + 1,
             inserted_by=f"{current.id}/{node.action.name}",
         )
         state.by_id[stage_id] = child
+        if current.inserted is None:
+            current.inserted = []
         current.inserted.append(child)
+        self._ensure_journal().append((_UNDO_STAGE, current, child))
 
-        def undo() -> None:
-            current.inserted.remove(child)
-            del state.by_id[stage_id]
+    async def send(self, kind: str, payload: Any = None) -> None:
+        """Send a message to the handlers registered with ``runner.on_message``.
 
-        self._ensure_journal().append(undo)
-        self._run.on_insert(child)
+        Handlers run before this returns; one that raises does not fail the
+        run (it is logged and counted in ``RunResult.message_errors``). In
+        memory any payload goes; durable runs and child processes need it to
+        be JSON-serialisable, and so does a ``Runner(require_json=True)``.
+
+        Raises:
+            NotSerializable: the payload is not JSON and JSON is required.
+        """
+        self._check_open("send")
+        if not isinstance(kind, str) or not kind:
+            raise TypeError(f"message kind must be a non-empty string, got {kind!r}")
+        run = self._run
+        node = self._node
+        stage = node.stage_node
+        if run.require_json:
+            try:
+                json.dumps(payload)
+            except (TypeError, ValueError) as exc:
+                raise NotSerializable(
+                    f"payload of message {kind!r} from action {node.action.name!r} of stage "
+                    f"{stage.id!r} is not JSON-serialisable ({exc}); durable runs and child "
+                    f"processes can only carry JSON values"
+                ) from exc
+        run.message_seq += 1
+        if not run.hub.routes:
+            return
+        message = Message(
+            kind=kind,
+            payload=payload,
+            run_id=run.run_id,
+            workflow_id=run.workflow.id,
+            stage_id=stage.id,
+            action_name=node.action.name,
+            action_index=node.index,
+            is_last_action=not stage.pending and not node.children,
+            seq=run.message_seq,
+        )
+        run.message_errors += await run.hub.deliver(message)
 
     def bail(self, reason: str) -> NoReturn:
         """Stop the run early, deliberately: it ends with status ``BAILED`` and ``reason``."""
@@ -190,7 +234,7 @@ class ActionContext:
                 f"a context is only valid while its action runs"
             )
 
-    def _ensure_journal(self) -> list[Undo]:
+    def _ensure_journal(self) -> list[UndoEntry]:
         journal = self._journal
         if journal is None:
             journal = self._journal = []
@@ -202,29 +246,26 @@ class ActionContext:
             state.over_limit = True
             raise InsertionLimitExceeded(state.max_insertions, run_id=self._run.run_id)
         state.insertions += 1
-        self._ensure_journal().append(_decrement(state))
 
-    def _finish(self, ok: bool) -> None:
-        """Close the context; commit its effects if ``ok``, else undo them."""
+    def _finish(self, ok: bool) -> list[UndoEntry] | None:
+        """Close the context; commit its effects if ``ok``, else undo them.
+
+        Returns the journal of committed plan changes (``None`` if there were none).
+        """
         self._closed = True
+        journal = self._journal
         if ok:
             if self._overlay is not None:
                 self._overlay._commit()
-        elif self._journal:
-            for undo in reversed(self._journal):
-                undo()
+        elif journal:
+            undo(self._run.plan, journal)
+            journal = None
         self._journal = None
         self._overlay = None
+        return journal
 
     def __repr__(self) -> str:
         return (
             f"<ActionContext run={self._run.run_id} stage={self._node.stage_node.id!r} "
             f"action={self._node.action.name!r}>"
         )
-
-
-def _decrement(state: Any) -> Undo:
-    def undo() -> None:
-        state.insertions -= 1
-
-    return undo

@@ -5,12 +5,19 @@ each leaf also subclasses the builtin that fits, so ``except KeyError`` keeps
 working for a missing store key::
 
     WorkflowError
-    ├── ActionFailed                 an action raised; the run failed
+    ├── RunFailed                    the run failed (``.result`` holds the record)
+    │   ├── ActionFailed             an action raised
+    │   └── StageFailed              a stage failed outside its actions (middleware, timeout)
+    ├── StepTimeout                  (TimeoutError) a step ran past its time limit
+    │   └── ActionTimeout            an action ran past its time limit
+    ├── MiddlewareError              (RuntimeError) a middleware broke the rules
     ├── InvalidDefinition            (ValueError) a workflow/stage/action is malformed
-    ├── DuplicateStageId             (ValueError) a stage id already in the plan
-    ├── InsertionLimitExceeded       (RuntimeError) too many dynamic insertions
+    │   └── DuplicateStageId         a stage id already in the plan
+    ├── NonRetryable                 raise it (or a subclass) to fail without retries
+    │   └── InsertionLimitExceeded   (RuntimeError) too many dynamic insertions
     ├── ContextClosed                (RuntimeError) a context used after its action ended
     ├── UnknownStep                  (LookupError) no stage/action with that id or name
+    ├── NotSerializable              (TypeError) a value that must be JSON is not
     ├── MissingKey                   (KeyError) the store has no such key
     └── TypeMismatch                 (TypeError) the stored value has another type
 
@@ -49,7 +56,11 @@ class DuplicateStageId(InvalidDefinition):
         )
 
 
-class InsertionLimitExceeded(WorkflowError, RuntimeError):
+class NonRetryable(WorkflowError):
+    """Raise this (or a subclass) from an action to fail at once: it is never retried."""
+
+
+class InsertionLimitExceeded(NonRetryable, RuntimeError):
     """A run inserted more dynamic stages/actions than its bound allows."""
 
     def __init__(self, limit: int, *, run_id: str) -> None:
@@ -68,6 +79,10 @@ class ContextClosed(WorkflowError, RuntimeError):
 
 class UnknownStep(WorkflowError, LookupError):
     """A plan operation named a stage or action that is not in the plan."""
+
+
+class NotSerializable(WorkflowError, TypeError):
+    """A value that must cross a process or reach a database is not JSON-serialisable."""
 
 
 class MissingKey(WorkflowError, KeyError):
@@ -92,15 +107,60 @@ class TypeMismatch(WorkflowError, TypeError):
         self.expected = expected
         self.actual = actual
         super().__init__(
-            f"store key {key!r} holds a {_type_name(type(actual))}, "
-            f"not a {_type_name(expected)}"
+            f"store key {key!r} holds a {_type_name(type(actual))}, not a {_type_name(expected)}"
         )
 
 
-class ActionFailed(WorkflowError):
+class RunFailed(WorkflowError):
+    """The run failed; ``result`` is its :class:`~asyncflow.RunResult` (status ``FAILED``).
+
+    The original exception is ``__cause__`` (and ``.error``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str,
+        workflow_id: str,
+        error: BaseException,
+        result: RunResult | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.workflow_id = workflow_id
+        self.error = error
+        self.result = result
+        super().__init__(message)
+
+
+class StageFailed(RunFailed):
+    """A stage failed outside its actions: a stage middleware or a stage timeout raised."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        workflow_id: str,
+        stage_id: str,
+        error: BaseException,
+        result: RunResult | None = None,
+    ) -> None:
+        self.stage_id = stage_id
+        super().__init__(
+            f"stage {stage_id!r} of run {run_id!r} (workflow {workflow_id!r}) failed: "
+            f"{type(error).__name__}: {error}",
+            run_id=run_id,
+            workflow_id=workflow_id,
+            error=error,
+            result=result,
+        )
+
+
+class ActionFailed(RunFailed):
     """An action raised: the run failed.
 
-    The original exception is ``__cause__``; ``result`` is the run's
+    ``run_id``, ``stage_id`` and ``action_name`` say where; the original
+    exception is ``__cause__``; ``result`` is the run's
     :class:`~asyncflow.RunResult` with status ``FAILED``.
     """
 
@@ -114,29 +174,56 @@ class ActionFailed(WorkflowError):
         error: BaseException,
         result: RunResult | None = None,
     ) -> None:
-        self.run_id = run_id
-        self.workflow_id = workflow_id
         self.stage_id = stage_id
         self.action_name = action_name
-        self.error = error
-        self.result = result
         super().__init__(
             f"action {action_name!r} in stage {stage_id!r} of run {run_id!r} "
-            f"(workflow {workflow_id!r}) failed: {type(error).__name__}: {error}"
+            f"(workflow {workflow_id!r}) failed: {type(error).__name__}: {error}",
+            run_id=run_id,
+            workflow_id=workflow_id,
+            error=error,
+            result=result,
         )
 
     def __reduce__(self) -> Any:
-        return (_rebuild_action_failed, (self.run_id, self.workflow_id, self.stage_id,
-                                         self.action_name, self.error))
+        return (
+            _rebuild_action_failed,
+            (self.run_id, self.workflow_id, self.stage_id, self.action_name, self.error),
+        )
 
 
 def _rebuild_action_failed(
     run_id: str, workflow_id: str, stage_id: str, action_name: str, error: BaseException
 ) -> ActionFailed:
     return ActionFailed(
-        run_id=run_id, workflow_id=workflow_id, stage_id=stage_id,
-        action_name=action_name, error=error,
+        run_id=run_id,
+        workflow_id=workflow_id,
+        stage_id=stage_id,
+        action_name=action_name,
+        error=error,
     )
+
+
+class StepTimeout(WorkflowError, TimeoutError):
+    """A step ran past its time limit."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"{what} timed out after {seconds:g}s")
+
+
+class ActionTimeout(StepTimeout):
+    """An action ran past its time limit (``timeout=`` or ``mw.timeout``)."""
+
+    def __init__(self, *, run_id: str, stage_id: str, action_name: str, seconds: float) -> None:
+        self.run_id = run_id
+        self.stage_id = stage_id
+        self.action_name = action_name
+        super().__init__(f"action {action_name!r} of stage {stage_id!r} in run {run_id!r}", seconds)
+
+
+class MiddlewareError(WorkflowError, RuntimeError):
+    """A middleware broke the rules (e.g. called ``call_next`` twice outside the action level)."""
 
 
 class Bail(Exception):

@@ -13,6 +13,7 @@ undone, just as its store writes are discarded.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +32,23 @@ class ActionNode:
     """One action in a run's plan (internal)."""
 
     __slots__ = (
-        "action", "call", "children", "depth", "duration", "dynamic", "enabled", "error",
-        "inserted_by", "reason", "removed", "stage_node", "started", "status",
+        "action",
+        "attempts",
+        "call",
+        "children",
+        "depth",
+        "duration",
+        "dynamic",
+        "enabled",
+        "error",
+        "index",
+        "inserted_by",
+        "reason",
+        "recovered",
+        "removed",
+        "stage_node",
+        "started",
+        "status",
     )
 
     def __init__(
@@ -60,6 +76,9 @@ class ActionNode:
         self.duration = 0.0
         self.error: BaseException | None = None
         self.reason: str | None = None
+        self.recovered: BaseException | None = None
+        self.attempts = 0
+        self.index = 0
 
     def walk(self) -> Iterator[ActionNode]:
         """This node, then its inserted children depth first (no recursion)."""
@@ -75,8 +94,23 @@ class StageNode:
     """One stage in a run's plan (internal)."""
 
     __slots__ = (
-        "_actions", "depth", "duration", "dynamic", "enabled", "error", "id", "inserted",
-        "inserted_by", "reason", "removed", "stage", "started", "status",
+        "_actions",
+        "depth",
+        "duration",
+        "dynamic",
+        "enabled",
+        "error",
+        "executed",
+        "id",
+        "inserted",
+        "inserted_by",
+        "pending",
+        "reason",
+        "recovered",
+        "removed",
+        "stage",
+        "started",
+        "status",
     )
 
     def __init__(
@@ -95,12 +129,15 @@ class StageNode:
         self.enabled = True
         self.removed = False
         self.status = StepStatus.PENDING
-        self.inserted: list[StageNode] = []
+        self.inserted: list[StageNode] | None = None
         self._actions: list[ActionNode] | None = None
         self.started = 0.0
         self.duration = 0.0
         self.error: BaseException | None = None
         self.reason: str | None = None
+        self.recovered: BaseException | None = None
+        self.executed = 0
+        self.pending: deque[ActionNode] | None = None
 
     @property
     def actions(self) -> list[ActionNode]:
@@ -116,7 +153,29 @@ class StageNode:
             yield from node.walk()
 
 
-Undo = Callable[[], None]
+# A journal entry undoes one plan change: (kind, node, detail). Tuples, not
+# closures: an insertion-heavy run makes thousands and the GC sees each object.
+UndoEntry = tuple[int, Any, Any]
+_UNDO_ENABLED = 0
+_UNDO_REMOVED = 1
+_UNDO_ACTION = 2
+_UNDO_STAGE = 3
+
+
+def undo(state: PlanState, journal: list[UndoEntry]) -> None:
+    """Revert the plan changes in ``journal``, newest first."""
+    for kind, node, detail in reversed(journal):
+        if kind == _UNDO_ENABLED:
+            node.enabled = detail
+        elif kind == _UNDO_REMOVED:
+            node.removed = False
+        elif kind == _UNDO_ACTION:
+            node.children.remove(detail)
+            state.insertions -= 1
+        else:
+            node.inserted.remove(detail)
+            del state.by_id[detail.id]
+            state.insertions -= 1
 
 
 class PlanState:
@@ -170,7 +229,7 @@ class Plan:
 
     __slots__ = ("_journal", "_state")
 
-    def __init__(self, state: PlanState, journal: list[Undo] | None = None) -> None:
+    def __init__(self, state: PlanState, journal: list[UndoEntry] | None = None) -> None:
         self._state = state
         self._journal = journal
 
@@ -192,7 +251,9 @@ class Plan:
     def _actions(self, name: str, stage_id: str | None) -> list[ActionNode]:
         stages = [self._stage(stage_id)] if stage_id is not None else self._live_stages()
         found = [
-            node for stage in stages for node in stage.walk_actions()
+            node
+            for stage in stages
+            for node in stage.walk_actions()
             if node.action.name == name and not node.removed
         ]
         if not found:
@@ -227,7 +288,8 @@ class Plan:
     ) -> list[Stage]:
         """Stages of the plan (static and inserted) matching every criterion given."""
         return [
-            node.stage for node in self._live_stages()
+            node.stage
+            for node in self._live_stages()
             if _matches(node.stage, tag, name) and (where is None or where(node.stage))
         ]
 
@@ -240,7 +302,9 @@ class Plan:
     ) -> list[Action]:
         """Actions of the plan (static and inserted) matching every criterion given."""
         return [
-            node.action for stage in self._live_stages() for node in stage.walk_actions()
+            node.action
+            for stage in self._live_stages()
+            for node in stage.walk_actions()
             if not node.removed
             and _matches(node.action, tag, name)
             and (type is None or isinstance(node.action, type))
@@ -255,12 +319,14 @@ class Plan:
         if node.status is not StepStatus.PENDING:
             logger.info(
                 "{} is already {}; {} it has no effect on this execution",
-                what, node.status.value, "enabling" if enabled else "disabling",
+                what,
+                node.status.value,
+                "enabling" if enabled else "disabling",
             )
             return False
         node.enabled = enabled
         if self._journal is not None:
-            self._journal.append(lambda: setattr(node, "enabled", not enabled))
+            self._journal.append((_UNDO_ENABLED, node, not enabled))
         return True
 
     def disable_stage(self, stage_id: str) -> bool:
@@ -311,13 +377,19 @@ class Plan:
         return self._by_tag(tag, True)
 
     def remove_stage(self, stage_id: str) -> bool:
-        """Take a stage that has not started out of the plan; return whether it was removed."""
-        node = self._state.by_id.get(stage_id)
-        if node is None or node.removed or node.status is not StepStatus.PENDING:
+        """Take a stage that has not started out of the plan; return whether it was removed.
+
+        Returns ``False`` for a stage that has already started or ended.
+
+        Raises:
+            UnknownStep: no stage with that id is in the plan.
+        """
+        node = self._stage(stage_id)
+        if node.status is not StepStatus.PENDING:
             return False
         node.removed = True
         if self._journal is not None:
-            self._journal.append(lambda: setattr(node, "removed", False))
+            self._journal.append((_UNDO_REMOVED, node, None))
         return True
 
     def remove_action(self, name: str, stage_id: str | None = None) -> int:
@@ -328,5 +400,5 @@ class Plan:
                 node.removed = True
                 removed += 1
                 if self._journal is not None:
-                    self._journal.append(lambda n=node: setattr(n, "removed", False))  # type: ignore[misc]
+                    self._journal.append((_UNDO_REMOVED, node, None))
         return removed

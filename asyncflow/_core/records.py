@@ -20,6 +20,7 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"
     BAILED = "bailed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"
 
 
 class StepStatus(enum.StrEnum):
@@ -50,6 +51,9 @@ class StepRecord:
         inserted_by: ``"stage"`` or ``"stage/action"`` that inserted this step.
         reason: why a step was skipped (``"disabled"``, ``"stage 'x' failed"``...).
         error: the exception a failed step raised.
+        attempts: how many times an action was tried (retries count).
+        recovered_error: an error that a middleware swallowed: the step
+            counts as completed, and nothing is hidden.
     """
 
     kind: str
@@ -63,6 +67,8 @@ class StepRecord:
     inserted_by: str | None = None
     reason: str | None = None
     error: BaseException | None = None
+    attempts: int = 0
+    recovered_error: BaseException | None = None
 
 
 def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
@@ -82,6 +88,7 @@ def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
             inserted_by=node.inserted_by,
             reason=node.reason,
             error=node.error,
+            recovered_error=node.recovered,
         )
     return StepRecord(
         kind="action",
@@ -95,7 +102,19 @@ def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
         inserted_by=node.inserted_by,
         reason=node.reason,
         error=node.error,
+        attempts=node.attempts,
+        recovered_error=node.recovered,
     )
+
+
+@attrs.frozen
+class Timing:
+    """A duration measured by the timing middleware (``mw.timing()``)."""
+
+    level: str
+    stage_id: str | None
+    action_name: str | None
+    seconds: float
 
 
 class RunResult:
@@ -111,11 +130,25 @@ class RunResult:
         duration: seconds the run took.
         steps: one :class:`StepRecord` per stage and action executed or
             skipped, in execution order (built on first access).
+        message_errors: how many times a message handler raised.
+        timings: durations measured by ``mw.timing()``, in the order they ended.
+        recovered_error: an error a run-level middleware swallowed.
     """
 
     __slots__ = (
-        "_log", "_started", "_steps", "bail_reason", "duration", "error",
-        "run_id", "status", "store", "workflow_id",
+        "_log",
+        "_started",
+        "_steps",
+        "bail_reason",
+        "duration",
+        "error",
+        "message_errors",
+        "recovered_error",
+        "run_id",
+        "status",
+        "store",
+        "timings",
+        "workflow_id",
     )
 
     def __init__(
@@ -130,6 +163,9 @@ class RunResult:
         duration: float,
         bail_reason: str | None = None,
         error: BaseException | None = None,
+        message_errors: int = 0,
+        timings: list[Timing] | None = None,
+        recovered_error: BaseException | None = None,
     ) -> None:
         self.run_id = run_id
         self.workflow_id = workflow_id
@@ -138,6 +174,9 @@ class RunResult:
         self.bail_reason = bail_reason
         self.error = error
         self.duration = duration
+        self.message_errors = message_errors
+        self.timings: list[Timing] = timings if timings is not None else []
+        self.recovered_error = recovered_error
         self._log = log
         self._started = started
         self._steps: list[StepRecord] | None = None
@@ -156,8 +195,7 @@ class RunResult:
     def action_order(self) -> list[str]:
         """Names of the actions that ran (not skipped), in execution order."""
         return [
-            s.action_name for s in self.steps
-            if s.action_name is not None and s.status != StepStatus.SKIPPED
+            s.action_name for s in self.steps if s.action_name is not None and s.status != StepStatus.SKIPPED
         ]
 
     def __repr__(self) -> str:

@@ -4,13 +4,18 @@ The loop is iterative: each level keeps a deque of pending nodes, and what a
 node inserted is pushed at the front of that deque when the node completes.
 That gives depth-first order for any nesting without recursion, so a chain
 of 10,000 nested insertions never touches Python's recursion limit.
+
+Per action, the fast path (no middleware, no retry, no timeout, nobody
+listening for events) is one context object, two clock reads and the await
+of the action itself; everything else is paid only by those who use it.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from time import perf_counter
 from typing import Any
 
@@ -18,13 +23,25 @@ import anyio
 from loguru import logger
 
 from .context import ActionContext
-from .errors import ActionFailed, Bail, InsertionLimitExceeded
-from .plan import ActionNode, PlanState, StageNode
-from .records import RunResult, RunStatus, StepStatus
+from .errors import (
+    ActionFailed,
+    ActionTimeout,
+    Bail,
+    InsertionLimitExceeded,
+    RunFailed,
+    StageFailed,
+)
+from .events import Event, EventHandler, EventKind, EventStream, Hub, MessageHandler
+from .middleware import Handler, Middleware, MiddlewareContext, check_middlewares, compose
+from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, PlanState, StageNode, UndoEntry
+from .records import RunResult, RunStatus, StepStatus, Timing
+from .retry import Retry, check_retry, check_timeout
 from .store import Store
 from .workflow import Workflow
 
 DEFAULT_MAX_INSERTIONS = 10_000
+
+_SKIPPED_BY_MIDDLEWARE = "skipped by middleware"
 
 
 def _check_max_insertions(value: object) -> int:
@@ -38,18 +55,62 @@ def _check_max_insertions(value: object) -> int:
 class RunState:
     """Everything one run owns while it runs (internal)."""
 
-    __slots__ = ("failed_node", "log", "plan", "run_id", "store", "workflow")
+    __slots__ = (
+        "drove",
+        "failed_node",
+        "hub",
+        "log",
+        "message_errors",
+        "message_seq",
+        "plan",
+        "require_json",
+        "run_id",
+        "stage_chain",
+        "store",
+        "timings",
+        "workflow",
+    )
 
-    def __init__(self, workflow: Workflow, run_id: str, store: Store, max_insertions: int) -> None:
+    def __init__(
+        self,
+        workflow: Workflow,
+        run_id: str,
+        store: Store,
+        max_insertions: int,
+        hub: Hub,
+        require_json: bool,
+    ) -> None:
         self.workflow = workflow
         self.run_id = run_id
         self.store = store
         self.plan = PlanState(workflow, run_id, max_insertions)
+        self.hub = hub
+        self.require_json = require_json
         self.log: list[StageNode | ActionNode] = []
         self.failed_node: ActionNode | None = None
+        self.stage_chain: Handler | None = None
+        self.message_seq = 0
+        self.message_errors = 0
+        self.timings: list[Timing] = []
+        self.drove = False
 
-    def on_insert(self, node: StageNode | ActionNode) -> None:
-        """Hook called when an action inserts a stage or an action."""
+    def event(self, kind: EventKind, node: StageNode | ActionNode | None = None, **fields: Any) -> Event:
+        """An event of this run about ``node``."""
+        if node is None:
+            return Event(kind, self.run_id, self.workflow.id, **fields)
+        if isinstance(node, StageNode):
+            return Event(
+                kind, self.run_id, self.workflow.id, stage_id=node.id, dynamic=node.dynamic, **fields
+            )
+        return Event(
+            kind,
+            self.run_id,
+            self.workflow.id,
+            stage_id=node.stage_node.id,
+            action_name=node.action.name,
+            dynamic=node.dynamic,
+            **fields,
+        )
 
 
 def new_run_id() -> str:
@@ -58,16 +119,100 @@ def new_run_id() -> str:
 
 
 class Runner:
-    """Runs workflows in the current task; holds settings shared by its runs.
+    """Runs workflows in the current task; holds what its runs share.
 
     Args:
+        middleware: run-level middleware, wrapping each whole run.
+        stage_middleware: stage-level middleware, wrapping every stage of every
+            workflow (dynamic stages too); a workflow's own (``Workflow.use``)
+            nest inside these.
+        action_middleware: action-level middleware, wrapping every action;
+            ``Workflow.use_action`` and ``Stage.use_action`` nest inside these.
+        timeout: default seconds per action attempt (a stage's or action's own wins).
+        retry: default :class:`~asyncflow.Retry` for actions (likewise).
         max_insertions: the bound on dynamic insertions per run (default
             10,000); passing it fails the run with
             :class:`~asyncflow.InsertionLimitExceeded` as the cause.
+        require_json: reject message payloads (and, in durable runs, store
+            values) that are not JSON-serialisable, as durable runs and child
+            processes do. Handy in tests to catch them early.
     """
 
-    def __init__(self, *, max_insertions: int = DEFAULT_MAX_INSERTIONS) -> None:
+    def __init__(
+        self,
+        *,
+        middleware: Sequence[Middleware] = (),
+        stage_middleware: Sequence[Middleware] = (),
+        action_middleware: Sequence[Middleware] = (),
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        max_insertions: int = DEFAULT_MAX_INSERTIONS,
+        require_json: bool = False,
+    ) -> None:
+        self.middleware = check_middlewares(middleware, "the runner (run level)")
+        self.stage_middleware = check_middlewares(stage_middleware, "the runner (stage level)")
+        self.action_middleware = check_middlewares(action_middleware, "the runner (action level)")
+        self.timeout = check_timeout(timeout, "the runner")
+        self.retry = check_retry(retry, "the runner")
         self.max_insertions = _check_max_insertions(max_insertions)
+        self.require_json = require_json
+        self._hub = Hub()
+        self._run_chain = compose(self.middleware, self._run_terminal, repeatable=False)
+
+    # ---- listeners ---------------------------------------------------------------
+
+    def on_message(
+        self,
+        kind: str,
+        handler: MessageHandler,
+        *,
+        workflow_id: str | None = None,
+        stage_id: str | None = None,
+        action_name: str | None = None,
+        run_id: str | None = None,
+    ) -> Callable[[], None]:
+        """Deliver messages of ``kind`` (``"*"``: every kind) to ``handler``, sync or async.
+
+        The other arguments narrow the scope to one workflow, stage, action or
+        run. A handler that raises does not fail the run: the error is logged
+        with the message's context and counted in ``RunResult.message_errors``.
+        Returns a function that unregisters the handler.
+        """
+        return self._hub.on_message(
+            kind,
+            handler,
+            workflow_id=workflow_id,
+            stage_id=stage_id,
+            action_name=action_name,
+            run_id=run_id,
+        )
+
+    def on_event(self, handler: EventHandler) -> Callable[[], None]:
+        """Call ``handler`` (sync or async) with every lifecycle :class:`~asyncflow.Event`.
+
+        Handlers run inline, in order: a slow handler slows the run (use
+        :meth:`subscribe` to consume events at your own pace). Returns a
+        function that unregisters the handler.
+        """
+        return self._hub.on_event(handler)
+
+    def subscribe(
+        self, *, buffer: int = 1_000, run_id: str | None = None
+    ) -> AbstractAsyncContextManager[EventStream]:
+        """An async iterator of events with a bounded buffer; it never slows the runs.
+
+        ::
+
+            async with runner.subscribe() as events:
+                async for event in events: ...
+
+        When the subscriber falls behind by ``buffer`` events, further events
+        are dropped and it receives one ``EVENTS_DROPPED`` event saying how
+        many it missed. ``run_id`` narrows the stream to one run.
+        """
+        return self._hub.subscribe(buffer, run_id)
+
+    # ---- running -------------------------------------------------------------------
 
     async def run(
         self,
@@ -86,6 +231,7 @@ class Runner:
 
         Raises:
             ActionFailed: an action raised (the result is on ``.result``).
+            StageFailed: a stage failed outside its actions (middleware, timeout).
 
         A bail returns normally with status ``BAILED``. Cancellation
         propagates after the run is recorded cancelled.
@@ -99,27 +245,54 @@ class Runner:
             root = Store()
             if store is not None:
                 root.merge(store)
-        run = RunState(workflow, run_id or new_run_id(), root, limit)
+        run = RunState(workflow, run_id or new_run_id(), root, limit, self._hub, self.require_json)
         return await self._run(run)
 
     async def _run(self, run: RunState) -> RunResult:
         started = perf_counter()
+        hub = self._hub
         logger.debug("run {} of workflow {!r} started", run.run_id, run.workflow.id)
+        if hub.listening:
+            await hub.emit(run.event(EventKind.RUN_STARTED))
+        stage_mws = self.stage_middleware + run.workflow._middleware
+        if stage_mws:
+            run.stage_chain = compose(stage_mws, self._stage_terminal, repeatable=False)
+        status = RunStatus.COMPLETED
+        bail_reason: str | None = None
+        recovered: BaseException | None = None
         try:
-            await self._drive(run)
+            if self.middleware:
+                await self._run_chain(MiddlewareContext("run", run))
+                if not run.drove:
+                    status = RunStatus.SKIPPED
+                else:
+                    # A run middleware that swallowed a failure: the run completes, the error is kept.
+                    recovered = next((n.error for n in run.log if n.status is StepStatus.FAILED), None)
+            else:
+                await self._drive(run)
         except Bail as bail:
-            result = self._result(run, started, RunStatus.BAILED, bail_reason=bail.reason)
+            status, bail_reason = RunStatus.BAILED, bail.reason
             logger.info("run {} bailed: {}", run.run_id, bail.reason)
-            return result
         except anyio.get_cancelled_exc_class():
-            self._result(run, started, RunStatus.CANCELLED)
+            result = self._result(run, started, RunStatus.CANCELLED)
             logger.info("run {} was cancelled", run.run_id)
+            with anyio.CancelScope(shield=True):
+                await self._finished(run, result)
             raise
         except Exception as exc:
             result = self._result(run, started, RunStatus.FAILED, error=exc)
-            node = run.failed_node
-            if node is None:
-                raise
+            failure = self._failure(run, exc, result)
+            await self._finished(run, result)
+            raise failure from exc
+        result = self._result(run, started, status, bail_reason=bail_reason, recovered_error=recovered)
+        logger.debug("run {} ended {} in {:.6f}s", run.run_id, status.value, result.duration)
+        await self._finished(run, result)
+        return result
+
+    def _failure(self, run: RunState, exc: Exception, result: RunResult) -> RunFailed:
+        node = run.failed_node
+        failure: RunFailed
+        if node is not None and node.error is exc:
             failure = ActionFailed(
                 run_id=run.run_id,
                 workflow_id=run.workflow.id,
@@ -128,11 +301,40 @@ class Runner:
                 error=exc,
                 result=result,
             )
-            logger.opt(exception=exc).error("{}", failure)
-            raise failure from exc
-        result = self._result(run, started, RunStatus.COMPLETED)
-        logger.debug("run {} completed in {:.6f}s", run.run_id, result.duration)
-        return result
+        else:
+            stage = next(
+                (n for n in reversed(run.log) if isinstance(n, StageNode) and n.status is StepStatus.FAILED),
+                None,
+            )
+            if stage is not None:
+                failure = StageFailed(
+                    run_id=run.run_id,
+                    workflow_id=run.workflow.id,
+                    stage_id=stage.id,
+                    error=exc,
+                    result=result,
+                )
+            else:
+                failure = RunFailed(
+                    f"run {run.run_id!r} (workflow {run.workflow.id!r}) failed: {type(exc).__name__}: {exc}",
+                    run_id=run.run_id,
+                    workflow_id=run.workflow.id,
+                    error=exc,
+                    result=result,
+                )
+        logger.opt(exception=exc).error("{}", failure)
+        return failure
+
+    async def _finished(self, run: RunState, result: RunResult) -> None:
+        if self._hub.listening:
+            await self._hub.emit(
+                run.event(
+                    EventKind.RUN_FINISHED,
+                    status=result.status.value,
+                    error=result.error,
+                    duration=result.duration,
+                )
+            )
 
     def _result(
         self,
@@ -142,6 +344,7 @@ class Runner:
         *,
         bail_reason: str | None = None,
         error: BaseException | None = None,
+        recovered_error: BaseException | None = None,
     ) -> RunResult:
         return RunResult(
             run_id=run.run_id,
@@ -153,7 +356,14 @@ class Runner:
             duration=perf_counter() - started,
             bail_reason=bail_reason,
             error=error,
+            message_errors=run.message_errors,
+            timings=run.timings,
+            recovered_error=recovered_error,
         )
+
+    async def _run_terminal(self, mctx: MiddlewareContext) -> None:
+        mctx._run.drove = True
+        await self._drive(mctx._run)
 
     # ---- stages ------------------------------------------------------------------
 
@@ -165,68 +375,150 @@ class Runner:
             if node.removed:
                 continue
             if not node.enabled:
-                node.status = StepStatus.SKIPPED
-                node.reason = "disabled"
-                log.append(node)
+                await self._skip(run, node, "disabled")
                 continue
             await self._run_stage(run, node)
-            if node.inserted:
+            if node.inserted and node.status is StepStatus.COMPLETED:
                 pending.extendleft(reversed(node.inserted))
+            elif node.inserted:
+                for child in node.inserted:
+                    if not child.removed:
+                        child.status = StepStatus.SKIPPED
+                        child.reason = f"stage {node.id!r} was {node.status.value}"
+                        log.append(child)
+
+    async def _skip(self, run: RunState, node: StageNode | ActionNode, reason: str) -> None:
+        node.status = StepStatus.SKIPPED
+        node.reason = reason
+        run.log.append(node)
+        if run.hub.listening:
+            await run.hub.emit(run.event(EventKind.STEP_SKIPPED, node, status="skipped", reason=reason))
 
     async def _run_stage(self, run: RunState, node: StageNode) -> None:
-        stage = node.stage
+        hub = run.hub
         node.status = StepStatus.RUNNING
         run.log.append(node)
         node.started = started = perf_counter()
+        if hub.listening:
+            await hub.emit(run.event(EventKind.STAGE_STARTED, node))
         try:
-            if stage.initial:
-                run.store.merge(stage.initial)
-            if stage.concurrency == 1:
-                await self._run_sequential(run, node)
+            chain = run.stage_chain
+            if chain is None:
+                await self._stage_body(run, node)
             else:
-                await self._run_concurrent(run, node, stage.concurrency)
+                await chain(MiddlewareContext("stage", run, node))
+                if node.executed == 0 and node.pending is None:
+                    node.status = StepStatus.SKIPPED
+                    node.reason = _SKIPPED_BY_MIDDLEWARE
+                elif run.failed_node is not None and run.failed_node.stage_node is node:
+                    # A stage middleware swallowed an action's failure: recorded, not hidden.
+                    node.recovered = run.failed_node.error
+                    run.failed_node = None
         except BaseException as exc:
             node.duration = perf_counter() - started
             if isinstance(exc, Bail):
                 node.status = StepStatus.COMPLETED
-                reason = "the run bailed"
+                self._skip_inserted(run, node, "the run bailed")
             elif isinstance(exc, anyio.get_cancelled_exc_class()):
                 node.status = StepStatus.CANCELLED
-                reason = "the run was cancelled"
+                self._skip_inserted(run, node, "the run was cancelled")
             else:
                 node.status = StepStatus.FAILED
                 node.error = exc
-                reason = f"stage {node.id!r} failed"
-            self._skip_inserted(run, node, reason)
+                self._skip_inserted(run, node, f"stage {node.id!r} failed")
+            if hub.listening:
+                with anyio.CancelScope(shield=True):
+                    await hub.emit(
+                        run.event(
+                            EventKind.STAGE_FINISHED,
+                            node,
+                            status=node.status.value,
+                            error=node.error,
+                            duration=node.duration,
+                        )
+                    )
             raise
         node.duration = perf_counter() - started
-        node.status = StepStatus.COMPLETED
+        if node.status is StepStatus.RUNNING:
+            node.status = StepStatus.COMPLETED
+        if hub.listening:
+            await hub.emit(
+                run.event(
+                    EventKind.STAGE_FINISHED,
+                    node,
+                    status=node.status.value,
+                    duration=node.duration,
+                    error=node.recovered,
+                )
+            )
 
     def _skip_inserted(self, run: RunState, node: StageNode, reason: str) -> None:
-        for child in node.inserted:
+        for child in node.inserted or ():
             if not child.removed:
                 child.status = StepStatus.SKIPPED
                 child.reason = reason
                 run.log.append(child)
+        node.inserted = None
+
+    async def _stage_terminal(self, mctx: MiddlewareContext) -> None:
+        await self._stage_body(mctx._run, mctx._node)
+
+    async def _stage_body(self, run: RunState, node: StageNode) -> None:
+        stage = node.stage
+        if stage.initial:
+            run.store.merge(stage.initial)
+        action_mws = self.action_middleware + run.workflow._action_middleware + stage._action_middleware
+        action_chain = compose(action_mws, self._action_terminal, repeatable=True) if action_mws else None
+        node.pending = deque(node.actions)
+        if stage._middleware:
+            mctx = MiddlewareContext("actions", run, node)
+            mctx._chain = action_chain
+            block = compose(stage._middleware, self._actions_terminal, repeatable=False)
+            await block(mctx)
+        else:
+            await self._actions(run, node, action_chain)
+
+    async def _actions_terminal(self, mctx: MiddlewareContext) -> None:
+        await self._actions(mctx._run, mctx._node, mctx._chain)
+
+    async def _actions(self, run: RunState, node: StageNode, chain: Handler | None) -> None:
+        stage = node.stage
+        fast = (
+            chain is None
+            and stage.timeout is None
+            and stage.retry is None
+            and self.timeout is None
+            and self.retry is None
+        )
+        if stage.concurrency == 1:
+            await self._run_sequential(run, node, chain, fast)
+        else:
+            await self._run_concurrent(run, node, chain, fast, stage.concurrency)
 
     # ---- actions -----------------------------------------------------------------
 
-    async def _run_sequential(self, run: RunState, stage: StageNode) -> None:
-        pending = deque(stage.actions)
+    async def _run_sequential(
+        self, run: RunState, stage: StageNode, chain: Handler | None, fast: bool
+    ) -> None:
+        pending = stage.pending
+        assert pending is not None
         run_action = self._run_action
         while pending:
             node = pending.popleft()
             if node.removed:
                 continue
             if not node.enabled:
-                self._skip_action(run, node)
+                await self._skip(run, node, "disabled")
                 continue
-            await run_action(run, node)
+            await run_action(run, node, chain, fast)
             if node.children:
                 pending.extendleft(reversed(node.children))
 
-    async def _run_concurrent(self, run: RunState, stage: StageNode, limit: int) -> None:
-        pending = deque(stage.actions)
+    async def _run_concurrent(
+        self, run: RunState, stage: StageNode, chain: Handler | None, fast: bool, limit: int
+    ) -> None:
+        pending = stage.pending
+        assert pending is not None
         running = 0
         wake = anyio.Event()
         outcome: list[BaseException] = []
@@ -234,7 +526,7 @@ class Runner:
         async def one(node: ActionNode) -> None:
             nonlocal running
             try:
-                await self._run_action(run, node)
+                await self._run_action(run, node, chain, fast)
             except Exception as exc:
                 # Recorded here and re-raised once the group has cancelled the
                 # siblings: the caller sees this one exception, not a group.
@@ -255,7 +547,7 @@ class Runner:
                     if node.removed:
                         continue
                     if not node.enabled:
-                        self._skip_action(run, node)
+                        await self._skip(run, node, "disabled")
                         continue
                     running += 1
                     group.start_soon(one, node)
@@ -266,45 +558,181 @@ class Runner:
         if outcome:
             raise outcome[0]
 
-    def _skip_action(self, run: RunState, node: ActionNode) -> None:
-        node.status = StepStatus.SKIPPED
-        node.reason = "disabled"
-        run.log.append(node)
-
-    async def _run_action(self, run: RunState, node: ActionNode) -> None:
-        ctx = ActionContext(run, node)
+    async def _run_action(self, run: RunState, node: ActionNode, chain: Handler | None, fast: bool) -> None:
+        hub = run.hub
+        stage = node.stage_node
+        stage.executed += 1
+        node.index = stage.executed - 1
         node.status = StepStatus.RUNNING
         run.log.append(node)
         node.started = started = perf_counter()
+        listening = hub.listening
+        if listening:
+            await hub.emit(run.event(EventKind.ACTION_STARTED, node, attempt=1))
+        action = node.action
         try:
-            await node.call(ctx)
+            if fast and action.timeout is None and action.retry is None:
+                node.attempts = 1
+                ctx = ActionContext(run, node)
+                try:
+                    await node.call(ctx)
+                    if run.plan.over_limit:
+                        raise self._over_limit(run)
+                except BaseException as exc:
+                    self._attempt_failed(ctx, node, exc)
+                    raise
+                journal = ctx._finish(True)
+                if journal is not None and listening:
+                    await self._emit_inserts(run, journal)
+            elif chain is None:
+                await self._execute(run, node)
+            else:
+                await chain(MiddlewareContext("action", run, stage, node))
+                if node.attempts == 0:
+                    node.status = StepStatus.SKIPPED
+                    node.reason = _SKIPPED_BY_MIDDLEWARE
+                elif node.status is StepStatus.FAILED:
+                    # A middleware swallowed the error: completed, and the error is kept.
+                    node.recovered = node.error
+                    node.error = None
+                    node.status = StepStatus.RUNNING
         except BaseException as exc:
             node.duration = perf_counter() - started
-            if isinstance(exc, Bail):
-                ctx._finish(True)
-                node.status = StepStatus.COMPLETED
-                node.reason = f"bailed: {exc.reason}"
-            elif isinstance(exc, anyio.get_cancelled_exc_class()):
-                ctx._finish(False)
-                node.status = StepStatus.CANCELLED
-            else:
-                ctx._finish(False)
-                self._fail(run, node, exc)
+            if (
+                not isinstance(exc, (Bail, anyio.get_cancelled_exc_class()))
+                and node.status is not StepStatus.FAILED
+            ):
+                node.status = StepStatus.FAILED
+                node.error = exc
+            if node.status is StepStatus.FAILED and run.failed_node is None:
+                run.failed_node = node
+            if listening:
+                with anyio.CancelScope(shield=True):
+                    await hub.emit(
+                        run.event(
+                            EventKind.ACTION_FINISHED,
+                            node,
+                            status=node.status.value,
+                            error=node.error,
+                            duration=node.duration,
+                            attempt=node.attempts,
+                        )
+                    )
             raise
-        ctx._finish(True)
         node.duration = perf_counter() - started
-        if run.plan.over_limit:
-            # The action swallowed InsertionLimitExceeded; the run still fails.
-            over = InsertionLimitExceeded(run.plan.max_insertions, run_id=run.run_id)
-            self._fail(run, node, over)
-            raise over
-        node.status = StepStatus.COMPLETED
+        if node.status is StepStatus.RUNNING:
+            node.status = StepStatus.COMPLETED
+        if listening:
+            await hub.emit(
+                run.event(
+                    EventKind.ACTION_FINISHED,
+                    node,
+                    status=node.status.value,
+                    duration=node.duration,
+                    attempt=node.attempts,
+                    error=node.recovered,
+                )
+            )
 
-    def _fail(self, run: RunState, node: ActionNode, exc: BaseException) -> None:
-        node.status = StepStatus.FAILED
-        node.error = exc
-        if run.failed_node is None:
-            run.failed_node = node
+    def _over_limit(self, run: RunState) -> InsertionLimitExceeded:
+        # The action swallowed InsertionLimitExceeded: the run fails all the same.
+        return InsertionLimitExceeded(run.plan.max_insertions, run_id=run.run_id)
+
+    async def _emit_inserts(self, run: RunState, journal: list[UndoEntry]) -> None:
+        for kind, _, child in journal:
+            if kind == _UNDO_STAGE:
+                await run.hub.emit(run.event(EventKind.STAGE_INSERTED, child))
+            elif kind == _UNDO_ACTION:
+                await run.hub.emit(run.event(EventKind.ACTION_INSERTED, child))
+
+    def _attempt_failed(self, ctx: ActionContext, node: ActionNode, exc: BaseException) -> None:
+        if isinstance(exc, Bail):
+            ctx._finish(True)
+            node.status = StepStatus.COMPLETED
+            node.reason = f"bailed: {exc.reason}"
+        elif isinstance(exc, anyio.get_cancelled_exc_class()):
+            ctx._finish(False)
+            node.status = StepStatus.CANCELLED
+        else:
+            ctx._finish(False)
+            node.status = StepStatus.FAILED
+            node.error = exc
+
+    async def _action_terminal(self, mctx: MiddlewareContext) -> None:
+        node: ActionNode = mctx._node
+        try:
+            await self._execute(mctx._run, node)
+        finally:
+            mctx.attempt = node.attempts + 1
+
+    async def _execute(self, run: RunState, node: ActionNode) -> None:
+        """Run the action's attempts under its effective retry and timeout."""
+        action, stage = node.action, node.stage_node.stage
+        retry = action.retry or stage.retry or self.retry
+        timeout = action.timeout or stage.timeout or self.timeout
+        while True:
+            try:
+                await self._attempt(run, node, timeout)
+            except Exception as exc:
+                if retry is None or not retry.should_retry(exc, node.attempts):
+                    raise
+                delay = retry.backoff(node.attempts)
+                logger.info(
+                    "action {!r} of stage {!r} in run {} failed on attempt {} ({}: {}); retrying in {:.3f}s",
+                    action.name,
+                    node.stage_node.id,
+                    run.run_id,
+                    node.attempts,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await anyio.sleep(delay)
+            else:
+                return
+
+    async def _attempt(self, run: RunState, node: ActionNode, limit: float | None) -> None:
+        node.attempts += 1
+        attempt = node.attempts
+        if attempt > 1:
+            node.status = StepStatus.RUNNING
+            if run.hub.listening:
+                await run.hub.emit(
+                    run.event(
+                        EventKind.ACTION_RETRY,
+                        node,
+                        attempt=attempt,
+                        error=node.error,
+                    )
+                )
+            node.error = None
+        ctx = ActionContext(run, node, attempt)
+        try:
+            if limit is None:
+                await node.call(ctx)
+                if run.plan.over_limit:
+                    raise self._over_limit(run)
+            else:
+                with anyio.move_on_after(limit) as scope:
+                    await node.call(ctx)
+                if run.plan.over_limit:
+                    raise self._over_limit(run)
+                if scope.cancelled_caught:
+                    raise ActionTimeout(
+                        run_id=run.run_id,
+                        stage_id=node.stage_node.id,
+                        action_name=node.action.name,
+                        seconds=limit,
+                    )
+        except BaseException as exc:
+            self._attempt_failed(ctx, node, exc)
+            raise
+        journal = ctx._finish(True)
+        if journal is not None and run.hub.listening:
+            await self._emit_inserts(run, journal)
+        if node.status is StepStatus.FAILED:
+            node.status = StepStatus.RUNNING
+            node.error = None
 
 
 async def run(
@@ -313,9 +741,32 @@ async def run(
     store: Mapping[str, Any] | Store | None = None,
     run_id: str | None = None,
     max_insertions: int = DEFAULT_MAX_INSERTIONS,
+    on_message: MessageHandler | Mapping[str, MessageHandler] | None = None,
+    runner: Runner | None = None,
 ) -> RunResult:
-    """Run ``workflow`` once with a default :class:`Runner` and return its result.
+    """Run ``workflow`` once and return its result.
 
-    See :meth:`Runner.run` for the arguments and what is raised.
+    Args:
+        store: initial store contents.
+        run_id: use this id instead of a fresh one.
+        max_insertions: the bound on dynamic insertions for this run.
+        on_message: a handler for every message of this run, or a mapping of
+            message kind to handler.
+        runner: run with this runner (its middleware, defaults and handlers);
+            a default one otherwise.
+
+    See :meth:`Runner.run` for what is raised.
     """
-    return await Runner(max_insertions=max_insertions).run(workflow, store=store, run_id=run_id)
+    if runner is None:
+        runner = Runner(max_insertions=max_insertions)
+    unregister: list[Callable[[], None]] = []
+    the_id = run_id or new_run_id()
+    if on_message is not None:
+        routes = on_message.items() if isinstance(on_message, Mapping) else [("*", on_message)]
+        for kind, handler in routes:
+            unregister.append(runner.on_message(kind, handler, run_id=the_id))
+    try:
+        return await runner.run(workflow, store=store, run_id=the_id, max_insertions=max_insertions)
+    finally:
+        for remove in unregister:
+            remove()

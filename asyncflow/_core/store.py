@@ -143,7 +143,6 @@ class Store:
             for key in self._deleted:
                 parent._drop(key)
         pvalues, pmeta = parent._values, parent._meta
-        pdeleted = parent._deleted
         for key, value in self._values.items():
             pvalues[key] = value
             meta = self._meta.get(key)
@@ -151,8 +150,6 @@ class Store:
                 pmeta.pop(key, None)
             else:
                 pmeta[key] = meta
-            if pdeleted:
-                pdeleted.discard(key)
         self._values = {}
         self._meta = {}
         self._deleted = set()
@@ -191,12 +188,15 @@ class Store:
         seen: set[str] = set()
         for depth in range(len(chain) - 1, -1, -1):
             level = chain[depth]
+            nearer = chain[:depth]
             for key in level._values:
                 if key in seen:
                     continue
-                owner = _owner(chain, depth, key)
-                if owner is None:
+                # A nearer level that deleted the key hides this entry; if it wrote
+                # the key again, that write is yielded at its own (later) position.
+                if any(near._deleted and key in near._deleted for near in nearer):
                     continue
+                owner = next((near for near in nearer if key in near._values), level)
                 seen.add(key)
                 value = owner._values[key]
                 meta = owner._meta.get(key) if owner._meta else None
@@ -225,19 +225,31 @@ class Store:
         name = _key_name(key)
         if isinstance(key, Key) and not isinstance(value, key.type):
             raise TypeMismatch(name, key.type, value)
+        meta: _Meta | None = None
+        if ttl is not None or tags or properties:
+            if isinstance(tags, str):
+                raise TypeError(
+                    f"tags of store key {name!r} must be a collection of strings, not the string {tags!r}"
+                )
+            frozen = frozenset(tags)
+            for tag in frozen:
+                if not isinstance(tag, str):
+                    raise TypeError(f"tags of store key {name!r} must be strings, got {tag!r}")
+            expires = self._clock() + _ttl_seconds(ttl, name) if ttl is not None else None
+            meta = _Meta(expires, frozen, dict(properties or {}))
         if self._check is not None:
             self._check(name, value)
-        self._values[name] = value
-        if ttl is None and not tags and not properties:
-            if self._meta:
-                self._meta.pop(name, None)
-        else:
-            if isinstance(tags, str):
-                raise TypeError(f"tags of store key {name!r} must be a collection, not the string {tags!r}")
-            expires = self._clock() + _ttl_seconds(ttl, name) if ttl is not None else None
-            self._meta[name] = _Meta(expires, frozenset(tags), dict(properties or {}))
-        if self._deleted:
-            self._deleted.discard(name)
+        values = self._values
+        if name in values and self._meta:
+            old = self._meta.get(name)
+            if old is not None and old.expires is not None and old.expires <= self._clock():
+                # An expired entry is gone: writing the key again makes it a new, last entry.
+                del values[name]
+        values[name] = value
+        if meta is not None:
+            self._meta[name] = meta
+        elif self._meta:
+            self._meta.pop(name, None)
 
     @overload
     def get(self, key: Key[T], type: None = None) -> T: ...
@@ -367,9 +379,7 @@ class Store:
         :class:`StoreConflict` and merges nothing.
         """
         if on_conflict not in ("overwrite", "keep", "error"):
-            raise ValueError(
-                f"on_conflict must be 'overwrite', 'keep' or 'error', got {on_conflict!r}"
-            )
+            raise ValueError(f"on_conflict must be 'overwrite', 'keep' or 'error', got {on_conflict!r}")
         if isinstance(other, Store):
             incoming = list(other._live_items())
         elif isinstance(other, Mapping):
@@ -390,8 +400,6 @@ class Store:
                 self._meta[key] = _Meta(meta.expires, meta.tags, dict(meta.properties))
             else:
                 self._meta.pop(key, None)
-            if self._deleted:
-                self._deleted.discard(key)
 
     # ---- mapping protocol -------------------------------------------------
 
@@ -442,13 +450,3 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.snapshot()!r})"
-
-
-def _owner(chain: list[Store], depth: int, key: str) -> Store | None:
-    """The store in ``chain`` (nearest first) that holds the live ``key``, if any."""
-    for level in chain[:depth + 1]:
-        if key in level._values:
-            return level
-        if level._deleted and key in level._deleted:
-            return None
-    return None

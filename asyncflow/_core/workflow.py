@@ -11,6 +11,8 @@ from typing import Any
 
 from .actions import Action, check_id, freeze_tags
 from .errors import InvalidDefinition
+from .middleware import Middleware, check_middleware
+from .retry import Retry, check_retry, check_timeout
 
 
 def _check_action(value: object, where: str) -> Action:
@@ -33,13 +35,27 @@ class Stage:
         actions: the actions, in order.
         initial: merged into the run's store (overwriting) when the stage starts.
         concurrency: how many actions of this stage may run at once (default 1).
+        retry: default :class:`~asyncflow.Retry` for its actions (an action's own wins).
+        timeout: default seconds per attempt for its actions (an action's own wins).
 
     Raises:
         TypeError: an argument has the wrong type (a non-Action in ``actions``...).
         InvalidDefinition: an id is empty or ``concurrency`` is below 1.
     """
 
-    __slots__ = ("_actions", "concurrency", "description", "id", "initial", "name", "tags")
+    __slots__ = (
+        "_action_middleware",
+        "_actions",
+        "_middleware",
+        "concurrency",
+        "description",
+        "id",
+        "initial",
+        "name",
+        "retry",
+        "tags",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -51,6 +67,8 @@ class Stage:
         actions: Iterable[Action] | None = None,
         initial: Mapping[str, Any] | None = None,
         concurrency: int = 1,
+        retry: Retry | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.id = check_id(id, "stage id")
         self.name = check_id(name, f"name of stage {id!r}") if name is not None else id
@@ -67,6 +85,10 @@ class Stage:
         if concurrency < 1:
             raise InvalidDefinition(f"concurrency of stage {id!r} must be at least 1, got {concurrency}")
         self.concurrency = concurrency
+        self.retry = check_retry(retry, f"stage {id!r}")
+        self.timeout = check_timeout(timeout, f"stage {id!r}")
+        self._middleware: list[Middleware] = []
+        self._action_middleware: list[Middleware] = []
         self._actions: list[Action] = []
         if actions is not None:
             if isinstance(actions, Action):
@@ -84,6 +106,16 @@ class Stage:
         self._actions.append(_check_action(action, f"action added to stage {self.id!r}"))
         return self
 
+    def use(self, middleware: Middleware) -> Stage:
+        """Wrap the block of this stage's actions in ``middleware``; return the stage."""
+        self._middleware.append(check_middleware(middleware, f"stage {self.id!r}"))
+        return self
+
+    def use_action(self, middleware: Middleware) -> Stage:
+        """Wrap each action of this stage (dynamic ones too) in ``middleware``; return the stage."""
+        self._action_middleware.append(check_middleware(middleware, f"actions of stage {self.id!r}"))
+        return self
+
     def __repr__(self) -> str:
         return f"<Stage {self.id!r} actions={[a.name for a in self._actions]}>"
 
@@ -96,7 +128,7 @@ class Workflow:
         InvalidDefinition: the id is empty, or two stages share an id.
     """
 
-    __slots__ = ("_stages", "description", "id", "name", "tags")
+    __slots__ = ("_action_middleware", "_middleware", "_stages", "description", "id", "name", "tags")
 
     def __init__(
         self,
@@ -112,6 +144,8 @@ class Workflow:
         self.description = description
         self.tags = freeze_tags(tags, f"workflow {id!r}")
         self._stages: list[Stage] = []
+        self._middleware: list[Middleware] = []
+        self._action_middleware: list[Middleware] = []
         for stage in stages or ():
             self.add_stage(stage)
 
@@ -130,10 +164,18 @@ class Workflow:
             raise TypeError(f"workflow {self.id!r} takes af.Stage objects, got {stage!r}")
         for existing in self._stages:
             if existing.id == stage.id:
-                raise InvalidDefinition(
-                    f"workflow {self.id!r} already has a stage with id {stage.id!r}"
-                )
+                raise InvalidDefinition(f"workflow {self.id!r} already has a stage with id {stage.id!r}")
         self._stages.append(stage)
+        return self
+
+    def use(self, middleware: Middleware) -> Workflow:
+        """Wrap each stage of this workflow (dynamic ones too) in ``middleware``; return the workflow."""
+        self._middleware.append(check_middleware(middleware, f"stages of workflow {self.id!r}"))
+        return self
+
+    def use_action(self, middleware: Middleware) -> Workflow:
+        """Wrap each action of this workflow (dynamic ones too) in ``middleware``; return the workflow."""
+        self._action_middleware.append(check_middleware(middleware, f"actions of workflow {self.id!r}"))
         return self
 
     def __repr__(self) -> str:

@@ -1,0 +1,269 @@
+"""Messages from actions and lifecycle events of runs, and the hub that delivers them.
+
+Both cost nothing when nobody listens: the runner asks the hub whether
+anyone is there before it builds a record.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import attrs
+from loguru import logger
+
+
+class EventKind(enum.StrEnum):
+    """What happened, in an :class:`Event`."""
+
+    RUN_STARTED = "run_started"
+    STAGE_STARTED = "stage_started"
+    STAGE_FINISHED = "stage_finished"
+    ACTION_STARTED = "action_started"
+    ACTION_FINISHED = "action_finished"
+    ACTION_RETRY = "action_retry"
+    STEP_SKIPPED = "step_skipped"
+    STAGE_INSERTED = "stage_inserted"
+    ACTION_INSERTED = "action_inserted"
+    RUN_FINISHED = "run_finished"
+    TIMING = "timing"
+    EVENTS_DROPPED = "events_dropped"
+
+
+@attrs.frozen
+class Event:
+    """One lifecycle event of a run.
+
+    Attributes:
+        kind: what happened.
+        run_id, workflow_id: the run.
+        stage_id, action_name: the step, where the event is about one.
+        at: wall-clock time (``time.time()``) of the event.
+        status: the step's or run's status for ``*_FINISHED`` and ``STEP_SKIPPED``.
+        error: the exception of a failed step or run.
+        duration: seconds the step or run took, for ``*_FINISHED``.
+        dynamic: the step was inserted at run time.
+        attempt: the attempt number, for action events.
+        reason: why a step was skipped.
+        dropped: for ``EVENTS_DROPPED``, how many events this subscriber missed.
+    """
+
+    kind: EventKind
+    run_id: str
+    workflow_id: str
+    stage_id: str | None = None
+    action_name: str | None = None
+    at: float = attrs.field(factory=time.time)
+    status: str | None = None
+    error: BaseException | None = None
+    duration: float | None = None
+    dynamic: bool = False
+    attempt: int | None = None
+    reason: str | None = None
+    dropped: int = 0
+
+
+@attrs.frozen
+class Message:
+    """A message an action sent with ``await ctx.send(kind, payload)``.
+
+    ``seq`` increases by one per message within a run, from 1; ``pid`` is the
+    sending process; ``from_child`` tells whether it crossed from a child process.
+    """
+
+    kind: str
+    payload: Any
+    run_id: str
+    workflow_id: str
+    stage_id: str
+    action_name: str
+    action_index: int
+    is_last_action: bool
+    seq: int
+    pid: int = attrs.field(factory=os.getpid)
+    from_child: bool = False
+
+
+EventHandler = Callable[[Event], Awaitable[None] | None]
+MessageHandler = Callable[[Message], Awaitable[None] | None]
+
+
+def _check_handler(handler: object, what: str) -> None:
+    if not callable(handler):
+        raise TypeError(f"{what} handler must be callable (sync or async), got {handler!r}")
+
+
+def _is_async(handler: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )
+
+
+@attrs.define
+class _MessageRoute:
+    kind: str
+    handler: MessageHandler
+    is_async: bool
+    workflow_id: str | None
+    stage_id: str | None
+    action_name: str | None
+    run_id: str | None
+
+    def matches(self, msg: Message) -> bool:
+        return (
+            (self.kind == "*" or self.kind == msg.kind)
+            and (self.workflow_id is None or self.workflow_id == msg.workflow_id)
+            and (self.stage_id is None or self.stage_id == msg.stage_id)
+            and (self.action_name is None or self.action_name == msg.action_name)
+            and (self.run_id is None or self.run_id == msg.run_id)
+        )
+
+
+class EventStream:
+    """An async iterator of :class:`Event` with a bounded buffer (from ``subscribe()``).
+
+    When the subscriber falls behind and the buffer is full, new events are
+    dropped and counted; the subscriber then receives one ``EVENTS_DROPPED``
+    event carrying how many it missed, in the place where they were lost.
+    The run never waits for a subscriber.
+    """
+
+    def __init__(self, buffer: int, run_id: str | None) -> None:
+        self._buffer: deque[Event] = deque()
+        self._limit = buffer
+        self._run_id = run_id
+        self._dropped = 0
+        self._closed = False
+        self._wake = anyio.Event()
+
+    def _push(self, event: Event) -> None:
+        if self._run_id is not None and event.run_id != self._run_id:
+            return
+        if len(self._buffer) >= self._limit:
+            self._dropped += 1
+            return
+        if self._dropped:
+            self._buffer.append(
+                Event(EventKind.EVENTS_DROPPED, event.run_id, event.workflow_id, dropped=self._dropped)
+            )
+            self._dropped = 0
+        self._buffer.append(event)
+        self._wake.set()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._buffer:
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                return Event(EventKind.EVENTS_DROPPED, self._run_id or "", "", dropped=dropped)
+            if self._closed:
+                raise StopAsyncIteration
+            self._wake = anyio.Event()
+            await self._wake.wait()
+        return self._buffer.popleft()
+
+
+class Hub:
+    """Routes messages and events of one runner to its handlers and subscribers (internal)."""
+
+    def __init__(self) -> None:
+        self.event_handlers: list[tuple[EventHandler, bool]] = []
+        self.streams: list[EventStream] = []
+        self.routes: list[_MessageRoute] = []
+
+    @property
+    def listening(self) -> bool:
+        """Whether anyone wants events (checked before building one)."""
+        return bool(self.event_handlers or self.streams)
+
+    def on_event(self, handler: EventHandler) -> Callable[[], None]:
+        _check_handler(handler, "event")
+        entry = (handler, _is_async(handler))
+        self.event_handlers.append(entry)
+        return lambda: self.event_handlers.remove(entry)
+
+    def on_message(
+        self,
+        kind: str,
+        handler: MessageHandler,
+        *,
+        workflow_id: str | None,
+        stage_id: str | None,
+        action_name: str | None,
+        run_id: str | None,
+    ) -> Callable[[], None]:
+        if not isinstance(kind, str) or not kind:
+            raise TypeError(f"message kind must be a non-empty string ('*' for all), got {kind!r}")
+        _check_handler(handler, f"message {kind!r}")
+        route = _MessageRoute(kind, handler, _is_async(handler), workflow_id, stage_id, action_name, run_id)
+        self.routes.append(route)
+        return lambda: self.routes.remove(route)
+
+    @asynccontextmanager
+    async def subscribe(self, buffer: int, run_id: str | None) -> AsyncIterator[EventStream]:
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+            raise ValueError(f"subscribe buffer must be a positive int, got {buffer!r}")
+        stream = EventStream(buffer, run_id)
+        self.streams.append(stream)
+        try:
+            yield stream
+        finally:
+            self.streams.remove(stream)
+            stream._close()
+
+    async def emit(self, event: Event) -> None:
+        for stream in self.streams:
+            stream._push(event)
+        for handler, is_async in list(self.event_handlers):
+            try:
+                if is_async:
+                    await handler(event)  # type: ignore[misc]
+                else:
+                    handler(event)
+            except Exception:
+                logger.opt(exception=True).error(
+                    "event handler {!r} raised on {} of run {}", handler, event.kind.value, event.run_id
+                )
+
+    async def deliver(self, msg: Message) -> int:
+        """Hand ``msg`` to every matching handler; return how many raised."""
+        failures = 0
+        for route in list(self.routes):
+            if not route.matches(msg):
+                continue
+            try:
+                if route.is_async:
+                    await route.handler(msg)  # type: ignore[misc]
+                else:
+                    route.handler(msg)
+            except Exception:
+                failures += 1
+                logger.opt(exception=True).bind(
+                    run_id=msg.run_id,
+                    workflow_id=msg.workflow_id,
+                    stage_id=msg.stage_id,
+                    action=msg.action_name,
+                ).error(
+                    "message handler {!r} raised on message {!r} (seq {}) from action {!r} "
+                    "of stage {!r} in run {}",
+                    route.handler,
+                    msg.kind,
+                    msg.seq,
+                    msg.action_name,
+                    msg.stage_id,
+                    msg.run_id,
+                )
+        return failures

@@ -1,0 +1,193 @@
+"""Middleware chains at the four levels: run, stage, actions block, action.
+
+A middleware is an async callable ``(ctx, call_next)``: code before ``await
+call_next()`` runs before the wrapped step, code after runs after. The first
+registered is the outermost. A chain is composed once (per run for the run
+and stage levels, per stage for the actions block and action levels), never
+per action call: calling through a layer costs one small partial and one
+coroutine frame.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from loguru import logger as _root_logger
+
+from .errors import MiddlewareError
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+    from .actions import Action
+    from .plan import Plan
+    from .runner import RunState
+    from .store import Store
+    from .workflow import Stage, Workflow
+
+CallNext = Callable[[], Awaitable[None]]
+Middleware = Callable[["MiddlewareContext", CallNext], Awaitable[None]]
+Level = Literal["run", "stage", "actions", "action"]
+
+
+class MiddlewareContext:
+    """What a middleware sees of the step it wraps.
+
+    Attributes:
+        level: ``"run"``, ``"stage"``, ``"actions"`` or ``"action"``.
+        attempt: at action level, the number of the attempt the next
+            ``call_next()`` makes (1-based); 1 elsewhere.
+
+    ``run_id``, ``workflow``, ``store`` (the run's own: writes here are
+    visible at once), ``plan``, ``logger``, and ``stage`` / ``stage_id`` /
+    ``action`` where the level has them (``None`` otherwise).
+    """
+
+    __slots__ = ("_chain", "_logger", "_node", "_run", "_stage_node", "attempt", "level")
+
+    def __init__(self, level: Level, run: RunState, stage: Any = None, node: Any = None) -> None:
+        self.level = level
+        self._run = run
+        self._stage_node = stage
+        self._node: Any = node if node is not None else stage
+        self._chain: Any = None
+        self._logger: Logger | None = None
+        self.attempt = 1
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run."""
+        return self._run.run_id
+
+    @property
+    def workflow(self) -> Workflow:
+        """The workflow being run."""
+        return self._run.workflow
+
+    @property
+    def store(self) -> Store:
+        """The run's store (writes are visible to the run at once)."""
+        return self._run.store
+
+    @property
+    def plan(self) -> Plan:
+        """Control over the rest of the run."""
+        from .plan import Plan
+
+        return Plan(self._run.plan)
+
+    @property
+    def stage(self) -> Stage | None:
+        """The stage, at stage, actions and action level."""
+        return self._stage_node.stage if self._stage_node is not None else None
+
+    @property
+    def stage_id(self) -> str | None:
+        """The stage's id in this run, at stage, actions and action level."""
+        return self._stage_node.id if self._stage_node is not None else None
+
+    @property
+    def action(self) -> Action | None:
+        """The action, at action level."""
+        return self._node.action if self.level == "action" else None
+
+    @property
+    def logger(self) -> Logger:
+        """A loguru logger bound with the run's and the step's ids."""
+        bound = self._logger
+        if bound is None:
+            action = self.action
+            bound = self._logger = _root_logger.bind(
+                run_id=self.run_id,
+                workflow_id=self.workflow.id,
+                stage_id=self.stage_id,
+                action=action.name if action is not None else None,
+            )
+        return bound
+
+    def describe(self) -> str:
+        """``action 'x' of stage 'y' in run 'r'`` (or the stage, or the run)."""
+        action = self.action
+        if action is not None:
+            return f"action {action.name!r} of stage {self.stage_id!r} in run {self.run_id!r}"
+        if self.stage_id is not None:
+            return f"stage {self.stage_id!r} in run {self.run_id!r}"
+        return f"run {self.run_id!r} of workflow {self.workflow.id!r}"
+
+
+def check_middleware(mw: object, where: str) -> Middleware:
+    """Return ``mw`` if it is an async callable of ``(ctx, call_next)``, else raise TypeError."""
+    target = mw if inspect.isfunction(mw) or inspect.ismethod(mw) else getattr(mw, "__call__", None)  # noqa: B004
+    if target is None or not callable(mw):
+        raise TypeError(f"middleware for {where} must be an async callable (ctx, call_next), got {mw!r}")
+    if not inspect.iscoroutinefunction(target) and not inspect.iscoroutinefunction(mw):
+        raise TypeError(
+            f"middleware for {where} must be async (async def mw(ctx, call_next)), but {mw!r} is not"
+        )
+    try:
+        inspect.signature(mw).bind(None, None)
+    except TypeError:
+        raise TypeError(
+            f"middleware for {where} must take two arguments (ctx, call_next), but {mw!r} does not"
+        ) from None
+    except ValueError:  # no signature to inspect (a builtin): trust it
+        pass
+    return mw
+
+
+def check_middlewares(mws: Sequence[object], where: str) -> list[Middleware]:
+    """Validate every middleware in ``mws``."""
+    if isinstance(mws, (str, bytes)) or not isinstance(mws, Sequence):
+        raise TypeError(f"middleware for {where} must be a list of middleware, got {mws!r}")
+    return [check_middleware(mw, where) for mw in mws]
+
+
+Handler = Callable[[MiddlewareContext], Awaitable[None]]
+
+
+class _Once:
+    """``call_next`` for the run, stage and actions levels: callable once."""
+
+    __slots__ = ("_called", "_ctx", "_inner")
+
+    def __init__(self, inner: Handler, ctx: MiddlewareContext) -> None:
+        self._inner = inner
+        self._ctx = ctx
+        self._called = False
+
+    def __call__(self) -> Awaitable[None]:
+        if self._called:
+            raise MiddlewareError(
+                f"call_next was called twice by a middleware of {self._ctx.describe()}; "
+                f"only action-level middleware may call it again (to retry)"
+            )
+        self._called = True
+        return self._inner(self._ctx)
+
+
+def _layer(mw: Middleware, inner: Handler, once: bool) -> Handler:
+    if once:
+
+        async def handler_once(ctx: MiddlewareContext) -> None:
+            await mw(ctx, _Once(inner, ctx))
+
+        return handler_once
+
+    async def handler(ctx: MiddlewareContext) -> None:
+        await mw(ctx, functools.partial(inner, ctx))
+
+    return handler
+
+
+def compose(mws: Sequence[Middleware], terminal: Handler, *, repeatable: bool) -> Handler:
+    """Wrap ``terminal`` in ``mws``, first outermost.
+
+    ``repeatable``: whether ``call_next`` may be called more than once (action level).
+    """
+    handler = terminal
+    for mw in reversed(mws):
+        handler = _layer(mw, handler, not repeatable)
+    return handler

@@ -1,0 +1,336 @@
+"""Draw a finished run as a tree for a terminal: :func:`format_run`.
+
+The tree follows the run's records (:attr:`RunResult.steps`): each stage
+with its actions beneath it; an action's dynamic children beneath that
+action; a dynamic stage beneath the stage that inserted it, after that
+stage's actions. Durations sit right-aligned in one column.
+
+In a sequential stage this tree order *is* the execution order. In a
+concurrent stage, siblings keep the order they started in, and actions
+inserted by one action sit beneath it even when a sibling started between
+them: the tree shows who inserted what, which interleaved start times would
+hide.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator, Sequence
+
+from ._core.records import RunResult, RunStatus, StepRecord, StepStatus
+
+__all__ = ["format_run"]
+
+# SGR codes; one style per meaning, so the colours read as a legend.
+_RESET = "\x1b[0m"
+_BOLD = "1"
+_DIM = "2"
+_RED = "31"
+_GREEN = "32"
+_YELLOW = "33"
+_MAGENTA = "35"
+_CYAN = "36"
+
+_STEP_STYLE = {
+    StepStatus.COMPLETED: _GREEN,
+    StepStatus.FAILED: _RED,
+    StepStatus.SKIPPED: _YELLOW,
+    StepStatus.CANCELLED: _MAGENTA,
+}
+_RUN_STYLE = {
+    RunStatus.COMPLETED: _GREEN,
+    RunStatus.FAILED: _RED,
+    RunStatus.BAILED: _YELLOW,
+    RunStatus.CANCELLED: _MAGENTA,
+    RunStatus.SKIPPED: _YELLOW,
+}
+
+_DURATION_WIDTH = 11  # "12,345.6 ms"
+_MAX_DETAIL_LINES = 3
+_BAILED = "bailed: "  # how the runner words the reason on the action that bailed
+
+
+class _Glyphs:
+    """The characters the tree is drawn with (Unicode, or ASCII for narrow encodings)."""
+
+    __slots__ = ("branch", "dot", "ellipsis", "last", "pipe", "space", "status")
+
+    def __init__(self, *, unicode: bool) -> None:
+        if unicode:
+            self.branch, self.last, self.pipe, self.space = "├─ ", "└─ ", "│  ", "   "
+            self.ellipsis, self.dot = "…", " · "
+            self.status = {
+                StepStatus.COMPLETED: "✓",
+                StepStatus.FAILED: "✗",
+                StepStatus.SKIPPED: "○",
+                StepStatus.CANCELLED: "⊘",
+            }
+        else:
+            self.branch, self.last, self.pipe, self.space = "|- ", "`- ", "|  ", "   "
+            self.ellipsis, self.dot = "~", " - "
+            self.status = {
+                StepStatus.COMPLETED: "v",
+                StepStatus.FAILED: "x",
+                StepStatus.SKIPPED: "-",
+                StepStatus.CANCELLED: "!",
+            }
+
+
+class _Node:
+    """One record in the tree, with the records drawn beneath it."""
+
+    __slots__ = ("children", "record")
+
+    def __init__(self, record: StepRecord) -> None:
+        self.record = record
+        self.children: list[_Node] = []
+
+    def walk(self) -> Iterator[_Node]:
+        """This node's descendants, depth first."""
+        for child in self.children:
+            yield child
+            yield from child.walk()
+
+    def shows_below(self, error: BaseException) -> bool:
+        """Whether a descendant carries ``error`` (so it is drawn there, not here)."""
+        return any(node.record.error is error or node.record.recovered_error is error for node in self.walk())
+
+
+# A line is a list of (text, style) segments, so lengths are measured on the
+# plain text and colour is added (or not) at the very end.
+_Segments = list[tuple[str, str]]
+
+
+def _build_tree(steps: list[StepRecord]) -> list[_Node]:
+    """Hang each record under the stage or action that inserted it."""
+    roots: list[_Node] = []
+    stages: list[_Node] = []
+    actions: dict[str, list[_Node]] = {}  # stage id -> its action nodes, in order
+    for record in steps:
+        node = _Node(record)
+        if record.kind == "stage":
+            parent = _find_stage_parent(stages, record)
+            (parent.children if parent is not None else roots).append(node)
+            stages.append(node)
+            continue
+        siblings = actions.setdefault(record.stage_id, [])
+        parent = _find_action_parent(siblings, record)
+        if parent is None:
+            parent = next((s for s in reversed(stages) if s.record.stage_id == record.stage_id), None)
+        (parent.children if parent is not None else roots).append(node)
+        siblings.append(node)
+    return roots
+
+
+def _find_stage_parent(stages: list[_Node], record: StepRecord) -> _Node | None:
+    # ``inserted_by`` is "stage/action"; a stage id may itself hold a "/", so
+    # match whole ids as prefixes rather than splitting.
+    inserted_by = record.inserted_by
+    if not record.dynamic or inserted_by is None:
+        return None
+    candidates = [s for s in stages if inserted_by.startswith(s.record.stage_id + "/")]
+    if not candidates:
+        return None
+    near = [s for s in candidates if s.record.depth == record.depth - 1] or candidates
+    return max(reversed(near), key=lambda s: len(s.record.stage_id))
+
+
+def _find_action_parent(siblings: list[_Node], record: StepRecord) -> _Node | None:
+    # Action names need not be unique: the nearest earlier action of that name
+    # one level up is the one that inserted this one (it ran just before).
+    if not record.dynamic or record.inserted_by is None:
+        return None
+    for node in reversed(siblings):
+        if (
+            node.record.depth == record.depth - 1
+            and f"{node.record.stage_id}/{node.record.action_name}" == record.inserted_by
+        ):
+            return node
+    return None
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f} ms"
+
+
+def _error_text(error: BaseException) -> str:
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _fit(segments: _Segments, budget: int, ellipsis: str) -> _Segments:
+    """Cut ``segments`` to at most ``budget`` characters, marking a cut with ``ellipsis``."""
+    if sum(len(text) for text, _ in segments) <= budget:
+        return segments
+    fitted: _Segments = []
+    room = budget - len(ellipsis)
+    for text, style in segments:
+        if room <= 0:
+            break
+        fitted.append((text[:room], style))
+        room -= len(text[:room])
+    fitted.append((ellipsis, _DIM))
+    return fitted
+
+
+class _Renderer:
+    """Turns a tree of records into lines of (text, style) segments."""
+
+    def __init__(self, *, width: int, glyphs: _Glyphs) -> None:
+        self.width = width
+        self.glyphs = glyphs
+        self.lines: list[_Segments] = []
+
+    def line(
+        self,
+        left: _Segments,
+        right: str = "",
+        right_style: str = _DIM,
+        *,
+        optional: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Add a line with ``right`` right-aligned in the duration column.
+
+        ``optional`` segments go after ``left`` when the line has room for them.
+        """
+        budget = self.width - (max(_DURATION_WIDTH, len(right)) + 1 if right else 0)
+        if optional and sum(len(text) for text, _ in [*left, *optional]) <= budget:
+            left = [*left, *optional]
+        if not right:
+            self.lines.append(_fit(left, self.width, self.glyphs.ellipsis))
+            return
+        column = max(_DURATION_WIDTH, len(right))
+        left = _fit(left, self.width - column - 1, self.glyphs.ellipsis)
+        gap = self.width - sum(len(text) for text, _ in left) - len(right)
+        self.lines.append([*left, (" " * gap, ""), (right, right_style)])
+
+    def nodes(self, nodes: list[_Node], prefix: str) -> None:
+        """Draw ``nodes`` as siblings under ``prefix``."""
+        g = self.glyphs
+        for index, node in enumerate(nodes):
+            last = index == len(nodes) - 1
+            self.node(node, prefix, g.last if last else g.branch, prefix + (g.space if last else g.pipe))
+
+    def node(self, node: _Node, prefix: str, connector: str, child_prefix: str) -> None:
+        """Draw one step, its error if it shows one, then what hangs beneath it."""
+        record = node.record
+        status_style = _STEP_STYLE.get(record.status, "")
+        name = record.stage_id if record.kind == "stage" else (record.action_name or "?")
+        left: _Segments = [
+            (prefix + connector, _DIM),
+            (self.glyphs.status.get(record.status, "·"), status_style),
+            (" ", ""),
+            (name, _BOLD if record.kind == "stage" else ""),
+        ]
+        left.extend(self.markers(record))
+        optional: _Segments = []
+        if record.dynamic and record.kind == "stage" and record.inserted_by:
+            optional.append((f"  (inserted by {record.inserted_by.rpartition('/')[2]})", _DIM))
+        ran = record.status is not StepStatus.SKIPPED
+        self.line(left, _duration(record.duration) if ran else "", optional=optional)
+        # The details line up under the step's name, inside its branch.
+        detail_prefix = child_prefix + (self.glyphs.pipe[0] + " " if node.children else "  ")
+        # A stage shares its failed action's error: draw it once, at the action.
+        if record.error is not None and not node.shows_below(record.error):
+            self.detail(_error_text(record.error), detail_prefix, _RED)
+        elif record.reason and record.reason.startswith(_BAILED):
+            self.detail(record.reason.removeprefix(_BAILED), detail_prefix, _YELLOW)
+        recovered = record.recovered_error
+        if recovered is not None and recovered is not record.error and not node.shows_below(recovered):
+            self.detail(f"recovered from {_error_text(recovered)}", detail_prefix, _YELLOW)
+        self.nodes(node.children, child_prefix)
+
+    def markers(self, record: StepRecord) -> _Segments:
+        """What to say after the step's name: dynamic, skipped, cancelled, bailed."""
+        marks: _Segments = []
+        if record.dynamic:
+            marks.append(("  + dynamic", _CYAN))
+        if record.attempts > 1:
+            marks.append((f"  {record.attempts} attempts", _YELLOW))
+        if record.status is StepStatus.SKIPPED:
+            marks.append((f"  skipped: {record.reason or 'disabled'}", _YELLOW))
+        elif record.status is StepStatus.CANCELLED:
+            marks.append((f"  cancelled{': ' + record.reason if record.reason else ''}", _MAGENTA))
+        elif record.status is StepStatus.FAILED:
+            marks.append(("  failed", _RED))
+        elif record.reason and record.reason.startswith(_BAILED):
+            marks.append(("  bailed", _YELLOW))
+        return marks
+
+    def detail(self, text: str, prefix: str, style: str) -> None:
+        """Draw ``text`` (an error, a bail reason) under its step, wrapped, a few lines at most."""
+        room = max(self.width - len(prefix), 20)
+        wrapped = textwrap.wrap(
+            " ".join(text.split()),
+            room,
+            max_lines=_MAX_DETAIL_LINES,
+            placeholder=" " + self.glyphs.ellipsis,
+        )
+        for line in wrapped:
+            self.line([(prefix, _DIM), (line, style)])
+
+
+def _paint(segments: _Segments, color: bool) -> str:
+    if not color:
+        return "".join(text for text, _ in segments).rstrip()
+    return "".join(
+        f"\x1b[{style}m{text}{_RESET}" if style and text.strip() else text for text, style in segments
+    ).rstrip()
+
+
+def format_run(result: RunResult, *, color: bool, width: int = 80, unicode: bool = True) -> str:
+    """Draw ``result`` as a tree of its stages and actions, for a terminal.
+
+    The first line names the workflow, the run (short id) and how it ended;
+    then each stage with its actions beneath it, dynamic steps beneath what
+    inserted them and marked ``+ dynamic``, skipped steps with their reason,
+    failed steps with their error; durations are right-aligned in ms. The
+    last line gives the status, the counts and the run's total duration.
+
+    Args:
+        result: the run to draw.
+        color: add ANSI colours (green completed, yellow skipped, red
+            failed, cyan dynamic); pass ``False`` for files and pipes.
+        width: the number of columns to fit every line into (at least 40).
+        unicode: draw with box-drawing glyphs; ``False`` uses ASCII only.
+
+    Returns:
+        The text, lines joined with ``"\\n"``, without a trailing newline.
+    """
+    width = max(width, 40)
+    glyphs = _Glyphs(unicode=unicode)
+    renderer = _Renderer(width=width, glyphs=glyphs)
+    run_style = _RUN_STYLE.get(result.status, "")
+    steps = result.steps
+
+    renderer.line(
+        [
+            (result.workflow_id, _BOLD),
+            (glyphs.dot + "run ", _DIM),
+            (result.run_id[:8], ""),
+            (glyphs.dot, _DIM),
+            (result.status.value, run_style),
+        ]
+    )
+    renderer.nodes(_build_tree(steps), "")
+
+    stages = [s for s in steps if s.kind == "stage"]
+    actions = [s for s in steps if s.kind == "action"]
+    summary: _Segments = [
+        (result.status.value, run_style),
+        (f": {_plural(len(stages), 'stage')}, {_plural(len(actions), 'action')}", ""),
+    ]
+    counts = {
+        "dynamic": sum(s.dynamic for s in steps),
+        "skipped": sum(s.status is StepStatus.SKIPPED for s in steps),
+        "failed": sum(s.status is StepStatus.FAILED for s in actions),
+        "cancelled": sum(s.status is StepStatus.CANCELLED for s in actions),
+    }
+    details = ", ".join(f"{count} {what}" for what, count in counts.items() if count)
+    optional = [(f" ({details})", _DIM)] if details else []
+    renderer.line(summary, _duration(result.duration), "", optional=optional)
+    return "\n".join(_paint(line, color) for line in renderer.lines)
