@@ -11,25 +11,43 @@ Then ``result = await af.run(wf)`` inside async code.
 
 from loguru import logger as _logger
 
+from . import backoff as backoff
+from . import middleware as middleware
 from ._core.actions import Action as Action
 from ._core.actions import FunctionAction as FunctionAction
 from ._core.actions import action as action
 from ._core.context import ActionContext as ActionContext
 from ._core.errors import ActionFailed as ActionFailed
+from ._core.errors import ActionTimeout as ActionTimeout
 from ._core.errors import Bail as Bail
 from ._core.errors import ContextClosed as ContextClosed
 from ._core.errors import DuplicateStageId as DuplicateStageId
 from ._core.errors import InsertionLimitExceeded as InsertionLimitExceeded
 from ._core.errors import InvalidDefinition as InvalidDefinition
+from ._core.errors import MiddlewareError as MiddlewareError
 from ._core.errors import MissingKey as MissingKey
+from ._core.errors import NonRetryable as NonRetryable
+from ._core.errors import NotSerializable as NotSerializable
+from ._core.errors import RunFailed as RunFailed
+from ._core.errors import StageFailed as StageFailed
+from ._core.errors import StepTimeout as StepTimeout
 from ._core.errors import TypeMismatch as TypeMismatch
 from ._core.errors import UnknownStep as UnknownStep
 from ._core.errors import WorkflowError as WorkflowError
+from ._core.events import Event as Event
+from ._core.events import EventKind as EventKind
+from ._core.events import EventStream as EventStream
+from ._core.events import Message as Message
+from ._core.middleware import CallNext as CallNext
+from ._core.middleware import Middleware as Middleware
+from ._core.middleware import MiddlewareContext as MiddlewareContext
 from ._core.plan import Plan as Plan
 from ._core.records import RunResult as RunResult
 from ._core.records import RunStatus as RunStatus
 from ._core.records import StepRecord as StepRecord
 from ._core.records import StepStatus as StepStatus
+from ._core.records import Timing as Timing
+from ._core.retry import Retry as Retry
 from ._core.runner import Runner as Runner
 from ._core.runner import run as run
 from ._core.store import Key as Key
@@ -48,28 +66,47 @@ __all__ = [
     "Action",
     "ActionContext",
     "ActionFailed",
+    "ActionTimeout",
     "Bail",
+    "CallNext",
     "ContextClosed",
     "DuplicateStageId",
+    "Event",
+    "EventKind",
+    "EventStream",
     "FunctionAction",
     "InsertionLimitExceeded",
     "InvalidDefinition",
     "Key",
+    "Message",
+    "Middleware",
+    "MiddlewareContext",
+    "MiddlewareError",
     "MissingKey",
+    "NonRetryable",
+    "NotSerializable",
     "Plan",
+    "Retry",
+    "RunFailed",
     "RunResult",
     "RunStatus",
     "Runner",
     "Stage",
+    "StageFailed",
     "StepRecord",
     "StepStatus",
+    "StepTimeout",
     "Store",
     "StoreConflict",
+    "Timing",
     "TypeMismatch",
     "UnknownStep",
     "Workflow",
     "WorkflowError",
     "__version__",
+    "_logger",
     "action",
+    "backoff",
+    "middleware",
     "run",
 ]

@@ -150,7 +150,8 @@ def _find_action_parent(siblings: list[_Node], record: StepRecord) -> _Node | No
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds * 1000:,.1f} ms"
+    ms = seconds * 1000
+    return f"{ms:,.1f} ms" if ms >= 0.05 else "<0.1 ms"
 
 
 def _error_text(error: BaseException) -> str:

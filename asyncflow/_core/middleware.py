@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from loguru import logger as _root_logger
 
@@ -28,8 +28,23 @@ if TYPE_CHECKING:
     from .store import Store
     from .workflow import Stage, Workflow
 
-CallNext = Callable[[], Awaitable[None]]
-Middleware = Callable[["MiddlewareContext", CallNext], Awaitable[None]]
+
+class CallNext(Protocol):
+    """``call_next`` as a middleware receives it: await it to run what is wrapped."""
+
+    def __call__(self) -> Awaitable[None]:
+        """Run the wrapped step (at action level, once more per call: a retry)."""
+        ...
+
+
+class Middleware(Protocol):
+    """An async callable ``(ctx, call_next)`` wrapping a run, a stage, an actions block or an action."""
+
+    def __call__(self, ctx: MiddlewareContext, call_next: CallNext, /) -> Awaitable[None]:
+        """Do work before and after ``await call_next()``; skip, retry, time-limit or recover."""
+        ...
+
+
 Level = Literal["run", "stage", "actions", "action"]
 
 
@@ -107,6 +122,25 @@ class MiddlewareContext:
                 action=action.name if action is not None else None,
             )
         return bound
+
+    async def record_timing(self, seconds: float) -> None:
+        """Record a duration of this step in the run record (``RunResult.timings``) and as an event."""
+        from .events import EventKind
+        from .records import Timing
+
+        action = self.action
+        run = self._run
+        run.timings.append(Timing(self.level, self.stage_id, action.name if action else None, seconds))
+        if run.hub.listening:
+            await run.hub.emit(
+                run.event(
+                    EventKind.TIMING,
+                    None,
+                    stage_id=self.stage_id,
+                    action_name=action.name if action else None,
+                    duration=seconds,
+                )
+            )
 
     def describe(self) -> str:
         """``action 'x' of stage 'y' in run 'r'`` (or the stage, or the run)."""

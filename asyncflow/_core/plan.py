@@ -170,12 +170,20 @@ def undo(state: PlanState, journal: list[UndoEntry]) -> None:
         elif kind == _UNDO_REMOVED:
             node.removed = False
         elif kind == _UNDO_ACTION:
-            node.children.remove(detail)
+            _remove_newest(node.children, detail)
             state.insertions -= 1
         else:
-            node.inserted.remove(detail)
+            _remove_newest(node.inserted, detail)
             del state.by_id[detail.id]
             state.insertions -= 1
+
+
+def _remove_newest(nodes: list[Any], node: Any) -> None:
+    # Undo runs newest first, so the node is almost always the last one: O(1).
+    if nodes and nodes[-1] is node:
+        nodes.pop()
+    else:
+        nodes.remove(node)
 
 
 class PlanState:
