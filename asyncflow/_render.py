@@ -15,7 +15,7 @@ hide.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from ._core.records import RunResult, RunStatus, StepRecord, StepStatus
 
@@ -85,16 +85,6 @@ class _Node:
         self.record = record
         self.children: list[_Node] = []
 
-    def walk(self) -> Iterator[_Node]:
-        """This node's descendants, depth first."""
-        for child in self.children:
-            yield child
-            yield from child.walk()
-
-    def shows_below(self, error: BaseException) -> bool:
-        """Whether a descendant carries ``error`` (so it is drawn there, not here)."""
-        return any(node.record.error is error or node.record.recovered_error is error for node in self.walk())
-
 
 # A line is a list of (text, style) segments, so lengths are measured on the
 # plain text and colour is added (or not) at the very end.
@@ -102,50 +92,41 @@ _Segments = list[tuple[str, str]]
 
 
 def _build_tree(steps: list[StepRecord]) -> list[_Node]:
-    """Hang each record under the stage or action that inserted it."""
+    """Hang each record under the stage or action that inserted it (linear time)."""
     roots: list[_Node] = []
-    stages: list[_Node] = []
-    actions: dict[str, list[_Node]] = {}  # stage id -> its action nodes, in order
+    stages: dict[str, _Node] = {}  # stage id -> its (latest) node
+    # ("stage/action", depth) -> the latest action node of that name and depth:
+    # names need not be unique, and the nearest earlier one is the inserter
+    # (an inserted action starts only after the action that inserted it ends).
+    actions: dict[tuple[str, int], _Node] = {}
     for record in steps:
         node = _Node(record)
+        parent: _Node | None
         if record.kind == "stage":
-            parent = _find_stage_parent(stages, record)
-            (parent.children if parent is not None else roots).append(node)
-            stages.append(node)
-            continue
-        siblings = actions.setdefault(record.stage_id, [])
-        parent = _find_action_parent(siblings, record)
-        if parent is None:
-            parent = next((s for s in reversed(stages) if s.record.stage_id == record.stage_id), None)
+            parent = _stage_parent(stages, record)
+            stages[record.stage_id] = node
+        else:
+            parent = None
+            if record.dynamic and record.inserted_by is not None:
+                parent = actions.get((record.inserted_by, record.depth - 1))
+            if parent is None:
+                parent = stages.get(record.stage_id)
+            actions[f"{record.stage_id}/{record.action_name}", record.depth] = node
         (parent.children if parent is not None else roots).append(node)
-        siblings.append(node)
     return roots
 
 
-def _find_stage_parent(stages: list[_Node], record: StepRecord) -> _Node | None:
-    # ``inserted_by`` is "stage/action"; a stage id may itself hold a "/", so
-    # match whole ids as prefixes rather than splitting.
+def _stage_parent(stages: dict[str, _Node], record: StepRecord) -> _Node | None:
+    # ``inserted_by`` is "stage/action" and either part may hold a "/":
+    # try each split, the longest stage id first.
     inserted_by = record.inserted_by
     if not record.dynamic or inserted_by is None:
         return None
-    candidates = [s for s in stages if inserted_by.startswith(s.record.stage_id + "/")]
-    if not candidates:
-        return None
-    near = [s for s in candidates if s.record.depth == record.depth - 1] or candidates
-    return max(reversed(near), key=lambda s: len(s.record.stage_id))
-
-
-def _find_action_parent(siblings: list[_Node], record: StepRecord) -> _Node | None:
-    # Action names need not be unique: the nearest earlier action of that name
-    # one level up is the one that inserted this one (it ran just before).
-    if not record.dynamic or record.inserted_by is None:
-        return None
-    for node in reversed(siblings):
-        if (
-            node.record.depth == record.depth - 1
-            and f"{node.record.stage_id}/{node.record.action_name}" == record.inserted_by
-        ):
-            return node
+    cut = len(inserted_by)
+    while (cut := inserted_by.rfind("/", 0, cut)) > 0:
+        parent = stages.get(inserted_by[:cut])
+        if parent is not None:
+            return parent
     return None
 
 
@@ -181,9 +162,15 @@ def _fit(segments: _Segments, budget: int, ellipsis: str) -> _Segments:
 class _Renderer:
     """Turns a tree of records into lines of (text, style) segments."""
 
-    def __init__(self, *, width: int, glyphs: _Glyphs) -> None:
+    def __init__(self, *, width: int, glyphs: _Glyphs, shown_below: set[int]) -> None:
         self.width = width
         self.glyphs = glyphs
+        # ids of errors an action record carries: a stage shares its failed
+        # action's error, which is drawn once, at the action.
+        self.shown_below = shown_below
+        # Past this indentation, deeper levels stay at it, so a long chain of
+        # nested insertions still leaves room for the names.
+        self.max_indent = width // 2
         self.lines: list[_Segments] = []
 
     def line(
@@ -209,15 +196,26 @@ class _Renderer:
         gap = self.width - sum(len(text) for text, _ in left) - len(right)
         self.lines.append([*left, (" " * gap, ""), (right, right_style)])
 
-    def nodes(self, nodes: list[_Node], prefix: str) -> None:
-        """Draw ``nodes`` as siblings under ``prefix``."""
+    def tree(self, roots: list[_Node]) -> None:
+        """Draw every node, depth first, without recursion (nesting can run 10,000 deep)."""
         g = self.glyphs
-        for index, node in enumerate(nodes):
-            last = index == len(nodes) - 1
-            self.node(node, prefix, g.last if last else g.branch, prefix + (g.space if last else g.pipe))
+        stack: list[tuple[list[_Node], int, str]] = [(roots, 0, "")]  # siblings, next index, prefix
+        while stack:
+            siblings, index, prefix = stack.pop()
+            if index >= len(siblings):
+                continue
+            stack.append((siblings, index + 1, prefix))
+            node = siblings[index]
+            last = index == len(siblings) - 1
+            child_prefix = prefix + (g.space if last else g.pipe)
+            if len(child_prefix) > self.max_indent:
+                child_prefix = prefix
+            self.node(node, prefix, g.last if last else g.branch, child_prefix)
+            if node.children:
+                stack.append((node.children, 0, child_prefix))
 
     def node(self, node: _Node, prefix: str, connector: str, child_prefix: str) -> None:
-        """Draw one step, its error if it shows one, then what hangs beneath it."""
+        """Draw one step and its error, bail reason or recovered error, if any."""
         record = node.record
         status_style = _STEP_STYLE.get(record.status, "")
         name = record.stage_id if record.kind == "stage" else (record.action_name or "?")
@@ -236,14 +234,17 @@ class _Renderer:
         # The details line up under the step's name, inside its branch.
         detail_prefix = child_prefix + (self.glyphs.pipe[0] + " " if node.children else "  ")
         # A stage shares its failed action's error: draw it once, at the action.
-        if record.error is not None and not node.shows_below(record.error):
+        if record.error is not None and (record.kind == "action" or id(record.error) not in self.shown_below):
             self.detail(_error_text(record.error), detail_prefix, _RED)
         elif record.reason and record.reason.startswith(_BAILED):
             self.detail(record.reason.removeprefix(_BAILED), detail_prefix, _YELLOW)
         recovered = record.recovered_error
-        if recovered is not None and recovered is not record.error and not node.shows_below(recovered):
+        if (
+            recovered is not None
+            and recovered is not record.error
+            and (record.kind == "action" or id(recovered) not in self.shown_below)
+        ):
             self.detail(f"recovered from {_error_text(recovered)}", detail_prefix, _YELLOW)
-        self.nodes(node.children, child_prefix)
 
     def markers(self, record: StepRecord) -> _Segments:
         """What to say after the step's name: dynamic, skipped, cancelled, bailed."""
@@ -304,9 +305,16 @@ def format_run(result: RunResult, *, color: bool, width: int = 80, unicode: bool
     """
     width = max(width, 40)
     glyphs = _Glyphs(unicode=unicode)
-    renderer = _Renderer(width=width, glyphs=glyphs)
-    run_style = _RUN_STYLE.get(result.status, "")
     steps = result.steps
+    shown_below = {
+        id(error)
+        for s in steps
+        if s.kind == "action"
+        for error in (s.error, s.recovered_error)
+        if error is not None
+    }
+    renderer = _Renderer(width=width, glyphs=glyphs, shown_below=shown_below)
+    run_style = _RUN_STYLE.get(result.status, "")
 
     renderer.line(
         [
@@ -317,7 +325,7 @@ def format_run(result: RunResult, *, color: bool, width: int = 80, unicode: bool
             (result.status.value, run_style),
         ]
     )
-    renderer.nodes(_build_tree(steps), "")
+    renderer.tree(_build_tree(steps))
 
     stages = [s for s in steps if s.kind == "stage"]
     actions = [s for s in steps if s.kind == "action"]

@@ -69,6 +69,10 @@ def _demo(args: argparse.Namespace) -> int:
     print(file=out)
     summary = result.store.get(SUMMARY, "no summary was written")
     print(f"\x1b[1m{summary}\x1b[0m" if color else summary, file=out)
+    if args.mermaid:
+        print("\n```mermaid", file=out)
+        print(result.to_mermaid(), end="", file=out)
+        print("```", file=out)
     return 0 if result.status is RunStatus.COMPLETED else 1
 
 
@@ -84,6 +88,11 @@ def _add_demo(
             "each of which fans out one action per item, run concurrently; a step is "
             "switched off at run time. Prints the run as a tree."
         ),
+    )
+    parser.add_argument(
+        "--mermaid",
+        action="store_true",
+        help="also print the executed plan as a Mermaid flowchart (paste it into mermaid.live)",
     )
     parser.set_defaults(handler=_demo)
 

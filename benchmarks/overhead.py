@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     flow_us, plain_us = per_action(repeats)
     print(f"(a) one stage of {ACTIONS:,} no-op actions")
     print(f"    plain await      {plain_us:8.3f} µs/call")
-    print(f"    asyncflow        {flow_us:8.3f} µs/action   ({flow_us / plain_us:5.1f}x plain)   target <= 2 µs")
+    print(
+        f"    asyncflow        {flow_us:8.3f} µs/action   ({flow_us / plain_us:5.1f}x plain)   target <= 2 µs"
+    )
 
     runs_s, plain_runs_s, peak = concurrent_runs(max(1, repeats // 2))
     print(f"\n(b) {CONCURRENT_RUNS:,} concurrent runs of {ACTIONS_PER_RUN} actions")

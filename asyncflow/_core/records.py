@@ -188,6 +188,17 @@ class RunResult:
             self._steps = [_record(node, self._started) for node in self._log]
         return list(self._steps)
 
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart of the run as executed.
+
+        Steps appear in execution order; inserted stages are drawn inside the
+        stage that inserted them; dynamic, skipped, failed and cancelled steps
+        carry classes (``dynamic``, ``skipped``...) with their own styles.
+        """
+        from .mermaid import run_to_mermaid
+
+        return run_to_mermaid(self)
+
     def stage_order(self) -> list[str]:
         """Ids of the stages that ran (not skipped), in execution order."""
         return [s.stage_id for s in self.steps if s.kind == "stage" and s.status != StepStatus.SKIPPED]

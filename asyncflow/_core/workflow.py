@@ -178,5 +178,11 @@ class Workflow:
         self._action_middleware.append(check_middleware(middleware, f"actions of workflow {self.id!r}"))
         return self
 
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart of this definition: stages in order, each a subgraph of its actions."""
+        from .mermaid import workflow_to_mermaid
+
+        return workflow_to_mermaid(self)
+
     def __repr__(self) -> str:
         return f"<Workflow {self.id!r} stages={[s.id for s in self._stages]}>"

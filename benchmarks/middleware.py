@@ -1,0 +1,160 @@
+"""Cost of middleware layers and of event emission, against the same runs without them.
+
+Run with ``make bench`` (or ``python benchmarks/middleware.py``). Figures:
+
+(a) cost of one empty middleware layer at each level, per wrapped step:
+    action level (2,000 actions in one stage), stage and actions-block level
+    (2,000 one-action stages), run level (2,000 one-action runs);
+(b) a run of 2,000 actions with 3 action-level middlewares against none;
+(c) event emission with one subscriber draining as it goes, per action,
+    against no listener; and the no-listener path against a plain await.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+import asyncflow as af
+
+STEPS = 2_000
+
+
+async def _noop_fn(ctx: af.ActionContext | None) -> None:
+    return None
+
+
+noop = af.action(name="noop")(_noop_fn)
+
+
+async def empty(ctx: af.MiddlewareContext, call_next: af.CallNext) -> None:
+    await call_next()
+
+
+def best(repeats: int, measure: Callable[[], Awaitable[float]]) -> float:
+    async def loop() -> float:
+        result = float("inf")
+        for _ in range(repeats):
+            gc.collect()
+            result = min(result, await measure())
+        return result
+
+    return asyncio.run(loop())
+
+
+def timed_run(runner: af.Runner, workflow: af.Workflow, runs: int = 1) -> Callable[[], Awaitable[float]]:
+    async def measure() -> float:
+        started = time.perf_counter()
+        for _ in range(runs):
+            await runner.run(workflow)
+        return time.perf_counter() - started
+
+    return measure
+
+
+def one_stage() -> af.Workflow:
+    return af.Workflow("one-stage", stages=[af.Stage("only", actions=[noop] * STEPS)])
+
+
+def many_stages(block_mw: bool = False) -> af.Workflow:
+    stages = []
+    for index in range(STEPS):
+        stage = af.Stage(f"s{index}", actions=[noop])
+        if block_mw:
+            stage.use(empty)
+        stages.append(stage)
+    return af.Workflow("many-stages", stages=stages)
+
+
+def layer_costs(repeats: int) -> dict[str, float]:
+    """µs added by one empty layer, per wrapped step, at each level."""
+    bare = af.Runner()
+    action_none = best(repeats, timed_run(bare, one_stage()))
+    action_one = best(repeats, timed_run(af.Runner(action_middleware=[empty]), one_stage()))
+    stage_none = best(repeats, timed_run(bare, many_stages()))
+    stage_one = best(repeats, timed_run(af.Runner(stage_middleware=[empty]), many_stages()))
+    block_one = best(repeats, timed_run(bare, many_stages(block_mw=True)))
+    single = af.Workflow("single", stages=[af.Stage("only", actions=[noop])])
+    run_none = best(repeats, timed_run(bare, single, runs=STEPS))
+    run_one = best(repeats, timed_run(af.Runner(middleware=[empty]), single, runs=STEPS))
+    return {
+        "action": (action_one - action_none) / STEPS * 1e6,
+        "stage": (stage_one - stage_none) / STEPS * 1e6,
+        "actions block": (block_one - stage_none) / STEPS * 1e6,
+        "run": (run_one - run_none) / STEPS * 1e6,
+    }
+
+
+def three_layers(repeats: int) -> tuple[float, float]:
+    """(µs/action with none, µs/action with 3 action-level middlewares)."""
+    none = best(repeats, timed_run(af.Runner(), one_stage())) / STEPS * 1e6
+    three = best(repeats, timed_run(af.Runner(action_middleware=[empty, empty, empty]), one_stage()))
+    return none, three / STEPS * 1e6
+
+
+def events(repeats: int) -> tuple[float, float, float]:
+    """(plain await µs, no-listener µs/action, one-subscriber µs/action)."""
+    workflow = one_stage()
+    quiet = best(repeats, timed_run(af.Runner(), workflow)) / STEPS * 1e6
+
+    async def with_subscriber() -> float:
+        runner = af.Runner()
+        received = 0
+        async with runner.subscribe(buffer=100_000) as stream:
+
+            async def drain() -> None:
+                nonlocal received
+                async for event in stream:
+                    received += 1
+                    if event.kind is af.EventKind.RUN_FINISHED:
+                        return
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(drain)
+                started = time.perf_counter()
+                await runner.run(workflow)
+                elapsed = time.perf_counter() - started
+        assert received >= 2 * STEPS
+        return elapsed
+
+    listened = best(repeats, with_subscriber) / STEPS * 1e6
+
+    async def plain() -> float:
+        started = time.perf_counter()
+        for _ in range(STEPS):
+            await _noop_fn(None)
+        return time.perf_counter() - started
+
+    return best(repeats, plain) / STEPS * 1e6, quiet, listened
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="asyncflow middleware and event costs")
+    parser.add_argument("--repeats", type=int, default=7, help="best of N (default 7)")
+    repeats: int = parser.parse_args(argv).repeats
+
+    print(f"asyncflow {af.__version__}: middleware and events, best of {repeats}\n")
+    print("(a) one empty middleware layer, cost per wrapped step   (target <= 0.5 µs)")
+    for level, cost in layer_costs(repeats).items():
+        print(f"    {level:<14} {cost:7.3f} µs")
+
+    none, three = three_layers(repeats)
+    print(f"\n(b) {STEPS:,} actions, 3 action-level middlewares")
+    print(f"    none           {none:7.3f} µs/action")
+    print(f"    three          {three:7.3f} µs/action   (+{(three - none) / 3:.3f} µs per layer)")
+
+    plain, quiet, listened = events(repeats)
+    print(f"\n(c) events, {STEPS:,} actions")
+    print(f"    plain await    {plain:7.3f} µs/call")
+    print(f"    no listener    {quiet:7.3f} µs/action   (target <= 2 µs: nobody listening costs nothing)")
+    print(f"    1 subscriber   {listened:7.3f} µs/action   (+{listened - quiet:.3f} µs for 2 events)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
