@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import attrs
@@ -37,9 +37,11 @@ class EventKind(enum.StrEnum):
     EVENTS_DROPPED = "events_dropped"
 
 
-@attrs.frozen
-class Event:
-    """One lifecycle event of a run.
+class Event(NamedTuple):
+    """One lifecycle event of a run (an immutable record).
+
+    A named tuple rather than an attrs class: a busy run emits two per
+    action, and this is the cheapest immutable record Python builds.
 
     Attributes:
         kind: what happened.
@@ -47,8 +49,8 @@ class Event:
         stage_id, action_name: the step, where the event is about one.
         at: wall-clock time (``time.time()``) of the event.
         status: the step's or run's status for ``*_FINISHED`` and ``STEP_SKIPPED``.
-        error: the exception of a failed step or run.
-        duration: seconds the step or run took, for ``*_FINISHED``.
+        error: the exception of a failed step or run (or one a middleware recovered from).
+        duration: seconds the step or run took, for ``*_FINISHED`` and ``TIMING``.
         dynamic: the step was inserted at run time.
         attempt: the attempt number, for action events.
         reason: why a step was skipped.
@@ -60,7 +62,7 @@ class Event:
     workflow_id: str
     stage_id: str | None = None
     action_name: str | None = None
-    at: float = attrs.field(factory=time.time)
+    at: float = 0.0
     status: str | None = None
     error: BaseException | None = None
     duration: float | None = None
@@ -100,17 +102,10 @@ def _check_handler(handler: object, what: str) -> None:
         raise TypeError(f"{what} handler must be callable (sync or async), got {handler!r}")
 
 
-def _is_async(handler: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004 - an object with an async __call__
-    )
-
-
 @attrs.define
 class _MessageRoute:
     kind: str
     handler: MessageHandler
-    is_async: bool
     workflow_id: str | None
     stage_id: str | None
     action_name: str | None
@@ -141,7 +136,7 @@ class EventStream:
         self._run_id = run_id
         self._dropped = 0
         self._closed = False
-        self._wake = anyio.Event()
+        self._wake: anyio.Event | None = None
 
     def _push(self, event: Event) -> None:
         if self._run_id is not None and event.run_id != self._run_id:
@@ -151,15 +146,23 @@ class EventStream:
             return
         if self._dropped:
             self._buffer.append(
-                Event(EventKind.EVENTS_DROPPED, event.run_id, event.workflow_id, dropped=self._dropped)
+                Event(
+                    EventKind.EVENTS_DROPPED,
+                    event.run_id,
+                    event.workflow_id,
+                    at=time.time(),
+                    dropped=self._dropped,
+                )
             )
             self._dropped = 0
         self._buffer.append(event)
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     def _close(self) -> None:
         self._closed = True
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     def __aiter__(self) -> EventStream:
         return self
@@ -168,11 +171,16 @@ class EventStream:
         while not self._buffer:
             if self._dropped:
                 dropped, self._dropped = self._dropped, 0
-                return Event(EventKind.EVENTS_DROPPED, self._run_id or "", "", dropped=dropped)
+                return Event(
+                    EventKind.EVENTS_DROPPED, self._run_id or "", "", at=time.time(), dropped=dropped
+                )
             if self._closed:
                 raise StopAsyncIteration
             self._wake = anyio.Event()
-            await self._wake.wait()
+            try:
+                await self._wake.wait()
+            finally:
+                self._wake = None
         return self._buffer.popleft()
 
 
@@ -180,7 +188,7 @@ class Hub:
     """Routes messages and events of one runner to its handlers and subscribers (internal)."""
 
     def __init__(self) -> None:
-        self.event_handlers: list[tuple[EventHandler, bool]] = []
+        self.event_handlers: list[EventHandler] = []
         self.streams: list[EventStream] = []
         self.routes: list[_MessageRoute] = []
 
@@ -191,9 +199,8 @@ class Hub:
 
     def on_event(self, handler: EventHandler) -> Callable[[], None]:
         _check_handler(handler, "event")
-        entry = (handler, _is_async(handler))
-        self.event_handlers.append(entry)
-        return lambda: self.event_handlers.remove(entry)
+        self.event_handlers.append(handler)
+        return lambda: self.event_handlers.remove(handler)
 
     def on_message(
         self,
@@ -208,7 +215,7 @@ class Hub:
         if not isinstance(kind, str) or not kind:
             raise TypeError(f"message kind must be a non-empty string ('*' for all), got {kind!r}")
         _check_handler(handler, f"message {kind!r}")
-        route = _MessageRoute(kind, handler, _is_async(handler), workflow_id, stage_id, action_name, run_id)
+        route = _MessageRoute(kind, handler, workflow_id, stage_id, action_name, run_id)
         self.routes.append(route)
         return lambda: self.routes.remove(route)
 
@@ -227,12 +234,11 @@ class Hub:
     async def emit(self, event: Event) -> None:
         for stream in self.streams:
             stream._push(event)
-        for handler, is_async in list(self.event_handlers):
+        for handler in list(self.event_handlers):
             try:
-                if is_async:
-                    await handler(event)  # type: ignore[misc]
-                else:
-                    handler(event)
+                outcome = handler(event)
+                if outcome is not None and inspect.isawaitable(outcome):
+                    await outcome
             except Exception:
                 logger.opt(exception=True).error(
                     "event handler {!r} raised on {} of run {}", handler, event.kind.value, event.run_id
@@ -245,10 +251,9 @@ class Hub:
             if not route.matches(msg):
                 continue
             try:
-                if route.is_async:
-                    await route.handler(msg)  # type: ignore[misc]
-                else:
-                    route.handler(msg)
+                outcome = route.handler(msg)
+                if outcome is not None and inspect.isawaitable(outcome):
+                    await outcome
             except Exception:
                 failures += 1
                 logger.opt(exception=True).bind(

@@ -61,16 +61,22 @@ class MiddlewareContext:
     ``action`` where the level has them (``None`` otherwise).
     """
 
-    __slots__ = ("_chain", "_logger", "_node", "_run", "_stage_node", "attempt", "level")
+    # Made once per wrapped step, so it holds only what it must; the rest is derived.
+    __slots__ = ("_logger", "_node", "_ran", "_run", "attempt", "level")
 
-    def __init__(self, level: Level, run: RunState, stage: Any = None, node: Any = None) -> None:
+    _logger: Logger
+
+    def __init__(self, level: Level, run: RunState, node: Any = None) -> None:
         self.level = level
         self._run = run
-        self._stage_node = stage
-        self._node: Any = node if node is not None else stage
-        self._chain: Any = None
-        self._logger: Logger | None = None
+        self._node: Any = node  # the stage node, or the action node at action level
+        self._ran = False  # set by the innermost handler: the wrapped step ran
         self.attempt = 1
+
+    @property
+    def _stage_node(self) -> Any:
+        node = self._node
+        return node.stage_node if self.level == "action" else node
 
     @property
     def run_id(self) -> str:
@@ -97,12 +103,14 @@ class MiddlewareContext:
     @property
     def stage(self) -> Stage | None:
         """The stage, at stage, actions and action level."""
-        return self._stage_node.stage if self._stage_node is not None else None
+        node = self._stage_node
+        return node.stage if node is not None else None
 
     @property
     def stage_id(self) -> str | None:
         """The stage's id in this run, at stage, actions and action level."""
-        return self._stage_node.id if self._stage_node is not None else None
+        node = self._stage_node
+        return node.id if node is not None else None
 
     @property
     def action(self) -> Action | None:
@@ -112,8 +120,9 @@ class MiddlewareContext:
     @property
     def logger(self) -> Logger:
         """A loguru logger bound with the run's and the step's ids."""
-        bound = self._logger
-        if bound is None:
+        try:
+            return self._logger
+        except AttributeError:  # bound on first use only
             action = self.action
             bound = self._logger = _root_logger.bind(
                 run_id=self.run_id,
@@ -121,7 +130,7 @@ class MiddlewareContext:
                 stage_id=self.stage_id,
                 action=action.name if action is not None else None,
             )
-        return bound
+            return bound
 
     async def record_timing(self, seconds: float) -> None:
         """Record a duration of this step in the run record (``RunResult.timings``) and as an event."""
@@ -135,7 +144,6 @@ class MiddlewareContext:
             await run.hub.emit(
                 run.event(
                     EventKind.TIMING,
-                    None,
                     stage_id=self.stage_id,
                     action_name=action.name if action else None,
                     duration=seconds,
@@ -202,18 +210,23 @@ class _Once:
         return self._inner(self._ctx)
 
 
-def _layer(mw: Middleware, inner: Handler, once: bool) -> Handler:
-    if once:
+class _Layer:
+    """One middleware around ``inner``.
 
-        async def handler_once(ctx: MiddlewareContext) -> None:
-            await mw(ctx, _Once(inner, ctx))
+    Calling it returns the middleware's own coroutine, so a layer adds no
+    coroutine frame of its own: one partial (or a one-shot ``call_next``) per call.
+    """
 
-        return handler_once
+    __slots__ = ("inner", "mw", "once")
 
-    async def handler(ctx: MiddlewareContext) -> None:
-        await mw(ctx, functools.partial(inner, ctx))
+    def __init__(self, mw: Middleware, inner: Handler, once: bool) -> None:
+        self.mw = mw
+        self.inner = inner
+        self.once = once
 
-    return handler
+    def __call__(self, ctx: MiddlewareContext) -> Awaitable[None]:
+        call_next: CallNext = _Once(self.inner, ctx) if self.once else functools.partial(self.inner, ctx)
+        return self.mw(ctx, call_next)
 
 
 def compose(mws: Sequence[Middleware], terminal: Handler, *, repeatable: bool) -> Handler:
@@ -223,5 +236,5 @@ def compose(mws: Sequence[Middleware], terminal: Handler, *, repeatable: bool) -
     """
     handler = terminal
     for mw in reversed(mws):
-        handler = _layer(mw, handler, not repeatable)
+        handler = _Layer(mw, handler, not repeatable)
     return handler

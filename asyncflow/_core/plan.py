@@ -95,6 +95,7 @@ class StageNode:
 
     __slots__ = (
         "_actions",
+        "chain",
         "depth",
         "duration",
         "dynamic",
@@ -108,9 +109,11 @@ class StageNode:
         "reason",
         "recovered",
         "removed",
+        "retry",
         "stage",
         "started",
         "status",
+        "timeout",
     )
 
     def __init__(
@@ -138,6 +141,10 @@ class StageNode:
         self.recovered: BaseException | None = None
         self.executed = 0
         self.pending: deque[ActionNode] | None = None
+        # Set when the stage starts: its action chain and its actions' default options.
+        self.chain: Any = None
+        self.retry: Any = None
+        self.timeout: float | None = None
 
     @property
     def actions(self) -> list[ActionNode]:

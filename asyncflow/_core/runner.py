@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from time import perf_counter
+from time import perf_counter, time
 from typing import Any
 
 import anyio
@@ -92,15 +92,20 @@ class RunState:
         self.message_seq = 0
         self.message_errors = 0
         self.timings: list[Timing] = []
-        self.drove = False
 
     def event(self, kind: EventKind, node: StageNode | ActionNode | None = None, **fields: Any) -> Event:
-        """An event of this run about ``node``."""
+        """An event of this run about ``node``, stamped now."""
         if node is None:
-            return Event(kind, self.run_id, self.workflow.id, **fields)
+            return Event(kind, self.run_id, self.workflow.id, at=time(), **fields)
         if isinstance(node, StageNode):
             return Event(
-                kind, self.run_id, self.workflow.id, stage_id=node.id, dynamic=node.dynamic, **fields
+                kind,
+                self.run_id,
+                self.workflow.id,
+                stage_id=node.id,
+                at=time(),
+                dynamic=node.dynamic,
+                **fields,
             )
         return Event(
             kind,
@@ -108,6 +113,7 @@ class RunState:
             self.workflow.id,
             stage_id=node.stage_node.id,
             action_name=node.action.name,
+            at=time(),
             dynamic=node.dynamic,
             **fields,
         )
@@ -262,12 +268,20 @@ class Runner:
         recovered: BaseException | None = None
         try:
             if self.middleware:
-                await self._run_chain(MiddlewareContext("run", run))
-                if not run.drove:
+                mctx = MiddlewareContext("run", run)
+                await self._run_chain(mctx)
+                if not mctx._ran:
                     status = RunStatus.SKIPPED
                 else:
-                    # A run middleware that swallowed a failure: the run completes, the error is kept.
-                    recovered = next((n.error for n in run.log if n.status is StepStatus.FAILED), None)
+                    # A run middleware swallowed a stage's failure: the run completes, the error is kept.
+                    recovered = next(
+                        (
+                            n.error
+                            for n in run.log
+                            if isinstance(n, StageNode) and n.status is StepStatus.FAILED
+                        ),
+                        None,
+                    )
             else:
                 await self._drive(run)
         except Bail as bail:
@@ -362,14 +376,13 @@ class Runner:
         )
 
     async def _run_terminal(self, mctx: MiddlewareContext) -> None:
-        mctx._run.drove = True
+        mctx._ran = True
         await self._drive(mctx._run)
 
     # ---- stages ------------------------------------------------------------------
 
     async def _drive(self, run: RunState) -> None:
         pending = deque(run.plan.roots)
-        log = run.log
         while pending:
             node = pending.popleft()
             if node.removed:
@@ -380,12 +393,6 @@ class Runner:
             await self._run_stage(run, node)
             if node.inserted and node.status is StepStatus.COMPLETED:
                 pending.extendleft(reversed(node.inserted))
-            elif node.inserted:
-                for child in node.inserted:
-                    if not child.removed:
-                        child.status = StepStatus.SKIPPED
-                        child.reason = f"stage {node.id!r} was {node.status.value}"
-                        log.append(child)
 
     async def _skip(self, run: RunState, node: StageNode | ActionNode, reason: str) -> None:
         node.status = StepStatus.SKIPPED
@@ -406,28 +413,34 @@ class Runner:
             if chain is None:
                 await self._stage_body(run, node)
             else:
-                await chain(MiddlewareContext("stage", run, node))
-                if node.executed == 0 and node.pending is None:
+                mctx = MiddlewareContext("stage", run, node)
+                await chain(mctx)
+                if not mctx._ran:
                     node.status = StepStatus.SKIPPED
                     node.reason = _SKIPPED_BY_MIDDLEWARE
-                elif run.failed_node is not None and run.failed_node.stage_node is node:
-                    # A stage middleware swallowed an action's failure: recorded, not hidden.
-                    node.recovered = run.failed_node.error
-                    run.failed_node = None
+            failed = run.failed_node
+            if failed is not None and failed.stage_node is node:
+                # A stage or actions-block middleware swallowed an action's failure:
+                # the stage completes, and the error stays on record.
+                node.recovered = failed.error
+                run.failed_node = None
         except BaseException as exc:
             node.duration = perf_counter() - started
             if isinstance(exc, Bail):
                 node.status = StepStatus.COMPLETED
-                self._skip_inserted(run, node, "the run bailed")
+                reason = "the run bailed"
             elif isinstance(exc, anyio.get_cancelled_exc_class()):
                 node.status = StepStatus.CANCELLED
-                self._skip_inserted(run, node, "the run was cancelled")
+                reason = "the run was cancelled"
             else:
                 node.status = StepStatus.FAILED
                 node.error = exc
-                self._skip_inserted(run, node, f"stage {node.id!r} failed")
-            if hub.listening:
-                with anyio.CancelScope(shield=True):
+                reason = f"stage {node.id!r} failed"
+            # The stages it inserted never run: recorded skipped, not silently dropped.
+            inserted = [child for child in node.inserted or () if not child.removed]
+            node.inserted = None
+            with anyio.CancelScope(shield=True):
+                if hub.listening:
                     await hub.emit(
                         run.event(
                             EventKind.STAGE_FINISHED,
@@ -437,6 +450,8 @@ class Runner:
                             duration=node.duration,
                         )
                     )
+                for child in inserted:
+                    await self._skip(run, child, reason)
             raise
         node.duration = perf_counter() - started
         if node.status is StepStatus.RUNNING:
@@ -452,54 +467,44 @@ class Runner:
                 )
             )
 
-    def _skip_inserted(self, run: RunState, node: StageNode, reason: str) -> None:
-        for child in node.inserted or ():
-            if not child.removed:
-                child.status = StepStatus.SKIPPED
-                child.reason = reason
-                run.log.append(child)
-        node.inserted = None
-
     async def _stage_terminal(self, mctx: MiddlewareContext) -> None:
+        mctx._ran = True
         await self._stage_body(mctx._run, mctx._node)
 
     async def _stage_body(self, run: RunState, node: StageNode) -> None:
         stage = node.stage
         if stage.initial:
             run.store.merge(stage.initial)
+        # Composed once per stage, not per action call.
         action_mws = self.action_middleware + run.workflow._action_middleware + stage._action_middleware
-        action_chain = compose(action_mws, self._action_terminal, repeatable=True) if action_mws else None
+        if action_mws:
+            node.chain = compose(action_mws, self._action_terminal, repeatable=True)
+        node.retry = stage.retry or self.retry
+        node.timeout = stage.timeout or self.timeout
         node.pending = deque(node.actions)
         if stage._middleware:
             mctx = MiddlewareContext("actions", run, node)
-            mctx._chain = action_chain
             block = compose(stage._middleware, self._actions_terminal, repeatable=False)
             await block(mctx)
+            if not mctx._ran:
+                for action in node.actions:
+                    await self._skip(run, action, _SKIPPED_BY_MIDDLEWARE)
         else:
-            await self._actions(run, node, action_chain)
+            await self._actions(run, node)
 
     async def _actions_terminal(self, mctx: MiddlewareContext) -> None:
-        await self._actions(mctx._run, mctx._node, mctx._chain)
+        mctx._ran = True
+        await self._actions(mctx._run, mctx._node)
 
-    async def _actions(self, run: RunState, node: StageNode, chain: Handler | None) -> None:
-        stage = node.stage
-        fast = (
-            chain is None
-            and stage.timeout is None
-            and stage.retry is None
-            and self.timeout is None
-            and self.retry is None
-        )
-        if stage.concurrency == 1:
-            await self._run_sequential(run, node, chain, fast)
+    async def _actions(self, run: RunState, node: StageNode) -> None:
+        if node.stage.concurrency == 1:
+            await self._run_sequential(run, node)
         else:
-            await self._run_concurrent(run, node, chain, fast, stage.concurrency)
+            await self._run_concurrent(run, node, node.stage.concurrency)
 
     # ---- actions -----------------------------------------------------------------
 
-    async def _run_sequential(
-        self, run: RunState, stage: StageNode, chain: Handler | None, fast: bool
-    ) -> None:
+    async def _run_sequential(self, run: RunState, stage: StageNode) -> None:
         pending = stage.pending
         assert pending is not None
         run_action = self._run_action
@@ -510,13 +515,11 @@ class Runner:
             if not node.enabled:
                 await self._skip(run, node, "disabled")
                 continue
-            await run_action(run, node, chain, fast)
+            await run_action(run, node)
             if node.children:
                 pending.extendleft(reversed(node.children))
 
-    async def _run_concurrent(
-        self, run: RunState, stage: StageNode, chain: Handler | None, fast: bool, limit: int
-    ) -> None:
+    async def _run_concurrent(self, run: RunState, stage: StageNode, limit: int) -> None:
         pending = stage.pending
         assert pending is not None
         running = 0
@@ -526,7 +529,7 @@ class Runner:
         async def one(node: ActionNode) -> None:
             nonlocal running
             try:
-                await self._run_action(run, node, chain, fast)
+                await self._run_action(run, node)
             except Exception as exc:
                 # Recorded here and re-raised once the group has cancelled the
                 # siblings: the caller sees this one exception, not a group.
@@ -558,7 +561,7 @@ class Runner:
         if outcome:
             raise outcome[0]
 
-    async def _run_action(self, run: RunState, node: ActionNode, chain: Handler | None, fast: bool) -> None:
+    async def _run_action(self, run: RunState, node: ActionNode) -> None:
         hub = run.hub
         stage = node.stage_node
         stage.executed += 1
@@ -570,8 +573,11 @@ class Runner:
         if listening:
             await hub.emit(run.event(EventKind.ACTION_STARTED, node, attempt=1))
         action = node.action
+        chain = stage.chain
+        retry = action.retry or stage.retry
+        limit = action.timeout or stage.timeout
         try:
-            if fast and action.timeout is None and action.retry is None:
+            if chain is None and retry is None and limit is None:
                 node.attempts = 1
                 ctx = ActionContext(run, node)
                 try:
@@ -585,9 +591,9 @@ class Runner:
                 if journal is not None and listening:
                     await self._emit_inserts(run, journal)
             elif chain is None:
-                await self._execute(run, node)
+                await self._execute(run, node, retry, limit)
             else:
-                await chain(MiddlewareContext("action", run, stage, node))
+                await chain(MiddlewareContext("action", run, node))
                 if node.attempts == 0:
                     node.status = StepStatus.SKIPPED
                     node.reason = _SKIPPED_BY_MIDDLEWARE
@@ -659,27 +665,36 @@ class Runner:
             node.error = exc
 
     async def _action_terminal(self, mctx: MiddlewareContext) -> None:
+        mctx._ran = True
         node: ActionNode = mctx._node
+        stage = node.stage_node
+        action = node.action
+        retry = action.retry or stage.retry
         try:
-            await self._execute(mctx._run, node)
+            if retry is None:
+                await self._attempt(mctx._run, node, action.timeout or stage.timeout)
+            else:
+                await self._execute(mctx._run, node, retry, action.timeout or stage.timeout)
         finally:
             mctx.attempt = node.attempts + 1
 
-    async def _execute(self, run: RunState, node: ActionNode) -> None:
-        """Run the action's attempts under its effective retry and timeout."""
-        action, stage = node.action, node.stage_node.stage
-        retry = action.retry or stage.retry or self.retry
-        timeout = action.timeout or stage.timeout or self.timeout
+    async def _execute(
+        self, run: RunState, node: ActionNode, retry: Retry | None, limit: float | None
+    ) -> None:
+        """Run the action's attempts under its effective retry and time limit."""
+        if retry is None:
+            await self._attempt(run, node, limit)
+            return
         while True:
             try:
-                await self._attempt(run, node, timeout)
+                await self._attempt(run, node, limit)
             except Exception as exc:
-                if retry is None or not retry.should_retry(exc, node.attempts):
+                if not retry.should_retry(exc, node.attempts):
                     raise
                 delay = retry.backoff(node.attempts)
                 logger.info(
                     "action {!r} of stage {!r} in run {} failed on attempt {} ({}: {}); retrying in {:.3f}s",
-                    action.name,
+                    node.action.name,
                     node.stage_node.id,
                     run.run_id,
                     node.attempts,
