@@ -104,7 +104,6 @@ __all__ = [
     "Workflow",
     "WorkflowError",
     "__version__",
-    "_logger",
     "action",
     "backoff",
     "middleware",

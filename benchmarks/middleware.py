@@ -71,7 +71,9 @@ def many_stages(block_mw: bool = False) -> af.Workflow:
     return af.Workflow("many-stages", stages=stages)
 
 
-def paired(repeats: int, base: Callable[[], Awaitable[float]], other: Callable[[], Awaitable[float]]) -> float:
+def paired(
+    repeats: int, base: Callable[[], Awaitable[float]], other: Callable[[], Awaitable[float]]
+) -> float:
     """Best-of difference ``other - base``, measured alternately so drift hits both alike."""
 
     async def loop() -> float:

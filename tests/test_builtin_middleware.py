@@ -137,7 +137,7 @@ async def test_logging_uses_the_given_level(lines: list[dict[str, Any]]) -> None
 async def test_logging_is_silent_until_asyncflow_is_enabled() -> None:
     """Without logger.enable("asyncflow") mw.logging emits nothing."""
     captured: list[str] = []
-    sink_id = logger.add(lambda m: captured.append(m.record["name"]), level="DEBUG")
+    sink_id = logger.add(lambda m: captured.append(m.record["name"] or ""), level="DEBUG")
     try:
         await af.Runner(action_middleware=[mw.logging()]).run(one_stage(recorder("a", [])))
     finally:

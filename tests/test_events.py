@@ -492,7 +492,7 @@ async def read_until_dropped(events: af.EventStream) -> list[af.Event]:
 
 
 async def test_slow_subscriber_never_blocks_the_run_and_is_told_what_it_missed() -> None:
-    """A subscriber that reads nothing mid-run gets some events, then one EVENTS_DROPPED counting the rest."""
+    """A reader that reads nothing gets some events, one EVENTS_DROPPED for the rest, then RUN_FINISHED."""
     runner = af.Runner()
     emitted: list[af.Event] = []
     runner.on_event(emitted.append)
@@ -500,13 +500,15 @@ async def test_slow_subscriber_never_blocks_the_run_and_is_told_what_it_missed()
         result = await runner.run(fifty_actions())
         assert result.status is af.RunStatus.COMPLETED
         received = await read_until_dropped(events)
+        finished = await events.__anext__()
     assert len(emitted) == 104
     *kept, marker = received
     assert 1 <= len(kept) <= 5
     assert kept == emitted[: len(kept)]
     assert marker.kind is K.EVENTS_DROPPED
-    assert marker.dropped == len(emitted) - len(kept)
-    assert len(kept) + marker.dropped == len(emitted)
+    assert finished == emitted[-1]
+    assert finished.kind is K.RUN_FINISHED
+    assert len(kept) + marker.dropped + 1 == len(emitted)
 
 
 async def test_slow_subscriber_that_caught_up_gets_the_next_run_in_full() -> None:
@@ -515,6 +517,7 @@ async def test_slow_subscriber_that_caught_up_gets_the_next_run_in_full() -> Non
     async with runner.subscribe(buffer=10) as events:
         await runner.run(fifty_actions())
         await read_until_dropped(events)
+        assert (await events.__anext__()).kind is K.RUN_FINISHED
         result = await runner.run(one_stage("a"))
         streamed = await read_until_run_finished(events)
     assert [e.kind for e in streamed] == [
@@ -528,6 +531,21 @@ async def test_slow_subscriber_that_caught_up_gets_the_next_run_in_full() -> Non
     assert {e.run_id for e in streamed} == {result.run_id}
 
 
+async def test_slow_subscriber_always_gets_run_finished() -> None:
+    """RUN_FINISHED reaches even a subscriber whose buffer is full, so waiting for the end never hangs."""
+    runner = af.Runner()
+    async with runner.subscribe(buffer=1) as events:
+        result = await runner.run(fifty_actions())
+        kinds = []
+        async for event in events:
+            kinds.append(event.kind)
+            if event.kind is K.RUN_FINISHED:
+                break
+    assert kinds[-1] is K.RUN_FINISHED
+    assert K.EVENTS_DROPPED in kinds
+    assert result.status is af.RunStatus.COMPLETED
+
+
 async def test_slow_subscriber_does_not_cost_other_subscribers_events() -> None:
     """One subscriber falling behind does not make another, with room, miss anything."""
     runner = af.Runner()
@@ -537,7 +555,7 @@ async def test_slow_subscriber_does_not_cost_other_subscribers_events() -> None:
         slow_events = await read_until_dropped(slow)
     assert len(all_events) == 104
     assert all(e.kind is not K.EVENTS_DROPPED for e in all_events)
-    assert slow_events[-1].dropped == 104 - (len(slow_events) - 1)
+    assert slow_events[-1].dropped == 104 - (len(slow_events) - 1) - 1  # RUN_FINISHED is never dropped
 
 
 @pytest.mark.parametrize("buffer", [0, -1])

@@ -535,7 +535,7 @@ async def test_no_recovered_error_on_a_clean_run() -> None:
 
 
 async def test_raising_action_middleware_fails_the_action() -> None:
-    """An action middleware that raises: af.ActionFailed names the action, caused by the middleware's error."""
+    """An action middleware that raises: af.ActionFailed names the action; the cause is its error."""
     error = RuntimeError("middleware says no")
 
     async def refuse(ctx: af.MiddlewareContext, call_next: af.CallNext) -> None:

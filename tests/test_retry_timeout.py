@@ -475,12 +475,17 @@ def test_retry_rejects_a_non_callable_backoff_and_bad_retry_on() -> None:
 
 def test_retry_option_must_be_a_retry() -> None:
     """retry= on an action, a stage or a runner must be an af.Retry, naming where."""
+    not_a_retry: Any = 3
+
+    async def fetch(ctx: af.ActionContext) -> None:
+        pass
+
     with pytest.raises(TypeError, match="'fetch'"):
-        af.action(name="fetch", retry=3)(slow("x", 0).fn)  # type: ignore[arg-type, attr-defined]
+        af.action(name="fetch", retry=not_a_retry)(fetch)
     with pytest.raises(TypeError, match="'s'"):
-        af.Stage("s", retry={"attempts": 3})  # type: ignore[arg-type]
+        af.Stage("s", retry=not_a_retry)
     with pytest.raises(TypeError, match="runner"):
-        af.Runner(retry=3)  # type: ignore[arg-type]
+        af.Runner(retry=not_a_retry)
 
 
 def make_action(timeout: Any) -> object:
@@ -554,7 +559,7 @@ def test_subclass_class_body_retry_is_checked() -> None:
     with pytest.raises(TypeError, match="Flaky"):
 
         class Flaky(af.Action):
-            retry = 3
+            retry = 3  # type: ignore[assignment]
 
             async def execute(self, ctx: af.ActionContext) -> None:
                 pass

@@ -127,7 +127,8 @@ class EventStream:
     When the subscriber falls behind and the buffer is full, new events are
     dropped and counted; the subscriber then receives one ``EVENTS_DROPPED``
     event carrying how many it missed, in the place where they were lost.
-    The run never waits for a subscriber.
+    ``RUN_FINISHED`` is never dropped, so a reader waiting for the end of a
+    run always sees it. The run never waits for a subscriber.
     """
 
     def __init__(self, buffer: int, run_id: str | None) -> None:
@@ -141,7 +142,9 @@ class EventStream:
     def _push(self, event: Event) -> None:
         if self._run_id is not None and event.run_id != self._run_id:
             return
-        if len(self._buffer) >= self._limit:
+        if len(self._buffer) >= self._limit and event.kind is not EventKind.RUN_FINISHED:
+            # RUN_FINISHED is never dropped (one per run keeps the buffer bounded):
+            # a reader that waits for the end of a run must always see it.
             self._dropped += 1
             return
         if self._dropped:

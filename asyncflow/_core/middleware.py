@@ -203,7 +203,8 @@ class _Once:
     def __call__(self) -> Awaitable[None]:
         if self._called:
             raise MiddlewareError(
-                f"call_next was called twice by a middleware of {self._ctx.describe()}; "
+                f"call_next was called twice by a {self._ctx.level}-level middleware of "
+                f"{self._ctx.describe()}; "
                 f"only action-level middleware may call it again (to retry)"
             )
         self._called = True
