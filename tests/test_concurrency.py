@@ -84,9 +84,15 @@ async def test_dynamic_actions_in_a_concurrent_stage_run_within_the_limit() -> N
         for i in range(4):
             ctx.add_dynamic_action(tracker.action(f"d{i}", 0.03))
 
-    stage = af.Stage("fan", concurrency=2, actions=[
-        spawner, tracker.action("s1", 0.03), tracker.action("s2", 0.03),
-    ])
+    stage = af.Stage(
+        "fan",
+        concurrency=2,
+        actions=[
+            spawner,
+            tracker.action("s1", 0.03),
+            tracker.action("s2", 0.03),
+        ],
+    )
     result = await af.run(af.Workflow("wf", stages=[stage]))
     assert sorted(tracker.done) == ["d0", "d1", "d2", "d3", "s1", "s2"]
     assert tracker.peak == 2
@@ -116,9 +122,15 @@ async def test_failure_in_a_concurrent_stage_cancels_running_siblings() -> None:
             await event.wait()
         raise ValueError("broken")
 
-    stage = af.Stage("fan", concurrency=3, actions=[
-        sibling("slow1", started[0]), sibling("slow2", started[1]), boom,
-    ])
+    stage = af.Stage(
+        "fan",
+        concurrency=3,
+        actions=[
+            sibling("slow1", started[0]),
+            sibling("slow2", started[1]),
+            boom,
+        ],
+    )
     with pytest.raises(af.ActionFailed) as info:
         await af.run(af.Workflow("wf", stages=[stage]))
     assert sorted(cancelled) == ["slow1", "slow2"]
@@ -175,10 +187,13 @@ async def test_failure_in_a_concurrent_stage_stops_the_run() -> None:
     async def boom(ctx: af.ActionContext) -> None:
         raise ValueError("broken")
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("fan", concurrency=2, actions=[boom, note("queued1"), note("queued2"), note("queued3")]),
-        af.Stage("after", actions=[note("later")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("fan", concurrency=2, actions=[boom, note("queued1"), note("queued2"), note("queued3")]),
+            af.Stage("after", actions=[note("later")]),
+        ],
+    )
     with pytest.raises(af.ActionFailed) as info:
         await af.run(wf)
     assert "later" not in log

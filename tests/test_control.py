@@ -11,8 +11,9 @@ import pytest
 import asyncflow as af
 
 
-def probe(name: str, fn: Callable[[af.ActionContext], Any] | None = None,
-          *, tags: Iterable[str] | None = None) -> af.Action:
+def probe(
+    name: str, fn: Callable[[af.ActionContext], Any] | None = None, *, tags: Iterable[str] | None = None
+) -> af.Action:
     """An action called ``name`` that calls ``fn(ctx)`` (if given) and returns."""
 
     async def body(ctx: af.ActionContext) -> None:
@@ -25,7 +26,8 @@ def probe(name: str, fn: Callable[[af.ActionContext], Any] | None = None,
 def ran(result: af.RunResult) -> list[str]:
     """Names of the actions that completed, in execution order."""
     return [
-        s.action_name for s in result.steps
+        s.action_name
+        for s in result.steps
         if s.kind == "action" and s.status is af.StepStatus.COMPLETED and s.action_name is not None
     ]
 
@@ -46,11 +48,14 @@ def action_record(result: af.RunResult, name: str) -> af.StepRecord:
 async def test_stage_ids_lists_static_stages_in_order() -> None:
     """stage_ids() returns the workflow's stage ids in execution order."""
     seen: list[list[str]] = []
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("pa")]),
-        af.Stage("b", actions=[probe("pb", lambda ctx: seen.append(ctx.plan.stage_ids()))]),
-        af.Stage("c", actions=[probe("pc")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("pa")]),
+            af.Stage("b", actions=[probe("pb", lambda ctx: seen.append(ctx.plan.stage_ids()))]),
+            af.Stage("c", actions=[probe("pc")]),
+        ],
+    )
     await af.run(wf)
     assert seen == [["a", "b", "c"]]
 
@@ -69,10 +74,13 @@ async def test_stage_ids_include_stages_inserted_so_far() -> None:
         ctx.add_dynamic_stage(af.Stage("e1", actions=[probe("in-e1")]))
         seen.append(ctx.plan.stage_ids())
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("insert", insert)]),
-        af.Stage("b", actions=[probe("pb")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("insert", insert)]),
+            af.Stage("b", actions=[probe("pb")]),
+        ],
+    )
     await af.run(wf)
     assert seen == [
         ["a", "b"],
@@ -87,11 +95,14 @@ async def test_stage_ids_include_stages_inserted_so_far() -> None:
 async def test_disable_stage_skips_the_stage() -> None:
     """A stage disabled before its turn does not run and is recorded as skipped."""
     returned: list[bool] = []
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("off", lambda ctx: returned.append(ctx.plan.disable_stage("b")))]),
-        af.Stage("b", actions=[probe("pb")]),
-        af.Stage("c", actions=[probe("pc")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("off", lambda ctx: returned.append(ctx.plan.disable_stage("b")))]),
+            af.Stage("b", actions=[probe("pb")]),
+            af.Stage("c", actions=[probe("pc")]),
+        ],
+    )
     result = await af.run(wf)
     assert returned == [True]
     assert ran(result) == ["off", "pc"]
@@ -106,10 +117,13 @@ async def test_disable_stage_twice_reports_no_change() -> None:
         returned.append(ctx.plan.disable_stage("b"))
         returned.append(ctx.plan.disable_stage("b"))
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("off", off_twice)]),
-        af.Stage("b", actions=[probe("pb")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("off", off_twice)]),
+            af.Stage("b", actions=[probe("pb")]),
+        ],
+    )
     await af.run(wf)
     assert returned == [True, False]
 
@@ -126,10 +140,13 @@ async def test_enable_stage_turns_a_disabled_stage_back_on() -> None:
         seen.append(ctx.plan.is_stage_enabled("b"))
         seen.append(ctx.plan.enable_stage("b"))
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("toggle", toggle)]),
-        af.Stage("b", actions=[probe("pb")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("toggle", toggle)]),
+            af.Stage("b", actions=[probe("pb")]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [True, True, False, True, True, False]
     assert ran(result) == ["toggle", "pb"]
@@ -137,11 +154,14 @@ async def test_enable_stage_turns_a_disabled_stage_back_on() -> None:
 
 async def test_disable_stage_from_an_earlier_stage_action_persists_across_actions() -> None:
     """A stage disabled by one action and enabled by a later action of another stage runs."""
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("off", lambda ctx: ctx.plan.disable_stage("c"))]),
-        af.Stage("b", actions=[probe("on", lambda ctx: ctx.plan.enable_stage("c"))]),
-        af.Stage("c", actions=[probe("pc")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("off", lambda ctx: ctx.plan.disable_stage("c"))]),
+            af.Stage("b", actions=[probe("on", lambda ctx: ctx.plan.enable_stage("c"))]),
+            af.Stage("c", actions=[probe("pc")]),
+        ],
+    )
     result = await af.run(wf)
     assert ran(result) == ["off", "on", "pc"]
 
@@ -154,9 +174,12 @@ async def test_disabling_the_running_stage_is_a_no_op() -> None:
         seen.append(ctx.plan.disable_stage("b"))
         seen.append(ctx.plan.is_stage_enabled("b"))
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("b", actions=[probe("first", off_self), probe("second")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("b", actions=[probe("first", off_self), probe("second")]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [False, True]
     assert ran(result) == ["first", "second"]
@@ -166,9 +189,12 @@ async def test_disabling_the_running_stage_is_a_no_op() -> None:
 async def test_disabling_the_running_action_is_a_no_op() -> None:
     """Disabling the action that is running changes nothing (count 0) and it completes."""
     seen: list[int] = []
-    wf = af.Workflow("wf", stages=[
-        af.Stage("s", actions=[probe("me", lambda ctx: seen.append(ctx.plan.disable_action("me")))]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("s", actions=[probe("me", lambda ctx: seen.append(ctx.plan.disable_action("me")))]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [0]
     assert action_record(result, "me").status is af.StepStatus.COMPLETED
@@ -177,10 +203,13 @@ async def test_disabling_the_running_action_is_a_no_op() -> None:
 async def test_disable_stage_after_it_ran_reports_no_change() -> None:
     """Disabling a stage that already completed returns False."""
     seen: list[bool] = []
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("pa")]),
-        af.Stage("b", actions=[probe("pb", lambda ctx: seen.append(ctx.plan.disable_stage("a")))]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("pa")]),
+            af.Stage("b", actions=[probe("pb", lambda ctx: seen.append(ctx.plan.disable_stage("a")))]),
+        ],
+    )
     await af.run(wf)
     assert seen == [False]
 
@@ -197,17 +226,21 @@ async def test_disable_action_without_stage_id_disables_every_match() -> None:
         seen.append(ctx.plan.disable_action("x"))
         seen.append(ctx.plan.is_action_enabled("x"))
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("off", off)]),
-        af.Stage("b", actions=[shared, probe("pb")]),
-        af.Stage("c", actions=[shared]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("off", off)]),
+            af.Stage("b", actions=[shared, probe("pb")]),
+            af.Stage("c", actions=[shared]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [2, False]
     assert ran(result) == ["off", "pb"]
     skipped = [s for s in result.steps if s.action_name == "x"]
     assert [(s.stage_id, s.status) for s in skipped] == [
-        ("b", af.StepStatus.SKIPPED), ("c", af.StepStatus.SKIPPED),
+        ("b", af.StepStatus.SKIPPED),
+        ("c", af.StepStatus.SKIPPED),
     ]
 
 
@@ -222,27 +255,37 @@ async def test_disable_action_with_stage_id_disables_only_that_stage() -> None:
         seen.append(ctx.plan.is_action_enabled("x", stage_id="c"))
         seen.append(ctx.plan.is_action_enabled("x"))
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("off", off)]),
-        af.Stage("b", actions=[shared]),
-        af.Stage("c", actions=[shared]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("off", off)]),
+            af.Stage("b", actions=[shared]),
+            af.Stage("c", actions=[shared]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [1, False, True, False]
     assert [(s.stage_id, s.status) for s in result.steps if s.action_name == "x"] == [
-        ("b", af.StepStatus.SKIPPED), ("c", af.StepStatus.COMPLETED),
+        ("b", af.StepStatus.SKIPPED),
+        ("c", af.StepStatus.COMPLETED),
     ]
 
 
 async def test_disable_action_skips_a_later_action_of_the_same_stage() -> None:
     """An action can disable a later action of its own stage, which is then skipped."""
-    wf = af.Workflow("wf", stages=[
-        af.Stage("s", actions=[
-            probe("off", lambda ctx: ctx.plan.disable_action("victim")),
-            probe("victim"),
-            probe("after"),
-        ]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage(
+                "s",
+                actions=[
+                    probe("off", lambda ctx: ctx.plan.disable_action("victim")),
+                    probe("victim"),
+                    probe("after"),
+                ],
+            ),
+        ],
+    )
     result = await af.run(wf)
     assert ran(result) == ["off", "after"]
     assert action_record(result, "victim").status is af.StepStatus.SKIPPED
@@ -258,11 +301,14 @@ async def test_enable_action_returns_how_many_changed() -> None:
         seen.append(ctx.plan.enable_action("x"))
         seen.append(ctx.plan.enable_action("x"))
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("toggle", toggle)]),
-        af.Stage("b", actions=[shared]),
-        af.Stage("c", actions=[shared]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("toggle", toggle)]),
+            af.Stage("b", actions=[shared]),
+            af.Stage("c", actions=[shared]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [1, 1, 0]
     assert ran(result) == ["toggle", "x", "x"]
@@ -274,11 +320,14 @@ async def test_enable_action_returns_how_many_changed() -> None:
 async def test_disable_by_tag_covers_stages_and_actions() -> None:
     """disable_by_tag disables every pending stage and action with the tag and returns how many."""
     seen: list[int] = []
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("off", lambda ctx: seen.append(ctx.plan.disable_by_tag("opt")))]),
-        af.Stage("b", tags={"opt"}, actions=[probe("in-b")]),
-        af.Stage("c", actions=[probe("tagged", tags={"opt"}), probe("plain")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("off", lambda ctx: seen.append(ctx.plan.disable_by_tag("opt")))]),
+            af.Stage("b", tags={"opt"}, actions=[probe("in-b")]),
+            af.Stage("c", actions=[probe("tagged", tags={"opt"}), probe("plain")]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [2]
     assert ran(result) == ["off", "plain"]
@@ -295,11 +344,14 @@ async def test_enable_by_tag_turns_tagged_steps_back_on() -> None:
         seen.append(ctx.plan.enable_by_tag("opt"))
         seen.append(ctx.plan.enable_by_tag("opt"))
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("toggle", toggle)]),
-        af.Stage("b", tags={"opt"}, actions=[probe("in-b")]),
-        af.Stage("c", actions=[probe("tagged", tags={"opt"})]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("toggle", toggle)]),
+            af.Stage("b", tags={"opt"}, actions=[probe("in-b")]),
+            af.Stage("c", actions=[probe("tagged", tags={"opt"})]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [2, 2, 0]
     assert ran(result) == ["toggle", "in-b", "tagged"]
@@ -323,10 +375,13 @@ async def test_disable_by_tag_reaches_dynamic_steps() -> None:
 async def test_disable_by_tag_with_no_match_returns_zero() -> None:
     """disable_by_tag with a tag nobody carries changes nothing and returns 0."""
     seen: list[int] = []
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("off", lambda ctx: seen.append(ctx.plan.disable_by_tag("none")))]),
-        af.Stage("b", actions=[probe("pb")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("off", lambda ctx: seen.append(ctx.plan.disable_by_tag("none")))]),
+            af.Stage("b", actions=[probe("pb")]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [0]
     assert ran(result) == ["off", "pb"]
@@ -343,11 +398,14 @@ async def test_remove_stage_takes_a_pending_stage_out_of_the_run() -> None:
         seen.append(ctx.plan.remove_stage("b"))
         seen.append(ctx.plan.stage_ids())
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("rm", remove)]),
-        af.Stage("b", actions=[probe("pb")]),
-        af.Stage("c", actions=[probe("pc")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("rm", remove)]),
+            af.Stage("b", actions=[probe("pb")]),
+            af.Stage("c", actions=[probe("pc")]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [True, ["a", "c"]]
     assert ran(result) == ["rm", "pc"]
@@ -362,10 +420,13 @@ async def test_remove_stage_refuses_a_stage_that_already_ran() -> None:
         seen.append(ctx.plan.remove_stage("a"))
         seen.append(ctx.plan.remove_stage("b"))
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("pa")]),
-        af.Stage("b", actions=[probe("rm", remove), probe("pb")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("pa")]),
+            af.Stage("b", actions=[probe("rm", remove), probe("pb")]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [False, False]
     assert ran(result) == ["pa", "rm", "pb"]
@@ -389,11 +450,14 @@ async def test_remove_action_takes_pending_actions_out_of_the_run() -> None:
     """remove_action returns how many actions it removed; they neither run nor appear in steps."""
     shared = probe("x")
     seen: list[int] = []
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("rm", lambda ctx: seen.append(ctx.plan.remove_action("x")))]),
-        af.Stage("b", actions=[shared, probe("pb")]),
-        af.Stage("c", actions=[shared]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("rm", lambda ctx: seen.append(ctx.plan.remove_action("x")))]),
+            af.Stage("b", actions=[shared, probe("pb")]),
+            af.Stage("c", actions=[shared]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [2]
     assert ran(result) == ["rm", "pb"]
@@ -404,17 +468,24 @@ async def test_remove_action_with_stage_id_removes_only_there() -> None:
     """remove_action(name, stage_id=...) removes the action from that stage only."""
     shared = probe("x")
     seen: list[int] = []
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[
-            probe("rm", lambda ctx: seen.append(ctx.plan.remove_action("x", stage_id="c"))),
-        ]),
-        af.Stage("b", actions=[shared]),
-        af.Stage("c", actions=[shared]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage(
+                "a",
+                actions=[
+                    probe("rm", lambda ctx: seen.append(ctx.plan.remove_action("x", stage_id="c"))),
+                ],
+            ),
+            af.Stage("b", actions=[shared]),
+            af.Stage("c", actions=[shared]),
+        ],
+    )
     result = await af.run(wf)
     assert seen == [1]
     assert [(s.stage_id, s.action_name) for s in result.steps if s.kind == "action"] == [
-        ("a", "rm"), ("b", "x"),
+        ("a", "rm"),
+        ("b", "x"),
     ]
 
 
@@ -434,11 +505,14 @@ async def test_find_stages_by_tag_and_name_includes_dynamic_stages() -> None:
         found["all"] = [s.id for s in ctx.plan.find_stages()]
         found["none"] = [s.id for s in ctx.plan.find_stages(tag="missing")]
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", tags={"t"}, actions=[probe("find", find)]),
-        af.Stage("b", name="Later", tags={"t"}, actions=[probe("pb")]),
-        af.Stage("c", actions=[probe("pc")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", tags={"t"}, actions=[probe("find", find)]),
+            af.Stage("b", name="Later", tags={"t"}, actions=[probe("pb")]),
+            af.Stage("c", actions=[probe("pc")]),
+        ],
+    )
     await af.run(wf)
     assert found == {
         "tag": ["a", "dyn", "b"],
@@ -453,10 +527,13 @@ async def test_find_stages_returns_stage_objects() -> None:
     """find_stages returns the af.Stage definitions themselves."""
     found: list[af.Stage] = []
     later = af.Stage("b", tags={"t"}, actions=[probe("pb")])
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("find", lambda ctx: found.extend(ctx.plan.find_stages(tag="t")))]),
-        later,
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("find", lambda ctx: found.extend(ctx.plan.find_stages(tag="t")))]),
+            later,
+        ],
+    )
     await af.run(wf)
     assert found == [later]
     assert found[0] is later
@@ -485,10 +562,13 @@ async def test_find_actions_by_tag_name_and_type_includes_dynamic_actions() -> N
         found["type+tag"] = [a.name for a in ctx.plan.find_actions(type=af.FunctionAction, tag="t")]
         found["none"] = [a.name for a in ctx.plan.find_actions(name="missing")]
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("find", find), probe("plain")]),
-        af.Stage("b", actions=[probe("tagged", tags={"t"})]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("find", find), probe("plain")]),
+            af.Stage("b", actions=[probe("tagged", tags={"t"})]),
+        ],
+    )
     await af.run(wf)
     assert found == {
         "tag": ["special", "in-dyn", "tagged"],
@@ -503,10 +583,13 @@ async def test_find_actions_returns_action_objects() -> None:
     """find_actions returns the af.Action instances themselves."""
     found: list[af.Action] = []
     target = probe("target", tags={"t"})
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("find", lambda ctx: found.extend(ctx.plan.find_actions(tag="t")))]),
-        af.Stage("b", actions=[target]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("find", lambda ctx: found.extend(ctx.plan.find_actions(tag="t")))]),
+            af.Stage("b", actions=[target]),
+        ],
+    )
     await af.run(wf)
     assert len(found) == 1
     assert found[0] is target
@@ -523,12 +606,15 @@ async def test_stage_status_shows_pending_running_completed_and_skipped() -> Non
         for stage_id in ("a", "off", "b", "c"):
             seen[stage_id] = ctx.plan.stage_status(stage_id)
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("disable", lambda ctx: ctx.plan.disable_stage("off"))]),
-        af.Stage("off", actions=[probe("never")]),
-        af.Stage("b", actions=[probe("look", look)]),
-        af.Stage("c", actions=[probe("pc")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("disable", lambda ctx: ctx.plan.disable_stage("off"))]),
+            af.Stage("off", actions=[probe("never")]),
+            af.Stage("b", actions=[probe("look", look)]),
+            af.Stage("c", actions=[probe("pc")]),
+        ],
+    )
     await af.run(wf)
     assert seen == {
         "a": af.StepStatus.COMPLETED,
@@ -547,14 +633,20 @@ async def test_action_status_shows_pending_running_completed_and_skipped() -> No
             seen[name] = ctx.plan.action_status(name)
         seen["last@s"] = ctx.plan.action_status("last", stage_id="s")
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("s", actions=[
-            probe("first", lambda ctx: ctx.plan.disable_action("off")),
-            probe("off"),
-            probe("look", look),
-            probe("last"),
-        ]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage(
+                "s",
+                actions=[
+                    probe("first", lambda ctx: ctx.plan.disable_action("off")),
+                    probe("off"),
+                    probe("look", look),
+                    probe("last"),
+                ],
+            ),
+        ],
+    )
     await af.run(wf)
     assert seen == {
         "first": af.StepStatus.COMPLETED,
@@ -637,10 +729,13 @@ async def test_removed_stage_is_unknown_afterwards() -> None:
         except Exception as exc:
             caught.append(exc)
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[probe("rm", call)]),
-        af.Stage("b", actions=[probe("pb")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("rm", call)]),
+            af.Stage("b", actions=[probe("pb")]),
+        ],
+    )
     await af.run(wf)
     assert len(caught) == 1
     assert isinstance(caught[0], af.UnknownStep)
@@ -669,22 +764,28 @@ async def test_plan_changes_of_a_failed_action_are_undone() -> None:
     async def watcher(ctx: af.ActionContext) -> None:
         await changed.wait()
         seen["during"] = (
-            ctx.plan.is_stage_enabled("later"), ctx.plan.is_action_enabled("tail"), ctx.plan.stage_ids(),
+            ctx.plan.is_stage_enabled("later"),
+            ctx.plan.is_action_enabled("tail"),
+            ctx.plan.stage_ids(),
         )
         observed.set()
         try:
             await anyio.sleep_forever()
         except anyio.get_cancelled_exc_class():
             seen["after"] = (
-                ctx.plan.is_stage_enabled("later"), ctx.plan.is_action_enabled("tail"),
+                ctx.plan.is_stage_enabled("later"),
+                ctx.plan.is_action_enabled("tail"),
                 ctx.plan.stage_ids(),
             )
             raise
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("both", concurrency=2, actions=[watcher, breaker]),
-        af.Stage("later", actions=[probe("tail")]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("both", concurrency=2, actions=[watcher, breaker]),
+            af.Stage("later", actions=[probe("tail")]),
+        ],
+    )
     with pytest.raises(af.ActionFailed) as info:
         await af.run(wf)
     assert info.value.action_name == "breaker"

@@ -347,7 +347,6 @@ def test_all_is_sorted() -> None:
 def test_every_public_attribute_is_exported() -> None:
     """Every public (non-underscore, non-module) attribute of asyncflow is listed in __all__."""
     public = {
-        name for name, value in vars(af).items()
-        if not name.startswith("_") and not inspect.ismodule(value)
+        name for name, value in vars(af).items() if not name.startswith("_") and not inspect.ismodule(value)
     }
     assert public <= set(af.__all__)

@@ -38,11 +38,16 @@ def bailer(name: str, reason: str) -> af.Action:
 
 
 def failing_workflow(log: list[str], error: BaseException) -> af.Workflow:
-    return af.Workflow("orders", stages=[
-        af.Stage("prepare", actions=[recorder("setup", log)]),
-        af.Stage("charge", actions=[recorder("before", log), raiser("pay", error), recorder("after", log)]),
-        af.Stage("ship", actions=[recorder("send", log)]),
-    ])
+    return af.Workflow(
+        "orders",
+        stages=[
+            af.Stage("prepare", actions=[recorder("setup", log)]),
+            af.Stage(
+                "charge", actions=[recorder("before", log), raiser("pay", error), recorder("after", log)]
+            ),
+            af.Stage("ship", actions=[recorder("send", log)]),
+        ],
+    )
 
 
 # ---- completed -------------------------------------------------------------------
@@ -128,7 +133,11 @@ async def test_failed_run_records_the_failed_action_and_stage() -> None:
     [stage] = [s for s in result.steps if s.kind == "stage" and s.stage_id == "charge"]
     assert stage.status is af.StepStatus.FAILED
     assert [s.action_name or s.stage_id for s in result.steps] == [
-        "prepare", "setup", "charge", "before", "pay",
+        "prepare",
+        "setup",
+        "charge",
+        "before",
+        "pay",
     ]
 
 
@@ -162,10 +171,15 @@ async def test_bail_ends_the_run_bailed_with_its_reason() -> None:
 async def test_bail_stops_everything_after_it() -> None:
     """After a bail, no later action of the stage and no later stage runs."""
     log: list[str] = []
-    wf = af.Workflow("wf", stages=[
-        af.Stage("a", actions=[recorder("first", log), bailer("stop", "done early"), recorder("next", log)]),
-        af.Stage("b", actions=[recorder("later", log)]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage(
+                "a", actions=[recorder("first", log), bailer("stop", "done early"), recorder("next", log)]
+            ),
+            af.Stage("b", actions=[recorder("later", log)]),
+        ],
+    )
     result = await af.run(wf)
     assert result.status is af.RunStatus.BAILED
     assert log == ["first"]
@@ -205,10 +219,13 @@ async def test_bail_in_a_concurrent_stage_ends_the_run_bailed() -> None:
         await started.wait()
         ctx.bail("concurrent stop")
 
-    wf = af.Workflow("wf", stages=[
-        af.Stage("fan", concurrency=2, actions=[slow, stop]),
-        af.Stage("after", actions=[recorder("later", log)]),
-    ])
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("fan", concurrency=2, actions=[slow, stop]),
+            af.Stage("after", actions=[recorder("later", log)]),
+        ],
+    )
     result = await af.run(wf)
     assert result.status is af.RunStatus.BAILED
     assert result.bail_reason == "concurrent stop"
@@ -231,10 +248,13 @@ def blocking_workflow(started: anyio.Event, seen: list[str], log: list[str]) -> 
             seen.append("cancelled")
             raise
 
-    return af.Workflow("wf", stages=[
-        af.Stage("s", actions=[wait, recorder("next", log)]),
-        af.Stage("t", actions=[recorder("later", log)]),
-    ])
+    return af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("s", actions=[wait, recorder("next", log)]),
+            af.Stage("t", actions=[recorder("later", log)]),
+        ],
+    )
 
 
 async def test_cancel_scope_cancellation_propagates_out_of_run() -> None:

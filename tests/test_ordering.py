@@ -50,18 +50,12 @@ async def noop(ctx: af.ActionContext) -> None:
 
 def stages_ran(result: af.RunResult) -> list[str]:
     """Ids of the stage records that completed, in record order."""
-    return [
-        s.stage_id for s in result.steps if s.kind == "stage" and s.status is af.StepStatus.COMPLETED
-    ]
+    return [s.stage_id for s in result.steps if s.kind == "stage" and s.status is af.StepStatus.COMPLETED]
 
 
 def actions_ran(result: af.RunResult) -> list[str | None]:
     """Names of the action records that completed, in record order."""
-    return [
-        s.action_name
-        for s in result.steps
-        if s.kind == "action" and s.status is af.StepStatus.COMPLETED
-    ]
+    return [s.action_name for s in result.steps if s.kind == "action" and s.status is af.StepStatus.COMPLETED]
 
 
 def shape(result: af.RunResult) -> list[tuple[str, str, str | None, af.StepStatus, bool]]:

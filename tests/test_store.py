@@ -1150,9 +1150,7 @@ async def test_next_stage_sees_previous_stage_writes() -> None:
     async def read(ctx: af.ActionContext) -> None:
         seen.append(ctx.store["x"])
 
-    wf = af.Workflow(
-        "wf", stages=[af.Stage("first", actions=[write]), af.Stage("second", actions=[read])]
-    )
+    wf = af.Workflow("wf", stages=[af.Stage("first", actions=[write]), af.Stage("second", actions=[read])])
     await af.run(wf)
     assert seen == ["from first"]
 
