@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -86,6 +87,9 @@ class Action:
             cls.timeout = check_timeout(cls.__dict__["timeout"], f"action class {cls.__qualname__}")
         if "retry" in cls.__dict__:
             cls.retry = check_retry(cls.__dict__["retry"], f"action class {cls.__qualname__}")
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_af_captures", False):
+            cls.__init__ = _capturing(init)  # type: ignore[method-assign]
         cls._abstract = "execute" not in cls.__dict__ and cls._abstract
         execute = cls.__dict__.get("execute")
         if execute is not None and not inspect.iscoroutinefunction(execute):
@@ -99,6 +103,24 @@ class Action:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+def _capturing(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap ``__init__`` to keep the arguments an instance was built with.
+
+    Durable runs re-create an action from its class and these arguments, so a
+    user never has to write serialization code for an Action subclass.
+    """
+
+    @functools.wraps(init)
+    def capture_init(self: Action, *args: Any, **kwargs: Any) -> None:
+        # The most derived __init__ runs first: it records what the caller passed.
+        if "_af_params" not in self.__dict__:
+            self.__dict__["_af_params"] = (args, kwargs)
+        init(self, *args, **kwargs)
+
+    capture_init._af_captures = True  # type: ignore[attr-defined]
+    return capture_init
 
 
 class FunctionAction(Action):

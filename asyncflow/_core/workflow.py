@@ -7,12 +7,15 @@ into its own :class:`~asyncflow.Plan`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .actions import Action, check_id, freeze_tags
 from .errors import InvalidDefinition
 from .middleware import Middleware, check_middleware
 from .retry import Retry, check_retry, check_timeout
+
+if TYPE_CHECKING:
+    from .definitions import Registry
 
 
 def _check_action(value: object, where: str) -> Action:
@@ -177,6 +180,28 @@ class Workflow:
         """Wrap each action of this workflow (dynamic ones too) in ``middleware``; return the workflow."""
         self._action_middleware.append(check_middleware(middleware, f"actions of workflow {self.id!r}"))
         return self
+
+    def to_definition(self, *, registry: Registry | None = None) -> dict[str, Any]:
+        """This workflow as a JSON-serialisable definition (actions as references).
+
+        Raises:
+            NotReferenceable: an action cannot be re-created from a reference;
+                the message names it and says how to fix it.
+        """
+        from .definitions import registry as default_registry
+
+        return (registry or default_registry).workflow_definition(self)
+
+    @classmethod
+    def from_definition(cls, definition: Mapping[str, Any], *, registry: Registry | None = None) -> Workflow:
+        """The workflow a :meth:`to_definition` describes, its actions resolved through ``registry``.
+
+        Raises:
+            InvalidDefinition: the definition is malformed or names an unknown action.
+        """
+        from .definitions import registry as default_registry
+
+        return (registry or default_registry).workflow_from_definition(definition)
 
     def to_mermaid(self) -> str:
         """A Mermaid flowchart of this definition: stages in order, each a subgraph of its actions."""
