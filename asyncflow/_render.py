@@ -117,17 +117,9 @@ def _build_tree(steps: list[StepRecord]) -> list[_Node]:
 
 
 def _stage_parent(stages: dict[str, _Node], record: StepRecord) -> _Node | None:
-    # ``inserted_by`` is "stage/action" and either part may hold a "/":
-    # try each split, the longest stage id first.
-    inserted_by = record.inserted_by
-    if not record.dynamic or inserted_by is None:
+    if not record.dynamic or record.inserted_by_stage is None:
         return None
-    cut = len(inserted_by)
-    while (cut := inserted_by.rfind("/", 0, cut)) > 0:
-        parent = stages.get(inserted_by[:cut])
-        if parent is not None:
-            return parent
-    return None
+    return stages.get(record.inserted_by_stage)
 
 
 def _duration(seconds: float) -> str:
@@ -228,7 +220,8 @@ class _Renderer:
         left.extend(self.markers(record))
         optional: _Segments = []
         if record.dynamic and record.kind == "stage" and record.inserted_by:
-            optional.append((f"  (inserted by {record.inserted_by.rpartition('/')[2]})", _DIM))
+            inserter = record.inserted_by[len(record.inserted_by_stage or "") + 1 :]
+            optional.append((f"  (inserted by {inserter})", _DIM))
         ran = record.status is not StepStatus.SKIPPED
         self.line(left, _duration(record.duration) if ran else "", optional=optional)
         # The details line up under the step's name, inside its branch.

@@ -82,6 +82,17 @@ def test_demo_fits_80_columns(demo: subprocess.CompletedProcess[str]) -> None:
     assert max(len(line) for line in demo.stdout.splitlines()) <= 80
 
 
+def test_demo_prints_a_mermaid_block() -> None:
+    """``demo --no-color --mermaid`` exits 0 and ends with a fenced ```mermaid block of a flowchart."""
+    done = run_cli("demo", "--no-color", "--mermaid")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    fence = lines.index("```mermaid")
+    assert lines[fence + 1] == "flowchart TD"
+    assert lines[-1] == "```"
+    assert "```" not in lines[fence + 1 : -1]
+
+
 class FakeTerminal(io.StringIO):
     """A text stream that claims to be a terminal."""
 

@@ -126,7 +126,8 @@ class ActionContext:
             parent.stage_node,
             dynamic=True,
             depth=parent.depth + 1,
-            inserted_by=f"{parent.stage_node.id}/{parent.action.name}",
+            parent=parent,
+            pos=len(parent.children) if parent.children is not None else 0,
         )
         if parent.children is None:
             parent.children = []
@@ -170,7 +171,7 @@ class ActionContext:
             stage_id,
             dynamic=True,
             depth=current.depth + 1,
-            inserted_by=f"{current.id}/{node.action.name}",
+            inserter=node,
         )
         state.by_id[stage_id] = child
         if current.inserted is None:

@@ -18,11 +18,16 @@ working for a missing store key::
     ├── ContextClosed                (RuntimeError) a context used after its action ended
     ├── UnknownStep                  (LookupError) no stage/action with that id or name
     ├── NotSerializable              (TypeError) a value that must be JSON is not
+    ├── RunStateError                (RuntimeError) e.g. resuming a run that is not suspended
+    ├── UnknownRun                   (LookupError) no run with that id
+    ├── LeaseLost                    (RuntimeError) another engine took the run over
+    ├── BackendError                 (RuntimeError) the database cannot be used
     ├── MissingKey                   (KeyError) the store has no such key
     └── TypeMismatch                 (TypeError) the stored value has another type
 
-:class:`Bail` is not an error: ``ctx.bail(reason)`` raises it to stop a run
-early, and the runner turns it into a result with status ``BAILED``.
+:class:`Bail` and :class:`Suspend` are not errors: ``ctx.bail(reason)`` and
+``ctx.suspend(reason, data)`` raise them, and the runner turns them into a
+result with status ``BAILED`` or ``SUSPENDED``.
 """
 
 from __future__ import annotations
@@ -236,6 +241,47 @@ class Bail(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class RecordedError(WorkflowError):
+    """An error a run recorded in its database: raised before a restart or in another process.
+
+    ``type_name`` is the original exception's class name; the message is its text.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+
+
+class Suspend(Exception):
+    """Raised by ``ctx.suspend(reason, data)``: park the run until ``engine.resume``.
+
+    Not an error. The suspending action's writes are discarded; on resume it
+    runs again, with ``ctx.is_resuming`` true and ``ctx.resume_data`` set.
+    """
+
+    def __init__(self, reason: str, data: Any = None) -> None:
+        self.reason = reason
+        self.data = data
+        super().__init__(reason)
+
+
+class RunStateError(WorkflowError, RuntimeError):
+    """An operation does not fit the run's state (resuming a run that is not suspended...)."""
+
+
+class UnknownRun(WorkflowError, LookupError):
+    """No run with that id is known to the engine's backend."""
+
+
+class LeaseLost(WorkflowError, RuntimeError):
+    """Another engine took over this run (its lease expired); this engine stops running it."""
+
+
+class BackendError(WorkflowError, RuntimeError):
+    """The persistence backend cannot be used (a corrupt file, a newer schema, a bad URL...)."""
 
 
 def _type_name(tp: Any) -> str:

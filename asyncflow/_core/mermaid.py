@@ -26,10 +26,17 @@ _STYLES = (
 )
 
 
+_ESCAPES = {"#": "#35;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "`": "#96;", "\n": " ", "\r": " "}
+
+
 def _label(text: str) -> str:
-    """``text`` as a quoted Mermaid label (quotes and brackets escaped)."""
-    escaped = text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
-    return f'"{escaped}"'
+    """``text`` as a quoted Mermaid label, with Mermaid's entity codes for what it would read."""
+    return '"' + "".join(_ESCAPES.get(char, char) for char in text) + '"'
+
+
+def _comment(text: str) -> str:
+    """``text`` safe inside a ``%%`` comment line."""
+    return text.replace("\r", " ").replace("\n", " ")
 
 
 def workflow_to_mermaid(workflow: Workflow) -> str:
@@ -100,8 +107,8 @@ def run_to_mermaid(result: RunResult) -> str:
             group = _Group(f"s{len(groups) + 1}", record)
             groups[record.stage_id] = group
             parent = None
-            if record.inserted_by is not None:
-                parent = groups.get(record.inserted_by.split("/", 1)[0])
+            if record.inserted_by_stage is not None:
+                parent = groups.get(record.inserted_by_stage)
             (parent.children if parent is not None else roots).append(group)
             add_class(group.key, record.status.value, *(["dynamic"] if record.dynamic else []))
             if record.status.value == "skipped":
@@ -119,12 +126,12 @@ def run_to_mermaid(result: RunResult) -> str:
         add_class(node, record.status.value, *(["dynamic"] if record.dynamic else []))
 
     title = f"run {result.run_id[:8]} of {result.workflow_id}: {result.status.value}"
-    lines = ["flowchart TD", f"    %% {title}"]
+    lines = ["flowchart TD", f"    %% {_comment(title)}"]
     # Iterative, so a deeply nested plan cannot hit the recursion limit.
     stack: list[tuple[_Group, int, bool]] = [(g, 1, False) for g in reversed(roots)]
     while stack:
         group, depth, closing = stack.pop()
-        pad = "    " * depth
+        pad = "    " * min(depth, 8)  # deep nesting must not make the text grow quadratically
         if closing:
             lines.append(f"{pad}end")
             continue
@@ -136,6 +143,8 @@ def run_to_mermaid(result: RunResult) -> str:
                 text = f"skipped: {action.reason}" if action.reason else "skipped"
             else:
                 text = (action.action_name or "") + _marks(action)
+                if action.reason and action.status.value == "skipped":
+                    text += f": {action.reason}"
             lines.append(f"{pad}    {node}[{_label(text)}]")
         if not group.actions:
             lines.append(f"{pad}    {group.key}e[{_label('(no actions)')}]")

@@ -42,7 +42,8 @@ class ActionNode:
         "enabled",
         "error",
         "index",
-        "inserted_by",
+        "parent",
+        "pos",
         "reason",
         "recovered",
         "removed",
@@ -57,9 +58,12 @@ class ActionNode:
         stage_node: StageNode,
         dynamic: bool = False,
         depth: int = 0,
-        inserted_by: str | None = None,
+        parent: ActionNode | None = None,
+        pos: int = 0,
     ) -> None:
         self.action = action
+        self.parent = parent  # the action that inserted this one, if it is dynamic
+        self.pos = pos
         # Calling the function straight away saves a coroutine frame per action.
         self.call: Callable[[ActionContext], Any] = (
             action.fn if type(action) is FunctionAction else action.execute
@@ -67,7 +71,6 @@ class ActionNode:
         self.stage_node = stage_node
         self.dynamic = dynamic
         self.depth = depth
-        self.inserted_by = inserted_by
         self.enabled = True
         self.removed = False
         self.status = StepStatus.PENDING
@@ -79,6 +82,21 @@ class ActionNode:
         self.recovered: BaseException | None = None
         self.attempts = 0
         self.index = 0
+
+    @property
+    def key(self) -> str:
+        """This step's place in the plan, stable across re-executions: ``stage/2.0.1``.
+
+        The static position in the stage, then the position among the
+        children of each inserting action. A recovered run rebuilds the same
+        plan, so the same step gets the same key.
+        """
+        parts = []
+        node: ActionNode | None = self
+        while node is not None:
+            parts.append(str(node.pos))
+            node = node.parent
+        return f"{self.stage_node.id}/{'.'.join(reversed(parts))}"
 
     def walk(self) -> Iterator[ActionNode]:
         """This node, then its inserted children depth first (no recursion)."""
@@ -104,7 +122,7 @@ class StageNode:
         "executed",
         "id",
         "inserted",
-        "inserted_by",
+        "inserter",
         "pending",
         "reason",
         "recovered",
@@ -122,13 +140,13 @@ class StageNode:
         run_id: str,
         dynamic: bool = False,
         depth: int = 0,
-        inserted_by: str | None = None,
+        inserter: ActionNode | None = None,
     ) -> None:
         self.stage = stage
         self.id = run_id
         self.dynamic = dynamic
         self.depth = depth
-        self.inserted_by = inserted_by
+        self.inserter = inserter  # the action that inserted this stage, if it is dynamic
         self.enabled = True
         self.removed = False
         self.status = StepStatus.PENDING
@@ -151,7 +169,9 @@ class StageNode:
         """The stage's static action nodes, created on first use."""
         nodes = self._actions
         if nodes is None:
-            nodes = self._actions = [ActionNode(a, self) for a in self.stage._actions]
+            nodes = self._actions = [
+                ActionNode(a, self, pos=index) for index, a in enumerate(self.stage._actions)
+            ]
         return nodes
 
     def walk_actions(self) -> Iterator[ActionNode]:
@@ -242,11 +262,22 @@ class Plan:
     only, when given).
     """
 
-    __slots__ = ("_journal", "_state")
+    __slots__ = ("_journal", "_ops", "_state")
 
-    def __init__(self, state: PlanState, journal: list[UndoEntry] | None = None) -> None:
+    def __init__(
+        self,
+        state: PlanState,
+        journal: list[UndoEntry] | None = None,
+        ops: list[dict[str, Any]] | None = None,
+    ) -> None:
         self._state = state
         self._journal = journal
+        # In a durable run, every change is also written down, to be replayed after a restart.
+        self._ops = ops
+
+    def _note(self, op: str, **args: Any) -> None:
+        if self._ops is not None:
+            self._ops.append({"op": op, **args})
 
     # ---- reading -------------------------------------------------------------
 
@@ -350,26 +381,34 @@ class Plan:
         Disabling the stage that is running is a no-op for this execution (logged).
         """
         node = self._stage(stage_id)
-        return self._set_enabled(node, False, f"stage {stage_id!r}")
+        changed = self._set_enabled(node, False, f"stage {stage_id!r}")
+        self._note("disable_stage", id=stage_id)
+        return changed
 
     def enable_stage(self, stage_id: str) -> bool:
         """Run the stage when its turn comes; return whether anything changed."""
         node = self._stage(stage_id)
-        return self._set_enabled(node, True, f"stage {stage_id!r}")
+        changed = self._set_enabled(node, True, f"stage {stage_id!r}")
+        self._note("enable_stage", id=stage_id)
+        return changed
 
     def disable_action(self, name: str, stage_id: str | None = None) -> int:
         """Skip every pending action of that name; return how many changed."""
-        return sum(
+        changed = sum(
             self._set_enabled(node, False, f"action {name!r} of stage {node.stage_node.id!r}")
             for node in self._actions(name, stage_id)
         )
+        self._note("disable_action", name=name, stage_id=stage_id)
+        return changed
 
     def enable_action(self, name: str, stage_id: str | None = None) -> int:
         """Enable every pending action of that name; return how many changed."""
-        return sum(
+        changed = sum(
             self._set_enabled(node, True, f"action {name!r} of stage {node.stage_node.id!r}")
             for node in self._actions(name, stage_id)
         )
+        self._note("enable_action", name=name, stage_id=stage_id)
+        return changed
 
     def _by_tag(self, tag: str, enabled: bool) -> int:
         changed = 0
@@ -385,11 +424,15 @@ class Plan:
 
     def disable_by_tag(self, tag: str) -> int:
         """Disable every pending stage and action carrying ``tag``; return how many changed."""
-        return self._by_tag(tag, False)
+        changed = self._by_tag(tag, False)
+        self._note("disable_by_tag", tag=tag)
+        return changed
 
     def enable_by_tag(self, tag: str) -> int:
         """Enable every pending stage and action carrying ``tag``; return how many changed."""
-        return self._by_tag(tag, True)
+        changed = self._by_tag(tag, True)
+        self._note("enable_by_tag", tag=tag)
+        return changed
 
     def remove_stage(self, stage_id: str) -> bool:
         """Take a stage that has not started out of the plan; return whether it was removed.
@@ -405,6 +448,7 @@ class Plan:
         node.removed = True
         if self._journal is not None:
             self._journal.append((_UNDO_REMOVED, node, None))
+        self._note("remove_stage", id=stage_id)
         return True
 
     def remove_action(self, name: str, stage_id: str | None = None) -> int:
@@ -416,4 +460,5 @@ class Plan:
                 removed += 1
                 if self._journal is not None:
                     self._journal.append((_UNDO_REMOVED, node, None))
+        self._note("remove_action", name=name, stage_id=stage_id)
         return removed

@@ -21,6 +21,13 @@ class RunStatus(enum.StrEnum):
     BAILED = "bailed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    SUSPENDED = "suspended"
+    SLEEPING = "sleeping"
+
+    @property
+    def finished(self) -> bool:
+        """Whether a run in this status will not run again (completed, failed, bailed, cancelled, skipped)."""
+        return self in _FINISHED
 
 
 class StepStatus(enum.StrEnum):
@@ -32,6 +39,12 @@ class StepStatus(enum.StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    SUSPENDED = "suspended"
+
+
+_FINISHED = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.BAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
+)
 
 
 @attrs.frozen
@@ -48,7 +61,8 @@ class StepRecord:
         duration: seconds from start to end (0 for a skipped step).
         started_at: seconds from the start of the run.
         depth: nesting: 0 for static steps, +1 for each dynamic insertion level.
-        inserted_by: ``"stage"`` or ``"stage/action"`` that inserted this step.
+        inserted_by: ``"stage/action"``: the action that inserted this step.
+        inserted_by_stage: the id of the stage of that action.
         reason: why a step was skipped (``"disabled"``, ``"stage 'x' failed"``...).
         error: the exception a failed step raised.
         attempts: how many times an action was tried (retries count).
@@ -65,6 +79,7 @@ class StepRecord:
     started_at: float
     depth: int = 0
     inserted_by: str | None = None
+    inserted_by_stage: str | None = None
     reason: str | None = None
     error: BaseException | None = None
     attempts: int = 0
@@ -75,6 +90,9 @@ def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
     from .plan import StageNode
 
     started = node.started
+    inserter = node.inserter if isinstance(node, StageNode) else node.parent
+    inserted_by = f"{inserter.stage_node.id}/{inserter.action.name}" if inserter is not None else None
+    inserted_by_stage = inserter.stage_node.id if inserter is not None else None
     if isinstance(node, StageNode):
         return StepRecord(
             kind="stage",
@@ -85,7 +103,8 @@ def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
             duration=node.duration,
             started_at=started - run_start if started else 0.0,
             depth=node.depth,
-            inserted_by=node.inserted_by,
+            inserted_by=inserted_by,
+            inserted_by_stage=inserted_by_stage,
             reason=node.reason,
             error=node.error,
             recovered_error=node.recovered,
@@ -99,7 +118,8 @@ def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
         duration=node.duration,
         started_at=started - run_start if started else 0.0,
         depth=node.depth,
-        inserted_by=node.inserted_by,
+        inserted_by=inserted_by,
+        inserted_by_stage=inserted_by_stage,
         reason=node.reason,
         error=node.error,
         attempts=node.attempts,
@@ -133,6 +153,8 @@ class RunResult:
         message_errors: how many times a message handler raised.
         timings: durations measured by ``mw.timing()``, in the order they ended.
         recovered_error: an error a run-level middleware swallowed.
+        suspend_reason, suspend_data: what ``ctx.suspend`` gave, for a
+            ``SUSPENDED`` run.
     """
 
     __slots__ = (
@@ -147,6 +169,8 @@ class RunResult:
         "run_id",
         "status",
         "store",
+        "suspend_data",
+        "suspend_reason",
         "timings",
         "workflow_id",
     )
@@ -158,14 +182,17 @@ class RunResult:
         workflow_id: str,
         status: RunStatus,
         store: dict[str, Any],
-        log: list[StageNode | ActionNode],
-        started: float,
+        log: list[StageNode | ActionNode] | None = None,
+        started: float = 0.0,
         duration: float,
         bail_reason: str | None = None,
         error: BaseException | None = None,
         message_errors: int = 0,
         timings: list[Timing] | None = None,
         recovered_error: BaseException | None = None,
+        suspend_reason: str | None = None,
+        suspend_data: Any = None,
+        steps: list[StepRecord] | None = None,
     ) -> None:
         self.run_id = run_id
         self.workflow_id = workflow_id
@@ -177,9 +204,11 @@ class RunResult:
         self.message_errors = message_errors
         self.timings: list[Timing] = timings if timings is not None else []
         self.recovered_error = recovered_error
-        self._log = log
+        self.suspend_reason = suspend_reason
+        self.suspend_data = suspend_data
+        self._log = log if log is not None else []
         self._started = started
-        self._steps: list[StepRecord] | None = None
+        self._steps: list[StepRecord] | None = steps
 
     @property
     def steps(self) -> list[StepRecord]:
@@ -212,5 +241,5 @@ class RunResult:
     def __repr__(self) -> str:
         return (
             f"<RunResult {self.run_id} workflow={self.workflow_id!r} status={self.status.value} "
-            f"steps={len(self._log)}>"
+            f"steps={len(self._log) if self._steps is None else len(self._steps)}>"
         )
