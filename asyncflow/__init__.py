@@ -13,25 +13,41 @@ from loguru import logger as _logger
 
 from . import backoff as backoff
 from . import middleware as middleware
+from . import testing as testing
 from ._core.actions import Action as Action
 from ._core.actions import FunctionAction as FunctionAction
 from ._core.actions import action as action
+from ._core.clock import Clock as Clock
+from ._core.clock import SystemClock as SystemClock
 from ._core.context import ActionContext as ActionContext
+from ._core.definitions import NotReferenceable as NotReferenceable
+from ._core.definitions import Registry as Registry
+from ._core.definitions import UnknownReference as UnknownReference
+from ._core.definitions import registry as registry
+from ._core.engine import Engine as Engine
+from ._core.engine import RunHandle as RunHandle
+from ._core.engine import UnknownWorkflow as UnknownWorkflow
 from ._core.errors import ActionFailed as ActionFailed
 from ._core.errors import ActionTimeout as ActionTimeout
+from ._core.errors import BackendError as BackendError
 from ._core.errors import Bail as Bail
 from ._core.errors import ContextClosed as ContextClosed
 from ._core.errors import DuplicateStageId as DuplicateStageId
 from ._core.errors import InsertionLimitExceeded as InsertionLimitExceeded
 from ._core.errors import InvalidDefinition as InvalidDefinition
+from ._core.errors import LeaseLost as LeaseLost
 from ._core.errors import MiddlewareError as MiddlewareError
 from ._core.errors import MissingKey as MissingKey
 from ._core.errors import NonRetryable as NonRetryable
 from ._core.errors import NotSerializable as NotSerializable
+from ._core.errors import RecordedError as RecordedError
 from ._core.errors import RunFailed as RunFailed
+from ._core.errors import RunStateError as RunStateError
 from ._core.errors import StageFailed as StageFailed
 from ._core.errors import StepTimeout as StepTimeout
+from ._core.errors import Suspend as Suspend
 from ._core.errors import TypeMismatch as TypeMismatch
+from ._core.errors import UnknownRun as UnknownRun
 from ._core.errors import UnknownStep as UnknownStep
 from ._core.errors import WorkflowError as WorkflowError
 from ._core.events import Event as Event
@@ -50,11 +66,15 @@ from ._core.records import Timing as Timing
 from ._core.retry import Retry as Retry
 from ._core.runner import Runner as Runner
 from ._core.runner import run as run
+from ._core.sleep import Sleep as Sleep
+from ._core.sleep import sleep as sleep
 from ._core.store import Key as Key
 from ._core.store import Store as Store
 from ._core.store import StoreConflict as StoreConflict
 from ._core.workflow import Stage as Stage
 from ._core.workflow import Workflow as Workflow
+from .backends import RunInfo as RunInfo
+from .backends import RunPage as RunPage
 
 __version__ = "0.1.0"
 
@@ -67,10 +87,13 @@ __all__ = [
     "ActionContext",
     "ActionFailed",
     "ActionTimeout",
+    "BackendError",
     "Bail",
     "CallNext",
+    "Clock",
     "ContextClosed",
     "DuplicateStageId",
+    "Engine",
     "Event",
     "EventKind",
     "EventStream",
@@ -78,19 +101,28 @@ __all__ = [
     "InsertionLimitExceeded",
     "InvalidDefinition",
     "Key",
+    "LeaseLost",
     "Message",
     "Middleware",
     "MiddlewareContext",
     "MiddlewareError",
     "MissingKey",
     "NonRetryable",
+    "NotReferenceable",
     "NotSerializable",
     "Plan",
+    "RecordedError",
+    "Registry",
     "Retry",
     "RunFailed",
+    "RunHandle",
+    "RunInfo",
+    "RunPage",
     "RunResult",
+    "RunStateError",
     "RunStatus",
     "Runner",
+    "Sleep",
     "Stage",
     "StageFailed",
     "StepRecord",
@@ -98,14 +130,23 @@ __all__ = [
     "StepTimeout",
     "Store",
     "StoreConflict",
+    "Suspend",
+    "SystemClock",
     "Timing",
     "TypeMismatch",
+    "UnknownReference",
+    "UnknownRun",
     "UnknownStep",
+    "UnknownWorkflow",
     "Workflow",
     "WorkflowError",
     "__version__",
+    "_logger",
     "action",
     "backoff",
     "middleware",
+    "registry",
     "run",
+    "sleep",
+    "testing",
 ]

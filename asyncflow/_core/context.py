@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from loguru import logger as _root_logger
 
 from .actions import Action
-from .errors import Bail, ContextClosed, DuplicateStageId, InsertionLimitExceeded, NotSerializable
+from .durable import Op
+from .errors import Bail, ContextClosed, DuplicateStageId, InsertionLimitExceeded, NotSerializable, Suspend
 from .events import Message
 from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, Plan, StageNode, UndoEntry, undo
 from .store import Store
@@ -28,7 +29,22 @@ class ActionContext:
     costs nothing for them.
     """
 
-    __slots__ = ("_closed", "_journal", "_logger", "_node", "_overlay", "_plan", "_run", "attempt")
+    __slots__ = (
+        "_closed",
+        "_journal",
+        "_logger",
+        "_node",
+        "_ops",
+        "_overlay",
+        "_plan",
+        "_replaying",
+        "_run",
+        "attempt",
+    )
+    # Set only in durable runs (read with getattr): the plan changes this
+    # execution made, as JSON ops, and whether they are being replayed.
+    _ops: list[Op]
+    _replaying: bool
 
     def __init__(self, run: RunState, node: ActionNode, attempt: int = 1) -> None:
         self._run = run
@@ -87,8 +103,60 @@ class ActionContext:
         """Control over the rest of this run (changes are undone if the action fails)."""
         plan = self._plan
         if plan is None:
-            plan = self._plan = Plan(self._run.plan, self._ensure_journal())
+            plan = self._plan = Plan(self._run.plan, self._ensure_journal(), self._durable_ops())
         return plan
+
+    # ---- durable runs ------------------------------------------------------------
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key for this step, the same on every execution of it (retries, recovery, resume).
+
+        Use it to make side effects idempotent: pass it to the payment API,
+        or record it next to what the step wrote.
+        """
+        return f"{self._run.run_id}:{self._node.key}"
+
+    @property
+    def is_resuming(self) -> bool:
+        """Whether this action suspended the run and is now running again after ``engine.resume``."""
+        durable = self._run.durable
+        return durable is not None and durable.resume_step == self._node.key
+
+    @property
+    def resume_data(self) -> Any:
+        """The data given to ``engine.resume``, in the action that suspended (else ``None``)."""
+        durable = self._run.durable
+        return durable.resume_data if durable is not None and self.is_resuming else None
+
+    def suspend(self, reason: str, data: Any = None) -> NoReturn:
+        """Park the run until ``engine.resume(run_id, data)``; the run becomes ``SUSPENDED``.
+
+        ``data`` is kept for the outside world (``RunInfo.suspend_data``). This
+        action's writes are discarded; on resume it runs again from its start,
+        with :attr:`is_resuming` true and :attr:`resume_data` set. Durable runs
+        need ``data`` to be JSON.
+        """
+        self._check_open("suspend")
+        if not isinstance(reason, str):
+            raise TypeError(f"suspend reason must be a string, got {reason!r}")
+        if self._run.durable is not None:
+            try:
+                json.dumps(data)
+            except (TypeError, ValueError) as exc:
+                raise NotSerializable(
+                    f"suspend data of action {self._node.action.name!r} is not JSON-serialisable ({exc})"
+                ) from None
+        raise Suspend(reason, data)
+
+    def _durable_ops(self) -> list[Op] | None:
+        """This execution's op list in a durable run (``None`` otherwise, or while replaying)."""
+        if self._run.durable is None or getattr(self, "_replaying", False):
+            return None
+        ops = getattr(self, "_ops", None)
+        if ops is None:
+            ops = self._ops = []
+        return ops
 
     @property
     def logger(self) -> Logger:
@@ -119,7 +187,15 @@ class ActionContext:
                 f"add_dynamic_action takes an af.Action, got {action!r} "
                 f"(in action {self._node.action.name!r} of stage {self._node.stage_node.id!r})"
             )
+        ops = self._durable_ops()
+        if ops is not None:
+            node = self._node
+            ref = self._run.durable.reference(  # type: ignore[union-attr]
+                action, f"inserted by action {node.action.name!r} of stage {node.stage_node.id!r}"
+            )
         self._count_insertion()
+        if ops is not None:
+            ops.append({"op": "action", "ref": ref})
         parent = self._node
         child = ActionNode(
             action,
@@ -154,6 +230,12 @@ class ActionContext:
                 f"add_dynamic_stage takes an af.Stage, got {stage!r} "
                 f"(in action {node.action.name!r} of stage {node.stage_node.id!r})"
             )
+        ops = self._durable_ops()
+        if ops is not None:
+            defn = self._run.durable.stage_definition(  # type: ignore[union-attr]
+                stage,
+                f"stage {stage.id!r} inserted by action {node.action.name!r} of stage {node.stage_node.id!r}",
+            )
         state = self._run.plan
         stage_id = stage.id
         if stage_id in state.by_id:
@@ -165,6 +247,8 @@ class ActionContext:
                 )
             stage_id = state.distinct_id(stage_id)
         self._count_insertion()
+        if ops is not None:
+            ops.append({"op": "stage", "stage": defn, "allow_duplicate": allow_duplicate})
         current = node.stage_node
         child = StageNode(
             stage,

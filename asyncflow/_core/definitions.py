@@ -52,7 +52,7 @@ class Registry:
         registry.register(greet)                      # an action, under its name
         registry.register("resize", Resize)           # a factory: Resize(**params)
 
-    Engines look names up in their own registry first, then in the global
+    Lookups go through this registry, its ``parent``, and last the global
     :data:`asyncflow.registry`.
     """
 
@@ -95,26 +95,33 @@ class Registry:
         else:
             raise TypeError(f"register needs an af.Action, an Action subclass or a factory, got {target!r}")
 
+    def _lineage(self) -> list[Registry]:
+        """This registry, its parents, and last the global one."""
+        chain: list[Registry] = []
+        current: Registry | None = self
+        while current is not None and current not in chain:
+            chain.append(current)
+            current = current._parent
+        if registry not in chain:
+            chain.append(registry)
+        return chain
+
     def _name_of(self, action: Action) -> tuple[str, bool] | None:
         """(name, is_factory) under which ``action`` (or its class) is registered here or above."""
-        registry: Registry | None = self
-        while registry is not None:
-            name = registry._names_of_instances.get(id(action))
+        for current in self._lineage():
+            name = current._names_of_instances.get(id(action))
             if name is not None:
                 return name, False
-            name = registry._names_of_classes.get(type(action))
+            name = current._names_of_classes.get(type(action))
             if name is not None:
                 return name, True
-            registry = registry._parent
         return None
 
     def _lookup(self, name: str) -> Action | ActionFactory | None:
-        registry: Registry | None = self
-        while registry is not None:
-            found = registry._instances.get(name) or registry._factories.get(name)
+        for current in self._lineage():
+            found = current._instances.get(name) or current._factories.get(name)
             if found is not None:
                 return found
-            registry = registry._parent
         return None
 
     # ---- references ---------------------------------------------------------

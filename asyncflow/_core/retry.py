@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from ..backoff import Backoff, exponential
-from .errors import Bail, NonRetryable
+from .errors import Bail, NonRetryable, Suspend
 
 RetryOn = tuple[type[BaseException], ...] | type[BaseException] | Callable[[BaseException], bool]
 
@@ -55,7 +55,7 @@ class Retry:
         """Whether attempt number ``attempt``, which raised ``exc``, is followed by another."""
         if (
             attempt >= self.attempts
-            or isinstance(exc, (NonRetryable, Bail))
+            or isinstance(exc, (NonRetryable, Bail, Suspend))
             or not isinstance(exc, Exception)
         ):
             return False

@@ -22,7 +22,9 @@ from typing import Any
 import anyio
 from loguru import logger
 
+from .clock import SYSTEM_CLOCK, Clock, sleep_until
 from .context import ActionContext
+from .durable import Durability, Op
 from .errors import (
     ActionFailed,
     ActionTimeout,
@@ -30,6 +32,7 @@ from .errors import (
     InsertionLimitExceeded,
     RunFailed,
     StageFailed,
+    Suspend,
 )
 from .events import Event, EventHandler, EventKind, EventStream, Hub, MessageHandler
 from .middleware import Handler, Middleware, MiddlewareContext, check_middlewares, compose
@@ -56,7 +59,8 @@ class RunState:
     """Everything one run owns while it runs (internal)."""
 
     __slots__ = (
-        "drove",
+        "clock",
+        "durable",
         "failed_node",
         "hub",
         "log",
@@ -79,8 +83,12 @@ class RunState:
         max_insertions: int,
         hub: Hub,
         require_json: bool,
+        clock: Clock = SYSTEM_CLOCK,
+        durable: Durability | None = None,
     ) -> None:
         self.workflow = workflow
+        self.clock = clock
+        self.durable = durable
         self.run_id = run_id
         self.store = store
         self.plan = PlanState(workflow, run_id, max_insertions)
@@ -139,9 +147,11 @@ class Runner:
         max_insertions: the bound on dynamic insertions per run (default
             10,000); passing it fails the run with
             :class:`~asyncflow.InsertionLimitExceeded` as the cause.
-        require_json: reject message payloads (and, in durable runs, store
-            values) that are not JSON-serialisable, as durable runs and child
-            processes do. Handy in tests to catch them early.
+        require_json: reject message payloads that are not JSON-serialisable,
+            as durable runs and child processes do. Handy in tests to catch
+            them early.
+        clock: what back-off sleeps, durable sleeps and TTLs follow (default:
+            the system clock; :class:`asyncflow.testing.FakeClock` in tests).
     """
 
     def __init__(
@@ -154,7 +164,9 @@ class Runner:
         retry: Retry | None = None,
         max_insertions: int = DEFAULT_MAX_INSERTIONS,
         require_json: bool = False,
+        clock: Clock | None = None,
     ) -> None:
+        self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         self.middleware = check_middlewares(middleware, "the runner (run level)")
         self.stage_middleware = check_middlewares(stage_middleware, "the runner (stage level)")
         self.action_middleware = check_middlewares(action_middleware, "the runner (action level)")
@@ -248,10 +260,12 @@ class Runner:
         if isinstance(store, Store):
             root = store.clone()
         else:
-            root = Store()
+            root = Store(clock=self.clock.now)
             if store is not None:
                 root.merge(store)
-        run = RunState(workflow, run_id or new_run_id(), root, limit, self._hub, self.require_json)
+        run = RunState(
+            workflow, run_id or new_run_id(), root, limit, self._hub, self.require_json, self.clock
+        )
         return await self._run(run)
 
     async def _run(self, run: RunState) -> RunResult:
@@ -266,6 +280,7 @@ class Runner:
         status = RunStatus.COMPLETED
         bail_reason: str | None = None
         recovered: BaseException | None = None
+        suspended: Suspend | None = None
         try:
             if self.middleware:
                 mctx = MiddlewareContext("run", run)
@@ -287,6 +302,9 @@ class Runner:
         except Bail as bail:
             status, bail_reason = RunStatus.BAILED, bail.reason
             logger.info("run {} bailed: {}", run.run_id, bail.reason)
+        except Suspend as suspend:
+            status, suspended = RunStatus.SUSPENDED, suspend
+            logger.info("run {} suspended: {}", run.run_id, suspend.reason)
         except anyio.get_cancelled_exc_class():
             result = self._result(run, started, RunStatus.CANCELLED)
             logger.info("run {} was cancelled", run.run_id)
@@ -299,6 +317,9 @@ class Runner:
             await self._finished(run, result)
             raise failure from exc
         result = self._result(run, started, status, bail_reason=bail_reason, recovered_error=recovered)
+        if suspended is not None:
+            result.suspend_reason = suspended.reason
+            result.suspend_data = suspended.data
         logger.debug("run {} ended {} in {:.6f}s", run.run_id, status.value, result.duration)
         await self._finished(run, result)
         return result
@@ -426,6 +447,10 @@ class Runner:
                 run.failed_node = None
         except BaseException as exc:
             node.duration = perf_counter() - started
+            if isinstance(exc, Suspend):
+                # The stage goes on when the run is resumed: nothing it inserted is skipped.
+                node.status = StepStatus.SUSPENDED
+                raise
             if isinstance(exc, Bail):
                 node.status = StepStatus.COMPLETED
                 reason = "the run bailed"
@@ -473,8 +498,15 @@ class Runner:
 
     async def _stage_body(self, run: RunState, node: StageNode) -> None:
         stage = node.stage
-        if stage.initial:
-            run.store.merge(stage.initial)
+        durable = run.durable
+        if durable is None:
+            if stage.initial:
+                run.store.merge(stage.initial)
+        elif not durable.stage_started(node):
+            # Merged once: after a restart the store already holds it (and maybe later writes).
+            if stage.initial:
+                run.store.merge(stage.initial)
+            await durable.commit_stage(node, stage.initial)
         # Composed once per stage, not per action call.
         action_mws = self.action_middleware + run.workflow._action_middleware + stage._action_middleware
         if action_mws:
@@ -569,6 +601,12 @@ class Runner:
         node.status = StepStatus.RUNNING
         run.log.append(node)
         node.started = started = perf_counter()
+        durable = run.durable
+        if durable is not None:
+            replayed = durable.completed(node)
+            if replayed is not None:
+                self._replay(run, node, replayed)
+                return
         listening = hub.listening
         if listening:
             await hub.emit(run.event(EventKind.ACTION_STARTED, node, attempt=1))
@@ -577,7 +615,7 @@ class Runner:
         retry = action.retry or stage.retry
         limit = action.timeout or stage.timeout
         try:
-            if chain is None and retry is None and limit is None:
+            if chain is None and retry is None and limit is None and durable is None:
                 node.attempts = 1
                 ctx = ActionContext(run, node)
                 try:
@@ -605,7 +643,7 @@ class Runner:
         except BaseException as exc:
             node.duration = perf_counter() - started
             if (
-                not isinstance(exc, (Bail, anyio.get_cancelled_exc_class()))
+                not isinstance(exc, (Bail, Suspend, anyio.get_cancelled_exc_class()))
                 and node.status is not StepStatus.FAILED
             ):
                 node.status = StepStatus.FAILED
@@ -640,6 +678,31 @@ class Runner:
                 )
             )
 
+    def _replay(self, run: RunState, node: ActionNode, ops: list[Op]) -> None:
+        """Re-apply the plan changes of an action that completed before a restart, without running it."""
+        durable = run.durable
+        assert durable is not None
+        ctx = ActionContext(run, node)
+        ctx._replaying = True
+        where = f"replaying action {node.action.name!r} of stage {node.stage_node.id!r}"
+        for op in ops:
+            kind = op["op"]
+            if kind == "action":
+                ctx.add_dynamic_action(durable.resolve(op["ref"], where))
+            elif kind == "stage":
+                stage = durable.stage_from_definition(op["stage"], where)
+                ctx.add_dynamic_stage(stage, allow_duplicate=op["allow_duplicate"])
+            elif kind in ("disable_stage", "enable_stage", "remove_stage"):
+                getattr(ctx.plan, kind)(op["id"])
+            elif kind in ("disable_action", "enable_action", "remove_action"):
+                getattr(ctx.plan, kind)(op["name"], op["stage_id"])
+            else:
+                getattr(ctx.plan, kind)(op["tag"])
+        ctx._finish(True)
+        node.attempts = max(node.attempts, 1)
+        node.status = StepStatus.COMPLETED
+        node.reason = "completed in an earlier execution"
+
     def _over_limit(self, run: RunState) -> InsertionLimitExceeded:
         # The action swallowed InsertionLimitExceeded: the run fails all the same.
         return InsertionLimitExceeded(run.plan.max_insertions, run_id=run.run_id)
@@ -656,6 +719,12 @@ class Runner:
             ctx._finish(True)
             node.status = StepStatus.COMPLETED
             node.reason = f"bailed: {exc.reason}"
+        elif isinstance(exc, Suspend):
+            ctx._finish(False)
+            node.status = StepStatus.SUSPENDED
+            node.reason = f"suspended: {exc.reason}"
+            if ctx._run.durable is not None:
+                ctx._run.durable.suspended_key = node.key
         elif isinstance(exc, anyio.get_cancelled_exc_class()):
             ctx._finish(False)
             node.status = StepStatus.CANCELLED
@@ -685,6 +754,13 @@ class Runner:
         if retry is None:
             await self._attempt(run, node, limit)
             return
+        durable = run.durable
+        if durable is not None and node.attempts == 0:
+            state = durable.retry_state(node)
+            if state is not None:
+                # Attempts made before a restart count, and the back-off still runs out.
+                node.attempts, due = state
+                await sleep_until(run.clock, due)
         while True:
             try:
                 await self._attempt(run, node, limit)
@@ -692,6 +768,8 @@ class Runner:
                 if not retry.should_retry(exc, node.attempts):
                     raise
                 delay = retry.backoff(node.attempts)
+                if durable is not None:
+                    await durable.commit_attempt(node, node.attempts, run.clock.now() + delay)
                 logger.info(
                     "action {!r} of stage {!r} in run {} failed on attempt {} ({}: {}); retrying in {:.3f}s",
                     node.action.name,
@@ -702,7 +780,7 @@ class Runner:
                     exc,
                     delay,
                 )
-                await anyio.sleep(delay)
+                await run.clock.sleep(delay)
             else:
                 return
 
@@ -739,6 +817,10 @@ class Runner:
                         action_name=node.action.name,
                         seconds=limit,
                     )
+            if run.durable is not None:
+                # Checkpoint before the run moves on: store changes, plan changes and
+                # completion in one transaction.
+                await run.durable.commit_action(node, ctx._overlay, getattr(ctx, "_ops", None))
         except BaseException as exc:
             self._attempt_failed(ctx, node, exc)
             raise

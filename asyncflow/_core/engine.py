@@ -1,0 +1,802 @@
+"""The durable engine: runs that survive crashes, suspend and resume, sleep, and are managed.
+
+An :class:`Engine` runs workflows against a backend. Each run is written
+down before it starts; after each action, the action's store changes, plan
+changes and completion are committed in one transaction before the run
+moves on. An engine that opens a database with interrupted runs takes them
+over: it rebuilds each run's plan from the registered workflow, replays the
+recorded plan changes, skips the actions that completed and runs the one
+that was in flight again (at least once: ``ctx.idempotency_key`` lets an
+action deduplicate its side effects).
+
+Runs are claimed with a lease that the engine renews while it runs them, so
+two engines on one database never run the same run at once; the runs of an
+engine that died are taken over once its leases expire.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+from loguru import logger
+
+from ..backends import Backend, Checkpoint, RunInfo, RunPage, SavedRun, StoreEntry, open_backend
+from .actions import Action
+from .clock import SYSTEM_CLOCK, Clock
+from .definitions import Registry
+from .definitions import registry as global_registry
+from .durable import Durability, Op, json_value_check
+from .errors import (
+    BackendError,
+    InvalidDefinition,
+    LeaseLost,
+    RecordedError,
+    RunFailed,
+    RunStateError,
+    UnknownRun,
+)
+from .records import RunResult, RunStatus, StepRecord, StepStatus
+from .runner import Runner, RunState, new_run_id
+from .store import Store, _Meta
+from .workflow import Stage, Workflow
+
+if TYPE_CHECKING:
+    from .plan import ActionNode, StageNode
+
+_ENDED_OR_PARKED = frozenset({s for s in RunStatus if s.finished} | {RunStatus.SUSPENDED})
+
+
+class UnknownWorkflow(InvalidDefinition, LookupError):
+    """A run names a workflow that was not registered with the engine."""
+
+
+@attrs.define
+class _Active:
+    """A run executing in this engine."""
+
+    run_id: str
+    scope: anyio.CancelScope | None = None
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    result: RunResult | None = None
+    cancel_requested: bool = False
+    lease_lost: bool = False
+
+
+class RunHandle:
+    """A started run: its id, and ways to wait for it, inspect it and cancel it."""
+
+    __slots__ = ("_engine", "run_id")
+
+    def __init__(self, engine: Engine, run_id: str) -> None:
+        self._engine = engine
+        self.run_id = run_id
+
+    async def result(self) -> RunResult:
+        """Wait until the run has ended (or is suspended) and return its result (same as ``engine.wait``)."""
+        return await self._engine.wait(self.run_id)
+
+    async def info(self) -> RunInfo:
+        """What the database knows of the run now."""
+        return await self._engine.get_run(self.run_id)
+
+    async def cancel(self) -> None:
+        """Cancel the run (see :meth:`Engine.cancel`)."""
+        await self._engine.cancel(self.run_id)
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id}>"
+
+
+class Engine:
+    """Runs workflows durably against a backend.
+
+    ::
+
+        engine = af.Engine("sqlite:///runs.db")
+        engine.register(workflow)
+        async with engine:                       # opens the database, recovers interrupted runs
+            handle = await engine.start(workflow, store={"order": 42})
+            result = await handle.result()
+
+    Args:
+        url: ``None``/``"memory://"`` (in memory), ``"sqlite:///path.db"``, or a
+            :class:`~asyncflow.backends.Backend`.
+        runner: the :class:`~asyncflow.Runner` whose middleware, defaults and
+            listeners the runs use (a default one otherwise).
+        registry: names for actions (looked up before :data:`asyncflow.registry`).
+        recover: take over interrupted runs when opening, and runs of dead
+            engines while open (default true).
+        retention: delete finished runs this long after they ended.
+        clock: time for leases, sleeps, back-offs and TTLs (a
+            :class:`~asyncflow.testing.FakeClock` in tests).
+        lease: seconds a claim on a run holds without a heartbeat.
+        poll_interval: seconds between heartbeats and looks for runs to take over.
+    """
+
+    def __init__(
+        self,
+        url: str | Backend | None = None,
+        *,
+        runner: Runner | None = None,
+        registry: Registry | None = None,
+        recover: bool = True,
+        retention: timedelta | None = None,
+        clock: Clock | None = None,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+        owner: str | None = None,
+    ) -> None:
+        self.backend = open_backend(url)
+        self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
+        self.runner = runner if runner is not None else Runner(clock=self.clock)
+        self.registry = registry if registry is not None else global_registry
+        self.recover = recover
+        if retention is not None and not isinstance(retention, timedelta):
+            raise TypeError(f"retention must be a timedelta, got {retention!r}")
+        self.retention = retention
+        if not lease > 0 or not poll_interval > 0:
+            raise ValueError(f"lease and poll_interval must be positive, got {lease!r} and {poll_interval!r}")
+        if poll_interval * 2 >= lease:
+            raise ValueError(f"poll_interval ({poll_interval}) must be under half the lease ({lease})")
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._workflows: dict[str, Workflow] = {}
+        self._active: dict[str, _Active] = {}
+        self._group: TaskGroup | None = None
+        self._closing = False
+
+    # ---- set-up ---------------------------------------------------------------------
+
+    def register(self, workflow: Workflow) -> Workflow:
+        """Let this engine run (and recover) ``workflow``, by its id; return it.
+
+        Raises:
+            InvalidDefinition: another workflow object is registered under that id.
+            NotReferenceable: the backend is persistent and an action cannot be re-created.
+        """
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"engine.register takes an af.Workflow, got {workflow!r}")
+        existing = self._workflows.get(workflow.id)
+        if existing is not None and existing is not workflow:
+            raise InvalidDefinition(f"another workflow is already registered with id {workflow.id!r}")
+        if self.backend.persistent:
+            self.registry.workflow_definition(workflow)  # every action must be re-creatable
+        self._workflows[workflow.id] = workflow
+        return workflow
+
+    async def __aenter__(self) -> Self:
+        await self.backend.open()
+        self._closing = False
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group = group
+        try:
+            if self.recover:
+                await self._take_over()
+            group.start_soon(self._maintain)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        group = self._group
+        self._group = None
+        self._closing = True
+        try:
+            if group is not None:
+                # Runs still in flight are left for the next engine: their leases are released.
+                group.cancel_scope.cancel()
+                await group.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.backend.aclose()
+
+    def _task_group(self) -> TaskGroup:
+        if self._group is None:
+            raise RunStateError("the engine is not open: use 'async with engine:'")
+        return self._group
+
+    # ---- starting and running --------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: Workflow,
+        *,
+        store: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        run_id: str | None = None,
+    ) -> RunHandle:
+        """Write the run down and start it; return at once with its handle.
+
+        With an ``idempotency_key`` that an earlier run already has, nothing
+        starts: the handle of that run is returned.
+
+        Raises:
+            NotReferenceable: (persistent backends) an action cannot be re-created.
+            NotSerializable: (persistent backends) a store value is not JSON.
+        """
+        group = self._task_group()
+        workflow = self.register(workflow)
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise TypeError(f"idempotency_key must be a string, got {idempotency_key!r}")
+        entries = self._entries(dict(store or {}))
+        now = self.clock.now()
+        info = RunInfo(
+            run_id=run_id or new_run_id(),
+            workflow_id=workflow.id,
+            status=RunStatus.RUNNING,
+            created_at=now,
+            updated_at=now,
+            idempotency_key=idempotency_key,
+            owner=self.owner,
+            lease_until=now + self.lease,
+        )
+        info, created = await self.backend.create_run(info, entries)
+        if created:
+            self._launch(group, SavedRun(info, list(entries), []))
+        return RunHandle(self, info.run_id)
+
+    def _entries(self, values: Mapping[str, Any]) -> list[StoreEntry]:
+        if not self.backend.persistent:
+            return [StoreEntry(key, value) for key, value in values.items()]
+        entries = []
+        for key, value in values.items():
+            if not isinstance(key, str):
+                raise TypeError(f"store keys must be strings, got {key!r}")
+            json_value_check(key, value)
+            entries.append(StoreEntry(key, json.dumps(value)))
+        return entries
+
+    def _launch(self, group: TaskGroup, saved: SavedRun) -> None:
+        active = self._active.get(saved.info.run_id)
+        if active is not None and not active.done.is_set():
+            return
+        active = self._active[saved.info.run_id] = _Active(saved.info.run_id)
+        group.start_soon(self._execute, saved, active)
+
+    async def _execute(self, saved: SavedRun, active: _Active) -> None:
+        info = saved.info
+        try:
+            workflow = self._workflows.get(info.workflow_id)
+            if workflow is None:
+                await self._finish_unknown_workflow(info)
+                return
+            durability = _RunDurability(self, saved)
+            run = RunState(
+                workflow,
+                info.run_id,
+                self._restore_store(saved.store),
+                self.runner.max_insertions,
+                self.runner._hub,
+                self.runner.require_json,
+                self.clock,
+                durability,
+            )
+            result: RunResult | None = None
+            with anyio.CancelScope() as scope:
+                active.scope = scope
+                try:
+                    result = await self.runner._run(run)
+                except RunFailed as failure:
+                    result = failure.result
+                    if isinstance(failure.error, LeaseLost):
+                        active.lease_lost = True
+                except anyio.get_cancelled_exc_class():
+                    if self._closing and not active.cancel_requested:
+                        with anyio.CancelScope(shield=True):
+                            await self._release(info.run_id)
+                    raise
+            if active.lease_lost:
+                logger.warning("run {} was taken over by another engine; this engine stopped it", info.run_id)
+                return
+            if result is None:  # cancelled through engine.cancel
+                result = RunResult(
+                    run_id=info.run_id,
+                    workflow_id=info.workflow_id,
+                    status=RunStatus.CANCELLED,
+                    store=run.store.snapshot(),
+                    log=run.log,
+                    duration=0.0,
+                )
+            with anyio.CancelScope(shield=True):
+                await self._record_end(info, result, durability)
+            active.result = result
+        finally:
+            active.done.set()
+
+    async def _finish_unknown_workflow(self, info: RunInfo) -> None:
+        message = (
+            f"workflow {info.workflow_id!r} is not registered with this engine; register it with "
+            f"engine.register(workflow) before opening the engine"
+        )
+        logger.error("run {} cannot continue: {}", info.run_id, message)
+        await self.backend.update_run(
+            info.run_id,
+            holder=self.owner,
+            now=self.clock.now(),
+            status=RunStatus.FAILED,
+            error=f"UnknownWorkflow: {message}",
+            owner=None,
+            lease_until=None,
+        )
+
+    def _restore_store(self, entries: list[StoreEntry]) -> Store:
+        store = Store(clock=self.clock.now)
+        persistent = self.backend.persistent
+        for entry in entries:
+            value = json.loads(entry.value) if persistent else entry.value
+            store._values[entry.key] = value
+            if entry.expires is not None or entry.tags or entry.properties:
+                props = (
+                    json.loads(entry.properties)
+                    if persistent and entry.properties
+                    else (entry.properties or {})
+                )
+                store._meta[entry.key] = _Meta(entry.expires, frozenset(entry.tags), dict(props))
+        if persistent:
+            store._check = json_value_check
+        return store
+
+    async def _record_end(self, info: RunInfo, result: RunResult, durability: _RunDurability) -> None:
+        fields: dict[str, Any] = {
+            "status": result.status,
+            "owner": None,
+            "lease_until": None,
+            "steps": [_step_to_json(step) for step in result.steps],
+            "bail_reason": result.bail_reason,
+        }
+        if result.status is RunStatus.FAILED and result.error is not None:
+            fields["error"] = f"{type(result.error).__name__}: {result.error}"
+            failed = next((s for s in reversed(result.steps) if s.status is StepStatus.FAILED), None)
+            if failed is not None:
+                fields["failed_stage"] = failed.stage_id
+                fields["failed_action"] = failed.action_name
+        if result.status is RunStatus.SUSPENDED:
+            fields["suspend_reason"] = result.suspend_reason
+            fields["suspend_data"] = result.suspend_data
+            fields["suspended_step"] = durability.suspended_key
+            fields["resume_data"] = None
+        updated = await self.backend.update_run(
+            info.run_id, holder=self.owner, now=self.clock.now(), **fields
+        )
+        if updated is None:
+            logger.warning(
+                "run {} ended here but another engine owns it now; its end was not recorded", info.run_id
+            )
+
+    async def _release(self, run_id: str) -> None:
+        """Give a run back (engine shutting down): the next engine takes it over at once."""
+        await self.backend.update_run(
+            run_id, holder=self.owner, now=self.clock.now(), owner=None, lease_until=None
+        )
+
+    async def _take_over(self) -> None:
+        group = self._task_group()
+        while True:
+            now = self.clock.now()
+            claimed = await self.backend.claim(self.owner, now=now, lease_until=now + self.lease, limit=100)
+            for info in claimed:
+                saved = await self.backend.load(info.run_id)
+                if saved is not None:
+                    logger.info(
+                        "taking over run {} of workflow {!r} ({})", info.run_id, info.workflow_id, info.status
+                    )
+                    self._launch(group, saved)
+            if len(claimed) < 100:
+                return
+
+    async def _maintain(self) -> None:
+        """Heartbeats, take-overs and retention, every ``poll_interval``."""
+        ticks = 0
+        while True:
+            await anyio.sleep(self.poll_interval)
+            ticks += 1
+            try:
+                running = [run_id for run_id, a in self._active.items() if not a.done.is_set()]
+                now = self.clock.now()
+                lost = await self.backend.heartbeat(
+                    self.owner, running, now=now, lease_until=now + self.lease
+                )
+                for run_id in lost:
+                    active = self._active.get(run_id)
+                    if active is not None and active.scope is not None and not active.done.is_set():
+                        logger.warning("lost the lease of run {}; stopping it here", run_id)
+                        active.lease_lost = True
+                        active.scope.cancel()
+                for run_id in [r for r, a in self._active.items() if a.done.is_set()]:
+                    del self._active[run_id]
+                if self.recover:
+                    await self._take_over()
+                if self.retention is not None and ticks % 60 == 1:
+                    await self.purge(older_than=self.retention)
+            except BackendError as exc:
+                logger.error("engine maintenance failed: {}", exc)
+
+    # ---- managing runs ---------------------------------------------------------------
+
+    async def wait(self, run_id: str) -> RunResult:
+        """Wait until the run has ended or is suspended; return its :class:`~asyncflow.RunResult`.
+
+        A failed run is returned too (status ``FAILED``, ``error`` set): check ``result.status``.
+
+        Raises:
+            UnknownRun: no such run.
+        """
+        active = self._active.get(run_id)
+        if active is not None:
+            await active.done.wait()
+            if active.result is not None and not active.lease_lost:
+                return active.result
+        delay = 0.01
+        while True:
+            info = await self.get_run(run_id)
+            if info.status in _ENDED_OR_PARKED:
+                return await self._result_from_database(info)
+            active = self._active.get(run_id)
+            if active is not None and not active.done.is_set():
+                await active.done.wait()
+                continue
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self.poll_interval)
+
+    async def _result_from_database(self, info: RunInfo) -> RunResult:
+        saved = await self.backend.load(info.run_id)
+        store = self._restore_store(saved.store if saved is not None else []).snapshot()
+        error = None
+        if info.error:
+            type_name, _, message = info.error.partition(": ")
+            error = RecordedError(type_name, message)
+        return RunResult(
+            run_id=info.run_id,
+            workflow_id=info.workflow_id,
+            status=info.status,
+            store=store,
+            duration=max(info.updated_at - info.created_at, 0.0),
+            bail_reason=info.bail_reason,
+            error=error,
+            suspend_reason=info.suspend_reason,
+            suspend_data=info.suspend_data,
+            steps=[_step_from_json(step) for step in info.steps or []],
+        )
+
+    async def get_run(self, run_id: str) -> RunInfo:
+        """What the database knows of the run.
+
+        Raises:
+            UnknownRun: no such run.
+        """
+        info = await self.backend.get_run(run_id)
+        if info is None:
+            raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
+        return info
+
+    async def cancel(self, run_id: str) -> None:
+        """Cancel a run.
+
+        A run executing in this engine is cancelled through its cancel scope
+        (the action in flight sees the cancellation); a suspended, sleeping,
+        pending or elsewhere-running run is marked cancelled (an engine
+        running it elsewhere stops at its next checkpoint).
+
+        Raises:
+            UnknownRun: no such run.
+            RunStateError: the run has already ended.
+        """
+        active = self._active.get(run_id)
+        if active is not None and not active.done.is_set() and active.scope is not None:
+            active.cancel_requested = True
+            active.scope.cancel()
+            await active.done.wait()
+            return
+        info = await self.get_run(run_id)
+        if info.status.finished:
+            raise RunStateError(
+                f"run {run_id!r} has already ended ({info.status.value}); it cannot be cancelled"
+            )
+        updated = await self.backend.update_run(
+            run_id,
+            expect=frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.SUSPENDED}),
+            now=self.clock.now(),
+            status=RunStatus.CANCELLED,
+            owner=None,
+            lease_until=None,
+        )
+        if updated is None:
+            info = await self.get_run(run_id)
+            raise RunStateError(
+                f"run {run_id!r} has already ended ({info.status.value}); it cannot be cancelled"
+            )
+
+    async def resume(self, run_id: str, data: Any = None) -> RunHandle:
+        """Continue a suspended run, here, from the action that suspended it.
+
+        That action runs again with ``ctx.is_resuming`` true and
+        ``ctx.resume_data == data``.
+
+        Raises:
+            UnknownRun: no such run.
+            RunStateError: the run is not suspended.
+            NotSerializable: (persistent backends) ``data`` is not JSON.
+        """
+        group = self._task_group()
+        if self.backend.persistent:
+            json_value_check("resume data", data)
+        info = await self.get_run(run_id)
+        if info.status is not RunStatus.SUSPENDED:
+            raise RunStateError(
+                f"run {run_id!r} is {info.status.value}, not suspended; only a suspended run resumes"
+            )
+        updated = await self.backend.update_run(
+            run_id,
+            expect=frozenset({RunStatus.SUSPENDED}),
+            now=self.clock.now(),
+            status=RunStatus.PENDING,
+            resume_data=data,
+            owner=None,
+            lease_until=None,
+        )
+        if updated is None:
+            raise RunStateError(f"run {run_id!r} is no longer suspended (resumed or cancelled meanwhile)")
+        now = self.clock.now()
+        claimed = await self.backend.claim(
+            self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+        )
+        if claimed:
+            saved = await self.backend.load(run_id)
+            if saved is not None:
+                self._launch(group, saved)
+        return RunHandle(self, run_id)
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs, newest first, filtered by status and workflow, ``limit`` per page.
+
+        Pass ``page.next_cursor`` back as ``cursor`` for the next page.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be an int from 1 to 1000, got {limit!r}")
+        wanted = RunStatus(status) if status is not None else None
+        return await self.backend.list_runs(
+            status=wanted, workflow_id=workflow_id, limit=limit, cursor=cursor
+        )
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete a run that is not executing here, with its store and checkpoints; whether it existed.
+
+        Raises:
+            RunStateError: the run is executing in this engine (cancel it first).
+        """
+        active = self._active.get(run_id)
+        if active is not None and not active.done.is_set():
+            raise RunStateError(f"run {run_id!r} is running in this engine; cancel it before deleting it")
+        return await self.backend.delete_run(run_id)
+
+    async def purge(self, *, older_than: timedelta) -> int:
+        """Delete runs that ended more than ``older_than`` ago; return how many."""
+        if not isinstance(older_than, timedelta):
+            raise TypeError(f"older_than must be a timedelta, got {older_than!r}")
+        return await self.backend.purge(finished_before=self.clock.now() - older_than.total_seconds())
+
+
+class _RunDurability(Durability):
+    """The engine's side of one durable run: what was done before, and where checkpoints go."""
+
+    def __init__(self, engine: Engine, saved: SavedRun) -> None:
+        self.engine = engine
+        self.backend = engine.backend
+        self.persistent = engine.backend.persistent
+        self.run_id = saved.info.run_id
+        self.owner = engine.owner
+        self.done: dict[str, list[Op]] = {}
+        self.stages: set[str] = set()
+        self.retries: dict[str, tuple[int, float]] = {}
+        self.sleeps: dict[str, float] = {}
+        self.seq = 0
+        self.sleeping = saved.info.status is RunStatus.SLEEPING
+        for checkpoint in saved.checkpoints:
+            self.seq = max(self.seq, checkpoint.seq)
+            key = checkpoint.step_key
+            if checkpoint.kind == "action":
+                ops = checkpoint.ops
+                self.done[key] = (json.loads(ops) if self.persistent else ops) if ops else []
+            elif checkpoint.kind == "stage":
+                self.stages.add(key)
+            elif checkpoint.kind == "attempt":
+                self.retries[key] = (checkpoint.attempts, checkpoint.at or 0.0)
+            elif checkpoint.kind == "sleep":
+                self.sleeps[key] = checkpoint.at or 0.0
+        if saved.info.suspended_step is not None and saved.info.status is not RunStatus.SUSPENDED:
+            self.resume_step = saved.info.suspended_step
+            self.resume_data = saved.info.resume_data
+
+    # ---- what happened before ------------------------------------------------------------
+
+    def completed(self, node: ActionNode) -> list[Op] | None:
+        return self.done.get(node.key)
+
+    def stage_started(self, node: StageNode) -> bool:
+        return node.id in self.stages
+
+    def retry_state(self, node: ActionNode) -> tuple[int, float] | None:
+        return self.retries.get(node.key)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    async def _write(self, checkpoint: Checkpoint) -> None:
+        await self.backend.checkpoint(checkpoint)
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _put(self, key: str, value: Any, meta: _Meta | None) -> StoreEntry:
+        if not self.persistent:
+            return StoreEntry(
+                key,
+                value,
+                meta.expires if meta else None,
+                tuple(meta.tags) if meta else (),
+                meta.properties if meta else None,
+            )
+        return StoreEntry(
+            key,
+            json.dumps(value),
+            meta.expires if meta is not None else None,
+            tuple(sorted(meta.tags)) if meta is not None else (),
+            json.dumps(meta.properties) if meta is not None and meta.properties else None,
+        )
+
+    async def commit_stage(self, node: StageNode, initial: dict[str, Any]) -> None:
+        puts = tuple(self._put(key, value, None) for key, value in initial.items())
+        await self._write(Checkpoint(self.run_id, self.owner, node.id, "stage", puts=puts, seq=self._next()))
+        self.stages.add(node.id)
+
+    async def commit_action(self, node: ActionNode, overlay: Store | None, ops: list[Op] | None) -> None:
+        puts: tuple[StoreEntry, ...] = ()
+        deletes: tuple[str, ...] = ()
+        if overlay is not None:
+            deletes = tuple(key for key in overlay._deleted or () if key not in overlay._values)
+            deletes += tuple(key for key in overlay._deleted or () if key in overlay._values)
+            puts = tuple(
+                self._put(key, value, overlay._meta.get(key)) for key, value in overlay._values.items()
+            )
+        encoded = (json.dumps(ops) if self.persistent else list(ops)) if ops else None
+        status = RunStatus.RUNNING if self.sleeping else None
+        self.sleeping = False
+        await self._write(
+            Checkpoint(
+                self.run_id,
+                self.owner,
+                node.key,
+                "action",
+                puts=puts,
+                deletes=deletes,
+                ops=encoded,
+                attempts=node.attempts,
+                status=status,
+                seq=self._next(),
+            )
+        )
+
+    async def commit_attempt(self, node: ActionNode, attempts: int, retry_at: float) -> None:
+        await self._write(
+            Checkpoint(
+                self.run_id, self.owner, node.key, "attempt", attempts=attempts, at=retry_at, seq=self._next()
+            )
+        )
+
+    async def begin_sleep(self, node: ActionNode, seconds: float) -> float:
+        key = node.key
+        wake_at = self.sleeps.get(key)
+        if wake_at is None:
+            wake_at = self.engine.clock.now() + seconds
+            await self._write(
+                Checkpoint(
+                    self.run_id,
+                    self.owner,
+                    key,
+                    "sleep",
+                    at=wake_at,
+                    status=RunStatus.SLEEPING,
+                    seq=self._next(),
+                )
+            )
+            self.sleeps[key] = wake_at
+        self.sleeping = True
+        return wake_at
+
+    # ---- references -----------------------------------------------------------------------
+
+    def reference(self, action: Action, where: str) -> dict[str, Any]:
+        if not self.persistent:
+            return {"object": action}
+        return self.engine.registry.reference(action, where=where)
+
+    def stage_definition(self, stage: Stage, where: str) -> dict[str, Any]:
+        if not self.persistent:
+            return {"object": stage}
+        return self.engine.registry.stage_definition(stage, where=where)
+
+    def resolve(self, ref: dict[str, Any], where: str) -> Action:
+        found = ref.get("object")
+        if isinstance(found, Action):
+            return found
+        return self.engine.registry.resolve(ref, where=where)
+
+    def stage_from_definition(self, definition: dict[str, Any], where: str) -> Stage:
+        found = definition.get("object")
+        if isinstance(found, Stage):
+            return found
+        return self.engine.registry.stage_from_definition(definition, where=where)
+
+
+def _step_to_json(step: StepRecord) -> dict[str, Any]:
+    return {
+        "kind": step.kind,
+        "stage_id": step.stage_id,
+        "action_name": step.action_name,
+        "status": step.status.value,
+        "dynamic": step.dynamic,
+        "duration": step.duration,
+        "started_at": step.started_at,
+        "depth": step.depth,
+        "inserted_by": step.inserted_by,
+        "inserted_by_stage": step.inserted_by_stage,
+        "reason": step.reason,
+        "error": f"{type(step.error).__name__}: {step.error}" if step.error is not None else None,
+        "attempts": step.attempts,
+        "recovered_error": (
+            f"{type(step.recovered_error).__name__}: {step.recovered_error}"
+            if step.recovered_error is not None
+            else None
+        ),
+    }
+
+
+def _recorded(text: str | None) -> RecordedError | None:
+    if text is None:
+        return None
+    type_name, _, message = text.partition(": ")
+    return RecordedError(type_name, message)
+
+
+def _step_from_json(data: dict[str, Any]) -> StepRecord:
+    return StepRecord(
+        kind=data["kind"],
+        stage_id=data["stage_id"],
+        action_name=data.get("action_name"),
+        status=StepStatus(data["status"]),
+        dynamic=bool(data.get("dynamic")),
+        duration=float(data.get("duration") or 0.0),
+        started_at=float(data.get("started_at") or 0.0),
+        depth=int(data.get("depth") or 0),
+        inserted_by=data.get("inserted_by"),
+        inserted_by_stage=data.get("inserted_by_stage"),
+        reason=data.get("reason"),
+        error=_recorded(data.get("error")),
+        attempts=int(data.get("attempts") or 0),
+        recovered_error=_recorded(data.get("recovered_error")),
+    )

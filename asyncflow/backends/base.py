@@ -1,0 +1,277 @@
+"""The persistence seam: one ABC that every backend (memory, SQLite, PostgreSQL) implements.
+
+A backend stores runs (one row each), each run's store (one row per key)
+and each run's checkpoints (one row per completed step, failed attempt,
+started stage or sleep). The engine drives it; a backend has no logic of
+its own beyond doing each call atomically. Every method is async and none
+may block the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+import attrs
+
+from .._core.records import RunStatus
+
+#: The schema every backend writes; a database with a newer one is refused.
+SCHEMA_VERSION = 1
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+@attrs.frozen
+class RunInfo:
+    """What the engine's database knows of a run.
+
+    Attributes:
+        run_id, workflow_id: the run.
+        status: where it stands (``PENDING``, ``RUNNING``, ``SLEEPING``,
+            ``SUSPENDED``, or how it ended).
+        created_at, updated_at: seconds since the epoch (``created``/``updated``
+            give them as UTC datetimes).
+        idempotency_key: the key given to ``engine.start``, if any.
+        owner: the engine running it now; ``lease_until``: until when its claim holds.
+        wake_at: when a sleeping run wakes.
+        suspend_reason, suspend_data: what ``ctx.suspend`` gave.
+        suspended_step: the step that suspended (it runs again on resume).
+        resume_data: what ``engine.resume`` gave.
+        error: ``"Type: message"`` of a failed run; ``failed_stage`` and
+            ``failed_action`` say where.
+        bail_reason: the reason of a bailed run.
+        steps: the run's step records (dicts), once it has ended.
+    """
+
+    run_id: str
+    workflow_id: str
+    status: RunStatus
+    created_at: float
+    updated_at: float
+    idempotency_key: str | None = None
+    owner: str | None = None
+    lease_until: float | None = None
+    wake_at: float | None = None
+    suspend_reason: str | None = None
+    suspend_data: Any = None
+    suspended_step: str | None = None
+    resume_data: Any = None
+    error: str | None = None
+    failed_stage: str | None = None
+    failed_action: str | None = None
+    bail_reason: str | None = None
+    steps: list[dict[str, Any]] | None = None
+
+    @property
+    def created(self) -> datetime:
+        """``created_at`` as a UTC datetime."""
+        return _utc(self.created_at)
+
+    @property
+    def updated(self) -> datetime:
+        """``updated_at`` as a UTC datetime."""
+        return _utc(self.updated_at)
+
+
+#: The fields of a run that ``Backend.update_run`` may set.
+UPDATABLE = frozenset(
+    {
+        "status",
+        "owner",
+        "lease_until",
+        "wake_at",
+        "suspend_reason",
+        "suspend_data",
+        "suspended_step",
+        "resume_data",
+        "error",
+        "failed_stage",
+        "failed_action",
+        "bail_reason",
+        "steps",
+    }
+)
+
+
+@attrs.frozen
+class RunPage:
+    """One page of ``engine.list_runs``: ``runs``, and the cursor of the next page (``None`` at the end)."""
+
+    runs: list[RunInfo]
+    next_cursor: str | None
+
+
+@attrs.frozen
+class StoreEntry:
+    """One store key of a run as persisted: its value (JSON text if persistent), TTL and metadata."""
+
+    # A memory backend keeps values and properties as the objects themselves.
+
+    key: str
+    value: Any
+    expires: float | None = None
+    tags: tuple[str, ...] = ()
+    properties: Any = None
+
+
+@attrs.frozen
+class Checkpoint:
+    """One step of a run, written in one transaction with the store changes it made.
+
+    ``kind`` is ``"action"`` (the step completed; ``ops`` are its plan changes
+    as JSON), ``"stage"`` (a stage started), ``"attempt"`` (attempt number
+    ``attempts`` failed; the next is due at ``at``) or ``"sleep"`` (a durable
+    sleep wakes at ``at``). ``status``, if set, becomes the run's status in
+    the same transaction. ``seq`` numbers the run's checkpoints from 1 (the
+    engine counts; only the owner of a run writes to it).
+    """
+
+    run_id: str
+    owner: str
+    step_key: str
+    kind: str
+    puts: tuple[StoreEntry, ...] = ()
+    deletes: tuple[str, ...] = ()
+    ops: Any = None
+    attempts: int = 0
+    at: float | None = None
+    status: RunStatus | None = None
+    seq: int = 0
+
+
+@attrs.frozen
+class SavedRun:
+    """Everything a run needs to continue after a restart: its store and its checkpoints in order."""
+
+    info: RunInfo
+    store: list[StoreEntry]
+    checkpoints: list[Checkpoint]
+
+
+def encode_cursor(created_at: float, run_id: str) -> str:
+    """An opaque cursor for keyset pagination (newest first)."""
+    raw = json.dumps([created_at, run_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The (created_at, run_id) a cursor stands for; ValueError for a malformed one."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, run_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        return float(created_at), str(run_id)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"malformed list_runs cursor {cursor!r}") from exc
+
+
+class Backend(ABC):
+    """Where an engine keeps its runs. Use it as an async context manager, or ``open()``/``aclose()``."""
+
+    #: whether runs survive the process (store values must then be JSON)
+    persistent: ClassVar[bool] = True
+
+    url: str = ""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema (refusing a newer or corrupt one)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Finish pending writes and release the connection."""
+
+    @abstractmethod
+    async def create_run(self, info: RunInfo, store: Sequence[StoreEntry]) -> tuple[RunInfo, bool]:
+        """Insert a run with its initial store; ``(the run, True)``.
+
+        If ``info.idempotency_key`` is taken, insert nothing and return
+        ``(the existing run, False)``.
+        """
+
+    @abstractmethod
+    async def get_run(self, run_id: str) -> RunInfo | None:
+        """The run, or ``None``."""
+
+    @abstractmethod
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None,
+        workflow_id: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> RunPage:
+        """Runs, newest first, filtered, one page at a time."""
+
+    @abstractmethod
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Write one checkpoint atomically, if ``checkpoint.owner`` still owns the run.
+
+        Raises:
+            LeaseLost: another engine owns the run now.
+        """
+
+    @abstractmethod
+    async def load(self, run_id: str) -> SavedRun | None:
+        """The run with its store and checkpoints, or ``None``."""
+
+    @abstractmethod
+    async def update_run(
+        self,
+        run_id: str,
+        *,
+        holder: str | None = None,
+        expect: frozenset[RunStatus] | None = None,
+        now: float,
+        **fields: Any,
+    ) -> RunInfo | None:
+        """Set ``fields`` (names in :data:`UPDATABLE`) and ``updated_at=now``, atomically.
+
+        Only if the run exists, is owned by ``holder`` (when given) and is in one
+        of the ``expect`` statuses (when given); returns the updated run, or
+        ``None`` when a condition did not hold.
+        """
+
+    @abstractmethod
+    async def claim(
+        self, owner: str, *, now: float, lease_until: float, limit: int, run_id: str | None = None
+    ) -> list[RunInfo]:
+        """Take runs that nobody holds: pending, or running/sleeping with an expired lease.
+
+        Claimed runs get ``owner``, ``lease_until`` and status ``RUNNING``
+        (``SLEEPING`` stays). With ``run_id``, only that run is considered.
+        """
+
+    @abstractmethod
+    async def heartbeat(
+        self, owner: str, run_ids: Sequence[str], *, now: float, lease_until: float
+    ) -> set[str]:
+        """Extend the leases of ``owner``'s runs; return the ids it no longer owns."""
+
+    @abstractmethod
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete a run and everything it stored; whether it existed."""
+
+    @abstractmethod
+    async def purge(self, *, finished_before: float) -> int:
+        """Delete finished runs last updated before ``finished_before``; how many."""

@@ -1,0 +1,182 @@
+"""The in-memory backend: runs live as long as the process (the default for tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from .._core.errors import LeaseLost
+from .._core.records import RunStatus
+from .base import (
+    UPDATABLE,
+    Backend,
+    Checkpoint,
+    RunInfo,
+    RunPage,
+    SavedRun,
+    StoreEntry,
+    decode_cursor,
+    encode_cursor,
+)
+
+_CLAIMABLE = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SLEEPING})
+
+
+class _Run:
+    __slots__ = ("checkpoints", "info", "store")
+
+    def __init__(self, info: RunInfo, store: Sequence[StoreEntry]) -> None:
+        self.info = info
+        self.store: dict[str, StoreEntry] = {entry.key: entry for entry in store}
+        self.checkpoints: list[Checkpoint] = []
+
+
+class MemoryBackend(Backend):
+    """Keeps runs in a dict. Nothing survives the process, so store values need not be JSON."""
+
+    persistent = False
+
+    def __init__(self) -> None:
+        self.url = "memory://"
+        self._runs: dict[str, _Run] = {}
+        self._by_key: dict[str, str] = {}
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def aclose(self) -> None:
+        """Nothing to close (the runs stay while the object lives)."""
+
+    async def create_run(self, info: RunInfo, store: Sequence[StoreEntry]) -> tuple[RunInfo, bool]:
+        """Insert the run unless its idempotency key is taken."""
+        key = info.idempotency_key
+        if key is not None and key in self._by_key:
+            return self._runs[self._by_key[key]].info, False
+        self._runs[info.run_id] = _Run(info, store)
+        if key is not None:
+            self._by_key[key] = info.run_id
+        return info, True
+
+    async def get_run(self, run_id: str) -> RunInfo | None:
+        """The run, or ``None``."""
+        run = self._runs.get(run_id)
+        return run.info if run is not None else None
+
+    async def list_runs(
+        self, *, status: RunStatus | None, workflow_id: str | None, limit: int, cursor: str | None
+    ) -> RunPage:
+        """Newest first, filtered, paginated by (created_at, run_id)."""
+        infos = sorted(
+            (run.info for run in self._runs.values()), key=lambda i: (i.created_at, i.run_id), reverse=True
+        )
+        if cursor is not None:
+            after = decode_cursor(cursor)
+            infos = [i for i in infos if (i.created_at, i.run_id) < after]
+        infos = [
+            i
+            for i in infos
+            if (status is None or i.status is status)
+            and (workflow_id is None or i.workflow_id == workflow_id)
+        ]
+        page = infos[:limit]
+        more = len(infos) > limit
+        return RunPage(page, encode_cursor(page[-1].created_at, page[-1].run_id) if more and page else None)
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Apply the checkpoint if the owner still holds the run."""
+        run = self._runs.get(checkpoint.run_id)
+        if run is None or run.info.owner != checkpoint.owner:
+            raise LeaseLost(f"run {checkpoint.run_id!r} is no longer owned by engine {checkpoint.owner!r}")
+        for key in checkpoint.deletes:
+            run.store.pop(key, None)
+        for entry in checkpoint.puts:
+            run.store[entry.key] = entry
+        run.checkpoints.append(checkpoint)
+        if checkpoint.status is not None:
+            run.info = attrs.evolve(run.info, status=checkpoint.status)
+
+    async def load(self, run_id: str) -> SavedRun | None:
+        """The run with its store and checkpoints."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        return SavedRun(run.info, list(run.store.values()), list(run.checkpoints))
+
+    async def update_run(
+        self,
+        run_id: str,
+        *,
+        holder: str | None = None,
+        expect: frozenset[RunStatus] | None = None,
+        now: float,
+        **fields: Any,
+    ) -> RunInfo | None:
+        """Set fields when the conditions hold."""
+        unknown = set(fields) - UPDATABLE
+        if unknown:
+            raise TypeError(f"update_run cannot set {sorted(unknown)}")
+        run = self._runs.get(run_id)
+        if run is None or (holder is not None and run.info.owner != holder):
+            return None
+        if expect is not None and run.info.status not in expect:
+            return None
+        run.info = attrs.evolve(run.info, updated_at=now, **fields)
+        return run.info
+
+    async def claim(
+        self, owner: str, *, now: float, lease_until: float, limit: int, run_id: str | None = None
+    ) -> list[RunInfo]:
+        """Take free runs (pending, or with an expired lease)."""
+        candidates = (
+            [self._runs[run_id]]
+            if run_id is not None and run_id in self._runs
+            else ([] if run_id is not None else list(self._runs.values()))
+        )
+        claimed = []
+        for run in candidates:
+            info = run.info
+            free = info.owner is None or (info.lease_until or 0.0) < now
+            if info.status in _CLAIMABLE and free:
+                status = RunStatus.SLEEPING if info.status is RunStatus.SLEEPING else RunStatus.RUNNING
+                run.info = attrs.evolve(
+                    info, owner=owner, lease_until=lease_until, status=status, updated_at=now
+                )
+                claimed.append(run.info)
+                if len(claimed) >= limit:
+                    break
+        return claimed
+
+    async def heartbeat(
+        self, owner: str, run_ids: Sequence[str], *, now: float, lease_until: float
+    ) -> set[str]:
+        """Extend leases still held by ``owner``."""
+        lost = set()
+        for run_id in run_ids:
+            run = self._runs.get(run_id)
+            if run is None or run.info.owner != owner:
+                lost.add(run_id)
+            else:
+                run.info = attrs.evolve(run.info, lease_until=lease_until)
+        return lost
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Forget the run."""
+        run = self._runs.pop(run_id, None)
+        if run is None:
+            return False
+        if run.info.idempotency_key is not None:
+            self._by_key.pop(run.info.idempotency_key, None)
+        return True
+
+    async def purge(self, *, finished_before: float) -> int:
+        """Forget finished runs last updated before the time."""
+        old = [
+            r.info.run_id
+            for r in self._runs.values()
+            if r.info.status.finished and r.info.updated_at < finished_before
+        ]
+        for run_id in old:
+            await self.delete_run(run_id)
+        return len(old)
