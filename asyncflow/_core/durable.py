@@ -80,10 +80,10 @@ class Durability(ABC):
         """The stage a definition describes."""
 
 
-def json_value_check(key: str, value: Any) -> None:
-    """Refuse a store value that cannot be written as JSON, naming the key (set on durable stores)."""
+def json_value_check(key: str, value: Any) -> str:
+    """The JSON text of a store value; refuse one that cannot be written, naming the key."""
     try:
-        json.dumps(value)
+        return json.dumps(value)
     except (TypeError, ValueError) as exc:
         raise NotSerializable(
             f"store value for key {key!r} is not JSON-serialisable ({exc}); durable runs keep "

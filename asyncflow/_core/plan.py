@@ -32,6 +32,7 @@ class ActionNode:
     """One action in a run's plan (internal)."""
 
     __slots__ = (
+        "_key",
         "action",
         "attempts",
         "call",
@@ -62,6 +63,7 @@ class ActionNode:
         pos: int = 0,
     ) -> None:
         self.action = action
+        self._key: str | None = None
         self.parent = parent  # the action that inserted this one, if it is dynamic
         self.pos = pos
         # Calling the function straight away saves a coroutine frame per action.
@@ -91,12 +93,15 @@ class ActionNode:
         children of each inserting action. A recovered run rebuilds the same
         plan, so the same step gets the same key.
         """
-        parts = []
-        node: ActionNode | None = self
-        while node is not None:
-            parts.append(str(node.pos))
-            node = node.parent
-        return f"{self.stage_node.id}/{'.'.join(reversed(parts))}"
+        key = self._key
+        if key is None:
+            parts = []
+            node: ActionNode | None = self
+            while node is not None:
+                parts.append(str(node.pos))
+                node = node.parent
+            key = self._key = f"{self.stage_node.id}/{'.'.join(reversed(parts))}"
+        return key
 
     def walk(self) -> Iterator[ActionNode]:
         """This node, then its inserted children depth first (no recursion)."""

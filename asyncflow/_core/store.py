@@ -21,7 +21,8 @@ from .errors import MissingKey, TypeMismatch, WorkflowError
 T = TypeVar("T")
 
 Clock = Callable[[], float]
-ValueCheck = Callable[[str, Any], None]
+# Checks a value for a key and returns it encoded (durable runs: JSON text).
+ValueCheck = Callable[[str, Any], Any]
 
 
 class StoreConflict(WorkflowError, ValueError):
@@ -104,7 +105,7 @@ class Store:
     as for a dict.
     """
 
-    __slots__ = ("_check", "_clock", "_deleted", "_meta", "_parent", "_values")
+    __slots__ = ("_check", "_clock", "_deleted", "_encoded", "_meta", "_parent", "_values")
 
     def __init__(
         self,
@@ -118,6 +119,7 @@ class Store:
         self._deleted: set[str] | None = None
         self._clock = clock
         self._check: ValueCheck | None = None
+        self._encoded: dict[str, Any] | None = None
         if data:
             for key, value in data.items():
                 self.put(key, value)
@@ -133,6 +135,8 @@ class Store:
         child._deleted = set()
         child._clock = self._clock
         child._check = self._check
+        # What the check encoded, kept so a durable checkpoint does not encode twice.
+        child._encoded = {} if self._check is not None else None
         return child
 
     def _commit(self) -> None:
@@ -153,6 +157,8 @@ class Store:
         self._values = {}
         self._meta = {}
         self._deleted = set()
+        if self._encoded is not None:
+            self._encoded = {}
 
     def _drop(self, key: str) -> None:
         self._values.pop(key, None)
@@ -238,7 +244,9 @@ class Store:
             expires = self._clock() + _ttl_seconds(ttl, name) if ttl is not None else None
             meta = _Meta(expires, frozen, dict(properties or {}))
         if self._check is not None:
-            self._check(name, value)
+            encoded = self._check(name, value)
+            if self._encoded is not None:
+                self._encoded[name] = encoded
         values = self._values
         if name in values and self._meta:
             old = self._meta.get(name)
@@ -360,6 +368,7 @@ class Store:
         """An independent store with the same live entries and metadata."""
         copy = Store(clock=self._clock)
         copy._check = self._check
+        copy._encoded = None
         for key, value, meta in self._live_items():
             copy._values[key] = value
             if meta is not None:

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, NamedTuple, Self
 
 import attrs
 
@@ -109,8 +109,7 @@ class RunPage:
     next_cursor: str | None
 
 
-@attrs.frozen
-class StoreEntry:
+class StoreEntry(NamedTuple):
     """One store key of a run as persisted: its value (JSON text if persistent), TTL and metadata."""
 
     # A memory backend keeps values and properties as the objects themselves.
@@ -122,9 +121,10 @@ class StoreEntry:
     properties: Any = None
 
 
-@attrs.frozen
-class Checkpoint:
+class Checkpoint(NamedTuple):
     """One step of a run, written in one transaction with the store changes it made.
+
+    (Named tuples, like :class:`StoreEntry`: a busy engine builds one per action.)
 
     ``kind`` is ``"action"`` (the step completed; ``ops`` are its plan changes
     as JSON), ``"stage"`` (a stage started), ``"attempt"`` (attempt number
@@ -224,8 +224,12 @@ class Backend(ABC):
         """Runs, newest first, filtered, one page at a time."""
 
     @abstractmethod
-    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+    async def checkpoint(self, checkpoint: Checkpoint, *, verify: bool = True) -> None:
         """Write one checkpoint atomically, if ``checkpoint.owner`` still owns the run.
+
+        ``verify=False`` skips the ownership check: the engine passes it while
+        its lease is known to be far from expiring (nobody can have claimed
+        the run), which saves a read per checkpoint.
 
         Raises:
             LeaseLost: another engine owns the run now.
@@ -244,12 +248,11 @@ class Backend(ABC):
         expect: frozenset[RunStatus] | None = None,
         now: float,
         **fields: Any,
-    ) -> RunInfo | None:
+    ) -> bool:
         """Set ``fields`` (names in :data:`UPDATABLE`) and ``updated_at=now``, atomically.
 
         Only if the run exists, is owned by ``holder`` (when given) and is in one
-        of the ``expect`` statuses (when given); returns the updated run, or
-        ``None`` when a condition did not hold.
+        of the ``expect`` statuses (when given); returns whether it was updated.
         """
 
     @abstractmethod

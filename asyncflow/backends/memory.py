@@ -84,7 +84,7 @@ class MemoryBackend(Backend):
         more = len(infos) > limit
         return RunPage(page, encode_cursor(page[-1].created_at, page[-1].run_id) if more and page else None)
 
-    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+    async def checkpoint(self, checkpoint: Checkpoint, *, verify: bool = True) -> None:
         """Apply the checkpoint if the owner still holds the run."""
         run = self._runs.get(checkpoint.run_id)
         if run is None or run.info.owner != checkpoint.owner:
@@ -112,18 +112,18 @@ class MemoryBackend(Backend):
         expect: frozenset[RunStatus] | None = None,
         now: float,
         **fields: Any,
-    ) -> RunInfo | None:
+    ) -> bool:
         """Set fields when the conditions hold."""
         unknown = set(fields) - UPDATABLE
         if unknown:
             raise TypeError(f"update_run cannot set {sorted(unknown)}")
         run = self._runs.get(run_id)
         if run is None or (holder is not None and run.info.owner != holder):
-            return None
+            return False
         if expect is not None and run.info.status not in expect:
-            return None
+            return False
         run.info = attrs.evolve(run.info, updated_at=now, **fields)
-        return run.info
+        return True
 
     async def claim(
         self, owner: str, *, now: float, lease_until: float, limit: int, run_id: str | None = None
