@@ -31,6 +31,7 @@ from anyio.abc import TaskGroup
 from loguru import logger
 
 from ..backends import Backend, Checkpoint, RunInfo, RunPage, SavedRun, StoreEntry, open_backend
+from . import faults
 from .actions import Action
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
@@ -249,6 +250,8 @@ class Engine:
             owner=self.owner,
             lease_until=now + self.lease,
         )
+        if faults._PLAN is not None:
+            faults.hit("before_start")
         info, created = await self.backend.create_run(info, entries)
         if created:
             self._launch(group, SavedRun(info, list(entries), []))
@@ -655,7 +658,11 @@ class _RunDurability(Durability):
         # While the lease is far from expiring nobody else can have claimed the
         # run: the ownership read is only needed near (or past) its expiry.
         fresh = self.engine.clock.now() < self.active.lease_until - self.engine.lease / 3
+        if faults._PLAN is not None:
+            faults.hit("before_commit")
         await self.backend.checkpoint(checkpoint, verify=not fresh)
+        if faults._PLAN is not None:
+            faults.hit("after_commit")
 
     def _next(self) -> int:
         self.seq += 1
