@@ -1,8 +1,8 @@
 """The persistence seam: one ABC that every backend (memory, SQLite, PostgreSQL) implements.
 
-A backend stores runs (one row each), each run's store (one row per key)
-and each run's checkpoints (one row per completed step, failed attempt,
-started stage or sleep). The engine drives it; a backend has no logic of
+A backend stores runs (one row each) and each run's checkpoints (one per
+completed step, failed attempt, started stage or sleep, each with the store
+changes it made). The engine drives it; a backend has no logic of
 its own beyond doing each call atomically. Every method is async and none
 may block the event loop.
 """
@@ -154,6 +154,38 @@ class SavedRun:
     info: RunInfo
     store: list[StoreEntry]
     checkpoints: list[Checkpoint]
+
+
+def encode_changes(puts: Sequence[StoreEntry], deletes: Sequence[str]) -> str | None:
+    """The store changes of a checkpoint as one JSON text (``None`` for none).
+
+    ``{"d": [deleted keys], "p": [[key, value, expires, tags, properties], ...]}``;
+    values are already JSON text, so they are spliced in, not encoded again.
+    Deletes apply first, so a key deleted and written again moves to the end.
+    """
+    if not puts and not deletes:
+        return None
+    items = ",".join(
+        f"[{json.dumps(e.key)},{e.value},{json.dumps(e.expires)},"
+        f"{json.dumps(list(e.tags)) if e.tags else 'null'},{e.properties or 'null'}]"
+        for e in puts
+    )
+    return f'{{"d":{json.dumps(list(deletes))},"p":[{items}]}}'
+
+
+def apply_changes(store: dict[str, StoreEntry], changes: str) -> None:
+    """Apply one :func:`encode_changes` text to ``store`` (key -> entry, values as JSON text)."""
+    data = json.loads(changes)
+    for key in data["d"]:
+        store.pop(key, None)
+    for key, value, expires, tags, properties in data["p"]:
+        store[key] = StoreEntry(
+            key,
+            json.dumps(value),
+            expires,
+            tuple(tags or ()),
+            json.dumps(properties) if properties is not None else None,
+        )
 
 
 def encode_cursor(created_at: float, run_id: str) -> str:

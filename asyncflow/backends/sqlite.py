@@ -36,7 +36,9 @@ from .base import (
     RunPage,
     SavedRun,
     StoreEntry,
+    apply_changes,
     decode_cursor,
+    encode_changes,
     encode_cursor,
 )
 
@@ -64,21 +66,12 @@ CREATE TABLE runs (
 );
 CREATE INDEX runs_by_created ON runs (created_at DESC, run_id DESC);
 CREATE INDEX runs_by_status ON runs (status, lease_until);
-CREATE TABLE run_store (
-    run_id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    value TEXT NOT NULL,
-    expires REAL,
-    tags TEXT,
-    properties TEXT,
-    PRIMARY KEY (run_id, key)
-) WITHOUT ROWID;
 CREATE TABLE checkpoints (
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     step_key TEXT NOT NULL,
     kind TEXT NOT NULL,
+    changes TEXT,
     ops TEXT,
     attempts INTEGER NOT NULL,
     at REAL,
@@ -110,8 +103,9 @@ _JSON_COLUMNS = frozenset({"suspend_data", "resume_data", "steps"})
 _SELECT_RUN = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
 _CLAIMABLE = ("pending", "running", "sleeping")
 
-# Store rows of a checkpoint sort after every earlier one: seq * _SPAN + position.
-_SPAN = 1_000_000
+# A run's store is not a table of its own: each checkpoint carries the store
+# changes it made (one JSON text), so committing an action is one INSERT, and
+# loading a run applies the changes in order.
 
 
 def _json(value: Any) -> str | None:
@@ -325,22 +319,9 @@ class SQLiteBackend(Backend):
                 f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({', '.join('?' * len(_RUN_COLUMNS))})",
                 values,
             )
-            conn.executemany(
-                "INSERT INTO run_store (run_id, key, seq, value, expires, tags, properties) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        info.run_id,
-                        e.key,
-                        i,
-                        e.value,
-                        e.expires,
-                        _json(list(e.tags)) if e.tags else None,
-                        e.properties,
-                    )
-                    for i, e in enumerate(store)
-                ],
-            )
+            changes = encode_changes(store, ())
+            if changes is not None:
+                conn.execute(_CHECKPOINT_SQL, (info.run_id, 0, "", "start", changes, None, 0, None))
             return info, True
 
         result: tuple[RunInfo, bool] = await self._call(create, writes=True)
@@ -397,23 +378,20 @@ class SQLiteBackend(Backend):
             row = conn.execute(f"{_SELECT_RUN} WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 return None
-            store = [
-                StoreEntry(key, value, expires, tuple(json.loads(tags)) if tags else (), props)
-                for key, value, expires, tags, props in conn.execute(
-                    "SELECT key, value, expires, tags, properties FROM run_store "
-                    "WHERE run_id = ? ORDER BY seq",
-                    (run_id,),
-                )
-            ]
-            checkpoints = [
-                Checkpoint(run_id, "", step_key, kind, ops=ops, attempts=attempts, at=at, seq=seq)
-                for seq, step_key, kind, ops, attempts, at in conn.execute(
-                    "SELECT seq, step_key, kind, ops, attempts, at FROM checkpoints "
-                    "WHERE run_id = ? ORDER BY seq",
-                    (run_id,),
-                )
-            ]
-            return SavedRun(_row_to_info(row), store, checkpoints)
+            store: dict[str, StoreEntry] = {}
+            checkpoints = []
+            for seq, step_key, kind, changes, ops, attempts, at in conn.execute(
+                "SELECT seq, step_key, kind, changes, ops, attempts, at FROM checkpoints "
+                "WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            ):
+                if changes is not None:
+                    apply_changes(store, changes)
+                if kind != "start":
+                    checkpoints.append(
+                        Checkpoint(run_id, "", step_key, kind, ops=ops, attempts=attempts, at=at, seq=seq)
+                    )
+            return SavedRun(_row_to_info(row), list(store.values()), checkpoints)
 
         result: SavedRun | None = await self._call(load, writes=False)
         return result
@@ -506,7 +484,6 @@ class SQLiteBackend(Backend):
         """Delete the run, its store and its checkpoints."""
 
         def delete(conn: sqlite3.Connection) -> bool:
-            conn.execute("DELETE FROM run_store WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM checkpoints WHERE run_id = ?", (run_id,))
             return bool(conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount)
 
@@ -527,7 +504,6 @@ class SQLiteBackend(Backend):
                 )
             ]
             for run_id in ids:
-                conn.execute("DELETE FROM run_store WHERE run_id = ?", (run_id,))
                 conn.execute("DELETE FROM checkpoints WHERE run_id = ?", (run_id,))
                 conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
             return len(ids)
@@ -559,13 +535,9 @@ class _CheckpointJob:
 
 
 _STATUS_SQL = "UPDATE runs SET status = COALESCE(?, status), wake_at = COALESCE(?, wake_at) WHERE run_id = ?"
-_PUT_SQL = (
-    "INSERT INTO run_store (run_id, key, seq, value, expires, tags, properties) VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, expires = excluded.expires, "
-    "tags = excluded.tags, properties = excluded.properties"
-)
 _CHECKPOINT_SQL = (
-    "INSERT INTO checkpoints (run_id, seq, step_key, kind, ops, attempts, at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO checkpoints (run_id, seq, step_key, kind, changes, ops, attempts, at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -591,33 +563,28 @@ def _owned(conn: sqlite3.Connection, cps: Sequence[Checkpoint]) -> set[str]:
 
 
 def _write(conn: sqlite3.Connection, cps: Sequence[Checkpoint]) -> None:
-    deletes = [(cp.run_id, key) for cp in cps for key in cp.deletes]
-    puts = [
-        (
-            cp.run_id,
-            e.key,
-            cp.seq * _SPAN + i,
-            e.value,
-            e.expires,
-            json.dumps(list(e.tags)) if e.tags else None,
-            e.properties,
-        )
-        for cp in cps
-        for i, e in enumerate(cp.puts)
-    ]
     statuses = [
         (cp.status.value if cp.status is not None else None, cp.at if cp.kind == "sleep" else None, cp.run_id)
         for cp in cps
         if cp.status is not None or cp.kind == "sleep"
     ]
-    if deletes:
-        conn.executemany("DELETE FROM run_store WHERE run_id = ? AND key = ?", deletes)
-    if puts:
-        conn.executemany(_PUT_SQL, puts)
     if statuses:
         conn.executemany(_STATUS_SQL, statuses)
     conn.executemany(
-        _CHECKPOINT_SQL, [(cp.run_id, cp.seq, cp.step_key, cp.kind, cp.ops, cp.attempts, cp.at) for cp in cps]
+        _CHECKPOINT_SQL,
+        [
+            (
+                cp.run_id,
+                cp.seq,
+                cp.step_key,
+                cp.kind,
+                encode_changes(cp.puts, cp.deletes),
+                cp.ops,
+                cp.attempts,
+                cp.at,
+            )
+            for cp in cps
+        ],
     )
 
 
