@@ -167,9 +167,9 @@ class Runner:
         clock: Clock | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
-        self.middleware = check_middlewares(middleware, "the runner (run level)")
-        self.stage_middleware = check_middlewares(stage_middleware, "the runner (stage level)")
-        self.action_middleware = check_middlewares(action_middleware, "the runner (action level)")
+        self.middleware = tuple(check_middlewares(middleware, "the runner (run level)"))
+        self.stage_middleware = tuple(check_middlewares(stage_middleware, "the runner (stage level)"))
+        self.action_middleware = tuple(check_middlewares(action_middleware, "the runner (action level)"))
         self.timeout = check_timeout(timeout, "the runner")
         self.retry = check_retry(retry, "the runner")
         self.max_insertions = _check_max_insertions(max_insertions)
@@ -514,15 +514,18 @@ class Runner:
         node.retry = stage.retry or self.retry
         node.timeout = stage.timeout or self.timeout
         node.pending = deque(node.actions)
-        if stage._middleware:
-            mctx = MiddlewareContext("actions", run, node)
-            block = compose(stage._middleware, self._actions_terminal, repeatable=False)
-            await block(mctx)
-            if not mctx._ran:
-                for action in node.actions:
-                    await self._skip(run, action, _SKIPPED_BY_MIDDLEWARE)
-        else:
-            await self._actions(run, node)
+        try:
+            if stage._middleware:
+                mctx = MiddlewareContext("actions", run, node)
+                block = compose(stage._middleware, self._actions_terminal, repeatable=False)
+                await block(mctx)
+                if not mctx._ran:
+                    for action in node.actions:
+                        await self._skip(run, action, _SKIPPED_BY_MIDDLEWARE)
+            else:
+                await self._actions(run, node)
+        finally:
+            node.pending = None  # done with: a finished stage holds no queue
 
     async def _actions_terminal(self, mctx: MiddlewareContext) -> None:
         mctx._ran = True

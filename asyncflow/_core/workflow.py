@@ -90,8 +90,10 @@ class Stage:
         self.concurrency = concurrency
         self.retry = check_retry(retry, f"stage {id!r}")
         self.timeout = check_timeout(timeout, f"stage {id!r}")
-        self._middleware: list[Middleware] = []
-        self._action_middleware: list[Middleware] = []
+        # Tuples: most stages have no middleware, and an empty tuple costs nothing
+        # (a run that inserts 10,000 stages would otherwise make 20,000 lists).
+        self._middleware: tuple[Middleware, ...] = ()
+        self._action_middleware: tuple[Middleware, ...] = ()
         self._actions: list[Action] = []
         if actions is not None:
             if isinstance(actions, Action):
@@ -111,12 +113,12 @@ class Stage:
 
     def use(self, middleware: Middleware) -> Stage:
         """Wrap the block of this stage's actions in ``middleware``; return the stage."""
-        self._middleware.append(check_middleware(middleware, f"stage {self.id!r}"))
+        self._middleware += (check_middleware(middleware, f"stage {self.id!r}"),)
         return self
 
     def use_action(self, middleware: Middleware) -> Stage:
         """Wrap each action of this stage (dynamic ones too) in ``middleware``; return the stage."""
-        self._action_middleware.append(check_middleware(middleware, f"actions of stage {self.id!r}"))
+        self._action_middleware += (check_middleware(middleware, f"actions of stage {self.id!r}"),)
         return self
 
     def __repr__(self) -> str:
@@ -147,8 +149,8 @@ class Workflow:
         self.description = description
         self.tags = freeze_tags(tags, f"workflow {id!r}")
         self._stages: list[Stage] = []
-        self._middleware: list[Middleware] = []
-        self._action_middleware: list[Middleware] = []
+        self._middleware: tuple[Middleware, ...] = ()
+        self._action_middleware: tuple[Middleware, ...] = ()
         for stage in stages or ():
             self.add_stage(stage)
 
@@ -173,12 +175,12 @@ class Workflow:
 
     def use(self, middleware: Middleware) -> Workflow:
         """Wrap each stage of this workflow (dynamic ones too) in ``middleware``; return the workflow."""
-        self._middleware.append(check_middleware(middleware, f"stages of workflow {self.id!r}"))
+        self._middleware += (check_middleware(middleware, f"stages of workflow {self.id!r}"),)
         return self
 
     def use_action(self, middleware: Middleware) -> Workflow:
         """Wrap each action of this workflow (dynamic ones too) in ``middleware``; return the workflow."""
-        self._action_middleware.append(check_middleware(middleware, f"actions of workflow {self.id!r}"))
+        self._action_middleware += (check_middleware(middleware, f"actions of workflow {self.id!r}"),)
         return self
 
     def to_definition(self, *, registry: Registry | None = None) -> dict[str, Any]:
