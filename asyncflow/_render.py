@@ -1,4 +1,5 @@
-"""Draw a finished run as a tree for a terminal: :func:`format_run`.
+"""Draw runs for a terminal: a run as a tree (:func:`format_run`), a run's
+fields (:func:`format_run_info`) and a table of runs (:func:`format_runs`).
 
 The tree follows the run's records (:attr:`RunResult.steps`): each stage
 with its actions beneath it; an action's dynamic children beneath that
@@ -10,16 +11,25 @@ concurrent stage, siblings keep the order they started in, and actions
 inserted by one action sit beneath it even when a sibling started between
 them: the tree shows who inserted what, which interleaved start times would
 hide.
+
+A durable run that continued after a suspension or a crash replays the
+actions that completed before: they did not run again, so they are drawn
+dimmed with ``↺ replayed`` where the duration would be.
 """
 
 from __future__ import annotations
 
+import json
 import textwrap
+import time
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 from ._core.records import RunResult, RunStatus, StepRecord, StepStatus
+from .backends import RunInfo
 
-__all__ = ["format_run"]
+__all__ = ["format_run", "format_run_info", "format_runs"]
 
 # SGR codes; one style per meaning, so the colours read as a legend.
 _RESET = "\x1b[0m"
@@ -28,6 +38,7 @@ _DIM = "2"
 _RED = "31"
 _GREEN = "32"
 _YELLOW = "33"
+_BLUE = "34"
 _MAGENTA = "35"
 _CYAN = "36"
 
@@ -36,6 +47,7 @@ _STEP_STYLE = {
     StepStatus.FAILED: _RED,
     StepStatus.SKIPPED: _YELLOW,
     StepStatus.CANCELLED: _MAGENTA,
+    StepStatus.SUSPENDED: _BLUE,
 }
 _RUN_STYLE = {
     RunStatus.COMPLETED: _GREEN,
@@ -43,36 +55,44 @@ _RUN_STYLE = {
     RunStatus.BAILED: _YELLOW,
     RunStatus.CANCELLED: _MAGENTA,
     RunStatus.SKIPPED: _YELLOW,
+    RunStatus.SUSPENDED: _BLUE,
+    RunStatus.SLEEPING: _BLUE,
+    RunStatus.RUNNING: _CYAN,
+    RunStatus.PENDING: _DIM,
 }
 
 _DURATION_WIDTH = 11  # "12,345.6 ms"
 _MAX_DETAIL_LINES = 3
 _BAILED = "bailed: "  # how the runner words the reason on the action that bailed
+_SUSPENDED = "suspended: "  # ... and on the action that suspended the run
+_REPLAYED = "completed in an earlier execution"  # ... and on an action replayed after a restart
 
 
 class _Glyphs:
     """The characters the tree is drawn with (Unicode, or ASCII for narrow encodings)."""
 
-    __slots__ = ("branch", "dot", "ellipsis", "last", "pipe", "space", "status")
+    __slots__ = ("branch", "dot", "ellipsis", "last", "pipe", "replayed", "space", "status")
 
     def __init__(self, *, unicode: bool) -> None:
         if unicode:
             self.branch, self.last, self.pipe, self.space = "├─ ", "└─ ", "│  ", "   "
-            self.ellipsis, self.dot = "…", " · "
+            self.ellipsis, self.dot, self.replayed = "…", " · ", "↺ replayed"
             self.status = {
                 StepStatus.COMPLETED: "✓",
                 StepStatus.FAILED: "✗",
                 StepStatus.SKIPPED: "○",
                 StepStatus.CANCELLED: "⊘",
+                StepStatus.SUSPENDED: "‖",
             }
         else:
             self.branch, self.last, self.pipe, self.space = "|- ", "`- ", "|  ", "   "
-            self.ellipsis, self.dot = "~", " - "
+            self.ellipsis, self.dot, self.replayed = "~", " - ", "(replayed)"
             self.status = {
                 StepStatus.COMPLETED: "v",
                 StepStatus.FAILED: "x",
                 StepStatus.SKIPPED: "-",
                 StepStatus.CANCELLED: "!",
+                StepStatus.SUSPENDED: "=",
             }
 
 
@@ -154,9 +174,13 @@ def _fit(segments: _Segments, budget: int, ellipsis: str) -> _Segments:
 class _Renderer:
     """Turns a tree of records into lines of (text, style) segments."""
 
-    def __init__(self, *, width: int, glyphs: _Glyphs, shown_below: set[int]) -> None:
+    def __init__(
+        self, *, width: int, glyphs: _Glyphs, shown_below: set[int], replayed_stages: set[str]
+    ) -> None:
         self.width = width
         self.glyphs = glyphs
+        # Stages whose every action was replayed: they did no work in this execution.
+        self.replayed_stages = replayed_stages
         # ids of errors an action record carries: a stage shares its failed
         # action's error, which is drawn once, at the action.
         self.shown_below = shown_below
@@ -211,19 +235,25 @@ class _Renderer:
         record = node.record
         status_style = _STEP_STYLE.get(record.status, "")
         name = record.stage_id if record.kind == "stage" else (record.action_name or "?")
+        replayed = _replayed(record) or (record.kind == "stage" and record.stage_id in self.replayed_stages)
         left: _Segments = [
             (prefix + connector, _DIM),
             (self.glyphs.status.get(record.status, "·"), status_style),
             (" ", ""),
-            (name, _BOLD if record.kind == "stage" else ""),
+            (name, _DIM if replayed else _BOLD if record.kind == "stage" else ""),
         ]
         left.extend(self.markers(record))
         optional: _Segments = []
         if record.dynamic and record.kind == "stage" and record.inserted_by:
             inserter = record.inserted_by[len(record.inserted_by_stage or "") + 1 :]
             optional.append((f"  (inserted by {inserter})", _DIM))
-        ran = record.status is not StepStatus.SKIPPED
-        self.line(left, _duration(record.duration) if ran else "", optional=optional)
+        if replayed:
+            right = self.glyphs.replayed
+        elif record.status is StepStatus.SKIPPED:
+            right = ""
+        else:
+            right = _duration(record.duration)
+        self.line(left, right, optional=optional)
         # The details line up under the step's name, inside its branch.
         detail_prefix = child_prefix + (self.glyphs.pipe[0] + " " if node.children else "  ")
         # A stage shares its failed action's error: draw it once, at the action.
@@ -252,6 +282,10 @@ class _Renderer:
             marks.append((f"  cancelled{': ' + record.reason if record.reason else ''}", _MAGENTA))
         elif record.status is StepStatus.FAILED:
             marks.append(("  failed", _RED))
+        elif record.status is StepStatus.SUSPENDED and record.kind == "action":
+            # The stage around it is suspended too; its glyph says so, the reason is told once.
+            reason = (record.reason or "").removeprefix(_SUSPENDED)
+            marks.append((f"  suspended{': ' + reason if reason else ''}", _BLUE))
         elif record.reason and record.reason.startswith(_BAILED):
             marks.append(("  bailed", _YELLOW))
         return marks
@@ -269,6 +303,10 @@ class _Renderer:
             self.line([(prefix, _DIM), (line, style)])
 
 
+def _replayed(record: StepRecord) -> bool:
+    return record.kind == "action" and record.status is StepStatus.COMPLETED and record.reason == _REPLAYED
+
+
 def _paint(segments: _Segments, color: bool) -> str:
     if not color:
         return "".join(text for text, _ in segments).rstrip()
@@ -283,8 +321,10 @@ def format_run(result: RunResult, *, color: bool, width: int = 80, unicode: bool
     The first line names the workflow, the run (short id) and how it ended;
     then each stage with its actions beneath it, dynamic steps beneath what
     inserted them and marked ``+ dynamic``, skipped steps with their reason,
-    failed steps with their error; durations are right-aligned in ms. The
-    last line gives the status, the counts and the run's total duration.
+    failed steps with their error, the step that suspended the run with its
+    reason; durations are right-aligned in ms, and steps replayed from an
+    earlier execution of a durable run say ``↺ replayed`` there instead. The
+    last line gives the status, the counts and the duration of this execution.
 
     Args:
         result: the run to draw.
@@ -306,7 +346,13 @@ def format_run(result: RunResult, *, color: bool, width: int = 80, unicode: bool
         for error in (s.error, s.recovered_error)
         if error is not None
     }
-    renderer = _Renderer(width=width, glyphs=glyphs, shown_below=shown_below)
+    worked = {
+        s.stage_id
+        for s in steps
+        if s.kind == "action" and not _replayed(s) and s.status is not StepStatus.SKIPPED
+    }
+    replayed_stages = {s.stage_id for s in steps if _replayed(s)} - worked
+    renderer = _Renderer(width=width, glyphs=glyphs, shown_below=shown_below, replayed_stages=replayed_stages)
     run_style = _RUN_STYLE.get(result.status, "")
 
     renderer.line(
@@ -331,8 +377,176 @@ def format_run(result: RunResult, *, color: bool, width: int = 80, unicode: bool
         "skipped": sum(s.status is StepStatus.SKIPPED for s in steps),
         "failed": sum(s.status is StepStatus.FAILED for s in actions),
         "cancelled": sum(s.status is StepStatus.CANCELLED for s in actions),
+        "replayed": sum(_replayed(s) for s in actions),
     }
     details = ", ".join(f"{count} {what}" for what, count in counts.items() if count)
     optional = [(f" ({details})", _DIM)] if details else []
     renderer.line(summary, _duration(result.duration), "", optional=optional)
     return "\n".join(_paint(line, color) for line in renderer.lines)
+
+
+# ---- runs of a database -------------------------------------------------------------
+
+_GAP = "  "
+_NOTE_STYLE = {RunStatus.FAILED: _RED, RunStatus.SUSPENDED: _BLUE, RunStatus.BAILED: _YELLOW}
+
+
+def _ago(seconds: float) -> str:
+    """``seconds`` in the past as a short age: ``just now``, ``42s ago``, ``5m ago``, ``3h ago``..."""
+    if seconds < 2:
+        return "just now"
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return "just now"  # unreachable: seconds >= 2 matches "s"
+
+
+def _timestamp(at: float) -> str:
+    """An absolute time in the local zone, with the zone's name."""
+    return datetime.fromtimestamp(at).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _note(info: RunInfo, now: float) -> str:
+    """What to say about a run beyond its status: why it stopped or waits."""
+    if info.status is RunStatus.FAILED:
+        return _one_line(info.error or "")
+    if info.status is RunStatus.SUSPENDED:
+        return _one_line(info.suspend_reason or "")
+    if info.status is RunStatus.BAILED:
+        return _one_line(info.bail_reason or "")
+    if info.status is RunStatus.SLEEPING and info.wake_at is not None:
+        left = info.wake_at - now
+        return f"wakes in {_ago(left).removesuffix(' ago')}" if left >= 2 else "wakes now"
+    return ""
+
+
+def _cut(text: str, room: int, ellipsis: str) -> str:
+    return text if len(text) <= room else text[: max(room - len(ellipsis), 0)] + ellipsis
+
+
+def format_runs(
+    runs: Sequence[RunInfo],
+    *,
+    color: bool,
+    width: int = 80,
+    unicode: bool = True,
+    now: float | None = None,
+) -> str:
+    """Draw ``runs`` as a table: short run id, workflow, status, age, last change, and a note.
+
+    The note is a failed run's error, a suspended run's reason, a bailed
+    run's reason or when a sleeping run wakes, cut to what fits ``width``
+    (``asyncflow runs show`` gives it whole). Times are ages (``5m ago``)
+    as of ``now`` (default: the current time).
+
+    Returns:
+        The header and one line per run, joined with ``"\\n"`` (no trailing newline).
+    """
+    width = max(width, 40)
+    ellipsis = "…" if unicode else "~"
+    now = time.time() if now is None else now
+    rows = [
+        (
+            info.run_id[:8],
+            info.workflow_id,
+            info.status,
+            _ago(now - info.created_at),
+            _ago(now - info.updated_at),
+            _note(info, now),
+        )
+        for info in runs
+    ]
+    headers = ("RUN", "WORKFLOW", "STATUS", "CREATED", "UPDATED", "NOTE")
+    widths = [max([len(h), *(len(str(row[i])) for row in rows)]) for i, h in enumerate(headers[:5])]
+    widths[1] = min(widths[1], 24)
+    fixed = sum(widths) + len(_GAP) * len(widths)
+    notes = any(row[5] for row in rows)
+    if notes and width - fixed < 16:
+        # Give the note some room at the workflow's expense, down to 12 columns.
+        widths[1] = max(12, widths[1] - (16 - (width - fixed)))
+        fixed = sum(widths) + len(_GAP) * len(widths)
+    note_room = width - fixed
+    notes = notes and note_room >= 8
+
+    def cells(values: Sequence[str], styles: Sequence[str]) -> _Segments:
+        line: _Segments = []
+        for index, (value, style) in enumerate(zip(values, styles, strict=True)):
+            room = widths[index] if index < len(widths) else note_room
+            text = _cut(value, room, ellipsis)
+            last = index == len(values) - 1
+            line.append((text, style))
+            if not last:
+                line.append((" " * (room - len(text)) + _GAP, ""))
+        return line
+
+    columns = 6 if notes else 5
+    lines = [cells(headers[:columns], [_BOLD] * columns)]
+    for run_id, workflow_id, status, created, updated, note in rows:
+        values = (run_id, workflow_id, status.value, created, updated, note)[:columns]
+        styles = ("", "", _RUN_STYLE.get(status, ""), _DIM, _DIM, _NOTE_STYLE.get(status, ""))[:columns]
+        lines.append(cells(values, styles))
+    return "\n".join(_paint(line, color) for line in lines)
+
+
+def _json_lines(value: Any, room: int) -> list[str]:
+    """``value`` as JSON: on one line if it fits ``room`` columns, else indented."""
+    compact = json.dumps(value, ensure_ascii=False)
+    if len(compact) <= room:
+        return [compact]
+    return json.dumps(value, ensure_ascii=False, indent=2).splitlines()
+
+
+def format_run_info(info: RunInfo, *, color: bool, width: int = 80) -> str:
+    """Draw what the database knows of a run as ``label  value`` lines.
+
+    Always the id, workflow, status and times; then whichever apply: the
+    idempotency key, who holds the run, when it wakes, why it is suspended
+    with the data it gave (and the data it was resumed with), the error and
+    where it happened, the bail reason. Data is shown as JSON, whole.
+    """
+    width = max(width, 40)
+    fields: list[tuple[str, str | list[str], str]] = [
+        ("run", info.run_id, ""),
+        ("workflow", info.workflow_id, _BOLD),
+        ("status", info.status.value, _RUN_STYLE.get(info.status, "")),
+        ("created", _timestamp(info.created_at), ""),
+        ("updated", _timestamp(info.updated_at), ""),
+    ]
+    if info.idempotency_key is not None:
+        fields.append(("idempotency key", info.idempotency_key, ""))
+    if info.owner is not None:
+        until = f", lease until {_timestamp(info.lease_until)}" if info.lease_until is not None else ""
+        fields.append(("held by", f"{info.owner}{until}", _DIM))
+    if info.wake_at is not None and info.status is RunStatus.SLEEPING:
+        fields.append(("wakes at", _timestamp(info.wake_at), _BLUE))
+    if info.suspend_reason is not None:
+        where = f" (at step {info.suspended_step})" if info.suspended_step else ""
+        fields.append(("suspended", f"{info.suspend_reason}{where}", _BLUE))
+    label_width = max(len(label) for label in ("suspend data", *(f[0] for f in fields))) + 2
+    room = width - label_width
+    if info.suspend_reason is not None or info.suspend_data is not None:
+        fields.append(("suspend data", _json_lines(info.suspend_data, room), ""))
+    if info.resume_data is not None:
+        fields.append(("resume data", _json_lines(info.resume_data, room), ""))
+    if info.error is not None:
+        fields.append(("error", info.error, _RED))
+    if info.failed_stage is not None:
+        where = f"stage {info.failed_stage!r}"
+        if info.failed_action is not None:
+            where += f", action {info.failed_action!r}"
+        fields.append(("failed at", where, _RED))
+    if info.bail_reason is not None:
+        fields.append(("bail reason", info.bail_reason, _YELLOW))
+    label_width = max(label_width, *(len(f[0]) + 2 for f in fields))
+    room = max(width - label_width, 20)
+    lines: list[_Segments] = []
+    for label, value, style in fields:
+        texts = value if isinstance(value, list) else textwrap.wrap(_one_line(value), room) or [""]
+        for index, text in enumerate(texts):
+            head = label.ljust(label_width) if index == 0 else " " * label_width
+            lines.append([(head, _DIM), (text, style)])
+    return "\n".join(_paint(line, color) for line in lines)

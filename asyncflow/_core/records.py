@@ -93,26 +93,11 @@ def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
     inserter = node.inserter if isinstance(node, StageNode) else node.parent
     inserted_by = f"{inserter.stage_node.id}/{inserter.action.name}" if inserter is not None else None
     inserted_by_stage = inserter.stage_node.id if inserter is not None else None
-    if isinstance(node, StageNode):
-        return StepRecord(
-            kind="stage",
-            stage_id=node.id,
-            action_name=None,
-            status=node.status,
-            dynamic=node.dynamic,
-            duration=node.duration,
-            started_at=started - run_start if started else 0.0,
-            depth=node.depth,
-            inserted_by=inserted_by,
-            inserted_by_stage=inserted_by_stage,
-            reason=node.reason,
-            error=node.error,
-            recovered_error=node.recovered,
-        )
+    is_stage = isinstance(node, StageNode)
     return StepRecord(
-        kind="action",
-        stage_id=node.stage_node.id,
-        action_name=node.action.name,
+        kind="stage" if is_stage else "action",
+        stage_id=node.id if isinstance(node, StageNode) else node.stage_node.id,
+        action_name=None if isinstance(node, StageNode) else node.action.name,
         status=node.status,
         dynamic=node.dynamic,
         duration=node.duration,
@@ -122,7 +107,7 @@ def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
         inserted_by_stage=inserted_by_stage,
         reason=node.reason,
         error=node.error,
-        attempts=node.attempts,
+        attempts=0 if isinstance(node, StageNode) else node.attempts,
         recovered_error=node.recovered,
     )
 

@@ -466,15 +466,7 @@ class Runner:
             node.inserted = None
             with anyio.CancelScope(shield=True):
                 if hub.listening:
-                    await hub.emit(
-                        run.event(
-                            EventKind.STAGE_FINISHED,
-                            node,
-                            status=node.status.value,
-                            error=node.error,
-                            duration=node.duration,
-                        )
-                    )
+                    await self._finished_event(run, EventKind.STAGE_FINISHED, node, node.error)
                 for child in inserted:
                     await self._skip(run, child, reason)
             raise
@@ -482,15 +474,18 @@ class Runner:
         if node.status is StepStatus.RUNNING:
             node.status = StepStatus.COMPLETED
         if hub.listening:
-            await hub.emit(
-                run.event(
-                    EventKind.STAGE_FINISHED,
-                    node,
-                    status=node.status.value,
-                    duration=node.duration,
-                    error=node.recovered,
-                )
+            await self._finished_event(run, EventKind.STAGE_FINISHED, node, node.recovered)
+
+    async def _finished_event(
+        self, run: RunState, kind: EventKind, node: StageNode | ActionNode, error: BaseException | None
+    ) -> None:
+        """Emit STAGE_FINISHED / ACTION_FINISHED for ``node`` as it ended."""
+        attempt = node.attempts if isinstance(node, ActionNode) else None
+        await run.hub.emit(
+            run.event(
+                kind, node, status=node.status.value, error=error, duration=node.duration, attempt=attempt
             )
+        )
 
     async def _stage_terminal(self, mctx: MiddlewareContext) -> None:
         mctx._ran = True
@@ -655,31 +650,13 @@ class Runner:
                 run.failed_node = node
             if listening:
                 with anyio.CancelScope(shield=True):
-                    await hub.emit(
-                        run.event(
-                            EventKind.ACTION_FINISHED,
-                            node,
-                            status=node.status.value,
-                            error=node.error,
-                            duration=node.duration,
-                            attempt=node.attempts,
-                        )
-                    )
+                    await self._finished_event(run, EventKind.ACTION_FINISHED, node, node.error)
             raise
         node.duration = perf_counter() - started
         if node.status is StepStatus.RUNNING:
             node.status = StepStatus.COMPLETED
         if listening:
-            await hub.emit(
-                run.event(
-                    EventKind.ACTION_FINISHED,
-                    node,
-                    status=node.status.value,
-                    duration=node.duration,
-                    attempt=node.attempts,
-                    error=node.recovered,
-                )
-            )
+            await self._finished_event(run, EventKind.ACTION_FINISHED, node, node.recovered)
 
     def _replay(self, run: RunState, node: ActionNode, ops: list[Op]) -> None:
         """Re-apply the plan changes of an action that completed before a restart, without running it."""
