@@ -1,10 +1,18 @@
-"""The workflow behind ``asyncflow demo``: discovery that grows its own plan.
+"""The workflow behind ``asyncflow demo``: discovery that grows its own plan, run durably.
 
 A ``discover`` stage finds three kinds of resources and inserts one stage per
 kind; each of those stages lists its items and inserts one action per item,
-and runs them three at a time. A tag-based switch turns the ``publish`` step
-off at run time, so the tree shows a skipped step, and a ``report`` stage
-reads what the inspections stored.
+and runs them three at a time. A ``report`` stage reads what the
+inspections stored; an ``approve`` stage suspends the run until someone
+approves the report (``engine.resume(run_id, {"approved_by": ...})``); a
+tag-based switch turns the ``publish`` stage off at run time (a dry run),
+so the tree shows a skipped step.
+
+The demo runs it on an SQLite file (:data:`WORKFLOW` is what
+``asyncflow runs resume --app asyncflow._demo:WORKFLOW`` loads), so every
+action is module level and every inserted action is an
+:class:`~asyncflow.Action` subclass with JSON constructor arguments: a
+durable run re-creates them from their import paths.
 
 It is written against the public API (``import asyncflow as af``), as a user
 would write it, and does real async work (short sleeps) so concurrency shows
@@ -32,6 +40,7 @@ INVENTORY: dict[str, tuple[str, ...]] = {
 SLOW_MS = 50
 
 SUMMARY = "report.summary"
+APPROVED_BY = "report.approved_by"
 
 
 def latency_ms(item: str) -> int:
@@ -91,7 +100,7 @@ async def find_resources(ctx: af.ActionContext) -> None:
                 concurrency=3,
             )
         )
-    # A dry run publishes nothing: switch off every step tagged "publish".
+    # A dry run publishes nothing: switch off every step tagged "publish" (the whole stage).
     if ctx.store.get_or("demo.dry_run", True, bool):
         ctx.plan.disable_by_tag("publish")
 
@@ -105,6 +114,19 @@ async def summarize(ctx: af.ActionContext) -> None:
     ctx.store[SUMMARY] = f"{len(found)} resources inspected, {slow_text}"
 
 
+@af.action(name="approve", description="Wait until a person approves the report")
+async def approve(ctx: af.ActionContext) -> None:
+    """Suspend the run with the summary; when resumed with ``{"approved_by": name}``, record the name.
+
+    Resumed without a name, it asks again (the run is suspended again).
+    """
+    data = ctx.resume_data if ctx.is_resuming else None
+    approver = data.get("approved_by") if isinstance(data, dict) else None
+    if not approver:
+        ctx.suspend("needs approval", {"summary": ctx.store.get_or(SUMMARY, "")})
+    ctx.store[APPROVED_BY] = str(approver)
+
+
 @af.action(name="publish", description="Post the summary to the team channel", tags={"publish"})
 async def publish(ctx: af.ActionContext) -> None:
     """Would post the summary somewhere; disabled in a dry run."""
@@ -112,18 +134,22 @@ async def publish(ctx: af.ActionContext) -> None:
 
 
 def build_workflow() -> af.Workflow:
-    """The demo workflow: ``discover`` then ``report``; the rest is inserted at run time."""
+    """The demo workflow: ``discover``, ``report``, ``approve``, ``publish``; the rest is inserted at run time."""
     return af.Workflow(
         "resource-discovery",
         name="Resource discovery",
-        description="Discover resources, inspect each one, report.",
+        description="Discover resources, inspect each one, report, get approval, publish.",
         stages=[
             af.Stage("discover", name="Discover", actions=[find_resources]),
-            af.Stage("report", name="Report", actions=[summarize, publish]),
+            af.Stage("report", name="Report", actions=[summarize]),
+            af.Stage("approve", name="Approve", actions=[approve]),
+            af.Stage("publish", name="Publish", actions=[publish], tags={"publish"}),
         ],
     )
 
 
-async def run_demo() -> af.RunResult:
-    """Run the demo workflow once (as a dry run) and return its result."""
-    return await af.run(build_workflow(), store={"demo.dry_run": True})
+#: The demo workflow, for ``asyncflow runs resume --app asyncflow._demo:WORKFLOW``.
+WORKFLOW = build_workflow()
+
+#: The store a demo run starts with: a dry run, so nothing is published.
+START_STORE = {"demo.dry_run": True}

@@ -81,24 +81,14 @@ class RunInfo:
         return _utc(self.updated_at)
 
 
-#: The fields of a run that ``Backend.update_run`` may set.
-UPDATABLE = frozenset(
-    {
-        "status",
-        "owner",
-        "lease_until",
-        "wake_at",
-        "suspend_reason",
-        "suspend_data",
-        "suspended_step",
-        "resume_data",
-        "error",
-        "failed_stage",
-        "failed_action",
-        "bail_reason",
-        "steps",
-    }
-)
+#: The fields of a run that ``Backend.update_run`` may set (all but its identity and times).
+UPDATABLE = frozenset(field.name for field in attrs.fields(RunInfo)) - {
+    "run_id",
+    "workflow_id",
+    "created_at",
+    "updated_at",
+    "idempotency_key",
+}
 
 
 @attrs.frozen

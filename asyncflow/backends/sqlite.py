@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from .._core.errors import BackendError, LeaseLost
 from .._core.records import RunStatus
 from .base import (
@@ -79,26 +81,7 @@ CREATE TABLE checkpoints (
 ) WITHOUT ROWID;
 """
 
-_RUN_COLUMNS = (
-    "run_id",
-    "workflow_id",
-    "status",
-    "created_at",
-    "updated_at",
-    "idempotency_key",
-    "owner",
-    "lease_until",
-    "wake_at",
-    "suspend_reason",
-    "suspend_data",
-    "suspended_step",
-    "resume_data",
-    "error",
-    "failed_stage",
-    "failed_action",
-    "bail_reason",
-    "steps",
-)
+_RUN_COLUMNS = tuple(field.name for field in attrs.fields(RunInfo))
 _JSON_COLUMNS = frozenset({"suspend_data", "resume_data", "steps"})
 _SELECT_RUN = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
 _CLAIMABLE = ("pending", "running", "sleeping")
