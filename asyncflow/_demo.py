@@ -134,7 +134,7 @@ async def publish(ctx: af.ActionContext) -> None:
 
 
 def build_workflow() -> af.Workflow:
-    """The demo workflow: ``discover``, ``report``, ``approve``, ``publish``; the rest is inserted at run time."""
+    """The demo workflow: discover, report, approve, publish; the rest is inserted at run time."""
     return af.Workflow(
         "resource-discovery",
         name="Resource discovery",

@@ -14,7 +14,8 @@ hide.
 
 A durable run that continued after a suspension or a crash replays the
 actions that completed before: they did not run again, so they are drawn
-dimmed with ``↺ replayed`` where the duration would be.
+dimmed and marked ``↺`` where the duration would be (with the duration they
+took before, when the caller still has that execution's result).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from ._core.errors import RecordedError
 from ._core.records import RunResult, RunStatus, StepRecord, StepStatus
 from .backends import RunInfo
 
@@ -71,12 +73,12 @@ _REPLAYED = "completed in an earlier execution"  # ... and on an action replayed
 class _Glyphs:
     """The characters the tree is drawn with (Unicode, or ASCII for narrow encodings)."""
 
-    __slots__ = ("branch", "dot", "ellipsis", "last", "pipe", "replayed", "space", "status")
+    __slots__ = ("branch", "dot", "ellipsis", "last", "pipe", "replay", "space", "status")
 
     def __init__(self, *, unicode: bool) -> None:
         if unicode:
             self.branch, self.last, self.pipe, self.space = "├─ ", "└─ ", "│  ", "   "
-            self.ellipsis, self.dot, self.replayed = "…", " · ", "↺ replayed"
+            self.ellipsis, self.dot, self.replay = "…", " · ", "↺"
             self.status = {
                 StepStatus.COMPLETED: "✓",
                 StepStatus.FAILED: "✗",
@@ -86,7 +88,7 @@ class _Glyphs:
             }
         else:
             self.branch, self.last, self.pipe, self.space = "|- ", "`- ", "|  ", "   "
-            self.ellipsis, self.dot, self.replayed = "~", " - ", "(replayed)"
+            self.ellipsis, self.dot, self.replay = "~", " - ", "@"
             self.status = {
                 StepStatus.COMPLETED: "v",
                 StepStatus.FAILED: "x",
@@ -148,8 +150,17 @@ def _duration(seconds: float) -> str:
 
 
 def _error_text(error: BaseException) -> str:
-    message = " ".join(str(error).split())
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    if isinstance(error, RecordedError):  # read back from a database: it names the original type
+        name, message = error.type_name, error.message
+    else:
+        name, message = type(error).__name__, str(error)
+    message = " ".join(message.split())
+    return f"{name}: {message}" if message else name
+
+
+def _error_identity(error: BaseException) -> object:
+    """What makes two records' errors the same error (read back from a database, they are copies)."""
+    return _error_text(error) if isinstance(error, RecordedError) else id(error)
 
 
 def _plural(count: int, word: str) -> str:
@@ -175,12 +186,20 @@ class _Renderer:
     """Turns a tree of records into lines of (text, style) segments."""
 
     def __init__(
-        self, *, width: int, glyphs: _Glyphs, shown_below: set[int], replayed_stages: set[str]
+        self,
+        *,
+        width: int,
+        glyphs: _Glyphs,
+        shown_below: set[object],
+        replayed_stages: set[str],
+        earlier: dict[int, float],
     ) -> None:
         self.width = width
         self.glyphs = glyphs
         # Stages whose every action was replayed: they did no work in this execution.
         self.replayed_stages = replayed_stages
+        # id of a replayed record -> how long it took in the earlier execution.
+        self.earlier = earlier
         # ids of errors an action record carries: a stage shares its failed
         # action's error, which is drawn once, at the action.
         self.shown_below = shown_below
@@ -240,7 +259,15 @@ class _Renderer:
             (prefix + connector, _DIM),
             (self.glyphs.status.get(record.status, "·"), status_style),
             (" ", ""),
-            (name, _DIM if replayed else _BOLD if record.kind == "stage" else ""),
+            # Replayed steps recede, unless the earlier execution's timings make the tree whole again.
+            (
+                name,
+                _DIM
+                if replayed and id(record) not in self.earlier
+                else _BOLD
+                if record.kind == "stage"
+                else "",
+            ),
         ]
         left.extend(self.markers(record))
         optional: _Segments = []
@@ -248,7 +275,13 @@ class _Renderer:
             inserter = record.inserted_by[len(record.inserted_by_stage or "") + 1 :]
             optional.append((f"  (inserted by {inserter})", _DIM))
         if replayed:
-            right = self.glyphs.replayed
+            took = self.earlier.get(id(record))
+            if took is not None:
+                right = f"{self.glyphs.replay} {_duration(took):>{_DURATION_WIDTH - 2}}"
+            elif record.kind == "action" and record.stage_id in self.replayed_stages:
+                right = ""  # its stage's line says it, once, rather than a column of marks
+            else:
+                right = f"{self.glyphs.replay} replayed"
         elif record.status is StepStatus.SKIPPED:
             right = ""
         else:
@@ -257,7 +290,9 @@ class _Renderer:
         # The details line up under the step's name, inside its branch.
         detail_prefix = child_prefix + (self.glyphs.pipe[0] + " " if node.children else "  ")
         # A stage shares its failed action's error: draw it once, at the action.
-        if record.error is not None and (record.kind == "action" or id(record.error) not in self.shown_below):
+        if record.error is not None and (
+            record.kind == "action" or _error_identity(record.error) not in self.shown_below
+        ):
             self.detail(_error_text(record.error), detail_prefix, _RED)
         elif record.reason and record.reason.startswith(_BAILED):
             self.detail(record.reason.removeprefix(_BAILED), detail_prefix, _YELLOW)
@@ -265,7 +300,7 @@ class _Renderer:
         if (
             recovered is not None
             and recovered is not record.error
-            and (record.kind == "action" or id(recovered) not in self.shown_below)
+            and (record.kind == "action" or _error_identity(recovered) not in self.shown_below)
         ):
             self.detail(f"recovered from {_error_text(recovered)}", detail_prefix, _YELLOW)
 
@@ -315,7 +350,25 @@ def _paint(segments: _Segments, color: bool) -> str:
     ).rstrip()
 
 
-def format_run(result: RunResult, *, color: bool, width: int = 80, unicode: bool = True) -> str:
+def _step_keys(steps: Sequence[StepRecord]) -> list[tuple[str, str, str | None, int]]:
+    """A key per record that names the same step in another execution of the run."""
+    seen: dict[tuple[str, str, str | None], int] = {}
+    keys = []
+    for record in steps:
+        what = (record.kind, record.stage_id, record.action_name)
+        seen[what] = seen.get(what, -1) + 1
+        keys.append((*what, seen[what]))
+    return keys
+
+
+def format_run(
+    result: RunResult,
+    *,
+    color: bool,
+    width: int = 80,
+    unicode: bool = True,
+    earlier: RunResult | None = None,
+) -> str:
     """Draw ``result`` as a tree of its stages and actions, for a terminal.
 
     The first line names the workflow, the run (short id) and how it ended;
@@ -332,6 +385,9 @@ def format_run(result: RunResult, *, color: bool, width: int = 80, unicode: bool
             failed, cyan dynamic); pass ``False`` for files and pipes.
         width: the number of columns to fit every line into (at least 40).
         unicode: draw with box-drawing glyphs; ``False`` uses ASCII only.
+        earlier: the result of the execution before this one (a durable
+            run resumed in the same process): replayed steps show the
+            durations they took then, and the total counts both executions.
 
     Returns:
         The text, lines joined with ``"\\n"``, without a trailing newline.
@@ -340,7 +396,7 @@ def format_run(result: RunResult, *, color: bool, width: int = 80, unicode: bool
     glyphs = _Glyphs(unicode=unicode)
     steps = result.steps
     shown_below = {
-        id(error)
+        _error_identity(error)
         for s in steps
         if s.kind == "action"
         for error in (s.error, s.recovered_error)
@@ -352,7 +408,27 @@ def format_run(result: RunResult, *, color: bool, width: int = 80, unicode: bool
         if s.kind == "action" and not _replayed(s) and s.status is not StepStatus.SKIPPED
     }
     replayed_stages = {s.stage_id for s in steps if _replayed(s)} - worked
-    renderer = _Renderer(width=width, glyphs=glyphs, shown_below=shown_below, replayed_stages=replayed_stages)
+    took: dict[int, float] = {}
+    duration = result.duration
+    if earlier is not None:
+        before = {
+            key: record.duration
+            for key, record in zip(_step_keys(earlier.steps), earlier.steps, strict=True)
+            if record.status is StepStatus.COMPLETED and not _replayed(record)
+        }
+        for key, record in zip(_step_keys(steps), steps, strict=True):
+            if key in before and (
+                _replayed(record) or (record.kind == "stage" and record.stage_id in replayed_stages)
+            ):
+                took[id(record)] = before[key]
+        duration += earlier.duration
+    renderer = _Renderer(
+        width=width,
+        glyphs=glyphs,
+        shown_below=shown_below,
+        replayed_stages=replayed_stages,
+        earlier=took,
+    )
     run_style = _RUN_STYLE.get(result.status, "")
 
     renderer.line(
@@ -381,7 +457,7 @@ def format_run(result: RunResult, *, color: bool, width: int = 80, unicode: bool
     }
     details = ", ".join(f"{count} {what}" for what, count in counts.items() if count)
     optional = [(f" ({details})", _DIM)] if details else []
-    renderer.line(summary, _duration(result.duration), "", optional=optional)
+    renderer.line(summary, _duration(duration), "", optional=optional)
     return "\n".join(_paint(line, color) for line in renderer.lines)
 
 
@@ -421,6 +497,12 @@ def _note(info: RunInfo, now: float) -> str:
     if info.status is RunStatus.SLEEPING and info.wake_at is not None:
         left = info.wake_at - now
         return f"wakes in {_ago(left).removesuffix(' ago')}" if left >= 2 else "wakes now"
+    if info.status is RunStatus.RUNNING:
+        # A running run nobody holds (its engine shut down or died) waits for an engine to take it over.
+        if info.owner is None:
+            return "not held by any engine"
+        if info.lease_until is not None and info.lease_until < now:
+            return "lease expired: its engine is gone"
     return ""
 
 
@@ -465,9 +547,9 @@ def format_runs(
     widths[1] = min(widths[1], 24)
     fixed = sum(widths) + len(_GAP) * len(widths)
     notes = any(row[5] for row in rows)
-    if notes and width - fixed < 16:
-        # Give the note some room at the workflow's expense, down to 12 columns.
-        widths[1] = max(12, widths[1] - (16 - (width - fixed)))
+    if notes and width - fixed < 20:
+        # Give the note some room at the workflow's expense, down to 14 columns.
+        widths[1] = max(14, widths[1] - (20 - (width - fixed)))
         fixed = sum(widths) + len(_GAP) * len(widths)
     note_room = width - fixed
     notes = notes and note_room >= 8
@@ -519,7 +601,10 @@ def format_run_info(info: RunInfo, *, color: bool, width: int = 80) -> str:
     if info.idempotency_key is not None:
         fields.append(("idempotency key", info.idempotency_key, ""))
     if info.owner is not None:
-        until = f", lease until {_timestamp(info.lease_until)}" if info.lease_until is not None else ""
+        until = ""
+        if info.lease_until is not None:
+            expired = info.lease_until < time.time()
+            until = f", lease {'expired' if expired else 'until'} {_timestamp(info.lease_until)}"
         fields.append(("held by", f"{info.owner}{until}", _DIM))
     if info.wake_at is not None and info.status is RunStatus.SLEEPING:
         fields.append(("wakes at", _timestamp(info.wake_at), _BLUE))

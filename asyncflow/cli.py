@@ -1,26 +1,52 @@
-"""The ``asyncflow`` command line: ``asyncflow demo`` (more subcommands to come).
+"""The ``asyncflow`` command line: ``asyncflow demo`` and ``asyncflow runs list|show|resume|cancel``.
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments
 and sets ``handler``: a function taking the parsed arguments and returning an
 exit code. Subcommands import what they need when they run, so
 ``asyncflow --help`` stays fast and an optional extra (a database driver for
 ``runs`` or ``worker``) is only needed by the command that uses it.
+
+Exit codes: 0 when the command did what it was asked, 1 when a run failed or
+was not found (or the database refused), 2 for a usage error (a bad option,
+a malformed URL, JSON or ``--app``). Errors are one line on stderr, starting
+``asyncflow:``, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import shutil
 import sys
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from ._core.engine import Engine
+    from ._core.workflow import Workflow
+    from .backends import RunInfo
 
 Handler = Callable[[argparse.Namespace], int]
 
 _MAX_WIDTH = 100
+
+#: Where ``asyncflow demo`` keeps its runs unless told otherwise.
+DEMO_DB = "asyncflow-demo.db"
+
+#: The environment variable ``asyncflow runs --db`` defaults to.
+DB_VARIABLE = "ASYNCFLOW_DB"
+
+
+class CommandError(Exception):
+    """A command cannot go on: ``main`` prints ``message`` as one line on stderr and exits with ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def use_color(stream: TextIO, *, no_color_flag: bool = False) -> bool:
@@ -39,7 +65,7 @@ def use_color(stream: TextIO, *, no_color_flag: bool = False) -> bool:
 def can_draw_unicode(stream: TextIO) -> bool:
     """Whether ``stream``'s encoding can carry the tree's box-drawing glyphs."""
     try:
-        "├─│└✓✗○⊘…".encode(getattr(stream, "encoding", None) or "ascii")
+        "├─│└✓✗○⊘‖↺…".encode(getattr(stream, "encoding", None) or "ascii")
     except (UnicodeEncodeError, LookupError):
         return False
     return True
@@ -52,27 +78,228 @@ def output_width(stream: TextIO) -> int:
     return 80
 
 
-# ---- subcommands ----------------------------------------------------------------
+# ---- helpers shared by the subcommands ----------------------------------------------
+
+
+class _Output:
+    """How to write to stdout: colour, width, glyphs (decided once per command)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.stream = sys.stdout
+        self.color = use_color(self.stream, no_color_flag=args.no_color)
+        self.width = output_width(self.stream)
+        self.unicode = can_draw_unicode(self.stream)
+
+    def print(self, text: str = "", style: str = "") -> None:
+        """Write a line, in SGR ``style`` when colours are on."""
+        if style and self.color and text:
+            text = f"\x1b[{style}m{text}\x1b[0m"
+        print(text, file=self.stream)
+
+
+def _run(main: Callable[[], Awaitable[int]]) -> int:
+    import anyio
+
+    return anyio.run(main)
+
+
+def _db_url(text: str) -> str:
+    """A ``--db`` value as an engine URL: a URL as it is, a plain path as an SQLite file."""
+    return text if "://" in text else "sqlite:///" + text
+
+
+def _open_engine(db: str | None, *, create: bool = False) -> Engine:
+    """An engine (not yet opened) on the ``--db`` database; it never takes over runs.
+
+    Raises:
+        CommandError: no ``--db``, a URL that names no database (2), or a file
+            that does not exist when ``create`` is false (1).
+    """
+    from ._core.engine import Engine
+    from ._core.errors import BackendError
+    from .backends import MemoryBackend, SQLiteBackend, open_backend
+
+    if not db:
+        raise CommandError(f"say which database: --db sqlite:///path/to/runs.db (or set {DB_VARIABLE})", 2)
+    try:
+        backend = open_backend(_db_url(db))
+    except BackendError as exc:
+        raise CommandError(str(exc), 2) from None
+    if isinstance(backend, MemoryBackend):
+        raise CommandError(
+            f"--db {db!r} keeps no runs between processes; give an SQLite file (--db sqlite:///runs.db)", 2
+        )
+    if not create and isinstance(backend, SQLiteBackend) and not backend.path.exists():
+        raise CommandError(f"no database at {str(backend.path)!r} (from --db {db!r})")
+    # recover=False: looking at a database must never take over the runs in it.
+    return Engine(backend, recover=False)
+
+
+async def _find_run(engine: Engine, run_id: str) -> RunInfo:
+    """The run with id ``run_id``, or the only one whose id starts with it (ids in tables are cut to 8).
+
+    Raises:
+        CommandError: no such run, or the prefix matches several.
+    """
+    from ._core.errors import UnknownRun
+
+    try:
+        return await engine.get_run(run_id)
+    except UnknownRun:
+        pass
+    matches: list[RunInfo] = []
+    cursor = None
+    while run_id:
+        page = await engine.list_runs(limit=1000, cursor=cursor)
+        matches.extend(info for info in page.runs if info.run_id.startswith(run_id))
+        if len(matches) > 1 or page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        some = ", ".join(info.run_id[:12] for info in matches[:2])
+        raise CommandError(f"{run_id!r} is the start of several run ids ({some}, ...); give more of it")
+    raise CommandError(f"no run {run_id!r} in {engine.backend.url}")
+
+
+def _load_workflows(specs: list[str]) -> list[Workflow]:
+    """The workflows that ``--app module:attr`` options name.
+
+    ``attr`` may be a workflow, a list or tuple of workflows, or a function
+    returning either. The current directory is importable, as with ``python -m``.
+
+    Raises:
+        CommandError: (2) a spec that is malformed, cannot be imported or names no workflow.
+    """
+    import importlib
+
+    from ._core.workflow import Workflow
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    found: list[Workflow] = []
+    for spec in specs:
+        module_name, _, attr = spec.partition(":")
+        if not module_name or not attr:
+            raise CommandError(f"--app {spec!r} must be 'module:attr', e.g. asyncflow._demo:WORKFLOW", 2)
+        try:
+            target: Any = importlib.import_module(module_name)
+        except Exception as exc:
+            raise CommandError(f"--app {spec!r}: cannot import {module_name!r} ({exc})", 2) from None
+        for part in attr.split("."):
+            try:
+                target = getattr(target, part)
+            except AttributeError:
+                raise CommandError(f"--app {spec!r}: {module_name!r} has no attribute {attr!r}", 2) from None
+        if callable(target) and not isinstance(target, Workflow):
+            try:
+                target = target()
+            except Exception as exc:
+                raise CommandError(f"--app {spec!r}: calling {attr!r} raised {exc!r}", 2) from None
+        items = list(target) if isinstance(target, list | tuple) else [target]
+        if not items or not all(isinstance(item, Workflow) for item in items):
+            raise CommandError(f"--app {spec!r} is {target!r}, not an af.Workflow (or a list of them)", 2)
+        found.extend(items)
+    return found
+
+
+def _register(engine: Engine, workflows: list[Workflow]) -> None:
+    from ._core.errors import WorkflowError
+
+    for workflow in workflows:
+        try:
+            engine.register(workflow)
+        except (WorkflowError, TypeError) as exc:
+            raise CommandError(f"cannot load workflow {workflow.id!r}: {exc}", 2) from None
+
+
+def _resume_hint(run_id: str, db: str, app: str = "module:attr", data: str = "JSON") -> list[str]:
+    return [
+        f"  asyncflow runs resume {run_id[:8]} --db {shlex.quote(db)} \\",
+        f"      --app {app} --data {shlex.quote(data) if data != 'JSON' else data}",
+    ]
+
+
+def _ended(info: RunInfo) -> bool:
+    from ._core.records import RunStatus
+
+    return info.status.finished or info.status is RunStatus.SUSPENDED
+
+
+async def _print_runs(engine: Engine, out: _Output, *, limit: int, db: str) -> None:
+    """The newest ``limit`` runs as a table, then how to see more."""
+    from ._render import format_runs
+
+    page = await engine.list_runs(limit=limit)
+    out.print(format_runs(page.runs, color=out.color, width=out.width, unicode=out.unicode))
+    if page.next_cursor is not None:
+        out.print(f"(newest {limit}; all of them: asyncflow runs list --db {shlex.quote(db)})", "2")
+
+
+# ---- asyncflow demo ---------------------------------------------------------------------
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import anyio
+    return _run(lambda: _demo_main(args))
 
+
+async def _demo_main(args: argparse.Namespace) -> int:
     from ._core.records import RunStatus
-    from ._demo import SUMMARY, run_demo
+    from ._demo import APPROVED_BY, START_STORE, SUMMARY, WORKFLOW
     from ._render import format_run
 
-    out = sys.stdout
-    color = use_color(out, no_color_flag=args.no_color)
-    result = anyio.run(run_demo)
-    print(format_run(result, color=color, width=output_width(out), unicode=can_draw_unicode(out)), file=out)
-    print(file=out)
-    summary = result.store.get(SUMMARY, "no summary was written")
-    print(f"\x1b[1m{summary}\x1b[0m" if color else summary, file=out)
+    out = _Output(args)
+    db: str = args.db
+    engine = _open_engine(db, create=True)
+    engine.register(WORKFLOW)
+    async with engine:
+        out.print(f"Resource discovery, run durably: every step is committed to {db}.", "1")
+        handle = await engine.start(WORKFLOW, store=START_STORE)
+        short = handle.run_id[:8]
+        out.print(f"run {short} started: it inspects the resources, then waits for approval")
+        result = await handle.result()
+        if result.status is RunStatus.SUSPENDED:
+            out.print(f"run {short} is suspended: {result.suspend_reason}", "34")
+            data = result.suspend_data if isinstance(result.suspend_data, dict) else {}
+            for key, value in data.items():
+                out.print(f"    {key}: {value}", "2")
+            if args.stop_at_approval:
+                out.print()
+                out.print(format_run(result, color=out.color, width=out.width, unicode=out.unicode))
+                out.print()
+                out.print("It stays suspended (--stop-at-approval). Approve it with:")
+                for line in _resume_hint(
+                    handle.run_id, db, "asyncflow._demo:WORKFLOW", '{"approved_by": "you"}'
+                ):
+                    out.print(line)
+                out.print()
+                out.print(f"Runs in {db}, newest first:", "1")
+                await _print_runs(engine, out, limit=10, db=db)
+                return 0
+            approval = {"approved_by": "demo"}
+            out.print(f"approving: engine.resume(run_id, {json.dumps(approval)})")
+            handle = await engine.resume(handle.run_id, approval)
+            first, result = result, await handle.result()
+            if result.status is RunStatus.COMPLETED:
+                out.print(f"run {short} completed. The steps marked ↺ ran before the approval;")
+                out.print("after it they were replayed from the database, not run again.")
+        else:
+            first = None
+        out.print()
+        out.print(format_run(result, color=out.color, width=out.width, unicode=out.unicode, earlier=first))
+        out.print()
+        summary = str(result.store.get(SUMMARY, "no summary was written"))
+        if APPROVED_BY in result.store:
+            summary += f"; approved by {result.store[APPROVED_BY]}"
+        out.print(summary, "1")
+        out.print()
+        out.print(f"Runs in {db}, newest first:", "1")
+        await _print_runs(engine, out, limit=10, db=db)
     if args.mermaid:
-        print("\n```mermaid", file=out)
-        print(result.to_mermaid(), end="", file=out)
-        print("```", file=out)
+        out.print("\n```mermaid")
+        print(result.to_mermaid(), end="", file=out.stream)
+        out.print("```")
     return 0 if result.status is RunStatus.COMPLETED else 1
 
 
@@ -82,12 +309,24 @@ def _add_demo(
     parser = commands.add_parser(
         "demo",
         parents=[output],
-        help="run a small discovery workflow that grows its own plan, and draw the run",
+        help="run a small discovery workflow durably: it grows its own plan and waits for approval",
         description=(
-            "Run a demo workflow: a discover stage inserts one stage per resource kind, "
-            "each of which fans out one action per item, run concurrently; a step is "
-            "switched off at run time. Prints the run as a tree."
+            "Run a demo workflow on an SQLite file: a discover stage inserts one stage per "
+            "resource kind, each of which fans out one action per item, run concurrently; an "
+            "approval step suspends the run, and the demo resumes it; a step is switched off "
+            "at run time. Prints the run as a tree, then the runs in the database."
         ),
+    )
+    parser.add_argument(
+        "--db",
+        default=DEMO_DB,
+        metavar="PATH",
+        help=f"the SQLite file to keep the runs in (default: ./{DEMO_DB}; created if missing)",
+    )
+    parser.add_argument(
+        "--stop-at-approval",
+        action="store_true",
+        help="leave the run suspended at the approval step (resume it with 'asyncflow runs resume')",
     )
     parser.add_argument(
         "--mermaid",
@@ -95,6 +334,208 @@ def _add_demo(
         help="also print the executed plan as a Mermaid flowchart (paste it into mermaid.live)",
     )
     parser.set_defaults(handler=_demo)
+
+
+# ---- asyncflow runs ---------------------------------------------------------------------
+
+
+def _runs_list(args: argparse.Namespace) -> int:
+    from ._render import format_runs
+
+    out = _Output(args)
+    engine = _open_engine(args.db)
+
+    async def main() -> int:
+        async with engine:
+            try:
+                page = await engine.list_runs(
+                    status=args.status, workflow_id=args.workflow, limit=args.limit, cursor=args.cursor
+                )
+            except ValueError as exc:
+                raise CommandError(str(exc), 2) from None
+        if not page.runs:
+            which = " ".join(filter(None, [args.status, "runs"]))
+            where = f" of workflow {args.workflow!r}" if args.workflow else ""
+            out.print(f"no {which}{where} in {engine.backend.url}")
+            return 0
+        out.print(format_runs(page.runs, color=out.color, width=out.width, unicode=out.unicode))
+        if page.next_cursor is not None:
+            out.print(f"next page: --cursor {page.next_cursor}", "2")
+        return 0
+
+    return _run(main)
+
+
+def _runs_show(args: argparse.Namespace) -> int:
+    from ._render import format_run, format_run_info
+
+    out = _Output(args)
+    engine = _open_engine(args.db)
+
+    async def main() -> int:
+        from ._core.records import RunStatus
+
+        async with engine:
+            info = await _find_run(engine, args.run_id)
+            # wait() returns at once for a run that ended or is suspended; it would block on a live one.
+            result = await engine.wait(info.run_id) if _ended(info) and info.steps is not None else None
+        out.print(format_run_info(info, color=out.color, width=out.width))
+        out.print()
+        if result is None:
+            status = info.status.value
+            out.print(f"(the run is {status}: its steps are recorded when it ends or suspends)", "2")
+            return 0
+        out.print(format_run(result, color=out.color, width=out.width, unicode=out.unicode))
+        if info.status is RunStatus.SUSPENDED:
+            out.print()
+            out.print("resume it with:")
+            for line in _resume_hint(info.run_id, args.db):
+                out.print(line)
+        return 0
+
+    return _run(main)
+
+
+def _runs_resume(args: argparse.Namespace) -> int:
+    from ._render import format_run
+
+    out = _Output(args)
+    try:
+        data = json.loads(args.data) if args.data is not None else None
+    except ValueError as exc:
+        raise CommandError(f"--data is not JSON ({exc}): {args.data!r}", 2) from None
+    workflows = _load_workflows(args.app)
+    engine = _open_engine(args.db)
+    _register(engine, workflows)
+
+    async def main() -> int:
+        from ._core.records import RunStatus
+
+        async with engine:
+            info = await _find_run(engine, args.run_id)
+            if info.workflow_id not in {w.id for w in workflows}:
+                # engine.resume would take the run and fail it for want of its workflow.
+                loaded = ", ".join(repr(w.id) for w in workflows) or "none"
+                raise CommandError(
+                    f"run {info.run_id[:8]} is a run of workflow {info.workflow_id!r}, which is not "
+                    f"loaded (loaded: {loaded}); name it with --app module:attr",
+                    2,
+                )
+            handle = await engine.resume(info.run_id, data)
+            out.print(f"resumed run {info.run_id[:8]} ({info.workflow_id}); waiting for it")
+            result = await handle.result()
+        out.print()
+        out.print(format_run(result, color=out.color, width=out.width, unicode=out.unicode))
+        if result.status is RunStatus.SUSPENDED:
+            out.print()
+            out.print(f"run {info.run_id[:8]} is suspended again: {result.suspend_reason}", "34")
+            if result.suspend_data is not None:
+                out.print(f"    {json.dumps(result.suspend_data, ensure_ascii=False)}", "2")
+        return 1 if result.status in (RunStatus.FAILED, RunStatus.CANCELLED) else 0
+
+    return _run(main)
+
+
+def _runs_cancel(args: argparse.Namespace) -> int:
+    out = _Output(args)
+    engine = _open_engine(args.db)
+
+    async def main() -> int:
+        from ._core.records import RunStatus
+
+        async with engine:
+            info = await _find_run(engine, args.run_id)
+            await engine.cancel(info.run_id)
+        was = info.status.value
+        if info.status is RunStatus.RUNNING and info.owner is not None:
+            was += f" in {info.owner}, which stops it at its next step"
+        out.print(f"cancelled run {info.run_id[:8]} ({info.workflow_id}; it was {was})")
+        return 0
+
+    return _run(main)
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1000, got {text!r}")
+    return value
+
+
+_RUN_ID_HELP = "the run's id, or its first characters if they are unique"
+
+
+def _add_runs(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], output: argparse.ArgumentParser
+) -> None:
+    from ._core.records import RunStatus
+
+    parser = commands.add_parser(
+        "runs",
+        help="list, inspect, resume and cancel the runs of a database",
+        description="List, inspect, resume and cancel the runs of a database.",
+    )
+    database = argparse.ArgumentParser(add_help=False, parents=[output])
+    database.add_argument(
+        "--db",
+        default=os.environ.get(DB_VARIABLE) or None,
+        metavar="URL",
+        help=f"sqlite:///relative.db, sqlite:////absolute.db or a path to an SQLite file "
+        f"(default: ${DB_VARIABLE})",
+    )
+    actions = parser.add_subparsers(title="commands", dest="runs_command", metavar="COMMAND", required=True)
+
+    listing = actions.add_parser(
+        "list", parents=[database], help="a table of runs, newest first", description="Runs, newest first."
+    )
+    listing.add_argument("--status", choices=[s.value for s in RunStatus], help="only runs in this status")
+    listing.add_argument("--workflow", metavar="ID", help="only runs of this workflow")
+    listing.add_argument("--limit", type=_limit, default=20, help="runs per page (default 20)")
+    listing.add_argument("--cursor", help="where the next page starts (printed under a full page)")
+    listing.set_defaults(handler=_runs_list)
+
+    show = actions.add_parser(
+        "show",
+        parents=[database],
+        help="a run's fields and its steps as a tree",
+        description="A run's fields (suspend and resume data as JSON) and its steps as a tree.",
+    )
+    show.add_argument("run_id", metavar="RUN_ID", help=_RUN_ID_HELP)
+    show.set_defaults(handler=_runs_show)
+
+    resume = actions.add_parser(
+        "resume",
+        parents=[database],
+        help="continue a suspended run here, and wait for it",
+        description=(
+            "Continue a suspended run in this process, from the action that suspended it, and "
+            "wait until it ends or suspends again. This process runs it, so it must load the "
+            "run's workflow: name it with --app."
+        ),
+    )
+    resume.add_argument("run_id", metavar="RUN_ID", help=_RUN_ID_HELP)
+    resume.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="a workflow (or a list of them, or a function returning one) to load, e.g. "
+        "asyncflow._demo:WORKFLOW; repeatable",
+    )
+    resume.add_argument("--data", metavar="JSON", help="what ctx.resume_data will be (default: null)")
+    resume.set_defaults(handler=_runs_resume)
+
+    cancel = actions.add_parser(
+        "cancel",
+        parents=[database],
+        help="cancel a run that has not ended",
+        description="Cancel a pending, running, sleeping or suspended run.",
+    )
+    cancel.add_argument("run_id", metavar="RUN_ID", help=_RUN_ID_HELP)
+    cancel.set_defaults(handler=_runs_cancel)
 
 
 # ---- the parser -------------------------------------------------------------------
@@ -116,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
     _add_demo(commands, output)
+    _add_runs(commands, output)
     return parser
 
 
@@ -127,8 +569,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         # argparse exits on --help, --version and bad usage; hand back its code.
         return exit_.code if isinstance(exit_.code, int) else 2
+    from ._core.errors import WorkflowError
+
     handler: Handler = args.handler
     try:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except CommandError as exc:
+        print(f"asyncflow: {exc}", file=sys.stderr)
+        return exc.code
+    except WorkflowError as exc:  # unknown run, a run that cannot be cancelled or resumed, a bad database
+        print(f"asyncflow: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1

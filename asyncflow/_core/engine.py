@@ -199,7 +199,6 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         group = self._group
-        self._group = None
         self._closing = True
         try:
             if group is not None:
@@ -207,6 +206,7 @@ class Engine:
                 group.cancel_scope.cancel()
                 await group.__aexit__(None, None, None)
         finally:
+            self._group = None
             with anyio.CancelScope(shield=True):
                 await self.backend.aclose()
 
@@ -290,7 +290,8 @@ class Engine:
                 self._restore_store(saved.store),
                 self.runner.max_insertions,
                 self.runner._hub,
-                self.runner.require_json,
+                # Durable runs carry messages as JSON, like child processes.
+                self.runner.require_json or self.backend.persistent,
                 self.clock,
                 durability,
             )
@@ -393,7 +394,9 @@ class Engine:
         )
 
     async def _take_over(self) -> None:
-        group = self._task_group()
+        group = self._group
+        if group is None or self._closing:
+            return
         while True:
             now = self.clock.now()
             claimed = await self.backend.claim(self.owner, now=now, lease_until=now + self.lease, limit=100)

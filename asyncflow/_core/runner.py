@@ -603,7 +603,16 @@ class Runner:
         if durable is not None:
             replayed = durable.completed(node)
             if replayed is not None:
-                self._replay(run, node, replayed)
+                try:
+                    self._replay(run, node, replayed)
+                except Exception as exc:
+                    # Its plan changes cannot be replayed (an unknown action reference...).
+                    node.duration = perf_counter() - started
+                    node.status = StepStatus.FAILED
+                    node.error = exc
+                    if run.failed_node is None:
+                        run.failed_node = node
+                    raise
                 return
         listening = hub.listening
         if listening:

@@ -96,6 +96,8 @@ class MemoryBackend(Backend):
         run.checkpoints.append(checkpoint)
         if checkpoint.status is not None:
             run.info = attrs.evolve(run.info, status=checkpoint.status)
+        if checkpoint.kind == "sleep":
+            run.info = attrs.evolve(run.info, wake_at=checkpoint.at)
 
     async def load(self, run_id: str) -> SavedRun | None:
         """The run with its store and checkpoints."""

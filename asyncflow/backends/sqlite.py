@@ -269,7 +269,10 @@ class SQLiteBackend(Backend):
             try:
                 job.result = job.fn(conn)
             except Exception as exc:
-                job.error = _wrap(exc, self.path)
+                job.error = exc
+        for job in batch:
+            if job.error is not None:
+                job.error = _wrap(job.error, self.path)
 
     async def _call(self, fn: Callable[[sqlite3.Connection], Any], *, writes: bool) -> Any:
         loop = self._loop
@@ -601,7 +604,7 @@ def _in_savepoint(conn: sqlite3.Connection, job: _Job) -> None:
     conn.execute("RELEASE job")
 
 
-def _wrap(exc: Exception, path: Path) -> Exception:
+def _wrap(exc: BaseException, path: Path) -> BaseException:
     if isinstance(exc, sqlite3.Error):
         return BackendError(f"SQLite error on {str(path)!r}: {exc}")
     return exc

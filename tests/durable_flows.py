@@ -1,0 +1,354 @@
+"""Module-level actions and workflows for the durable engine tests (re-creatable from definitions).
+
+Durable runs re-create actions by import path (``durable_flows:attr``), so
+everything here lives at module level. Actions write what they did into
+:data:`LEDGER` (one list per label), which survives an engine being closed
+and another being opened in the same process; tests call :func:`reset` first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+import asyncflow as af
+from asyncflow import backoff
+
+#: label -> what each execution recorded, in order
+LEDGER: dict[str, list[Any]] = {}
+#: label -> set when an action with that label has started and hangs
+GATES: dict[str, anyio.Event] = {}
+
+
+def reset() -> None:
+    """Forget every record and gate (call at the start of each test)."""
+    LEDGER.clear()
+    GATES.clear()
+
+
+def record(label: str, value: Any = None) -> None:
+    """Append ``value`` to the records of ``label``."""
+    LEDGER.setdefault(label, []).append(value)
+
+
+def runs_of(label: str) -> int:
+    """How many times something recorded under ``label``."""
+    return len(LEDGER.get(label, []))
+
+
+def gate(label: str) -> anyio.Event:
+    """The event of ``label`` (made on first use, inside the running loop)."""
+    event = GATES.get(label)
+    if event is None:
+        event = GATES[label] = anyio.Event()
+    return event
+
+
+# ---- actions -----------------------------------------------------------------------
+
+
+class Record(af.Action):
+    """Record its execution (idempotency key) under ``label`` and put ``value`` at ``label`` in the store."""
+
+    def __init__(self, label: str, *, value: Any = True) -> None:
+        self.label = label
+        self.value = value
+
+    async def execute(self, ctx: af.ActionContext) -> None:
+        """Record, then write the store."""
+        record(self.label, ctx.idempotency_key)
+        ctx.store[self.label] = self.value
+
+
+class Noop(af.Action):
+    """Do nothing (an Action subclass without a constructor)."""
+
+    async def execute(self, ctx: af.ActionContext) -> None:
+        """Nothing."""
+
+
+class HangOnce(af.Action):
+    """On its first execution, open the gate ``label`` and wait forever; afterwards, complete."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    async def execute(self, ctx: af.ActionContext) -> None:
+        """Hang the first time, complete the next."""
+        record(self.label, ctx.idempotency_key)
+        if runs_of(self.label) == 1:
+            ctx.store[f"{self.label}.partial"] = "discarded"  # never committed: the action does not finish
+            gate(self.label).set()
+            await anyio.sleep_forever()
+        ctx.store[self.label] = "done"
+
+
+class Blocker(af.Action):
+    """Open the gate ``label``, wait for the gate ``f"{label}.release"``, record a cancellation."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    async def execute(self, ctx: af.ActionContext) -> None:
+        """Wait to be released (or cancelled)."""
+        record(self.label, ctx.idempotency_key)
+        gate(self.label).set()
+        try:
+            await gate(f"{self.label}.release").wait()
+        except anyio.get_cancelled_exc_class():
+            record(f"{self.label}.cancelled", True)
+            raise
+        ctx.store[self.label] = "released"
+
+
+@af.action
+async def step_one(ctx: af.ActionContext) -> None:
+    """Record and write ``one = 1``."""
+    record("step-one", ctx.idempotency_key)
+    ctx.store["one"] = 1
+
+
+@af.action
+async def reshape(ctx: af.ActionContext) -> None:
+    """Change the plan: disable stage "skipme", insert an action and a stage."""
+    record("reshape", ctx.idempotency_key)
+    ctx.plan.disable_stage("skipme")
+    ctx.add_dynamic_action(Record("dyn-child"))
+    ctx.add_dynamic_stage(af.Stage("extra", actions=[Record("extra-action", value="x")]))
+
+
+#: One value of each JSON type, and a few edge cases of each.
+JSON_VALUES: dict[str, Any] = {
+    "int": 42,
+    "int.big": 2**70,
+    "int.negative": -7,
+    "int.zero": 0,
+    "float": 0.1,
+    "float.whole": 1.0,
+    "float.tiny": 1e-300,
+    "float.negative": -2.5,
+    "str": 'héllo ✓ "quoted"\n\ttab',
+    "str.empty": "",
+    "bool.true": True,
+    "bool.false": False,
+    "none": None,
+    "list": [1, "two", 3.0, None, [True, False], {"k": "v"}],
+    "list.empty": [],
+    "dict": {"a": {"b": [1, 2.5]}, "c": None, "d": False, "ü": "x"},
+    "dict.empty": {},
+}
+
+
+@af.action
+async def write_json_values(ctx: af.ActionContext) -> None:
+    """Write every value of :data:`JSON_VALUES` into the store."""
+    record("write-json", ctx.idempotency_key)
+    for key, value in JSON_VALUES.items():
+        ctx.store[key] = value
+
+
+@af.action
+async def read_json_values(ctx: af.ActionContext) -> None:
+    """Record what the store holds for every key of :data:`JSON_VALUES`."""
+    record("read-json", {key: ctx.store[key] for key in JSON_VALUES})
+
+
+@af.action
+async def write_tuple(ctx: af.ActionContext) -> None:
+    """Write a tuple into the store."""
+    ctx.store["pair"] = (1, "a")
+
+
+@af.action
+async def read_tuple(ctx: af.ActionContext) -> None:
+    """Record what the store holds for "pair"."""
+    record("read-tuple", ctx.store["pair"])
+
+
+@af.action
+async def write_object(ctx: af.ActionContext) -> None:
+    """Write a non-JSON value; record the error raised at the write, and whether the next line ran."""
+    try:
+        ctx.store["bad.key"] = object()
+    except af.NotSerializable as exc:
+        record("not-serializable", str(exc))
+        raise
+    record("after-write", True)
+
+
+@af.action
+async def approve(ctx: af.ActionContext) -> None:
+    """Suspend for approval; on resume, store what was given."""
+    record("approve", (ctx.is_resuming, ctx.resume_data, ctx.idempotency_key))
+    if not ctx.is_resuming:
+        ctx.suspend("needs approval", {"amount": 5})
+    ctx.store["approved"] = ctx.resume_data
+
+
+@af.action(retry=af.Retry(attempts=3, backoff=backoff.fixed(100)))
+async def flaky(ctx: af.ActionContext) -> None:
+    """Fail on attempts 1 and 2, succeed on 3."""
+    record("flaky", (ctx.attempt, ctx.idempotency_key))
+    if ctx.attempt < 3:
+        raise ConnectionError(f"attempt {ctx.attempt} failed")
+    ctx.store["flaky"] = ctx.attempt
+
+
+@af.action(retry=af.Retry(attempts=3, backoff=backoff.fixed(100)))
+async def always_fails(ctx: af.ActionContext) -> None:
+    """Fail on every attempt."""
+    record("always-fails", ctx.attempt)
+    raise ConnectionError(f"attempt {ctx.attempt} failed")
+
+
+@af.action
+async def insert_registered(ctx: af.ActionContext) -> None:
+    """Insert the action registered (in a per-engine registry) as "only-in-first-registry"."""
+    record("insert-registered", ctx.idempotency_key)
+    ctx.add_dynamic_action(ONLY_IN_FIRST_REGISTRY)
+
+
+async def _only_in_first(ctx: af.ActionContext) -> None:
+    record("only-in-first", ctx.idempotency_key)
+    gate("only-in-first").set()
+    await anyio.sleep_forever()
+
+
+#: Not importable as an action by path (the module attribute is a plain function): it has to be
+#: registered under its name to be referenced.
+ONLY_IN_FIRST_REGISTRY = af.action(name="only-in-first-registry")(_only_in_first)
+
+
+async def _undecorated(ctx: af.ActionContext) -> None:
+    record("lambda-made", True)
+
+
+#: An action made by a lambda: nothing importable leads back to this instance.
+LAMBDA_MADE = (lambda: af.action(name="lambda-made")(_undecorated))()
+
+
+@af.action
+async def insert_closure(ctx: af.ActionContext) -> None:
+    """Insert an action defined inside this function (not re-creatable)."""
+
+    @af.action
+    async def inner_closure(ctx: af.ActionContext) -> None:
+        record("inner-closure", True)
+
+    ctx.add_dynamic_action(inner_closure)
+    record("after-insert", True)
+
+
+@af.action
+async def insert_stage_with_lambda_made(ctx: af.ActionContext) -> None:
+    """Insert a stage holding :data:`LAMBDA_MADE` (not re-creatable)."""
+    ctx.add_dynamic_stage(af.Stage("bad-stage", actions=[LAMBDA_MADE]))
+    record("after-insert", True)
+
+
+@af.action
+async def boom(ctx: af.ActionContext) -> None:
+    """Raise ValueError("boom")."""
+    raise ValueError("boom")
+
+
+@af.action
+async def announce(ctx: af.ActionContext) -> None:
+    """Send a "progress" message."""
+    await ctx.send("progress", {"pct": 50})
+
+
+async def _global_only(ctx: af.ActionContext) -> None:
+    record("global-only", ctx.idempotency_key)
+
+
+#: Registered in the global registry only (not importable as an action by path).
+GLOBAL_ONLY = af.action(name="durable-flows.global-only")(_global_only)
+af.registry.register(GLOBAL_ONLY)
+
+
+@af.action
+async def insert_global(ctx: af.ActionContext) -> None:
+    """Insert :data:`GLOBAL_ONLY`."""
+    ctx.add_dynamic_action(GLOBAL_ONLY)
+
+
+# ---- workflows --------------------------------------------------------------------
+
+BASIC = af.Workflow(
+    "recover-basic",
+    stages=[
+        af.Stage("s1", actions=[step_one, HangOnce("hang"), Record("after")]),
+        af.Stage("s2", actions=[Record("s2")]),
+    ],
+)
+
+RESHAPE = af.Workflow(
+    "recover-reshape",
+    stages=[
+        af.Stage("a", actions=[reshape, HangOnce("hang")]),
+        af.Stage("skipme", actions=[Record("skipped")]),
+        af.Stage("b", actions=[Record("b")]),
+    ],
+)
+
+OTHER = af.Workflow("recover-other", stages=[af.Stage("s", actions=[HangOnce("other")])])
+
+JSON_ROUND_TRIP = af.Workflow(
+    "json-round-trip",
+    stages=[
+        af.Stage(
+            "s", actions=[write_json_values, write_tuple, HangOnce("hang"), read_json_values, read_tuple]
+        )
+    ],
+)
+
+NOT_JSON = af.Workflow("not-json", stages=[af.Stage("s", actions=[write_object])])
+
+APPROVAL = af.Workflow("approval", stages=[af.Stage("s", actions=[step_one, approve, Record("after")])])
+
+SLEEPY = af.Workflow(
+    "sleepy", stages=[af.Stage("s", actions=[Record("before"), af.sleep(100), Record("woke")])]
+)
+
+FLAKY = af.Workflow("flaky", stages=[af.Stage("s", actions=[flaky])])
+
+ALWAYS_FAILS = af.Workflow("always-fails", stages=[af.Stage("s", actions=[always_fails])])
+
+BLOCKING = af.Workflow("blocking", stages=[af.Stage("s", actions=[Blocker("block")])])
+
+QUICK = af.Workflow("quick", stages=[af.Stage("s", actions=[step_one])])
+
+INSERTS_REGISTERED = af.Workflow(
+    "inserts-registered", stages=[af.Stage("s", actions=[insert_registered, Record("after")])]
+)
+
+INSERTS_CLOSURE = af.Workflow("inserts-closure", stages=[af.Stage("s", actions=[insert_closure])])
+
+INSERTS_LAMBDA_STAGE = af.Workflow(
+    "inserts-lambda-stage", stages=[af.Stage("s", actions=[insert_stage_with_lambda_made])]
+)
+
+FAILING = af.Workflow("failing", stages=[af.Stage("s", actions=[boom])])
+
+ANNOUNCING = af.Workflow("announcing", stages=[af.Stage("s", actions=[announce])])
+
+INSERTS_GLOBAL = af.Workflow("inserts-global", stages=[af.Stage("s", actions=[insert_global])])
+
+BASIC_NO_HANG = af.Workflow(
+    "basic-no-hang", stages=[af.Stage("s1", actions=[step_one, Record("x"), Record("y")])]
+)
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
+    """Poll ``check`` (sync or async) until it is true; fail after a generous 5 s."""
+    with anyio.fail_after(5):
+        while True:
+            outcome = check()
+            if not isinstance(outcome, bool):
+                outcome = await outcome
+            if outcome:
+                return
+            await anyio.sleep(0.005)

@@ -1,0 +1,698 @@
+"""Durable runs on SQLite across engines: recovery, replay, leases, suspend, sleep, retries, bad files.
+
+An interruption is simulated in-process: an action opens a gate and hangs,
+and the test leaves the ``async with engine`` block, which stops the run and
+releases its lease (the run stays RUNNING in the database). A new engine
+opened on the same file then takes the run over.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import durable_flows as flows
+import pytest
+
+import asyncflow as af
+from asyncflow.testing import FakeClock
+
+START = 1_800_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ledger() -> None:
+    flows.reset()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "runs.db"
+
+
+@pytest.fixture
+def url(db_path: Path) -> str:
+    return f"sqlite:///{db_path}"
+
+
+def make_engine(url: str, *workflows: af.Workflow, **options: Any) -> af.Engine:
+    """An engine on ``url`` with a short lease and poll interval, ``workflows`` registered."""
+    options.setdefault("lease", 1.0)
+    options.setdefault("poll_interval", 0.05)
+    engine = af.Engine(url, **options)
+    for workflow in workflows:
+        engine.register(workflow)
+    return engine
+
+
+async def interrupt(url: str, workflow: af.Workflow, label: str = "hang", **options: Any) -> str:
+    """Start ``workflow``, wait until its action ``label`` hangs, close the engine; the run id."""
+    async with make_engine(url, workflow, **options) as engine:
+        handle = await engine.start(workflow)
+        with anyio.fail_after(5):
+            await flows.gate(label).wait()
+    return handle.run_id
+
+
+async def finish(url: str, run_id: str, *workflows: af.Workflow, **options: Any) -> af.RunResult:
+    """Open a new engine with ``workflows`` registered and wait for ``run_id`` to end."""
+    async with make_engine(url, *workflows, **options) as engine:
+        with anyio.fail_after(5):
+            return await engine.wait(run_id)
+
+
+async def info_of(url: str, run_id: str) -> af.RunInfo:
+    """What the database says of the run, read by an engine that recovers nothing."""
+    async with make_engine(url, recover=False) as engine:
+        return await engine.get_run(run_id)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal and of the same types all the way down (so 1, 1.0 and True differ)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def query(db_path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows of ``statement`` read from the database file with a plain sqlite3 connection."""
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(statement, params).fetchall()
+    finally:
+        conn.close()
+
+
+# ---- recovery of an interrupted run ----------------------------------------------------------
+
+
+async def test_interrupted_run_stays_running_with_no_owner(url: str) -> None:
+    """Leaving the engine's block while a run is in flight leaves it RUNNING with its lease released."""
+    run_id = await interrupt(url, flows.BASIC)
+    info = await info_of(url, run_id)
+    assert info.status is af.RunStatus.RUNNING
+    assert (info.owner, info.lease_until) == (None, None)
+
+
+async def test_new_engine_completes_an_interrupted_run(url: str) -> None:
+    """A new engine on the same file resumes the interrupted run and completes it."""
+    run_id = await interrupt(url, flows.BASIC)
+    result = await finish(url, run_id, flows.BASIC)
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store == {"one": 1, "hang": "done", "after": True, "s2": True}
+    assert (await info_of(url, run_id)).status is af.RunStatus.COMPLETED
+
+
+async def test_recovery_runs_completed_actions_once_and_the_one_in_flight_twice(url: str) -> None:
+    """After recovery, actions completed before the interruption ran once, the one in flight twice."""
+    run_id = await interrupt(url, flows.BASIC)
+    await finish(url, run_id, flows.BASIC)
+    assert {label: len(runs) for label, runs in flows.LEDGER.items()} == {
+        "step-one": 1,
+        "hang": 2,
+        "after": 1,
+        "s2": 1,
+    }
+
+
+async def test_action_in_flight_gets_the_same_idempotency_key_again(url: str) -> None:
+    """The re-executed action sees the same ctx.idempotency_key as on its first execution."""
+    run_id = await interrupt(url, flows.BASIC)
+    await finish(url, run_id, flows.BASIC)
+    first, second = flows.LEDGER["hang"]
+    assert first == second
+    assert first.startswith(run_id)
+
+
+async def test_idempotency_keys_differ_between_steps(url: str) -> None:
+    """Different steps of a run get different idempotency keys."""
+    run_id = await interrupt(url, flows.BASIC)
+    await finish(url, run_id, flows.BASIC)
+    keys = [flows.LEDGER[label][0] for label in ("step-one", "hang", "after", "s2")]
+    assert len(set(keys)) == 4
+
+
+async def test_writes_of_the_interrupted_action_are_not_kept(url: str) -> None:
+    """What the action in flight wrote before the interruption is not in the recovered store."""
+    run_id = await interrupt(url, flows.BASIC)
+    result = await finish(url, run_id, flows.BASIC)
+    assert "hang.partial" not in result.store
+
+
+async def test_each_completed_action_is_committed_before_the_next_runs(db_path: Path, url: str) -> None:
+    """While an action runs, the file already holds the earlier action's checkpoint and store change."""
+    async with make_engine(url, flows.BASIC) as engine:
+        handle = await engine.start(flows.BASIC)
+        with anyio.fail_after(5):
+            await flows.gate("hang").wait()
+        async with af.backends.SQLiteBackend(db_path) as reader:
+            saved = await reader.load(handle.run_id)
+    assert saved is not None
+    assert [(c.kind, c.step_key) for c in saved.checkpoints if c.kind == "action"] == [("action", "s1/0")]
+    assert {entry.key: json.loads(entry.value) for entry in saved.store} == {"one": 1}
+
+
+async def test_plan_changes_are_committed_with_the_action_that_made_them(db_path: Path, url: str) -> None:
+    """While a later action runs, the checkpoint of the reshaping action already holds its plan changes."""
+    async with make_engine(url, flows.RESHAPE) as engine:
+        handle = await engine.start(flows.RESHAPE)
+        with anyio.fail_after(5):
+            await flows.gate("hang").wait()
+        async with af.backends.SQLiteBackend(db_path) as reader:
+            saved = await reader.load(handle.run_id)
+    assert saved is not None
+    ops = {c.step_key: c.ops for c in saved.checkpoints if c.kind == "action"}
+    assert set(ops) == {"a/0", "a/0.0"}
+    assert [op["op"] for op in json.loads(ops["a/0"])] == ["disable_stage", "action", "stage"]
+
+
+async def test_recovery_replays_plan_changes_so_the_plan_is_the_same(url: str) -> None:
+    """disable_stage, add_dynamic_action and add_dynamic_stage of a completed action are replayed."""
+    run_id = await interrupt(url, flows.RESHAPE)
+    result = await finish(url, run_id, flows.RESHAPE)
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.stage_order() == ["a", "extra", "b"]
+    skipped = [s for s in result.steps if s.stage_id == "skipme"]
+    assert [(s.kind, s.status) for s in skipped] == [("stage", af.StepStatus.SKIPPED)]
+    assert result.store == {"dyn-child": True, "hang": "done", "extra-action": "x", "b": True}
+
+
+async def test_replayed_insertions_are_not_run_again(url: str) -> None:
+    """An action inserted and completed before the interruption is not run again after it."""
+    run_id = await interrupt(url, flows.RESHAPE)
+    await finish(url, run_id, flows.RESHAPE)
+    assert {label: len(runs) for label, runs in flows.LEDGER.items()} == {
+        "reshape": 1,
+        "dyn-child": 1,
+        "hang": 2,
+        "extra-action": 1,
+        "b": 1,
+    }
+
+
+async def test_replayed_steps_are_recorded_as_completed_earlier(url: str) -> None:
+    """The recovered run's records mark the replayed steps completed in an earlier execution, dynamic kept."""
+    run_id = await interrupt(url, flows.RESHAPE)
+    result = await finish(url, run_id, flows.RESHAPE)
+    replayed = [
+        (s.action_name, s.dynamic) for s in result.steps if s.reason == "completed in an earlier execution"
+    ]
+    assert replayed == [("reshape", False), ("record", True)]
+
+
+async def test_recover_false_leaves_interrupted_runs_alone(url: str) -> None:
+    """An engine opened with recover=False neither resumes an interrupted run nor claims it."""
+    run_id = await interrupt(url, flows.BASIC)
+    async with make_engine(url, flows.BASIC, recover=False) as engine:
+        await anyio.sleep(0.3)  # several poll intervals
+        info = await engine.get_run(run_id)
+    assert info.status is af.RunStatus.RUNNING
+    assert info.owner is None
+    assert flows.runs_of("hang") == 1
+    result = await finish(url, run_id, flows.BASIC)
+    assert result.status is af.RunStatus.COMPLETED
+
+
+async def test_unknown_workflow_on_recovery_fails_that_run_only(url: str) -> None:
+    """A recovered run of an unregistered workflow FAILS naming it and engine.register; others go on."""
+    async with make_engine(url, flows.BASIC, flows.OTHER) as engine:
+        lost = await engine.start(flows.BASIC)
+        kept = await engine.start(flows.OTHER)
+        with anyio.fail_after(5):
+            await flows.gate("hang").wait()
+            await flows.gate("other").wait()
+    async with make_engine(url, flows.OTHER) as engine:
+        with anyio.fail_after(5):
+            lost_result = await engine.wait(lost.run_id)
+            kept_result = await engine.wait(kept.run_id)
+        lost_info = await engine.get_run(lost.run_id)
+    assert lost_result.status is af.RunStatus.FAILED
+    assert lost_info.status is af.RunStatus.FAILED
+    assert lost_info.error is not None
+    assert "recover-basic" in lost_info.error
+    assert "engine.register" in lost_info.error
+    assert kept_result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("hang") == 1
+
+
+async def test_unknown_action_reference_on_recovery_fails_the_run(url: str) -> None:
+    """A replayed insertion of an action the new engine's registry lacks fails the run: UnknownReference."""
+    first_registry = af.Registry()
+    first_registry.register(flows.ONLY_IN_FIRST_REGISTRY)
+    run_id = await interrupt(url, flows.INSERTS_REGISTERED, "only-in-first", registry=first_registry)
+    result = await finish(url, run_id, flows.INSERTS_REGISTERED, registry=af.Registry())
+    info = await info_of(url, run_id)
+    assert result.status is af.RunStatus.FAILED
+    assert info.status is af.RunStatus.FAILED
+    assert info.error is not None
+    assert info.error.startswith("UnknownReference: ")
+    assert "only-in-first-registry" in info.error
+    assert flows.runs_of("insert-registered") == 1
+    assert flows.runs_of("after") == 0
+
+
+async def test_unknown_action_reference_is_reported_as_the_replaying_actions_failure(url: str) -> None:
+    """A run failed by an unknown reference names the replayed action as failed (an ActionFailed)."""
+    first_registry = af.Registry()
+    first_registry.register(flows.ONLY_IN_FIRST_REGISTRY)
+    run_id = await interrupt(url, flows.INSERTS_REGISTERED, "only-in-first", registry=first_registry)
+    await finish(url, run_id, flows.INSERTS_REGISTERED, registry=af.Registry())
+    info = await info_of(url, run_id)
+    assert (info.failed_stage, info.failed_action) == ("s", "insert-registered")
+
+
+async def test_same_registry_in_the_new_engine_recovers_the_insertion(url: str) -> None:
+    """With the registered action in the new engine's registry too, the replayed insertion resolves."""
+    registry = af.Registry()
+    registry.register(flows.ONLY_IN_FIRST_REGISTRY)
+    run_id = await interrupt(url, flows.INSERTS_REGISTERED, "only-in-first", registry=registry)
+    async with make_engine(url, flows.INSERTS_REGISTERED, registry=registry) as engine:
+        await flows.eventually(lambda: flows.runs_of("only-in-first") == 2)
+        await engine.cancel(run_id)
+    assert flows.runs_of("insert-registered") == 1
+    first, second = flows.LEDGER["only-in-first"]
+    assert first == second
+
+
+# ---- leases ----------------------------------------------------------------------------------
+
+
+async def test_run_with_a_fresh_lease_is_not_claimed_by_a_second_engine(url: str) -> None:
+    """Engine B opened on the file while engine A holds a run never runs it, even past A's first lease."""
+    options: dict[str, Any] = {"lease": 2.0, "poll_interval": 0.2}
+    async with make_engine(url, flows.BLOCKING, owner="engine-a", **options) as a:
+        handle = await a.start(flows.BLOCKING)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        async with make_engine(url, flows.BLOCKING, owner="engine-b", **options) as b:
+            await anyio.sleep(2.5)  # past the lease A took at start: only A's heartbeats keep it
+            info = await b.get_run(handle.run_id)
+            assert flows.runs_of("block") == 1
+            flows.gate("block.release").set()
+            result = await a.wait(handle.run_id)
+    assert info.owner == "engine-a"
+    assert info.status is af.RunStatus.RUNNING
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("block") == 1
+
+
+async def test_run_released_by_one_engine_is_taken_over_by_another_open_engine(url: str) -> None:
+    """When engine A closes mid-run, engine B, already open on the file, takes the run over and ends it."""
+    async with make_engine(url, flows.BASIC, owner="engine-b") as b:
+        async with make_engine(url, flows.BASIC, owner="engine-a") as a:
+            handle = await a.start(flows.BASIC)
+            with anyio.fail_after(5):
+                await flows.gate("hang").wait()
+        with anyio.fail_after(5):
+            result = await b.wait(handle.run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("hang") == 2
+    assert flows.runs_of("step-one") == 1
+
+
+# ---- suspend and resume across engines ------------------------------------------------------
+
+
+async def test_suspended_run_resumes_in_another_engine(url: str) -> None:
+    """A run suspended in engine 1 is resumed in engine 2 on the same file, with the resume data."""
+    async with make_engine(url, flows.APPROVAL) as first:
+        handle = await first.start(flows.APPROVAL)
+        assert (await handle.result()).status is af.RunStatus.SUSPENDED
+    async with make_engine(url, flows.APPROVAL) as second:
+        info = await second.get_run(handle.run_id)
+        resumed = await second.resume(handle.run_id, {"approved_by": "ann"})
+        with anyio.fail_after(5):
+            result = await resumed.result()
+    assert (info.status, info.suspend_data) == (af.RunStatus.SUSPENDED, {"amount": 5})
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store == {"one": 1, "approved": {"approved_by": "ann"}, "after": True}
+    assert [(resuming, data) for resuming, data, _ in flows.LEDGER["approve"]] == [
+        (False, None),
+        (True, {"approved_by": "ann"}),
+    ]
+    assert flows.runs_of("step-one") == 1
+
+
+async def test_opening_an_engine_does_not_resume_a_suspended_run(url: str) -> None:
+    """Recovery leaves a suspended run suspended until engine.resume is called."""
+    async with make_engine(url, flows.APPROVAL) as first:
+        handle = await first.start(flows.APPROVAL)
+        await handle.result()
+    async with make_engine(url, flows.APPROVAL) as second:
+        await anyio.sleep(0.2)
+        info = await second.get_run(handle.run_id)
+    assert info.status is af.RunStatus.SUSPENDED
+    assert flows.runs_of("approve") == 1
+
+
+async def test_resume_data_must_be_json(url: str) -> None:
+    """engine.resume with data that is not JSON raises af.NotSerializable and leaves the run suspended."""
+    async with make_engine(url, flows.APPROVAL) as engine:
+        handle = await engine.start(flows.APPROVAL)
+        await handle.result()
+        with pytest.raises(af.NotSerializable):
+            await engine.resume(handle.run_id, {"when": object()})
+        assert (await engine.get_run(handle.run_id)).status is af.RunStatus.SUSPENDED
+
+
+# ---- durable sleep across a restart ---------------------------------------------------------
+
+
+async def is_sleeping(engine: af.Engine, run_id: str) -> bool:
+    """Whether the run's status is SLEEPING."""
+    return (await engine.get_run(run_id)).status is af.RunStatus.SLEEPING
+
+
+async def start_sleeping(url: str) -> str:
+    """Start SLEEPY on a FakeClock, wait until it sleeps, close the engine; the run id."""
+    clock = FakeClock(START)
+    async with make_engine(url, flows.SLEEPY, clock=clock) as engine:
+        handle = await engine.start(flows.SLEEPY)
+        await flows.eventually(lambda: is_sleeping(engine, handle.run_id))
+    return handle.run_id
+
+
+async def test_sleeping_run_survives_the_engine_closing(url: str) -> None:
+    """A run closed while sleeping stays SLEEPING in the database, with its wake time."""
+    run_id = await start_sleeping(url)
+    info = await info_of(url, run_id)
+    assert info.status is af.RunStatus.SLEEPING
+    assert info.wake_at == START + 100
+
+
+async def test_sleep_past_its_wake_time_completes_without_sleeping_again(url: str) -> None:
+    """A new engine whose clock is past the wake time completes the run at once, without a new sleep."""
+    run_id = await start_sleeping(url)
+    clock = FakeClock(START + 500)
+    async with make_engine(url, flows.SLEEPY, clock=clock) as engine:
+        with anyio.fail_after(5):
+            result = await engine.wait(run_id)
+        assert clock.sleepers == 0
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("before") == 1
+    assert flows.runs_of("woke") == 1
+
+
+async def test_sleep_not_yet_due_waits_only_what_is_left(url: str) -> None:
+    """A new engine 90 s into a 100 s sleep wakes the run once its clock passes the original wake time."""
+    run_id = await start_sleeping(url)
+    clock = FakeClock(START + 90)
+    async with make_engine(url, flows.SLEEPY, clock=clock) as engine:
+        await flows.eventually(lambda: clock.sleepers == 1)
+        assert (await engine.get_run(run_id)).status is af.RunStatus.SLEEPING
+        await clock.advance(10)
+        with anyio.fail_after(5):
+            result = await engine.wait(run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("woke") == 1
+
+
+# ---- persisted retries ---------------------------------------------------------------------
+
+
+async def fail_twice_then_close(url: str, workflow: af.Workflow, label: str) -> str:
+    """Run ``workflow`` until its action failed twice and waits out its 100 s back-off; close; the run id."""
+    clock = FakeClock(START)
+    async with make_engine(url, workflow, clock=clock) as engine:
+        handle = await engine.start(workflow)
+        await flows.eventually(lambda: flows.runs_of(label) == 1 and clock.sleepers == 1)
+        await clock.advance(100)
+        await flows.eventually(lambda: flows.runs_of(label) == 2 and clock.sleepers == 1)
+    return handle.run_id
+
+
+async def test_attempt_count_survives_a_restart(url: str) -> None:
+    """After two failed attempts and a restart during the back-off, the next attempt is number 3."""
+    run_id = await fail_twice_then_close(url, flows.FLAKY, "flaky")
+    async with make_engine(url, flows.FLAKY, clock=FakeClock(START + 1000)) as engine:
+        with anyio.fail_after(5):
+            result = await engine.wait(run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store == {"flaky": 3}
+    assert [attempt for attempt, _ in flows.LEDGER["flaky"]] == [1, 2, 3]
+
+
+async def test_no_attempt_beyond_the_limit_after_a_restart(url: str) -> None:
+    """An action with Retry(attempts=3) that failed twice before a restart gets one more attempt, not two."""
+    run_id = await fail_twice_then_close(url, flows.ALWAYS_FAILS, "always-fails")
+    async with make_engine(url, flows.ALWAYS_FAILS, clock=FakeClock(START + 1000)) as engine:
+        with anyio.fail_after(5):
+            result = await engine.wait(run_id)
+    assert result.status is af.RunStatus.FAILED
+    assert flows.LEDGER["always-fails"] == [1, 2, 3]
+
+
+async def test_retries_keep_the_idempotency_key_across_a_restart(url: str) -> None:
+    """Every attempt of a retried action, before and after a restart, sees the same idempotency key."""
+    run_id = await fail_twice_then_close(url, flows.FLAKY, "flaky")
+    await finish(url, run_id, flows.FLAKY, clock=FakeClock(START + 1000))
+    assert len({key for _, key in flows.LEDGER["flaky"]}) == 1
+
+
+async def test_back_off_not_yet_over_is_waited_out_after_a_restart(url: str) -> None:
+    """A new engine whose clock is before the next attempt's due time waits for it before attempt 3."""
+    run_id = await fail_twice_then_close(url, flows.FLAKY, "flaky")
+    clock = FakeClock(START + 150)  # attempt 2 failed at START + 100; attempt 3 is due at START + 200
+    async with make_engine(url, flows.FLAKY, clock=clock) as engine:
+        await flows.eventually(lambda: clock.sleepers == 1)
+        assert flows.runs_of("flaky") == 2
+        await clock.advance(50)
+        with anyio.fail_after(5):
+            result = await engine.wait(run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    assert [attempt for attempt, _ in flows.LEDGER["flaky"]] == [1, 2, 3]
+
+
+# ---- store values must be JSON -----------------------------------------------------------------
+
+
+async def test_json_values_round_trip_exactly_through_a_restart(url: str) -> None:
+    """Ints, floats, strings, bools, None, lists and dicts written before a restart read back identical."""
+    run_id = await interrupt(url, flows.JSON_ROUND_TRIP)
+    result = await finish(url, run_id, flows.JSON_ROUND_TRIP)
+    assert result.status is af.RunStatus.COMPLETED
+    [read] = flows.LEDGER["read-json"]
+    for key, value in flows.JSON_VALUES.items():
+        assert same_json(read[key], value), (key, read[key], value)
+        assert same_json(result.store[key], value), (key, result.store[key], value)
+
+
+async def test_tuple_in_the_store_reads_back_as_a_list_after_a_restart(url: str) -> None:
+    """A tuple is stored as a JSON array: after a restart it reads back as a list (documented conversion)."""
+    run_id = await interrupt(url, flows.JSON_ROUND_TRIP)
+    result = await finish(url, run_id, flows.JSON_ROUND_TRIP)
+    assert flows.LEDGER["read-tuple"] == [[1, "a"]]
+    assert type(result.store["pair"]) is list
+
+
+async def test_json_values_round_trip_through_the_database_result(url: str) -> None:
+    """A run's final store read back by another engine (from the database) keeps every JSON type."""
+    wf = af.Workflow("json-only", stages=[af.Stage("s", actions=[flows.write_json_values])])
+    async with make_engine(url, wf) as engine:
+        handle = await engine.start(wf)
+        await handle.result()
+    async with make_engine(url, wf) as engine:
+        result = await engine.wait(handle.run_id)
+    assert same_json(result.store, flows.JSON_VALUES)
+
+
+async def test_non_json_store_write_fails_at_the_write_naming_the_key(url: str) -> None:
+    """ctx.store["bad.key"] = object() raises af.NotSerializable naming the key at that line."""
+    async with make_engine(url, flows.NOT_JSON) as engine:
+        result = await (await engine.start(flows.NOT_JSON)).result()
+    [message] = flows.LEDGER["not-serializable"]
+    assert "'bad.key'" in message
+    assert "JSON" in message
+    assert flows.runs_of("after-write") == 0
+    assert result.status is af.RunStatus.FAILED
+
+
+async def test_non_json_store_write_is_recorded_as_the_actions_failure(url: str) -> None:
+    """The run failed by a non-JSON write records NotSerializable and the action that wrote it."""
+    async with make_engine(url, flows.NOT_JSON) as engine:
+        handle = await engine.start(flows.NOT_JSON)
+        await handle.result()
+        info = await engine.get_run(handle.run_id)
+    assert info.error is not None
+    assert info.error.startswith("NotSerializable: ")
+    assert "bad.key" in info.error
+    assert (info.failed_stage, info.failed_action) == ("s", "write-object")
+
+
+async def test_non_json_initial_store_is_refused_by_start(url: str) -> None:
+    """engine.start(store={...}) with a value that is not JSON raises af.NotSerializable naming the key."""
+    async with make_engine(url, flows.QUICK) as engine:
+        with pytest.raises(af.NotSerializable, match="'when'"):
+            await engine.start(flows.QUICK, store={"when": {1, 2}})
+        assert (await engine.list_runs()).runs == []
+
+
+# ---- actions that cannot be re-created ------------------------------------------------------
+
+
+async def test_register_refuses_a_workflow_with_a_closure_action(url: str) -> None:
+    """engine.register on SQLite raises af.NotReferenceable naming a closure action and how to fix it."""
+
+    @af.action
+    async def local_step(ctx: af.ActionContext) -> None:
+        pass
+
+    wf = af.Workflow("closure", stages=[af.Stage("s", actions=[local_step])])
+    with pytest.raises(af.NotReferenceable, match="'local-step'") as info:
+        make_engine(url).register(wf)
+    assert "module level" in str(info.value)
+    assert "register" in str(info.value)
+
+
+async def test_start_refuses_a_workflow_with_a_lambda_made_action(url: str) -> None:
+    """engine.start on SQLite raises af.NotReferenceable for a lambda-made action, and records no run."""
+    wf = af.Workflow("lambda", stages=[af.Stage("s", actions=[flows.LAMBDA_MADE])])
+    async with make_engine(url) as engine:
+        with pytest.raises(af.NotReferenceable, match="'lambda-made'"):
+            await engine.start(wf)
+        assert (await engine.list_runs()).runs == []
+
+
+async def test_dynamic_closure_action_fails_the_run_naming_it(url: str) -> None:
+    """ctx.add_dynamic_action of a closure in a SQLite run fails the action there, naming it and the fix."""
+    async with make_engine(url, flows.INSERTS_CLOSURE) as engine:
+        handle = await engine.start(flows.INSERTS_CLOSURE)
+        result = await handle.result()
+        info = await engine.get_run(handle.run_id)
+    assert result.status is af.RunStatus.FAILED
+    assert info.error is not None
+    assert info.error.startswith("NotReferenceable: ")
+    assert "'inner-closure'" in info.error
+    assert "module level" in info.error
+    assert info.failed_action == "insert-closure"
+    assert flows.runs_of("after-insert") == 0
+    assert flows.runs_of("inner-closure") == 0
+
+
+async def test_dynamic_stage_with_a_lambda_made_action_fails_the_run_naming_it(url: str) -> None:
+    """ctx.add_dynamic_stage of a stage holding a lambda-made action fails the SQLite run, naming it."""
+    async with make_engine(url, flows.INSERTS_LAMBDA_STAGE) as engine:
+        handle = await engine.start(flows.INSERTS_LAMBDA_STAGE)
+        result = await handle.result()
+        info = await engine.get_run(handle.run_id)
+    assert result.status is af.RunStatus.FAILED
+    assert info.error is not None
+    assert info.error.startswith("NotReferenceable: ")
+    assert "'lambda-made'" in info.error
+    assert "register" in info.error
+    assert flows.runs_of("after-insert") == 0
+
+
+async def test_per_engine_registry_falls_back_to_the_global_registry(url: str) -> None:
+    """An engine with its own empty registry still references actions registered in af.registry."""
+    async with make_engine(url, flows.INSERTS_GLOBAL, registry=af.Registry()) as engine:
+        result = await (await engine.start(flows.INSERTS_GLOBAL)).result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("global-only") == 1
+
+
+# ---- the database file ---------------------------------------------------------------------
+
+
+async def test_first_open_creates_a_wal_database_with_a_schema_version(db_path: Path, url: str) -> None:
+    """Opening an engine on a missing file creates it in WAL mode with asyncflow_meta schema_version 1."""
+    assert not await anyio.Path(db_path).exists()
+    async with make_engine(url):
+        pass
+    assert await anyio.Path(db_path).exists()
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("1",)]
+    assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_reopening_keeps_runs(url: str) -> None:
+    """Runs written by one engine are listed by the next engine opened on the file."""
+    async with make_engine(url, flows.QUICK) as engine:
+        handle = await engine.start(flows.QUICK)
+        await handle.result()
+    async with make_engine(url) as engine:
+        page = await engine.list_runs()
+    assert [r.run_id for r in page.runs] == [handle.run_id]
+    assert page.runs[0].status is af.RunStatus.COMPLETED
+
+
+async def test_corrupted_file_raises_backend_error_and_is_left_unchanged(db_path: Path, url: str) -> None:
+    """Opening an engine on a file of garbage raises af.BackendError saying so; the bytes are unchanged."""
+    garbage = bytes(range(256)) * 64
+    await anyio.Path(db_path).write_bytes(garbage)
+    with pytest.raises(af.BackendError, match="not a usable SQLite database") as info:
+        async with make_engine(url):
+            pass
+    assert str(db_path) in str(info.value)
+    assert await anyio.Path(db_path).read_bytes() == garbage
+
+
+async def test_newer_schema_raises_backend_error_naming_the_version(db_path: Path, url: str) -> None:
+    """A database with schema version 99 is refused with af.BackendError naming 99; nothing changes."""
+    async with make_engine(url, flows.QUICK) as engine:
+        await (await engine.start(flows.QUICK)).result()
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute("UPDATE asyncflow_meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
+    before = await anyio.Path(db_path).read_bytes()
+    with pytest.raises(af.BackendError, match="99") as info:
+        async with make_engine(url):
+            pass
+    assert "newer" in str(info.value)
+    assert await anyio.Path(db_path).read_bytes() == before
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("99",)]
+
+
+async def test_sqlite_database_of_another_application_is_refused(db_path: Path, url: str) -> None:
+    """An SQLite file without asyncflow's tables is refused with af.BackendError and left unchanged."""
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+    conn.close()
+    before = await anyio.Path(db_path).read_bytes()
+    with pytest.raises(af.BackendError, match="not an asyncflow one"):
+        async with make_engine(url):
+            pass
+    assert await anyio.Path(db_path).read_bytes() == before
+
+
+async def test_damaged_asyncflow_database_raises_backend_error(db_path: Path, url: str) -> None:
+    """An asyncflow file missing a table makes engine.start raise af.BackendError, not a raw sqlite3 error."""
+    async with make_engine(url):
+        pass
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute("DROP TABLE checkpoints")
+    conn.close()
+    async with make_engine(url, flows.QUICK) as engine:
+        with pytest.raises(af.BackendError, match="checkpoints"):
+            await engine.start(flows.QUICK, store={"given": 1})
+
+
+async def test_plain_path_ending_in_db_opens_sqlite(db_path: Path) -> None:
+    """af.Engine("path/runs.db") (no scheme) uses SQLite at that path."""
+    async with af.Engine(str(db_path), lease=1.0, poll_interval=0.05) as engine:
+        assert engine.backend.persistent
+    assert await anyio.Path(db_path).exists()
+
+
+def test_sqlite_url_without_a_path_raises_backend_error() -> None:
+    """af.Engine("sqlite:///") raises af.BackendError saying no file is named."""
+    with pytest.raises(af.BackendError, match="names no file"):
+        af.Engine("sqlite:///")
+
+
+async def test_stored_run_info_is_json_in_the_file(db_path: Path, url: str) -> None:
+    """A suspended run's suspend data sits in the file as JSON text."""
+    async with make_engine(url, flows.APPROVAL) as engine:
+        handle = await engine.start(flows.APPROVAL)
+        await handle.result()
+    [(text,)] = query(db_path, "SELECT suspend_data FROM runs WHERE run_id = ?", handle.run_id)
+    assert json.loads(text) == {"amount": 5}
