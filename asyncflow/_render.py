@@ -502,7 +502,7 @@ def _note(info: RunInfo, now: float) -> str:
         if info.owner is None:
             return "not held by any engine"
         if info.lease_until is not None and info.lease_until < now:
-            return "lease expired: its engine is gone"
+            return "lease expired"
     return ""
 
 
@@ -546,10 +546,12 @@ def format_runs(
     widths = [max([len(h), *(len(str(row[i])) for row in rows)]) for i, h in enumerate(headers[:5])]
     widths[1] = min(widths[1], 24)
     fixed = sum(widths) + len(_GAP) * len(widths)
-    notes = any(row[5] for row in rows)
-    if notes and width - fixed < 20:
+    longest_note = max((len(row[5]) for row in rows), default=0)
+    notes = longest_note > 0
+    wanted = min(longest_note, 20)
+    if notes and width - fixed < wanted:
         # Give the note some room at the workflow's expense, down to 14 columns.
-        widths[1] = max(14, widths[1] - (20 - (width - fixed)))
+        widths[1] = max(14, widths[1] - (wanted - (width - fixed)))
         fixed = sum(widths) + len(_GAP) * len(widths)
     note_room = width - fixed
     notes = notes and note_room >= 8

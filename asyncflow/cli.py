@@ -37,6 +37,9 @@ _MAX_WIDTH = 100
 #: Where ``asyncflow demo`` keeps its runs unless told otherwise.
 DEMO_DB = "asyncflow-demo.db"
 
+#: What ``--app`` loads to run the demo's workflow.
+DEMO_APP = "asyncflow._demo:WORKFLOW"
+
 #: The environment variable ``asyncflow runs --db`` defaults to.
 DB_VARIABLE = "ASYNCFLOW_DB"
 
@@ -214,10 +217,12 @@ def _register(engine: Engine, workflows: list[Workflow]) -> None:
             raise CommandError(f"cannot load workflow {workflow.id!r}: {exc}", 2) from None
 
 
-def _resume_hint(run_id: str, db: str, app: str = "module:attr", data: str = "JSON") -> list[str]:
+def _resume_hint(run_id: str, db: str, *, app: str | None = None, data: Any = None) -> list[str]:
+    """The command that resumes a run, over two lines (placeholders for what is not known)."""
+    given = shlex.quote(json.dumps(data)) if data is not None else "JSON"
     return [
         f"  asyncflow runs resume {run_id[:8]} --db {shlex.quote(db)} \\",
-        f"      --app {app} --data {shlex.quote(data) if data != 'JSON' else data}",
+        f"      --app {app or 'module:attr'} --data {given}",
     ]
 
 
@@ -269,9 +274,8 @@ async def _demo_main(args: argparse.Namespace) -> int:
                 out.print(format_run(result, color=out.color, width=out.width, unicode=out.unicode))
                 out.print()
                 out.print("It stays suspended (--stop-at-approval). Approve it with:")
-                for line in _resume_hint(
-                    handle.run_id, db, "asyncflow._demo:WORKFLOW", '{"approved_by": "you"}'
-                ):
+                hint = _resume_hint(handle.run_id, db, app=DEMO_APP, data={"approved_by": "you"})
+                for line in hint:
                     out.print(line)
                 out.print()
                 out.print(f"Runs in {db}, newest first:", "1")
@@ -282,7 +286,8 @@ async def _demo_main(args: argparse.Namespace) -> int:
             handle = await engine.resume(handle.run_id, approval)
             first, result = result, await handle.result()
             if result.status is RunStatus.COMPLETED:
-                out.print(f"run {short} completed. The steps marked ↺ ran before the approval;")
+                mark = "↺" if out.unicode else "@"
+                out.print(f"run {short} completed. The steps marked {mark} ran before the approval;")
                 out.print("after it they were replayed from the database, not run again.")
         else:
             first = None
@@ -351,8 +356,10 @@ def _runs_list(args: argparse.Namespace) -> int:
                 page = await engine.list_runs(
                     status=args.status, workflow_id=args.workflow, limit=args.limit, cursor=args.cursor
                 )
-            except ValueError as exc:
-                raise CommandError(str(exc), 2) from None
+            except ValueError:  # the only argument argparse could not check
+                raise CommandError(
+                    f"--cursor {args.cursor!r} is not a cursor that 'runs list' printed", 2
+                ) from None
         if not page.runs:
             which = " ".join(filter(None, [args.status, "runs"]))
             where = f" of workflow {args.workflow!r}" if args.workflow else ""
@@ -382,8 +389,11 @@ def _runs_show(args: argparse.Namespace) -> int:
         out.print(format_run_info(info, color=out.color, width=out.width))
         out.print()
         if result is None:
-            status = info.status.value
-            out.print(f"(the run is {status}: its steps are recorded when it ends or suspends)", "2")
+            if _ended(info):  # e.g. cancelled from another process while an engine ran it
+                out.print("(no step records were kept for this run)", "2")
+            else:
+                status = info.status.value
+                out.print(f"(the run is {status}: its steps are recorded when it ends or suspends)", "2")
             return 0
         out.print(format_run(result, color=out.color, width=out.width, unicode=out.unicode))
         if info.status is RunStatus.SUSPENDED:
@@ -576,6 +586,11 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``asyncflow runs list | head``): stop quietly, and keep the
+        # interpreter's final flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except CommandError as exc:
         print(f"asyncflow: {exc}", file=sys.stderr)
         return exc.code

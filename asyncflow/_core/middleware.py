@@ -62,7 +62,7 @@ class MiddlewareContext:
     """
 
     # Made once per wrapped step, so it holds only what it must; the rest is derived.
-    __slots__ = ("_logger", "_node", "_ran", "_run", "attempt", "level")
+    __slots__ = ("_logger", "_node", "_ran", "_run", "level")
 
     _logger: Logger
 
@@ -71,12 +71,16 @@ class MiddlewareContext:
         self._run = run
         self._node: Any = node  # the stage node, or the action node at action level
         self._ran = False  # set by the innermost handler: the wrapped step ran
-        self.attempt = 1
 
     @property
     def _stage_node(self) -> Any:
         node = self._node
         return node.stage_node if self.level == "action" else node
+
+    @property
+    def attempt(self) -> int:
+        """At action level, the number of the attempt the next ``call_next()`` makes (1-based)."""
+        return self._node.attempts + 1 if self.level == "action" else 1
 
     @property
     def run_id(self) -> str:

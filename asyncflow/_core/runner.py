@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from time import perf_counter, time
 from typing import Any
@@ -396,9 +396,9 @@ class Runner:
             recovered_error=recovered_error,
         )
 
-    async def _run_terminal(self, mctx: MiddlewareContext) -> None:
+    def _run_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
         mctx._ran = True
-        await self._drive(mctx._run)
+        return self._drive(mctx._run)
 
     # ---- stages ------------------------------------------------------------------
 
@@ -487,9 +487,9 @@ class Runner:
             )
         )
 
-    async def _stage_terminal(self, mctx: MiddlewareContext) -> None:
+    def _stage_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
         mctx._ran = True
-        await self._stage_body(mctx._run, mctx._node)
+        return self._stage_body(mctx._run, mctx._node)
 
     async def _stage_body(self, run: RunState, node: StageNode) -> None:
         stage = node.stage
@@ -522,9 +522,9 @@ class Runner:
         finally:
             node.pending = None  # done with: a finished stage holds no queue
 
-    async def _actions_terminal(self, mctx: MiddlewareContext) -> None:
+    def _actions_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
         mctx._ran = True
-        await self._actions(mctx._run, mctx._node)
+        return self._actions(mctx._run, mctx._node)
 
     async def _actions(self, run: RunState, node: StageNode) -> None:
         if node.stage.concurrency == 1:
@@ -722,19 +722,15 @@ class Runner:
             node.status = StepStatus.FAILED
             node.error = exc
 
-    async def _action_terminal(self, mctx: MiddlewareContext) -> None:
-        mctx._ran = True
+    def _action_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
+        # Not a coroutine itself: it hands back the attempt's, one frame less per action.
         node: ActionNode = mctx._node
         stage = node.stage_node
         action = node.action
         retry = action.retry or stage.retry
-        try:
-            if retry is None:
-                await self._attempt(mctx._run, node, action.timeout or stage.timeout)
-            else:
-                await self._execute(mctx._run, node, retry, action.timeout or stage.timeout)
-        finally:
-            mctx.attempt = node.attempts + 1
+        if retry is None:
+            return self._attempt(mctx._run, node, action.timeout or stage.timeout)
+        return self._execute(mctx._run, node, retry, action.timeout or stage.timeout)
 
     async def _execute(
         self, run: RunState, node: ActionNode, retry: Retry | None, limit: float | None
