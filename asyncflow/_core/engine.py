@@ -503,8 +503,9 @@ class Engine:
 
         A run executing in this engine is cancelled through its cancel scope
         (the action in flight sees the cancellation); a suspended, sleeping,
-        pending or elsewhere-running run is marked cancelled (an engine
-        running it elsewhere stops at its next checkpoint).
+        pending or elsewhere-running run is marked cancelled. An engine running
+        it in another process loses its lease: it stops the run at its next
+        heartbeat (within ``poll_interval``) and does not record its steps.
 
         Raises:
             UnknownRun: no such run.
@@ -544,6 +545,7 @@ class Engine:
         Raises:
             UnknownRun: no such run.
             RunStateError: the run is not suspended.
+            UnknownWorkflow: its workflow is not registered with this engine (the run is unchanged).
             NotSerializable: (persistent backends) ``data`` is not JSON.
         """
         group = self._task_group()
@@ -553,6 +555,12 @@ class Engine:
         if info.status is not RunStatus.SUSPENDED:
             raise RunStateError(
                 f"run {run_id!r} is {info.status.value}, not suspended; only a suspended run resumes"
+            )
+        if info.workflow_id not in self._workflows:
+            raise UnknownWorkflow(
+                f"run {run_id!r} belongs to workflow {info.workflow_id!r}, which is not registered with "
+                f"this engine; register it with engine.register(workflow) before resuming (the run is "
+                f"unchanged)"
             )
         updated = await self.backend.update_run(
             run_id,
