@@ -194,52 +194,41 @@ def check_middlewares(mws: Sequence[object], where: str) -> list[Middleware]:
 Handler = Callable[[MiddlewareContext], Awaitable[None]]
 
 
-class _Once:
-    """``call_next`` for the run, stage and actions levels: callable once."""
+def enter_once(ctx: MiddlewareContext) -> None:
+    """Mark that the wrapped step runs (innermost handler of the run, stage and actions levels).
 
-    __slots__ = ("_called", "_ctx", "_inner")
-
-    def __init__(self, inner: Handler, ctx: MiddlewareContext) -> None:
-        self._inner = inner
-        self._ctx = ctx
-        self._called = False
-
-    def __call__(self) -> Awaitable[None]:
-        if self._called:
-            raise MiddlewareError(
-                f"call_next was called twice by a {self._ctx.level}-level middleware of "
-                f"{self._ctx.describe()}; "
-                f"only action-level middleware may call it again (to retry)"
-            )
-        self._called = True
-        return self._inner(self._ctx)
+    A second entry means a middleware called ``call_next`` twice where only
+    action-level middleware may (to retry): that is refused here, so
+    ``call_next`` itself can stay a plain partial.
+    """
+    if ctx._ran:
+        raise MiddlewareError(
+            f"call_next was called twice by a {ctx.level}-level middleware of {ctx.describe()}; "
+            f"only action-level middleware may call it again (to retry)"
+        )
+    ctx._ran = True
 
 
 class _Layer:
     """One middleware around ``inner``.
 
     Calling it returns the middleware's own coroutine, so a layer adds no
-    coroutine frame of its own: one partial (or a one-shot ``call_next``) per call.
+    coroutine frame of its own, only one partial per call.
     """
 
-    __slots__ = ("inner", "mw", "once")
+    __slots__ = ("inner", "mw")
 
-    def __init__(self, mw: Middleware, inner: Handler, once: bool) -> None:
+    def __init__(self, mw: Middleware, inner: Handler) -> None:
         self.mw = mw
         self.inner = inner
-        self.once = once
 
     def __call__(self, ctx: MiddlewareContext) -> Awaitable[None]:
-        call_next: CallNext = _Once(self.inner, ctx) if self.once else functools.partial(self.inner, ctx)
-        return self.mw(ctx, call_next)
+        return self.mw(ctx, functools.partial(self.inner, ctx))
 
 
-def compose(mws: Sequence[Middleware], terminal: Handler, *, repeatable: bool) -> Handler:
-    """Wrap ``terminal`` in ``mws``, first outermost.
-
-    ``repeatable``: whether ``call_next`` may be called more than once (action level).
-    """
+def compose(mws: Sequence[Middleware], terminal: Handler) -> Handler:
+    """Wrap ``terminal`` in ``mws``, first outermost."""
     handler = terminal
     for mw in reversed(mws):
-        handler = _Layer(mw, handler, not repeatable)
+        handler = _Layer(mw, handler)
     return handler

@@ -35,7 +35,7 @@ from .errors import (
     Suspend,
 )
 from .events import Event, EventHandler, EventKind, EventStream, Hub, MessageHandler
-from .middleware import Handler, Middleware, MiddlewareContext, check_middlewares, compose
+from .middleware import Handler, Middleware, MiddlewareContext, check_middlewares, compose, enter_once
 from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, PlanState, StageNode, UndoEntry
 from .records import RunResult, RunStatus, StepStatus, Timing
 from .retry import Retry, check_retry, check_timeout
@@ -62,6 +62,7 @@ class RunState:
         "clock",
         "durable",
         "failed_node",
+        "failed_stage",
         "hub",
         "log",
         "message_errors",
@@ -96,6 +97,7 @@ class RunState:
         self.require_json = require_json
         self.log: list[StageNode | ActionNode] = []
         self.failed_node: ActionNode | None = None
+        self.failed_stage: StageNode | None = None
         self.stage_chain: Handler | None = None
         self.message_seq = 0
         self.message_errors = 0
@@ -175,7 +177,9 @@ class Runner:
         self.max_insertions = _check_max_insertions(max_insertions)
         self.require_json = require_json
         self._hub = Hub()
-        self._run_chain = compose(self.middleware, self._run_terminal, repeatable=False)
+        self._run_chain = compose(self.middleware, self._run_terminal)
+        # Composed chains by (innermost handler, middleware): built once, not per stage.
+        self._chains: dict[tuple[Handler, tuple[Middleware, ...]], Handler] = {}
 
     # ---- listeners ---------------------------------------------------------------
 
@@ -276,7 +280,7 @@ class Runner:
             await hub.emit(run.event(EventKind.RUN_STARTED))
         stage_mws = self.stage_middleware + run.workflow._middleware
         if stage_mws:
-            run.stage_chain = compose(stage_mws, self._stage_terminal, repeatable=False)
+            run.stage_chain = self._chain(stage_mws, self._stage_terminal)
         status = RunStatus.COMPLETED
         bail_reason: str | None = None
         recovered: BaseException | None = None
@@ -289,14 +293,7 @@ class Runner:
                     status = RunStatus.SKIPPED
                 else:
                     # A run middleware swallowed a stage's failure: the run completes, the error is kept.
-                    recovered = next(
-                        (
-                            n.error
-                            for n in run.log
-                            if isinstance(n, StageNode) and n.status is StepStatus.FAILED
-                        ),
-                        None,
-                    )
+                    recovered = run.failed_stage.error if run.failed_stage is not None else None
             else:
                 await self._drive(run)
         except Bail as bail:
@@ -337,10 +334,7 @@ class Runner:
                 result=result,
             )
         else:
-            stage = next(
-                (n for n in reversed(run.log) if isinstance(n, StageNode) and n.status is StepStatus.FAILED),
-                None,
-            )
+            stage = run.failed_stage
             if stage is not None:
                 failure = StageFailed(
                     run_id=run.run_id,
@@ -396,8 +390,18 @@ class Runner:
             recovered_error=recovered_error,
         )
 
+    def _chain(self, mws: tuple[Middleware, ...], terminal: Handler) -> Handler:
+        """``terminal`` wrapped in ``mws``, composed once per distinct list of middleware."""
+        key = (terminal, mws)
+        chain = self._chains.get(key)
+        if chain is None:
+            if len(self._chains) >= 1024:  # middleware made per run: do not grow forever
+                self._chains.clear()
+            chain = self._chains[key] = compose(mws, terminal)
+        return chain
+
     def _run_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
-        mctx._ran = True
+        enter_once(mctx)
         return self._drive(mctx._run)
 
     # ---- stages ------------------------------------------------------------------
@@ -460,6 +464,7 @@ class Runner:
             else:
                 node.status = StepStatus.FAILED
                 node.error = exc
+                run.failed_stage = node
                 reason = f"stage {node.id!r} failed"
             # The stages it inserted never run: recorded skipped, not silently dropped.
             inserted = [child for child in node.inserted or () if not child.removed]
@@ -488,7 +493,7 @@ class Runner:
         )
 
     def _stage_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
-        mctx._ran = True
+        enter_once(mctx)
         return self._stage_body(mctx._run, mctx._node)
 
     async def _stage_body(self, run: RunState, node: StageNode) -> None:
@@ -505,14 +510,14 @@ class Runner:
         # Composed once per stage, not per action call.
         action_mws = self.action_middleware + run.workflow._action_middleware + stage._action_middleware
         if action_mws:
-            node.chain = compose(action_mws, self._action_terminal, repeatable=True)
+            node.chain = self._chain(action_mws, self._action_terminal)
         node.retry = stage.retry or self.retry
         node.timeout = stage.timeout or self.timeout
         node.pending = deque(node.actions)
         try:
             if stage._middleware:
                 mctx = MiddlewareContext("actions", run, node)
-                block = compose(stage._middleware, self._actions_terminal, repeatable=False)
+                block = self._chain(stage._middleware, self._actions_terminal)
                 await block(mctx)
                 if not mctx._ran:
                     for action in node.actions:
@@ -523,7 +528,7 @@ class Runner:
             node.pending = None  # done with: a finished stage holds no queue
 
     def _actions_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
-        mctx._ran = True
+        enter_once(mctx)
         return self._actions(mctx._run, mctx._node)
 
     async def _actions(self, run: RunState, node: StageNode) -> None:
