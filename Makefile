@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench install clean
+.PHONY: demo test lint typecheck pytest bench stress install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check asyncflow tests benchmarks examples
-	$(BIN)/ruff format --check asyncflow tests benchmarks examples || true
+	$(BIN)/ruff format --check asyncflow tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -35,6 +35,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/middleware.py
 	$(BIN)/python benchmarks/durable.py
+
+# make stress KILLS=60 for a shorter campaign
+KILLS ?= 500
+stress: $(STAMP)
+	$(BIN)/python benchmarks/stress.py --kills $(KILLS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -353,12 +353,12 @@ async def test_opening_an_engine_does_not_resume_a_suspended_run(url: str) -> No
 
 
 async def test_resume_without_the_workflow_registered_leaves_the_run_suspended(url: str) -> None:
-    """engine.resume in an engine that lacks the run's workflow raises af.UnknownWorkflow and changes nothing."""
+    """Resuming in an engine that lacks the run's workflow raises af.UnknownWorkflow, changing nothing."""
     async with make_engine(url, flows.APPROVAL) as first:
         handle = await first.start(flows.APPROVAL)
         await handle.result()
     async with make_engine(url, flows.BASIC) as other:
-        with pytest.raises(af.UnknownWorkflow, match="engine.register"):
+        with pytest.raises(af.UnknownWorkflow, match=r"engine\.register"):
             await other.resume(handle.run_id, {"approved_by": "ann"})
         info = await other.get_run(handle.run_id)
     assert info.status is af.RunStatus.SUSPENDED
