@@ -45,14 +45,15 @@ class ActionContext:
     # execution made, as JSON ops, and whether they are being replayed.
     _ops: list[Op]
     _replaying: bool
+    # Set on first use only: most actions never touch them.
+    _plan: Plan
+    _logger: Logger
 
     def __init__(self, run: RunState, node: ActionNode, attempt: int = 1) -> None:
         self._run = run
         self._node = node
         self._overlay: Store | None = None
         self._journal: list[UndoEntry] | None = None
-        self._plan: Plan | None = None
-        self._logger: Logger | None = None
         self._closed = False
         self.attempt = attempt
 
@@ -101,10 +102,11 @@ class ActionContext:
     @property
     def plan(self) -> Plan:
         """Control over the rest of this run (changes are undone if the action fails)."""
-        plan = self._plan
-        if plan is None:
+        try:
+            return self._plan
+        except AttributeError:
             plan = self._plan = Plan(self._run.plan, self._ensure_journal(), self._durable_ops())
-        return plan
+            return plan
 
     # ---- durable runs ------------------------------------------------------------
 
@@ -161,15 +163,16 @@ class ActionContext:
     @property
     def logger(self) -> Logger:
         """A loguru logger bound with ``run_id``, ``workflow_id``, ``stage_id`` and ``action``."""
-        bound = self._logger
-        if bound is None:
+        try:
+            return self._logger
+        except AttributeError:
             bound = self._logger = _root_logger.bind(
                 run_id=self._run.run_id,
                 workflow_id=self._run.workflow.id,
                 stage_id=self._node.stage_node.id,
                 action=self._node.action.name,
             )
-        return bound
+            return bound
 
     # ---- reshaping the run ----------------------------------------------------------
 

@@ -194,16 +194,22 @@ class Hub:
         self.event_handlers: list[EventHandler] = []
         self.streams: list[EventStream] = []
         self.routes: list[_MessageRoute] = []
+        #: whether anyone wants events: a plain attribute, read twice per action
+        self.listening = False
 
-    @property
-    def listening(self) -> bool:
-        """Whether anyone wants events (checked before building one)."""
-        return bool(self.event_handlers or self.streams)
+    def _refresh(self) -> None:
+        self.listening = bool(self.event_handlers or self.streams)
 
     def on_event(self, handler: EventHandler) -> Callable[[], None]:
         _check_handler(handler, "event")
         self.event_handlers.append(handler)
-        return lambda: self.event_handlers.remove(handler)
+        self._refresh()
+
+        def unregister() -> None:
+            self.event_handlers.remove(handler)
+            self._refresh()
+
+        return unregister
 
     def on_message(
         self,
@@ -228,10 +234,12 @@ class Hub:
             raise ValueError(f"subscribe buffer must be a positive int, got {buffer!r}")
         stream = EventStream(buffer, run_id)
         self.streams.append(stream)
+        self._refresh()
         try:
             yield stream
         finally:
             self.streams.remove(stream)
+            self._refresh()
             stream._close()
 
     async def emit(self, event: Event) -> None:

@@ -125,6 +125,7 @@ class StageNode:
         "enabled",
         "error",
         "executed",
+        "fast",
         "id",
         "inserted",
         "inserter",
@@ -168,6 +169,8 @@ class StageNode:
         self.chain: Any = None
         self.retry: Any = None
         self.timeout: float | None = None
+        # No chain, no stage/runner retry or timeout, not durable: actions may take the fast path.
+        self.fast = False
 
     @property
     def actions(self) -> list[ActionNode]:

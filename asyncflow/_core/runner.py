@@ -513,6 +513,7 @@ class Runner:
             node.chain = self._chain(action_mws, self._action_terminal)
         node.retry = stage.retry or self.retry
         node.timeout = stage.timeout or self.timeout
+        node.fast = node.chain is None and node.retry is None and node.timeout is None and durable is None
         node.pending = deque(node.actions)
         try:
             if stage._middleware:
@@ -623,11 +624,8 @@ class Runner:
         if listening:
             await hub.emit(run.event(EventKind.ACTION_STARTED, node, attempt=1))
         action = node.action
-        chain = stage.chain
-        retry = action.retry or stage.retry
-        limit = action.timeout or stage.timeout
         try:
-            if chain is None and retry is None and limit is None and durable is None:
+            if stage.fast and action.retry is None and action.timeout is None:
                 node.attempts = 1
                 ctx = ActionContext(run, node)
                 try:
@@ -637,11 +635,13 @@ class Runner:
                 except BaseException as exc:
                     self._attempt_failed(ctx, node, exc)
                     raise
-                journal = ctx._finish(True)
-                if journal is not None and listening:
-                    await self._emit_inserts(run, journal)
-            elif chain is None:
-                await self._execute(run, node, retry, limit)
+                ctx._closed = True
+                if ctx._overlay is not None or ctx._journal is not None:
+                    journal = ctx._finish(True)
+                    if journal is not None and listening:
+                        await self._emit_inserts(run, journal)
+            elif (chain := stage.chain) is None:
+                await self._execute(run, node, action.retry or stage.retry, action.timeout or stage.timeout)
             else:
                 await chain(MiddlewareContext("action", run, node))
                 if node.attempts == 0:
