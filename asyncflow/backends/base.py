@@ -14,6 +14,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple, Self
 
@@ -155,12 +156,16 @@ def encode_changes(puts: Sequence[StoreEntry], deletes: Sequence[str]) -> str | 
     """
     if not puts and not deletes:
         return None
+    # One checkpoint per action: the C string encoder, not json.dumps, for the keys.
+    quote = encode_basestring_ascii
     items = ",".join(
-        f"[{json.dumps(e.key)},{e.value},{json.dumps(e.expires)},"
+        f"[{quote(e.key)},{e.value},"
+        f"{'null' if e.expires is None else repr(float(e.expires))},"
         f"{json.dumps(list(e.tags)) if e.tags else 'null'},{e.properties or 'null'}]"
         for e in puts
     )
-    return f'{{"d":{json.dumps(list(deletes))},"p":[{items}]}}'
+    dropped = ",".join(quote(key) for key in deletes)
+    return f'{{"d":[{dropped}],"p":[{items}]}}'
 
 
 def apply_changes(store: dict[str, StoreEntry], changes: str) -> None:
