@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from types import TracebackType
@@ -90,6 +90,13 @@ UPDATABLE = frozenset(field.name for field in attrs.fields(RunInfo)) - {
     "updated_at",
     "idempotency_key",
 }
+
+
+def check_updatable(fields: Mapping[str, Any]) -> None:
+    """Refuse ``update_run`` fields outside :data:`UPDATABLE` (a programming error)."""
+    unknown = set(fields) - UPDATABLE
+    if unknown:
+        raise TypeError(f"update_run cannot set {sorted(unknown)}")
 
 
 @attrs.frozen

@@ -10,13 +10,13 @@ import attrs
 from .._core.errors import LeaseLost
 from .._core.records import RunStatus
 from .base import (
-    UPDATABLE,
     Backend,
     Checkpoint,
     RunInfo,
     RunPage,
     SavedRun,
     StoreEntry,
+    check_updatable,
     decode_cursor,
     encode_cursor,
 )
@@ -116,9 +116,7 @@ class MemoryBackend(Backend):
         **fields: Any,
     ) -> bool:
         """Set fields when the conditions hold."""
-        unknown = set(fields) - UPDATABLE
-        if unknown:
-            raise TypeError(f"update_run cannot set {sorted(unknown)}")
+        check_updatable(fields)
         run = self._runs.get(run_id)
         if run is None or (holder is not None and run.info.owner != holder):
             return False

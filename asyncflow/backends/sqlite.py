@@ -31,7 +31,6 @@ from .._core.errors import BackendError, LeaseLost
 from .._core.records import RunStatus
 from .base import (
     SCHEMA_VERSION,
-    UPDATABLE,
     Backend,
     Checkpoint,
     RunInfo,
@@ -39,6 +38,7 @@ from .base import (
     SavedRun,
     StoreEntry,
     apply_changes,
+    check_updatable,
     decode_cursor,
     encode_changes,
     encode_cursor,
@@ -391,10 +391,8 @@ class SQLiteBackend(Backend):
         now: float,
         **fields: Any,
     ) -> bool:
-        """Set fields when the conditions hold; the updated run or ``None``."""
-        unknown = set(fields) - UPDATABLE
-        if unknown:
-            raise TypeError(f"update_run cannot set {sorted(unknown)}")
+        """Set fields when the conditions hold; whether the run was updated."""
+        check_updatable(fields)
         sets = ["updated_at = ?"]
         params: list[Any] = [now]
         for name, value in fields.items():
