@@ -16,6 +16,7 @@ engine that died are taken over once its leases expire.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -38,7 +39,6 @@ from .definitions import Registry
 from .definitions import registry as global_registry
 from .durable import Durability, Op, json_value_check
 from .errors import (
-    BackendError,
     InvalidDefinition,
     LeaseLost,
     RecordedError,
@@ -66,12 +66,12 @@ class _Active:
     """A run executing in this engine."""
 
     run_id: str
-    scope: anyio.CancelScope | None = None
+    # Made with the record, so a cancel that comes before the task starts still counts.
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     done: anyio.Event = attrs.field(factory=anyio.Event)
     result: RunResult | None = None
     cancel_requested: bool = False
     lease_lost: bool = False
-    lease_until: float = 0.0
 
 
 class RunHandle:
@@ -272,7 +272,7 @@ class Engine:
         active = self._active.get(saved.info.run_id)
         if active is not None and not active.done.is_set():
             return
-        active = _Active(saved.info.run_id, lease_until=saved.info.lease_until or 0.0)
+        active = _Active(saved.info.run_id)
         self._active[saved.info.run_id] = active
         group.start_soon(self._execute, saved, active)
 
@@ -283,7 +283,7 @@ class Engine:
             if workflow is None:
                 await self._finish_unknown_workflow(info)
                 return
-            durability = _RunDurability(self, saved, active)
+            durability = _RunDurability(self, saved)
             run = RunState(
                 workflow,
                 info.run_id,
@@ -296,9 +296,11 @@ class Engine:
                 durability,
             )
             result: RunResult | None = None
-            with anyio.CancelScope() as scope:
-                active.scope = scope
+            with active.scope:
                 try:
+                    if active.cancel_requested:
+                        # Cancelled before it began (the scope is cancelled): not one action runs.
+                        await anyio.lowlevel.checkpoint()
                     result = await self.runner._run(run)
                 except RunFailed as failure:
                     result = failure.result
@@ -324,6 +326,17 @@ class Engine:
             with anyio.CancelScope(shield=True):
                 await self._record_end(info, result, durability)
             active.result = result
+        except Exception as exc:
+            # One run's trouble (its database row, say) must not stop the engine's other runs:
+            # this run is given back, for a restart or another engine to take over.
+            logger.opt(exception=exc).error(
+                "run {} stopped here: {}: {}; it is left for another engine to take over",
+                info.run_id,
+                type(exc).__name__,
+                exc,
+            )
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self._release(info.run_id)
         finally:
             active.done.set()
 
@@ -422,12 +435,9 @@ class Engine:
                 lost = await self.backend.heartbeat(
                     self.owner, running, now=now, lease_until=now + self.lease
                 )
-                for run_id in running:
-                    if run_id not in lost:
-                        self._active[run_id].lease_until = now + self.lease
                 for run_id in lost:
                     active = self._active.get(run_id)
-                    if active is not None and active.scope is not None and not active.done.is_set():
+                    if active is not None and not active.done.is_set():
                         logger.warning("lost the lease of run {}; stopping it here", run_id)
                         active.lease_lost = True
                         active.scope.cancel()
@@ -437,8 +447,9 @@ class Engine:
                     await self._take_over()
                 if self.retention is not None and ticks % 60 == 1:
                     await self.purge(older_than=self.retention)
-            except BackendError as exc:
-                logger.error("engine maintenance failed: {}", exc)
+            except Exception as exc:
+                # Heartbeats go on next time: a passing database error must not stop the engine.
+                logger.opt(exception=exc).error("engine maintenance failed: {}: {}", type(exc).__name__, exc)
 
     # ---- managing runs ---------------------------------------------------------------
 
@@ -512,7 +523,7 @@ class Engine:
             RunStateError: the run has already ended.
         """
         active = self._active.get(run_id)
-        if active is not None and not active.done.is_set() and active.scope is not None:
+        if active is not None and not active.done.is_set():
             active.cancel_requested = True
             active.scope.cancel()
             await active.done.wait()
@@ -623,9 +634,8 @@ class Engine:
 class _RunDurability(Durability):
     """The engine's side of one durable run: what was done before, and where checkpoints go."""
 
-    def __init__(self, engine: Engine, saved: SavedRun, active: _Active) -> None:
+    def __init__(self, engine: Engine, saved: SavedRun) -> None:
         self.engine = engine
-        self.active = active
         self.backend = engine.backend
         self.persistent = engine.backend.persistent
         self.run_id = saved.info.run_id
@@ -666,12 +676,9 @@ class _RunDurability(Durability):
     # ---- checkpoints ------------------------------------------------------------------------
 
     async def _write(self, checkpoint: Checkpoint) -> None:
-        # While the lease is far from expiring nobody else can have claimed the
-        # run: the ownership read is only needed near (or past) its expiry.
-        fresh = self.engine.clock.now() < self.active.lease_until - self.engine.lease / 3
         if faults._PLAN is not None:
             faults.hit("before_commit")
-        await self.backend.checkpoint(checkpoint, verify=not fresh)
+        await self.backend.checkpoint(checkpoint)
         if faults._PLAN is not None:
             faults.hit("after_commit")
 

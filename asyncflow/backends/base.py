@@ -258,15 +258,11 @@ class Backend(ABC):
         """Runs, newest first, filtered, one page at a time."""
 
     @abstractmethod
-    async def checkpoint(self, checkpoint: Checkpoint, *, verify: bool = True) -> None:
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write one checkpoint atomically, if ``checkpoint.owner`` still owns the run.
 
-        ``verify=False`` skips the ownership check: the engine passes it while
-        its lease is known to be far from expiring (nobody can have claimed
-        the run), which saves a read per checkpoint.
-
         Raises:
-            LeaseLost: another engine owns the run now.
+            LeaseLost: another engine owns the run now, or it was cancelled elsewhere.
         """
 
     @abstractmethod

@@ -84,7 +84,7 @@ class MemoryBackend(Backend):
         more = len(infos) > limit
         return RunPage(page, encode_cursor(page[-1].created_at, page[-1].run_id) if more and page else None)
 
-    async def checkpoint(self, checkpoint: Checkpoint, *, verify: bool = True) -> None:
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Apply the checkpoint if the owner still holds the run."""
         run = self._runs.get(checkpoint.run_id)
         if run is None or run.info.owner != checkpoint.owner:

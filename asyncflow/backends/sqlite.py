@@ -353,9 +353,9 @@ class SQLiteBackend(Backend):
         result: RunPage = await self._call(page, writes=False)
         return result
 
-    async def checkpoint(self, checkpoint: Checkpoint, *, verify: bool = True) -> None:
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write the checkpoint in the next group commit."""
-        await self._call(_CheckpointJob(checkpoint, verify), writes=True)
+        await self._call(_CheckpointJob(checkpoint), writes=True)
 
     async def load(self, run_id: str) -> SavedRun | None:
         """The run, its store in insertion order and its checkpoints in order."""
@@ -506,56 +506,55 @@ class SQLiteBackend(Backend):
 
 
 class _CheckpointJob:
-    """A checkpoint waiting in the queue; written with the others of its batch."""
+    """A checkpoint waiting in the queue; written with the others of its batch.
 
-    __slots__ = ("checkpoint", "verify")
+    Called on its own (``job.fn(conn)``) it writes just this checkpoint: the
+    fallback when a batch has a run that changed hands or a bad row.
+    """
 
-    def __init__(self, checkpoint: Checkpoint, verify: bool) -> None:
+    __slots__ = ("checkpoint",)
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
-        self.verify = verify
 
     def __call__(self, conn: sqlite3.Connection) -> None:
-        _write_one(conn, self.checkpoint)
+        if _write(conn, [self.checkpoint]) != 1:
+            cp = self.checkpoint
+            raise LeaseLost(f"run {cp.run_id!r} is no longer owned by engine {cp.owner!r}")
 
 
-_STATUS_SQL = "UPDATE runs SET status = COALESCE(?, status), wake_at = COALESCE(?, wake_at) WHERE run_id = ?"
+# Every write of a checkpoint checks, in the same statement, that its engine
+# still owns the run: a run cancelled or taken over elsewhere takes no more.
+_STATUS_SQL = (
+    "UPDATE runs SET status = COALESCE(?, status), wake_at = COALESCE(?, wake_at) "
+    "WHERE run_id = ? AND owner = ?"
+)
 _CHECKPOINT_SQL = (
     "INSERT INTO checkpoints (run_id, seq, step_key, kind, changes, ops, attempts, at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_OWNED_CHECKPOINT_SQL = (
+    "INSERT INTO checkpoints (run_id, seq, step_key, kind, changes, ops, attempts, at) "
+    "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ? AND owner = ?)"
+)
 
 
-def _owned(conn: sqlite3.Connection, cps: Sequence[Checkpoint]) -> set[str]:
-    """The run ids among ``cps`` that their checkpoint's owner still holds.
-
-    A read, not an update: inside the write transaction nobody can claim a run
-    meanwhile, and no page gets dirty just to check a lease.
-    """
-    if not cps:
-        return set()
-    owned: set[str] = set()
-    by_owner: dict[str, list[str]] = {}
-    for cp in cps:
-        by_owner.setdefault(cp.owner, []).append(cp.run_id)
-    for owner, ids in by_owner.items():
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            sql = f"SELECT run_id FROM runs WHERE owner = ? AND run_id IN ({', '.join('?' * len(chunk))})"
-            owned.update(row[0] for row in conn.execute(sql, (owner, *chunk)))
-    return owned
-
-
-def _write(conn: sqlite3.Connection, cps: Sequence[Checkpoint]) -> None:
+def _write(conn: sqlite3.Connection, cps: Sequence[Checkpoint]) -> int:
+    """Write ``cps``; return how many their engine still owned (the others wrote nothing)."""
     statuses = [
-        (cp.status.value if cp.status is not None else None, cp.at if cp.kind == "sleep" else None, cp.run_id)
+        (
+            cp.status.value if cp.status is not None else None,
+            cp.at if cp.kind == "sleep" else None,
+            cp.run_id,
+            cp.owner,
+        )
         for cp in cps
         if cp.status is not None or cp.kind == "sleep"
     ]
     if statuses:
         conn.executemany(_STATUS_SQL, statuses)
-    conn.executemany(
-        _CHECKPOINT_SQL,
+    return conn.executemany(
+        _OWNED_CHECKPOINT_SQL,
         [
             (
                 cp.run_id,
@@ -566,30 +565,29 @@ def _write(conn: sqlite3.Connection, cps: Sequence[Checkpoint]) -> None:
                 cp.ops,
                 cp.attempts,
                 cp.at,
+                cp.run_id,
+                cp.owner,
             )
             for cp in cps
         ],
-    )
-
-
-def _write_one(conn: sqlite3.Connection, cp: Checkpoint) -> None:
-    if not _owned(conn, [cp]):
-        raise LeaseLost(f"run {cp.run_id!r} is no longer owned by engine {cp.owner!r}")
-    _write(conn, [cp])
+    ).rowcount
 
 
 def _write_checkpoints(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-    """All checkpoints of a batch in a few statements; a run that changed hands fails alone."""
-    owned = _owned(conn, [job.fn.checkpoint for job in jobs if job.fn.verify])  # type: ignore[attr-defined]
-    good = []
+    """All checkpoints of a batch in two statements; one at a time only if one of them fails."""
+    conn.execute("SAVEPOINT checkpoints")
+    try:
+        written = _write(conn, [job.fn.checkpoint for job in jobs])  # type: ignore[attr-defined]
+    except sqlite3.Error:
+        written = -1
+    if written == len(jobs):
+        conn.execute("RELEASE checkpoints")
+        return
+    # A run changed hands (or a row is bad): find which, so only its checkpoint fails.
+    conn.execute("ROLLBACK TO checkpoints")
+    conn.execute("RELEASE checkpoints")
     for job in jobs:
-        cp = job.fn.checkpoint  # type: ignore[attr-defined]
-        if not job.fn.verify or cp.run_id in owned:  # type: ignore[attr-defined]
-            good.append(cp)
-        else:
-            job.error = LeaseLost(f"run {cp.run_id!r} is no longer owned by engine {cp.owner!r}")
-    if good:
-        _write(conn, good)
+        _in_savepoint(conn, job)
 
 
 def _in_savepoint(conn: sqlite3.Connection, job: _Job) -> None:
