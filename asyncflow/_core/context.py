@@ -250,20 +250,24 @@ class ActionContext:
                 )
             stage_id = state.distinct_id(stage_id)
         self._count_insertion()
-        if ops is not None:
-            ops.append({"op": "stage", "stage": defn, "allow_duplicate": allow_duplicate})
         current = node.stage_node
-        child = StageNode(
-            stage,
-            stage_id,
-            dynamic=True,
-            depth=current.depth + 1,
-            inserter=node,
-        )
+        position = len(current.inserted) if current.inserted is not None else 0
+        if ops is not None:
+            # The run-time id and place are written down: a replay must give the same
+            # stage the same id, whatever order concurrent actions are replayed in.
+            ops.append({"op": "stage", "stage": defn, "id": stage_id, "at": position})
+        self._insert_stage(stage, stage_id, position)
+
+    def _insert_stage(self, stage: Stage, stage_id: str, position: int) -> None:
+        """Put ``stage`` in the plan as ``stage_id``, ``position``-th among this stage's insertions."""
+        node = self._node
+        current = node.stage_node
+        state = self._run.plan
+        child = StageNode(stage, stage_id, dynamic=True, depth=current.depth + 1, inserter=node)
         state.by_id[stage_id] = child
         if current.inserted is None:
             current.inserted = []
-        current.inserted.append(child)
+        current.inserted.insert(position, child)
         self._ensure_journal().append((_UNDO_STAGE, current, child))
 
     async def send(self, kind: str, payload: Any = None) -> None:

@@ -686,7 +686,7 @@ class _RunDurability(Durability):
         self.seq += 1
         return self.seq
 
-    def _put(self, key: str, value: Any, meta: _Meta | None, encoded: str | None = None) -> StoreEntry:
+    def _put(self, key: str, value: Any, meta: _Meta | None) -> StoreEntry:
         if not self.persistent:
             return StoreEntry(
                 key,
@@ -697,7 +697,7 @@ class _RunDurability(Durability):
             )
         return StoreEntry(
             key,
-            encoded if encoded is not None else json.dumps(value),
+            json_value_check(key, value),
             meta.expires if meta is not None else None,
             tuple(sorted(meta.tags)) if meta is not None else (),
             json.dumps(meta.properties) if meta is not None and meta.properties else None,
@@ -714,10 +714,8 @@ class _RunDurability(Durability):
         if overlay is not None:
             # Deletes go first, so a key deleted and written again moves to the end, as in memory.
             deletes = tuple(overlay._deleted or ())
-            encoded = overlay._encoded or {}
             puts = tuple(
-                self._put(key, value, overlay._meta.get(key), encoded.get(key))
-                for key, value in overlay._values.items()
+                self._put(key, value, overlay._meta.get(key)) for key, value in overlay._values.items()
             )
         plan_ops = (json.dumps(ops) if self.persistent else list(ops)) if ops else None
         status = RunStatus.RUNNING if self.sleeping else None

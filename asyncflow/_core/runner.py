@@ -685,7 +685,8 @@ class Runner:
                 ctx.add_dynamic_action(durable.resolve(op["ref"], where))
             elif kind == "stage":
                 stage = durable.stage_from_definition(op["stage"], where)
-                ctx.add_dynamic_stage(stage, allow_duplicate=op["allow_duplicate"])
+                ctx._count_insertion()
+                ctx._insert_stage(stage, op["id"], min(op["at"], len(node.stage_node.inserted or ())))
             elif kind in ("disable_stage", "enable_stage", "remove_stage"):
                 getattr(ctx.plan, kind)(op["id"])
             elif kind in ("disable_action", "enable_action", "remove_action"):

@@ -21,7 +21,7 @@ from .errors import MissingKey, TypeMismatch, WorkflowError
 T = TypeVar("T")
 
 Clock = Callable[[], float]
-# Checks a value for a key and returns it encoded (durable runs: JSON text).
+# Checks a value for a key (durable runs: that it is JSON), raising if it is not.
 ValueCheck = Callable[[str, Any], Any]
 
 
@@ -105,7 +105,7 @@ class Store:
     as for a dict.
     """
 
-    __slots__ = ("_check", "_clock", "_deleted", "_encoded", "_meta", "_parent", "_values")
+    __slots__ = ("_check", "_clock", "_deleted", "_meta", "_parent", "_values")
 
     def __init__(
         self,
@@ -119,7 +119,6 @@ class Store:
         self._deleted: set[str] | None = None
         self._clock = clock
         self._check: ValueCheck | None = None
-        self._encoded: dict[str, Any] | None = None
         if data:
             for key, value in data.items():
                 self.put(key, value)
@@ -135,8 +134,6 @@ class Store:
         child._deleted = set()
         child._clock = self._clock
         child._check = self._check
-        # What the check encoded, kept so a durable checkpoint does not encode twice.
-        child._encoded = {} if self._check is not None else None
         return child
 
     def _commit(self) -> None:
@@ -157,8 +154,6 @@ class Store:
         self._values = {}
         self._meta = {}
         self._deleted = set()
-        if self._encoded is not None:
-            self._encoded = {}
 
     def _drop(self, key: str) -> None:
         self._values.pop(key, None)
@@ -244,9 +239,9 @@ class Store:
             expires = self._clock() + _ttl_seconds(ttl, name) if ttl is not None else None
             meta = _Meta(expires, frozen, dict(properties or {}))
         if self._check is not None:
-            encoded = self._check(name, value)
-            if self._encoded is not None:
-                self._encoded[name] = encoded
+            # Checked at the write, to fail where the mistake is; encoded again at the
+            # checkpoint, since the value may be mutated before the action ends.
+            self._check(name, value)
         values = self._values
         if name in values and self._meta:
             old = self._meta.get(name)
@@ -368,7 +363,6 @@ class Store:
         """An independent store with the same live entries and metadata."""
         copy = Store(clock=self._clock)
         copy._check = self._check
-        copy._encoded = None
         for key, value, meta in self._live_items():
             copy._values[key] = value
             if meta is not None:
