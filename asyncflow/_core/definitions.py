@@ -228,17 +228,23 @@ class Registry:
         actions = defn.get("actions", [])
         if not isinstance(actions, list):
             raise InvalidDefinition(f"'actions' of {place} must be a list")
-        return Stage(
-            defn["id"],
-            name=defn.get("name"),
-            description=defn.get("description", ""),
-            tags=defn.get("tags") or (),
-            actions=[self.resolve(ref, where=f"action {i} of {place}") for i, ref in enumerate(actions)],
-            initial=defn.get("initial") or None,
-            concurrency=defn.get("concurrency", 1),
-            timeout=defn.get("timeout"),
-            retry=_retry_from_definition(defn.get("retry"), place),
-        )
+        retry = _retry_from_definition(defn.get("retry"), place)
+        try:
+            return Stage(
+                defn["id"],
+                name=defn.get("name"),
+                description=defn.get("description", ""),
+                tags=defn.get("tags") or (),
+                actions=[self.resolve(ref, where=f"action {i} of {place}") for i, ref in enumerate(actions)],
+                initial=defn.get("initial") or None,
+                concurrency=defn.get("concurrency", 1),
+                timeout=defn.get("timeout"),
+                retry=retry,
+            )
+        except InvalidDefinition:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise InvalidDefinition(f"definition of {place} is malformed: {exc}") from None
 
     def workflow_definition(self, workflow: Workflow) -> dict[str, Any]:
         """A JSON definition of ``workflow``."""
@@ -375,17 +381,35 @@ def _retry_from_definition(defn: Any, place: str) -> Retry | None:
     if defn is None:
         return None
     if not isinstance(defn, Mapping):
-        raise InvalidDefinition(f"'retry' of {place} must be an object")
+        raise InvalidDefinition(f"'retry' of {place} must be an object, got {defn!r}")
     back = defn.get("backoff") or {"exponential": 0.1}
-    backoff: Fixed | Exponential
-    if "fixed" in back:
-        backoff = Fixed(back["fixed"])
-    else:
-        backoff = Exponential(
-            back["exponential"],
-            maximum=back.get("maximum", 30.0),
-            factor=back.get("factor", 2.0),
-            jitter=back.get("jitter", False),
-        )
-    kinds = tuple(cast(type[BaseException], _resolve_path(p, strict=True)) for p in defn.get("retry_on", []))
-    return Retry(attempts=defn.get("attempts", 3), backoff=backoff, retry_on=kinds or (Exception,))
+    try:
+        backoff: Fixed | Exponential
+        if not isinstance(back, Mapping):
+            raise TypeError(f"it must be an object, got {back!r}")
+        if "fixed" in back:
+            backoff = Fixed(back["fixed"])
+        elif "exponential" in back:
+            backoff = Exponential(
+                back["exponential"],
+                maximum=back.get("maximum", 30.0),
+                factor=back.get("factor", 2.0),
+                jitter=back.get("jitter", False),
+            )
+        else:
+            raise TypeError(f"it needs a 'fixed' or an 'exponential' delay, got {dict(back)!r}")
+    except (TypeError, ValueError) as exc:
+        raise InvalidDefinition(f"the retry back-off of {place} is malformed: {exc}") from None
+    kinds = []
+    for path in defn.get("retry_on", []):
+        try:
+            kind = _resolve_path(path, strict=True)
+        except (ImportError, AttributeError, TypeError) as exc:
+            raise InvalidDefinition(f"retry_on type {path!r} of {place} cannot be imported: {exc}") from None
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise InvalidDefinition(f"retry_on type {path!r} of {place} is not an exception class")
+        kinds.append(kind)
+    try:
+        return Retry(attempts=defn.get("attempts", 3), backoff=backoff, retry_on=tuple(kinds) or (Exception,))
+    except (TypeError, ValueError) as exc:
+        raise InvalidDefinition(f"the retry of {place} is malformed: {exc}") from None

@@ -12,6 +12,12 @@ action deduplicate its side effects).
 Runs are claimed with a lease that the engine renews while it runs them, so
 two engines on one database never run the same run at once; the runs of an
 engine that died are taken over once its leases expire.
+
+What is checkpointed is the work of actions. Middleware wraps each execution
+of a run and runs again after a restart or a resume; what it writes to the
+store is not checkpointed, so keep lasting data in actions, ``Stage(initial=)``
+or ``engine.start(store=)``, and let middleware write only what it can write
+again (``mw.inject_store`` included).
 """
 
 from __future__ import annotations

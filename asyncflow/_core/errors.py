@@ -14,13 +14,13 @@ working for a missing store key::
     ├── InvalidDefinition            (ValueError) a workflow/stage/action is malformed
     │   └── DuplicateStageId         a stage id already in the plan
     ├── NonRetryable                 raise it (or a subclass) to fail without retries
-    │   └── InsertionLimitExceeded   (RuntimeError) too many dynamic insertions
+    │   ├── InsertionLimitExceeded   (RuntimeError) too many dynamic insertions
+    │   └── LeaseLost                (RuntimeError) another engine took the run over
     ├── ContextClosed                (RuntimeError) a context used after its action ended
     ├── UnknownStep                  (LookupError) no stage/action with that id or name
     ├── NotSerializable              (TypeError) a value that must be JSON is not
     ├── RunStateError                (RuntimeError) e.g. resuming a run that is not suspended
     ├── UnknownRun                   (LookupError) no run with that id
-    ├── LeaseLost                    (RuntimeError) another engine took the run over
     ├── BackendError                 (RuntimeError) the database cannot be used
     ├── MissingKey                   (KeyError) the store has no such key
     └── TypeMismatch                 (TypeError) the stored value has another type
@@ -63,6 +63,13 @@ class DuplicateStageId(InvalidDefinition):
 
 class NonRetryable(WorkflowError):
     """Raise this (or a subclass) from an action to fail at once: it is never retried."""
+
+
+class LeaseLost(NonRetryable, RuntimeError):
+    """Another engine took over this run, or it was cancelled elsewhere; this engine stops running it.
+
+    Never retried, never recovered from by middleware.
+    """
 
 
 class InsertionLimitExceeded(NonRetryable, RuntimeError):
@@ -274,10 +281,6 @@ class RunStateError(WorkflowError, RuntimeError):
 
 class UnknownRun(WorkflowError, LookupError):
     """No run with that id is known to the engine's backend."""
-
-
-class LeaseLost(WorkflowError, RuntimeError):
-    """Another engine took over this run (its lease expired); this engine stops running it."""
 
 
 class BackendError(WorkflowError, RuntimeError):

@@ -129,6 +129,17 @@ class RunState:
         )
 
 
+# How long listeners get to hear of a cancellation or failure while the run is
+# being cancelled: long enough for a handler that does real work, bounded so
+# that cancelling a run never waits on a slow handler for long.
+_GRACE_SECONDS = 0.5
+
+
+def _grace() -> anyio.CancelScope:
+    """A shielded scope with a short deadline, for telling listeners how a step ended."""
+    return anyio.CancelScope(shield=True, deadline=anyio.current_time() + _GRACE_SECONDS)
+
+
 def new_run_id() -> str:
     """A fresh, unique run id."""
     return uuid.uuid4().hex
@@ -293,7 +304,14 @@ class Runner:
                     status = RunStatus.SKIPPED
                 else:
                     # A run middleware swallowed a stage's failure: the run completes, the error is kept.
-                    recovered = run.failed_stage.error if run.failed_stage is not None else None
+                    failed_stage = run.failed_stage
+                    if failed_stage is not None:
+                        recovered = failed_stage.error
+                        # The stages that never ran because of it stay on record.
+                        reason = f"stage {failed_stage.id!r} failed"
+                        for stage in run.plan.walk_stages():
+                            if stage.status is StepStatus.PENDING and not stage.removed:
+                                await self._skip(run, stage, reason)
             else:
                 await self._drive(run)
         except Bail as bail:
@@ -305,7 +323,7 @@ class Runner:
         except anyio.get_cancelled_exc_class():
             result = self._result(run, started, RunStatus.CANCELLED)
             logger.info("run {} was cancelled", run.run_id)
-            with anyio.CancelScope(shield=True):
+            with _grace():
                 await self._finished(run, result)
             raise
         except Exception as exc:
@@ -446,9 +464,14 @@ class Runner:
             failed = run.failed_node
             if failed is not None and failed.stage_node is node:
                 # A stage or actions-block middleware swallowed an action's failure:
-                # the stage completes, and the error stays on record.
+                # the stage completes, and the error stays on record, as do the
+                # actions that never ran because of it.
                 node.recovered = failed.error
                 run.failed_node = None
+                reason = f"action {failed.action.name!r} failed"
+                for action in node.walk_actions():
+                    if action.status is StepStatus.PENDING and not action.removed:
+                        await self._skip(run, action, reason)
         except BaseException as exc:
             node.duration = perf_counter() - started
             if isinstance(exc, Suspend):
@@ -469,7 +492,7 @@ class Runner:
             # The stages it inserted never run: recorded skipped, not silently dropped.
             inserted = [child for child in node.inserted or () if not child.removed]
             node.inserted = None
-            with anyio.CancelScope(shield=True):
+            with _grace():
                 if hub.listening:
                     await self._finished_event(run, EventKind.STAGE_FINISHED, node, node.error)
                 for child in inserted:
@@ -654,16 +677,16 @@ class Runner:
                     node.status = StepStatus.RUNNING
         except BaseException as exc:
             node.duration = perf_counter() - started
-            if (
-                not isinstance(exc, (Bail, Suspend, anyio.get_cancelled_exc_class()))
-                and node.status is not StepStatus.FAILED
-            ):
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                # Even between attempts (a retry back-off): the action was cancelled, not failed.
+                node.status = StepStatus.CANCELLED
+            elif not isinstance(exc, (Bail, Suspend)) and node.status is not StepStatus.FAILED:
                 node.status = StepStatus.FAILED
                 node.error = exc
             if node.status is StepStatus.FAILED and run.failed_node is None:
                 run.failed_node = node
             if listening:
-                with anyio.CancelScope(shield=True):
+                with _grace():
                     await self._finished_event(run, EventKind.ACTION_FINISHED, node, node.error)
             raise
         node.duration = perf_counter() - started
@@ -813,6 +836,9 @@ class Runner:
                 # completion in one transaction.
                 await run.durable.commit_action(node, ctx._overlay, getattr(ctx, "_ops", None))
         except BaseException as exc:
+            if isinstance(exc, Bail) and run.durable is not None:
+                # A bail keeps what the action wrote: in the database too.
+                await run.durable.commit_action(node, ctx._overlay, getattr(ctx, "_ops", None))
             self._attempt_failed(ctx, node, exc)
             raise
         journal = ctx._finish(True)
@@ -828,7 +854,7 @@ async def run(
     *,
     store: Mapping[str, Any] | Store | None = None,
     run_id: str | None = None,
-    max_insertions: int = DEFAULT_MAX_INSERTIONS,
+    max_insertions: int | None = None,
     on_message: MessageHandler | Mapping[str, MessageHandler] | None = None,
     runner: Runner | None = None,
 ) -> RunResult:
@@ -846,7 +872,7 @@ async def run(
     See :meth:`Runner.run` for what is raised.
     """
     if runner is None:
-        runner = Runner(max_insertions=max_insertions)
+        runner = Runner(max_insertions=DEFAULT_MAX_INSERTIONS if max_insertions is None else max_insertions)
     unregister: list[Callable[[], None]] = []
     the_id = run_id or new_run_id()
     if on_message is not None:

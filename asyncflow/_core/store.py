@@ -11,6 +11,7 @@ checkpoints build on.
 from __future__ import annotations
 
 import builtins
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
@@ -91,8 +92,10 @@ def _ttl_seconds(ttl: float | timedelta, key: str) -> float:
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(f"ttl of store key {key!r} must be seconds or a timedelta, got {ttl!r}")
-    if not seconds > 0:
-        raise ValueError(f"ttl of store key {key!r} must be positive, got {ttl!r}")
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise ValueError(
+            f"ttl of store key {key!r} must be a positive, finite number of seconds, got {ttl!r}"
+        )
     return float(seconds)
 
 
@@ -239,6 +242,8 @@ class Store:
             expires = self._clock() + _ttl_seconds(ttl, name) if ttl is not None else None
             meta = _Meta(expires, frozen, dict(properties or {}))
         if self._check is not None:
+            if properties:
+                self._check(f"{name} (its properties)", dict(properties))
             # Checked at the write, to fail where the mistake is; encoded again at the
             # checkpoint, since the value may be mutated before the action ends.
             self._check(name, value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from time import perf_counter
 
-from .._core.errors import Bail
+from .._core.errors import Bail, Suspend
 from .._core.middleware import CallNext, Middleware, MiddlewareContext
 
 
@@ -25,8 +25,11 @@ def logging(*, level: str = "INFO") -> Middleware:
         started = perf_counter()
         try:
             await call_next()
-        except Bail as bail:
-            ctx.logger.log(level, "{} bailed after {:.3f}s: {}", what, perf_counter() - started, bail.reason)
+        except (Bail, Suspend) as stop:
+            verb = "bailed" if isinstance(stop, Bail) else "suspended"
+            ctx.logger.log(
+                level, "{} {} after {:.3f}s: {}", what, verb, perf_counter() - started, stop.reason
+            )
             raise
         except Exception as exc:
             ctx.logger.error(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .._core.errors import Bail
+from .._core.errors import Bail, LeaseLost, Suspend
 from .._core.middleware import CallNext, Middleware, MiddlewareContext
 
 
@@ -16,8 +16,8 @@ def recover(predicate: Callable[[Exception], bool] = _always) -> Middleware:
     """Swallow the errors of a step for which ``predicate(exc)`` is true.
 
     The step is recorded completed with the error in ``recovered_error``
-    (nothing is hidden) and the run goes on. A bail and cancellation are
-    never swallowed.
+    (nothing is hidden) and the run goes on. A bail, a suspension, a lost
+    lease and cancellation are never swallowed.
     """
     if not callable(predicate):
         raise TypeError(f"mw.recover takes a predicate (exc) -> bool, got {predicate!r}")
@@ -25,7 +25,7 @@ def recover(predicate: Callable[[Exception], bool] = _always) -> Middleware:
     async def recover_step(ctx: MiddlewareContext, call_next: CallNext) -> None:
         try:
             await call_next()
-        except Bail:
+        except (Bail, Suspend, LeaseLost):
             raise
         except Exception as exc:
             if not predicate(exc):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import anyio
 from loguru import logger
 
 from .._core.errors import MiddlewareError
@@ -55,7 +54,7 @@ def retry(
                     exc,
                     delay,
                 )
-                await anyio.sleep(delay)
+                await ctx._run.clock.sleep(delay)  # the run's clock: FakeClock in tests
                 attempt += 1
 
     return retry_action
