@@ -6,7 +6,7 @@ import functools
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from .errors import InvalidDefinition
 from .retry import Retry, check_retry, check_timeout
@@ -73,8 +73,6 @@ class Action:
     timeout: float | None = None
     retry: Retry | None = None
 
-    _abstract: ClassVar[bool] = True
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
@@ -90,7 +88,6 @@ class Action:
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "_af_captures", False):
             cls.__init__ = _capturing(init)  # type: ignore[method-assign]
-        cls._abstract = "execute" not in cls.__dict__ and cls._abstract
         execute = cls.__dict__.get("execute")
         if execute is not None and not inspect.iscoroutinefunction(execute):
             raise TypeError(

@@ -487,10 +487,7 @@ class Engine:
     async def _result_from_database(self, info: RunInfo) -> RunResult:
         saved = await self.backend.load(info.run_id)
         store = self._restore_store(saved.store if saved is not None else []).snapshot()
-        error = None
-        if info.error:
-            type_name, _, message = info.error.partition(": ")
-            error = RecordedError(type_name, message)
+        error = _recorded(info.error)
         return RunResult(
             run_id=info.run_id,
             workflow_id=info.workflow_id,
