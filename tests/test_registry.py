@@ -362,7 +362,7 @@ def test_from_definition_with_an_unknown_action_raises_unknown_reference() -> No
     definition["stages"][0]["actions"][0]["ref"] = "missing-action"
     with pytest.raises(af.UnknownReference, match="'missing-action'") as info:
         af.Workflow.from_definition(definition)
-    assert "stage 0" in str(info.value)
+    assert "stage 's'" in str(info.value)
 
 
 def test_malformed_reference_raises_invalid_definition() -> None:

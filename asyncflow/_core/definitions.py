@@ -281,7 +281,7 @@ class Registry:
             description=defn.get("description", ""),
             tags=defn.get("tags") or (),
             stages=[
-                self.stage_from_definition(s, where=f"stage {i} of workflow {defn['id']!r}")
+                self.stage_from_definition(s, where=f"stage {_stage_name(s, i)} of workflow {defn['id']!r}")
                 for i, s in enumerate(stages)
             ],
         )
@@ -289,6 +289,12 @@ class Registry:
 
 #: The global registry: engines fall back on it.
 registry = Registry()
+
+
+def _stage_name(defn: Any, index: int) -> str:
+    """``'id'`` of a stage definition, or its position when it has no usable id."""
+    stage_id = defn.get("id") if isinstance(defn, Mapping) else None
+    return repr(stage_id) if isinstance(stage_id, str) else f"#{index}"
 
 
 def _at(where: str) -> str:
