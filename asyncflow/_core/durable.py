@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
 
 from .errors import NotSerializable
@@ -82,6 +83,16 @@ class Durability(ABC):
 
 def json_value_check(key: str, value: Any) -> str:
     """The JSON text of a store value; refuse one that cannot be written, naming the key."""
+    # The common scalars first: a checkpoint per action encodes every value it wrote.
+    kind = type(value)
+    if kind is str:
+        return encode_basestring_ascii(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
     try:
         return json.dumps(value)
     except (TypeError, ValueError) as exc:
