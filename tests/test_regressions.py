@@ -1,0 +1,518 @@
+"""Regression tests for bugs found in review, one behaviour per test, through the public API.
+
+Durable runs re-create actions by import path, so the actions and workflows
+these tests need live at module level here (``test_regressions:attr``), next
+to the ones of :mod:`durable_flows`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import durable_flows as flows
+import pytest
+from test_recovery import finish, info_of, interrupt, make_engine
+
+import asyncflow as af
+from asyncflow import backoff
+from asyncflow import middleware as mw
+from asyncflow.backends import MemoryBackend
+from asyncflow.testing import FakeClock
+
+START = 1_800_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ledger() -> None:
+    flows.reset()
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'runs.db'}"
+
+
+# ---- module-level actions and workflows -------------------------------------------
+
+
+@af.action(retry=af.Retry(attempts=2, backoff=backoff.fixed(0.0)))
+async def insert_duplicate_then_fail_once(ctx: af.ActionContext) -> None:
+    """Insert a duplicate of stage "work"; fail the first attempt (its insertion is discarded)."""
+    ctx.add_dynamic_stage(
+        af.Stage("work", actions=[flows.Record("mark"), flows.HangOnce("block")]), allow_duplicate=True
+    )
+    if ctx.attempt == 1:
+        raise ConnectionError("flaky")
+
+
+RETRIED_INSERTION = af.Workflow(
+    "regress-retried-insertion", stages=[af.Stage("work", actions=[insert_duplicate_then_fail_once])]
+)
+
+
+@af.action
+async def insert_x_second(ctx: af.ActionContext) -> None:
+    """Wait until the other action has inserted its stage "x", then insert one too (the second)."""
+    with anyio.fail_after(5):
+        await flows.gate("first-inserted").wait()
+    await anyio.sleep(0.1)  # let the other action complete (and commit) first
+    ctx.add_dynamic_stage(af.Stage("x", actions=[flows.HangOnce("mark-a")]), allow_duplicate=True)
+
+
+@af.action
+async def insert_x_first(ctx: af.ActionContext) -> None:
+    """Insert a stage "x" at once (the first insertion, though this action is second in the plan)."""
+    ctx.add_dynamic_stage(af.Stage("x", actions=[flows.Record("mark-b")]), allow_duplicate=True)
+    flows.gate("first-inserted").set()
+
+
+CONCURRENT_INSERTIONS = af.Workflow(
+    "regress-concurrent-insertions",
+    stages=[af.Stage("s1", actions=[insert_x_second, insert_x_first], concurrency=2)],
+)
+
+
+@af.action
+async def fill_after_put(ctx: af.ActionContext) -> None:
+    """Put a list in the store, then append to it in the same action."""
+    items: list[int] = []
+    ctx.store["items"] = items
+    items.append(1)
+
+
+FILL_AFTER_PUT = af.Workflow("regress-fill-after-put", stages=[af.Stage("s", actions=[fill_after_put])])
+
+
+@af.action
+async def write_then_bail(ctx: af.ActionContext) -> None:
+    """Write the store, then bail."""
+    ctx.store["reason.detail"] = "out of stock"
+    ctx.bail("nothing to do")
+
+
+WRITE_THEN_BAIL = af.Workflow("regress-write-then-bail", stages=[af.Stage("s", actions=[write_then_bail])])
+
+
+@af.action
+async def put_date_property(ctx: af.ActionContext) -> None:
+    """Put an entry whose properties hold a date; record the NotSerializable raised at the put."""
+    try:
+        ctx.store.put("when", 1, properties={"at": datetime.date.today()})
+    except af.NotSerializable as exc:
+        flows.record("not-serializable", str(exc))
+        raise
+    flows.record("after-put", True)
+
+
+DATE_PROPERTY = af.Workflow("regress-date-property", stages=[af.Stage("s", actions=[put_date_property])])
+
+
+class RecordAttempt(af.Action):
+    """Record ``ctx.attempt`` under ``label``, then wait for the gate ``f"{label}.release"``."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    async def execute(self, ctx: af.ActionContext) -> None:
+        """Record the attempt, open the gate ``label``, wait to be released."""
+        flows.record(self.label, ctx.attempt)
+        flows.gate(self.label).set()
+        await flows.gate(f"{self.label}.release").wait()
+
+
+RETRIED_BY_MIDDLEWARE = af.Workflow(
+    "regress-retried-by-middleware", stages=[af.Stage("s", actions=[RecordAttempt("charge")])]
+)
+RETRIED_BY_MIDDLEWARE.use_action(mw.retry(3, backoff=backoff.fixed(0.01)))
+
+GATED_THEN_AFTER = af.Workflow(
+    "regress-gated-then-after",
+    stages=[af.Stage("s", actions=[flows.Blocker("block"), flows.Record("after")])],
+)
+
+
+@af.action(retry=af.Retry(attempts=5, backoff=backoff.fixed(10)))
+async def always_down(ctx: af.ActionContext) -> None:
+    """Fail every attempt with a ConnectionError."""
+    flows.record("always-down", ctx.attempt)
+    raise ConnectionError("down")
+
+
+ALWAYS_DOWN = af.Workflow("regress-always-down", stages=[af.Stage("s", actions=[always_down])])
+
+
+@af.action
+async def boom(ctx: af.ActionContext) -> None:
+    """Raise ValueError."""
+    raise ValueError("x")
+
+
+@af.action
+async def after_boom(ctx: af.ActionContext) -> None:
+    """Write "after"."""
+    ctx.store["after"] = True
+
+
+@af.action
+async def later(ctx: af.ActionContext) -> None:
+    """Write "later"."""
+    ctx.store["later"] = True
+
+
+@af.action
+async def suspend_for_approval(ctx: af.ActionContext) -> None:
+    """Suspend unless resuming."""
+    if not ctx.is_resuming:
+        ctx.suspend("needs approval", data={"x": 1})
+
+
+@af.action
+async def ship(ctx: af.ActionContext) -> None:
+    """Write "shipped"."""
+    ctx.store["shipped"] = True
+
+
+@af.action
+async def spawn(ctx: af.ActionContext) -> None:
+    """Insert itself again, forever."""
+    ctx.add_dynamic_action(spawn)
+
+
+@af.action
+async def hang(ctx: af.ActionContext) -> None:
+    """Wait forever."""
+    await anyio.sleep_forever()
+
+
+def step(result: af.RunResult, kind: str, stage_id: str, action_name: str | None = None) -> af.StepRecord:
+    """The one step record of ``kind`` for ``stage_id`` (and ``action_name``); fails if missing."""
+    found = [
+        s
+        for s in result.steps
+        if s.kind == kind and s.stage_id == stage_id and (action_name is None or s.action_name == action_name)
+    ]
+    assert len(found) == 1, f"{kind} {stage_id}/{action_name}: {found} in {result.steps}"
+    return found[0]
+
+
+# ---- 1. a run cancelled from another engine ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "notice",
+    [
+        # A's wake checkpoint is the first to learn of the cancellation (no heartbeat meanwhile).
+        pytest.param({"lease": 200.0, "poll_interval": 5.0}, id="by-checkpoint"),
+        # A's heartbeat learns of it while the run still sleeps.
+        pytest.param({"lease": 200.0, "poll_interval": 0.05}, id="by-heartbeat"),
+    ],
+)
+async def test_run_cancelled_by_another_engine_during_a_sleep_stays_cancelled(
+    url: str, notice: dict[str, float]
+) -> None:
+    """Engine B cancels a run sleeping in engine A: once the sleep is due it stays CANCELLED, nothing runs."""
+    clock = FakeClock(START)
+    async with (
+        make_engine(url, flows.SLEEPY, clock=clock, owner="A", **notice) as a,
+        make_engine(url, flows.SLEEPY, clock=clock, owner="B") as b,
+    ):
+        handle = await a.start(flows.SLEEPY)
+        await flows.eventually(lambda: clock.sleepers == 1)
+        await b.cancel(handle.run_id)
+        await anyio.sleep(0.2)  # a few heartbeats of A, if it has them
+        await clock.advance(100)  # the sleep is due (A's lease still holds)
+        with anyio.fail_after(5):
+            result = await handle.result()
+        assert result.status is af.RunStatus.CANCELLED
+        await anyio.sleep(0.3)  # room for a (wrong) take-over by either engine
+        assert (await b.get_run(handle.run_id)).status is af.RunStatus.CANCELLED
+    assert (await info_of(url, handle.run_id)).status is af.RunStatus.CANCELLED
+    assert flows.runs_of("woke") == 0
+
+
+async def test_run_cancelled_by_another_engine_during_an_action_runs_nothing_after(url: str) -> None:
+    """Engine B cancels a run whose action runs in engine A: it stays CANCELLED, the next one never runs."""
+    async with (
+        make_engine(url, GATED_THEN_AFTER, owner="A") as a,
+        make_engine(url, GATED_THEN_AFTER, owner="B") as b,
+    ):
+        handle = await a.start(GATED_THEN_AFTER)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        await b.cancel(handle.run_id)
+        flows.gate("block.release").set()  # the action completes: its checkpoint must be refused
+        with anyio.fail_after(5):
+            result = await handle.result()
+        assert result.status is af.RunStatus.CANCELLED
+        await anyio.sleep(0.3)  # room for a (wrong) take-over by either engine
+    assert (await info_of(url, handle.run_id)).status is af.RunStatus.CANCELLED
+    assert flows.runs_of("after") == 0
+
+
+# ---- 2. cancel right after start ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_cancel_right_after_start_stops_the_run(backend: str, url: str) -> None:
+    """engine.cancel right after engine.start: no action runs and the result is CANCELLED."""
+    engine_url = "memory://" if backend == "memory" else url
+    async with make_engine(engine_url, flows.QUICK) as engine:
+        handle = await engine.start(flows.QUICK)
+        await engine.cancel(handle.run_id)
+        with anyio.fail_after(5):
+            result = await handle.result()
+        assert result.status is af.RunStatus.CANCELLED
+        assert (await engine.get_run(handle.run_id)).status is af.RunStatus.CANCELLED
+    assert flows.runs_of("step-one") == 0
+
+
+# ---- 3. replayed insertions get the same stage ids ------------------------------------
+
+
+async def test_duplicate_stage_inserted_by_a_retried_action_is_not_run_again(url: str) -> None:
+    """A duplicate stage inserted on a retry replays under its original id: its completed action runs once."""
+    run_id = await interrupt(url, RETRIED_INSERTION, label="block")
+    result = await finish(url, run_id, RETRIED_INSERTION)
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("mark") == 1
+    first, second = flows.LEDGER["block"]
+    assert first == second  # the action in flight runs again under the same stage id
+
+
+async def test_concurrent_duplicate_insertions_replay_under_the_same_ids(url: str) -> None:
+    """Concurrent actions inserting stage "x" out of plan order: after recovery none runs twice or is lost."""
+    run_id = await interrupt(url, CONCURRENT_INSERTIONS, label="mark-a")
+    result = await finish(url, run_id, CONCURRENT_INSERTIONS)
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("mark-b") == 1
+    assert flows.runs_of("mark-a") == 2  # it hung the first time, so it runs again
+    assert result.store == {"mark-b": True, "mark-a": "done"}
+
+
+# ---- 4. and 5. what is in the database --------------------------------------------------
+
+
+async def test_checkpoint_saves_the_value_as_it_is_when_the_action_completes(url: str) -> None:
+    """A list appended to after the put is saved with the append: a fresh engine reads [1]."""
+    async with make_engine(url, FILL_AFTER_PUT) as engine:
+        handle = await engine.start(FILL_AFTER_PUT)
+        with anyio.fail_after(5):
+            await handle.result()
+    result = await finish(url, handle.run_id, FILL_AFTER_PUT)
+    assert result.store == {"items": [1]}
+
+
+async def test_store_writes_of_a_bailing_action_are_in_the_database(url: str) -> None:
+    """A bailing action's store writes are returned by a fresh engine's wait."""
+    async with make_engine(url, WRITE_THEN_BAIL) as engine:
+        handle = await engine.start(WRITE_THEN_BAIL)
+        with anyio.fail_after(5):
+            await handle.result()
+    result = await finish(url, handle.run_id, WRITE_THEN_BAIL)
+    assert result.status is af.RunStatus.BAILED
+    assert result.store == {"reason.detail": "out of stock"}
+
+
+# ---- 6. and 7. middleware and control flow ----------------------------------------------
+
+
+async def test_recover_does_not_swallow_a_suspend() -> None:
+    """With mw.recover() around actions, a suspending action leaves the run SUSPENDED."""
+    workflow = af.Workflow(
+        "regress-recover-suspend", stages=[af.Stage("s", actions=[suspend_for_approval, ship])]
+    )
+    workflow.use_action(mw.recover())
+    result = await af.run(workflow)
+    assert result.status is af.RunStatus.SUSPENDED
+    assert "shipped" not in result.store
+
+
+def test_lease_lost_is_non_retryable() -> None:
+    """af.LeaseLost is an af.NonRetryable."""
+    assert issubclass(af.LeaseLost, af.NonRetryable)
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_mw_retry_does_not_retry_after_the_lease_is_lost(backend: str, url: str) -> None:
+    """An action under mw.retry whose checkpoint is refused (run cancelled elsewhere) is not tried again."""
+    shared: str | af.backends.Backend = MemoryBackend() if backend == "memory" else url
+    # Heartbeats are far apart: A learns of the cancellation from its refused checkpoint.
+    async with (
+        make_engine(shared, RETRIED_BY_MIDDLEWARE, owner="A", lease=30, poll_interval=5) as a,
+        make_engine(shared, RETRIED_BY_MIDDLEWARE, owner="B", recover=False) as b,
+    ):
+        handle = await a.start(RETRIED_BY_MIDDLEWARE)
+        with anyio.fail_after(5):
+            await flows.gate("charge").wait()
+        await b.cancel(handle.run_id)
+        flows.gate("charge.release").set()
+        with anyio.fail_after(5):
+            result = await handle.result()
+        assert result.status is af.RunStatus.CANCELLED
+    assert flows.LEDGER["charge"] == [1]
+
+
+# ---- 8. a backend error while recording a run's end ------------------------------------
+
+
+class FailsToRecordEnd(MemoryBackend):
+    """A memory backend whose update_run raises BackendError when it records the end of run "bad"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[str] = []
+
+    async def update_run(self, run_id: str, **fields: Any) -> bool:
+        status = fields.get("status")
+        if run_id == "bad" and isinstance(status, af.RunStatus) and status.finished:
+            self.refused.append(run_id)
+            raise af.BackendError("disk I/O error")
+        return await super().update_run(run_id, **fields)
+
+
+async def test_backend_error_recording_one_runs_end_does_not_break_the_engine() -> None:
+    """update_run failing for one run's end: other runs complete and the engine closes cleanly."""
+    backend = FailsToRecordEnd()
+    async with make_engine(backend, flows.BLOCKING, flows.QUICK) as engine:
+        good = await engine.start(flows.BLOCKING, run_id="good")
+        await engine.start(flows.QUICK, run_id="bad")
+        await flows.eventually(lambda: "bad" in backend.refused)
+        await anyio.sleep(0.1)
+        flows.gate("block.release").set()
+        with anyio.fail_after(5):
+            result = await good.result()
+        assert result.status is af.RunStatus.COMPLETED
+        assert (await engine.get_run("good")).status is af.RunStatus.COMPLETED
+
+
+# ---- 9. values that cannot be stored -----------------------------------------------------
+
+
+@pytest.mark.parametrize("ttl", [math.inf, math.nan], ids=["inf", "nan"])
+def test_store_put_refuses_a_ttl_that_is_not_finite(ttl: float) -> None:
+    """store.put with ttl=inf or nan raises ValueError naming the key."""
+    store = af.Store()
+    with pytest.raises(ValueError, match="token"):
+        store.put("token", "abc", ttl=ttl)
+    assert "token" not in store
+
+
+async def test_non_json_property_fails_at_the_put_naming_the_key(url: str) -> None:
+    """In a durable run, a date in properties raises NotSerializable at the put, naming the key."""
+    async with make_engine(url, DATE_PROPERTY) as engine:
+        handle = await engine.start(DATE_PROPERTY)
+        with anyio.fail_after(5):
+            result = await handle.result()
+    assert result.status is af.RunStatus.FAILED
+    [message] = flows.LEDGER["not-serializable"]
+    assert "when" in message
+    assert flows.runs_of("after-put") == 0
+
+
+# ---- 10. and 11. cancellation ------------------------------------------------------------
+
+
+async def test_cancelling_a_run_with_a_slow_event_handler_returns_promptly() -> None:
+    """A cancelled run.run returns in well under the 5 s an async event handler takes."""
+    slow_kinds = {af.EventKind.ACTION_FINISHED, af.EventKind.STAGE_FINISHED, af.EventKind.RUN_FINISHED}
+
+    async def slow_handler(event: af.Event) -> None:
+        if event.kind in slow_kinds:
+            await anyio.sleep(5)  # e.g. pushing the event to a remote service
+
+    runner = af.Runner()
+    runner.on_event(slow_handler)
+    workflow = af.Workflow("regress-slow-handler", stages=[af.Stage("s", actions=[hang])])
+    started = time.perf_counter()
+    with anyio.move_on_after(0.1):
+        await runner.run(workflow)
+    assert time.perf_counter() - started < 2.5
+
+
+async def _cancel_during_back_off() -> tuple[af.RunResult, list[af.Event]]:
+    """Run ALWAYS_DOWN on a fake clock, cancel it while it waits to retry; its result and events."""
+    clock = FakeClock(START)
+    engine = af.Engine(clock=clock, lease=1.0, poll_interval=0.05)
+    engine.register(ALWAYS_DOWN)
+    events: list[af.Event] = []
+    engine.runner.on_event(events.append)
+    async with engine:
+        handle = await engine.start(ALWAYS_DOWN)
+        await flows.eventually(lambda: flows.runs_of("always-down") == 1 and clock.sleepers == 1)
+        await engine.cancel(handle.run_id)
+        with anyio.fail_after(5):
+            result = await handle.result()
+    assert result.status is af.RunStatus.CANCELLED
+    return result, events
+
+
+async def test_action_cancelled_during_its_back_off_is_recorded_cancelled() -> None:
+    """An action cancelled while waiting to retry has a CANCELLED step record, not FAILED."""
+    result, _ = await _cancel_during_back_off()
+    assert step(result, "action", "s", always_down.name).status is af.StepStatus.CANCELLED
+
+
+async def test_action_cancelled_during_its_back_off_finishes_cancelled() -> None:
+    """An action cancelled while waiting to retry emits ACTION_FINISHED with status cancelled."""
+    _, events = await _cancel_during_back_off()
+    finished = [e for e in events if e.kind is af.EventKind.ACTION_FINISHED]
+    assert finished
+    assert finished[-1].status == af.StepStatus.CANCELLED
+
+
+# ---- 12. what a recover leaves on record --------------------------------------------------
+
+
+async def test_stage_recover_records_the_actions_that_never_ran_as_skipped() -> None:
+    """A stage-level recover swallowing a failure: the stage's later actions are recorded SKIPPED."""
+    workflow = af.Workflow(
+        "regress-stage-recover",
+        stages=[af.Stage("s", actions=[boom, after_boom]), af.Stage("t", actions=[later])],
+    )
+    workflow.use(mw.recover())
+    result = await af.run(workflow)
+    assert result.status is af.RunStatus.COMPLETED
+    assert step(result, "action", "s", after_boom.name).status is af.StepStatus.SKIPPED
+    assert step(result, "action", "t", later.name).status is af.StepStatus.COMPLETED
+
+
+async def test_run_recover_records_the_stages_that_never_ran_as_skipped() -> None:
+    """A run-level recover swallowing a failure: the stages that never ran are recorded SKIPPED."""
+    workflow = af.Workflow(
+        "regress-run-recover",
+        stages=[af.Stage("s", actions=[boom, after_boom]), af.Stage("t", actions=[later])],
+    )
+    result = await af.Runner(middleware=[mw.recover()]).run(workflow)
+    assert result.status is af.RunStatus.COMPLETED
+    assert step(result, "stage", "t").status is af.StepStatus.SKIPPED
+
+
+# ---- 13. and 14. bounds and definitions --------------------------------------------------
+
+
+async def test_af_run_honours_the_runners_max_insertions() -> None:
+    """af.run(wf, runner=af.Runner(max_insertions=5)) fails at 5 insertions, not the default bound."""
+    workflow = af.Workflow("regress-max-insertions", stages=[af.Stage("s", actions=[spawn])])
+    with pytest.raises(af.ActionFailed) as failure:
+        await af.run(workflow, runner=af.Runner(max_insertions=5))
+    assert isinstance(failure.value.error, af.InsertionLimitExceeded)
+    assert failure.value.error.limit == 5
+
+
+@pytest.mark.parametrize(
+    "retry",
+    [
+        pytest.param({"backoff": {"fixd": 1}}, id="misspelt-backoff"),
+        pytest.param({"retry_on": ["nope.mod:X"]}, id="unknown-retry-on"),
+    ],
+)
+def test_malformed_retry_definition_raises_invalid_definition_naming_the_stage(retry: dict[str, Any]) -> None:
+    """A malformed retry in a stage definition raises InvalidDefinition naming the stage."""
+    definition = {"id": "w", "stages": [{"id": "charge-card", "retry": retry}]}
+    with pytest.raises(af.InvalidDefinition, match="charge-card"):
+        af.Workflow.from_definition(definition)
