@@ -83,14 +83,20 @@ class _Active:
 class RunHandle:
     """A started run: its id, and ways to wait for it, inspect it and cancel it."""
 
-    __slots__ = ("_engine", "run_id")
+    __slots__ = ("_active", "_engine", "run_id")
 
-    def __init__(self, engine: Engine, run_id: str) -> None:
+    def __init__(self, engine: Engine, run_id: str, active: _Active | None = None) -> None:
         self._engine = engine
         self.run_id = run_id
+        self._active = active  # the execution this handle started, if it runs here
 
     async def result(self) -> RunResult:
         """Wait until the run has ended (or is suspended) and return its result (same as ``engine.wait``)."""
+        active = self._active
+        if active is not None:
+            await active.done.wait()
+            if active.result is not None and not active.lease_lost:
+                return active.result
         return await self._engine.wait(self.run_id)
 
     async def info(self) -> RunInfo:
@@ -261,7 +267,7 @@ class Engine:
         info, created = await self.backend.create_run(info, entries)
         if created:
             self._launch(group, SavedRun(info, list(entries), []))
-        return RunHandle(self, info.run_id)
+        return RunHandle(self, info.run_id, self._active.get(info.run_id))
 
     def _entries(self, values: Mapping[str, Any]) -> list[StoreEntry]:
         if not self.backend.persistent:
@@ -595,7 +601,7 @@ class Engine:
             saved = await self.backend.load(run_id)
             if saved is not None:
                 self._launch(group, saved)
-        return RunHandle(self, run_id)
+        return RunHandle(self, run_id, self._active.get(run_id))
 
     async def list_runs(
         self,

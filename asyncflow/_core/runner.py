@@ -12,11 +12,11 @@ of the action itself; everything else is paid only by those who use it.
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from time import perf_counter, time
+from time import perf_counter, time, time_ns
 from typing import Any
 
 import anyio
@@ -141,8 +141,13 @@ def _grace() -> anyio.CancelScope:
 
 
 def new_run_id() -> str:
-    """A fresh, unique run id."""
-    return uuid.uuid4().hex
+    """A fresh, unique run id: 32 hex digits, the first 12 the creation time in milliseconds.
+
+    Time-ordered ids sort by creation, and the rows of runs created together
+    sit together in a database index: concurrent runs then write a few pages
+    per commit instead of one page each. The last 20 digits are random.
+    """
+    return f"{time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 class Runner:
