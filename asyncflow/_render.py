@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from ._core.errors import RecordedError
-from ._core.records import RunResult, RunStatus, StepRecord, StepStatus
+from ._core.records import RunResult, RunStatus, StepRecord, StepStatus, short_run_id
 from .backends import RunInfo
 
 __all__ = ["format_run", "format_run_info", "format_runs"]
@@ -435,7 +435,7 @@ def format_run(
         [
             (result.workflow_id, _BOLD),
             (glyphs.dot + "run ", _DIM),
-            (result.run_id[:8], ""),
+            (short_run_id(result.run_id), ""),
             (glyphs.dot, _DIM),
             (result.status.value, run_style),
         ]
@@ -533,7 +533,7 @@ def format_runs(
     now = time.time() if now is None else now
     rows = [
         (
-            info.run_id[:8],
+            short_run_id(info.run_id),
             info.workflow_id,
             info.status,
             _ago(now - info.created_at),

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
+from ._core.records import short_run_id
 
 if TYPE_CHECKING:
     from ._core.engine import Engine
@@ -154,7 +155,9 @@ async def _find_run(engine: Engine, run_id: str) -> RunInfo:
     cursor = None
     while run_id:
         page = await engine.list_runs(limit=1000, cursor=cursor)
-        matches.extend(info for info in page.runs if info.run_id.startswith(run_id))
+        matches.extend(
+            info for info in page.runs if info.run_id.startswith(run_id) or info.run_id.endswith(run_id)
+        )
         if len(matches) > 1 or page.next_cursor is None:
             break
         cursor = page.next_cursor
@@ -221,7 +224,7 @@ def _resume_hint(run_id: str, db: str, *, app: str | None = None, data: Any = No
     """The command that resumes a run, over two lines (placeholders for what is not known)."""
     given = shlex.quote(json.dumps(data)) if data is not None else "JSON"
     return [
-        f"  asyncflow runs resume {run_id[:8]} --db {shlex.quote(db)} \\",
+        f"  asyncflow runs resume {short_run_id(run_id)} --db {shlex.quote(db)} \\",
         f"      --app {app or 'module:attr'} --data {given}",
     ]
 
@@ -261,7 +264,7 @@ async def _demo_main(args: argparse.Namespace) -> int:
     async with engine:
         out.print(f"Resource discovery, run durably: every step is committed to {db}.", "1")
         handle = await engine.start(WORKFLOW, store=START_STORE)
-        short = handle.run_id[:8]
+        short = short_run_id(handle.run_id)
         out.print(f"run {short} started: it inspects the resources, then waits for approval")
         result = await handle.result()
         if result.status is RunStatus.SUSPENDED:
@@ -427,18 +430,18 @@ def _runs_resume(args: argparse.Namespace) -> int:
                 # engine.resume would take the run and fail it for want of its workflow.
                 loaded = ", ".join(repr(w.id) for w in workflows) or "none"
                 raise CommandError(
-                    f"run {info.run_id[:8]} is a run of workflow {info.workflow_id!r}, which is not "
-                    f"loaded (loaded: {loaded}); name it with --app module:attr",
+                    f"run {short_run_id(info.run_id)} is a run of workflow {info.workflow_id!r}, which is "
+                    f"not loaded (loaded: {loaded}); name it with --app module:attr",
                     2,
                 )
             handle = await engine.resume(info.run_id, data)
-            out.print(f"resumed run {info.run_id[:8]} ({info.workflow_id}); waiting for it")
+            out.print(f"resumed run {short_run_id(info.run_id)} ({info.workflow_id}); waiting for it")
             result = await handle.result()
         out.print()
         out.print(format_run(result, color=out.color, width=out.width, unicode=out.unicode))
         if result.status is RunStatus.SUSPENDED:
             out.print()
-            out.print(f"run {info.run_id[:8]} is suspended again: {result.suspend_reason}", "34")
+            out.print(f"run {short_run_id(info.run_id)} is suspended again: {result.suspend_reason}", "34")
             if result.suspend_data is not None:
                 out.print(f"    {json.dumps(result.suspend_data, ensure_ascii=False)}", "2")
         return 1 if result.status in (RunStatus.FAILED, RunStatus.CANCELLED) else 0
@@ -459,7 +462,7 @@ def _runs_cancel(args: argparse.Namespace) -> int:
         was = info.status.value
         if info.status is RunStatus.RUNNING and info.owner is not None:
             was += f" in {info.owner}, which stops it at its next step"
-        out.print(f"cancelled run {info.run_id[:8]} ({info.workflow_id}; it was {was})")
+        out.print(f"cancelled run {short_run_id(info.run_id)} ({info.workflow_id}; it was {was})")
         return 0
 
     return _run(main)

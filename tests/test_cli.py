@@ -544,7 +544,7 @@ def test_format_runs_cuts_a_long_note_to_the_width() -> None:
     )
     lines = text.splitlines()
     assert lines[0].split() == ["RUN", "WORKFLOW", "STATUS", "CREATED", "UPDATED", "NOTE"]
-    assert lines[1].split()[:5] == ["01234567", "etl", "failed", "1m", "ago"]
+    assert lines[1].split()[:5] == ["89abcdef", "etl", "failed", "1m", "ago"]
     assert lines[1].endswith("…")
     assert max(len(line) for line in lines) == 80
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
+from .records import short_run_id
+
 if TYPE_CHECKING:
     from .records import RunResult, StepRecord
     from .workflow import Workflow
@@ -125,7 +127,7 @@ def run_to_mermaid(result: RunResult) -> str:
         order.append(node)
         add_class(node, record.status.value, *(["dynamic"] if record.dynamic else []))
 
-    title = f"run {result.run_id[:8]} of {result.workflow_id}: {result.status.value}"
+    title = f"run {short_run_id(result.run_id)} of {result.workflow_id}: {result.status.value}"
     lines = ["flowchart TD", f"    %% {_comment(title)}"]
     # Iterative, so a deeply nested plan cannot hit the recursion limit.
     stack: list[tuple[_Group, int, bool]] = [(g, 1, False) for g in reversed(roots)]

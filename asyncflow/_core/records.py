@@ -11,6 +11,11 @@ if TYPE_CHECKING:
     from .plan import ActionNode, StageNode
 
 
+def short_run_id(run_id: str) -> str:
+    """The last 8 characters of a run id: its random part, enough to tell runs apart in a table."""
+    return run_id[-8:]
+
+
 class RunStatus(enum.StrEnum):
     """How a run ended (or where it stands)."""
 
