@@ -77,3 +77,49 @@ def typed_key_rejects_wrong_value(store: af.Store) -> None:
     store[USER_ID] = "three"  # type: ignore[misc]
     wrong: str = store[USER_ID]  # type: ignore[assignment]
     print(wrong)
+
+
+async def middleware_types() -> af.Runner:
+    from datetime import timedelta
+
+    from asyncflow import backoff
+    from asyncflow import middleware as mw
+
+    async def timing(ctx: af.MiddlewareContext, call_next: af.CallNext) -> None:
+        attempt: int = ctx.attempt
+        await call_next()
+        ctx.logger.info("{} {}", ctx.describe(), attempt)
+
+    events: list[af.Event] = []
+    runner = af.Runner(
+        middleware=[mw.logging()],
+        stage_middleware=[timing, mw.timing()],
+        action_middleware=[mw.retry(3, backoff=backoff.exponential(0.1, maximum=1.0)), mw.timeout(5.0)],
+        retry=af.Retry(attempts=2, backoff=backoff.fixed(0.5)),
+        timeout=timedelta(seconds=3).total_seconds(),
+    )
+    runner.on_event(events.append)
+    runner.on_message("progress", lambda message: print(message.payload, message.seq))
+    async with runner.subscribe(buffer=100) as stream:
+        async for event in stream:
+            kind: af.EventKind = event.kind
+            print(kind)
+            break
+    return runner
+
+
+async def engine_types(wf: af.Workflow) -> af.RunStatus:
+    from datetime import timedelta
+
+    engine = af.Engine("sqlite:///runs.db", retention=timedelta(days=7), clock=af.testing.FakeClock())
+    engine.register(wf)
+    async with engine:
+        handle: af.RunHandle = await engine.start(wf, store={"order": 42}, idempotency_key="order-42")
+        result: af.RunResult = await handle.result()
+        info: af.RunInfo = await engine.get_run(handle.run_id)
+        page: af.RunPage = await engine.list_runs(status=af.RunStatus.SUSPENDED, limit=10)
+        if info.status is af.RunStatus.SUSPENDED:
+            await engine.resume(handle.run_id, {"approved_by": "ann"})
+        removed: int = await engine.purge(older_than=timedelta(days=30))
+        print(page.next_cursor, removed)
+        return result.status
