@@ -209,26 +209,24 @@ def enter_once(ctx: MiddlewareContext) -> None:
     ctx._ran = True
 
 
-class _Layer:
+def _layer(mw: Middleware, inner: Handler) -> Handler:
     """One middleware around ``inner``.
 
-    Calling it returns the middleware's own coroutine, so a layer adds no
-    coroutine frame of its own, only one partial per call.
+    A plain function (cheaper to call than an object) that returns the
+    middleware's own coroutine: a layer adds no coroutine frame of its own,
+    only one partial per call.
     """
+    bind = functools.partial
 
-    __slots__ = ("inner", "mw")
+    def layer(ctx: MiddlewareContext) -> Awaitable[None]:
+        return mw(ctx, bind(inner, ctx))
 
-    def __init__(self, mw: Middleware, inner: Handler) -> None:
-        self.mw = mw
-        self.inner = inner
-
-    def __call__(self, ctx: MiddlewareContext) -> Awaitable[None]:
-        return self.mw(ctx, functools.partial(self.inner, ctx))
+    return layer
 
 
 def compose(mws: Sequence[Middleware], terminal: Handler) -> Handler:
     """Wrap ``terminal`` in ``mws``, first outermost."""
     handler = terminal
     for mw in reversed(mws):
-        handler = _Layer(mw, handler)
+        handler = _layer(mw, handler)
     return handler

@@ -846,9 +846,11 @@ class Runner:
                 await run.durable.commit_action(node, ctx._overlay, getattr(ctx, "_ops", None))
             self._attempt_failed(ctx, node, exc)
             raise
-        journal = ctx._finish(True)
-        if journal is not None and run.hub.listening:
-            await self._emit_inserts(run, journal)
+        ctx._closed = True
+        if ctx._overlay is not None or ctx._journal is not None:
+            journal = ctx._finish(True)
+            if journal is not None and run.hub.listening:
+                await self._emit_inserts(run, journal)
         if node.status is StepStatus.FAILED:
             node.status = StepStatus.RUNNING
             node.error = None
