@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/middleware.py
 	$(BIN)/python benchmarks/durable.py
+	$(BIN)/python benchmarks/durable.py --one-cpu
 
 # make stress KILLS=60 for a shorter campaign
 KILLS ?= 500

@@ -182,7 +182,9 @@ class Engine:
         if not isinstance(workflow, Workflow):
             raise TypeError(f"engine.register takes an af.Workflow, got {workflow!r}")
         existing = self._workflows.get(workflow.id)
-        if existing is not None and existing is not workflow:
+        if existing is workflow:
+            return workflow  # checked when it was registered: start() stays cheap
+        if existing is not None:
             raise InvalidDefinition(f"another workflow is already registered with id {workflow.id!r}")
         if self.backend.persistent:
             self.registry.workflow_definition(workflow)  # every action must be re-creatable

@@ -12,7 +12,8 @@ of the action itself; everything else is paid only by those who use it.
 
 from __future__ import annotations
 
-import secrets
+import os
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -140,6 +141,12 @@ def _grace() -> anyio.CancelScope:
     return anyio.CancelScope(shield=True, deadline=anyio.current_time() + _GRACE_SECONDS)
 
 
+# Ids need to be unique, not secret: a generator seeded once from the OS is
+# enough, and much cheaper per run than reading the OS's randomness each time.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat its parent's ids
+
+
 def new_run_id() -> str:
     """A fresh, unique run id: 32 hex digits, the first 12 the creation time in milliseconds.
 
@@ -147,7 +154,7 @@ def new_run_id() -> str:
     sit together in a database index: concurrent runs then write a few pages
     per commit instead of one page each. The last 20 digits are random.
     """
-    return f"{time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+    return f"{time_ns() // 1_000_000:012x}{_ids.getrandbits(80):020x}"
 
 
 class Runner:
@@ -669,7 +676,12 @@ class Runner:
                     if journal is not None and listening:
                         await self._emit_inserts(run, journal)
             elif (chain := stage.chain) is None:
-                await self._execute(run, node, action.retry or stage.retry, action.timeout or stage.timeout)
+                retry = action.retry or stage.retry
+                limit = action.timeout or stage.timeout
+                if retry is None:
+                    await self._attempt(run, node, limit)
+                else:
+                    await self._execute(run, node, retry, limit)
             else:
                 await chain(MiddlewareContext("action", run, node))
                 if node.attempts == 0:
