@@ -554,13 +554,24 @@ async def test_engine_used_outside_async_with_raises(engine_url: str, clock: Fak
 
 
 async def test_register_refuses_another_workflow_under_a_taken_id(engine_url: str, clock: FakeClock) -> None:
-    """engine.register of a second workflow object with a registered id raises af.InvalidDefinition."""
+    """engine.register of a different workflow with a registered id raises af.InvalidDefinition."""
     engine = make_engine(engine_url, clock)
     engine.register(flows.QUICK)
     assert engine.register(flows.QUICK) is flows.QUICK
-    twin = af.Workflow("quick", stages=[af.Stage("s", actions=[flows.step_one])])
+    other = af.Workflow("quick", stages=[af.Stage("other", actions=[flows.step_one, flows.step_one])])
     with pytest.raises(af.InvalidDefinition, match="quick"):
-        engine.register(twin)
+        engine.register(other)
+
+
+async def test_register_accepts_a_rebuilt_workflow_with_the_same_definition(tmp_path: Path) -> None:
+    """A persistent engine accepts a workflow rebuilt with an equal definition and keeps the first."""
+    engine = af.Engine(f"sqlite:///{tmp_path / 'runs.db'}")
+
+    def build() -> af.Workflow:
+        return af.Workflow("rebuilt", stages=[af.Stage("s", actions=[flows.step_one])])
+
+    first = engine.register(build())
+    assert engine.register(build()) is first
 
 
 @pytest.mark.parametrize("url", ["postgresql://user@host/db", "postgres://host/db", "bogus://x", "nothing"])

@@ -175,8 +175,12 @@ class Engine:
     def register(self, workflow: Workflow) -> Workflow:
         """Let this engine run (and recover) ``workflow``, by its id; return it.
 
+        A workflow built again with the same definition (a web handler that
+        builds it per request, say) is accepted and the registered one is used;
+        with a persistent backend the definitions are compared.
+
         Raises:
-            InvalidDefinition: another workflow object is registered under that id.
+            InvalidDefinition: a different workflow is registered under that id.
             NotReferenceable: the backend is persistent and an action cannot be re-created.
         """
         if not isinstance(workflow, Workflow):
@@ -184,10 +188,14 @@ class Engine:
         existing = self._workflows.get(workflow.id)
         if existing is workflow:
             return workflow  # checked when it was registered: start() stays cheap
+        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
         if existing is not None:
-            raise InvalidDefinition(f"another workflow is already registered with id {workflow.id!r}")
-        if self.backend.persistent:
-            self.registry.workflow_definition(workflow)  # every action must be re-creatable
+            if definition is not None and definition == self.registry.workflow_definition(existing):
+                return existing
+            raise InvalidDefinition(
+                f"another workflow is already registered with id {workflow.id!r}"
+                + (" and a different definition" if definition is not None else "")
+            )
         self._workflows[workflow.id] = workflow
         return workflow
 
@@ -426,14 +434,22 @@ class Engine:
             return
         while True:
             now = self.clock.now()
-            claimed = await self.backend.claim(self.owner, now=now, lease_until=now + self.lease, limit=100)
-            for info in claimed:
-                saved = await self.backend.load(info.run_id)
-                if saved is not None:
-                    logger.info(
-                        "taking over run {} of workflow {!r} ({})", info.run_id, info.workflow_id, info.status
-                    )
-                    self._launch(group, saved)
+            # Shielded: runs claimed are launched (and, if the engine is closing, released
+            # again at once), never left owned but idle until their lease runs out.
+            with anyio.CancelScope(shield=True):
+                claimed = await self.backend.claim(
+                    self.owner, now=now, lease_until=now + self.lease, limit=100
+                )
+                for info in claimed:
+                    saved = await self.backend.load(info.run_id)
+                    if saved is not None:
+                        logger.info(
+                            "taking over run {} of workflow {!r} ({})",
+                            info.run_id,
+                            info.workflow_id,
+                            info.status,
+                        )
+                        self._launch(group, saved)
             if len(claimed) < 100:
                 return
 

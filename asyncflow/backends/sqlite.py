@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import attrs
 
 from .._core.errors import BackendError, LeaseLost
@@ -149,7 +150,10 @@ class SQLiteBackend(Backend):
         )
         self._thread.start()
         try:
-            await ready
+            # Opening takes milliseconds; shielded, so a cancellation cannot leave
+            # a thread holding the file behind an object that thinks it is closed.
+            with anyio.CancelScope(shield=True):
+                await ready
         except BaseException:
             self._thread = None
             raise
