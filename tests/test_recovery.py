@@ -320,6 +320,21 @@ async def test_run_released_by_one_engine_is_taken_over_by_another_open_engine(u
 # ---- suspend and resume across engines ------------------------------------------------------
 
 
+async def test_closing_engine_reports_its_runs_interrupted_not_cancelled(url: str) -> None:
+    """An engine closing mid-run tells listeners RUN_INTERRUPTED; the run stays RUNNING for a take-over."""
+    runner = af.Runner()
+    seen: list[af.Event] = []
+    runner.on_event(seen.append)
+    async with make_engine(url, flows.BASIC, runner=runner) as engine:
+        handle = await engine.start(flows.BASIC)
+        with anyio.fail_after(5):
+            await flows.gate("hang").wait()
+    kinds = [event.kind for event in seen if event.run_id == handle.run_id]
+    assert kinds[-1] is af.EventKind.RUN_INTERRUPTED
+    assert af.EventKind.RUN_FINISHED not in kinds
+    assert (await info_of(url, handle.run_id)).status is af.RunStatus.RUNNING
+
+
 async def test_suspended_run_resumes_in_another_engine(url: str) -> None:
     """A run suspended in engine 1 is resumed in engine 2 on the same file, with the resume data."""
     async with make_engine(url, flows.APPROVAL) as first:

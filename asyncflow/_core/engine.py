@@ -78,6 +78,7 @@ class _Active:
     result: RunResult | None = None
     cancel_requested: bool = False
     lease_lost: bool = False
+    run: RunState | None = None
 
 
 class RunHandle:
@@ -224,7 +225,11 @@ class Engine:
         self._closing = True
         try:
             if group is not None:
-                # Runs still in flight are left for the next engine: their leases are released.
+                # Runs still in flight are left for the next engine: their leases are released,
+                # and listeners hear RUN_INTERRUPTED, not that the runs were cancelled.
+                for active in self._active.values():
+                    if active.run is not None and not active.cancel_requested:
+                        active.run.interrupted = True
                 group.cancel_scope.cancel()
                 await group.__aexit__(None, None, None)
         finally:
@@ -306,7 +311,7 @@ class Engine:
                 await self._finish_unknown_workflow(info)
                 return
             durability = _RunDurability(self, saved)
-            run = RunState(
+            run = active.run = RunState(
                 workflow,
                 info.run_id,
                 self._restore_store(saved.store),

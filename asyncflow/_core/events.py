@@ -33,6 +33,7 @@ class EventKind(enum.StrEnum):
     STAGE_INSERTED = "stage_inserted"
     ACTION_INSERTED = "action_inserted"
     RUN_FINISHED = "run_finished"
+    RUN_INTERRUPTED = "run_interrupted"
     TIMING = "timing"
     EVENTS_DROPPED = "events_dropped"
 

@@ -65,6 +65,7 @@ class RunState:
         "failed_node",
         "failed_stage",
         "hub",
+        "interrupted",
         "log",
         "message_errors",
         "message_seq",
@@ -99,6 +100,9 @@ class RunState:
         self.log: list[StageNode | ActionNode] = []
         self.failed_node: ActionNode | None = None
         self.failed_stage: StageNode | None = None
+        # Set by an engine that stops while the run is in flight: the run is not
+        # over, another engine (or a restart) takes it over.
+        self.interrupted = False
         self.stage_chain: Handler | None = None
         self.message_seq = 0
         self.message_errors = 0
@@ -334,9 +338,14 @@ class Runner:
             logger.info("run {} suspended: {}", run.run_id, suspend.reason)
         except anyio.get_cancelled_exc_class():
             result = self._result(run, started, RunStatus.CANCELLED)
-            logger.info("run {} was cancelled", run.run_id)
             with _grace():
-                await self._finished(run, result)
+                if run.interrupted:
+                    logger.info("run {} was interrupted; it will be taken over", run.run_id)
+                    if self._hub.listening:
+                        await self._hub.emit(run.event(EventKind.RUN_INTERRUPTED, status="running"))
+                else:
+                    logger.info("run {} was cancelled", run.run_id)
+                    await self._finished(run, result)
             raise
         except Exception as exc:
             result = self._result(run, started, RunStatus.FAILED, error=exc)
