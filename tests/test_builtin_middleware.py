@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import raiser, recorder, sleeper
 from loguru import logger
 
 import asyncflow as af
@@ -15,33 +16,6 @@ from asyncflow import backoff
 from asyncflow import middleware as mw
 
 # ---- helpers ---------------------------------------------------------------------
-
-
-def recorder(name: str, log: list[str]) -> af.Action:
-    """An action called ``name`` that appends its name to ``log``."""
-
-    async def body(ctx: af.ActionContext) -> None:
-        log.append(name)
-
-    return af.action(name=name)(body)
-
-
-def raiser(name: str, error: BaseException) -> af.Action:
-    """An action called ``name`` that raises ``error``."""
-
-    async def body(ctx: af.ActionContext) -> None:
-        raise error
-
-    return af.action(name=name)(body)
-
-
-def sleeper(name: str, seconds: float) -> af.Action:
-    """An action called ``name`` that sleeps ``seconds``."""
-
-    async def body(ctx: af.ActionContext) -> None:
-        await anyio.sleep(seconds)
-
-    return af.action(name=name)(body)
 
 
 def failing_until(name: str, good_attempt: int, error_type: type[Exception] = ConnectionError) -> af.Action:

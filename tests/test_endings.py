@@ -6,26 +6,9 @@ import asyncio
 
 import anyio
 import pytest
+from helpers import raiser, recorder
 
 import asyncflow as af
-
-
-def recorder(name: str, log: list[str]) -> af.Action:
-    """An action called ``name`` that appends its name to ``log``."""
-
-    async def body(ctx: af.ActionContext) -> None:
-        log.append(name)
-
-    return af.action(name=name)(body)
-
-
-def raiser(name: str, error: BaseException) -> af.Action:
-    """An action called ``name`` that raises ``error``."""
-
-    async def body(ctx: af.ActionContext) -> None:
-        raise error
-
-    return af.action(name=name)(body)
 
 
 def bailer(name: str, reason: str) -> af.Action:

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import raiser
 
 import asyncflow as af
 
@@ -19,15 +20,6 @@ def noop(name: str) -> af.Action:
 
     async def body(ctx: af.ActionContext) -> None:
         pass
-
-    return af.action(name=name)(body)
-
-
-def raiser(name: str, error: BaseException) -> af.Action:
-    """An action called ``name`` that raises ``error``."""
-
-    async def body(ctx: af.ActionContext) -> None:
-        raise error
 
     return af.action(name=name)(body)
 

@@ -7,28 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from helpers import raiser, recorder
 
 import asyncflow as af
 
 # ---- helpers ---------------------------------------------------------------------
-
-
-def recorder(name: str, log: list[str]) -> af.Action:
-    """An action called ``name`` that appends its name to ``log``."""
-
-    async def body(ctx: af.ActionContext) -> None:
-        log.append(name)
-
-    return af.action(name=name)(body)
-
-
-def raiser(name: str, error: BaseException) -> af.Action:
-    """An action called ``name`` that raises ``error``."""
-
-    async def body(ctx: af.ActionContext) -> None:
-        raise error
-
-    return af.action(name=name)(body)
 
 
 def step_of(ctx: af.MiddlewareContext) -> str:
