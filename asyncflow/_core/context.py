@@ -191,9 +191,10 @@ class ActionContext:
                 f"(in action {self._node.action.name!r} of stage {self._node.stage_node.id!r})"
             )
         ops = self._durable_ops()
-        if ops is not None:
+        durable = self._run.durable
+        if ops is not None and durable is not None:
             node = self._node
-            ref = self._run.durable.reference(  # type: ignore[union-attr]
+            ref = durable.reference(
                 action, f"inserted by action {node.action.name!r} of stage {node.stage_node.id!r}"
             )
         self._count_insertion()
@@ -234,8 +235,9 @@ class ActionContext:
                 f"(in action {node.action.name!r} of stage {node.stage_node.id!r})"
             )
         ops = self._durable_ops()
-        if ops is not None:
-            defn = self._run.durable.stage_definition(  # type: ignore[union-attr]
+        durable = self._run.durable
+        if ops is not None and durable is not None:
+            defn = durable.stage_definition(
                 stage,
                 f"stage {stage.id!r} inserted by action {node.action.name!r} of stage {node.stage_node.id!r}",
             )
