@@ -29,6 +29,7 @@ from typing import Any
 
 from ._core.errors import RecordedError
 from ._core.records import RunResult, RunStatus, StepRecord, StepStatus, short_run_id
+from ._core.runner import REPLAYED
 from .backends import RunInfo
 
 __all__ = ["format_run", "format_run_info", "format_runs"]
@@ -67,7 +68,7 @@ _DURATION_WIDTH = 11  # "12,345.6 ms"
 _MAX_DETAIL_LINES = 3
 _BAILED = "bailed: "  # how the runner words the reason on the action that bailed
 _SUSPENDED = "suspended: "  # ... and on the action that suspended the run
-_REPLAYED = "completed in an earlier execution"  # ... and on an action replayed after a restart
+_REPLAYED = REPLAYED  # ... and on an action replayed after a restart
 
 
 class _Glyphs:

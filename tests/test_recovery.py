@@ -367,6 +367,20 @@ async def test_opening_an_engine_does_not_resume_a_suspended_run(url: str) -> No
     assert flows.runs_of("approve") == 1
 
 
+async def test_resumed_run_keeps_the_timings_of_steps_it_replayed(url: str) -> None:
+    """After a resume, replayed steps keep the durations recorded by the execution that ran them."""
+    async with make_engine(url, flows.APPROVAL) as engine:
+        handle = await engine.start(flows.APPROVAL)
+        await handle.result()
+        before = {s["action_name"]: s["duration"] for s in (await engine.get_run(handle.run_id)).steps or []}
+        resumed = await engine.resume(handle.run_id, {"approved_by": "ann"})
+        with anyio.fail_after(5):
+            await resumed.result()
+        after = {s["action_name"]: s for s in (await engine.get_run(handle.run_id)).steps or []}
+    assert after["step-one"]["reason"] == "completed in an earlier execution"
+    assert after["step-one"]["duration"] == before["step-one"] > 0
+
+
 async def test_resume_without_the_workflow_registered_leaves_the_run_suspended(url: str) -> None:
     """Resuming in an engine that lacks the run's workflow raises af.UnknownWorkflow, changing nothing."""
     async with make_engine(url, flows.APPROVAL) as first:

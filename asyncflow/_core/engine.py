@@ -53,7 +53,7 @@ from .errors import (
     UnknownRun,
 )
 from .records import RunResult, RunStatus, StepRecord, StepStatus
-from .runner import Runner, RunState, new_run_id
+from .runner import REPLAYED, Runner, RunState, new_run_id
 from .store import Store, _Meta
 from .workflow import Stage, Workflow
 
@@ -405,7 +405,7 @@ class Engine:
             "status": result.status,
             "owner": None,
             "lease_until": None,
-            "steps": [_step_to_json(step) for step in result.steps],
+            "steps": _with_earlier_timings([_step_to_json(step) for step in result.steps], info.steps),
             "bail_reason": result.bail_reason,
         }
         if result.status is RunStatus.FAILED and result.error is not None:
@@ -817,6 +817,33 @@ class _RunDurability(Durability):
         if isinstance(found, Stage):
             return found
         return self.engine.registry.stage_from_definition(definition, where=where)
+
+
+def _with_earlier_timings(
+    steps: list[dict[str, Any]], earlier: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """``steps`` with each replayed step's duration and attempts taken from the execution that ran it.
+
+    A resumed or recovered run replays what completed before; its record keeps
+    what those steps really took, not the 0 s of their replay.
+    """
+    if not earlier:
+        return steps
+    ran: dict[tuple[Any, ...], dict[str, Any]] = {}
+    seen: dict[tuple[Any, ...], int] = {}
+    for step in earlier:
+        key = (step["kind"], step["stage_id"], step.get("action_name"))
+        seen[key] = seen.get(key, 0) + 1
+        ran[(*key, seen[key])] = step
+    seen.clear()
+    for step in steps:
+        key = (step["kind"], step["stage_id"], step.get("action_name"))
+        seen[key] = seen.get(key, 0) + 1
+        before = ran.get((*key, seen[key]))
+        if step.get("reason") == REPLAYED and before is not None:
+            step["duration"] = before.get("duration", 0.0)
+            step["attempts"] = before.get("attempts", step["attempts"])
+    return steps
 
 
 def _step_to_json(step: StepRecord) -> dict[str, Any]:

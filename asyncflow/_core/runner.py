@@ -45,6 +45,9 @@ from .workflow import Workflow
 
 DEFAULT_MAX_INSERTIONS = 10_000
 
+#: The reason recorded for a step that completed before a restart or a resume and was replayed.
+REPLAYED = "completed in an earlier execution"
+
 _SKIPPED_BY_MIDDLEWARE = "skipped by middleware"
 
 
@@ -745,7 +748,7 @@ class Runner:
         ctx._finish(True)
         node.attempts = max(node.attempts, 1)
         node.status = StepStatus.COMPLETED
-        node.reason = "completed in an earlier execution"
+        node.reason = REPLAYED
 
     def _over_limit(self, run: RunState) -> InsertionLimitExceeded:
         # The action swallowed InsertionLimitExceeded: the run fails all the same.
