@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from time import perf_counter
 from typing import Any
 
@@ -41,34 +40,17 @@ def step(result: af.RunResult, stage_id: str, action_name: str | None = None) ->
     return found[0]
 
 
-@pytest.fixture
-def lines() -> Iterator[list[dict[str, Any]]]:
-    """Loguru records (DEBUG and up) emitted while asyncflow logging is enabled; restored after."""
-    captured: list[dict[str, Any]] = []
-
-    def sink(message: Any) -> None:
-        captured.append(message.record)
-
-    sink_id = logger.add(sink, level="DEBUG", format="{message}")
-    logger.enable("asyncflow")
-    try:
-        yield captured
-    finally:
-        logger.disable("asyncflow")
-        logger.remove(sink_id)
-
-
 # ---- logging -----------------------------------------------------------------------
 
 
-async def test_logging_logs_start_and_end_of_each_step(lines: list[dict[str, Any]]) -> None:
-    """mw.logging at every level logs "started" and "finished" lines for the run, stage and action."""
+async def test_logging_logs_start_and_end_of_each_step(asyncflow_log: list[dict[str, Any]]) -> None:
+    """mw.logging at every level logs "started" and "finished" asyncflow_log for the run, stage and action."""
     stage = af.Stage("s", actions=[recorder("a", [])])
     runner = af.Runner(
         middleware=[mw.logging()], stage_middleware=[mw.logging()], action_middleware=[mw.logging()]
     )
     await runner.run(af.Workflow("wf", stages=[stage]), run_id="r-log")
-    messages = [r["message"] for r in lines if r["name"] == "asyncflow.middleware.logging"]
+    messages = [r["message"] for r in asyncflow_log if r["name"] == "asyncflow.middleware.logging"]
     assert "run 'r-log' of workflow 'wf' started" in messages
     assert "stage 's' in run 'r-log' started" in messages
     assert "action 'a' of stage 's' in run 'r-log' started" in messages
@@ -77,10 +59,10 @@ async def test_logging_logs_start_and_end_of_each_step(lines: list[dict[str, Any
     assert any(m.startswith("run 'r-log' of workflow 'wf' finished in") for m in messages)
 
 
-async def test_logging_lines_carry_the_run_and_step_ids(lines: list[dict[str, Any]]) -> None:
-    """mw.logging lines are bound with run_id, workflow_id, stage_id and action."""
+async def test_logging_lines_carry_the_run_and_step_ids(asyncflow_log: list[dict[str, Any]]) -> None:
+    """mw.logging asyncflow_log are bound with run_id, workflow_id, stage_id and action."""
     await af.Runner(action_middleware=[mw.logging()]).run(one_stage(recorder("a", [])), run_id="r-ids")
-    ours = [r for r in lines if r["name"] == "asyncflow.middleware.logging"]
+    ours = [r for r in asyncflow_log if r["name"] == "asyncflow.middleware.logging"]
     assert ours
     for record in ours:
         assert record["extra"]["run_id"] == "r-ids"
@@ -89,21 +71,23 @@ async def test_logging_lines_carry_the_run_and_step_ids(lines: list[dict[str, An
         assert record["extra"]["action"] == "a"
 
 
-async def test_logging_logs_failures_at_error_level(lines: list[dict[str, Any]]) -> None:
+async def test_logging_logs_failures_at_error_level(asyncflow_log: list[dict[str, Any]]) -> None:
     """mw.logging logs a failed step at ERROR, naming the error."""
     wf = one_stage(raiser("bad", ValueError("broken")))
     with pytest.raises(af.ActionFailed):
         await af.Runner(action_middleware=[mw.logging()]).run(wf)
-    errors = [r for r in lines if r["name"] == "asyncflow.middleware.logging" and r["level"].name == "ERROR"]
+    errors = [
+        r for r in asyncflow_log if r["name"] == "asyncflow.middleware.logging" and r["level"].name == "ERROR"
+    ]
     assert len(errors) == 1
     assert "ValueError: broken" in errors[0]["message"]
     assert "action 'bad'" in errors[0]["message"]
 
 
-async def test_logging_uses_the_given_level(lines: list[dict[str, Any]]) -> None:
+async def test_logging_uses_the_given_level(asyncflow_log: list[dict[str, Any]]) -> None:
     """mw.logging(level="DEBUG") logs start and end at DEBUG."""
     await af.Runner(action_middleware=[mw.logging(level="DEBUG")]).run(one_stage(recorder("a", [])))
-    ours = [r for r in lines if r["name"] == "asyncflow.middleware.logging"]
+    ours = [r for r in asyncflow_log if r["name"] == "asyncflow.middleware.logging"]
     assert ours
     assert {r["level"].name for r in ours} == {"DEBUG"}
 

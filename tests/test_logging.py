@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from loguru import logger
 
 import asyncflow as af
-
-
-@pytest.fixture
-def records() -> Iterator[list[dict[str, Any]]]:
-    """Every loguru record emitted while the test runs (DEBUG and up); the sink is removed after."""
-    captured: list[dict[str, Any]] = []
-
-    def sink(message: Any) -> None:
-        captured.append(message.record)
-
-    sink_id = logger.add(sink, level="DEBUG", format="{message}")
-    try:
-        yield captured
-    finally:
-        logger.remove(sink_id)
 
 
 def from_library(captured: list[dict[str, Any]]) -> list[dict[str, Any]]:

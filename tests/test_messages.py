@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
-from loguru import logger
 
 import asyncflow as af
 
@@ -38,23 +37,6 @@ def collector() -> tuple[list[af.Message], Callable[[af.Message], None]]:
     """A list and a sync handler that appends every message it gets to it."""
     got: list[af.Message] = []
     return got, got.append
-
-
-@pytest.fixture
-def library_log() -> Iterator[list[dict[str, Any]]]:
-    """asyncflow's own log records while the test runs (logging enabled, then restored)."""
-    captured: list[dict[str, Any]] = []
-
-    def sink(message: Any) -> None:
-        captured.append(message.record)
-
-    sink_id = logger.add(sink, level="DEBUG", format="{message}")
-    logger.enable("asyncflow")
-    try:
-        yield captured
-    finally:
-        logger.disable("asyncflow")
-        logger.remove(sink_id)
 
 
 # ---- delivery and fields --------------------------------------------------------------
@@ -456,13 +438,13 @@ async def test_message_errors_are_kept_on_a_failed_run() -> None:
     assert info.value.result.message_errors == 1
 
 
-async def test_raising_handler_is_logged_with_kind_and_action(library_log: list[dict[str, Any]]) -> None:
+async def test_raising_handler_is_logged_with_kind_and_action(asyncflow_log: list[dict[str, Any]]) -> None:
     """The log line for a raising handler names the message kind and the sending action, and binds the run."""
     runner = af.Runner()
     runner.on_message("progress", boom)
     wf = af.Workflow("wf", stages=[af.Stage("s", actions=[sender("reporter", kind="progress")])])
     result = await runner.run(wf)
-    errors = [r for r in library_log if r["level"].name == "ERROR"]
+    errors = [r for r in asyncflow_log if r["level"].name == "ERROR"]
     assert len(errors) == 1
     line = errors[0]
     assert "progress" in line["message"]
