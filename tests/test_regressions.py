@@ -254,6 +254,28 @@ async def test_run_cancelled_by_another_engine_during_an_action_runs_nothing_aft
     assert flows.runs_of("after") == 0
 
 
+async def test_checkpoints_sharing_a_commit_with_one_of_a_cancelled_run_are_kept(url: str) -> None:
+    """Two runs finish an action in the same pass; one was cancelled elsewhere: only the other moves on."""
+    async with (
+        make_engine(url, GATED_THEN_AFTER, owner="A") as a,
+        make_engine(url, GATED_THEN_AFTER, owner="B") as b,
+    ):
+        kept = await a.start(GATED_THEN_AFTER)
+        cancelled = await a.start(GATED_THEN_AFTER)
+        await flows.eventually(lambda: flows.runs_of("block") == 2)
+        await b.cancel(cancelled.run_id)
+        flows.gate("block.release").set()  # both actions complete together: one commit for both
+        with anyio.fail_after(5):
+            kept_result = await kept.result()
+            cancelled_result = await cancelled.result()
+        assert kept_result.status is af.RunStatus.COMPLETED
+        assert kept_result.store["block"] == "released"
+        assert cancelled_result.status is af.RunStatus.CANCELLED
+    assert (await info_of(url, kept.run_id)).status is af.RunStatus.COMPLETED
+    assert (await info_of(url, cancelled.run_id)).status is af.RunStatus.CANCELLED
+    assert flows.runs_of("after") == 1
+
+
 # ---- 2. cancel right after start ----------------------------------------------------------
 
 

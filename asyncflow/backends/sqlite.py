@@ -133,9 +133,13 @@ class SQLiteBackend(Backend):
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self._busy_timeout = busy_timeout
-        self._jobs: queue.SimpleQueue[_Job | tuple[object, asyncio.Future[None]]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | _Batch | tuple[object, asyncio.Future[None]]] = (
+            queue.SimpleQueue()
+        )
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Checkpoints of this pass of the event loop, handed to the writer as one batch.
+        self._pending: list[tuple[Checkpoint, asyncio.Future[None]]] = []
 
     # ---- the writer thread --------------------------------------------------------
 
@@ -181,21 +185,25 @@ class SQLiteBackend(Backend):
         try:
             while closed is None:
                 batch: list[_Job] = []
+                checkpoints: list[_Batch] = []
                 job = self._jobs.get()
                 while True:
                     if isinstance(job, tuple):  # (_STOP, future): finish this batch, then stop
                         closed = job[1]
                         break
-                    batch.append(job)
-                    if len(batch) >= 1024:
+                    if isinstance(job, _Batch):
+                        checkpoints.append(job)
+                    else:
+                        batch.append(job)
+                    if len(batch) + len(checkpoints) >= 64:
                         break
                     try:
                         job = self._jobs.get_nowait()
                     except queue.Empty:
                         break
-                if batch:
-                    self._execute(conn, batch)
-                    loop.call_soon_threadsafe(_deliver, batch)
+                if batch or checkpoints:
+                    self._execute(conn, batch, checkpoints)
+                    loop.call_soon_threadsafe(_deliver, batch, checkpoints)
         finally:
             conn.close()
             if closed is not None:
@@ -253,17 +261,19 @@ class SQLiteBackend(Backend):
             raise
         return conn
 
-    def _execute(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+    def _execute(self, conn: sqlite3.Connection, batch: list[_Job], checkpoints: list[_Batch]) -> None:
         writes = [job for job in batch if job.writes]
         reads = [job for job in batch if not job.writes]
-        if writes:
-            checkpoints = [job for job in writes if isinstance(job.fn, _CheckpointJob)]
-            others = [job for job in writes if not isinstance(job.fn, _CheckpointJob)]
+        if checkpoints and not writes:
+            # The common case: only checkpoints. One statement, its own transaction, so the
+            # writer wins the GIL back once per batch (each SQLite call gives it up).
+            _write_batches(conn, checkpoints, self.path)
+        elif writes or checkpoints:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 if checkpoints:
-                    _write_checkpoints(conn, checkpoints)
-                for job in others:
+                    _write_batches(conn, checkpoints, self.path)
+                for job in writes:
                     _in_savepoint(conn, job)
                 conn.execute("COMMIT")
             except BaseException as exc:
@@ -272,6 +282,8 @@ class SQLiteBackend(Backend):
                 error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
                 for job in writes:
                     job.error = _wrap(error, self.path)
+                for cps in checkpoints:
+                    cps.fail(_wrap(error, self.path))
         for job in reads:
             try:
                 job.result = job.fn(conn)
@@ -362,7 +374,35 @@ class SQLiteBackend(Backend):
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write the checkpoint in the next group commit."""
-        await self._call(_CheckpointJob(checkpoint), writes=True)
+        if checkpoint.status is not None or checkpoint.kind == "sleep":
+            # Rare (a sleep begins, a run wakes): it changes the run's row too.
+            await self._call(_CheckpointJob(checkpoint), writes=True)
+            return
+        loop = self._loop
+        if self._thread is None or loop is None:
+            raise BackendError(
+                f"the SQLite backend for {str(self.path)!r} is not open (use 'async with engine')"
+            )
+        future: asyncio.Future[None] = loop.create_future()
+        pending = self._pending
+        pending.append((checkpoint, future))
+        if len(pending) == 1:
+            # Handed over once the loop has run every task that is ready now: the
+            # checkpoints of all the runs that moved in this pass share one commit.
+            loop.call_soon(self._hand_over)
+        await future
+
+    def _hand_over(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            job = _Batch(pending)
+        except BaseException as exc:  # a row that cannot be encoded: fail each on its own
+            for checkpoint, future in pending:
+                self._jobs.put(_Job(_CheckpointJob(checkpoint), future, True))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._jobs.put(job)
 
     async def load(self, run_id: str) -> SavedRun | None:
         """The run, its store in insertion order and its checkpoints in order."""
@@ -593,21 +633,71 @@ def _write(conn: sqlite3.Connection, cps: Sequence[Checkpoint]) -> int:
     return conn.execute(_BATCH_SQL, (json.dumps(rows),)).rowcount
 
 
-def _write_checkpoints(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-    """All checkpoints of a batch in two statements; one at a time only if one of them fails."""
-    conn.execute("SAVEPOINT checkpoints")
+class _Batch:
+    """The checkpoints of one pass of the event loop, encoded there as one JSON array.
+
+    The writer thread only runs the statement: the encoding is Python work,
+    and Python work on the writer would wait for the event loop's GIL.
+    """
+
+    __slots__ = ("checkpoints", "errors", "futures", "payload")
+
+    def __init__(self, pending: list[tuple[Checkpoint, asyncio.Future[None]]]) -> None:
+        self.checkpoints = [cp for cp, _ in pending]
+        self.futures = [future for _, future in pending]
+        self.payload = json.dumps([_row(cp) for cp in self.checkpoints])
+        self.errors: list[BaseException | None] | None = None  # None: all written
+
+    def fail(self, error: BaseException) -> None:
+        self.errors = [error] * len(self.checkpoints)
+
+
+def _row(cp: Checkpoint) -> list[Any]:
+    return [
+        cp.run_id,
+        cp.seq,
+        cp.step_key,
+        cp.kind,
+        encode_changes(cp.puts, cp.deletes),
+        cp.ops,
+        cp.attempts,
+        cp.at,
+        cp.owner,
+    ]
+
+
+def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path) -> None:
+    """Every checkpoint of ``batches`` in one statement; one at a time only to find which one failed."""
+    expected = sum(len(b.checkpoints) for b in batches)
+    if len(batches) == 1:
+        payload = batches[0].payload
+    else:
+        payload = "[" + ",".join(b.payload[1:-1] for b in batches) + "]"
     try:
-        written = _write(conn, [job.fn.checkpoint for job in jobs])  # type: ignore[attr-defined]
+        written = conn.execute(_BATCH_SQL, (payload,)).rowcount
     except sqlite3.Error:
-        written = -1
-    if written == len(jobs):
-        conn.execute("RELEASE checkpoints")
+        written = -1  # nothing was written: the statement is atomic
+    if written == expected:
         return
-    # A run changed hands (or a row is bad): find which, so only its checkpoint fails.
-    conn.execute("ROLLBACK TO checkpoints")
-    conn.execute("RELEASE checkpoints")
-    for job in jobs:
-        _in_savepoint(conn, job)
+    # A run changed hands (its checkpoint was left out), or a row is bad (nothing went in).
+    for batch in batches:
+        errors: list[BaseException | None] = []
+        for cp in batch.checkpoints:
+            if written >= 0 and _is_written(conn, cp):
+                errors.append(None)
+                continue
+            try:
+                _CheckpointJob(cp)(conn)
+            except Exception as exc:
+                errors.append(_wrap(exc, path))
+            else:
+                errors.append(None)
+        batch.errors = errors
+
+
+def _is_written(conn: sqlite3.Connection, cp: Checkpoint) -> bool:
+    row = conn.execute("SELECT 1 FROM checkpoints WHERE run_id = ? AND seq = ?", (cp.run_id, cp.seq))
+    return row.fetchone() is not None
 
 
 def _in_savepoint(conn: sqlite3.Connection, job: _Job) -> None:
@@ -626,7 +716,17 @@ def _wrap(exc: BaseException, path: Path) -> BaseException:
     return exc
 
 
-def _deliver(batch: list[_Job]) -> None:
+def _deliver(batch: list[_Job], checkpoints: list[_Batch]) -> None:
+    for cps in checkpoints:
+        errors = cps.errors
+        for i, future in enumerate(cps.futures):
+            if future.done():
+                continue
+            error = errors[i] if errors is not None else None
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(None)
     for job in batch:
         if job.future.done():
             continue
