@@ -92,6 +92,56 @@ async def test_engine_wait_gives_the_same_result_as_the_handle(engine_url: str, 
     )
 
 
+RESHAPE_THEN_FAIL = af.Workflow(
+    "reshape-then-fail",
+    stages=[
+        af.Stage("a", actions=[flows.reshape, flows.Record("x")]),
+        af.Stage("skipme", actions=[flows.Record("skipped")]),
+        af.Stage("b", actions=[flows.boom]),
+    ],
+)
+
+
+def _error_text(error: BaseException | None) -> str | None:
+    if error is None or isinstance(error, af.RecordedError):
+        return None if error is None else str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _described(steps: list[af.StepRecord]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            s.kind,
+            s.stage_id,
+            s.action_name,
+            s.status,
+            s.dynamic,
+            s.depth,
+            s.inserted_by,
+            s.inserted_by_stage,
+            s.reason,
+            s.attempts,
+            _error_text(s.error),
+        )
+        for s in steps
+    ]
+
+
+async def test_recorded_steps_match_the_steps_of_the_result(tmp_path: Path, clock: FakeClock) -> None:
+    """The steps another engine reads from the database are the steps the run's own result has."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with make_engine(url, clock) as engine:
+        handle = await engine.start(RESHAPE_THEN_FAIL)
+        here = await handle.result()
+    async with make_engine(url, clock) as other:
+        there = await other.wait(handle.run_id)
+    assert here.status is af.RunStatus.FAILED
+    assert any(s.dynamic for s in here.steps)
+    assert any(s.status is af.StepStatus.SKIPPED for s in here.steps)
+    assert _described(there.steps) == _described(here.steps)
+    assert [s.duration for s in there.steps] == [s.duration for s in here.steps]
+
+
 async def test_failed_run_is_returned_with_its_error(engine_url: str, clock: FakeClock) -> None:
     """A failed run comes back from wait with status FAILED and the error; get_run says where it failed."""
     async with make_engine(engine_url, clock) as engine:

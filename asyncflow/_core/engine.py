@@ -52,7 +52,7 @@ from .errors import (
     RunStateError,
     UnknownRun,
 )
-from .records import RunResult, RunStatus, StepRecord, StepStatus
+from .records import RunResult, RunStatus, StepRecord, StepStatus, steps_json
 from .runner import REPLAYED, Runner, RunState, new_run_id
 from .store import Store, _Meta
 from .workflow import Stage, Workflow
@@ -405,7 +405,7 @@ class Engine:
             "status": result.status,
             "owner": None,
             "lease_until": None,
-            "steps": _with_earlier_timings([_step_to_json(step) for step in result.steps], info.steps),
+            "steps": _with_earlier_timings(steps_json(result), info.steps),
             "bail_reason": result.bail_reason,
         }
         if result.status is RunStatus.FAILED and result.error is not None:
@@ -844,29 +844,6 @@ def _with_earlier_timings(
             step["duration"] = before.get("duration", 0.0)
             step["attempts"] = before.get("attempts", step["attempts"])
     return steps
-
-
-def _step_to_json(step: StepRecord) -> dict[str, Any]:
-    return {
-        "kind": step.kind,
-        "stage_id": step.stage_id,
-        "action_name": step.action_name,
-        "status": step.status.value,
-        "dynamic": step.dynamic,
-        "duration": step.duration,
-        "started_at": step.started_at,
-        "depth": step.depth,
-        "inserted_by": step.inserted_by,
-        "inserted_by_stage": step.inserted_by_stage,
-        "reason": step.reason,
-        "error": f"{type(step.error).__name__}: {step.error}" if step.error is not None else None,
-        "attempts": step.attempts,
-        "recovered_error": (
-            f"{type(step.recovered_error).__name__}: {step.recovered_error}"
-            if step.recovered_error is not None
-            else None
-        ),
-    }
 
 
 def _recorded(text: str | None) -> RecordedError | None:

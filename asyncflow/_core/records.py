@@ -117,6 +117,73 @@ def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
     )
 
 
+def _error_text(error: BaseException | None) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {error}"
+
+
+def step_json(step: StepRecord) -> dict[str, Any]:
+    """A step as the durable engine stores it: JSON values, errors as ``"Type: message"``."""
+    return {
+        "kind": step.kind,
+        "stage_id": step.stage_id,
+        "action_name": step.action_name,
+        "status": step.status.value,
+        "dynamic": step.dynamic,
+        "duration": step.duration,
+        "started_at": step.started_at,
+        "depth": step.depth,
+        "inserted_by": step.inserted_by,
+        "inserted_by_stage": step.inserted_by_stage,
+        "reason": step.reason,
+        "error": _error_text(step.error),
+        "attempts": step.attempts,
+        "recovered_error": _error_text(step.recovered_error),
+    }
+
+
+def steps_json(result: RunResult) -> list[dict[str, Any]]:
+    """:func:`step_json` of every step of ``result``.
+
+    Straight from the plan's nodes when the steps were not built yet: a
+    durable run writes its record at the end of every run, and most callers
+    never look at ``result.steps``.
+    """
+    if result._steps is not None or not result._log:
+        return [step_json(step) for step in result.steps]
+    from .plan import StageNode
+
+    run_start = result._started
+    out = []
+    for node in result._log:
+        if isinstance(node, StageNode):
+            kind, inserter, stage_id, action_name, attempts = "stage", node.inserter, node.id, None, 0
+        else:
+            kind, inserter, stage_id = "action", node.parent, node.stage_node.id
+            action_name, attempts = node.action.name, node.attempts
+        started = node.started
+        out.append(
+            {
+                "kind": kind,
+                "stage_id": stage_id,
+                "action_name": action_name,
+                "status": node.status.value,
+                "dynamic": node.dynamic,
+                "duration": node.duration,
+                "started_at": started - run_start if started else 0.0,
+                "depth": node.depth,
+                "inserted_by": (
+                    f"{inserter.stage_node.id}/{inserter.action.name}" if inserter is not None else None
+                ),
+                "inserted_by_stage": inserter.stage_node.id if inserter is not None else None,
+                "reason": node.reason,
+                "error": _error_text(node.error),
+                "attempts": attempts,
+                "recovered_error": _error_text(node.recovered),
+            }
+        )
+    return out
+
+
 @attrs.frozen
 class Timing:
     """A duration measured by the timing middleware (``mw.timing()``)."""
