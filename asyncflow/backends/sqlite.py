@@ -138,7 +138,7 @@ class SQLiteBackend(Backend):
         )
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Checkpoints of this pass of the event loop, handed to the writer as one batch.
+        # Checkpoints waiting on the loop, handed to the writer as one batch.
         self._pending: list[tuple[Checkpoint, asyncio.Future[None]]] = []
 
     # ---- the writer thread --------------------------------------------------------
@@ -168,6 +168,7 @@ class SQLiteBackend(Backend):
         if thread is None or loop is None:
             return
         self._thread = None
+        self._send_pending()  # checkpoints still waiting for the end of a pass go first
         closed: asyncio.Future[None] = loop.create_future()
         self._jobs.put((_STOP, closed))
         await asyncio.shield(closed)
@@ -195,7 +196,7 @@ class SQLiteBackend(Backend):
                         checkpoints.append(job)
                     else:
                         batch.append(job)
-                    if len(batch) + len(checkpoints) >= 64:
+                    if len(batch) + len(checkpoints) >= 1024:
                         break
                     try:
                         job = self._jobs.get_nowait()
@@ -387,13 +388,20 @@ class SQLiteBackend(Backend):
         pending = self._pending
         pending.append((checkpoint, future))
         if len(pending) == 1:
-            # Handed over once the loop has run every task that is ready now: the
-            # checkpoints of all the runs that moved in this pass share one commit.
-            loop.call_soon(self._hand_over)
+            # Handed over at the end of this pass of the loop, once every task that is
+            # ready now has run: the checkpoints of all the runs that moved in it share one
+            # commit. When nothing else is ready (one run alone), at once. (``_ready`` is
+            # asyncio's queue of ready callbacks; another loop waits for the pass to end.)
+            if not getattr(loop, "_ready", True):
+                self._send_pending()
+            else:
+                loop.call_soon(self._send_pending)
         await future
 
-    def _hand_over(self) -> None:
+    def _send_pending(self) -> None:
         pending, self._pending = self._pending, []
+        if not pending:
+            return
         try:
             job = _Batch(pending)
         except BaseException as exc:  # a row that cannot be encoded: fail each on its own
@@ -640,12 +648,14 @@ class _Batch:
     and Python work on the writer would wait for the event loop's GIL.
     """
 
-    __slots__ = ("checkpoints", "errors", "futures", "payload")
+    __slots__ = ("checkpoints", "errors", "futures", "payload", "rows")
 
     def __init__(self, pending: list[tuple[Checkpoint, asyncio.Future[None]]]) -> None:
         self.checkpoints = [cp for cp, _ in pending]
         self.futures = [future for _, future in pending]
-        self.payload = json.dumps([_row(cp) for cp in self.checkpoints])
+        self.rows = [_row(cp) for cp in self.checkpoints]
+        # One run alone (a sequential run) binds its row as parameters: no JSON round trip.
+        self.payload = json.dumps(self.rows) if len(self.rows) > 1 else ""
         self.errors: list[BaseException | None] | None = None  # None: all written
 
     def fail(self, error: BaseException) -> None:
@@ -669,12 +679,14 @@ def _row(cp: Checkpoint) -> list[Any]:
 def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path) -> None:
     """Every checkpoint of ``batches`` in one statement; one at a time only to find which one failed."""
     expected = sum(len(b.checkpoints) for b in batches)
-    if len(batches) == 1:
-        payload = batches[0].payload
-    else:
-        payload = "[" + ",".join(b.payload[1:-1] for b in batches) + "]"
     try:
-        written = conn.execute(_BATCH_SQL, (payload,)).rowcount
+        if expected == 1:
+            written = conn.execute(_ONE_SQL, batches[0].rows[0]).rowcount
+        elif len(batches) == 1:
+            written = conn.execute(_BATCH_SQL, (batches[0].payload,)).rowcount
+        else:
+            payload = json.dumps([row for batch in batches for row in batch.rows])
+            written = conn.execute(_BATCH_SQL, (payload,)).rowcount
     except sqlite3.Error:
         written = -1  # nothing was written: the statement is atomic
     if written == expected:
