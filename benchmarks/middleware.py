@@ -150,14 +150,19 @@ def events(repeats: int) -> tuple[float, float, float]:
         return elapsed
 
     listened = best(repeats, with_subscriber) / STEPS * 1e6
+    return plain_await(repeats), quiet, listened
 
-    async def plain() -> float:
-        started = time.perf_counter()
-        for _ in range(STEPS):
-            await _noop_fn(None)
-        return time.perf_counter() - started
 
-    return best(repeats, plain) / STEPS * 1e6, quiet, listened
+async def _plain() -> float:
+    started = time.perf_counter()
+    for _ in range(STEPS):
+        await _noop_fn(None)
+    return time.perf_counter() - started
+
+
+def plain_await(repeats: int) -> float:
+    """µs per plain ``await`` of the no-op coroutine: the baseline of this run."""
+    return best(repeats, _plain) / STEPS * 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,10 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     repeats: int = parser.parse_args(argv).repeats
 
     print(f"asyncflow {af.__version__}: middleware and events, best of {repeats}\n")
+    costs = layer_costs(repeats)
+    base = plain_await(repeats)
+    print(f"    plain await    {base:7.3f} µs/call   (the baseline of this run; x = times a plain await)\n")
     print("(a) empty middleware layers, cost per wrapped step   (target <= 0.5 µs per layer)")
-    print("    level          first layer   each further layer")
-    for level, (first, further) in layer_costs(repeats).items():
-        print(f"    {level:<14} {first:8.3f} µs   {further:8.3f} µs")
+    print("    level          first layer          each further layer")
+    for level, (first, further) in costs.items():
+        first_x, further_x = first / base, further / base
+        print(f"    {level:<14} {first:8.3f} µs ({first_x:4.1f}x)   {further:8.3f} µs ({further_x:4.1f}x)")
 
     none, three = three_layers(repeats)
     print(f"\n(b) {STEPS:,} actions, 3 action-level middlewares")
