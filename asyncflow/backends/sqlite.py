@@ -6,6 +6,13 @@ transaction (group commit: concurrent runs share commits, so throughput
 grows with concurrency), commits, and hands every result back to the event
 loop with a single wake-up. Nothing touches SQLite on the event loop.
 
+Checkpoints, one per committed action, take a shorter road. The runs that
+move in one pass of the event loop add theirs to a list, which is encoded
+on the loop (one JSON array) and handed over when the pass ends; the writer
+runs one statement for it, its own transaction. The writer needs the GIL
+only to start and to finish a batch: Python work there would wait for the
+event loop, while SQLite's own work runs beside it.
+
 The database runs in WAL mode with ``synchronous=NORMAL``: a committed
 checkpoint survives the process being killed (``kill -9``); an operating
 system crash or power loss may lose the last few commits, never corrupt the
@@ -574,8 +581,7 @@ class _CheckpointJob:
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         if _write(conn, [self.checkpoint]) != 1:
-            cp = self.checkpoint
-            raise LeaseLost(f"run {cp.run_id!r} is no longer owned by engine {cp.owner!r}")
+            raise _lease_lost(self.checkpoint)
 
 
 # Every write of a checkpoint checks, in the same statement, that its engine
@@ -695,8 +701,11 @@ def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path) 
     for batch in batches:
         errors: list[BaseException | None] = []
         for cp in batch.checkpoints:
-            if written >= 0 and _is_written(conn, cp):
-                errors.append(None)
+            if written >= 0:
+                # Still owned now, so owned when the statement ran: written. Not owned: it
+                # may have gone in before the run changed hands, or not; either way this
+                # engine stops the run, and the new owner goes on from what is recorded.
+                errors.append(None if _still_owned(conn, cp) else _lease_lost(cp))
                 continue
             try:
                 _CheckpointJob(cp)(conn)
@@ -707,9 +716,13 @@ def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path) 
         batch.errors = errors
 
 
-def _is_written(conn: sqlite3.Connection, cp: Checkpoint) -> bool:
-    row = conn.execute("SELECT 1 FROM checkpoints WHERE run_id = ? AND seq = ?", (cp.run_id, cp.seq))
+def _still_owned(conn: sqlite3.Connection, cp: Checkpoint) -> bool:
+    row = conn.execute("SELECT 1 FROM runs WHERE run_id = ? AND owner = ?", (cp.run_id, cp.owner))
     return row.fetchone() is not None
+
+
+def _lease_lost(cp: Checkpoint) -> LeaseLost:
+    return LeaseLost(f"run {cp.run_id!r} is no longer owned by engine {cp.owner!r}")
 
 
 def _in_savepoint(conn: sqlite3.Connection, job: _Job) -> None:
