@@ -741,31 +741,43 @@ class _RunDurability(Durability):
         self.stages.add(node.id)
 
     async def commit_action(self, node: ActionNode, overlay: Store | None, ops: list[Op] | None) -> None:
+        # Once per committed action: kept to the few steps the common case needs.
         puts: tuple[StoreEntry, ...] = ()
         deletes: tuple[str, ...] = ()
         if overlay is not None:
             # Deletes go first, so a key deleted and written again moves to the end, as in memory.
-            deletes = tuple(overlay._deleted or ())
-            puts = tuple(
-                self._put(key, value, overlay._meta.get(key)) for key, value in overlay._values.items()
-            )
+            if overlay._deleted:
+                deletes = tuple(overlay._deleted)
+            values = overlay._values
+            if values:
+                meta = overlay._meta
+                if not meta and self.persistent:
+                    check = json_value_check
+                    puts = tuple([StoreEntry(key, check(key, value)) for key, value in values.items()])
+                else:
+                    put = self._put
+                    puts = tuple([put(key, value, meta.get(key)) for key, value in values.items()])
         plan_ops = (json.dumps(ops) if self.persistent else list(ops)) if ops else None
         status = RunStatus.RUNNING if self.sleeping else None
         self.sleeping = False
-        await self._write(
-            Checkpoint(
-                self.run_id,
-                self.owner,
-                node.key,
-                "action",
-                puts=puts,
-                deletes=deletes,
-                ops=plan_ops,
-                attempts=node.attempts,
-                status=status,
-                seq=self._next(),
-            )
+        self.seq = seq = self.seq + 1
+        checkpoint = Checkpoint(
+            self.run_id,
+            self.owner,
+            node.key,
+            "action",
+            puts,
+            deletes,
+            plan_ops,
+            node.attempts,
+            None,
+            status,
+            seq,
         )
+        if faults._PLAN is None:
+            await self.backend.checkpoint(checkpoint)
+        else:
+            await self._write(checkpoint)
 
     async def commit_attempt(self, node: ActionNode, attempts: int, retry_at: float) -> None:
         await self._write(

@@ -163,16 +163,21 @@ def encode_changes(puts: Sequence[StoreEntry], deletes: Sequence[str]) -> str | 
     """
     if not puts and not deletes:
         return None
-    # One checkpoint per action: the C string encoder, not json.dumps, for the keys.
+    # One checkpoint per action: the C string encoder, not json.dumps, for the keys, and
+    # the common entry (no expiry, tags or properties) without a test per field.
     quote = encode_basestring_ascii
-    items = ",".join(
-        f"[{quote(e.key)},{e.value},"
-        f"{'null' if e.expires is None else repr(float(e.expires))},"
-        f"{json.dumps(list(e.tags)) if e.tags else 'null'},{e.properties or 'null'}]"
-        for e in puts
-    )
-    dropped = ",".join(quote(key) for key in deletes)
-    return f'{{"d":[{dropped}],"p":[{items}]}}'
+    items = []
+    for e in puts:
+        if e.expires is None and not e.tags and not e.properties:
+            items.append(f"[{quote(e.key)},{e.value},null,null,null]")
+        else:
+            items.append(
+                f"[{quote(e.key)},{e.value},"
+                f"{'null' if e.expires is None else repr(float(e.expires))},"
+                f"{json.dumps(list(e.tags)) if e.tags else 'null'},{e.properties or 'null'}]"
+            )
+    dropped = ",".join([quote(key) for key in deletes]) if deletes else ""
+    return f'{{"d":[{dropped}],"p":[{",".join(items)}]}}'
 
 
 def apply_changes(store: dict[str, StoreEntry], changes: str) -> None:

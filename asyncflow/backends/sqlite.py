@@ -23,12 +23,13 @@ leases.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -580,7 +581,7 @@ class _CheckpointJob:
         self.checkpoint = checkpoint
 
     def __call__(self, conn: sqlite3.Connection) -> None:
-        if _write(conn, [self.checkpoint]) != 1:
+        if _write(conn, self.checkpoint) != 1:
             raise _lease_lost(self.checkpoint)
 
 
@@ -594,82 +595,68 @@ _CHECKPOINT_SQL = (
     "INSERT INTO checkpoints (run_id, seq, step_key, kind, changes, ops, attempts, at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# All the checkpoints of a batch go in as one JSON array, in one statement. One
-# statement, not one per row, matters here: the sqlite3 module gives up the GIL
-# for every step of a statement and must win it back from the event loop after
-# each one, so a row-by-row insert lets the loop's Python work gate the writer.
-_BATCH_SQL = (
-    "INSERT INTO checkpoints (run_id, seq, step_key, kind, changes, ops, attempts, at) "
-    "SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), "
-    "json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]'), json_extract(j.value, '$[5]'), "
-    "json_extract(j.value, '$[6]'), json_extract(j.value, '$[7]') "
-    "FROM json_each(?) AS j WHERE EXISTS (SELECT 1 FROM runs "
-    "WHERE runs.run_id = json_extract(j.value, '$[0]') AND runs.owner = json_extract(j.value, '$[8]'))"
-)
-
-
 _ONE_SQL = (
     "INSERT INTO checkpoints (run_id, seq, step_key, kind, changes, ops, attempts, at) "
     "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?1 AND owner = ?9)"
 )
+_ROW_PARAMS = 9  # the row of _ONE_SQL: 8 columns and the owner
 
 
-def _write(conn: sqlite3.Connection, cps: Sequence[Checkpoint]) -> int:
-    """Write ``cps``; return how many their engine still owned (the others wrote nothing)."""
-    statuses = [
-        (
-            cp.status.value if cp.status is not None else None,
-            cp.at if cp.kind == "sleep" else None,
-            cp.run_id,
-            cp.owner,
-        )
-        for cp in cps
-        if cp.status is not None or cp.kind == "sleep"
-    ]
-    if statuses:
-        conn.executemany(_STATUS_SQL, statuses)
-    rows = [
-        [
-            cp.run_id,
-            cp.seq,
-            cp.step_key,
-            cp.kind,
-            encode_changes(cp.puts, cp.deletes),
-            cp.ops,
-            cp.attempts,
-            cp.at,
-            cp.owner,
-        ]
-        for cp in cps
-    ]
-    if len(rows) == 1:  # one run alone: no JSON round trip
-        return conn.execute(_ONE_SQL, rows[0]).rowcount
-    return conn.execute(_BATCH_SQL, (json.dumps(rows),)).rowcount
+def _many_sql(rows: int) -> str:
+    """One statement for ``rows`` checkpoints, each of them checked for its run's owner.
+
+    One statement, not one per row, matters: the sqlite3 module gives up the
+    GIL for every step of a statement and must win it back from the event
+    loop after each one. The rows are bound as parameters (no text to parse
+    per row). Batches are padded to a power of two with rows of NULLs, which
+    the owner check leaves out, so a handful of statements is ever prepared.
+    """
+    values = ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
+    return (
+        "INSERT INTO checkpoints (run_id, seq, step_key, kind, changes, ops, attempts, at) "
+        "SELECT column1, column2, column3, column4, column5, column6, column7, column8 "
+        f"FROM (VALUES {values}) AS v "
+        "WHERE EXISTS (SELECT 1 FROM runs WHERE runs.run_id = v.column1 AND runs.owner = v.column9)"
+    )
+
+
+_MANY_SQL = {size: _many_sql(size) for size in (2**k for k in range(1, 12))}  # 2 .. 2,048 rows
+_MAX_ROWS = max(_MANY_SQL)
+
+
+def _write(conn: sqlite3.Connection, cp: Checkpoint) -> int:
+    """Write ``cp`` (and its status); 1 if its engine still owned the run, else 0 (nothing written)."""
+    if cp.status is not None or cp.kind == "sleep":
+        status = cp.status.value if cp.status is not None else None
+        wake_at = cp.at if cp.kind == "sleep" else None
+        conn.execute(_STATUS_SQL, (status, wake_at, cp.run_id, cp.owner))
+    return conn.execute(_ONE_SQL, _row(cp)).rowcount
 
 
 class _Batch:
-    """The checkpoints of one pass of the event loop, encoded there as one JSON array.
+    """The checkpoints of one pass of the event loop, with their rows made there.
 
-    The writer thread only runs the statement: the encoding is Python work,
+    The writer thread only runs the statement: making rows is Python work,
     and Python work on the writer would wait for the event loop's GIL.
     """
 
-    __slots__ = ("checkpoints", "errors", "futures", "payload", "rows")
+    __slots__ = ("checkpoints", "errors", "futures", "params")
 
     def __init__(self, pending: list[tuple[Checkpoint, asyncio.Future[None]]]) -> None:
         self.checkpoints = [cp for cp, _ in pending]
         self.futures = [future for _, future in pending]
-        self.rows = [_row(cp) for cp in self.checkpoints]
-        # One run alone (a sequential run) binds its row as parameters: no JSON round trip.
-        self.payload = json.dumps(self.rows) if len(self.rows) > 1 else ""
+        params: list[Any] = []
+        for cp in self.checkpoints:
+            params += _row(cp)
+        self.params = params  # the rows one after another, _ROW_PARAMS values each
         self.errors: list[BaseException | None] | None = None  # None: all written
 
     def fail(self, error: BaseException) -> None:
         self.errors = [error] * len(self.checkpoints)
 
 
-def _row(cp: Checkpoint) -> list[Any]:
-    return [
+def _row(cp: Checkpoint) -> tuple[Any, ...]:
+    return (
         cp.run_id,
         cp.seq,
         cp.step_key,
@@ -679,22 +666,36 @@ def _row(cp: Checkpoint) -> list[Any]:
         cp.attempts,
         cp.at,
         cp.owner,
-    ]
+    )
+
+
+def _insert_rows(conn: sqlite3.Connection, params: list[Any]) -> int:
+    """Insert rows of ``params``; how many their engines still owned."""
+    rows = len(params) // _ROW_PARAMS
+    if rows == 1:
+        return conn.execute(_ONE_SQL, params).rowcount
+    written = 0
+    for start in range(0, rows, _MAX_ROWS):
+        chunk = params[start * _ROW_PARAMS : (start + _MAX_ROWS) * _ROW_PARAMS]
+        count = len(chunk) // _ROW_PARAMS
+        size = 1 << (count - 1).bit_length()  # the next power of two
+        chunk += [None] * ((size - count) * _ROW_PARAMS)
+        written += conn.execute(_MANY_SQL[size], chunk).rowcount
+    return written
 
 
 def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path) -> None:
     """Every checkpoint of ``batches`` in one statement; one at a time only to find which one failed."""
     expected = sum(len(b.checkpoints) for b in batches)
+    params = batches[0].params if len(batches) == 1 else [p for batch in batches for p in batch.params]
     try:
-        if expected == 1:
-            written = conn.execute(_ONE_SQL, batches[0].rows[0]).rowcount
-        elif len(batches) == 1:
-            written = conn.execute(_BATCH_SQL, (batches[0].payload,)).rowcount
+        if expected > _MAX_ROWS and not conn.in_transaction:
+            with _transaction(conn):
+                written = _insert_rows(conn, params)
         else:
-            payload = json.dumps([row for batch in batches for row in batch.rows])
-            written = conn.execute(_BATCH_SQL, (payload,)).rowcount
+            written = _insert_rows(conn, params)
     except sqlite3.Error:
-        written = -1  # nothing was written: the statement is atomic
+        written = -1  # nothing was written: the statement (or transaction) is atomic
     if written == expected:
         return
     # A run changed hands (its checkpoint was left out), or a row is bad (nothing went in).
@@ -714,6 +715,17 @@ def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path) 
             else:
                 errors.append(None)
         batch.errors = errors
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _still_owned(conn: sqlite3.Connection, cp: Checkpoint) -> bool:
