@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from loguru import logger as _root_logger
 
@@ -224,9 +224,28 @@ def _layer(mw: Middleware, inner: Handler) -> Handler:
     return layer
 
 
-def compose(mws: Sequence[Middleware], terminal: Handler) -> Handler:
-    """Wrap ``terminal`` in ``mws``, first outermost."""
-    handler = terminal
-    for mw in reversed(mws):
+class Chain(NamedTuple):
+    """Middleware composed once, first registered outermost.
+
+    The runner calls the outermost middleware itself: ``first(ctx,
+    call_next)``. With one middleware (``inner`` is ``None``) ``call_next``
+    is the context's own bound method that runs the wrapped step; with more,
+    it is ``partial(inner, ctx)``, and the innermost layer hands its
+    middleware that bound method. A chain holds no runner and no step, so
+    one serves every stage and run with the same middleware.
+    """
+
+    first: Middleware
+    inner: Handler | None
+
+
+def compose(mws: Sequence[Middleware], innermost: Callable[[Middleware], Handler]) -> Chain:
+    """Compose ``mws`` (at least one); ``innermost(mw)`` makes the layer of the innermost of two or more."""
+    if not mws:
+        raise ValueError("compose needs at least one middleware")
+    if len(mws) == 1:
+        return Chain(mws[0], None)
+    handler = innermost(mws[-1])
+    for mw in reversed(mws[1:-1]):
         handler = _layer(mw, handler)
-    return handler
+    return Chain(mws[0], handler)

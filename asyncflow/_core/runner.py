@@ -17,6 +17,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from time import perf_counter, time, time_ns
 from typing import Any
 
@@ -36,7 +37,15 @@ from .errors import (
     Suspend,
 )
 from .events import Event, EventHandler, EventKind, EventStream, Hub, MessageHandler
-from .middleware import Handler, Middleware, MiddlewareContext, check_middlewares, compose, enter_once
+from .middleware import (
+    Chain,
+    Handler,
+    Middleware,
+    MiddlewareContext,
+    check_middlewares,
+    compose,
+    enter_once,
+)
 from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, PlanState, StageNode, UndoEntry
 from .records import RunResult, RunStatus, StepStatus, Timing
 from .retry import Retry, check_retry, check_timeout
@@ -75,6 +84,7 @@ class RunState:
         "plan",
         "require_json",
         "run_id",
+        "runner",
         "stage_chain",
         "store",
         "timings",
@@ -106,7 +116,8 @@ class RunState:
         # Set by an engine that stops while the run is in flight: the run is not
         # over, another engine (or a restart) takes it over.
         self.interrupted = False
-        self.stage_chain: Handler | None = None
+        self.stage_chain: Chain | None = None
+        self.runner: Runner | None = None  # set by the runner that runs it
         self.message_seq = 0
         self.message_errors = 0
         self.timings: list[Timing] = []
@@ -207,9 +218,9 @@ class Runner:
         self.max_insertions = _check_max_insertions(max_insertions)
         self.require_json = require_json
         self._hub = Hub()
-        self._run_chain = compose(self.middleware, self._run_terminal)
+        self._run_chain = compose(self.middleware, _entering) if self.middleware else None
         # Composed chains by (innermost handler, middleware): built once, not per stage.
-        self._chains: dict[tuple[Handler, tuple[Middleware, ...]], Handler] = {}
+        self._chains: dict[tuple[Callable[[Middleware], Handler], tuple[Middleware, ...]], Chain] = {}
 
     # ---- listeners ---------------------------------------------------------------
 
@@ -304,21 +315,23 @@ class Runner:
 
     async def _run(self, run: RunState) -> RunResult:
         started = perf_counter()
+        run.runner = self
         hub = self._hub
         logger.debug("run {} of workflow {!r} started", run.run_id, run.workflow.id)
         if hub.listening:
             await hub.emit(run.event(EventKind.RUN_STARTED))
         stage_mws = self.stage_middleware + run.workflow._middleware
         if stage_mws:
-            run.stage_chain = self._chain(stage_mws, self._stage_terminal)
+            run.stage_chain = self._chain(stage_mws, _entering)
         status = RunStatus.COMPLETED
         bail_reason: str | None = None
         recovered: BaseException | None = None
         suspended: Suspend | None = None
         try:
-            if self.middleware:
-                mctx = MiddlewareContext("run", run)
-                await self._run_chain(mctx)
+            if (run_chain := self._run_chain) is not None:
+                mctx = _entered(_RunLevel, run, None)
+                inner = run_chain.inner
+                await run_chain.first(mctx, mctx._enter if inner is None else partial(inner, mctx))
                 if not mctx._ran:
                     status = RunStatus.SKIPPED
                 else:
@@ -432,19 +445,15 @@ class Runner:
             recovered_error=recovered_error,
         )
 
-    def _chain(self, mws: tuple[Middleware, ...], terminal: Handler) -> Handler:
-        """``terminal`` wrapped in ``mws``, composed once per distinct list of middleware."""
-        key = (terminal, mws)
+    def _chain(self, mws: tuple[Middleware, ...], innermost: Callable[[Middleware], Handler]) -> Chain:
+        """``mws`` composed once per distinct list of middleware (and level)."""
+        key = (innermost, mws)
         chain = self._chains.get(key)
         if chain is None:
             if len(self._chains) >= 1024:  # middleware made per run: do not grow forever
                 self._chains.clear()
-            chain = self._chains[key] = compose(mws, terminal)
+            chain = self._chains[key] = compose(mws, innermost)
         return chain
-
-    def _run_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
-        enter_once(mctx)
-        return self._drive(mctx._run)
 
     # ---- stages ------------------------------------------------------------------
 
@@ -480,8 +489,9 @@ class Runner:
             if chain is None:
                 await self._stage_body(run, node)
             else:
-                mctx = MiddlewareContext("stage", run, node)
-                await chain(mctx)
+                mctx = _entered(_StageLevel, run, node)
+                inner = chain.inner
+                await chain.first(mctx, mctx._enter if inner is None else partial(inner, mctx))
                 if not mctx._ran:
                     node.status = StepStatus.SKIPPED
                     node.reason = _SKIPPED_BY_MIDDLEWARE
@@ -539,10 +549,6 @@ class Runner:
             )
         )
 
-    def _stage_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
-        enter_once(mctx)
-        return self._stage_body(mctx._run, mctx._node)
-
     async def _stage_body(self, run: RunState, node: StageNode) -> None:
         stage = node.stage
         durable = run.durable
@@ -557,16 +563,17 @@ class Runner:
         # Composed once per stage, not per action call.
         action_mws = self.action_middleware + run.workflow._action_middleware + stage._action_middleware
         if action_mws:
-            node.chain = self._chain(action_mws, self._action_terminal)
+            node.chain = self._chain(action_mws, _attempting)
         node.retry = stage.retry or self.retry
         node.timeout = stage.timeout or self.timeout
         node.fast = node.chain is None and node.retry is None and node.timeout is None and durable is None
         node.pending = deque(node.actions)
         try:
             if stage._middleware:
-                mctx = MiddlewareContext("actions", run, node)
-                block = self._chain(stage._middleware, self._actions_terminal)
-                await block(mctx)
+                mctx = _entered(_ActionsLevel, run, node)
+                block = self._chain(stage._middleware, _entering)
+                inner = block.inner
+                await block.first(mctx, mctx._enter if inner is None else partial(inner, mctx))
                 if not mctx._ran:
                     for action in node.actions:
                         await self._skip(run, action, _SKIPPED_BY_MIDDLEWARE)
@@ -574,10 +581,6 @@ class Runner:
                 await self._actions(run, node)
         finally:
             node.pending = None  # done with: a finished stage holds no queue
-
-    def _actions_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
-        enter_once(mctx)
-        return self._actions(mctx._run, mctx._node)
 
     async def _actions(self, run: RunState, node: StageNode) -> None:
         if node.stage.concurrency == 1:
@@ -678,24 +681,29 @@ class Runner:
                 try:
                     await node.call(ctx)
                     if run.plan.over_limit:
-                        raise self._over_limit(run)
+                        raise _over_limit(run)
                 except BaseException as exc:
-                    self._attempt_failed(ctx, node, exc)
+                    _attempt_failed(ctx, node, exc)
                     raise
                 ctx._closed = True
                 if ctx._overlay is not None or ctx._journal is not None:
                     journal = ctx._finish(True)
                     if journal is not None and listening:
-                        await self._emit_inserts(run, journal)
+                        await _emit_inserts(run, journal)
             elif (chain := stage.chain) is None:
-                retry = action.retry or stage.retry
-                limit = action.timeout or stage.timeout
-                if retry is None:
-                    await self._attempt(run, node, limit)
-                else:
-                    await self._execute(run, node, retry, limit)
+                mctx = _action_level(run, node, action.timeout or stage.timeout, action.retry or stage.retry)
+                await (mctx._attempt() if mctx._retry is None else mctx._retrying())
             else:
-                await chain(MiddlewareContext("action", run, node))
+                mctx = _new_object(_ActionLevel)
+                mctx._run = run
+                mctx._node = node
+                mctx._limit = action.timeout or stage.timeout
+                mctx._retry = retry = action.retry or stage.retry
+                inner = chain.inner
+                if inner is not None:
+                    await chain.first(mctx, partial(inner, mctx))
+                else:  # one middleware: call_next is the attempt itself, a bound method
+                    await chain.first(mctx, mctx._attempt if retry is None else mctx._retrying)
                 if node.attempts == 0:
                     node.status = StepStatus.SKIPPED
                     node.reason = _SKIPPED_BY_MIDDLEWARE
@@ -750,53 +758,29 @@ class Runner:
         node.status = StepStatus.COMPLETED
         node.reason = REPLAYED
 
-    def _over_limit(self, run: RunState) -> InsertionLimitExceeded:
-        # The action swallowed InsertionLimitExceeded: the run fails all the same.
-        return InsertionLimitExceeded(run.plan.max_insertions, run_id=run.run_id)
 
-    async def _emit_inserts(self, run: RunState, journal: list[UndoEntry]) -> None:
-        for kind, _, child in journal:
-            if kind == _UNDO_STAGE:
-                await run.hub.emit(run.event(EventKind.STAGE_INSERTED, child))
-            elif kind == _UNDO_ACTION:
-                await run.hub.emit(run.event(EventKind.ACTION_INSERTED, child))
+class _ActionLevel(MiddlewareContext):
+    """The context of action-level middleware.
 
-    def _attempt_failed(self, ctx: ActionContext, node: ActionNode, exc: BaseException) -> None:
-        if isinstance(exc, Bail):
-            ctx._finish(True)
-            node.status = StepStatus.COMPLETED
-            node.reason = f"bailed: {exc.reason}"
-        elif isinstance(exc, Suspend):
-            ctx._finish(False)
-            node.status = StepStatus.SUSPENDED
-            node.reason = f"suspended: {exc.reason}"
-            if ctx._run.durable is not None:
-                ctx._run.durable.suspended_key = node.key
-        elif isinstance(exc, anyio.get_cancelled_exc_class()):
-            ctx._finish(False)
-            node.status = StepStatus.CANCELLED
-        else:
-            ctx._finish(False)
-            node.status = StepStatus.FAILED
-            node.error = exc
+    Its bound ``_attempt`` is the innermost ``call_next``: one attempt of the
+    action, in the one coroutine frame that must stand around it, to commit
+    the attempt's writes (or discard them) before the middleware goes on.
+    Retries and time limits without middleware run their attempts through
+    one too.
+    """
 
-    def _action_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
-        # Not a coroutine itself: it hands back the attempt's, one frame less per action.
-        node: ActionNode = mctx._node
-        stage = node.stage_node
-        action = node.action
-        retry = action.retry or stage.retry
-        if retry is None:
-            return self._attempt(mctx._run, node, action.timeout or stage.timeout)
-        return self._execute(mctx._run, node, retry, action.timeout or stage.timeout)
+    __slots__ = ("_limit", "_retry")
+    level = "action"  # a class attribute: one store less per action
 
-    async def _execute(
-        self, run: RunState, node: ActionNode, retry: Retry | None, limit: float | None
-    ) -> None:
-        """Run the action's attempts under its effective retry and time limit."""
-        if retry is None:
-            await self._attempt(run, node, limit)
-            return
+    _limit: float | None
+    _retry: Retry | None
+
+    async def _retrying(self) -> None:
+        """The attempts of the action under its retry policy, with back-off between them."""
+        retry = self._retry
+        assert retry is not None
+        run: RunState = self._run
+        node: ActionNode = self._node
         durable = run.durable
         if durable is not None and node.attempts == 0:
             state = durable.retry_state(node)
@@ -806,7 +790,7 @@ class Runner:
                 await sleep_until(run.clock, due)
         while True:
             try:
-                await self._attempt(run, node, limit)
+                await self._attempt()
             except Exception as exc:
                 if not retry.should_retry(exc, node.attempts):
                     raise
@@ -827,7 +811,10 @@ class Runner:
             else:
                 return
 
-    async def _attempt(self, run: RunState, node: ActionNode, limit: float | None) -> None:
+    async def _attempt(self) -> None:
+        run: RunState = self._run
+        node: ActionNode = self._node
+        limit = self._limit
         node.attempts += 1
         attempt = node.attempts
         if attempt > 1:
@@ -847,12 +834,12 @@ class Runner:
             if limit is None:
                 await node.call(ctx)
                 if run.plan.over_limit:
-                    raise self._over_limit(run)
+                    raise _over_limit(run)
             else:
                 with anyio.move_on_after(limit) as scope:
                     await node.call(ctx)
                 if run.plan.over_limit:
-                    raise self._over_limit(run)
+                    raise _over_limit(run)
                 if scope.cancelled_caught:
                     raise ActionTimeout(
                         run_id=run.run_id,
@@ -868,16 +855,129 @@ class Runner:
             if isinstance(exc, Bail) and run.durable is not None:
                 # A bail keeps what the action wrote: in the database too.
                 await run.durable.commit_action(node, ctx._overlay, getattr(ctx, "_ops", None))
-            self._attempt_failed(ctx, node, exc)
+            _attempt_failed(ctx, node, exc)
             raise
         ctx._closed = True
         if ctx._overlay is not None or ctx._journal is not None:
             journal = ctx._finish(True)
             if journal is not None and run.hub.listening:
-                await self._emit_inserts(run, journal)
+                await _emit_inserts(run, journal)
         if node.status is StepStatus.FAILED:
             node.status = StepStatus.RUNNING
             node.error = None
+
+
+_new_object = object.__new__
+
+
+class _RunLevel(MiddlewareContext):
+    """Run-level middleware's context; its bound ``_enter`` is the innermost ``call_next``."""
+
+    __slots__ = ()
+    level = "run"
+
+    def _enter(self) -> Awaitable[None]:
+        enter_once(self)
+        run: RunState = self._run
+        assert run.runner is not None
+        return run.runner._drive(run)
+
+
+class _StageLevel(MiddlewareContext):
+    """Stage-level middleware's context; its bound ``_enter`` is the innermost ``call_next``."""
+
+    __slots__ = ()
+    level = "stage"
+
+    def _enter(self) -> Awaitable[None]:
+        enter_once(self)
+        run: RunState = self._run
+        assert run.runner is not None
+        return run.runner._stage_body(run, self._node)
+
+
+class _ActionsLevel(MiddlewareContext):
+    """Actions-block middleware's context; its bound ``_enter`` is the innermost ``call_next``."""
+
+    __slots__ = ()
+    level = "actions"
+
+    def _enter(self) -> Awaitable[None]:
+        enter_once(self)
+        run: RunState = self._run
+        assert run.runner is not None
+        return run.runner._actions(run, self._node)
+
+
+_Entered = _RunLevel | _StageLevel | _ActionsLevel
+
+
+def _entered(cls: type[_Entered], run: RunState, node: StageNode | None) -> _Entered:
+    mctx = _new_object(cls)
+    mctx._run = run
+    mctx._node = node
+    mctx._ran = False
+    return mctx
+
+
+def _entering(mw: Middleware) -> Handler:
+    """The innermost of two or more run, stage or actions-block layers: ``call_next`` is ``_enter``."""
+
+    def layer(mctx: Any) -> Awaitable[None]:
+        return mw(mctx, mctx._enter)
+
+    return layer
+
+
+def _action_level(run: RunState, node: ActionNode, limit: float | None, retry: Retry | None) -> _ActionLevel:
+    mctx: _ActionLevel = _new_object(_ActionLevel)
+    mctx._run = run
+    mctx._node = node
+    mctx._limit = limit
+    mctx._retry = retry
+    return mctx
+
+
+def _attempting(mw: Middleware) -> Handler:
+    """The innermost of two or more action-level layers: ``call_next`` is the attempt itself."""
+
+    def layer(mctx: Any) -> Awaitable[None]:
+        return mw(mctx, mctx._attempt if mctx._retry is None else mctx._retrying)
+
+    return layer
+
+
+def _over_limit(run: RunState) -> InsertionLimitExceeded:
+    # The action swallowed InsertionLimitExceeded: the run fails all the same.
+    return InsertionLimitExceeded(run.plan.max_insertions, run_id=run.run_id)
+
+
+async def _emit_inserts(run: RunState, journal: list[UndoEntry]) -> None:
+    for kind, _, child in journal:
+        if kind == _UNDO_STAGE:
+            await run.hub.emit(run.event(EventKind.STAGE_INSERTED, child))
+        elif kind == _UNDO_ACTION:
+            await run.hub.emit(run.event(EventKind.ACTION_INSERTED, child))
+
+
+def _attempt_failed(ctx: ActionContext, node: ActionNode, exc: BaseException) -> None:
+    if isinstance(exc, Bail):
+        ctx._finish(True)
+        node.status = StepStatus.COMPLETED
+        node.reason = f"bailed: {exc.reason}"
+    elif isinstance(exc, Suspend):
+        ctx._finish(False)
+        node.status = StepStatus.SUSPENDED
+        node.reason = f"suspended: {exc.reason}"
+        if ctx._run.durable is not None:
+            ctx._run.durable.suspended_key = node.key
+    elif isinstance(exc, anyio.get_cancelled_exc_class()):
+        ctx._finish(False)
+        node.status = StepStatus.CANCELLED
+    else:
+        ctx._finish(False)
+        node.status = StepStatus.FAILED
+        node.error = exc
 
 
 async def run(
