@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from .context import ActionContext
 
 
+# A module constant: in Python 3.11 StepStatus.PENDING goes through EnumType.__getattr__'s
+# slow path (about as long as a plain await), and every plan node is made with it.
+_PENDING = StepStatus.PENDING
+
+
 class ActionNode:
     """One action in a run's plan (internal)."""
 
@@ -75,7 +80,7 @@ class ActionNode:
         self.depth = depth
         self.enabled = True
         self.removed = False
-        self.status = StepStatus.PENDING
+        self.status = _PENDING
         self.children: list[ActionNode] | None = None
         self.started = 0.0
         self.duration = 0.0
@@ -155,7 +160,7 @@ class StageNode:
         self.inserter = inserter  # the action that inserted this stage, if it is dynamic
         self.enabled = True
         self.removed = False
-        self.status = StepStatus.PENDING
+        self.status = _PENDING
         self.inserted: list[StageNode] | None = None
         self._actions: list[ActionNode] | None = None
         self.started = 0.0
@@ -370,7 +375,7 @@ class Plan:
     def _set_enabled(self, node: StageNode | ActionNode, enabled: bool, what: str) -> bool:
         if node.enabled == enabled:
             return False
-        if node.status is not StepStatus.PENDING:
+        if node.status is not _PENDING:
             logger.info(
                 "{} is already {}; {} it has no effect on this execution",
                 what,
@@ -451,7 +456,7 @@ class Plan:
             UnknownStep: no stage with that id is in the plan.
         """
         node = self._stage(stage_id)
-        if node.status is not StepStatus.PENDING:
+        if node.status is not _PENDING:
             return False
         node.removed = True
         if self._journal is not None:
@@ -463,7 +468,7 @@ class Plan:
         """Take every pending action of that name out of the plan; return how many."""
         removed = 0
         for node in self._actions(name, stage_id):
-            if node.status is StepStatus.PENDING:
+            if node.status is _PENDING:
                 node.removed = True
                 removed += 1
                 if self._journal is not None:

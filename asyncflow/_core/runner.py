@@ -52,6 +52,17 @@ from .retry import Retry, check_retry, check_timeout
 from .store import Store
 from .workflow import Workflow
 
+# StepStatus members as module constants. In Python 3.11 every lookup such as
+# StepStatus.RUNNING goes through EnumType.__getattr__'s slow path (about as long as
+# a plain await), and the hot paths make several per action.
+_CANCELLED = StepStatus.CANCELLED
+_COMPLETED = StepStatus.COMPLETED
+_FAILED = StepStatus.FAILED
+_PENDING = StepStatus.PENDING
+_RUNNING = StepStatus.RUNNING
+_SKIPPED = StepStatus.SKIPPED
+_SUSPENDED = StepStatus.SUSPENDED
+
 DEFAULT_MAX_INSERTIONS = 10_000
 
 #: The reason recorded for a step that completed before a restart or a resume and was replayed.
@@ -342,7 +353,7 @@ class Runner:
                         # The stages that never ran because of it stay on record.
                         reason = f"stage {failed_stage.id!r} failed"
                         for stage in run.plan.walk_stages():
-                            if stage.status is StepStatus.PENDING and not stage.removed:
+                            if stage.status is _PENDING and not stage.removed:
                                 await self._skip(run, stage, reason)
             else:
                 await self._drive(run)
@@ -467,11 +478,11 @@ class Runner:
                 await self._skip(run, node, "disabled")
                 continue
             await self._run_stage(run, node)
-            if node.inserted and node.status is StepStatus.COMPLETED:
+            if node.inserted and node.status is _COMPLETED:
                 pending.extendleft(reversed(node.inserted))
 
     async def _skip(self, run: RunState, node: StageNode | ActionNode, reason: str) -> None:
-        node.status = StepStatus.SKIPPED
+        node.status = _SKIPPED
         node.reason = reason
         run.log.append(node)
         if run.hub.listening:
@@ -479,7 +490,7 @@ class Runner:
 
     async def _run_stage(self, run: RunState, node: StageNode) -> None:
         hub = run.hub
-        node.status = StepStatus.RUNNING
+        node.status = _RUNNING
         run.log.append(node)
         node.started = started = perf_counter()
         if hub.listening:
@@ -493,7 +504,7 @@ class Runner:
                 inner = chain.inner
                 await chain.first(mctx, mctx._enter if inner is None else partial(inner, mctx))
                 if not mctx._ran:
-                    node.status = StepStatus.SKIPPED
+                    node.status = _SKIPPED
                     node.reason = _SKIPPED_BY_MIDDLEWARE
             failed = run.failed_node
             if failed is not None and failed.stage_node is node:
@@ -504,22 +515,22 @@ class Runner:
                 run.failed_node = None
                 reason = f"action {failed.action.name!r} failed"
                 for action in node.walk_actions():
-                    if action.status is StepStatus.PENDING and not action.removed:
+                    if action.status is _PENDING and not action.removed:
                         await self._skip(run, action, reason)
         except BaseException as exc:
             node.duration = perf_counter() - started
             if isinstance(exc, Suspend):
                 # The stage goes on when the run is resumed: nothing it inserted is skipped.
-                node.status = StepStatus.SUSPENDED
+                node.status = _SUSPENDED
                 raise
             if isinstance(exc, Bail):
-                node.status = StepStatus.COMPLETED
+                node.status = _COMPLETED
                 reason = "the run bailed"
             elif isinstance(exc, anyio.get_cancelled_exc_class()):
-                node.status = StepStatus.CANCELLED
+                node.status = _CANCELLED
                 reason = "the run was cancelled"
             else:
-                node.status = StepStatus.FAILED
+                node.status = _FAILED
                 node.error = exc
                 run.failed_stage = node
                 reason = f"stage {node.id!r} failed"
@@ -533,8 +544,8 @@ class Runner:
                     await self._skip(run, child, reason)
             raise
         node.duration = perf_counter() - started
-        if node.status is StepStatus.RUNNING:
-            node.status = StepStatus.COMPLETED
+        if node.status is _RUNNING:
+            node.status = _COMPLETED
         if hub.listening:
             await self._finished_event(run, EventKind.STAGE_FINISHED, node, node.recovered)
 
@@ -652,7 +663,7 @@ class Runner:
         stage = node.stage_node
         stage.executed += 1
         node.index = stage.executed - 1
-        node.status = StepStatus.RUNNING
+        node.status = _RUNNING
         run.log.append(node)
         node.started = started = perf_counter()
         durable = run.durable
@@ -664,7 +675,7 @@ class Runner:
                 except Exception as exc:
                     # Its plan changes cannot be replayed (an unknown action reference...).
                     node.duration = perf_counter() - started
-                    node.status = StepStatus.FAILED
+                    node.status = _FAILED
                     node.error = exc
                     if run.failed_node is None:
                         run.failed_node = node
@@ -694,41 +705,42 @@ class Runner:
                 mctx = _action_level(run, node, action.timeout or stage.timeout, action.retry or stage.retry)
                 await (mctx._attempt() if mctx._retry is None else mctx._retrying())
             else:
+                # _action_level, inlined: this runs once per action.
                 mctx = _new_object(_ActionLevel)
                 mctx._run = run
                 mctx._node = node
                 mctx._limit = action.timeout or stage.timeout
                 mctx._retry = retry = action.retry or stage.retry
-                inner = chain.inner
+                first, inner = chain
                 if inner is not None:
-                    await chain.first(mctx, partial(inner, mctx))
+                    await first(mctx, partial(inner, mctx))
                 else:  # one middleware: call_next is the attempt itself, a bound method
-                    await chain.first(mctx, mctx._attempt if retry is None else mctx._retrying)
+                    await first(mctx, mctx._attempt if retry is None else mctx._retrying)
                 if node.attempts == 0:
-                    node.status = StepStatus.SKIPPED
+                    node.status = _SKIPPED
                     node.reason = _SKIPPED_BY_MIDDLEWARE
-                elif node.status is StepStatus.FAILED:
+                elif node.status is _FAILED:
                     # A middleware swallowed the error: completed, and the error is kept.
                     node.recovered = node.error
                     node.error = None
-                    node.status = StepStatus.RUNNING
+                    node.status = _RUNNING
         except BaseException as exc:
             node.duration = perf_counter() - started
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 # Even between attempts (a retry back-off): the action was cancelled, not failed.
-                node.status = StepStatus.CANCELLED
-            elif not isinstance(exc, (Bail, Suspend)) and node.status is not StepStatus.FAILED:
-                node.status = StepStatus.FAILED
+                node.status = _CANCELLED
+            elif not isinstance(exc, (Bail, Suspend)) and node.status is not _FAILED:
+                node.status = _FAILED
                 node.error = exc
-            if node.status is StepStatus.FAILED and run.failed_node is None:
+            if node.status is _FAILED and run.failed_node is None:
                 run.failed_node = node
             if listening:
                 with _grace():
                     await self._finished_event(run, EventKind.ACTION_FINISHED, node, node.error)
             raise
         node.duration = perf_counter() - started
-        if node.status is StepStatus.RUNNING:
-            node.status = StepStatus.COMPLETED
+        if node.status is _RUNNING:
+            node.status = _COMPLETED
         if listening:
             await self._finished_event(run, EventKind.ACTION_FINISHED, node, node.recovered)
 
@@ -755,7 +767,7 @@ class Runner:
                 getattr(ctx.plan, kind)(op["tag"])
         ctx._finish(True)
         node.attempts = max(node.attempts, 1)
-        node.status = StepStatus.COMPLETED
+        node.status = _COMPLETED
         node.reason = REPLAYED
 
 
@@ -815,10 +827,9 @@ class _ActionLevel(MiddlewareContext):
         run: RunState = self._run
         node: ActionNode = self._node
         limit = self._limit
-        node.attempts += 1
-        attempt = node.attempts
+        node.attempts = attempt = node.attempts + 1
         if attempt > 1:
-            node.status = StepStatus.RUNNING
+            node.status = _RUNNING
             if run.hub.listening:
                 await run.hub.emit(
                     run.event(
@@ -862,8 +873,8 @@ class _ActionLevel(MiddlewareContext):
             journal = ctx._finish(True)
             if journal is not None and run.hub.listening:
                 await _emit_inserts(run, journal)
-        if node.status is StepStatus.FAILED:
-            node.status = StepStatus.RUNNING
+        if node.status is _FAILED:  # an earlier attempt failed (a middleware retries)
+            node.status = _RUNNING
             node.error = None
 
 
@@ -963,20 +974,20 @@ async def _emit_inserts(run: RunState, journal: list[UndoEntry]) -> None:
 def _attempt_failed(ctx: ActionContext, node: ActionNode, exc: BaseException) -> None:
     if isinstance(exc, Bail):
         ctx._finish(True)
-        node.status = StepStatus.COMPLETED
+        node.status = _COMPLETED
         node.reason = f"bailed: {exc.reason}"
     elif isinstance(exc, Suspend):
         ctx._finish(False)
-        node.status = StepStatus.SUSPENDED
+        node.status = _SUSPENDED
         node.reason = f"suspended: {exc.reason}"
         if ctx._run.durable is not None:
             ctx._run.durable.suspended_key = node.key
     elif isinstance(exc, anyio.get_cancelled_exc_class()):
         ctx._finish(False)
-        node.status = StepStatus.CANCELLED
+        node.status = _CANCELLED
     else:
         ctx._finish(False)
-        node.status = StepStatus.FAILED
+        node.status = _FAILED
         node.error = exc
 
 
