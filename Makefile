@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench stress install clean
+.PHONY: demo test lint typecheck pytest bench bench-instructions stress install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/middleware.py
 	$(BIN)/python benchmarks/durable.py
 	$(BIN)/python benchmarks/durable.py --one-cpu
+
+# Middleware costs in instructions (valgrind's callgrind): the same on every run, about 3 minutes.
+bench-instructions: $(STAMP)
+	$(BIN)/python benchmarks/instructions.py
 
 # make stress KILLS=60 for a shorter campaign
 KILLS ?= 500

@@ -276,6 +276,27 @@ async def test_checkpoints_sharing_a_commit_with_one_of_a_cancelled_run_are_kept
     assert flows.runs_of("after") == 1
 
 
+WIDE = af.Workflow(
+    "regress-wide",
+    # More actions at once than one multi-row statement takes (2,048 rows).
+    stages=[af.Stage("wide", actions=[flows.step_one] * 2_100, concurrency=2_100)],
+)
+
+
+async def test_more_checkpoints_at_once_than_one_statement_binds_are_all_committed(url: str) -> None:
+    """2,100 actions that complete in one pass of the loop: their checkpoints take several statements."""
+    async with make_engine(url, WIDE) as engine:
+        handle = await engine.start(WIDE)
+        with anyio.fail_after(60):
+            result = await handle.result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("step-one") == 2_100
+    async with make_engine(url, WIDE) as other:  # what is on file says so too
+        recorded = await other.wait(handle.run_id)
+    assert recorded.status is af.RunStatus.COMPLETED
+    assert sum(1 for s in recorded.steps if s.action_name == "step-one") == 2_100
+
+
 # ---- 2. cancel right after start ----------------------------------------------------------
 
 

@@ -146,6 +146,7 @@ class SQLiteBackend(Backend):
         )
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._max_rows = 2  # rows per statement, set from the SQLite library when it opens
         # Checkpoints waiting on the loop, handed to the writer as one batch.
         self._pending: list[tuple[Checkpoint, asyncio.Future[None]]] = []
 
@@ -260,6 +261,9 @@ class SQLiteBackend(Backend):
             # Checkpoint the WAL into the file every 8,000 pages (32 MiB), not every 1,000:
             # concurrent runs rewrite the same hot pages, and a checkpoint copies each once.
             conn.execute("PRAGMA wal_autocheckpoint = 8000")
+            # Rows per statement: as many as this SQLite binds (999 parameters before 3.32).
+            variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._max_rows = max(size for size in _MANY_SQL if size * _ROW_PARAMS <= variables)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise BackendError(
@@ -276,12 +280,12 @@ class SQLiteBackend(Backend):
         if checkpoints and not writes:
             # The common case: only checkpoints. One statement, its own transaction, so the
             # writer wins the GIL back once per batch (each SQLite call gives it up).
-            _write_batches(conn, checkpoints, self.path)
+            _write_batches(conn, checkpoints, self.path, self._max_rows)
         elif writes or checkpoints:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 if checkpoints:
-                    _write_batches(conn, checkpoints, self.path)
+                    _write_batches(conn, checkpoints, self.path, self._max_rows)
                 for job in writes:
                     _in_savepoint(conn, job)
                 conn.execute("COMMIT")
@@ -669,14 +673,14 @@ def _row(cp: Checkpoint) -> tuple[Any, ...]:
     )
 
 
-def _insert_rows(conn: sqlite3.Connection, params: list[Any]) -> int:
+def _insert_rows(conn: sqlite3.Connection, params: list[Any], max_rows: int) -> int:
     """Insert rows of ``params``; how many their engines still owned."""
     rows = len(params) // _ROW_PARAMS
     if rows == 1:
         return conn.execute(_ONE_SQL, params).rowcount
     written = 0
-    for start in range(0, rows, _MAX_ROWS):
-        chunk = params[start * _ROW_PARAMS : (start + _MAX_ROWS) * _ROW_PARAMS]
+    for start in range(0, rows, max_rows):
+        chunk = params[start * _ROW_PARAMS : (start + max_rows) * _ROW_PARAMS]
         count = len(chunk) // _ROW_PARAMS
         size = 1 << (count - 1).bit_length()  # the next power of two
         chunk += [None] * ((size - count) * _ROW_PARAMS)
@@ -684,18 +688,18 @@ def _insert_rows(conn: sqlite3.Connection, params: list[Any]) -> int:
     return written
 
 
-def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path) -> None:
+def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path, max_rows: int) -> None:
     """Every checkpoint of ``batches`` in one statement; one at a time only to find which one failed."""
     expected = sum(len(b.checkpoints) for b in batches)
     params = batches[0].params if len(batches) == 1 else [p for batch in batches for p in batch.params]
     try:
-        if expected > _MAX_ROWS and not conn.in_transaction:
-            with _transaction(conn):
-                written = _insert_rows(conn, params)
+        if expected > max_rows:  # several statements: all of them or none
+            with _atomic(conn):
+                written = _insert_rows(conn, params, max_rows)
         else:
-            written = _insert_rows(conn, params)
+            written = _insert_rows(conn, params, max_rows)
     except sqlite3.Error:
-        written = -1  # nothing was written: the statement (or transaction) is atomic
+        written = -1  # nothing was written: the statement (or the statements) are atomic
     if written == expected:
         return
     # A run changed hands (its checkpoint was left out), or a row is bad (nothing went in).
@@ -718,14 +722,18 @@ def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path) 
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
+def _atomic(conn: sqlite3.Connection) -> Iterator[None]:
+    """A transaction, or a savepoint inside the one that is open."""
+    nested = conn.in_transaction
+    conn.execute("SAVEPOINT batch" if nested else "BEGIN IMMEDIATE")
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        conn.execute("ROLLBACK TO batch" if nested else "ROLLBACK")
+        if nested:
+            conn.execute("RELEASE batch")
         raise
-    conn.execute("COMMIT")
+    conn.execute("RELEASE batch" if nested else "COMMIT")
 
 
 def _still_owned(conn: sqlite3.Connection, cp: Checkpoint) -> bool:
