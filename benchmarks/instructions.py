@@ -12,7 +12,8 @@ middleware (so start-up, imports and building the workflow cancel out),
 divided by the number of wrapped steps, and set against a plain ``await``
 of a no-op coroutine counted the same way.
 
-Figures: instructions per wrapped step for the first and for a further
+Every child runs with ``PYTHONHASHSEED=0``, so a count is exactly the same
+from one run to the next. Figures: instructions per wrapped step for the first and for a further
 empty layer at the action, stage, actions-block and run levels (the shapes
 of ``middleware.py``). Target (issue 3): 0.5 µs per layer, which is 5.5
 plain awaits on the machine the target was set on (a plain await took
@@ -96,7 +97,10 @@ def _count(case: str, steps: int, run: bool) -> int:
             str(steps),
             "run" if run else "build",
         ]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        # A fixed hash seed: start-up then takes the same instructions every time, so the
+        # difference of two counts is the measured steps' alone.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if found is None:
         raise RuntimeError(f"no instruction count in valgrind's output:\n{done.stderr[-2000:]}")
