@@ -147,8 +147,10 @@ class SQLiteBackend(Backend):
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._max_rows = 2  # rows per statement, set from the SQLite library when it opens
-        # Checkpoints waiting on the loop, handed to the writer as one batch.
+        # Checkpoints and calls waiting on the loop for the end of its pass (see _hand_over).
         self._pending: list[tuple[Checkpoint, asyncio.Future[None]]] = []
+        self._pending_jobs: list[_Job] = []
+        self._handing_over = False
 
     # ---- the writer thread --------------------------------------------------------
 
@@ -313,8 +315,26 @@ class SQLiteBackend(Backend):
                 f"the SQLite backend for {str(self.path)!r} is not open (use 'async with engine')"
             )
         future: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put(_Job(fn, future, writes))
+        self._pending_jobs.append(_Job(fn, future, writes))
+        self._hand_over(loop)
         return await future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send what waits to the writer when this pass of the loop ends (at once if nothing else is ready).
+
+        Once every task that is ready now has run, the checkpoints and calls of all
+        the runs that moved in this pass share one commit, and the writer, which
+        needs the GIL to start and after every statement, finds the loop idle
+        instead of fighting it for the GIL. (``_ready`` is asyncio's queue of ready
+        callbacks; another loop waits for the end of the pass.)
+        """
+        if self._handing_over:
+            return
+        if not getattr(loop, "_ready", True):
+            self._send_pending()
+        else:
+            self._handing_over = True
+            loop.call_soon(self._send_pending)
 
     # ---- the API --------------------------------------------------------------------
 
@@ -397,20 +417,15 @@ class SQLiteBackend(Backend):
                 f"the SQLite backend for {str(self.path)!r} is not open (use 'async with engine')"
             )
         future: asyncio.Future[None] = loop.create_future()
-        pending = self._pending
-        pending.append((checkpoint, future))
-        if len(pending) == 1:
-            # Handed over at the end of this pass of the loop, once every task that is
-            # ready now has run: the checkpoints of all the runs that moved in it share one
-            # commit. When nothing else is ready (one run alone), at once. (``_ready`` is
-            # asyncio's queue of ready callbacks; another loop waits for the pass to end.)
-            if not getattr(loop, "_ready", True):
-                self._send_pending()
-            else:
-                loop.call_soon(self._send_pending)
+        self._pending.append((checkpoint, future))
+        self._hand_over(loop)
         await future
 
     def _send_pending(self) -> None:
+        self._handing_over = False
+        jobs, self._pending_jobs = self._pending_jobs, []
+        for job in jobs:
+            self._jobs.put(job)
         pending, self._pending = self._pending, []
         if not pending:
             return
