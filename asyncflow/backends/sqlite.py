@@ -430,14 +430,14 @@ class SQLiteBackend(Backend):
         if not pending:
             return
         try:
-            job = _Batch(pending)
+            batch = _Batch(pending)
         except BaseException as exc:  # a row that cannot be encoded: fail each on its own
             for checkpoint, future in pending:
                 self._jobs.put(_Job(_CheckpointJob(checkpoint), future, True))
             if not isinstance(exc, Exception):
                 raise
             return
-        self._jobs.put(job)
+        self._jobs.put(batch)
 
     async def load(self, run_id: str) -> SavedRun | None:
         """The run, its store in insertion order and its checkpoints in order."""
