@@ -6,12 +6,12 @@ transaction (group commit: concurrent runs share commits, so throughput
 grows with concurrency), commits, and hands every result back to the event
 loop with a single wake-up. Nothing touches SQLite on the event loop.
 
-Checkpoints, one per committed action, take a shorter road. The runs that
-move in one pass of the event loop add theirs to a list, which is encoded
-on the loop (one JSON array) and handed over when the pass ends; the writer
-runs one statement for it, its own transaction. The writer needs the GIL
-only to start and to finish a batch: Python work there would wait for the
-event loop, while SQLite's own work runs beside it.
+Calls wait for the end of the event loop's pass before they go to the
+writer, so the writer, which needs the GIL to start and after every
+statement, finds the loop idle. Checkpoints, one per committed action, take
+a shorter road still: the rows of all the runs that moved in one pass are
+made on the loop and written by one multi-row statement, its own
+transaction, while SQLite's own work runs without the GIL.
 
 The database runs in WAL mode with ``synchronous=NORMAL``: a committed
 checkpoint survives the process being killed (``kill -9``); an operating
@@ -640,7 +640,6 @@ def _many_sql(rows: int) -> str:
 
 
 _MANY_SQL = {size: _many_sql(size) for size in (2**k for k in range(1, 12))}  # 2 .. 2,048 rows
-_MAX_ROWS = max(_MANY_SQL)
 
 
 def _write(conn: sqlite3.Connection, cp: Checkpoint) -> int:
