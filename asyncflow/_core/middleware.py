@@ -249,3 +249,9 @@ def compose(mws: Sequence[Middleware], innermost: Callable[[Middleware], Handler
     for mw in reversed(mws[1:-1]):
         handler = _layer(mw, handler)
     return Chain(mws[0], handler)
+
+
+def call_chain(chain: Chain, ctx: MiddlewareContext, call_next: CallNext) -> Awaitable[None]:
+    """Run ``chain`` around a step: ``call_next`` is what the innermost middleware gets to run it."""
+    inner = chain.inner
+    return chain.first(ctx, call_next if inner is None else functools.partial(inner, ctx))

@@ -21,16 +21,11 @@ from loguru import logger
 
 from .actions import Action, FunctionAction
 from .errors import UnknownStep
-from .records import StepStatus
+from .records import _PENDING, StepStatus
 from .workflow import Stage, Workflow
 
 if TYPE_CHECKING:
     from .context import ActionContext
-
-
-# A module constant: in Python 3.11 StepStatus.PENDING goes through EnumType.__getattr__'s
-# slow path (about as long as a plain await), and every plan node is made with it.
-_PENDING = StepStatus.PENDING
 
 
 class ActionNode:

@@ -47,6 +47,17 @@ class StepStatus(enum.StrEnum):
     SUSPENDED = "suspended"
 
 
+# StepStatus members as module constants, for the hot paths (the runner's and the plan's):
+# in Python 3.11 every lookup such as StepStatus.RUNNING goes through EnumType.__getattr__'s
+# slow path, about as long as a plain await, and the runner makes several per action.
+_CANCELLED = StepStatus.CANCELLED
+_COMPLETED = StepStatus.COMPLETED
+_FAILED = StepStatus.FAILED
+_PENDING = StepStatus.PENDING
+_RUNNING = StepStatus.RUNNING
+_SKIPPED = StepStatus.SKIPPED
+_SUSPENDED = StepStatus.SUSPENDED
+
 _FINISHED = frozenset(
     {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.BAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
 )
@@ -91,97 +102,64 @@ class StepRecord:
     recovered_error: BaseException | None = None
 
 
-def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
+_STEP_FIELDS = tuple(field.name for field in attrs.fields(StepRecord))
+
+
+def _step_values(node: StageNode | ActionNode, run_start: float) -> tuple[Any, ...]:
+    """The fields of ``node``'s :class:`StepRecord`, in their order."""
     from .plan import StageNode
 
+    if isinstance(node, StageNode):
+        kind, inserter, stage_id, action_name, attempts = "stage", node.inserter, node.id, None, 0
+    else:
+        kind, inserter, stage_id = "action", node.parent, node.stage_node.id
+        action_name, attempts = node.action.name, node.attempts
     started = node.started
-    inserter = node.inserter if isinstance(node, StageNode) else node.parent
-    inserted_by = f"{inserter.stage_node.id}/{inserter.action.name}" if inserter is not None else None
-    inserted_by_stage = inserter.stage_node.id if inserter is not None else None
-    is_stage = isinstance(node, StageNode)
-    return StepRecord(
-        kind="stage" if is_stage else "action",
-        stage_id=node.id if isinstance(node, StageNode) else node.stage_node.id,
-        action_name=None if isinstance(node, StageNode) else node.action.name,
-        status=node.status,
-        dynamic=node.dynamic,
-        duration=node.duration,
-        started_at=started - run_start if started else 0.0,
-        depth=node.depth,
-        inserted_by=inserted_by,
-        inserted_by_stage=inserted_by_stage,
-        reason=node.reason,
-        error=node.error,
-        attempts=0 if isinstance(node, StageNode) else node.attempts,
-        recovered_error=node.recovered,
+    return (
+        kind,
+        stage_id,
+        action_name,
+        node.status,
+        node.dynamic,
+        node.duration,
+        started - run_start if started else 0.0,
+        node.depth,
+        f"{inserter.stage_node.id}/{inserter.action.name}" if inserter is not None else None,
+        inserter.stage_node.id if inserter is not None else None,
+        node.reason,
+        node.error,
+        attempts,
+        node.recovered,
     )
+
+
+def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
+    return StepRecord(*_step_values(node, run_start))
 
 
 def _error_text(error: BaseException | None) -> str | None:
     return None if error is None else f"{type(error).__name__}: {error}"
 
 
-def step_json(step: StepRecord) -> dict[str, Any]:
-    """A step as the durable engine stores it: JSON values, errors as ``"Type: message"``."""
-    return {
-        "kind": step.kind,
-        "stage_id": step.stage_id,
-        "action_name": step.action_name,
-        "status": step.status.value,
-        "dynamic": step.dynamic,
-        "duration": step.duration,
-        "started_at": step.started_at,
-        "depth": step.depth,
-        "inserted_by": step.inserted_by,
-        "inserted_by_stage": step.inserted_by_stage,
-        "reason": step.reason,
-        "error": _error_text(step.error),
-        "attempts": step.attempts,
-        "recovered_error": _error_text(step.recovered_error),
-    }
+def _values_json(values: tuple[Any, ...]) -> dict[str, Any]:
+    step = dict(zip(_STEP_FIELDS, values, strict=True))
+    step["status"] = step["status"].value
+    step["error"] = _error_text(step["error"])
+    step["recovered_error"] = _error_text(step["recovered_error"])
+    return step
 
 
 def steps_json(result: RunResult) -> list[dict[str, Any]]:
-    """:func:`step_json` of every step of ``result``.
+    """Every step of ``result`` as the durable engine stores it: JSON values, errors as ``"Type: message"``.
 
     Straight from the plan's nodes when the steps were not built yet: a
     durable run writes its record at the end of every run, and most callers
     never look at ``result.steps``.
     """
     if result._steps is not None or not result._log:
-        return [step_json(step) for step in result.steps]
-    from .plan import StageNode
-
+        return [_values_json(attrs.astuple(step, recurse=False)) for step in result.steps]
     run_start = result._started
-    out = []
-    for node in result._log:
-        if isinstance(node, StageNode):
-            kind, inserter, stage_id, action_name, attempts = "stage", node.inserter, node.id, None, 0
-        else:
-            kind, inserter, stage_id = "action", node.parent, node.stage_node.id
-            action_name, attempts = node.action.name, node.attempts
-        started = node.started
-        out.append(
-            {
-                "kind": kind,
-                "stage_id": stage_id,
-                "action_name": action_name,
-                "status": node.status.value,
-                "dynamic": node.dynamic,
-                "duration": node.duration,
-                "started_at": started - run_start if started else 0.0,
-                "depth": node.depth,
-                "inserted_by": (
-                    f"{inserter.stage_node.id}/{inserter.action.name}" if inserter is not None else None
-                ),
-                "inserted_by_stage": inserter.stage_node.id if inserter is not None else None,
-                "reason": node.reason,
-                "error": _error_text(node.error),
-                "attempts": attempts,
-                "recovered_error": _error_text(node.recovered),
-            }
-        )
-    return out
+    return [_values_json(_step_values(node, run_start)) for node in result._log]
 
 
 @attrs.frozen

@@ -17,7 +17,6 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from functools import partial
 from time import perf_counter, time, time_ns
 from typing import Any
 
@@ -40,28 +39,30 @@ from .events import Event, EventHandler, EventKind, EventStream, Hub, MessageHan
 from .middleware import (
     Chain,
     Handler,
+    Level,
     Middleware,
     MiddlewareContext,
+    call_chain,
     check_middlewares,
     compose,
     enter_once,
 )
 from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, PlanState, StageNode, UndoEntry
-from .records import RunResult, RunStatus, StepStatus, Timing
+from .records import (
+    _CANCELLED,
+    _COMPLETED,
+    _FAILED,
+    _PENDING,
+    _RUNNING,
+    _SKIPPED,
+    _SUSPENDED,
+    RunResult,
+    RunStatus,
+    Timing,
+)
 from .retry import Retry, check_retry, check_timeout
 from .store import Store
 from .workflow import Workflow
-
-# StepStatus members as module constants. In Python 3.11 every lookup such as
-# StepStatus.RUNNING goes through EnumType.__getattr__'s slow path (about as long as
-# a plain await), and the hot paths make several per action.
-_CANCELLED = StepStatus.CANCELLED
-_COMPLETED = StepStatus.COMPLETED
-_FAILED = StepStatus.FAILED
-_PENDING = StepStatus.PENDING
-_RUNNING = StepStatus.RUNNING
-_SKIPPED = StepStatus.SKIPPED
-_SUSPENDED = StepStatus.SUSPENDED
 
 DEFAULT_MAX_INSERTIONS = 10_000
 
@@ -95,7 +96,6 @@ class RunState:
         "plan",
         "require_json",
         "run_id",
-        "runner",
         "stage_chain",
         "store",
         "timings",
@@ -128,7 +128,6 @@ class RunState:
         # over, another engine (or a restart) takes it over.
         self.interrupted = False
         self.stage_chain: Chain | None = None
-        self.runner: Runner | None = None  # set by the runner that runs it
         self.message_seq = 0
         self.message_errors = 0
         self.timings: list[Timing] = []
@@ -326,7 +325,6 @@ class Runner:
 
     async def _run(self, run: RunState) -> RunResult:
         started = perf_counter()
-        run.runner = self
         hub = self._hub
         logger.debug("run {} of workflow {!r} started", run.run_id, run.workflow.id)
         if hub.listening:
@@ -340,9 +338,8 @@ class Runner:
         suspended: Suspend | None = None
         try:
             if (run_chain := self._run_chain) is not None:
-                mctx = _entered(_RunLevel, run, None)
-                inner = run_chain.inner
-                await run_chain.first(mctx, mctx._enter if inner is None else partial(inner, mctx))
+                mctx = _entered("run", run, None, self._run_terminal)
+                await call_chain(run_chain, mctx, mctx._enter)
                 if not mctx._ran:
                     status = RunStatus.SKIPPED
                 else:
@@ -466,6 +463,18 @@ class Runner:
             chain = self._chains[key] = compose(mws, innermost)
         return chain
 
+    def _run_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
+        enter_once(mctx)
+        return self._drive(mctx._run)
+
+    def _stage_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
+        enter_once(mctx)
+        return self._stage_body(mctx._run, mctx._node)
+
+    def _actions_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
+        enter_once(mctx)
+        return self._actions(mctx._run, mctx._node)
+
     # ---- stages ------------------------------------------------------------------
 
     async def _drive(self, run: RunState) -> None:
@@ -500,9 +509,8 @@ class Runner:
             if chain is None:
                 await self._stage_body(run, node)
             else:
-                mctx = _entered(_StageLevel, run, node)
-                inner = chain.inner
-                await chain.first(mctx, mctx._enter if inner is None else partial(inner, mctx))
+                mctx = _entered("stage", run, node, self._stage_terminal)
+                await call_chain(chain, mctx, mctx._enter)
                 if not mctx._ran:
                     node.status = _SKIPPED
                     node.reason = _SKIPPED_BY_MIDDLEWARE
@@ -581,10 +589,8 @@ class Runner:
         node.pending = deque(node.actions)
         try:
             if stage._middleware:
-                mctx = _entered(_ActionsLevel, run, node)
-                block = self._chain(stage._middleware, _entering)
-                inner = block.inner
-                await block.first(mctx, mctx._enter if inner is None else partial(inner, mctx))
+                mctx = _entered("actions", run, node, self._actions_terminal)
+                await call_chain(self._chain(stage._middleware, _entering), mctx, mctx._enter)
                 if not mctx._ran:
                     for action in node.actions:
                         await self._skip(run, action, _SKIPPED_BY_MIDDLEWARE)
@@ -705,17 +711,9 @@ class Runner:
                 mctx = _action_level(run, node, action.timeout or stage.timeout, action.retry or stage.retry)
                 await (mctx._attempt() if mctx._retry is None else mctx._retrying())
             else:
-                # _action_level, inlined: this runs once per action.
-                mctx = _new_object(_ActionLevel)
-                mctx._run = run
-                mctx._node = node
-                mctx._limit = action.timeout or stage.timeout
-                mctx._retry = retry = action.retry or stage.retry
-                first, inner = chain
-                if inner is not None:
-                    await first(mctx, partial(inner, mctx))
-                else:  # one middleware: call_next is the attempt itself, a bound method
-                    await first(mctx, mctx._attempt if retry is None else mctx._retrying)
+                mctx = _action_level(run, node, action.timeout or stage.timeout, action.retry or stage.retry)
+                # call_next is the attempt itself: a bound method.
+                await call_chain(chain, mctx, mctx._attempt if mctx._retry is None else mctx._retrying)
                 if node.attempts == 0:
                     node.status = _SKIPPED
                     node.reason = _SKIPPED_BY_MIDDLEWARE
@@ -881,53 +879,28 @@ class _ActionLevel(MiddlewareContext):
 _new_object = object.__new__
 
 
-class _RunLevel(MiddlewareContext):
-    """Run-level middleware's context; its bound ``_enter`` is the innermost ``call_next``."""
+class _Entering(MiddlewareContext):
+    """The context of run, stage and actions-block middleware.
 
-    __slots__ = ()
-    level = "run"
+    Its bound ``_enter`` is the innermost ``call_next``: it runs the wrapped
+    step through the runner's terminal for the level, once.
+    """
 
-    def _enter(self) -> Awaitable[None]:
-        enter_once(self)
-        run: RunState = self._run
-        assert run.runner is not None
-        return run.runner._drive(run)
+    __slots__ = ("_terminal",)
 
-
-class _StageLevel(MiddlewareContext):
-    """Stage-level middleware's context; its bound ``_enter`` is the innermost ``call_next``."""
-
-    __slots__ = ()
-    level = "stage"
+    _terminal: Handler
 
     def _enter(self) -> Awaitable[None]:
-        enter_once(self)
-        run: RunState = self._run
-        assert run.runner is not None
-        return run.runner._stage_body(run, self._node)
+        return self._terminal(self)
 
 
-class _ActionsLevel(MiddlewareContext):
-    """Actions-block middleware's context; its bound ``_enter`` is the innermost ``call_next``."""
-
-    __slots__ = ()
-    level = "actions"
-
-    def _enter(self) -> Awaitable[None]:
-        enter_once(self)
-        run: RunState = self._run
-        assert run.runner is not None
-        return run.runner._actions(run, self._node)
-
-
-_Entered = _RunLevel | _StageLevel | _ActionsLevel
-
-
-def _entered(cls: type[_Entered], run: RunState, node: StageNode | None) -> _Entered:
-    mctx = _new_object(cls)
+def _entered(level: Level, run: RunState, node: StageNode | None, terminal: Handler) -> _Entering:
+    mctx: _Entering = _new_object(_Entering)
+    mctx.level = level
     mctx._run = run
     mctx._node = node
     mctx._ran = False
+    mctx._terminal = terminal
     return mctx
 
 
