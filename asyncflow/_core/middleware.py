@@ -194,19 +194,16 @@ def check_middlewares(mws: Sequence[object], where: str) -> list[Middleware]:
 Handler = Callable[[MiddlewareContext], Awaitable[None]]
 
 
-def enter_once(ctx: MiddlewareContext) -> None:
-    """Mark that the wrapped step runs (innermost handler of the run, stage and actions levels).
+def called_twice(ctx: MiddlewareContext) -> MiddlewareError:
+    """The error for a second ``call_next`` where only action-level middleware may call it again.
 
-    A second entry means a middleware called ``call_next`` twice where only
-    action-level middleware may (to retry): that is refused here, so
-    ``call_next`` itself can stay a plain partial.
+    Refused at the innermost handler of the run, stage and actions levels, so
+    ``call_next`` itself can stay a plain partial or bound method.
     """
-    if ctx._ran:
-        raise MiddlewareError(
-            f"call_next was called twice by a {ctx.level}-level middleware of {ctx.describe()}; "
-            f"only action-level middleware may call it again (to retry)"
-        )
-    ctx._ran = True
+    return MiddlewareError(
+        f"call_next was called twice by a {ctx.level}-level middleware of {ctx.describe()}; "
+        f"only action-level middleware may call it again (to retry)"
+    )
 
 
 def _layer(mw: Middleware, inner: Handler) -> Handler:

@@ -43,9 +43,9 @@ from .middleware import (
     Middleware,
     MiddlewareContext,
     call_chain,
+    called_twice,
     check_middlewares,
     compose,
-    enter_once,
 )
 from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, PlanState, StageNode, UndoEntry
 from .records import (
@@ -338,7 +338,7 @@ class Runner:
         suspended: Suspend | None = None
         try:
             if (run_chain := self._run_chain) is not None:
-                mctx = _entered("run", run, None, self._run_terminal)
+                mctx = _entered("run", run, None, self._drive)
                 await call_chain(run_chain, mctx, mctx._enter)
                 if not mctx._ran:
                     status = RunStatus.SKIPPED
@@ -463,21 +463,10 @@ class Runner:
             chain = self._chains[key] = compose(mws, innermost)
         return chain
 
-    def _run_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
-        enter_once(mctx)
-        return self._drive(mctx._run)
-
-    def _stage_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
-        enter_once(mctx)
-        return self._stage_body(mctx._run, mctx._node)
-
-    def _actions_terminal(self, mctx: MiddlewareContext) -> Awaitable[None]:
-        enter_once(mctx)
-        return self._actions(mctx._run, mctx._node)
-
     # ---- stages ------------------------------------------------------------------
 
-    async def _drive(self, run: RunState) -> None:
+    async def _drive(self, run: RunState, wrapped: None = None) -> None:
+        """Run the plan's stages in order (``wrapped``: the run level wraps no node)."""
         pending = deque(run.plan.roots)
         while pending:
             node = pending.popleft()
@@ -509,7 +498,7 @@ class Runner:
             if chain is None:
                 await self._stage_body(run, node)
             else:
-                mctx = _entered("stage", run, node, self._stage_terminal)
+                mctx = _entered("stage", run, node, self._stage_body)
                 await call_chain(chain, mctx, mctx._enter)
                 if not mctx._ran:
                     node.status = _SKIPPED
@@ -589,7 +578,7 @@ class Runner:
         node.pending = deque(node.actions)
         try:
             if stage._middleware:
-                mctx = _entered("actions", run, node, self._actions_terminal)
+                mctx = _entered("actions", run, node, self._actions)
                 await call_chain(self._chain(stage._middleware, _entering), mctx, mctx._enter)
                 if not mctx._ran:
                     for action in node.actions:
@@ -883,24 +872,29 @@ class _Entering(MiddlewareContext):
     """The context of run, stage and actions-block middleware.
 
     Its bound ``_enter`` is the innermost ``call_next``: it runs the wrapped
-    step through the runner's terminal for the level, once.
+    step (``_step``, the runner's method for the level), once.
     """
 
-    __slots__ = ("_terminal",)
+    __slots__ = ("_step",)
 
-    _terminal: Handler
+    _step: Callable[[RunState, Any], Awaitable[None]]
 
     def _enter(self) -> Awaitable[None]:
-        return self._terminal(self)
+        if self._ran:
+            raise called_twice(self)
+        self._ran = True
+        return self._step(self._run, self._node)
 
 
-def _entered(level: Level, run: RunState, node: StageNode | None, terminal: Handler) -> _Entering:
+def _entered(
+    level: Level, run: RunState, node: StageNode | None, step: Callable[[RunState, Any], Awaitable[None]]
+) -> _Entering:
     mctx: _Entering = _new_object(_Entering)
     mctx.level = level
     mctx._run = run
     mctx._node = node
     mctx._ran = False
-    mctx._terminal = terminal
+    mctx._step = step
     return mctx
 
 
