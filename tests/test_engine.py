@@ -139,7 +139,11 @@ async def test_recorded_steps_match_the_steps_of_the_result(tmp_path: Path, cloc
     assert any(s.dynamic for s in here.steps)
     assert any(s.status is af.StepStatus.SKIPPED for s in here.steps)
     assert _described(there.steps) == _described(here.steps)
-    assert [s.duration for s in there.steps] == [s.duration for s in here.steps]
+    # Stored to the nanosecond.
+    assert [s.duration for s in there.steps] == pytest.approx([s.duration for s in here.steps], abs=1e-9)
+    assert [s.started_at for s in there.steps] == pytest.approx(
+        [s.started_at for s in here.steps], abs=1e-9
+    )
 
 
 async def test_failed_run_is_returned_with_its_error(engine_url: str, clock: FakeClock) -> None:

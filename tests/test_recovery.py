@@ -644,13 +644,52 @@ async def test_per_engine_registry_falls_back_to_the_global_registry(url: str) -
 
 
 async def test_first_open_creates_a_wal_database_with_a_schema_version(db_path: Path, url: str) -> None:
-    """Opening an engine on a missing file creates it in WAL mode with asyncflow_meta schema_version 1."""
+    """Opening an engine on a missing file creates it in WAL mode with asyncflow_meta schema_version 2."""
     assert not await anyio.Path(db_path).exists()
     async with make_engine(url):
         pass
     assert await anyio.Path(db_path).exists()
-    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("1",)]
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("2",)]
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_schema_1_database_is_migrated_and_its_runs_read(db_path: Path, url: str) -> None:
+    """A schema-1 file (a dict per recorded step) opens as schema 2, its ended runs read as before."""
+    async with make_engine(url, flows.QUICK) as engine:
+        handle = await engine.start(flows.QUICK)
+        ended = await handle.result()
+    # Write the run's steps back as schema 1 did: a JSON list of dicts, times in seconds.
+    old_steps = [
+        {
+            "kind": s.kind,
+            "stage_id": s.stage_id,
+            "action_name": s.action_name,
+            "status": s.status.value,
+            "dynamic": s.dynamic,
+            "duration": s.duration,
+            "started_at": s.started_at,
+            "depth": s.depth,
+            "inserted_by": s.inserted_by,
+            "inserted_by_stage": s.inserted_by_stage,
+            "reason": s.reason,
+            "error": None,
+            "attempts": s.attempts,
+            "recovered_error": None,
+        }
+        for s in ended.steps
+    ]
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute("UPDATE runs SET steps = ?", (json.dumps(old_steps),))
+        conn.execute("UPDATE asyncflow_meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+    async with make_engine(url, flows.QUICK) as engine:
+        again = await engine.wait(handle.run_id)
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("2",)]
+    assert [(s.kind, s.stage_id, s.action_name, s.status) for s in again.steps] == [
+        (s.kind, s.stage_id, s.action_name, s.status) for s in ended.steps
+    ]
+    assert [s.duration for s in again.steps] == [s.duration for s in ended.steps]
 
 
 async def test_reopening_keeps_runs(url: str) -> None:

@@ -52,7 +52,7 @@ from .errors import (
     RunStateError,
     UnknownRun,
 )
-from .records import RunResult, RunStatus, StepRecord, StepStatus, steps_json
+from .records import STEP_COLUMNS, RunResult, RunStatus, StepRecord, StepRows, StepStatus, step_rows
 from .runner import REPLAYED, Runner, RunState, new_run_id
 from .store import Store, _Meta
 from .workflow import Stage, Workflow
@@ -405,7 +405,7 @@ class Engine:
             "status": result.status,
             "owner": None,
             "lease_until": None,
-            "steps": _with_earlier_timings(steps_json(result), info.steps),
+            "steps": _with_earlier_timings(step_rows(result), info.steps),
             "bail_reason": result.bail_reason,
         }
         if result.status is RunStatus.FAILED and result.error is not None:
@@ -830,9 +830,7 @@ class _RunDurability(Durability):
         return self.engine.registry.stage_from_definition(definition, where=where)
 
 
-def _with_earlier_timings(
-    steps: list[dict[str, Any]], earlier: list[dict[str, Any]] | None
-) -> list[dict[str, Any]]:
+def _with_earlier_timings(steps: StepRows, earlier: list[dict[str, Any]] | None) -> StepRows:
     """``steps`` with each replayed step's duration and attempts taken from the execution that ran it.
 
     A resumed or recovered run replays what completed before; its record keeps
@@ -847,14 +845,20 @@ def _with_earlier_timings(
         seen[key] = seen.get(key, 0) + 1
         ran[(*key, seen[key])] = step
     seen.clear()
-    for step in steps:
-        key = (step["kind"], step["stage_id"], step.get("action_name"))
+    for row in steps.rows:
+        key = (row[_KIND], row[_STAGE_ID], row[_ACTION_NAME])
         seen[key] = seen.get(key, 0) + 1
         before = ran.get((*key, seen[key]))
-        if step.get("reason") == REPLAYED and before is not None:
-            step["duration"] = before.get("duration", 0.0)
-            step["attempts"] = before.get("attempts", step["attempts"])
+        if row[_REASON] == REPLAYED and before is not None:
+            row[_DURATION_NS] = round(before.get("duration", 0.0) * 1e9)
+            row[_ATTEMPTS] = before.get("attempts", row[_ATTEMPTS])
     return steps
+
+
+_KIND, _STAGE_ID, _ACTION_NAME, _REASON, _DURATION_NS, _ATTEMPTS = (
+    STEP_COLUMNS.index(name)
+    for name in ("kind", "stage_id", "action_name", "reason", "duration_ns", "attempts")
+)
 
 
 def _recorded(text: str | None) -> RecordedError | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from loguru import logger
 
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 class ActionNode:
     """One action in a run's plan (internal)."""
+
+    kind: ClassVar[Literal["action"]] = "action"  # its StepRecord's kind
 
     __slots__ = (
         "_key",
@@ -115,6 +117,8 @@ class ActionNode:
 
 class StageNode:
     """One stage in a run's plan (internal)."""
+
+    kind: ClassVar[Literal["stage"]] = "stage"  # its StepRecord's kind
 
     __slots__ = (
         "_actions",

@@ -13,6 +13,7 @@ A :class:`Backend` instance is used as it is.
 from __future__ import annotations
 
 from .._core.errors import BackendError
+from .._core.records import StepRows as StepRows
 from .base import Backend as Backend
 from .base import Checkpoint as Checkpoint
 from .base import RunInfo as RunInfo
@@ -30,6 +31,7 @@ __all__ = [
     "RunPage",
     "SQLiteBackend",
     "SavedRun",
+    "StepRows",
     "StoreEntry",
     "open_backend",
 ]

@@ -23,7 +23,8 @@ import attrs
 from .._core.records import RunStatus
 
 #: The schema every backend writes; a database with a newer one is refused.
-SCHEMA_VERSION = 1
+#: 2: a run's steps are stored as :class:`StepRows` (1 had a dict per step; still read).
+SCHEMA_VERSION = 2
 
 
 def _utc(timestamp: float) -> datetime:
@@ -288,6 +289,8 @@ class Backend(ABC):
 
         Only if the run exists, is owned by ``holder`` (when given) and is in one
         of the ``expect`` statuses (when given); returns whether it was updated.
+        ``steps`` comes as :class:`StepRows` (the compact form a backend may
+        store as it is); :attr:`RunInfo.steps` gives them back as dicts.
         """
 
     @abstractmethod

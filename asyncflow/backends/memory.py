@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from .._core.errors import LeaseLost
-from .._core.records import RunStatus
+from .._core.records import RunStatus, StepRows
 from .base import (
     Backend,
     Checkpoint,
@@ -122,6 +122,9 @@ class MemoryBackend(Backend):
             return False
         if expect is not None and run.info.status not in expect:
             return False
+        steps = fields.get("steps")
+        if isinstance(steps, StepRows):
+            fields["steps"] = steps.dicts()
         run.info = attrs.evolve(run.info, updated_at=now, **fields)
         return True
 

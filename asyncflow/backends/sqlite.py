@@ -37,7 +37,7 @@ import anyio
 import attrs
 
 from .._core.errors import BackendError, LeaseLost
-from .._core.records import RunStatus
+from .._core.records import STEP_COLUMNS, RunStatus, StepRows, step_dicts
 from .base import (
     SCHEMA_VERSION,
     Backend,
@@ -101,6 +101,8 @@ _CLAIMABLE = ("pending", "running", "sleeping")
 
 
 def _json(value: Any) -> str | None:
+    if isinstance(value, StepRows):
+        return json.dumps({"columns": STEP_COLUMNS, "rows": value.rows})
     return None if value is None else json.dumps(value)
 
 
@@ -109,8 +111,30 @@ def _row_to_info(row: Sequence[Any]) -> RunInfo:
     for name in _JSON_COLUMNS:
         if fields[name] is not None:
             fields[name] = json.loads(fields[name])
+    steps = fields["steps"]
+    if isinstance(steps, dict):  # rows of columns (schema 2); schema 1 stored a list of dicts
+        fields["steps"] = step_dicts(steps["columns"], steps["rows"])
     fields["status"] = RunStatus(fields["status"])
     return RunInfo(**fields)
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a database of schema ``version`` to :data:`SCHEMA_VERSION`, in one transaction.
+
+    1 to 2 changes no table: schema 2 stores a run's steps as rows of columns,
+    and runs recorded with a dict per step are still read as they are. The
+    new version keeps an older asyncflow from misreading the new rows.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "UPDATE asyncflow_meta SET value = ? WHERE key = 'schema_version' AND value = ?",
+            (str(SCHEMA_VERSION), str(version)),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class _Job:
@@ -258,6 +282,8 @@ class SQLiteBackend(Backend):
                         f"{where!r} has no valid asyncflow schema version; nothing was changed"
                     )
                 conn.execute("PRAGMA journal_mode = WAL")
+                if version < SCHEMA_VERSION:
+                    _migrate(conn, version)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA cache_size = -16384")
             # Checkpoint the WAL into the file every 8,000 pages (32 MiB), not every 1,000:
