@@ -17,6 +17,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from time import perf_counter, time, time_ns
 from typing import Any
 
@@ -696,21 +697,30 @@ class Runner:
                     journal = ctx._finish(True)
                     if journal is not None and listening:
                         await _emit_inserts(run, journal)
-            elif (chain := stage.chain) is None:
-                mctx = _action_level(run, node, action.timeout or stage.timeout, action.retry or stage.retry)
-                await (mctx._attempt() if mctx._retry is None else mctx._retrying())
             else:
-                mctx = _action_level(run, node, action.timeout or stage.timeout, action.retry or stage.retry)
-                # call_next is the attempt itself: a bound method.
-                await call_chain(chain, mctx, mctx._attempt if mctx._retry is None else mctx._retrying)
-                if node.attempts == 0:
-                    node.status = _SKIPPED
-                    node.reason = _SKIPPED_BY_MIDDLEWARE
-                elif node.status is _FAILED:
-                    # A middleware swallowed the error: completed, and the error is kept.
-                    node.recovered = node.error
-                    node.error = None
-                    node.status = _RUNNING
+                # Middleware, a retry policy or a time limit: the attempts run in the frame of
+                # the context's own method. Made here, inline, and the outermost middleware
+                # called as call_chain does: this is the hottest place that wraps a step.
+                mctx: _ActionLevel = _new_object(_ActionLevel)
+                mctx._run = run
+                mctx._node = node
+                mctx._limit = action.timeout or stage.timeout
+                retry = mctx._retry = action.retry or stage.retry
+                attempt = mctx._attempt if retry is None else mctx._retrying
+                chain = stage.chain
+                if chain is None:
+                    await attempt()
+                else:
+                    inner = chain.inner
+                    await chain.first(mctx, attempt if inner is None else partial(inner, mctx))
+                    if node.attempts == 0:
+                        node.status = _SKIPPED
+                        node.reason = _SKIPPED_BY_MIDDLEWARE
+                    elif node.status is _FAILED:
+                        # A middleware swallowed the error: completed, and the error is kept.
+                        node.recovered = node.error
+                        node.error = None
+                        node.status = _RUNNING
         except BaseException as exc:
             node.duration = perf_counter() - started
             if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -905,15 +915,6 @@ def _entering(mw: Middleware) -> Handler:
         return mw(mctx, mctx._enter)
 
     return layer
-
-
-def _action_level(run: RunState, node: ActionNode, limit: float | None, retry: Retry | None) -> _ActionLevel:
-    mctx: _ActionLevel = _new_object(_ActionLevel)
-    mctx._run = run
-    mctx._node = node
-    mctx._limit = limit
-    mctx._retry = retry
-    return mctx
 
 
 def _attempting(mw: Middleware) -> Handler:
