@@ -653,13 +653,6 @@ async def test_first_open_creates_a_wal_database_with_a_schema_version(db_path: 
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
-async def test_new_database_has_16_kib_pages(db_path: Path, url: str) -> None:
-    """A database the engine creates has 16 KiB pages (fewer page writes per shared commit)."""
-    async with make_engine(url):
-        pass
-    assert query(db_path, "PRAGMA page_size") == [(16384,)]
-
-
 async def test_schema_1_database_is_migrated_and_its_runs_read(db_path: Path, url: str) -> None:
     """A schema-1 file (a dict per recorded step) opens as schema 2, its ended runs read as before."""
     async with make_engine(url, flows.QUICK) as engine:
