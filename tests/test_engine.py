@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -141,8 +142,21 @@ async def test_recorded_steps_match_the_steps_of_the_result(tmp_path: Path, cloc
     assert _described(there.steps) == _described(here.steps)
     # Stored to the nanosecond.
     assert [s.duration for s in there.steps] == pytest.approx([s.duration for s in here.steps], abs=1e-9)
-    assert [s.started_at for s in there.steps] == pytest.approx(
-        [s.started_at for s in here.steps], abs=1e-9
+    assert [s.started_at for s in there.steps] == pytest.approx([s.started_at for s in here.steps], abs=1e-9)
+
+
+async def test_run_info_steps_are_plain_json_dicts(engine_url: str, clock: FakeClock) -> None:
+    """get_run gives an ended run's steps as dicts of plain JSON values, times in seconds (both backends)."""
+    async with make_engine(engine_url, clock) as engine:
+        handle = await engine.start(RESHAPE_THEN_FAIL)
+        result = await handle.result()
+        info = await engine.get_run(handle.run_id)
+    assert info.steps is not None
+    assert json.loads(json.dumps(info.steps)) == info.steps
+    assert all(type(step["status"]) is str for step in info.steps)
+    assert [step["status"] for step in info.steps] == [s.status.value for s in result.steps]
+    assert [step["duration"] for step in info.steps] == pytest.approx(
+        [s.duration for s in result.steps], abs=1e-9
     )
 
 

@@ -169,10 +169,12 @@ def step_dicts(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[di
     """Stored step ``rows`` of ``columns`` as dicts of :class:`StepRecord` field names, times in seconds."""
     names = [_FROM_NS.get(column, column) for column in columns]
     in_ns = [column in _FROM_NS for column in columns]
-    return [
-        {name: value / 1e9 if ns else value for name, ns, value in zip(names, in_ns, row, strict=True)}
-        for row in rows
-    ]
+    steps = []
+    for row in rows:
+        step = {name: value / 1e9 if ns else value for name, ns, value in zip(names, in_ns, row, strict=True)}
+        step["status"] = str(step["status"])  # a plain string, as JSON gives it back
+        steps.append(step)
+    return steps
 
 
 def _row(values: tuple[Any, ...]) -> list[Any]:
