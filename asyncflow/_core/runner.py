@@ -575,7 +575,7 @@ class Runner:
             node.chain = self._chain(action_mws, _attempting)
         node.retry = stage.retry or self.retry
         node.timeout = stage.timeout or self.timeout
-        node.fast = node.chain is None and node.retry is None and node.timeout is None and durable is None
+        node.fast = node.chain is None and node.retry is None and node.timeout is None
         node.pending = deque(node.actions)
         try:
             if stage._middleware:
@@ -689,7 +689,11 @@ class Runner:
                     await node.call(ctx)
                     if run.plan.over_limit:
                         raise _over_limit(run)
+                    if durable is not None:
+                        await _commit(durable, node, ctx)
                 except BaseException as exc:
+                    if durable is not None and isinstance(exc, Bail):
+                        await _commit(durable, node, ctx)
                     _attempt_failed(ctx, node, exc)
                     raise
                 ctx._closed = True
@@ -856,13 +860,10 @@ class _ActionLevel(MiddlewareContext):
                         seconds=limit,
                     )
             if run.durable is not None:
-                # Checkpoint before the run moves on: store changes, plan changes and
-                # completion in one transaction.
-                await run.durable.commit_action(node, ctx._overlay, getattr(ctx, "_ops", None))
+                await _commit(run.durable, node, ctx)
         except BaseException as exc:
             if isinstance(exc, Bail) and run.durable is not None:
-                # A bail keeps what the action wrote: in the database too.
-                await run.durable.commit_action(node, ctx._overlay, getattr(ctx, "_ops", None))
+                await _commit(run.durable, node, ctx)
             _attempt_failed(ctx, node, exc)
             raise
         ctx._closed = True
@@ -915,6 +916,15 @@ def _entering(mw: Middleware) -> Handler:
         return mw(mctx, mctx._enter)
 
     return layer
+
+
+def _commit(durable: Durability, node: ActionNode, ctx: ActionContext) -> Awaitable[None]:
+    """The checkpoint of an attempt that ended, before the run moves on.
+
+    Its store changes, plan changes and completion, in one transaction; also
+    for a bail, which keeps what the action wrote, in the database too.
+    """
+    return durable.commit_action(node, ctx._overlay, getattr(ctx, "_ops", None))
 
 
 def _attempting(mw: Middleware) -> Handler:
