@@ -173,7 +173,7 @@ class StageNode:
         self.chain: Any = None
         self.retry: Any = None
         self.timeout: float | None = None
-        # No chain, no stage/runner retry or timeout, not durable: actions may take the fast path.
+        # No chain and no stage/runner retry or timeout: actions may take the fast path.
         self.fast = False
 
     @property

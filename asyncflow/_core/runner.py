@@ -7,7 +7,8 @@ of 10,000 nested insertions never touches Python's recursion limit.
 
 Per action, the fast path (no middleware, no retry, no timeout, nobody
 listening for events) is one context object, two clock reads and the await
-of the action itself; everything else is paid only by those who use it.
+of the action itself (and in a durable run its checkpoint); everything else
+is paid only by those who use it.
 """
 
 from __future__ import annotations
