@@ -5,17 +5,24 @@ needs ``valgrind`` on the PATH (Debian: ``apt-get install valgrind``).
 
 A shared VM's clock swings by tens of percent from one minute to the next,
 so a sub-microsecond figure such as one middleware layer is lost in the
-noise of ``middleware.py``. An instruction count is the same on every run of
-the same code, whatever else the machine is doing. Each figure is the
-difference between two runs of a child process that differ only in the
-middleware (so start-up, imports and building the workflow cancel out),
-divided by the number of wrapped steps, and set against a plain ``await``
-of a no-op coroutine counted the same way.
+noise of ``middleware.py``. An instruction count does not depend on what
+else the machine is doing. Each figure is the difference between two runs
+of a child process that differ only in the middleware (so start-up, imports
+and building the workflow cancel out), divided by the number of wrapped
+steps, and set against a plain ``await`` of a no-op coroutine counted the
+same way.
 
-Every child runs with ``PYTHONHASHSEED=0``, so a count is exactly the same
-from one run to the next. Figures: instructions per wrapped step for the first and for a further
+Every child runs with ``PYTHONHASHSEED=0``. One case counted again in the
+same environment gives the same count, but the figures are not fixed to
+the instruction: whole runs of this script have given layer figures up to
+6% apart on code that differed only in comments, and importing asyncflow
+through ``PYTHONPATH`` instead of the editable install moved them by 6-7%
+(the process's memory layout, presumably; not pinned down). Read a figure
+as good to about 7%.
+
+Figures: instructions per wrapped step for the first and for a further
 empty layer at the action, stage, actions-block and run levels (the shapes
-of ``middleware.py``). Target (issue 3): 0.5 µs per layer, which is 5.5
+of ``middleware.py``). Target (issue 3): 0.5 µs per layer, which is 5.6
 plain awaits on the machine the target was set on (a plain await took
 0.09 µs there).
 """
