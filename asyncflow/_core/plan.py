@@ -97,6 +97,9 @@ class ActionNode:
         """
         key = self._key
         if key is None:
+            if self.parent is None:  # a static action: most of them
+                key = self._key = f"{self.stage_node.id}/{self.pos}"
+                return key
             parts = []
             node: ActionNode | None = self
             while node is not None:
