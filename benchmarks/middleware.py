@@ -4,7 +4,9 @@ Run with ``make bench`` (or ``python benchmarks/middleware.py``). Figures:
 
 (a) cost of one empty middleware layer at each level, per wrapped step:
     action level (2,000 actions in one stage), stage and actions-block level
-    (2,000 one-action stages), run level (2,000 one-action runs);
+    (2,000 one-action stages), run level (2,000 one-action runs); each
+    figure is the median of many pairs of runs timed back to back, with the
+    collector off while a pair runs (as ``timeit`` does);
 (b) a run of 2,000 actions with 3 action-level middlewares against none;
 (c) event emission with one subscriber draining as it goes, per action,
     against no listener; and the no-listener path against a plain await.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 
@@ -71,24 +74,34 @@ def many_stages(block_mw: int = 0) -> af.Workflow:
     return af.Workflow("many-stages", stages=stages)
 
 
-def paired(
-    repeats: int, base: Callable[[], Awaitable[float]], other: Callable[[], Awaitable[float]]
-) -> float:
-    """Best-of difference ``other - base``, measured alternately so drift hits both alike."""
+def paired(pairs: int, base: Callable[[], Awaitable[float]], other: Callable[[], Awaitable[float]]) -> float:
+    """The median of ``pairs`` differences ``other - base``, each pair timed back to back.
+
+    A shared VM changes speed from one second to the next by more than one
+    layer costs; two runs timed one right after the other see the same
+    speed, and the median of many such pairs ignores the pairs a change of
+    speed fell into. (A best-of-N of each side, taken minutes apart, gave
+    differences of either sign.)
+    """
 
     async def loop() -> float:
-        best_base = best_other = float("inf")
-        for _ in range(repeats):
+        differences = []
+        for _ in range(pairs):
             gc.collect()
-            best_base = min(best_base, await base())
-            gc.collect()
-            best_other = min(best_other, await other())
-        return best_other - best_base
+            # As timeit does: with the collector off, a pair does not also time a collection
+            # of the whole heap that one side happened to trigger and the other did not.
+            gc.disable()
+            try:
+                first = await base()
+                differences.append(await other() - first)
+            finally:
+                gc.enable()
+        return statistics.median(differences)
 
     return asyncio.run(loop())
 
 
-def layer_costs(repeats: int) -> dict[str, tuple[float, float]]:
+def layer_costs(pairs: int) -> dict[str, tuple[float, float]]:
     """µs per wrapped step at each level: (the first empty layer, each further one).
 
     The first layer also pays for leaving the no-middleware fast path (a
@@ -104,7 +117,7 @@ def layer_costs(repeats: int) -> dict[str, tuple[float, float]]:
         runner_set: tuple[af.Runner, af.Runner, af.Runner], flows: tuple[af.Workflow, ...], runs: int = 1
     ) -> tuple[float, float]:
         zero, one, two = (timed_run(r, f, runs=runs) for r, f in zip(runner_set, flows, strict=True))
-        return paired(repeats, zero, one) / STEPS * 1e6, paired(repeats, one, two) / STEPS * 1e6
+        return paired(pairs, zero, one) / STEPS * 1e6, paired(pairs, one, two) / STEPS * 1e6
 
     stages = many_stages()
     return {
@@ -167,14 +180,25 @@ def plain_await(repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="asyncflow middleware and event costs")
-    parser.add_argument("--repeats", type=int, default=7, help="best of N (default 7)")
-    repeats: int = parser.parse_args(argv).repeats
+    parser.add_argument("--repeats", type=int, default=7, help="best of N for (b) and (c) (default 7)")
+    parser.add_argument(
+        "--pairs", type=int, default=60, help="timed pairs per layer figure of (a), median (default 60)"
+    )
+    args = parser.parse_args(argv)
+    repeats: int = args.repeats
 
-    print(f"asyncflow {af.__version__}: middleware and events, best of {repeats}\n")
-    costs = layer_costs(repeats)
-    base = plain_await(repeats)
+    print(
+        f"asyncflow {af.__version__}: middleware and events, "
+        f"best of {repeats}, medians of {args.pairs} pairs\n"
+    )
+    base_before = plain_await(repeats)
+    costs = layer_costs(args.pairs)
+    base = min(base_before, plain_await(repeats))
     print(f"    plain await    {base:7.3f} µs/call   (the baseline of this run; x = times a plain await)\n")
-    print("(a) empty middleware layers, cost per wrapped step   (target <= 0.5 µs per layer)")
+    print(
+        "(a) empty middleware layers, cost per wrapped step, median of timed pairs"
+        "   (target <= 0.5 µs per layer)"
+    )
     print("    level          first layer          each further layer")
     for level, (first, further) in costs.items():
         first_x, further_x = first / base, further / base
