@@ -231,12 +231,9 @@ class SQLiteBackend(Backend):
                         checkpoints.append(job)
                     else:
                         batch.append(job)
-                    if len(batch) + len(checkpoints) >= 1024:
-                        break
-                    try:
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
+                    if len(batch) + len(checkpoints) >= 1024 or self._jobs.empty():
+                        break  # (this thread alone takes jobs: not empty now, not empty below)
+                    job = self._jobs.get_nowait()
                 if batch or checkpoints:
                     self._execute(conn, batch, checkpoints)
                     loop.call_soon_threadsafe(_deliver, batch, checkpoints)
