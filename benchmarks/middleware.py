@@ -80,8 +80,8 @@ def paired(pairs: int, base: Callable[[], Awaitable[float]], other: Callable[[],
     A shared VM changes speed from one second to the next by more than one
     layer costs; two runs timed one right after the other see the same
     speed, and the median of many such pairs ignores the pairs a change of
-    speed fell into. (A best-of-N of each side, taken minutes apart, gave
-    differences of either sign.)
+    speed fell into. (The difference of the best of N runs of each side
+    came out with either sign.)
     """
 
     async def loop() -> float:
