@@ -12,13 +12,12 @@ and building the workflow cancel out), divided by the number of wrapped
 steps, and set against a plain ``await`` of a no-op coroutine counted the
 same way.
 
-Every child runs with ``PYTHONHASHSEED=0``. One case counted again in the
-same environment gives the same count, but the figures are not fixed to
-the instruction: whole runs of this script have given layer figures up to
-6% apart on code that differed only in comments, and importing asyncflow
-through ``PYTHONPATH`` instead of the editable install moved them by 6-7%
-(the process's memory layout, presumably; not pinned down). Read a figure
-as good to about 7%.
+Every child runs with ``PYTHONHASHSEED=0`` and with the collector off while
+it runs the case. With the collector on, figures moved by 6-7% when nothing
+but ``PYTHONPATH`` changed, and whole runs of this script gave figures up to
+6% apart: a collection costs what the whole process holds, and one side of a
+difference triggers more of them than the other. With it off, the same
+comparison moved the figures by less than 0.4%.
 
 Figures: instructions per wrapped step for the first and for a further
 empty layer at the action, stage, actions-block and run levels (the shapes
@@ -31,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import re
 import shutil
@@ -66,8 +66,15 @@ def _runner(level: str, layers: int) -> af.Runner:
 
 
 async def _child(case: str, steps: int, run: bool) -> None:
-    """What one counted child process does: build the case, and run it if ``run``."""
+    """What one counted child process does: build the case, and run it if ``run``.
+
+    The collector is off from there on, as ``timeit`` has it: what a collection
+    costs depends on everything the process holds, not on what is measured,
+    and the collections one side triggers and the other does not moved figures
+    by several percent with nothing but ``PYTHONPATH`` changed.
+    """
     if case == "plain":
+        gc.disable()
         if run:
             for _ in range(steps):
                 await _noop_fn(None)
@@ -75,6 +82,7 @@ async def _child(case: str, steps: int, run: bool) -> None:
     level, layers = case.split(":")
     workflow = _workflow(level, int(layers), steps)
     runner = _runner(level, int(layers))
+    gc.disable()
     if not run:
         return
     for _ in range(steps if level == "run" else 1):

@@ -231,8 +231,12 @@ class Runner:
         self.require_json = require_json
         self._hub = Hub()
         self._run_chain = compose(self.middleware, _entering) if self.middleware else None
-        # Composed chains by (innermost handler, middleware): built once, not per stage.
-        self._chains: dict[tuple[Callable[[Middleware], Handler], tuple[Middleware, ...]], Chain] = {}
+        # Composed chains by innermost handler, then by middleware: built once, not per stage.
+        self._chains: dict[Callable[[Middleware], Handler], dict[tuple[Middleware, ...], Chain]] = {
+            _entering: {},
+            _attempting: {},
+        }
+        self._block_chains = self._chains[_entering]  # looked up once per stage that has a block chain
 
     # ---- listeners ---------------------------------------------------------------
 
@@ -457,12 +461,12 @@ class Runner:
 
     def _chain(self, mws: tuple[Middleware, ...], innermost: Callable[[Middleware], Handler]) -> Chain:
         """``mws`` composed once per distinct list of middleware (and level)."""
-        key = (innermost, mws)
-        chain = self._chains.get(key)
+        chains = self._chains[innermost]
+        chain = chains.get(mws)
         if chain is None:
-            if len(self._chains) >= 1024:  # middleware made per run: do not grow forever
-                self._chains.clear()
-            chain = self._chains[key] = compose(mws, innermost)
+            if len(chains) >= 1024:  # middleware made per run: do not grow forever
+                chains.clear()
+            chain = chains[mws] = compose(mws, innermost)
         return chain
 
     # ---- stages ------------------------------------------------------------------
@@ -580,8 +584,9 @@ class Runner:
         node.pending = deque(node.actions)
         try:
             if stage._middleware:
+                chain = self._block_chains.get(stage._middleware) or self._chain(stage._middleware, _entering)
                 mctx = _entered("actions", run, node, self._actions)
-                await call_chain(self._chain(stage._middleware, _entering), mctx, mctx._enter)
+                await call_chain(chain, mctx, mctx._enter)
                 if not mctx._ran:
                     for action in node.actions:
                         await self._skip(run, action, _SKIPPED_BY_MIDDLEWARE)
