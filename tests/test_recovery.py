@@ -57,6 +57,14 @@ async def interrupt(url: str, workflow: af.Workflow, label: str = "hang", **opti
     return handle.run_id
 
 
+async def run_here(url: str, workflow: af.Workflow, *, within: float = 5) -> tuple[str, af.RunResult]:
+    """Start ``workflow`` on a new engine, wait (at most ``within`` s) for it to end; its id and result."""
+    async with make_engine(url, workflow) as engine:
+        handle = await engine.start(workflow)
+        with anyio.fail_after(within):
+            return handle.run_id, await handle.result()
+
+
 async def finish(url: str, run_id: str, *workflows: af.Workflow, **options: Any) -> af.RunResult:
     """Open a new engine with ``workflows`` registered and wait for ``run_id`` to end."""
     async with make_engine(url, *workflows, **options) as engine:

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import durable_flows as flows
 import pytest
-from test_recovery import finish, info_of, interrupt, make_engine
+from test_recovery import finish, info_of, interrupt, make_engine, run_here
 
 import asyncflow as af
 from asyncflow import backoff
@@ -285,14 +285,10 @@ WIDE = af.Workflow(
 
 async def test_more_checkpoints_at_once_than_one_statement_binds_are_all_committed(url: str) -> None:
     """2,100 actions that complete in one pass of the loop: their checkpoints take several statements."""
-    async with make_engine(url, WIDE) as engine:
-        handle = await engine.start(WIDE)
-        with anyio.fail_after(60):
-            result = await handle.result()
+    run_id, result = await run_here(url, WIDE, within=60)
     assert result.status is af.RunStatus.COMPLETED
     assert flows.runs_of("step-one") == 2_100
-    async with make_engine(url, WIDE) as other:  # what is on file says so too
-        recorded = await other.wait(handle.run_id)
+    recorded = await finish(url, run_id, WIDE)  # what is on file says so too
     assert recorded.status is af.RunStatus.COMPLETED
     assert sum(1 for s in recorded.steps if s.action_name == "step-one") == 2_100
 
@@ -342,21 +338,15 @@ async def test_concurrent_duplicate_insertions_replay_under_the_same_ids(url: st
 
 async def test_checkpoint_saves_the_value_as_it_is_when_the_action_completes(url: str) -> None:
     """A list appended to after the put is saved with the append: a fresh engine reads [1]."""
-    async with make_engine(url, FILL_AFTER_PUT) as engine:
-        handle = await engine.start(FILL_AFTER_PUT)
-        with anyio.fail_after(5):
-            await handle.result()
-    result = await finish(url, handle.run_id, FILL_AFTER_PUT)
+    run_id, _ = await run_here(url, FILL_AFTER_PUT)
+    result = await finish(url, run_id, FILL_AFTER_PUT)
     assert result.store == {"items": [1]}
 
 
 async def test_store_writes_of_a_bailing_action_are_in_the_database(url: str) -> None:
     """A bailing action's store writes are returned by a fresh engine's wait."""
-    async with make_engine(url, WRITE_THEN_BAIL) as engine:
-        handle = await engine.start(WRITE_THEN_BAIL)
-        with anyio.fail_after(5):
-            await handle.result()
-    result = await finish(url, handle.run_id, WRITE_THEN_BAIL)
+    run_id, _ = await run_here(url, WRITE_THEN_BAIL)
+    result = await finish(url, run_id, WRITE_THEN_BAIL)
     assert result.status is af.RunStatus.BAILED
     assert result.store == {"reason.detail": "out of stock"}
 
@@ -447,10 +437,7 @@ def test_store_put_refuses_a_ttl_that_is_not_finite(ttl: float) -> None:
 
 async def test_non_json_property_fails_at_the_put_naming_the_key(url: str) -> None:
     """In a durable run, a date in properties raises NotSerializable at the put, naming the key."""
-    async with make_engine(url, DATE_PROPERTY) as engine:
-        handle = await engine.start(DATE_PROPERTY)
-        with anyio.fail_after(5):
-            result = await handle.result()
+    _, result = await run_here(url, DATE_PROPERTY)
     assert result.status is af.RunStatus.FAILED
     [message] = flows.LEDGER["not-serializable"]
     assert "when" in message
