@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import durable_flows as flows
 import pytest
 
@@ -87,6 +88,50 @@ def same_json(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
+
+
+# The tables of schema 2 (and 1): runs keyed by run id, and checkpoints by run id and number.
+SCHEMA_2_TABLES = """
+CREATE TABLE runs_v2 (
+    run_id TEXT PRIMARY KEY, workflow_id TEXT NOT NULL, status TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, idempotency_key TEXT UNIQUE,
+    owner TEXT, lease_until REAL, wake_at REAL, suspend_reason TEXT, suspend_data TEXT,
+    suspended_step TEXT, resume_data TEXT, error TEXT, failed_stage TEXT, failed_action TEXT,
+    bail_reason TEXT, steps TEXT
+);
+CREATE TABLE checkpoints_v2 (
+    run_id TEXT NOT NULL, seq INTEGER NOT NULL, step_key TEXT NOT NULL, kind TEXT NOT NULL,
+    changes TEXT, ops TEXT, attempts INTEGER NOT NULL, at REAL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+def as_schema_2(db_path: Path, *, version: int = 2) -> None:
+    """Rewrite the file's tables as schema 2 (or 1) had them, its runs and checkpoints kept."""
+    columns = ", ".join(field.name for field in attrs.fields(af.RunInfo))
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.executescript(
+            f"""
+            BEGIN;
+            {SCHEMA_2_TABLES}
+            INSERT INTO runs_v2 ({columns}) SELECT {columns} FROM runs;
+            INSERT INTO checkpoints_v2
+                SELECT r.run_id, c.seq, c.step_key, c.kind, c.changes, c.ops, c.attempts, c.at
+                FROM checkpoints AS c JOIN runs AS r USING (run_no);
+            DROP TABLE checkpoints;
+            DROP TABLE runs;
+            ALTER TABLE runs_v2 RENAME TO runs;
+            ALTER TABLE checkpoints_v2 RENAME TO checkpoints;
+            CREATE INDEX runs_by_created ON runs (created_at DESC, run_id DESC);
+            CREATE INDEX runs_by_status ON runs (status, lease_until);
+            UPDATE asyncflow_meta SET value = '{version}' WHERE key = 'schema_version';
+            COMMIT;
+            """
+        )
+    finally:
+        conn.close()
 
 
 def query(db_path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -652,17 +697,17 @@ async def test_per_engine_registry_falls_back_to_the_global_registry(url: str) -
 
 
 async def test_first_open_creates_a_wal_database_with_a_schema_version(db_path: Path, url: str) -> None:
-    """Opening an engine on a missing file creates it in WAL mode with asyncflow_meta schema_version 2."""
+    """Opening an engine on a missing file creates it in WAL mode with asyncflow_meta schema_version 3."""
     assert not await anyio.Path(db_path).exists()
     async with make_engine(url):
         pass
     assert await anyio.Path(db_path).exists()
-    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("2",)]
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("3",)]
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
 async def test_schema_1_database_is_migrated_and_its_runs_read(db_path: Path, url: str) -> None:
-    """A schema-1 file (a dict per recorded step) opens as schema 2, its ended runs read as before."""
+    """A schema-1 file (a dict per recorded step) opens as schema 3, its ended runs read as before."""
     async with make_engine(url, flows.QUICK) as engine:
         handle = await engine.start(flows.QUICK)
         ended = await handle.result()
@@ -686,18 +731,49 @@ async def test_schema_1_database_is_migrated_and_its_runs_read(db_path: Path, ur
         }
         for s in ended.steps
     ]
+    as_schema_2(db_path, version=1)
     conn = sqlite3.connect(db_path)
     with conn:
         conn.execute("UPDATE runs SET steps = ?", (json.dumps(old_steps),))
-        conn.execute("UPDATE asyncflow_meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     async with make_engine(url, flows.QUICK) as engine:
         again = await engine.wait(handle.run_id)
-    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("2",)]
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("3",)]
     assert [(s.kind, s.stage_id, s.action_name, s.status) for s in again.steps] == [
         (s.kind, s.stage_id, s.action_name, s.status) for s in ended.steps
     ]
     assert [s.duration for s in again.steps] == [s.duration for s in ended.steps]
+
+
+async def test_schema_2_database_is_migrated_and_its_interrupted_run_recovers(
+    db_path: Path, url: str
+) -> None:
+    """A schema-2 file (checkpoints keyed by run id) opens as schema 3; its interrupted run goes on."""
+    run_id = await interrupt(url, flows.BASIC)
+    as_schema_2(db_path)
+    assert query(db_path, "SELECT count(*) FROM checkpoints WHERE run_id = ?", run_id) != [(0,)]
+    result = await finish(url, run_id, flows.BASIC)
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("3",)]
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store == {"one": 1, "hang": "done", "after": True, "s2": True}
+    assert {label: len(runs) for label, runs in flows.LEDGER.items()} == {
+        "step-one": 1,
+        "hang": 2,
+        "after": 1,
+        "s2": 1,
+    }
+
+
+async def test_migrated_runs_are_numbered_in_the_order_they_were_created(db_path: Path, url: str) -> None:
+    """Migrating a schema-2 file numbers its runs by creation, and new runs come after them."""
+    first, _ = await run_here(url, flows.QUICK)
+    second, _ = await run_here(url, flows.QUICK)
+    as_schema_2(db_path)
+    third, _ = await run_here(url, flows.QUICK)
+    assert query(db_path, "SELECT run_id FROM runs ORDER BY run_no") == [(first,), (second,), (third,)]
+    async with make_engine(url) as engine:
+        listed = [info.run_id for info in (await engine.list_runs()).runs]
+    assert listed == [third, second, first]
 
 
 async def test_reopening_keeps_runs(url: str) -> None:

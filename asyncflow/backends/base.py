@@ -24,7 +24,8 @@ from .._core.records import RunStatus
 
 #: The schema every backend writes; a database with a newer one is refused.
 #: 2: a run's steps are stored as :class:`StepRows` (1 had a dict per step; still read).
-SCHEMA_VERSION = 2
+#: 3: runs are numbered, and checkpoints refer to the number (SQLite: appended, not scattered).
+SCHEMA_VERSION = 3
 
 
 def _utc(timestamp: float) -> datetime:
