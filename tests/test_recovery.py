@@ -8,6 +8,7 @@ opened on the same file then takes the run over.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -861,3 +862,24 @@ async def test_stored_run_info_is_json_in_the_file(db_path: Path, url: str) -> N
         await handle.result()
     [(text,)] = query(db_path, "SELECT suspend_data FROM runs WHERE run_id = ?", handle.run_id)
     assert json.loads(text) == {"amount": 5}
+
+
+class _LoopWithoutReaders(asyncio.SelectorEventLoop):
+    """An event loop that cannot watch file descriptors, as Windows' proactor loop cannot."""
+
+    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+        raise NotImplementedError
+
+
+def test_runs_commit_on_a_loop_that_cannot_watch_file_descriptors(db_path: Path, url: str) -> None:
+    """On a loop without add_reader, the SQLite writer wakes the loop another way; runs commit as usual."""
+
+    async def main() -> af.RunResult:
+        async with make_engine(url, flows.QUICK) as engine:
+            with anyio.fail_after(5):
+                return await (await engine.start(flows.QUICK)).result()
+
+    with asyncio.Runner(loop_factory=_LoopWithoutReaders) as runner:
+        result = runner.run(main())
+    assert result.status is af.RunStatus.COMPLETED
+    assert query(db_path, "SELECT count(*) FROM checkpoints") != [(0,)]

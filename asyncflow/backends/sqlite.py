@@ -23,6 +23,7 @@ leases.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -216,6 +217,9 @@ class SQLiteBackend(Backend):
         self._pending: list[tuple[Checkpoint, asyncio.Future[None]]] = []
         self._pending_jobs: list[_Job] = []
         self._handing_over = False
+        # What the writer has done, and the pipe it wakes the loop with (see _hand_back).
+        self._done: collections.deque[tuple[list[_Job], list[_Batch]]] = collections.deque()
+        self._wake: tuple[int, int] | None = None
 
     # ---- the writer thread --------------------------------------------------------
 
@@ -223,8 +227,9 @@ class SQLiteBackend(Backend):
         """Start the writer thread, open the file, create or check the schema."""
         if self._thread is not None:
             return
-        self._loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = self._loop.create_future()
+        loop = self._loop = asyncio.get_running_loop()
+        self._open_wake(loop)
+        ready: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(
             target=self._serve, args=(ready,), name=f"asyncflow-sqlite:{self.path.name}", daemon=True
         )
@@ -236,7 +241,28 @@ class SQLiteBackend(Backend):
                 await ready
         except BaseException:
             self._thread = None
+            self._close_wake(loop)
             raise
+
+    def _open_wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A pipe for the writer to wake the loop with, if the loop can watch one."""
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        try:
+            loop.add_reader(read, self._take_done)
+        except NotImplementedError:  # (Windows' proactor loop): call_soon_threadsafe instead
+            os.close(read)
+            os.close(write)
+        else:
+            self._wake = (read, write)
+
+    def _close_wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            loop.remove_reader(wake[0])
+            os.close(wake[0])
+            os.close(wake[1])
 
     async def aclose(self) -> None:
         """Finish the queued writes, close the connection and stop the thread."""
@@ -248,6 +274,8 @@ class SQLiteBackend(Backend):
         closed: asyncio.Future[None] = loop.create_future()
         self._jobs.put((_STOP, closed))
         await asyncio.shield(closed)
+        self._take_done()  # the last results, if their wake-up is still in the pipe
+        self._close_wake(loop)
 
     def _serve(self, ready: asyncio.Future[None]) -> None:
         loop = self._loop
@@ -277,11 +305,39 @@ class SQLiteBackend(Backend):
                     job = self._jobs.get_nowait()
                 if batch or checkpoints:
                     self._execute(conn, batch, checkpoints)
-                    loop.call_soon_threadsafe(_deliver, batch, checkpoints)
+                    self._hand_back(loop, batch, checkpoints)
         finally:
             conn.close()
             if closed is not None:
                 loop.call_soon_threadsafe(_resolve_future, closed, None)
+
+    def _hand_back(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Job], checkpoints: list[_Batch]
+    ) -> None:
+        """Give the results to the loop (on the writer thread).
+
+        A byte down a pipe the loop watches wakes it, and it takes the results in
+        its own callback (_take_done): one system call on each side, where
+        ``call_soon_threadsafe`` makes a handle and the loop reads its own
+        socket twice (the second time to find it empty).
+        """
+        wake = self._wake
+        if wake is None:
+            loop.call_soon_threadsafe(_deliver, batch, checkpoints)
+            return
+        self._done.append((batch, checkpoints))
+        with contextlib.suppress(BlockingIOError):  # full of wake-ups the loop has yet to read
+            os.write(wake[1], b"\0")
+
+    def _take_done(self) -> None:
+        """Deliver what the writer has done (on the loop)."""
+        wake = self._wake
+        if wake is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake[0], 4096)
+        done = self._done
+        while done:
+            _deliver(*done.popleft())
 
     def _connect(self) -> sqlite3.Connection:
         where = str(self.path)
