@@ -397,11 +397,14 @@ class SQLiteBackend(Backend):
         return conn
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job], checkpoints: list[_Batch]) -> None:
+        if not batch:
+            # The common case: only checkpoints. One statement, its own transaction, so the
+            # writer wins the GIL back once per batch (each SQLite call gives it up).
+            _write_batches(conn, checkpoints, self.path, self._max_rows)
+            return
         writes = [job for job in batch if job.writes]
         reads = [job for job in batch if not job.writes]
         if checkpoints and not writes:
-            # The common case: only checkpoints. One statement, its own transaction, so the
-            # writer wins the GIL back once per batch (each SQLite call gives it up).
             _write_batches(conn, checkpoints, self.path, self._max_rows)
         elif writes or checkpoints:
             try:
@@ -825,8 +828,12 @@ def _insert_rows(conn: sqlite3.Connection, params: list[Any], max_rows: int) -> 
 
 def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path, max_rows: int) -> None:
     """Every checkpoint of ``batches`` in one statement; one at a time only to find which one failed."""
-    expected = sum(len(b.checkpoints) for b in batches)
-    params = batches[0].params if len(batches) == 1 else [p for batch in batches for p in batch.params]
+    if len(batches) == 1:  # (a lone run's checkpoint, most often)
+        params = batches[0].params
+        expected = len(params) // _ROW_PARAMS
+    else:
+        params = [p for batch in batches for p in batch.params]
+        expected = sum(len(b.checkpoints) for b in batches)
     try:
         if expected > max_rows:  # several statements: all of them or none
             with _atomic(conn):
