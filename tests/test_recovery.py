@@ -770,11 +770,15 @@ async def test_migrated_runs_are_numbered_in_the_order_they_were_created(db_path
     first, _ = await run_here(url, flows.QUICK)
     second, _ = await run_here(url, flows.QUICK)
     as_schema_2(db_path)
+    conn = sqlite3.connect(db_path)
+    with conn:  # the second run made first: its id no longer says which came first
+        conn.execute("UPDATE runs SET created_at = created_at - 60 WHERE run_id = ?", (second,))
+    conn.close()
     third, _ = await run_here(url, flows.QUICK)
-    assert query(db_path, "SELECT run_id FROM runs ORDER BY run_no") == [(first,), (second,), (third,)]
+    assert query(db_path, "SELECT run_id FROM runs ORDER BY run_no") == [(second,), (first,), (third,)]
     async with make_engine(url) as engine:
         listed = [info.run_id for info in (await engine.list_runs()).runs]
-    assert listed == [third, second, first]
+    assert listed == [third, first, second]
 
 
 async def test_reopening_keeps_runs(url: str) -> None:
