@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import durable_flows as flows
 import pytest
 
 import asyncflow as af
+from asyncflow.backends import SQLiteBackend
 from asyncflow.testing import FakeClock
 
 START = 1_800_000_000.0
@@ -887,3 +889,63 @@ def test_runs_commit_on_a_loop_that_cannot_watch_file_descriptors(db_path: Path,
         result = runner.run(main())
     assert result.status is af.RunStatus.COMPLETED
     assert query(db_path, "SELECT count(*) FROM checkpoints") != [(0,)]
+
+
+async def test_upgrade_waits_for_other_connections_and_refuses_when_they_stay(
+    db_path: Path, url: str
+) -> None:
+    """A schema-2 file that another process keeps open is not upgraded: af.BackendError says why."""
+    first, _ = await run_here(url, flows.QUICK)
+    as_schema_2(db_path)
+    other = sqlite3.connect(db_path)  # an older asyncflow, say, with the file open
+    try:
+        other.execute("PRAGMA journal_mode = WAL")
+        other.execute("SELECT count(*) FROM runs").fetchall()
+        engine = af.Engine(SQLiteBackend(db_path, busy_timeout=0.2))
+        with pytest.raises(af.BackendError, match="another process kept it open") as info:
+            async with engine:
+                pass
+        assert str(db_path) in str(info.value)
+        assert "stop every process" in str(info.value)
+        assert other.execute("SELECT value FROM asyncflow_meta WHERE key = 'schema_version'").fetchall() == [
+            ("2",)
+        ]
+        assert other.execute("SELECT run_id FROM runs").fetchall() == [(first,)]
+    finally:
+        other.close()
+    assert (await info_of(url, first)).status is af.RunStatus.COMPLETED
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("3",)]
+
+
+async def test_run_numbers_are_not_reused_after_the_newest_run_is_deleted(db_path: Path, url: str) -> None:
+    """Deleting the newest run does not hand its number to the next run."""
+    await run_here(url, flows.QUICK)
+    second, _ = await run_here(url, flows.QUICK)
+    [(number,)] = query(db_path, "SELECT run_no FROM runs WHERE run_id = ?", second)
+    async with make_engine(url) as engine:
+        assert await engine.delete_run(second)
+    third, _ = await run_here(url, flows.QUICK)
+    [(after,)] = query(db_path, "SELECT run_no FROM runs WHERE run_id = ?", third)
+    assert after > number
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+async def test_a_cancelled_close_still_releases_the_backends_descriptors(db_path: Path) -> None:
+    """A cancelled backend.aclose() still closes the file and its wake-up pipe once the writer stops."""
+    before = _open_descriptors()
+    backend = SQLiteBackend(db_path)
+    await backend.open()
+    closing = asyncio.ensure_future(backend.aclose())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    for _ in range(500):  # the writer finishes in its own time
+        if _open_descriptors() <= before:
+            break
+        await anyio.sleep(0.01)
+    assert _open_descriptors() == before

@@ -30,6 +30,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ def _tables(runs: str, checkpoints: str) -> list[str]:
     """The two tables of runs, named ``runs`` and ``checkpoints`` (other names while migrating)."""
     return [
         f"""CREATE TABLE {runs} (
-            run_no INTEGER PRIMARY KEY,
+            run_no INTEGER PRIMARY KEY AUTOINCREMENT,
             run_id TEXT NOT NULL UNIQUE,
             workflow_id TEXT NOT NULL,
             status TEXT NOT NULL,
@@ -137,27 +138,103 @@ def _row_to_info(row: Sequence[Any]) -> RunInfo:
     return RunInfo(**fields)
 
 
-def _migrate(conn: sqlite3.Connection, version: int) -> None:
-    """Bring a database of schema ``version`` to :data:`SCHEMA_VERSION`, in one transaction.
+def _tables_in(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
-    2 to 3 rebuilds both tables: runs get a number (``run_no``, in the order
-    they were created) and checkpoints refer to it. 1 to 2 changed no table:
-    schema 2 stores a run's steps as rows of columns, and runs recorded with a
-    dict per step are still read as they are. Every new version keeps an older
-    asyncflow from misreading the file.
-    """
+
+def _create(conn: sqlite3.Connection) -> set[str]:
+    """Create the schema in an empty file; the tables found instead, if another process was quicker."""
+    conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        row = conn.execute("SELECT value FROM asyncflow_meta WHERE key = 'schema_version'").fetchone()
-        if row is None or int(row[0]) != version:  # another process migrated it meanwhile
-            conn.execute("COMMIT")
-            return
-        if version < 3:
+        tables = _tables_in(conn)
+        if not tables:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO asyncflow_meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return tables
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM asyncflow_meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+# The columns of ``runs`` in schema 1 and 2, as the 2 to 3 migration copies them.
+_V2_RUN_COLUMNS = (
+    "run_id, workflow_id, status, created_at, updated_at, idempotency_key, owner, lease_until, wake_at, "
+    "suspend_reason, suspend_data, suspended_step, resume_data, error, failed_stage, failed_action, "
+    "bail_reason, steps"
+)
+
+
+def _migrate(conn: sqlite3.Connection, version: int, where: str, patience: float) -> None:
+    """Bring a database of schema ``version`` to :data:`SCHEMA_VERSION`, in one transaction.
+
+    Only with the file to itself: an older asyncflow that has it open would fail
+    its runs on the new tables, so the upgrade waits up to ``patience`` seconds
+    for every other connection to close (leaving WAL mode, which SQLite allows
+    to the only connection, tells), and refuses after that. Another new
+    process that upgraded it meanwhile is fine.
+
+    2 to 3 rebuilds both tables: runs get a number (``run_no``, in the order
+    they were created) and checkpoints refer to it; checkpoints of runs that
+    are gone are dropped. 1 to 2 changed no table: schema 2 stores a run's
+    steps as rows of columns, and runs recorded with a dict per step are still
+    read as they are. Every new version keeps an older asyncflow from
+    misreading the file.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = DELETE")
+            break
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc):
+                raise
+            if _version(conn) != version:
+                break  # upgraded meanwhile: checked again below
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"{where!r} has schema version {version} and this asyncflow upgrades it to "
+                    f"{SCHEMA_VERSION}, but another process kept it open for over {patience:g} s. An "
+                    f"older asyncflow would fail its runs on the upgraded file: stop every process "
+                    f"that uses it, then open it again. Nothing was changed"
+                ) from None
+            time.sleep(0.05)
+    try:
+        _rebuild(conn, version, where)
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA journal_mode = WAL")  # as it was
+        raise
+
+
+def _rebuild(conn: sqlite3.Connection, version: int, where: str) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = _version(conn)
+        if found > SCHEMA_VERSION:
+            raise BackendError(
+                f"{where!r} was upgraded by a newer asyncflow (schema version {found}) while this one "
+                f"opened it; upgrade asyncflow. Nothing was changed"
+            )
+        if found == version and version < 3:
             for statement in _tables("runs_v3", "checkpoints_v3"):
                 conn.execute(statement)
-            columns = ", ".join(_RUN_COLUMNS)
             conn.execute(
-                f"INSERT INTO runs_v3 ({columns}) SELECT {columns} FROM runs ORDER BY created_at, run_id"
+                f"INSERT INTO runs_v3 ({_V2_RUN_COLUMNS}) "
+                f"SELECT {_V2_RUN_COLUMNS} FROM runs ORDER BY created_at, run_id"
             )
             conn.execute(
                 "INSERT INTO checkpoints_v3 (run_no, seq, step_key, kind, changes, ops, attempts, at) "
@@ -170,9 +247,10 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
             conn.execute("ALTER TABLE checkpoints_v3 RENAME TO checkpoints")
             for statement in _INDEXES:
                 conn.execute(statement)
-        conn.execute(
-            "UPDATE asyncflow_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-        )
+        if found == version:
+            conn.execute(
+                "UPDATE asyncflow_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -241,7 +319,7 @@ class SQLiteBackend(Backend):
                 await ready
         except BaseException:
             self._thread = None
-            self._close_wake(loop)
+            self._close_wake(loop, self._wake)
             raise
 
     def _open_wake(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -250,19 +328,24 @@ class SQLiteBackend(Backend):
         os.set_blocking(read, False)
         os.set_blocking(write, False)
         try:
-            loop.add_reader(read, self._take_done)
+            loop.add_reader(read, self._take_done, read)
         except NotImplementedError:  # (Windows' proactor loop): call_soon_threadsafe instead
             os.close(read)
             os.close(write)
         else:
             self._wake = (read, write)
 
-    def _close_wake(self, loop: asyncio.AbstractEventLoop) -> None:
-        wake, self._wake = self._wake, None
-        if wake is not None:
-            loop.remove_reader(wake[0])
-            os.close(wake[0])
-            os.close(wake[1])
+    def _close_wake(self, loop: asyncio.AbstractEventLoop, wake: tuple[int, int] | None) -> None:
+        """Deliver what is left and close ``wake``, the pipe of a writer that has stopped."""
+        if wake is None:
+            self._take_done()
+            return
+        self._take_done(wake[0])
+        if self._wake == wake:
+            self._wake = None
+        loop.remove_reader(wake[0])
+        os.close(wake[0])
+        os.close(wake[1])
 
     async def aclose(self) -> None:
         """Finish the queued writes, close the connection and stop the thread."""
@@ -272,10 +355,12 @@ class SQLiteBackend(Backend):
         self._thread = None
         self._send_pending()  # checkpoints still waiting for the end of a pass go first
         closed: asyncio.Future[None] = loop.create_future()
+        wake = self._wake
+        # Once the thread has stopped (it writes to the pipe no more), even if this call
+        # was cancelled meanwhile: the last results, then the pipe.
+        closed.add_done_callback(lambda _: self._close_wake(loop, wake))
         self._jobs.put((_STOP, closed))
         await asyncio.shield(closed)
-        self._take_done()  # the last results, if their wake-up is still in the pipe
-        self._close_wake(loop)
 
     def _serve(self, ready: asyncio.Future[None]) -> None:
         loop = self._loop
@@ -304,7 +389,16 @@ class SQLiteBackend(Backend):
                         break  # (this thread alone takes jobs: not empty now, not empty below)
                     job = self._jobs.get_nowait()
                 if batch or checkpoints:
-                    self._execute(conn, batch, checkpoints)
+                    try:
+                        self._execute(conn, batch, checkpoints)
+                    except Exception as exc:  # (a failure SQLite's own handling let through)
+                        # It can only come from the checkpoints, written first: they and the
+                        # calls after them (not made yet) fail with it, and the writer goes on.
+                        error = _wrap(exc, self.path)
+                        for job in batch:
+                            job.error = error
+                        for cps in checkpoints:
+                            cps.fail(error)
                     self._hand_back(loop, batch, checkpoints)
         finally:
             conn.close()
@@ -329,12 +423,11 @@ class SQLiteBackend(Backend):
         with contextlib.suppress(BlockingIOError):  # full of wake-ups the loop has yet to read
             os.write(wake[1], b"\0")
 
-    def _take_done(self) -> None:
-        """Deliver what the writer has done (on the loop)."""
-        wake = self._wake
+    def _take_done(self, wake: int | None = None) -> None:
+        """Deliver what the writer has done (on the loop); ``wake``: the pipe it woke the loop by."""
         if wake is not None:
             with contextlib.suppress(BlockingIOError):
-                os.read(wake[0], 4096)
+                os.read(wake, 4096)
         done = self._done
         while done:
             _deliver(*done.popleft())
@@ -347,37 +440,11 @@ class SQLiteBackend(Backend):
             raise BackendError(f"cannot open SQLite database {where!r}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not tables:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO asyncflow_meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-                conn.execute("COMMIT")
-            elif "asyncflow_meta" not in tables:
-                raise BackendError(
-                    f"{where!r} is an SQLite database but not an asyncflow one (tables: {sorted(tables)}); "
-                    f"nothing was changed"
-                )
-            else:
-                row = conn.execute("SELECT value FROM asyncflow_meta WHERE key = 'schema_version'").fetchone()
-                version = int(row[0]) if row else 0
-                if version > SCHEMA_VERSION:
-                    raise BackendError(
-                        f"{where!r} was written by a newer asyncflow (schema version {version}; this "
-                        f"version reads up to {SCHEMA_VERSION}); upgrade asyncflow. Nothing was changed"
-                    )
-                if version < 1:
-                    raise BackendError(
-                        f"{where!r} has no valid asyncflow schema version; nothing was changed"
-                    )
-                conn.execute("PRAGMA journal_mode = WAL")
-                if version < SCHEMA_VERSION:
-                    _migrate(conn, version)
+            # _create makes the schema in an empty file (and finds no tables), or finds the
+            # tables another process made meanwhile.
+            tables = _tables_in(conn) or _create(conn)
+            if tables:  # (not just created here)
+                self._check_schema(conn, tables, where)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA cache_size = -16384")
             # Checkpoint the WAL into the file every 8,000 pages (32 MiB), not every 1,000:
@@ -388,6 +455,11 @@ class SQLiteBackend(Backend):
             self._max_rows = max(size for size in _MANY_SQL if size * _ROW_PARAMS <= variables)
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if _locked(exc):
+                raise BackendError(
+                    f"{where!r} stayed locked by another process for over {self._busy_timeout:g} s "
+                    f"({exc}); nothing was changed"
+                ) from exc
             raise BackendError(
                 f"{where!r} is not a usable SQLite database ({exc}); it may be corrupt. Nothing was changed"
             ) from exc
@@ -395,6 +467,25 @@ class SQLiteBackend(Backend):
             conn.close()
             raise
         return conn
+
+    def _check_schema(self, conn: sqlite3.Connection, tables: set[str], where: str) -> None:
+        """Refuse a file that is not asyncflow's, or newer; upgrade an older one."""
+        if "asyncflow_meta" not in tables:
+            raise BackendError(
+                f"{where!r} is an SQLite database but not an asyncflow one (tables: {sorted(tables)}); "
+                f"nothing was changed"
+            )
+        version = _version(conn)
+        if version > SCHEMA_VERSION:
+            raise BackendError(
+                f"{where!r} was written by a newer asyncflow (schema version {version}; this "
+                f"version reads up to {SCHEMA_VERSION}); upgrade asyncflow. Nothing was changed"
+            )
+        if version < 1:
+            raise BackendError(f"{where!r} has no valid asyncflow schema version; nothing was changed")
+        if version < SCHEMA_VERSION:
+            _migrate(conn, version, where, self._busy_timeout)
+        conn.execute("PRAGMA journal_mode = WAL")
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job], checkpoints: list[_Batch]) -> None:
         if not batch:
@@ -566,6 +657,13 @@ class SQLiteBackend(Backend):
         """The run, its store in insertion order and its checkpoints in order."""
 
         def load(conn: sqlite3.Connection) -> SavedRun | None:
+            conn.execute("BEGIN")  # the run and its checkpoints from one snapshot
+            try:
+                return loaded(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        def loaded(conn: sqlite3.Connection) -> SavedRun | None:
             row = conn.execute(_SELECT_NUMBERED_RUN, (run_id,)).fetchone()
             if row is None:
                 return None
