@@ -949,3 +949,22 @@ async def test_a_cancelled_close_still_releases_the_backends_descriptors(db_path
             break
         await anyio.sleep(0.01)
     assert _open_descriptors() == before
+
+
+async def test_two_backends_opening_a_schema_2_file_at_once_both_open_it(db_path: Path, url: str) -> None:
+    """Two backends that open an old file together do not wait for each other: one upgrades it."""
+    first, _ = await run_here(url, flows.QUICK)
+    as_schema_2(db_path)
+    for _ in range(3):
+        backends = [SQLiteBackend(db_path, busy_timeout=5) for _ in range(2)]
+        with anyio.fail_after(10):
+            await asyncio.gather(*(backend.open() for backend in backends))
+        try:
+            infos = [await backend.get_run(first) for backend in backends]
+        finally:
+            for backend in backends:
+                await backend.aclose()
+        assert [info.status if info else None for info in infos] == [af.RunStatus.COMPLETED] * 2
+        assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("3",)]
+        assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
+        as_schema_2(db_path)  # and again, as a race may go either way

@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import queue
+import random
 import sqlite3
 import threading
 import time
@@ -178,14 +179,23 @@ _V2_RUN_COLUMNS = (
 )
 
 
-def _migrate(conn: sqlite3.Connection, version: int, where: str, patience: float) -> None:
+class _NotAlone(Exception):
+    """The upgrade (or the switch back to WAL after it) needs the file alone; another connection has it."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(version)
+        self.version = version  # the schema version the file had
+
+
+def _migrate(conn: sqlite3.Connection, version: int, where: str) -> None:
     """Bring a database of schema ``version`` to :data:`SCHEMA_VERSION`, in one transaction.
 
     Only with the file to itself: an older asyncflow that has it open would fail
-    its runs on the new tables, so the upgrade waits up to ``patience`` seconds
-    for every other connection to close (leaving WAL mode, which SQLite allows
-    to the only connection, tells), and refuses after that. Another new
-    process that upgraded it meanwhile is fine.
+    its runs on the new tables. Leaving WAL mode, which SQLite allows only to
+    the sole connection, tells; if another is there, :class:`_NotAlone` (the
+    caller closes, waits and tries again). The rebuild holds an exclusive lock,
+    so an older asyncflow opening the file meanwhile waits, then finds the new
+    version and refuses it.
 
     2 to 3 rebuilds both tables: runs get a number (``run_no``, in the order
     they were created) and checkpoints refer to it; checkpoints of runs that
@@ -194,24 +204,12 @@ def _migrate(conn: sqlite3.Connection, version: int, where: str, patience: float
     read as they are. Every new version keeps an older asyncflow from
     misreading the file.
     """
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = DELETE")
-            break
-        except sqlite3.OperationalError as exc:
-            if not _locked(exc):
-                raise
-            if _version(conn) != version:
-                break  # upgraded meanwhile: checked again below
-            if time.monotonic() > deadline:
-                raise BackendError(
-                    f"{where!r} has schema version {version} and this asyncflow upgrades it to "
-                    f"{SCHEMA_VERSION}, but another process kept it open for over {patience:g} s. An "
-                    f"older asyncflow would fail its runs on the upgraded file: stop every process "
-                    f"that uses it, then open it again. Nothing was changed"
-                ) from None
-            time.sleep(0.05)
+    try:
+        conn.execute("PRAGMA journal_mode = DELETE")
+    except sqlite3.OperationalError as exc:
+        if _locked(exc):
+            raise _NotAlone(version) from exc
+        raise
     try:
         _rebuild(conn, version, where)
     except BaseException:
@@ -221,7 +219,7 @@ def _migrate(conn: sqlite3.Connection, version: int, where: str, patience: float
 
 
 def _rebuild(conn: sqlite3.Connection, version: int, where: str) -> None:
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("BEGIN EXCLUSIVE")
     try:
         found = _version(conn)
         if found > SCHEMA_VERSION:
@@ -392,8 +390,9 @@ class SQLiteBackend(Backend):
                     try:
                         self._execute(conn, batch, checkpoints)
                     except Exception as exc:  # (a failure SQLite's own handling let through)
-                        # It can only come from the checkpoints, written first: they and the
-                        # calls after them (not made yet) fail with it, and the writer goes on.
+                        # From the checkpoints, written first, or from finding which of them
+                        # failed: they and the calls after them (not made yet) fail with it,
+                        # even a checkpoint that was written, and the writer goes on.
                         error = _wrap(exc, self.path)
                         for job in batch:
                             job.error = error
@@ -433,6 +432,37 @@ class SQLiteBackend(Backend):
             _deliver(*done.popleft())
 
     def _connect(self) -> sqlite3.Connection:
+        """Open the file (on the writer thread), waiting up to ``busy_timeout`` to have it alone if it must.
+
+        An upgrade needs the file to itself. Two new processes that open an old
+        file at once would each wait for the other to close it, so each closes
+        its own connection and tries again after a random pause, until one of
+        them has upgraded it.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                return self._connect_once()
+            except _NotAlone as exc:
+                if time.monotonic() > deadline:
+                    raise self._not_alone(exc.version) from None
+                time.sleep(random.uniform(0.01, 0.1))
+
+    def _not_alone(self, version: int) -> BackendError:
+        where, patience = str(self.path), self._busy_timeout
+        if version < SCHEMA_VERSION:
+            return BackendError(
+                f"{where!r} has schema version {version} and this asyncflow upgrades it to "
+                f"{SCHEMA_VERSION}, but another process kept it open for over {patience:g} s. An "
+                f"older asyncflow would fail its runs on the upgraded file: stop every process "
+                f"that uses it, then open it again. Nothing was changed"
+            )
+        return BackendError(
+            f"{where!r} is upgraded to schema version {SCHEMA_VERSION}, but another process kept it "
+            f"locked for over {patience:g} s, so it could not be put back in WAL mode; open it again"
+        )
+
+    def _connect_once(self) -> sqlite3.Connection:
         where = str(self.path)
         try:
             conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
@@ -484,8 +514,13 @@ class SQLiteBackend(Backend):
         if version < 1:
             raise BackendError(f"{where!r} has no valid asyncflow schema version; nothing was changed")
         if version < SCHEMA_VERSION:
-            _migrate(conn, version, where, self._busy_timeout)
-        conn.execute("PRAGMA journal_mode = WAL")
+            _migrate(conn, version, where)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if _locked(exc):  # (leaving DELETE mode waits for no one, either)
+                raise _NotAlone(version) from exc
+            raise
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job], checkpoints: list[_Batch]) -> None:
         if not batch:
