@@ -146,8 +146,7 @@ def _tables_in(conn: sqlite3.Connection) -> set[str]:
 def _create(conn: sqlite3.Connection) -> set[str]:
     """Create the schema in an empty file; the tables found instead, if another process was quicker."""
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _atomic(conn):
         tables = _tables_in(conn)
         if not tables:
             for statement in _SCHEMA:
@@ -155,10 +154,6 @@ def _create(conn: sqlite3.Connection) -> set[str]:
             conn.execute(
                 "INSERT INTO asyncflow_meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return tables
 
 
@@ -219,8 +214,7 @@ def _migrate(conn: sqlite3.Connection, version: int, where: str) -> None:
 
 
 def _rebuild(conn: sqlite3.Connection, version: int, where: str) -> None:
-    conn.execute("BEGIN EXCLUSIVE")
-    try:
+    with _atomic(conn, "BEGIN EXCLUSIVE"):
         found = _version(conn)
         if found > SCHEMA_VERSION:
             raise BackendError(
@@ -249,10 +243,6 @@ def _rebuild(conn: sqlite3.Connection, version: int, where: str) -> None:
             conn.execute(
                 "UPDATE asyncflow_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 class _Job:
@@ -997,10 +987,10 @@ def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path, 
 
 
 @contextlib.contextmanager
-def _atomic(conn: sqlite3.Connection) -> Iterator[None]:
-    """A transaction, or a savepoint inside the one that is open."""
+def _atomic(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """A transaction (begun with ``begin``), or a savepoint inside the one that is open."""
     nested = conn.in_transaction
-    conn.execute("SAVEPOINT batch" if nested else "BEGIN IMMEDIATE")
+    conn.execute("SAVEPOINT batch" if nested else begin)
     try:
         yield
     except BaseException:
