@@ -968,3 +968,25 @@ async def test_two_backends_opening_a_schema_2_file_at_once_both_open_it(db_path
         assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("3",)]
         assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
         as_schema_2(db_path)  # and again, as a race may go either way
+
+
+async def test_a_backend_reopened_after_a_cancelled_close_serves_calls(db_path: Path, url: str) -> None:
+    """Opening the backend again right after a cancelled close gives a writer that answers, then closes."""
+    first, _ = await run_here(url, flows.QUICK)
+    backend = SQLiteBackend(db_path)
+    for _ in range(5):
+        await backend.open()
+        closing = asyncio.ensure_future(backend.aclose())
+        await asyncio.sleep(0)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+    await backend.open()
+    try:
+        with anyio.fail_after(5):
+            info = await backend.get_run(first)
+    finally:
+        with anyio.fail_after(5):
+            await backend.aclose()
+    assert info is not None
+    assert info.status is af.RunStatus.COMPLETED

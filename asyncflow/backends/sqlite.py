@@ -259,6 +259,7 @@ class _Job:
 
 
 _STOP = object()  # queued as (_STOP, future) by aclose
+_Jobs = queue.SimpleQueue["_Job | _Batch | tuple[object, asyncio.Future[None]]"]
 
 
 class SQLiteBackend(Backend):
@@ -273,9 +274,9 @@ class SQLiteBackend(Backend):
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self._busy_timeout = busy_timeout
-        self._jobs: queue.SimpleQueue[_Job | _Batch | tuple[object, asyncio.Future[None]]] = (
-            queue.SimpleQueue()
-        )
+        # The queue of the writer thread now open (each thread has its own, so a thread still
+        # finishing after a cancelled close cannot take the jobs of the next one).
+        self._jobs: _Jobs = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._max_rows = 2  # rows per statement, set from the SQLite library when it opens
@@ -296,8 +297,12 @@ class SQLiteBackend(Backend):
         loop = self._loop = asyncio.get_running_loop()
         self._open_wake(loop)
         ready: asyncio.Future[None] = loop.create_future()
+        self._jobs = queue.SimpleQueue()
         self._thread = threading.Thread(
-            target=self._serve, args=(ready,), name=f"asyncflow-sqlite:{self.path.name}", daemon=True
+            target=self._serve,
+            args=(ready, self._jobs),
+            name=f"asyncflow-sqlite:{self.path.name}",
+            daemon=True,
         )
         self._thread.start()
         try:
@@ -350,7 +355,7 @@ class SQLiteBackend(Backend):
         self._jobs.put((_STOP, closed))
         await asyncio.shield(closed)
 
-    def _serve(self, ready: asyncio.Future[None]) -> None:
+    def _serve(self, ready: asyncio.Future[None], jobs: _Jobs) -> None:
         loop = self._loop
         assert loop is not None
         try:
@@ -364,7 +369,7 @@ class SQLiteBackend(Backend):
             while closed is None:
                 batch: list[_Job] = []
                 checkpoints: list[_Batch] = []
-                job = self._jobs.get()
+                job = jobs.get()
                 while True:
                     if isinstance(job, tuple):  # (_STOP, future): finish this batch, then stop
                         closed = job[1]
@@ -373,9 +378,9 @@ class SQLiteBackend(Backend):
                         checkpoints.append(job)
                     else:
                         batch.append(job)
-                    if len(batch) + len(checkpoints) >= 1024 or self._jobs.empty():
+                    if len(batch) + len(checkpoints) >= 1024 or jobs.empty():
                         break  # (this thread alone takes jobs: not empty now, not empty below)
-                    job = self._jobs.get_nowait()
+                    job = jobs.get_nowait()
                 if batch or checkpoints:
                     try:
                         self._execute(conn, batch, checkpoints)
