@@ -933,17 +933,21 @@ def _open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
-async def test_a_cancelled_close_still_releases_the_backends_descriptors(db_path: Path) -> None:
-    """A cancelled backend.aclose() still closes the file and its wake-up pipe once the writer stops."""
-    before = _open_descriptors()
-    backend = SQLiteBackend(db_path)
+async def open_and_cancel_the_close(backend: SQLiteBackend) -> None:
+    """Open ``backend``, start closing it, and cancel the close before the writer has stopped."""
     await backend.open()
     closing = asyncio.ensure_future(backend.aclose())
     await asyncio.sleep(0)
     closing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await closing
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+async def test_a_cancelled_close_still_releases_the_backends_descriptors(db_path: Path) -> None:
+    """A cancelled backend.aclose() still closes the file and its wake-up pipe once the writer stops."""
+    before = _open_descriptors()
+    await open_and_cancel_the_close(SQLiteBackend(db_path))
     for _ in range(500):  # the writer finishes in its own time
         if _open_descriptors() <= before:
             break
@@ -975,12 +979,7 @@ async def test_a_backend_reopened_after_a_cancelled_close_serves_calls(db_path: 
     first, _ = await run_here(url, flows.QUICK)
     backend = SQLiteBackend(db_path)
     for _ in range(5):
-        await backend.open()
-        closing = asyncio.ensure_future(backend.aclose())
-        await asyncio.sleep(0)
-        closing.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await closing
+        await open_and_cancel_the_close(backend)
     await backend.open()
     try:
         with anyio.fail_after(5):
