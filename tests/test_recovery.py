@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import attrs
 import durable_flows as flows
 import pytest
 
@@ -110,9 +109,16 @@ CREATE TABLE checkpoints_v2 (
 """
 
 
+SCHEMA_2_RUN_COLUMNS = (
+    "run_id, workflow_id, status, created_at, updated_at, idempotency_key, owner, lease_until, wake_at, "
+    "suspend_reason, suspend_data, suspended_step, resume_data, error, failed_stage, failed_action, "
+    "bail_reason, steps"
+)
+
+
 def as_schema_2(db_path: Path, *, version: int = 2) -> None:
     """Rewrite the file's tables as schema 2 (or 1) had them, its runs and checkpoints kept."""
-    columns = ", ".join(field.name for field in attrs.fields(af.RunInfo))
+    columns = SCHEMA_2_RUN_COLUMNS
     conn = sqlite3.connect(db_path, isolation_level=None)
     try:
         conn.executescript(

@@ -179,7 +179,7 @@ class _NotAlone(Exception):
 
     def __init__(self, version: int) -> None:
         super().__init__(version)
-        self.version = version  # the schema version the file had
+        self.version = version  # the file's schema version when it was refused
 
 
 def _migrate(conn: sqlite3.Connection, version: int, where: str) -> None:
@@ -330,8 +330,7 @@ class SQLiteBackend(Backend):
 
     def _close_wake(self, loop: asyncio.AbstractEventLoop, wake: tuple[int, int] | None) -> None:
         """Deliver what is left and close ``wake``, the pipe of a writer that has stopped."""
-        if wake is None:
-            self._take_done()
+        if wake is None:  # (the writer used call_soon_threadsafe)
             return
         self._take_done(wake[0])
         if self._wake == wake:
@@ -513,19 +512,19 @@ class SQLiteBackend(Backend):
         try:
             conn.execute("PRAGMA journal_mode = WAL")
         except sqlite3.OperationalError as exc:
-            if _locked(exc):  # (leaving DELETE mode waits for no one, either)
-                raise _NotAlone(version) from exc
+            if _locked(exc):  # (leaving DELETE mode waits for no one, either); upgraded by now
+                raise _NotAlone(SCHEMA_VERSION) from exc
             raise
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job], checkpoints: list[_Batch]) -> None:
-        if not batch:
-            # The common case: only checkpoints. One statement, its own transaction, so the
-            # writer wins the GIL back once per batch (each SQLite call gives it up).
-            _write_batches(conn, checkpoints, self.path, self._max_rows)
-            return
-        writes = [job for job in batch if job.writes]
-        reads = [job for job in batch if not job.writes]
+        if batch:
+            writes = [job for job in batch if job.writes]
+            reads = [job for job in batch if not job.writes]
+        else:  # the common case: only checkpoints
+            writes = reads = []
         if checkpoints and not writes:
+            # One statement, its own transaction, so the writer wins the GIL back once
+            # per batch (each SQLite call gives it up).
             _write_batches(conn, checkpoints, self.path, self._max_rows)
         elif writes or checkpoints:
             try:
@@ -687,24 +686,19 @@ class SQLiteBackend(Backend):
         """The run, its store in insertion order and its checkpoints in order."""
 
         def load(conn: sqlite3.Connection) -> SavedRun | None:
-            conn.execute("BEGIN")  # the run and its checkpoints from one snapshot
-            try:
-                return loaded(conn)
-            finally:
-                conn.execute("COMMIT")
-
-        def loaded(conn: sqlite3.Connection) -> SavedRun | None:
-            row = conn.execute(_SELECT_NUMBERED_RUN, (run_id,)).fetchone()
-            if row is None:
-                return None
-            run_no, *fields = row
+            with _atomic(conn, "BEGIN"):  # the run and its checkpoints from one snapshot
+                row = conn.execute(_SELECT_NUMBERED_RUN, (run_id,)).fetchone()
+                if row is None:
+                    return None
+                run_no, *fields = row
+                rows = conn.execute(
+                    "SELECT seq, step_key, kind, changes, ops, attempts, at FROM checkpoints "
+                    "WHERE run_no = ? ORDER BY seq",
+                    (run_no,),
+                ).fetchall()
             store: dict[str, StoreEntry] = {}
             checkpoints = []
-            for seq, step_key, kind, changes, ops, attempts, at in conn.execute(
-                "SELECT seq, step_key, kind, changes, ops, attempts, at FROM checkpoints "
-                "WHERE run_no = ? ORDER BY seq",
-                (run_no,),
-            ):
+            for seq, step_key, kind, changes, ops, attempts, at in rows:
                 if changes is not None:
                     apply_changes(store, changes)
                 if kind != "start":
