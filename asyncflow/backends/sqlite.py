@@ -862,9 +862,11 @@ _CHECKPOINT_SQL = (
 )
 _ONE_SQL = (
     "INSERT INTO checkpoints (run_no, seq, step_key, kind, changes, ops, attempts, at) "
-    "SELECT run_no, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM runs WHERE run_id = ?1 AND owner = ?9"
+    "SELECT run_no, ?, ?, ?, ?, ?, ?, ? FROM runs WHERE run_id = ? AND owner = ?"
 )
-_ROW_PARAMS = 9  # the row of _ONE_SQL: 8 columns and the owner
+# The row of _ONE_SQL: 7 columns, then the run's id and its owner. (Plain ``?``: Python 3.12.0-3.12.3
+# warn of numbered ``?1`` placeholders bound from a sequence, and a warning made an error fails the run.)
+_ROW_PARAMS = 9
 
 
 def _many_sql(rows: int) -> str:
@@ -879,9 +881,9 @@ def _many_sql(rows: int) -> str:
     values = ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
     return (
         "INSERT INTO checkpoints (run_no, seq, step_key, kind, changes, ops, attempts, at) "
-        "SELECT runs.run_no, column2, column3, column4, column5, column6, column7, column8 "
+        "SELECT runs.run_no, column1, column2, column3, column4, column5, column6, column7 "
         f"FROM (VALUES {values}) AS v "
-        "CROSS JOIN runs ON runs.run_id = v.column1 AND runs.owner = v.column9"
+        "CROSS JOIN runs ON runs.run_id = v.column8 AND runs.owner = v.column9"
     )
 
 
@@ -921,7 +923,6 @@ class _Batch:
 
 def _row(cp: Checkpoint) -> tuple[Any, ...]:
     return (
-        cp.run_id,
         cp.seq,
         cp.step_key,
         cp.kind,
@@ -929,6 +930,7 @@ def _row(cp: Checkpoint) -> tuple[Any, ...]:
         cp.ops,
         cp.attempts,
         cp.at,
+        cp.run_id,
         cp.owner,
     )
 
