@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench bench-instructions stress install clean
+.PHONY: demo test test-pythons lint typecheck pytest bench bench-instructions stress install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The test suite again on every other Python 3.11+ found (on PATH or in pyenv), each in .venv-3.X.
+test-pythons:
+	bash .ci/test-pythons
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/middleware.py
@@ -47,4 +51,4 @@ stress: $(STAMP)
 	$(BIN)/python benchmarks/stress.py --kills $(KILLS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* .mypy_cache .pytest_cache .ruff_cache
