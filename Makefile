@@ -31,8 +31,9 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# The test suite again on every other Python 3.11+ found (on PATH or in pyenv), each in .venv-3.X.
-test-pythons:
+# The test suite again on every other Python 3.11+ found (on PATH or in pyenv), each in .venv-3.X,
+# and once more on uvloop's event loop.
+test-pythons: $(STAMP)
 	bash .ci/test-pythons
 
 bench: $(STAMP)
@@ -40,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/middleware.py
 	$(BIN)/python benchmarks/durable.py
 	$(BIN)/python benchmarks/durable.py --one-cpu
+	$(BIN)/python benchmarks/durable.py --loop uvloop
 
 # Middleware costs in instructions (valgrind's callgrind): the same on every run, about 3 minutes.
 bench-instructions: $(STAMP)

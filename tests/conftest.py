@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from loguru import logger
+
+#: ``ASYNCFLOW_TEST_LOOP=uvloop`` runs every test on uvloop's event loop instead of asyncio's own
+#: (services behind uvicorn run on it); ``make test-pythons`` does so on the newest Python it finds.
+TEST_LOOP = os.environ.get("ASYNCFLOW_TEST_LOOP", "asyncio")
+if TEST_LOOP not in ("asyncio", "uvloop"):
+    raise pytest.UsageError(f"ASYNCFLOW_TEST_LOOP must be 'asyncio' or 'uvloop', got {TEST_LOOP!r}")
+
+if TEST_LOOP == "uvloop":
+    import uvloop
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], Any]]:
+        """Every async test on uvloop's loop."""
+        return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture
