@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import anyio
 import durable_flows as flows
 import pytest
 from conftest import TEST_LOOP
+from test_recovery import query
 
 import asyncflow as af
 
@@ -51,6 +51,5 @@ def test_durable_runs_commit_suspend_and_resume_on_uvloop(tmp_path: Path) -> Non
     assert [result.status for result in quick] == [af.RunStatus.COMPLETED] * 20
     assert approved.status is af.RunStatus.COMPLETED
     assert approved.store["approved"] == {"by": "ops"}
-    with sqlite3.connect(db_path) as conn:
-        [(checkpoints,)] = conn.execute("SELECT count(*) FROM checkpoints").fetchall()
+    [(checkpoints,)] = query(db_path, "SELECT count(*) FROM checkpoints")
     assert checkpoints >= 20
