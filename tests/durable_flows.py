@@ -8,6 +8,7 @@ and another being opened in the same process; tests call :func:`reset` first.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -275,6 +276,30 @@ async def insert_global(ctx: af.ActionContext) -> None:
     ctx.add_dynamic_action(GLOBAL_ONLY)
 
 
+#: a file name that is not UTF-8, as os.listdir gives it: 'report-\udcff.csv'
+UNDECODABLE = os.fsdecode(b"report-\xff.csv")
+
+
+@af.action
+async def fail_quoting_a_file(ctx: af.ActionContext) -> None:
+    """Fail with a message that quotes :data:`UNDECODABLE` as it is (not its repr)."""
+    raise ValueError(f"cannot parse {UNDECODABLE}")
+
+
+@af.action
+async def suspend_quoting_a_file(ctx: af.ActionContext) -> None:
+    """Suspend with a reason that quotes :data:`UNDECODABLE`; on resume, store what was given."""
+    if not ctx.is_resuming:
+        ctx.suspend(f"check {UNDECODABLE} by hand", {"file": "report.csv"})
+    ctx.store["checked"] = ctx.resume_data
+
+
+@af.action
+async def insert_stage_per_file(ctx: af.ActionContext) -> None:
+    """Insert a stage named after :data:`UNDECODABLE`."""
+    ctx.add_dynamic_stage(af.Stage(f"process-{UNDECODABLE}", actions=[step_one]))
+
+
 # ---- workflows --------------------------------------------------------------------
 
 BASIC = af.Workflow(
@@ -352,3 +377,10 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
             if outcome:
                 return
             await anyio.sleep(0.005)
+
+
+FAILS_QUOTING_A_FILE = af.Workflow("fails-quoting", stages=[af.Stage("s", actions=[fail_quoting_a_file])])
+SUSPENDS_QUOTING_A_FILE = af.Workflow(
+    "suspends-quoting", stages=[af.Stage("s", actions=[suspend_quoting_a_file])]
+)
+STAGE_PER_FILE = af.Workflow("stage-per-file", stages=[af.Stage("s", actions=[insert_stage_per_file])])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 import pytest
@@ -200,6 +201,29 @@ def test_empty_id_is_invalid_definition(kind: type[Any], bad: str) -> None:
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, af.WorkflowError)
     assert "id" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", [af.Stage, af.Workflow])
+def test_id_with_a_lone_surrogate_is_invalid_definition(kind: type[Any]) -> None:
+    """An id from bytes that are not UTF-8 (os.fsdecode's lone surrogates) is refused, saying why."""
+    name = os.fsdecode(b"report-\xff.csv")  # 'report-\udcff.csv'
+    with pytest.raises(af.InvalidDefinition, match="not valid Unicode text") as info:
+        kind(name)
+    assert repr(name) in str(info.value)
+    assert "position 7" in str(info.value)
+    assert "errors='replace'" in str(info.value)
+
+
+def test_action_name_with_a_lone_surrogate_is_invalid_definition() -> None:
+    """An action name with a lone surrogate is af.InvalidDefinition naming it."""
+    with pytest.raises(af.InvalidDefinition, match=r"action name 'x-\\udcff'"):
+        af.action(name="x-\udcff")(plain_coroutine_function)
+
+
+def test_ids_in_any_script_are_accepted() -> None:
+    """Ids that are Unicode text, in any script, are accepted as they are."""
+    assert af.Stage("café-über-日本").id == "café-über-日本"
+    assert af.Workflow("поток").id == "поток"
 
 
 @pytest.mark.parametrize("bad", [3, None])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -666,6 +667,86 @@ def test_lease_and_poll_interval_are_checked(lease: float, poll: float) -> None:
     """A non-positive lease or poll interval, or a poll interval of half the lease or more: ValueError."""
     with pytest.raises(ValueError):
         af.Engine(lease=lease, poll_interval=poll)
+
+
+@pytest.mark.parametrize("field", ["run_id", "idempotency_key"])
+async def test_start_refuses_a_run_id_or_key_that_is_not_unicode_text(
+    engine_url: str, clock: FakeClock, field: str
+) -> None:
+    """A run id or idempotency key with a lone surrogate is a ValueError naming it; no run is written."""
+    async with make_engine(engine_url, clock) as engine:
+        with pytest.raises(ValueError, match=f"{field} 'run-\\\\udcff' is not valid Unicode text"):
+            await engine.start(flows.QUICK, **{field: os.fsdecode(b"run-\xff")})
+        assert (await engine.list_runs()).runs == []
+
+
+@pytest.mark.parametrize(("run_id", "error"), [("", ValueError), ("  ", ValueError), (7, TypeError)])
+async def test_start_refuses_an_empty_or_non_string_run_id(
+    engine_url: str, clock: FakeClock, run_id: object, error: type[Exception]
+) -> None:
+    """engine.start(run_id=...) takes a non-empty string only, and says so."""
+    async with make_engine(engine_url, clock) as engine:
+        with pytest.raises(error, match="run_id must be"):
+            await engine.start(flows.QUICK, run_id=run_id)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("owner", "error"), [("", ValueError), (7, TypeError), (os.fsdecode(b"host-\xff"), ValueError)]
+)
+def test_engine_owner_must_be_a_name_a_database_can_keep(owner: object, error: type[Exception]) -> None:
+    """af.Engine(owner=...) refuses an empty, non-string or non-Unicode owner, naming the option."""
+    with pytest.raises(error, match="owner"):
+        af.Engine(owner=owner)  # type: ignore[arg-type]
+
+
+# ---- text that is not Unicode ------------------------------------------------------------------
+
+
+async def test_failure_quoting_a_name_that_is_not_utf8_is_recorded(engine_url: str, clock: FakeClock) -> None:
+    """A run failing with a message that quotes a non-UTF-8 file name ends failed, the name escaped."""
+    async with make_engine(engine_url, clock) as engine:
+        handle = await engine.start(flows.FAILS_QUOTING_A_FILE)
+        with anyio.fail_after(5):
+            result = await handle.result()
+        info = await engine.get_run(handle.run_id)
+    assert result.status is af.RunStatus.FAILED
+    assert info.status is af.RunStatus.FAILED
+    assert info.error == "ValueError: cannot parse report-\\udcff.csv"
+
+
+async def test_suspend_reason_quoting_a_name_that_is_not_utf8_is_recorded(
+    engine_url: str, clock: FakeClock
+) -> None:
+    """A suspend reason quoting a non-UTF-8 file name is recorded escaped, and the run resumes."""
+    async with make_engine(engine_url, clock) as engine:
+        handle = await engine.start(flows.SUSPENDS_QUOTING_A_FILE)
+        with anyio.fail_after(5):
+            assert (await handle.result()).status is af.RunStatus.SUSPENDED
+            info = await engine.get_run(handle.run_id)
+            assert info.status is af.RunStatus.SUSPENDED
+            assert info.suspend_reason == "check report-\\udcff.csv by hand"
+            resumed = await (await engine.resume(handle.run_id, "done")).result()
+    assert resumed.status is af.RunStatus.COMPLETED
+    assert resumed.store["checked"] == "done"
+
+
+async def test_dynamic_stage_named_after_an_undecodable_file_fails_only_its_own_run(
+    engine_url: str, clock: FakeClock
+) -> None:
+    """A dynamic stage id that is not Unicode text fails the inserting action; runs beside it complete."""
+    async with make_engine(engine_url, clock) as engine:
+        handles = [
+            await engine.start(workflow) for workflow in (flows.QUICK, flows.STAGE_PER_FILE, flows.QUICK)
+        ]
+        with anyio.fail_after(5):
+            first, bad, last = [await handle.result() for handle in handles]
+        info = await engine.get_run(handles[1].run_id)
+    assert (first.status, last.status) == (af.RunStatus.COMPLETED, af.RunStatus.COMPLETED)
+    assert bad.status is af.RunStatus.FAILED
+    assert info.status is af.RunStatus.FAILED
+    assert info.error is not None
+    assert info.error.startswith("InvalidDefinition: stage id 'process-report-\\udcff.csv'")
+    assert info.failed_action == "insert-stage-per-file"
 
 
 # ---- the memory backend's freedoms ------------------------------------------------------------

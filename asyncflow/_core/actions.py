@@ -30,7 +30,28 @@ def check_id(value: object, what: str) -> str:
         raise TypeError(f"{what} must be a string, not {type(value).__name__} ({value!r})")
     if not value or value.isspace():
         raise InvalidDefinition(f"{what} must be a non-empty string, got {value!r}")
+    if not value.isascii():
+        check_text(value, what, InvalidDefinition)
     return value
+
+
+def check_text(value: str, what: str, error: type[ValueError] = ValueError) -> None:
+    """Raise ``error`` naming ``what`` if ``value`` holds a lone surrogate (it is then not Unicode text).
+
+    Such strings come from bytes that are not UTF-8, decoded with
+    ``errors="surrogateescape"`` (as ``os.fsdecode`` and ``os.listdir`` do
+    for such file names). They cannot be printed, nor written to a database
+    or a JSON document as text, so an id must not be one.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(
+            f"{what} {value!r} is not valid Unicode text: it holds the lone surrogate "
+            f"{value[exc.start]!r} at position {exc.start} (decoding bytes that are not UTF-8 with "
+            f"errors='surrogateescape', as os.fsdecode and os.listdir do, makes such strings); "
+            f"decode such names with errors='replace' or 'backslashreplace' first"
+        ) from None
 
 
 def freeze_tags(tags: Iterable[str] | None, what: str) -> frozenset[str]:

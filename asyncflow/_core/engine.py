@@ -39,7 +39,7 @@ from loguru import logger
 
 from ..backends import Backend, Checkpoint, RunInfo, RunPage, SavedRun, StoreEntry, open_backend
 from . import faults
-from .actions import Action
+from .actions import Action, check_text
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
 from .definitions import registry as global_registry
@@ -165,6 +165,8 @@ class Engine:
             raise ValueError(f"poll_interval ({poll_interval}) must be under half the lease ({lease})")
         self.lease = lease
         self.poll_interval = poll_interval
+        if owner is not None:
+            _check_name(owner, "owner")
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
         self._active: dict[str, _Active] = {}
@@ -260,11 +262,17 @@ class Engine:
         Raises:
             NotReferenceable: (persistent backends) an action cannot be re-created.
             NotSerializable: (persistent backends) a store value is not JSON.
+            ValueError: ``run_id`` is empty, or ``run_id`` or ``idempotency_key`` is not
+                Unicode text (it holds a lone surrogate).
         """
         group = self._task_group()
         workflow = self.register(workflow)
-        if idempotency_key is not None and not isinstance(idempotency_key, str):
-            raise TypeError(f"idempotency_key must be a string, got {idempotency_key!r}")
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str):
+                raise TypeError(f"idempotency_key must be a string, got {idempotency_key!r}")
+            check_text(idempotency_key, "idempotency_key")
+        if run_id is not None:
+            _check_name(run_id, "run_id")
         entries = self._entries(dict(store or {}))
         now = self.clock.now()
         info = RunInfo(
@@ -406,16 +414,16 @@ class Engine:
             "owner": None,
             "lease_until": None,
             "steps": _with_earlier_timings(step_rows(result), info.steps),
-            "bail_reason": result.bail_reason,
+            "bail_reason": _as_text(result.bail_reason),
         }
         if result.status is RunStatus.FAILED and result.error is not None:
-            fields["error"] = f"{type(result.error).__name__}: {result.error}"
+            fields["error"] = _as_text(f"{type(result.error).__name__}: {result.error}")
             failed = next((s for s in reversed(result.steps) if s.status is StepStatus.FAILED), None)
             if failed is not None:
                 fields["failed_stage"] = failed.stage_id
                 fields["failed_action"] = failed.action_name
         if result.status is RunStatus.SUSPENDED:
-            fields["suspend_reason"] = result.suspend_reason
+            fields["suspend_reason"] = _as_text(result.suspend_reason)
             fields["suspend_data"] = result.suspend_data
             fields["suspended_step"] = durability.suspended_key
             fields["resume_data"] = None
@@ -859,6 +867,26 @@ _KIND, _STAGE_ID, _ACTION_NAME, _REASON, _DURATION_NS, _ATTEMPTS = (
     STEP_COLUMNS.index(name)
     for name in ("kind", "stage_id", "action_name", "reason", "duration_ns", "attempts")
 )
+
+
+def _check_name(value: object, what: str) -> None:
+    """Refuse a run id or an owner that a database could not keep as text, naming ``what``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, got {value!r}")
+    if not value or value.isspace():
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    check_text(value, what)
+
+
+def _as_text(text: str | None) -> str | None:
+    """``text`` as a database can keep it: a lone surrogate (from bytes that are not UTF-8) as ``\\udcff``.
+
+    An error message or a reason may quote a file name that was not UTF-8;
+    written as it is, it would fail the very write that records the run's end.
+    """
+    if text is None or text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _recorded(text: str | None) -> RecordedError | None:

@@ -964,7 +964,7 @@ def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path, 
                 written = _insert_rows(conn, params, max_rows)
         else:
             written = _insert_rows(conn, params, max_rows)
-    except sqlite3.Error:
+    except Exception:  # (sqlite3.Error, or a value the sqlite3 module cannot bind)
         written = -1  # nothing was written: the statement (or the statements) are atomic
     if written == expected:
         return
