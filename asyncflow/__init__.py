@@ -32,6 +32,7 @@ from ._core.errors import ActionTimeout as ActionTimeout
 from ._core.errors import BackendError as BackendError
 from ._core.errors import Bail as Bail
 from ._core.errors import ContextClosed as ContextClosed
+from ._core.errors import DuplicateRunId as DuplicateRunId
 from ._core.errors import DuplicateStageId as DuplicateStageId
 from ._core.errors import InsertionLimitExceeded as InsertionLimitExceeded
 from ._core.errors import InvalidDefinition as InvalidDefinition
@@ -92,6 +93,7 @@ __all__ = [
     "CallNext",
     "Clock",
     "ContextClosed",
+    "DuplicateRunId",
     "DuplicateStageId",
     "Engine",
     "Event",

@@ -680,6 +680,38 @@ async def test_start_refuses_a_run_id_or_key_that_is_not_unicode_text(
         assert (await engine.list_runs()).runs == []
 
 
+async def test_start_with_the_id_of_an_ended_run_raises_duplicate_run_id(
+    engine_url: str, clock: FakeClock
+) -> None:
+    """engine.start(run_id=...) of an existing run raises af.DuplicateRunId; the run is kept as it was."""
+    async with make_engine(engine_url, clock) as engine:
+        await (await engine.start(flows.QUICK, run_id="r1", store={"given": 1})).result()
+        with pytest.raises(af.DuplicateRunId, match="'r1' exists already") as info:
+            await engine.start(flows.APPROVAL, run_id="r1")
+        assert isinstance(info.value, af.RunStateError)
+        kept = await engine.get_run("r1")
+        assert (kept.workflow_id, kept.status) == ("quick", af.RunStatus.COMPLETED)
+        assert [run.run_id for run in (await engine.list_runs()).runs] == ["r1"]
+        assert (await engine.wait("r1")).store == {"given": 1, "one": 1}
+
+
+async def test_start_with_the_id_of_a_running_run_leaves_it_running(
+    engine_url: str, clock: FakeClock
+) -> None:
+    """A second start with the id of a run still running raises; the first runs on and completes."""
+    async with make_engine(engine_url, clock) as engine:
+        first = await engine.start(flows.BLOCKING, run_id="r1")
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+            with pytest.raises(af.DuplicateRunId):
+                await engine.start(flows.QUICK, run_id="r1")
+            flows.gate("block.release").set()
+            result = await first.result()
+    assert (result.workflow_id, result.status) == ("blocking", af.RunStatus.COMPLETED)
+    assert result.store == {"block": "released"}
+    assert flows.runs_of("step-one") == 0
+
+
 @pytest.mark.parametrize(("run_id", "error"), [("", ValueError), ("  ", ValueError), (7, TypeError)])
 async def test_start_refuses_an_empty_or_non_string_run_id(
     engine_url: str, clock: FakeClock, run_id: object, error: type[Exception]

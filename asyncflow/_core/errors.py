@@ -279,6 +279,10 @@ class RunStateError(WorkflowError, RuntimeError):
     """An operation does not fit the run's state (resuming a run that is not suspended...)."""
 
 
+class DuplicateRunId(RunStateError):
+    """``engine.start(run_id=...)`` was given the id of a run that exists already (it is kept as it is)."""
+
+
 class UnknownRun(WorkflowError, LookupError):
     """No run with that id is known to the engine's backend."""
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, NamedTuple, Self
 
 import attrs
 
+from .._core.errors import DuplicateRunId
 from .._core.records import RunStatus
 
 #: The schema every backend writes; a database with a newer one is refused.
@@ -92,6 +93,14 @@ UPDATABLE = frozenset(field.name for field in attrs.fields(RunInfo)) - {
     "updated_at",
     "idempotency_key",
 }
+
+
+def run_id_taken(run_id: str) -> DuplicateRunId:
+    """The error of ``create_run`` for a run id that a run already has."""
+    return DuplicateRunId(
+        f"a run with id {run_id!r} exists already; it is left as it is. Give a new run_id (or none, "
+        f"for a fresh one), or start with idempotency_key=... to start a run at most once"
+    )
 
 
 def check_updatable(fields: Mapping[str, Any]) -> None:
@@ -246,7 +255,8 @@ class Backend(ABC):
         """Insert a run with its initial store; ``(the run, True)``.
 
         If ``info.idempotency_key`` is taken, insert nothing and return
-        ``(the existing run, False)``.
+        ``(the existing run, False)``. If ``info.run_id`` is taken (and the
+        key is not), insert nothing and raise :func:`run_id_taken`'s error.
         """
 
     @abstractmethod

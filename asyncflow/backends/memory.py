@@ -19,6 +19,7 @@ from .base import (
     check_updatable,
     decode_cursor,
     encode_cursor,
+    run_id_taken,
 )
 
 _CLAIMABLE = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SLEEPING})
@@ -54,6 +55,8 @@ class MemoryBackend(Backend):
         key = info.idempotency_key
         if key is not None and key in self._by_key:
             return self._runs[self._by_key[key]].info, False
+        if info.run_id in self._runs:
+            raise run_id_taken(info.run_id)
         self._runs[info.run_id] = _Run(info, store)
         if key is not None:
             self._by_key[key] = info.run_id

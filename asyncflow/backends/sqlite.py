@@ -54,6 +54,7 @@ from .base import (
     decode_cursor,
     encode_changes,
     encode_cursor,
+    run_id_taken,
 )
 
 
@@ -591,6 +592,8 @@ class SQLiteBackend(Backend):
                 ).fetchone()
                 if row is not None:
                     return _row_to_info(row), False
+            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (info.run_id,)).fetchone() is not None:
+                raise run_id_taken(info.run_id)
             values = [getattr(info, c) for c in _RUN_COLUMNS]
             values = [
                 _json(v) if c in _JSON_COLUMNS else (v.value if isinstance(v, RunStatus) else v)
