@@ -516,6 +516,21 @@ async def test_purge_keeps_unfinished_runs(engine_url: str, clock: FakeClock) ->
         assert (await engine.get_run(handle.run_id)).status is af.RunStatus.SUSPENDED
 
 
+async def test_purge_refuses_a_negative_age_and_deletes_nothing(engine_url: str, clock: FakeClock) -> None:
+    """purge(older_than=-1 day), which would reach into the future, is a ValueError; no run is deleted."""
+    async with make_engine(engine_url, clock) as engine:
+        ended = await start_quick_runs(engine, clock, 2, flows.QUICK)
+        with pytest.raises(ValueError, match="older_than must not be negative"):
+            await engine.purge(older_than=timedelta(days=-1))
+        assert sorted(r.run_id for r in (await engine.list_runs()).runs) == sorted(ended)
+
+
+def test_negative_retention_is_refused() -> None:
+    """Engine(retention=-1 h) is a ValueError naming the option."""
+    with pytest.raises(ValueError, match="retention must not be negative"):
+        af.Engine(retention=timedelta(hours=-1))
+
+
 async def only_run_is(engine: af.Engine, run_id: str) -> bool:
     """Whether ``run_id`` is the only run the engine lists."""
     return [r.run_id for r in (await engine.list_runs()).runs] == [run_id]
@@ -710,6 +725,14 @@ async def test_start_with_the_id_of_a_running_run_leaves_it_running(
     assert (result.workflow_id, result.status) == ("blocking", af.RunStatus.COMPLETED)
     assert result.store == {"block": "released"}
     assert flows.runs_of("step-one") == 0
+
+
+async def test_start_refuses_store_keys_that_are_not_strings(engine_url: str, clock: FakeClock) -> None:
+    """engine.start(store={1: ...}) is the TypeError a run's store gives, on every backend; no run starts."""
+    async with make_engine(engine_url, clock) as engine:
+        with pytest.raises(TypeError, match=r"store keys must be str or af\.Key, got int 1"):
+            await engine.start(flows.QUICK, store={1: "x"})
+        assert (await engine.list_runs()).runs == []
 
 
 @pytest.mark.parametrize(("run_id", "error"), [("", ValueError), ("  ", ValueError), (7, TypeError)])

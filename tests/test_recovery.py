@@ -461,7 +461,7 @@ async def test_resume_data_must_be_json(url: str) -> None:
     async with make_engine(url, flows.APPROVAL) as engine:
         handle = await engine.start(flows.APPROVAL)
         await handle.result()
-        with pytest.raises(af.NotSerializable):
+        with pytest.raises(af.NotSerializable, match=f"resume data for run '{handle.run_id}'"):
             await engine.resume(handle.run_id, {"when": object()})
         assert (await engine.get_run(handle.run_id)).status is af.RunStatus.SUSPENDED
 
@@ -636,6 +636,14 @@ async def test_non_json_initial_store_is_refused_by_start(url: str) -> None:
         with pytest.raises(af.NotSerializable, match="'when'"):
             await engine.start(flows.QUICK, store={"when": {1, 2}})
         assert (await engine.list_runs()).runs == []
+
+
+async def test_initial_store_keyed_by_typed_keys_is_accepted(url: str) -> None:
+    """engine.start(store=...) takes af.Key keys as a run's store does, stored under their names."""
+    async with make_engine(url, flows.QUICK) as engine:
+        handle = await engine.start(flows.QUICK, store={af.Key("count", int): 3, "plain": "x"})
+        result = await handle.result()
+    assert result.store == {"count": 3, "plain": "x", "one": 1}
 
 
 # ---- actions that cannot be re-created ------------------------------------------------------

@@ -47,6 +47,7 @@ from .durable import Durability, Op, json_value_check
 from .errors import (
     InvalidDefinition,
     LeaseLost,
+    NotSerializable,
     RecordedError,
     RunFailed,
     RunStateError,
@@ -54,7 +55,7 @@ from .errors import (
 )
 from .records import STEP_COLUMNS, RunResult, RunStatus, StepRecord, StepRows, StepStatus, step_rows
 from .runner import REPLAYED, Runner, RunState, new_run_id
-from .store import Store, _Meta
+from .store import Store, _key_name, _Meta
 from .workflow import Stage, Workflow
 
 if TYPE_CHECKING:
@@ -156,8 +157,11 @@ class Engine:
         self.runner = runner if runner is not None else Runner(clock=self.clock)
         self.registry = registry if registry is not None else global_registry
         self.recover = recover
-        if retention is not None and not isinstance(retention, timedelta):
-            raise TypeError(f"retention must be a timedelta, got {retention!r}")
+        if retention is not None:
+            if not isinstance(retention, timedelta):
+                raise TypeError(f"retention must be a timedelta, got {retention!r}")
+            if retention < timedelta(0):
+                raise ValueError(f"retention must not be negative, got {retention!r}")
         self.retention = retention
         if not lease > 0 or not poll_interval > 0:
             raise ValueError(f"lease and poll_interval must be positive, got {lease!r} and {poll_interval!r}")
@@ -292,16 +296,12 @@ class Engine:
             self._launch(group, SavedRun(info, list(entries), []))
         return RunHandle(self, info.run_id, self._active.get(info.run_id))
 
-    def _entries(self, values: Mapping[str, Any]) -> list[StoreEntry]:
+    def _entries(self, values: Mapping[Any, Any]) -> list[StoreEntry]:
+        """The initial store of a run, keyed as a run's store is (``str`` or ``af.Key``, else TypeError)."""
+        named = [(_key_name(key), value) for key, value in values.items()]
         if not self.backend.persistent:
-            return [StoreEntry(key, value) for key, value in values.items()]
-        entries = []
-        for key, value in values.items():
-            if not isinstance(key, str):
-                raise TypeError(f"store keys must be strings, got {key!r}")
-            json_value_check(key, value)
-            entries.append(StoreEntry(key, json.dumps(value)))
-        return entries
+            return [StoreEntry(key, value) for key, value in named]
+        return [StoreEntry(key, json_value_check(key, value)) for key, value in named]
 
     def _launch(self, group: TaskGroup, saved: SavedRun) -> None:
         active = self._active.get(saved.info.run_id)
@@ -601,7 +601,13 @@ class Engine:
         """
         group = self._task_group()
         if self.backend.persistent:
-            json_value_check("resume data", data)
+            try:
+                json.dumps(data)
+            except (TypeError, ValueError) as exc:
+                raise NotSerializable(
+                    f"resume data for run {run_id!r} is not JSON-serialisable ({exc}); the backend "
+                    f"keeps it in a database until the run resumes (the run is unchanged)"
+                ) from None
         info = await self.get_run(run_id)
         if info.status is not RunStatus.SUSPENDED:
             raise RunStateError(
@@ -668,6 +674,9 @@ class Engine:
         """Delete runs that ended more than ``older_than`` ago; return how many."""
         if not isinstance(older_than, timedelta):
             raise TypeError(f"older_than must be a timedelta, got {older_than!r}")
+        if older_than < timedelta(0):
+            # (It would reach into the future: every run that has ended, however recently.)
+            raise ValueError(f"older_than must not be negative, got {older_than!r}; nothing was deleted")
         return await self.backend.purge(finished_before=self.clock.now() - older_than.total_seconds())
 
 
