@@ -10,6 +10,7 @@ number of the attempt that just failed (1-based)::
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Protocol
 
@@ -29,6 +30,8 @@ class Backoff(Protocol):
 def _seconds(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
     if value < 0:
         raise ValueError(f"{what} must not be negative, got {value!r}")
     return float(value)
@@ -60,8 +63,9 @@ class Exponential:
     def __attrs_post_init__(self) -> None:
         _seconds(self.base, "backoff.exponential base")
         _seconds(self.maximum, "backoff.exponential maximum")
-        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or self.factor < 1:
-            raise ValueError(f"backoff.exponential factor must be a number >= 1, got {self.factor!r}")
+        factor = self.factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor < math.inf:
+            raise ValueError(f"backoff.exponential factor must be a finite number >= 1, got {factor!r}")
         if self.maximum < self.base:
             raise ValueError(
                 f"backoff.exponential maximum ({self.maximum!r}) is below its base ({self.base!r})"

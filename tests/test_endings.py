@@ -151,6 +151,22 @@ async def test_bail_ends_the_run_bailed_with_its_reason() -> None:
     assert result.error is None
 
 
+@pytest.mark.parametrize("reason", [123, None])
+async def test_bail_reason_must_be_a_string(reason: object) -> None:
+    """ctx.bail(123) fails the action with a TypeError naming the reason; the run does not bail."""
+    wf = af.Workflow("wf", stages=[af.Stage("s", actions=[bailer("stop", reason)])])  # type: ignore[arg-type]
+    with pytest.raises(af.ActionFailed) as info:
+        await af.run(wf)
+    assert isinstance(info.value.__cause__, TypeError)
+    assert f"bail reason must be a string, got {reason!r}" in str(info.value.__cause__)
+
+
+async def test_suspend_raised_directly_needs_a_string_reason() -> None:
+    """af.Suspend(123), raised without ctx.suspend, is a TypeError as ctx.suspend(123) is."""
+    with pytest.raises(TypeError, match="suspend reason must be a string, got 123"):
+        af.Suspend(123)  # type: ignore[arg-type]
+
+
 async def test_bail_stops_everything_after_it() -> None:
     """After a bail, no later action of the stage and no later stage runs."""
     log: list[str] = []

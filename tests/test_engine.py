@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -332,6 +333,22 @@ async def test_sleep_wakes_when_the_clock_is_advanced(engine_url: str, clock: Fa
             result = await handle.result()
     assert result.status is af.RunStatus.COMPLETED
     assert flows.runs_of("woke") == 1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "message"), [(-1, "negative"), (math.nan, "finite"), (math.inf, "finite")]
+)
+def test_sleep_refuses_a_negative_or_endless_duration(seconds: float, message: str) -> None:
+    """af.sleep of a negative, NaN or infinite number of seconds is a ValueError saying which."""
+    with pytest.raises(ValueError, match=message):
+        af.sleep(seconds)
+
+
+@pytest.mark.parametrize("seconds", ["1", True, None])
+def test_sleep_refuses_what_is_not_a_duration(seconds: object) -> None:
+    """af.sleep of something that is neither seconds nor a timedelta is a TypeError showing it."""
+    with pytest.raises(TypeError, match="seconds or a timedelta"):
+        af.sleep(seconds)  # type: ignore[arg-type]
 
 
 # ---- cancel -----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -634,6 +635,22 @@ def test_exponential_rejects_bad_arguments(kwargs: dict[str, Any], error: type[E
     base = kwargs.pop("base")
     with pytest.raises(error):
         backoff.exponential(base, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda v: backoff.fixed(v), id="fixed"),
+        pytest.param(lambda v: backoff.exponential(v), id="exponential-base"),
+        pytest.param(lambda v: backoff.exponential(0.1, maximum=v), id="exponential-maximum"),
+        pytest.param(lambda v: backoff.exponential(0.1, factor=v), id="exponential-factor"),
+    ],
+)
+def test_backoffs_refuse_numbers_that_are_not_finite(make: Callable[[float], object], bad: float) -> None:
+    """A NaN or infinite delay, base, maximum or factor is a ValueError saying it must be finite."""
+    with pytest.raises(ValueError, match="finite"):
+        make(bad)
 
 
 def test_default_retry_has_three_attempts_and_retries_exceptions() -> None:

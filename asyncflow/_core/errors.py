@@ -246,6 +246,8 @@ class Bail(Exception):
     """
 
     def __init__(self, reason: str) -> None:
+        if not isinstance(reason, str):
+            raise TypeError(f"bail reason must be a string, got {reason!r}")
         self.reason = reason
         super().__init__(reason)
 
@@ -270,6 +272,8 @@ class Suspend(Exception):
     """
 
     def __init__(self, reason: str, data: Any = None) -> None:
+        if not isinstance(reason, str):
+            raise TypeError(f"suspend reason must be a string, got {reason!r}")
         self.reason = reason
         self.data = data
         super().__init__(reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,8 @@ class Sleep(Action):
     def __init__(self, seconds: float) -> None:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError(f"af.sleep takes seconds or a timedelta, got {seconds!r}")
+        if not math.isfinite(seconds):
+            raise ValueError(f"af.sleep needs a finite number of seconds, got {seconds!r}")
         if seconds < 0:
             raise ValueError(f"af.sleep cannot wait a negative time ({seconds!r} s)")
         self.seconds = float(seconds)
