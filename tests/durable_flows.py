@@ -157,6 +157,29 @@ async def read_json_values(ctx: af.ActionContext) -> None:
 
 
 @af.action
+async def write_int_keyed_dict(ctx: af.ActionContext) -> None:
+    """Write a dict with int keys (nested); record the error raised at the write."""
+    try:
+        ctx.store["counts"] = {"by_day": {1: 3, 2: 5}}
+    except af.NotSerializable as exc:
+        record("not-serializable", str(exc))
+        raise
+    record("after-write", True)
+
+
+@af.action
+async def suspend_with_int_keys(ctx: af.ActionContext) -> None:
+    """Suspend with data whose dict has an int key."""
+    ctx.suspend("check", {7: "seven"})
+
+
+@af.action
+async def send_int_keys(ctx: af.ActionContext) -> None:
+    """Send a message whose payload has an int key."""
+    await ctx.send("progress", {1: "one"})
+
+
+@af.action
 async def write_tuple(ctx: af.ActionContext) -> None:
     """Write a tuple into the store."""
     ctx.store["pair"] = (1, "a")
@@ -384,3 +407,8 @@ SUSPENDS_QUOTING_A_FILE = af.Workflow(
     "suspends-quoting", stages=[af.Stage("s", actions=[suspend_quoting_a_file])]
 )
 STAGE_PER_FILE = af.Workflow("stage-per-file", stages=[af.Stage("s", actions=[insert_stage_per_file])])
+INT_KEYS = af.Workflow("int-keys", stages=[af.Stage("s", actions=[write_int_keyed_dict])])
+SUSPENDS_WITH_INT_KEYS = af.Workflow(
+    "suspend-int-keys", stages=[af.Stage("s", actions=[suspend_with_int_keys])]
+)
+SENDS_INT_KEYS = af.Workflow("send-int-keys", stages=[af.Stage("s", actions=[send_int_keys])])

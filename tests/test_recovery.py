@@ -630,6 +630,59 @@ async def test_non_json_store_write_is_recorded_as_the_actions_failure(url: str)
     assert (info.failed_stage, info.failed_action) == ("s", "write-object")
 
 
+async def test_dict_with_non_string_keys_is_refused_at_the_write(url: str) -> None:
+    """A store value holding a dict keyed by ints (JSON would give back "1") fails at the write, saying so."""
+    async with make_engine(url, flows.INT_KEYS) as engine:
+        result = await (await engine.start(flows.INT_KEYS)).result()
+    [message] = flows.LEDGER["not-serializable"]
+    assert "'counts'" in message
+    assert "dict key 1 is not a string (int): JSON would give it back as the string '1'" in message
+    assert flows.runs_of("after-write") == 0
+    assert result.status is af.RunStatus.FAILED
+
+
+@pytest.mark.parametrize("key", [1, 1.5, True, None])
+async def test_initial_store_with_non_string_dict_keys_is_refused_by_start(url: str, key: object) -> None:
+    """engine.start(store=...) refuses a dict keyed by a number, a bool or None, naming the key; no run."""
+    async with make_engine(url, flows.QUICK) as engine:
+        with pytest.raises(af.NotSerializable, match=f"dict key {key!r} is not a string"):
+            await engine.start(flows.QUICK, store={"given": [{key: "x"}]})
+        assert (await engine.list_runs()).runs == []
+
+
+async def test_suspend_data_with_non_string_dict_keys_fails_the_action(url: str) -> None:
+    """ctx.suspend with data keyed by ints fails the action with af.NotSerializable; nothing is suspended."""
+    async with make_engine(url, flows.SUSPENDS_WITH_INT_KEYS) as engine:
+        handle = await engine.start(flows.SUSPENDS_WITH_INT_KEYS)
+        result = await handle.result()
+        info = await engine.get_run(handle.run_id)
+    assert result.status is af.RunStatus.FAILED
+    assert info.error is not None
+    assert info.error.startswith("NotSerializable: suspend data of action 'suspend-with-int-keys'")
+    assert "dict key 7 is not a string" in info.error
+
+
+async def test_resume_data_with_non_string_dict_keys_is_refused(url: str) -> None:
+    """engine.resume with data keyed by ints raises af.NotSerializable; the run stays suspended."""
+    async with make_engine(url, flows.APPROVAL) as engine:
+        handle = await engine.start(flows.APPROVAL)
+        await handle.result()
+        with pytest.raises(af.NotSerializable, match="dict key 3 is not a string"):
+            await engine.resume(handle.run_id, {"items": {3: "c"}})
+        assert (await engine.get_run(handle.run_id)).status is af.RunStatus.SUSPENDED
+
+
+async def test_message_payload_with_non_string_dict_keys_fails_the_send(url: str) -> None:
+    """In a durable run, ctx.send of a payload keyed by ints raises af.NotSerializable naming the kind."""
+    async with make_engine(url, flows.SENDS_INT_KEYS) as engine:
+        handle = await engine.start(flows.SENDS_INT_KEYS)
+        await handle.result()
+        info = await engine.get_run(handle.run_id)
+    assert info.error is not None
+    assert info.error.startswith("NotSerializable: payload of message 'progress'")
+    assert "dict key 1 is not a string" in info.error
+
+
 async def test_non_json_initial_store_is_refused_by_start(url: str) -> None:
     """engine.start(store={...}) with a value that is not JSON raises af.NotSerializable naming the key."""
     async with make_engine(url, flows.QUICK) as engine:

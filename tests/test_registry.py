@@ -333,6 +333,13 @@ def test_non_json_constructor_arguments_are_refused() -> None:
     assert "'record'" in str(info.value)
 
 
+def test_constructor_arguments_with_non_string_dict_keys_are_refused() -> None:
+    """An argument holding a dict keyed by ints (re-created as string keys) raises af.NotReferenceable."""
+    action = flows.Record("x", value={"by_id": {1: "a"}})
+    with pytest.raises(af.NotReferenceable, match="dict key 1 is not a string"):
+        af.registry.reference(action)
+
+
 def test_non_json_initial_stage_data_is_refused() -> None:
     """A stage whose initial data is not JSON raises af.NotReferenceable naming the stage."""
     stage = af.Stage("s", actions=[flows.step_one], initial={"when": object()})

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from loguru import logger as _root_logger
 
 from .actions import Action
-from .durable import Op
+from .durable import Op, exact_json
 from .errors import Bail, ContextClosed, DuplicateStageId, InsertionLimitExceeded, NotSerializable, Suspend
 from .events import Message
 from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, Plan, StageNode, UndoEntry, undo
@@ -144,7 +143,7 @@ class ActionContext:
             raise TypeError(f"suspend reason must be a string, got {reason!r}")
         if self._run.durable is not None:
             try:
-                json.dumps(data)
+                exact_json(data)
             except (TypeError, ValueError) as exc:
                 raise NotSerializable(
                     f"suspend data of action {self._node.action.name!r} is not JSON-serialisable ({exc})"
@@ -291,7 +290,7 @@ class ActionContext:
         stage = node.stage_node
         if run.require_json:
             try:
-                json.dumps(payload)
+                exact_json(payload)
             except (TypeError, ValueError) as exc:
                 raise NotSerializable(
                     f"payload of message {kind!r} from action {node.action.name!r} of stage "

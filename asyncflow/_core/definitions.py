@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from ..backoff import Exponential, Fixed
 from .actions import Action, FunctionAction
+from .durable import exact_json
 from .errors import InvalidDefinition, WorkflowError
 from .retry import Retry
 from .workflow import Stage, Workflow
@@ -338,7 +339,7 @@ def _with_params(ref: ActionRef, action: Action, where: str) -> ActionRef:
         return ref
     args, kwargs = captured
     try:
-        json.dumps([args, kwargs])
+        exact_json([args, kwargs])
     except (TypeError, ValueError) as exc:
         raise _not_referenceable(
             action, where, f"its constructor arguments {args!r} {kwargs!r} are not JSON values ({exc})"
@@ -352,7 +353,7 @@ def _with_params(ref: ActionRef, action: Action, where: str) -> ActionRef:
 
 def _json_checked(value: Any, what: str) -> Any:
     try:
-        json.dumps(value)
+        exact_json(value)
     except (TypeError, ValueError) as exc:
         raise NotReferenceable(f"{what} is not JSON-serialisable ({exc})") from None
     return value

@@ -43,7 +43,7 @@ from .actions import Action, check_text
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
 from .definitions import registry as global_registry
-from .durable import Durability, Op, json_value_check
+from .durable import Durability, Op, exact_json, json_value_check
 from .errors import (
     InvalidDefinition,
     LeaseLost,
@@ -602,7 +602,7 @@ class Engine:
         group = self._task_group()
         if self.backend.persistent:
             try:
-                json.dumps(data)
+                exact_json(data)
             except (TypeError, ValueError) as exc:
                 raise NotSerializable(
                     f"resume data for run {run_id!r} is not JSON-serialisable ({exc}); the backend "
