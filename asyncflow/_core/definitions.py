@@ -17,7 +17,6 @@ it is added to a durable run, with an error that says how to fix it.
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
