@@ -654,6 +654,30 @@ async def test_engine_used_outside_async_with_raises(engine_url: str, clock: Fak
         await engine.start(flows.QUICK)
 
 
+async def test_entering_an_open_engine_again_raises_and_leaves_it_open(
+    engine_url: str, clock: FakeClock
+) -> None:
+    """A second 'async with engine' inside the first raises af.RunStateError; the engine stays usable."""
+    engine = make_engine(engine_url, clock)
+    async with engine:
+        with pytest.raises(af.RunStateError, match="open already"):
+            async with engine:
+                pass
+        result = await (await engine.start(flows.QUICK)).result()
+    assert result.status is af.RunStatus.COMPLETED
+
+
+async def test_an_engine_opens_again_after_it_closed(engine_url: str, clock: FakeClock) -> None:
+    """The same af.Engine object can be opened again once closed, and sees the runs of before."""
+    engine = make_engine(engine_url, clock)
+    async with engine:
+        first = await (await engine.start(flows.QUICK)).result()
+    async with engine:
+        second = await (await engine.start(flows.QUICK)).result()
+        listed = sorted(run.run_id for run in (await engine.list_runs()).runs)
+    assert listed == sorted([first.run_id, second.run_id])
+
+
 async def test_register_refuses_another_workflow_under_a_taken_id(engine_url: str, clock: FakeClock) -> None:
     """engine.register of a different workflow with a registered id raises af.InvalidDefinition."""
     engine = make_engine(engine_url, clock)

@@ -175,6 +175,7 @@ class Engine:
         self._workflows: dict[str, Workflow] = {}
         self._active: dict[str, _Active] = {}
         self._group: TaskGroup | None = None
+        self._open = False  # between __aenter__ and the end of __aexit__
         self._closing = False
 
     # ---- set-up ---------------------------------------------------------------------
@@ -207,7 +208,17 @@ class Engine:
         return workflow
 
     async def __aenter__(self) -> Self:
-        await self.backend.open()
+        if self._open:
+            raise RunStateError(
+                "this engine is open already: enter 'async with engine:' once at a time (it can be "
+                "opened again once it is closed; for a second one at once, make another af.Engine)"
+            )
+        self._open = True
+        try:
+            await self.backend.open()
+        except BaseException:
+            self._open = False
+            raise
         self._closing = False
         group = anyio.create_task_group()
         await group.__aenter__()
@@ -240,8 +251,11 @@ class Engine:
                 await group.__aexit__(None, None, None)
         finally:
             self._group = None
-            with anyio.CancelScope(shield=True):
-                await self.backend.aclose()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.backend.aclose()
+            finally:
+                self._open = False
 
     def _task_group(self) -> TaskGroup:
         if self._group is None:
