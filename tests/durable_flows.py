@@ -158,13 +158,8 @@ async def read_json_values(ctx: af.ActionContext) -> None:
 
 @af.action
 async def write_int_keyed_dict(ctx: af.ActionContext) -> None:
-    """Write a dict with int keys (nested); record the error raised at the write."""
-    try:
-        ctx.store["counts"] = {"by_day": {1: 3, 2: 5}}
-    except af.NotSerializable as exc:
-        record("not-serializable", str(exc))
-        raise
-    record("after-write", True)
+    """Write a dict with int keys (nested), recording as :func:`write_and_record` does."""
+    write_and_record(ctx, "counts", {"by_day": {1: 3, 2: 5}})
 
 
 @af.action
@@ -193,9 +188,14 @@ async def read_tuple(ctx: af.ActionContext) -> None:
 
 @af.action
 async def write_object(ctx: af.ActionContext) -> None:
-    """Write a non-JSON value; record the error raised at the write, and whether the next line ran."""
+    """Write a non-JSON value, recording as :func:`write_and_record` does."""
+    write_and_record(ctx, "bad.key", object())
+
+
+def write_and_record(ctx: af.ActionContext, key: str, value: Any) -> None:
+    """Write ``value`` at ``key``; record the error raised at the write, and whether the next line ran."""
     try:
-        ctx.store["bad.key"] = object()
+        ctx.store[key] = value
     except af.NotSerializable as exc:
         record("not-serializable", str(exc))
         raise
