@@ -582,8 +582,10 @@ class SQLiteBackend(Backend):
 
     # ---- the API --------------------------------------------------------------------
 
-    async def create_run(self, info: RunInfo, store: Sequence[StoreEntry]) -> tuple[RunInfo, bool]:
-        """Insert the run and its initial store, unless its idempotency key is taken."""
+    async def create_run(
+        self, info: RunInfo, store: Sequence[StoreEntry], definition: str | None = None
+    ) -> tuple[RunInfo, bool]:
+        """Insert the run, its initial store and its definition, unless its idempotency key is taken."""
 
         def create(conn: sqlite3.Connection) -> tuple[RunInfo, bool]:
             if info.idempotency_key is not None:
@@ -604,8 +606,8 @@ class SQLiteBackend(Backend):
                 values,
             ).lastrowid
             changes = encode_changes(store, ())
-            if changes is not None:
-                conn.execute(_CHECKPOINT_SQL, (run_no, 0, "", "start", changes, None, 0, None))
+            if changes is not None or definition is not None:
+                conn.execute(_CHECKPOINT_SQL, (run_no, 0, "", "start", changes, definition, 0, None))
             return info, True
 
         result: tuple[RunInfo, bool] = await self._call(create, writes=True)
@@ -704,7 +706,7 @@ class SQLiteBackend(Backend):
             for seq, step_key, kind, changes, ops, attempts, at in rows:
                 if changes is not None:
                     apply_changes(store, changes)
-                if kind != "start":
+                if kind != "start" or ops is not None:  # (a start row's ops: the run's definition)
                     checkpoints.append(
                         Checkpoint(run_id, "", step_key, kind, ops=ops, attempts=attempts, at=at, seq=seq)
                     )
