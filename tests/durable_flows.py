@@ -169,6 +169,18 @@ async def suspend_with_int_keys(ctx: af.ActionContext) -> None:
 
 
 @af.action
+async def raise_suspend_with_int_keys(ctx: af.ActionContext) -> None:
+    """Raise af.Suspend directly (not through ctx.suspend), with data whose dict has an int key."""
+    raise af.Suspend("check", {7: "seven"})
+
+
+@af.action
+async def raise_suspend_with_an_object(ctx: af.ActionContext) -> None:
+    """Raise af.Suspend directly, with data that is not JSON at all."""
+    raise af.Suspend("check", {"when": object()})
+
+
+@af.action
 async def send_int_keys(ctx: af.ActionContext) -> None:
     """Send a message whose payload has an int key."""
     await ctx.send("progress", {1: "one"})
@@ -420,4 +432,10 @@ ORDERS_V1 = af.Workflow(
 ORDERS_V2 = af.Workflow(
     "orders",
     stages=[af.Stage("s", actions=[Record("validate"), Record("reserve"), HangOnce("hang"), Record("ship")])],
+)
+RAISES_SUSPEND_WITH_INT_KEYS = af.Workflow(
+    "raise-suspend-int-keys", stages=[af.Stage("s", actions=[raise_suspend_with_int_keys])]
+)
+RAISES_SUSPEND_WITH_AN_OBJECT = af.Workflow(
+    "raise-suspend-object", stages=[af.Stage("s", actions=[raise_suspend_with_an_object])]
 )

@@ -211,13 +211,46 @@ def test_id_with_a_lone_surrogate_is_invalid_definition(kind: type[Any]) -> None
         kind(name)
     assert repr(name) in str(info.value)
     assert "position 7" in str(info.value)
-    assert "errors='replace'" in str(info.value)
+    assert "os.fsencode(name).decode('utf-8', 'backslashreplace')" in str(info.value)
 
 
 def test_action_name_with_a_lone_surrogate_is_invalid_definition() -> None:
     """An action name with a lone surrogate is af.InvalidDefinition naming it."""
     with pytest.raises(af.InvalidDefinition, match=r"action name 'x-\\udcff'"):
         af.action(name="x-\udcff")(plain_coroutine_function)
+
+
+class Resize(af.Action):
+    """An action named on the instance, after the file it resizes (as examples/fanout.py does)."""
+
+    def __init__(self, image: str) -> None:
+        self.image = image
+        self.name = f"resize-{image}"
+
+    async def execute(self, ctx: af.ActionContext) -> None:
+        """Nothing to resize here."""
+
+
+def test_action_named_on_the_instance_after_an_undecodable_file_is_refused() -> None:
+    """An action whose instance name holds a lone surrogate is refused where it joins a stage."""
+    action = Resize(os.fsdecode(b"cat-\xff.png"))
+    with pytest.raises(af.InvalidDefinition, match=r"action name \(of actions\[0\] of stage 's'\)"):
+        af.Stage("s", actions=[action])
+    with pytest.raises(af.InvalidDefinition, match="not valid Unicode text"):
+        af.Stage("t").add_action(action)
+
+
+async def test_dynamic_action_named_after_an_undecodable_file_fails_the_inserting_action() -> None:
+    """ctx.add_dynamic_action of such an action fails the action that inserts it, naming the name."""
+
+    @af.action
+    async def insert(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_action(Resize(os.fsdecode(b"cat-\xff.png")))
+
+    with pytest.raises(af.ActionFailed) as info:
+        await af.run(af.Workflow("w", stages=[af.Stage("s", actions=[insert])]))
+    assert isinstance(info.value.__cause__, af.InvalidDefinition)
+    assert "'resize-cat-\\udcff.png' is not valid Unicode text" in str(info.value.__cause__)
 
 
 def test_ids_in_any_script_are_accepted() -> None:

@@ -776,21 +776,70 @@ async def test_start_refuses_store_keys_that_are_not_strings(engine_url: str, cl
         assert (await engine.list_runs()).runs == []
 
 
-@pytest.mark.parametrize(("run_id", "error"), [("", ValueError), ("  ", ValueError), (7, TypeError)])
-async def test_start_refuses_an_empty_or_non_string_run_id(
+@pytest.mark.parametrize(("run_id", "error"), [("  ", ValueError), (7, TypeError), (0, TypeError)])
+async def test_start_refuses_a_blank_or_non_string_run_id(
     engine_url: str, clock: FakeClock, run_id: object, error: type[Exception]
 ) -> None:
-    """engine.start(run_id=...) takes a non-empty string only, and says so."""
+    """engine.start(run_id=...) refuses a blank id or one that is not a string, and says so."""
     async with make_engine(engine_url, clock) as engine:
-        with pytest.raises(error, match="run_id must be"):
+        with pytest.raises(error, match="run_id must"):
             await engine.start(flows.QUICK, run_id=run_id)  # type: ignore[arg-type]
+        assert (await engine.list_runs()).runs == []
+
+
+async def test_start_refuses_a_typed_key_with_a_value_of_another_type(
+    engine_url: str, clock: FakeClock
+) -> None:
+    """engine.start(store={af.Key("n", int): "x"}) is af.TypeMismatch, as ctx.store[key] = "x" is; no run."""
+    async with make_engine(engine_url, clock) as engine:
+        with pytest.raises(af.TypeMismatch, match="'n'"):
+            await engine.start(flows.QUICK, store={af.Key("n", int): "x"})
+        assert (await engine.list_runs()).runs == []
+
+
+@pytest.mark.parametrize("run_id", [os.fsdecode(b"run-\xff"), 123])
+async def test_run_ids_that_cannot_name_a_run_are_unknown(
+    engine_url: str, clock: FakeClock, run_id: object
+) -> None:
+    """get_run, wait, cancel and resume of an id no run can have raise af.UnknownRun; delete_run is False."""
+    async with make_engine(engine_url, clock) as engine:
+        for call in (engine.get_run, engine.wait, engine.cancel, lambda r: engine.resume(r, {})):
+            with pytest.raises(af.UnknownRun, match="no run"):
+                await call(run_id)  # type: ignore[operator]
+        assert await engine.delete_run(run_id) is False  # type: ignore[arg-type]
+
+
+async def test_start_with_an_empty_run_id_makes_a_fresh_one(engine_url: str, clock: FakeClock) -> None:
+    """engine.start(run_id="") is as if no run_id were given (run_id=os.environ.get(..., "") works)."""
+    async with make_engine(engine_url, clock) as engine:
+        handle = await engine.start(flows.QUICK, run_id="")
+        assert (await handle.result()).status is af.RunStatus.COMPLETED
+    assert len(handle.run_id) == 32
+
+
+def test_engine_owner_left_empty_is_made_up() -> None:
+    """af.Engine(owner="") is as if no owner were given: a name of this process is made up."""
+    assert af.Engine(owner="").owner != ""
+
+
+def test_a_refused_start_registers_nothing(tmp_path: Path) -> None:
+    """A start refused for its arguments leaves the engine's workflows as they were."""
+
+    async def main() -> None:
+        async with af.Engine(f"sqlite:///{tmp_path / 'runs.db'}") as engine:
+            with pytest.raises(ValueError):
+                await engine.start(flows.QUICK, run_id="  ")
+            other = af.Workflow("quick", stages=[af.Stage("other", actions=[flows.step_one])])
+            assert engine.register(other) is other
+
+    anyio.run(main)
 
 
 @pytest.mark.parametrize(
-    ("owner", "error"), [("", ValueError), (7, TypeError), (os.fsdecode(b"host-\xff"), ValueError)]
+    ("owner", "error"), [("  ", ValueError), (7, TypeError), (os.fsdecode(b"host-\xff"), ValueError)]
 )
 def test_engine_owner_must_be_a_name_a_database_can_keep(owner: object, error: type[Exception]) -> None:
-    """af.Engine(owner=...) refuses an empty, non-string or non-Unicode owner, naming the option."""
+    """af.Engine(owner=...) refuses a blank, non-string or non-Unicode owner, naming the option."""
     with pytest.raises(error, match="owner"):
         af.Engine(owner=owner)  # type: ignore[arg-type]
 
@@ -862,6 +911,23 @@ async def test_memory_engine_accepts_values_that_are_not_json(clock: FakeClock) 
     assert result.status is af.RunStatus.COMPLETED
     assert result.store["thing"] is marker
     assert result.store["given"] == {1, 2}
+
+
+async def test_memory_engine_keeps_suspend_and_resume_data_as_they_are(clock: FakeClock) -> None:
+    """With the memory backend, suspend and resume data need not be JSON (a dict keyed by ints stays so)."""
+
+    @af.action
+    async def ask(ctx: af.ActionContext) -> None:
+        if not ctx.is_resuming:
+            ctx.suspend("check", {7: "seven"})
+        ctx.store["answer"] = ctx.resume_data
+
+    wf = af.Workflow("mem-suspend", stages=[af.Stage("s", actions=[ask])])
+    async with make_engine("memory://", clock) as engine:
+        handle = await engine.start(wf)
+        assert (await handle.result()).suspend_data == {7: "seven"}
+        resumed = await (await engine.resume(handle.run_id, {3: "three"})).result()
+    assert resumed.store["answer"] == {3: "three"}
 
 
 async def test_memory_engine_accepts_actions_that_are_not_referenceable(clock: FakeClock) -> None:

@@ -713,6 +713,25 @@ async def test_suspend_data_with_non_string_dict_keys_fails_the_action(url: str)
     assert "dict key 7 is not a string" in info.error
 
 
+@pytest.mark.parametrize(
+    ("workflow", "why"),
+    [
+        pytest.param(flows.RAISES_SUSPEND_WITH_INT_KEYS, "dict key 7 is not a string", id="int-keys"),
+        pytest.param(flows.RAISES_SUSPEND_WITH_AN_OBJECT, "not JSON serializable", id="object"),
+    ],
+)
+async def test_suspend_raised_directly_with_data_the_run_cannot_keep_fails_the_action(
+    url: str, workflow: af.Workflow, why: str
+) -> None:
+    """raise af.Suspend(reason, data), not through ctx.suspend, is held to the same rule: the action fails."""
+    run_id, result = await run_here(url, workflow)
+    info = await info_of(url, run_id)
+    assert result.status is info.status is af.RunStatus.FAILED
+    assert info.error is not None
+    assert info.error.startswith("NotSerializable: suspend data of action")
+    assert why in info.error
+
+
 async def test_resume_data_with_non_string_dict_keys_is_refused(url: str) -> None:
     """engine.resume with data keyed by ints raises af.NotSerializable; the run stays suspended."""
     async with make_engine(url, flows.APPROVAL) as engine:

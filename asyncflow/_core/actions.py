@@ -49,8 +49,8 @@ def check_text(value: str, what: str, error: type[ValueError] = ValueError) -> N
         raise error(
             f"{what} {value!r} is not valid Unicode text: it holds the lone surrogate "
             f"{value[exc.start]!r} at position {exc.start} (decoding bytes that are not UTF-8 with "
-            f"errors='surrogateescape', as os.fsdecode and os.listdir do, makes such strings); "
-            f"decode such names with errors='replace' or 'backslashreplace' first"
+            f"errors='surrogateescape', as os.fsdecode and os.listdir do, makes such strings); make "
+            f"it text first, e.g. os.fsencode(name).decode('utf-8', 'backslashreplace')"
         ) from None
 
 

@@ -12,7 +12,7 @@ from .errors import Bail, ContextClosed, DuplicateStageId, InsertionLimitExceede
 from .events import Message
 from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, Plan, StageNode, UndoEntry, undo
 from .store import Store
-from .workflow import Stage, Workflow
+from .workflow import Stage, Workflow, check_action_name
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -141,13 +141,9 @@ class ActionContext:
         self._check_open("suspend")
         if not isinstance(reason, str):
             raise TypeError(f"suspend reason must be a string, got {reason!r}")
-        if self._run.durable is not None:
-            try:
-                exact_json(data)
-            except (TypeError, ValueError) as exc:
-                raise NotSerializable(
-                    f"suspend data of action {self._node.action.name!r} is not JSON-serialisable ({exc})"
-                ) from None
+        refused = suspend_data_error(self, data)
+        if refused is not None:
+            raise refused
         raise Suspend(reason, data)
 
     def _durable_ops(self) -> list[Op] | None:
@@ -189,6 +185,10 @@ class ActionContext:
                 f"add_dynamic_action takes an af.Action, got {action!r} "
                 f"(in action {self._node.action.name!r} of stage {self._node.stage_node.id!r})"
             )
+        check_action_name(
+            action,
+            f"the action inserted by {self._node.action.name!r} of stage {self._node.stage_node.id!r}",
+        )
         ops = self._durable_ops()
         durable = self._run.durable
         if ops is not None and durable is not None:
@@ -362,3 +362,16 @@ class ActionContext:
             f"<ActionContext run={self._run.run_id} stage={self._node.stage_node.id!r} "
             f"action={self._node.action.name!r}>"
         )
+
+
+def suspend_data_error(ctx: ActionContext, data: Any) -> NotSerializable | None:
+    """The error for suspend ``data`` that the run cannot keep (not JSON, in a run that needs JSON)."""
+    if not ctx._run.require_json:
+        return None
+    try:
+        exact_json(data)
+    except (TypeError, ValueError) as exc:
+        return NotSerializable(
+            f"suspend data of action {ctx._node.action.name!r} is not JSON-serialisable ({exc})"
+        )
+    return None

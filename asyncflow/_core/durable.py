@@ -93,7 +93,7 @@ def exact_json(value: Any) -> str:
     Raises ``TypeError`` or ``ValueError`` as ``json.dumps`` does.
     """
     text = json.dumps(value)
-    if isinstance(value, _CONTAINERS):
+    if isinstance(value, _CONTAINERS) and "{" in text:  # (no "{" in the text: no dict, no key)
         stack = [value]
         while stack:
             item = stack.pop()

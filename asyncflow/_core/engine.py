@@ -51,11 +51,12 @@ from .errors import (
     RecordedError,
     RunFailed,
     RunStateError,
+    TypeMismatch,
     UnknownRun,
 )
 from .records import STEP_COLUMNS, RunResult, RunStatus, StepRecord, StepRows, StepStatus, step_rows
 from .runner import REPLAYED, Runner, RunState, new_run_id
-from .store import Store, _key_name, _Meta
+from .store import Key, Store, _key_name, _Meta
 from .workflow import Stage, Workflow
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ class Engine:
             raise ValueError(f"poll_interval ({poll_interval}) must be under half the lease ({lease})")
         self.lease = lease
         self.poll_interval = poll_interval
-        if owner is not None:
+        if owner is not None and owner != "":  # ("" or None: a name of this process is made up)
             _check_name(owner, "owner")
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
@@ -286,17 +287,17 @@ class Engine:
         Raises:
             NotReferenceable: (persistent backends) an action cannot be re-created.
             NotSerializable: (persistent backends) a store value is not JSON.
-            ValueError: ``run_id`` is empty, or ``run_id`` or ``idempotency_key`` is not
+            ValueError: ``run_id`` is blank, or ``run_id`` or ``idempotency_key`` is not
                 Unicode text (it holds a lone surrogate).
         """
         group = self._task_group()
-        workflow = self.register(workflow)
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str):
                 raise TypeError(f"idempotency_key must be a string, got {idempotency_key!r}")
             check_text(idempotency_key, "idempotency_key")
-        if run_id is not None:
+        if run_id is not None and run_id != "":  # ("" or None: a fresh id)
             _check_name(run_id, "run_id")
+        workflow = self.register(workflow)
         entries = self._entries(dict(store or {}))
         now = self.clock.now()
         info = RunInfo(
@@ -318,6 +319,9 @@ class Engine:
 
     def _entries(self, values: Mapping[Any, Any]) -> list[StoreEntry]:
         """The initial store of a run, keyed as a run's store is (``str`` or ``af.Key``, else TypeError)."""
+        for key, value in values.items():
+            if isinstance(key, Key) and not isinstance(value, key.type):
+                raise TypeMismatch(key.name, key.type, value)
         named = [(_key_name(key), value) for key, value in values.items()]
         if not self.backend.persistent:
             return [StoreEntry(key, value) for key, value in named]
@@ -476,8 +480,8 @@ class Engine:
             fields["error"] = _as_text(f"{type(result.error).__name__}: {result.error}")
             failed = next((s for s in reversed(result.steps) if s.status is StepStatus.FAILED), None)
             if failed is not None:
-                fields["failed_stage"] = failed.stage_id
-                fields["failed_action"] = failed.action_name
+                fields["failed_stage"] = _as_text(failed.stage_id)
+                fields["failed_action"] = _as_text(failed.action_name)
         if result.status is RunStatus.SUSPENDED:
             fields["suspend_reason"] = _as_text(result.suspend_reason)
             fields["suspend_data"] = result.suspend_data
@@ -600,7 +604,7 @@ class Engine:
         Raises:
             UnknownRun: no such run.
         """
-        info = await self.backend.get_run(run_id)
+        info = await self.backend.get_run(run_id) if _could_be_stored(run_id) else None
         if info is None:
             raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
         return info
@@ -724,7 +728,7 @@ class Engine:
         active = self._active.get(run_id)
         if active is not None and not active.done.is_set():
             raise RunStateError(f"run {run_id!r} is running in this engine; cancel it before deleting it")
-        return await self.backend.delete_run(run_id)
+        return await self.backend.delete_run(run_id) if _could_be_stored(run_id) else False
 
     async def purge(self, *, older_than: timedelta) -> int:
         """Delete runs that ended more than ``older_than`` ago; return how many."""
@@ -934,6 +938,19 @@ _KIND, _STAGE_ID, _ACTION_NAME, _REASON, _DURATION_NS, _ATTEMPTS = (
 )
 
 
+def _could_be_stored(run_id: object) -> bool:
+    """Whether ``run_id`` could name a stored run: a string that is Unicode text (see check_text)."""
+    if not isinstance(run_id, str):
+        return False
+    if run_id.isascii():
+        return True
+    try:
+        run_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _definition_text(definition: dict[str, Any]) -> str:
     """A workflow definition as JSON text, the same for equal definitions (keys sorted)."""
     return json.dumps(definition, sort_keys=True, separators=(",", ":"))
@@ -943,8 +960,8 @@ def _check_name(value: object, what: str) -> None:
     """Refuse a run id or an owner that a database could not keep as text, naming ``what``."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a string, got {value!r}")
-    if not value or value.isspace():
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    if value.isspace():
+        raise ValueError(f"{what} must not be blank, got {value!r}")
     check_text(value, what)
 
 

@@ -26,7 +26,7 @@ import anyio
 from loguru import logger
 
 from .clock import SYSTEM_CLOCK, Clock, sleep_until
-from .context import ActionContext
+from .context import ActionContext, suspend_data_error
 from .durable import Durability, Op
 from .errors import (
     ActionFailed,
@@ -700,7 +700,9 @@ class Runner:
                 except BaseException as exc:
                     if durable is not None and isinstance(exc, Bail):
                         await _commit(durable, node, ctx)
-                    _attempt_failed(ctx, node, exc)
+                    failure = _attempt_failed(ctx, node, exc)
+                    if failure is not exc:
+                        raise failure from None
                     raise
                 ctx._closed = True
                 if ctx._overlay is not None or ctx._journal is not None:
@@ -870,7 +872,9 @@ class _ActionLevel(MiddlewareContext):
         except BaseException as exc:
             if isinstance(exc, Bail) and run.durable is not None:
                 await _commit(run.durable, node, ctx)
-            _attempt_failed(ctx, node, exc)
+            failure = _attempt_failed(ctx, node, exc)
+            if failure is not exc:
+                raise failure from None
             raise
         ctx._closed = True
         if ctx._overlay is not None or ctx._journal is not None:
@@ -955,7 +959,10 @@ async def _emit_inserts(run: RunState, journal: list[UndoEntry]) -> None:
             await run.hub.emit(run.event(EventKind.ACTION_INSERTED, child))
 
 
-def _attempt_failed(ctx: ActionContext, node: ActionNode, exc: BaseException) -> None:
+def _attempt_failed(ctx: ActionContext, node: ActionNode, exc: BaseException) -> BaseException:
+    """Record how the attempt ended; the exception to go on with (``exc``, or what replaces it)."""
+    if isinstance(exc, Suspend) and (refused := suspend_data_error(ctx, exc.data)) is not None:
+        exc = refused  # an af.Suspend raised directly, with data the run cannot keep
     if isinstance(exc, Bail):
         ctx._finish(True)
         node.status = _COMPLETED
@@ -973,6 +980,7 @@ def _attempt_failed(ctx: ActionContext, node: ActionNode, exc: BaseException) ->
         ctx._finish(False)
         node.status = _FAILED
         node.error = exc
+    return exc
 
 
 async def run(

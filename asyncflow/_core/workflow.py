@@ -24,7 +24,15 @@ def _check_action(value: object, where: str) -> Action:
         if callable(value):
             hint = " (decorate the function with @af.action)"
         raise TypeError(f"{where} must be an af.Action, got {value!r}{hint}")
+    check_action_name(value, where)
     return value
+
+
+def check_action_name(action: Action, where: str) -> None:
+    """Refuse ``action`` if its name, which may be set on the instance, is not a usable id."""
+    name = action.name
+    if type(name) is not str or not name.isascii():
+        check_id(name, f"action name (of {where})")
 
 
 class Stage:
