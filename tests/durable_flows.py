@@ -424,15 +424,6 @@ SUSPENDS_WITH_INT_KEYS = af.Workflow(
     "suspend-int-keys", stages=[af.Stage("s", actions=[suspend_with_int_keys])]
 )
 SENDS_INT_KEYS = af.Workflow("send-int-keys", stages=[af.Stage("s", actions=[send_int_keys])])
-
-#: a workflow as deployed first, and as changed by the next deploy: a step added before the others
-ORDERS_V1 = af.Workflow(
-    "orders", stages=[af.Stage("s", actions=[Record("reserve"), HangOnce("hang"), Record("ship")])]
-)
-ORDERS_V2 = af.Workflow(
-    "orders",
-    stages=[af.Stage("s", actions=[Record("validate"), Record("reserve"), HangOnce("hang"), Record("ship")])],
-)
 RAISES_SUSPEND_WITH_INT_KEYS = af.Workflow(
     "raise-suspend-int-keys", stages=[af.Stage("s", actions=[raise_suspend_with_int_keys])]
 )

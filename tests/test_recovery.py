@@ -343,55 +343,6 @@ async def test_same_registry_in_the_new_engine_recovers_the_insertion(url: str) 
     assert first == second
 
 
-# ---- a workflow that changed while its runs were interrupted ----------------------------------
-
-
-async def test_run_recovered_after_its_workflow_changed_goes_on_with_the_plan_it_started_with(
-    url: str,
-) -> None:
-    """After a deploy adds a step, an interrupted run neither re-runs a completed step nor skips one."""
-    run_id = await interrupt(url, flows.ORDERS_V1)
-    result = await finish(url, run_id, flows.ORDERS_V2)
-    assert result.status is af.RunStatus.COMPLETED
-    assert flows.runs_of("reserve") == 1  # completed before the deploy: not run again
-    assert flows.runs_of("validate") == 0  # not in the plan the run started with
-    assert (flows.runs_of("hang"), flows.runs_of("ship")) == (2, 1)
-    assert [step.action_name for step in result.steps if step.kind == "action"] == [
-        "record",
-        "hang-once",
-        "record",
-    ]
-
-
-async def test_new_runs_after_a_deploy_use_the_changed_workflow(url: str) -> None:
-    """Runs started by the engine that has the changed workflow registered run the new plan."""
-    run_id = await interrupt(url, flows.ORDERS_V1)
-    await finish(url, run_id, flows.ORDERS_V2)
-    assert [flows.runs_of(label) for label in ("validate", "reserve", "ship")] == [0, 1, 1]
-    _, result = await run_here(url, flows.ORDERS_V2)  # ("hang" hangs only on its first execution)
-    assert result.status is af.RunStatus.COMPLETED
-    assert [flows.runs_of(label) for label in ("validate", "reserve", "ship")] == [1, 2, 2]
-
-
-async def test_run_whose_earlier_definition_cannot_be_rebuilt_fails_saying_why(url: str) -> None:
-    """If the definition a run started with names an action no longer registered, the run fails, saying so."""
-    earlier = af.Registry()
-    earlier.register("retired-step", flows.Record("retired"))
-    v1 = af.Workflow(
-        "retiring",
-        stages=[af.Stage("s", actions=[earlier.resolve({"ref": "retired-step"}), flows.HangOnce("hang")])],
-    )
-    v2 = af.Workflow("retiring", stages=[af.Stage("s", actions=[flows.HangOnce("hang")])])
-    run_id = await interrupt(url, v1, registry=earlier)
-    result = await finish(url, run_id, v2)
-    info = await info_of(url, run_id)
-    assert result.status is info.status is af.RunStatus.FAILED
-    assert info.error is not None
-    assert info.error.startswith("WorkflowChanged: workflow 'retiring' was changed since this run started")
-    assert "'retired-step'" in info.error
-    assert flows.runs_of("hang") == 1  # nothing ran on the new plan
-
-
 # ---- leases ----------------------------------------------------------------------------------
 
 

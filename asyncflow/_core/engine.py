@@ -174,10 +174,6 @@ class Engine:
             _check_name(owner, "owner")
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
-        #: (persistent backends) workflow id -> the JSON text of the registered definition
-        self._definitions: dict[str, str] = {}
-        #: earlier definitions that recovered runs started with, rebuilt: JSON text -> workflow
-        self._earlier: dict[str, Workflow] = {}
         self._active: dict[str, _Active] = {}
         self._group: TaskGroup | None = None
         self._open = False  # between __aenter__ and the end of __aexit__
@@ -210,8 +206,6 @@ class Engine:
                 + (" and a different definition" if definition is not None else "")
             )
         self._workflows[workflow.id] = workflow
-        if definition is not None:
-            self._definitions[workflow.id] = _definition_text(definition)
         return workflow
 
     async def __aenter__(self) -> Self:
@@ -312,7 +306,7 @@ class Engine:
         )
         if faults._PLAN is not None:
             faults.hit("before_start")
-        info, created = await self.backend.create_run(info, entries, self._definitions.get(workflow.id))
+        info, created = await self.backend.create_run(info, entries)
         if created:
             self._launch(group, SavedRun(info, list(entries), []))
         return RunHandle(self, info.run_id, self._active.get(info.run_id))
@@ -340,25 +334,8 @@ class Engine:
         try:
             workflow = self._workflows.get(info.workflow_id)
             if workflow is None:
-                await self._fail_unstarted(
-                    info,
-                    f"UnknownWorkflow: workflow {info.workflow_id!r} is not registered with this engine; "
-                    f"register it with engine.register(workflow) before opening the engine",
-                )
+                await self._finish_unknown_workflow(info)
                 return
-            started_on = next((cp.ops for cp in saved.checkpoints if cp.kind == "start"), None)
-            if started_on is not None and started_on != self._definitions.get(workflow.id):
-                try:
-                    workflow = self._earlier_definition(workflow, started_on, info.run_id)
-                except Exception as exc:  # (an unknown reference, an action that cannot be made...)
-                    await self._fail_unstarted(
-                        info,
-                        f"WorkflowChanged: workflow {info.workflow_id!r} was changed since this run "
-                        f"started, and the definition the run started with cannot be rebuilt "
-                        f"({type(exc).__name__}: {exc}); its checkpoints belong to that definition, "
-                        f"so the run cannot go on with the new one",
-                    )
-                    return
             durability = _RunDurability(self, saved)
             run = active.run = RunState(
                 workflow,
@@ -416,40 +393,21 @@ class Engine:
         finally:
             active.done.set()
 
-    async def _fail_unstarted(self, info: RunInfo, error: str) -> None:
-        """Record that the run of ``info`` cannot continue here, for ``error`` (``"Type: message"``)."""
-        logger.error("run {} cannot continue: {}", info.run_id, error)
+    async def _finish_unknown_workflow(self, info: RunInfo) -> None:
+        message = (
+            f"workflow {info.workflow_id!r} is not registered with this engine; register it with "
+            f"engine.register(workflow) before opening the engine"
+        )
+        logger.error("run {} cannot continue: {}", info.run_id, message)
         await self.backend.update_run(
             info.run_id,
             holder=self.owner,
             now=self.clock.now(),
             status=RunStatus.FAILED,
-            error=_as_text(error),
+            error=f"UnknownWorkflow: {message}",
             owner=None,
             lease_until=None,
         )
-
-    def _earlier_definition(self, registered: Workflow, text: str, run_id: str) -> Workflow:
-        """The workflow of ``text``, the definition a run started with before ``registered`` changed.
-
-        The run's checkpoints name steps by their place in that plan, so it goes on
-        with that plan: a step that completed is not run again, and a step added
-        since is not taken for one that completed. Its actions are the ones their
-        references name now; the workflow's middleware is the registered one's.
-        """
-        workflow = self._earlier.get(text)
-        if workflow is None:
-            workflow = Workflow.from_definition(json.loads(text), registry=self.registry)
-            workflow._middleware = registered._middleware
-            workflow._action_middleware = registered._action_middleware
-            self._earlier[text] = workflow
-        logger.warning(
-            "run {} goes on with the definition of workflow {!r} it started with: the registered "
-            "workflow has changed since",
-            run_id,
-            registered.id,
-        )
-        return workflow
 
     def _restore_store(self, entries: list[StoreEntry]) -> Store:
         store = Store(clock=self.clock.now)
@@ -949,11 +907,6 @@ def _could_be_stored(run_id: object) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _definition_text(definition: dict[str, Any]) -> str:
-    """A workflow definition as JSON text, the same for equal definitions (keys sorted)."""
-    return json.dumps(definition, sort_keys=True, separators=(",", ":"))
 
 
 def _check_name(value: object, what: str) -> None:

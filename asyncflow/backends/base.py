@@ -251,15 +251,8 @@ class Backend(ABC):
         """Finish pending writes and release the connection."""
 
     @abstractmethod
-    async def create_run(
-        self, info: RunInfo, store: Sequence[StoreEntry], definition: str | None = None
-    ) -> tuple[RunInfo, bool]:
-        """Insert a run with its initial store and its workflow's definition; ``(the run, True)``.
-
-        ``definition`` (JSON text, persistent engines) is kept with the run in its
-        ``"start"`` checkpoint (seq 0, in ``ops``, beside the initial store's changes):
-        a run recovered after its workflow changed continues on the definition it
-        started with.
+    async def create_run(self, info: RunInfo, store: Sequence[StoreEntry]) -> tuple[RunInfo, bool]:
+        """Insert a run with its initial store; ``(the run, True)``.
 
         If ``info.idempotency_key`` is taken, insert nothing and return
         ``(the existing run, False)``. If ``info.run_id`` is taken (and the

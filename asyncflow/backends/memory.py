@@ -50,18 +50,14 @@ class MemoryBackend(Backend):
     async def aclose(self) -> None:
         """Nothing to close (the runs stay while the object lives)."""
 
-    async def create_run(
-        self, info: RunInfo, store: Sequence[StoreEntry], definition: str | None = None
-    ) -> tuple[RunInfo, bool]:
+    async def create_run(self, info: RunInfo, store: Sequence[StoreEntry]) -> tuple[RunInfo, bool]:
         """Insert the run unless its idempotency key is taken."""
         key = info.idempotency_key
         if key is not None and key in self._by_key:
             return self._runs[self._by_key[key]].info, False
         if info.run_id in self._runs:
             raise run_id_taken(info.run_id)
-        run = self._runs[info.run_id] = _Run(info, store)
-        if definition is not None:
-            run.checkpoints.append(Checkpoint(info.run_id, info.owner or "", "", "start", ops=definition))
+        self._runs[info.run_id] = _Run(info, store)
         if key is not None:
             self._by_key[key] = info.run_id
         return info, True

@@ -582,10 +582,8 @@ class SQLiteBackend(Backend):
 
     # ---- the API --------------------------------------------------------------------
 
-    async def create_run(
-        self, info: RunInfo, store: Sequence[StoreEntry], definition: str | None = None
-    ) -> tuple[RunInfo, bool]:
-        """Insert the run, its initial store and its definition, unless its idempotency key is taken."""
+    async def create_run(self, info: RunInfo, store: Sequence[StoreEntry]) -> tuple[RunInfo, bool]:
+        """Insert the run and its initial store, unless its idempotency key is taken."""
 
         def create(conn: sqlite3.Connection) -> tuple[RunInfo, bool]:
             if info.idempotency_key is not None:
@@ -606,8 +604,8 @@ class SQLiteBackend(Backend):
                 values,
             ).lastrowid
             changes = encode_changes(store, ())
-            if changes is not None or definition is not None:
-                conn.execute(_CHECKPOINT_SQL, (run_no, 0, "", "start", changes, definition, 0, None))
+            if changes is not None:
+                conn.execute(_CHECKPOINT_SQL, (run_no, 0, "", "start", changes, None, 0, None))
             return info, True
 
         result: tuple[RunInfo, bool] = await self._call(create, writes=True)
@@ -706,7 +704,7 @@ class SQLiteBackend(Backend):
             for seq, step_key, kind, changes, ops, attempts, at in rows:
                 if changes is not None:
                     apply_changes(store, changes)
-                if kind != "start" or ops is not None:  # (a start row's ops: the run's definition)
+                if kind != "start":
                     checkpoints.append(
                         Checkpoint(run_id, "", step_key, kind, ops=ops, attempts=attempts, at=at, seq=seq)
                     )
