@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +43,8 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
+        if not math.isfinite(start):
+            raise ValueError(f"FakeClock starts at a finite time, got {start!r}")
         self._now = float(start)
         self._sleepers: list[tuple[float, int, anyio.Event]] = []
         self._order = itertools.count()
@@ -77,6 +80,8 @@ class FakeClock:
 
         Returns after the woken tasks have had a chance to run.
         """
+        if not math.isfinite(seconds):
+            raise ValueError(f"a clock advances by a finite number of seconds, got advance({seconds!r})")
         if seconds < 0:
             raise ValueError(f"a clock cannot go back in time (advance({seconds!r}))")
         self._now += seconds

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import anyio
 import pytest
 
@@ -64,6 +66,24 @@ async def test_run_helpers_reject_what_is_not_an_action_or_stage() -> None:
         await run_action("greet")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"af\.Stage"):
         await run_stage(greet)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "message"), [(-1, "back in time"), (math.nan, "finite"), (math.inf, "finite")]
+)
+async def test_fake_clock_advances_by_a_finite_forward_step_only(seconds: float, message: str) -> None:
+    """advance(-1), advance(nan) and advance(inf) are ValueErrors, and the clock shows what it showed."""
+    clock = FakeClock(100.0)
+    with pytest.raises(ValueError, match=message):
+        await clock.advance(seconds)
+    assert clock.now() == 100.0
+
+
+@pytest.mark.parametrize("start", [math.nan, math.inf])
+def test_fake_clock_starts_at_a_finite_time(start: float) -> None:
+    """FakeClock(nan) or FakeClock(inf) is a ValueError."""
+    with pytest.raises(ValueError, match="finite"):
+        FakeClock(start)
 
 
 async def test_fake_clock_wakes_sleepers_when_advanced() -> None:
