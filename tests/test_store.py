@@ -742,6 +742,27 @@ def test_merge_mapping_adds_entries() -> None:
     assert store.snapshot() == {"a": 1, "b": 2}
 
 
+def test_merge_of_a_typed_key_with_a_value_of_another_type_merges_nothing() -> None:
+    """merge({af.Key("n", int): "x", "other": 1}) is af.TypeMismatch, as store[key] = "x" is; no merge."""
+    store = af.Store()
+    with pytest.raises(af.TypeMismatch, match="'n'"):
+        store.merge({"other": 1, af.Key("n", int): "x"})
+    assert dict(store) == {}
+
+
+async def test_run_refuses_an_initial_store_with_a_mistyped_typed_key() -> None:
+    """af.run(wf, store={af.Key("n", int): "x"}) raises af.TypeMismatch before any action runs."""
+    ran: list[bool] = []
+
+    @af.action
+    async def mark(ctx: af.ActionContext) -> None:
+        ran.append(True)
+
+    with pytest.raises(af.TypeMismatch, match="'n'"):
+        await af.run(af.Workflow("w", stages=[af.Stage("s", actions=[mark])]), store={af.Key("n", int): "x"})  # type: ignore[dict-item]
+    assert ran == []
+
+
 def test_merge_overwrite_is_default() -> None:
     """merge without on_conflict overwrites keys present on both sides."""
     store = af.Store({"a": 1, "b": 2})

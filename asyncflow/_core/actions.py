@@ -30,28 +30,37 @@ def check_id(value: object, what: str) -> str:
         raise TypeError(f"{what} must be a string, not {type(value).__name__} ({value!r})")
     if not value or value.isspace():
         raise InvalidDefinition(f"{what} must be a non-empty string, got {value!r}")
-    if not value.isascii():
-        check_text(value, what, InvalidDefinition)
+    check_text(value, what, InvalidDefinition)
     return value
 
 
-def check_text(value: str, what: str, error: type[ValueError] = ValueError) -> None:
-    """Raise ``error`` naming ``what`` if ``value`` holds a lone surrogate (it is then not Unicode text).
+def text_error_at(value: str) -> int | None:
+    """Where ``value`` holds a lone surrogate (it is then not Unicode text), or ``None``.
 
     Such strings come from bytes that are not UTF-8, decoded with
     ``errors="surrogateescape"`` (as ``os.fsdecode`` and ``os.listdir`` do
     for such file names). They cannot be printed, nor written to a database
-    or a JSON document as text, so an id must not be one.
+    or a JSON document as text.
     """
+    if value.isascii():
+        return None
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def check_text(value: str, what: str, error: type[ValueError] = ValueError) -> None:
+    """Raise ``error`` naming ``what`` if ``value`` is not Unicode text (see :func:`text_error_at`)."""
+    at = text_error_at(value)
+    if at is not None:
         raise error(
             f"{what} {value!r} is not valid Unicode text: it holds the lone surrogate "
-            f"{value[exc.start]!r} at position {exc.start} (decoding bytes that are not UTF-8 with "
+            f"{value[at]!r} at position {at} (decoding bytes that are not UTF-8 with "
             f"errors='surrogateescape', as os.fsdecode and os.listdir do, makes such strings); make "
             f"it text first, e.g. os.fsencode(name).decode('utf-8', 'backslashreplace')"
-        ) from None
+        )
 
 
 def freeze_tags(tags: Iterable[str] | None, what: str) -> frozenset[str]:

@@ -39,7 +39,7 @@ from loguru import logger
 
 from ..backends import Backend, Checkpoint, RunInfo, RunPage, SavedRun, StoreEntry, open_backend
 from . import faults
-from .actions import Action, check_text
+from .actions import Action, check_text, text_error_at
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
 from .definitions import registry as global_registry
@@ -51,12 +51,11 @@ from .errors import (
     RecordedError,
     RunFailed,
     RunStateError,
-    TypeMismatch,
     UnknownRun,
 )
 from .records import STEP_COLUMNS, RunResult, RunStatus, StepRecord, StepRows, StepStatus, step_rows
 from .runner import REPLAYED, Runner, RunState, new_run_id
-from .store import Key, Store, _key_name, _Meta
+from .store import Store, _Meta, typed_name
 from .workflow import Stage, Workflow
 
 if TYPE_CHECKING:
@@ -313,10 +312,7 @@ class Engine:
 
     def _entries(self, values: Mapping[Any, Any]) -> list[StoreEntry]:
         """The initial store of a run, keyed as a run's store is (``str`` or ``af.Key``, else TypeError)."""
-        for key, value in values.items():
-            if isinstance(key, Key) and not isinstance(value, key.type):
-                raise TypeMismatch(key.name, key.type, value)
-        named = [(_key_name(key), value) for key, value in values.items()]
+        named = [(typed_name(key, value), value) for key, value in values.items()]
         if not self.backend.persistent:
             return [StoreEntry(key, value) for key, value in named]
         return [StoreEntry(key, json_value_check(key, value)) for key, value in named]
@@ -897,16 +893,8 @@ _KIND, _STAGE_ID, _ACTION_NAME, _REASON, _DURATION_NS, _ATTEMPTS = (
 
 
 def _could_be_stored(run_id: object) -> bool:
-    """Whether ``run_id`` could name a stored run: a string that is Unicode text (see check_text)."""
-    if not isinstance(run_id, str):
-        return False
-    if run_id.isascii():
-        return True
-    try:
-        run_id.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    """Whether ``run_id`` could name a stored run: a string that is Unicode text."""
+    return isinstance(run_id, str) and text_error_at(run_id) is None
 
 
 def _check_name(value: object, what: str) -> None:

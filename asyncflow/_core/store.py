@@ -78,6 +78,17 @@ class _Meta:
 _MISSING: Any = object()
 
 
+def typed_name(key: object, value: Any) -> str:
+    """The name of ``key`` that ``value`` is written under; a typed key's value must be of its type."""
+    if type(key) is str:  # (once per store write: the common case first)
+        return key
+    if isinstance(key, Key):
+        if not isinstance(value, key.type):
+            raise TypeMismatch(key.name, key.type, value)
+        return key.name
+    return _key_name(key)
+
+
 def _key_name(key: object) -> str:
     if type(key) is str:
         return key
@@ -226,9 +237,7 @@ class Store:
             tags: strings to find the entry by (:meth:`find`).
             properties: name/value pairs to find the entry by.
         """
-        name = _key_name(key)
-        if isinstance(key, Key) and not isinstance(value, key.type):
-            raise TypeMismatch(name, key.type, value)
+        name = typed_name(key, value)
         meta: _Meta | None = None
         if ttl is not None or tags or properties:
             if isinstance(tags, str):
@@ -391,7 +400,7 @@ class Store:
         if isinstance(other, Store):
             incoming = list(other._live_items())
         elif isinstance(other, Mapping):
-            incoming = [(_key_name(k), v, None) for k, v in other.items()]
+            incoming = [(typed_name(k, v), v, None) for k, v in other.items()]
         else:
             raise TypeError(f"Store.merge takes a Store or a mapping, got {other!r}")
         if on_conflict == "error":

@@ -388,11 +388,7 @@ class SQLiteBackend(Backend):
                         # From the checkpoints, written first, or from finding which of them
                         # failed: they and the calls after them (not made yet) fail with it,
                         # even a checkpoint that was written, and the writer goes on.
-                        error = _wrap(exc, self.path)
-                        for job in batch:
-                            job.error = error
-                        for cps in checkpoints:
-                            cps.fail(error)
+                        _fail_all(batch, checkpoints, _wrap(exc, self.path))
                     self._hand_back(loop, batch, checkpoints)
         finally:
             conn.close()
@@ -417,11 +413,10 @@ class SQLiteBackend(Backend):
         with contextlib.suppress(BlockingIOError):  # full of wake-ups the loop has yet to read
             os.write(wake[1], b"\0")
 
-    def _take_done(self, wake: int | None = None) -> None:
+    def _take_done(self, wake: int) -> None:
         """Deliver what the writer has done (on the loop); ``wake``: the pipe it woke the loop by."""
-        if wake is not None:
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake, 4096)
+        with contextlib.suppress(BlockingIOError):
+            os.read(wake, 4096)
         done = self._done
         while done:
             _deliver(*done.popleft())
@@ -539,10 +534,7 @@ class SQLiteBackend(Backend):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
-                for job in writes:
-                    job.error = _wrap(error, self.path)
-                for cps in checkpoints:
-                    cps.fail(_wrap(error, self.path))
+                _fail_all(writes, checkpoints, _wrap(error, self.path))
         for job in reads:
             try:
                 job.result = job.fn(conn)
@@ -955,12 +947,8 @@ def _insert_rows(conn: sqlite3.Connection, params: list[Any], max_rows: int) -> 
 
 def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path, max_rows: int) -> None:
     """Every checkpoint of ``batches`` in one statement; one at a time only to find which one failed."""
-    if len(batches) == 1:  # (a lone run's checkpoint, most often)
-        params = batches[0].params
-        expected = len(params) // _ROW_PARAMS
-    else:
-        params = [p for batch in batches for p in batch.params]
-        expected = sum(len(b.checkpoints) for b in batches)
+    params = batches[0].params if len(batches) == 1 else [p for batch in batches for p in batch.params]
+    expected = len(params) // _ROW_PARAMS
     try:
         if expected > max_rows:  # several statements: all of them or none
             with _atomic(conn):
@@ -1022,6 +1010,13 @@ def _in_savepoint(conn: sqlite3.Connection, job: _Job) -> None:
         conn.execute("ROLLBACK TO job")
         job.error = exc
     conn.execute("RELEASE job")
+
+
+def _fail_all(jobs: list[_Job], checkpoints: list[_Batch], error: BaseException) -> None:
+    for job in jobs:
+        job.error = error
+    for cps in checkpoints:
+        cps.fail(error)
 
 
 def _wrap(exc: BaseException, path: Path) -> BaseException:
