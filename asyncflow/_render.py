@@ -589,9 +589,10 @@ def format_run_info(info: RunInfo, *, color: bool, width: int = 80) -> str:
     """Draw what the database knows of a run as ``label  value`` lines.
 
     Always the id, workflow, status and times; then whichever apply: the
-    idempotency key, who holds the run, when it wakes, why it is suspended
-    with the data it gave (and the data it was resumed with), the error and
-    where it happened, the bail reason. Data is shown as JSON, whole.
+    version of the workflow it started on, the idempotency key, who holds
+    the run, when it wakes, why it is suspended with the data it gave (and
+    the data it was resumed with), the error and where it happened, the
+    bail reason. Data is shown as JSON, whole.
     """
     width = max(width, 40)
     fields: list[tuple[str, str | list[str], str]] = [
@@ -601,6 +602,8 @@ def format_run_info(info: RunInfo, *, color: bool, width: int = 80) -> str:
         ("created", _timestamp(info.created_at), ""),
         ("updated", _timestamp(info.updated_at), ""),
     ]
+    if info.workflow_version is not None:
+        fields.append(("version", info.workflow_version, _DIM))
     if info.idempotency_key is not None:
         fields.append(("idempotency key", info.idempotency_key, ""))
     if info.owner is not None:

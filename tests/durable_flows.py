@@ -430,3 +430,44 @@ RAISES_SUSPEND_WITH_INT_KEYS = af.Workflow(
 RAISES_SUSPEND_WITH_AN_OBJECT = af.Workflow(
     "raise-suspend-object", stages=[af.Stage("s", actions=[raise_suspend_with_an_object])]
 )
+
+
+# ---- one workflow changed between two engines (a deploy) ---------------------------------
+
+
+def deploy(*actions: af.Action, workflow_id: str = "deploy") -> af.Workflow:
+    """A one-stage workflow ``workflow_id`` of ``actions``: its versions are built with this."""
+    return af.Workflow(workflow_id, stages=[af.Stage("s", actions=list(actions))])
+
+
+DEPLOY_V1 = deploy(Record("first"), HangOnce("hang"), Record("last"))
+#: version 1 with a step added in front
+DEPLOY_V2 = deploy(Record("new"), Record("first"), HangOnce("hang"), Record("last"))
+#: version 1 with its first and last steps swapped: the same action names, in the same places
+DEPLOY_SWAPPED = deploy(Record("last"), HangOnce("hang"), Record("first"))
+
+DEPLOY_APPROVAL_V1 = deploy(step_one, approve, Record("after"), workflow_id="deploy-approval")
+DEPLOY_APPROVAL_V2 = deploy(Record("new"), step_one, approve, Record("after"), workflow_id="deploy-approval")
+
+
+async def _first_engines_step(ctx: af.ActionContext) -> None:
+    record("first-engines-step", ctx.idempotency_key)
+
+
+#: Referenceable only by the name it is registered under in a per-engine registry.
+FIRST_ENGINES_STEP = af.action(name="first-engines-step")(_first_engines_step)
+
+DEPLOY_REGISTERED_V1 = deploy(
+    FIRST_ENGINES_STEP, HangOnce("hang"), Record("last"), workflow_id="deploy-registered"
+)
+DEPLOY_REGISTERED_V2 = deploy(
+    Record("new"), HangOnce("hang"), Record("last"), workflow_id="deploy-registered"
+)
+
+#: Unchanged between engines, but referenced by another name in each engine's registry.
+RENAMED_REFERENCE = deploy(GLOBAL_ONLY, HangOnce("hang"), Record("last"), workflow_id="renamed-reference")
+
+DEPLOY_SLEEPY_V1 = deploy(Record("before"), af.sleep(100), Record("woke"), workflow_id="deploy-sleepy")
+DEPLOY_SLEEPY_V2 = deploy(
+    Record("new"), Record("before"), af.sleep(100), Record("woke"), workflow_id="deploy-sleepy"
+)

@@ -243,6 +243,13 @@ def test_runs_show_gives_the_suspend_data(suspended: tuple[str, str]) -> None:
     assert f"asyncflow runs resume {short}" in done.stdout
 
 
+def test_runs_show_gives_the_workflow_version_the_run_started_on(suspended: tuple[str, str]) -> None:
+    """A run's page names the version of its workflow it started on (a hash of its stages and actions)."""
+    db, short = suspended
+    done = run_cli("runs", "show", short, "--db", db, "--no-color")
+    assert re.search(r"^version\s+[0-9a-f]{16}$", done.stdout, re.MULTILINE)
+
+
 def test_runs_cancel_cancels_a_suspended_run(suspended: tuple[str, str]) -> None:
     """``runs cancel`` ends a suspended run as cancelled, and ``runs list --status cancelled`` shows it."""
     db, short = suspended

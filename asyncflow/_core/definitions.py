@@ -16,7 +16,9 @@ it is added to a durable run, with an error that says how to fix it.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -289,6 +291,41 @@ class Registry:
 
 #: The global registry: engines fall back on it.
 registry = Registry()
+
+
+def workflow_shape(workflow: Workflow) -> list[Any]:
+    """What a run's checkpoints refer to, the same whatever the registry: ``[[stage_id, actions], ...]``.
+
+    A checkpoint names a step by its place (``stage/2``). Each action is given
+    by its name, with the constructor arguments it was made with (``[name,
+    args, kwargs]``), so that two actions of one class are told apart.
+    """
+    shape = [[stage.id, [_action_shape(action) for action in stage._actions]] for stage in workflow._stages]
+    loaded: list[Any] = json.loads(json.dumps(shape))  # as JSON gives it back (tuples as lists)
+    return loaded
+
+
+def shape_version(workflow_id: str, shape: list[Any]) -> str:
+    """A short hash of a workflow's id and :func:`workflow_shape`: the version a run records."""
+    text = json.dumps([workflow_id, shape], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _action_shape(action: Action) -> Any:
+    # A function action is its function (its arguments tell nothing more). Arguments that
+    # are not JSON (a registered instance's) cannot be compared across processes: such an
+    # action is given by its name alone.
+    if isinstance(action, FunctionAction):
+        return action.name
+    captured = getattr(action, "__dict__", {}).get("_af_params")
+    if captured is None:
+        return action.name
+    args, kwargs = captured
+    try:
+        exact_json([args, kwargs])
+    except (TypeError, ValueError):
+        return action.name
+    return [action.name, list(args), dict(kwargs)]
 
 
 def _stage_name(defn: Any, index: int) -> str:

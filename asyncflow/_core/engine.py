@@ -9,6 +9,12 @@ recorded plan changes, skips the actions that completed and runs the one
 that was in flight again (at least once: ``ctx.idempotency_key`` lets an
 action deduplicate its side effects).
 
+Each run records the version of its workflow it started on (the plan's
+shape, which its checkpoints refer to), and the backend keeps each
+version's definition. A run whose registered workflow has another shape now
+goes on on its own version, re-created from the database; one whose version
+cannot be re-created here is left for an engine that can.
+
 Runs are claimed with a lease that the engine renews while it runs them, so
 two engines on one database never run the same run at once; the runs of an
 engine that died are taken over once its leases expire.
@@ -37,11 +43,20 @@ import attrs
 from anyio.abc import TaskGroup
 from loguru import logger
 
-from ..backends import Backend, Checkpoint, RunInfo, RunPage, SavedRun, StoreEntry, open_backend
+from ..backends import (
+    Backend,
+    Checkpoint,
+    RunInfo,
+    RunPage,
+    SavedRun,
+    StoreEntry,
+    WorkflowVersion,
+    open_backend,
+)
 from . import faults
 from .actions import Action, check_text, text_error_at
 from .clock import SYSTEM_CLOCK, Clock
-from .definitions import Registry
+from .definitions import Registry, shape_version, workflow_shape
 from .definitions import registry as global_registry
 from .durable import Durability, Op, exact_json, json_value_check
 from .errors import (
@@ -173,6 +188,13 @@ class Engine:
             _check_name(owner, "owner")
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
+        # (persistent backends) the version of each registered workflow, and the ids of those
+        # whose version was saved since the engine opened
+        self._versions: dict[str, WorkflowVersion] = {}
+        self._saved_versions: set[str] = set()
+        # other versions of registered workflows that runs started on: re-created, or why not
+        self._other_versions: dict[str, tuple[Workflow | None, str]] = {}
+        self._warned: set[str] = set()  # runs whose version trouble was logged as a warning
         self._active: dict[str, _Active] = {}
         self._group: TaskGroup | None = None
         self._open = False  # between __aenter__ and the end of __aexit__
@@ -205,6 +227,11 @@ class Engine:
                 + (" and a different definition" if definition is not None else "")
             )
         self._workflows[workflow.id] = workflow
+        if definition is not None:
+            shape = workflow_shape(workflow)
+            self._versions[workflow.id] = WorkflowVersion(
+                shape_version(workflow.id, shape), workflow.id, shape, definition
+            )
         return workflow
 
     async def __aenter__(self) -> Self:
@@ -214,6 +241,8 @@ class Engine:
                 "opened again once it is closed; for a second one at once, make another af.Engine)"
             )
         self._open = True
+        self._saved_versions.clear()
+        self._other_versions.clear()
         try:
             await self.backend.open()
         except BaseException:
@@ -292,6 +321,11 @@ class Engine:
             _check_name(run_id, "run_id")
         workflow = self.register(workflow)
         entries = self._entries(dict(store or {}))
+        version = self._versions.get(workflow.id)
+        if version is not None and workflow.id not in self._saved_versions:
+            # Once per workflow while the engine is open, before its first run is written down.
+            await self.backend.save_version(version)
+            self._saved_versions.add(workflow.id)
         now = self.clock.now()
         info = RunInfo(
             run_id=run_id or new_run_id(),
@@ -302,6 +336,7 @@ class Engine:
             idempotency_key=idempotency_key,
             owner=self.owner,
             lease_until=now + self.lease,
+            workflow_version=version.version if version is not None else None,
         )
         if faults._PLAN is not None:
             faults.hit("before_start")
@@ -332,6 +367,12 @@ class Engine:
             if workflow is None:
                 await self._finish_unknown_workflow(info)
                 return
+            version = self._versions.get(workflow.id)
+            if version is not None and info.workflow_version != version.version:
+                workflow, why = await self._workflow_to_go_on(info, workflow)
+                if workflow is None:
+                    self._leave(info, why)
+                    return
             durability = _RunDurability(self, saved)
             run = active.run = RunState(
                 workflow,
@@ -403,6 +444,75 @@ class Engine:
             error=f"UnknownWorkflow: {message}",
             owner=None,
             lease_until=None,
+        )
+
+    async def _workflow_to_go_on(self, info: RunInfo, registered: Workflow) -> tuple[Workflow | None, str]:
+        """The workflow ``info``'s run goes on with, or ``None`` and why there is none here.
+
+        The registered workflow, if the run started on a workflow of the same
+        shape (so each checkpoint names the same step). Otherwise the version
+        it started on, re-created from the database, with the registered
+        workflow's middleware; its actions must be found here.
+        """
+        mine = self._versions.get(registered.id)
+        theirs = info.workflow_version
+        if mine is None or theirs == mine.version:
+            return registered, ""
+        if theirs is None:
+            if info.run_id not in self._warned:
+                self._warned.add(info.run_id)
+                logger.warning(
+                    "run {} was started before asyncflow recorded the version of a run's workflow; it "
+                    "goes on with workflow {!r} as registered now (if its stages or actions changed "
+                    "since, completed steps may run again and new ones be skipped)",
+                    info.run_id,
+                    registered.id,
+                )
+            return registered, ""
+        known = self._other_versions.get(theirs)
+        if known is None:
+            known = self._other_versions[theirs] = await self._recreate(theirs, registered)
+        return known
+
+    async def _recreate(self, version: str, registered: Workflow) -> tuple[Workflow | None, str]:
+        stored = await self.backend.load_version(version)
+        if stored is None:
+            return None, f"the database does not keep version {version} of it"
+        try:
+            workflow = self.registry.workflow_from_definition(stored.definition)
+        except Exception as exc:
+            return None, f"that version cannot be re-created here ({type(exc).__name__}: {exc})"
+        shape = workflow_shape(workflow)
+        if shape != stored.shape:
+            return None, (
+                f"that version, re-created here, has {_describe(shape)} instead of "
+                f"{_describe(stored.shape)} (an action was renamed?)"
+            )
+        workflow._middleware = registered._middleware
+        workflow._action_middleware = registered._action_middleware
+        logger.info(
+            "workflow {!r} is registered with {}; version {} ({}), which runs started on, is "
+            "re-created from the database for them",
+            registered.id,
+            _describe(self._versions[registered.id].shape),
+            version,
+            _describe(stored.shape),
+        )
+        return workflow, ""
+
+    def _leave(self, info: RunInfo, why: str) -> None:
+        """Log that this engine does not run ``info``'s run, which another version of its workflow started."""
+        log = logger.warning if info.run_id not in self._warned else logger.debug
+        self._warned.add(info.run_id)
+        log(
+            "run {} of workflow {!r} started on another version of it than the one registered here, "
+            "and {}; this engine leaves the run as it is, so that no completed step runs again and "
+            "no new step is skipped. An engine that can re-create that version (with its actions "
+            "registered or importable) takes it over once its lease runs out; engine.cancel(run_id) "
+            "gives it up",
+            info.run_id,
+            info.workflow_id,
+            why,
         )
 
     def _restore_store(self, entries: list[StoreEntry]) -> Store:
@@ -610,7 +720,8 @@ class Engine:
         Raises:
             UnknownRun: no such run.
             RunStateError: the run is not suspended.
-            UnknownWorkflow: its workflow is not registered with this engine (the run is unchanged).
+            UnknownWorkflow: its workflow is not registered with this engine, or the run started
+                on another version of it that this engine cannot re-create (the run is unchanged).
             NotSerializable: (persistent backends) ``data`` is not JSON.
         """
         group = self._task_group()
@@ -627,11 +738,19 @@ class Engine:
             raise RunStateError(
                 f"run {run_id!r} is {info.status.value}, not suspended; only a suspended run resumes"
             )
-        if info.workflow_id not in self._workflows:
+        registered = self._workflows.get(info.workflow_id)
+        if registered is None:
             raise UnknownWorkflow(
                 f"run {run_id!r} belongs to workflow {info.workflow_id!r}, which is not registered with "
                 f"this engine; register it with engine.register(workflow) before resuming (the run is "
                 f"unchanged)"
+            )
+        workflow, why = await self._workflow_to_go_on(info, registered)
+        if workflow is None:
+            raise UnknownWorkflow(
+                f"run {run_id!r} started on another version of workflow {info.workflow_id!r} than the one "
+                f"registered with this engine, and {why}; resume it with an engine that can re-create "
+                f"that version (the run is unchanged)"
             )
         updated = await self.backend.update_run(
             run_id,
@@ -890,6 +1009,16 @@ _KIND, _STAGE_ID, _ACTION_NAME, _REASON, _DURATION_NS, _ATTEMPTS = (
     STEP_COLUMNS.index(name)
     for name in ("kind", "stage_id", "action_name", "reason", "duration_ns", "attempts")
 )
+
+
+def _describe(shape: list[Any]) -> str:
+    """A workflow's :func:`workflow_shape` in words: ``stages 'a' (x, y), 'b' (z)``."""
+
+    def action(entry: Any) -> str:
+        return str(entry[0]) if isinstance(entry, list) and entry else str(entry)
+
+    stages = ", ".join(f"{stage_id!r} ({', '.join(map(action, actions))})" for stage_id, actions in shape)
+    return f"stages {stages}" if shape else "no stages"
 
 
 def _could_be_stored(run_id: object) -> bool:

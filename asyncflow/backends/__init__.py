@@ -20,6 +20,7 @@ from .base import RunInfo as RunInfo
 from .base import RunPage as RunPage
 from .base import SavedRun as SavedRun
 from .base import StoreEntry as StoreEntry
+from .base import WorkflowVersion as WorkflowVersion
 from .base import run_id_taken as run_id_taken
 from .memory import MemoryBackend as MemoryBackend
 from .sqlite import SQLiteBackend as SQLiteBackend
@@ -34,6 +35,7 @@ __all__ = [
     "SavedRun",
     "StepRows",
     "StoreEntry",
+    "WorkflowVersion",
     "open_backend",
     "run_id_taken",
 ]

@@ -26,7 +26,8 @@ from .._core.records import RunStatus
 #: The schema every backend writes; a database with a newer one is refused.
 #: 2: a run's steps are stored as :class:`StepRows` (1 had a dict per step; still read).
 #: 3: runs are numbered, and checkpoints refer to the number (SQLite: appended, not scattered).
-SCHEMA_VERSION = 3
+#: 4: each run names the version of its workflow it started on, and the versions are kept.
+SCHEMA_VERSION = 4
 
 
 def _utc(timestamp: float) -> datetime:
@@ -53,6 +54,9 @@ class RunInfo:
             ``failed_action`` say where.
         bail_reason: the reason of a bailed run.
         steps: the run's step records (dicts), once it has ended.
+        workflow_version: the version of its workflow the run started on
+            (see :class:`WorkflowVersion`); ``None`` for a run started before
+            asyncflow recorded versions, or in memory.
     """
 
     run_id: str
@@ -73,6 +77,7 @@ class RunInfo:
     failed_action: str | None = None
     bail_reason: str | None = None
     steps: list[dict[str, Any]] | None = None
+    workflow_version: str | None = None
 
     @property
     def created(self) -> datetime:
@@ -92,6 +97,7 @@ UPDATABLE = frozenset(field.name for field in attrs.fields(RunInfo)) - {
     "created_at",
     "updated_at",
     "idempotency_key",
+    "workflow_version",
 }
 
 
@@ -154,6 +160,27 @@ class Checkpoint(NamedTuple):
     at: float | None = None
     status: RunStatus | None = None
     seq: int = 0
+
+
+@attrs.frozen
+class WorkflowVersion:
+    """A workflow as runs started on it, kept so that they can go on on it after it changes.
+
+    Attributes:
+        version: a hash of ``workflow_id`` and ``shape``; the version a run records
+            (:attr:`RunInfo.workflow_version`).
+        workflow_id: the workflow.
+        shape: what the run's checkpoints refer to: ``[[stage_id, [action,
+            ...]], ...]``, each action by its name, or ``[name, args, kwargs]``
+            when it was made with constructor arguments.
+        definition: :meth:`Workflow.to_definition` of the first workflow saved
+            with this shape (JSON).
+    """
+
+    version: str
+    workflow_id: str
+    shape: list[Any]
+    definition: dict[str, Any]
 
 
 @attrs.frozen
@@ -327,3 +354,17 @@ class Backend(ABC):
     @abstractmethod
     async def purge(self, *, finished_before: float) -> int:
         """Delete finished runs last updated before ``finished_before``; how many."""
+
+    async def save_version(self, version: WorkflowVersion) -> None:
+        """Keep ``version`` (nothing changes if one with its ``version`` is kept already).
+
+        The engine saves a workflow's version before the first run of it
+        starts. By default a backend keeps none, and a run whose workflow
+        changed while it was unfinished then waits for an engine that has its
+        version registered, instead of going on on the version it started on.
+        """
+        return None
+
+    async def load_version(self, version: str) -> WorkflowVersion | None:
+        """The version kept under ``version``, or ``None`` (by default, always ``None``)."""
+        return None

@@ -16,6 +16,7 @@ from .base import (
     RunPage,
     SavedRun,
     StoreEntry,
+    WorkflowVersion,
     check_updatable,
     decode_cursor,
     encode_cursor,
@@ -43,6 +44,7 @@ class MemoryBackend(Backend):
         self.url = "memory://"
         self._runs: dict[str, _Run] = {}
         self._by_key: dict[str, str] = {}
+        self._versions: dict[str, WorkflowVersion] = {}
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -186,3 +188,11 @@ class MemoryBackend(Backend):
         for run_id in old:
             await self.delete_run(run_id)
         return len(old)
+
+    async def save_version(self, version: WorkflowVersion) -> None:
+        """Keep ``version`` unless one with its key is kept."""
+        self._versions.setdefault(version.version, version)
+
+    async def load_version(self, version: str) -> WorkflowVersion | None:
+        """The version kept under ``version``, or ``None``."""
+        return self._versions.get(version)

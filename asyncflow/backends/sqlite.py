@@ -49,6 +49,7 @@ from .base import (
     RunPage,
     SavedRun,
     StoreEntry,
+    WorkflowVersion,
     apply_changes,
     check_updatable,
     decode_cursor,
@@ -80,7 +81,8 @@ def _tables(runs: str, checkpoints: str) -> list[str]:
             failed_stage TEXT,
             failed_action TEXT,
             bail_reason TEXT,
-            steps TEXT
+            steps TEXT,
+            workflow_version TEXT
         )""",
         f"""CREATE TABLE {checkpoints} (
             run_no INTEGER NOT NULL,
@@ -105,10 +107,19 @@ _INDEXES = [
     "CREATE INDEX runs_by_status ON runs (status, lease_until)",
     "CREATE UNIQUE INDEX checkpoints_by_run ON checkpoints (run_no, seq)",
 ]
+# The versions of workflows that runs started on (see WorkflowVersion): one row per
+# version, however many runs name it.
+_VERSIONS_TABLE = """CREATE TABLE workflow_versions (
+    version TEXT PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    definition TEXT NOT NULL
+)"""
 _SCHEMA = [
     "CREATE TABLE asyncflow_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     *_tables("runs", "checkpoints"),
     *_INDEXES,
+    _VERSIONS_TABLE,
 ]
 
 _RUN_COLUMNS = tuple(field.name for field in attrs.fields(RunInfo))
@@ -193,12 +204,13 @@ def _migrate(conn: sqlite3.Connection, version: int, where: str) -> None:
     so an older asyncflow opening the file meanwhile waits, then finds the new
     version and refuses it.
 
-    2 to 3 rebuilds both tables: runs get a number (``run_no``, in the order
-    they were created) and checkpoints refer to it; checkpoints of runs that
-    are gone are dropped. 1 to 2 changed no table: schema 2 stores a run's
-    steps as rows of columns, and runs recorded with a dict per step are still
-    read as they are. Every new version keeps an older asyncflow from
-    misreading the file.
+    3 to 4 adds the column of a run's workflow version and the table of
+    versions (runs of before have none). 2 to 3 rebuilds both tables: runs get
+    a number (``run_no``, in the order they were created) and checkpoints
+    refer to it; checkpoints of runs that are gone are dropped. 1 to 2 changed
+    no table: schema 2 stores a run's steps as rows of columns, and runs
+    recorded with a dict per step are still read as they are. Every new
+    version keeps an older asyncflow from misreading the file.
     """
     try:
         conn.execute("PRAGMA journal_mode = DELETE")
@@ -240,7 +252,10 @@ def _rebuild(conn: sqlite3.Connection, version: int, where: str) -> None:
             conn.execute("ALTER TABLE checkpoints_v3 RENAME TO checkpoints")
             for statement in _INDEXES:
                 conn.execute(statement)
+        elif found == version and version < 4:
+            conn.execute("ALTER TABLE runs ADD COLUMN workflow_version TEXT")
         if found == version:
+            conn.execute(_VERSIONS_TABLE)
             conn.execute(
                 "UPDATE asyncflow_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
@@ -816,6 +831,34 @@ class SQLiteBackend(Backend):
             return len(numbers)
 
         result: int = await self._call(purge, writes=True)
+        return result
+
+    async def save_version(self, version: WorkflowVersion) -> None:
+        """Keep ``version`` unless one with its key is kept."""
+        params = (
+            version.version,
+            version.workflow_id,
+            json.dumps(version.shape),
+            json.dumps(version.definition),
+        )
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR IGNORE INTO workflow_versions VALUES (?, ?, ?, ?)", params)
+
+        await self._call(save, writes=True)
+
+    async def load_version(self, version: str) -> WorkflowVersion | None:
+        """The version kept under ``version``, or ``None``."""
+
+        def load(conn: sqlite3.Connection) -> WorkflowVersion | None:
+            row = conn.execute(
+                "SELECT workflow_id, shape, definition FROM workflow_versions WHERE version = ?", (version,)
+            ).fetchone()
+            if row is None:
+                return None
+            return WorkflowVersion(version, row[0], json.loads(row[1]), json.loads(row[2]))
+
+        result: WorkflowVersion | None = await self._call(load, writes=False)
         return result
 
     async def integrity_check(self) -> str:

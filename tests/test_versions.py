@@ -1,0 +1,351 @@
+"""A workflow changed while runs of it are unfinished: each run goes on on the version it started on.
+
+A deploy that adds, removes or moves steps must not make a recovered,
+resumed or woken run re-run a step that completed or skip one that never
+ran. The engine records the version (the shape of the plan: stage ids and
+action names, with constructor arguments) each run started on, keeps each
+version's definition, and re-creates it for a run whose workflow changed; a
+version it cannot re-create, it leaves to an engine that can.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import durable_flows as flows
+import pytest
+
+import asyncflow as af
+from asyncflow.backends import MemoryBackend, SQLiteBackend, WorkflowVersion
+from asyncflow.testing import FakeClock
+
+START = 1_800_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ledger() -> None:
+    flows.reset()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "runs.db"
+
+
+@pytest.fixture
+def url(db_path: Path) -> str:
+    return f"sqlite:///{db_path}"
+
+
+def make_engine(url: str, *workflows: af.Workflow, **options: Any) -> af.Engine:
+    """An engine on ``url`` with a short lease and poll interval, ``workflows`` registered."""
+    options.setdefault("lease", 1.0)
+    options.setdefault("poll_interval", 0.05)
+    engine = af.Engine(url, **options)
+    for workflow in workflows:
+        engine.register(workflow)
+    return engine
+
+
+async def interrupt(url: str, workflow: af.Workflow, **options: Any) -> str:
+    """Start ``workflow``, wait until its HangOnce("hang") hangs, close the engine; the run id."""
+    async with make_engine(url, workflow, **options) as engine:
+        handle = await engine.start(workflow)
+        with anyio.fail_after(5):
+            await flows.gate("hang").wait()
+    return handle.run_id
+
+
+async def finish(url: str, run_id: str, workflow: af.Workflow, **options: Any) -> af.RunResult:
+    """Open an engine with ``workflow`` registered and wait (5 s at most) for ``run_id`` to end."""
+    async with make_engine(url, workflow, **options) as engine:
+        with anyio.fail_after(5):
+            return await engine.wait(run_id)
+
+
+async def is_sleeping(engine: af.Engine, run_id: str) -> bool:
+    return (await engine.get_run(run_id)).status is af.RunStatus.SLEEPING
+
+
+def executions() -> dict[str, int]:
+    """How many times each label of the ledger ran."""
+    return {label: len(runs) for label, runs in flows.LEDGER.items()}
+
+
+def query(db_path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(statement, params).fetchall()
+    finally:
+        conn.close()
+
+
+def warnings_about(run_id: str, log: list[dict[str, Any]]) -> list[str]:
+    """The messages of the WARNING records of ``log`` that name ``run_id``."""
+    return [r["message"] for r in log if r["level"].name == "WARNING" and run_id in r["message"]]
+
+
+def registry_with(action: af.Action, name: str | None = None) -> af.Registry:
+    registry = af.Registry()
+    if name is None:
+        registry.register(action)
+    else:
+        registry.register(name, action)
+    return registry
+
+
+# ---- a run goes on on its own version ---------------------------------------------------
+
+
+async def test_run_recovered_after_a_step_was_added_goes_on_on_its_version(url: str) -> None:
+    """Recovered by an engine with a step added in front, a run skips no step and re-runs no completed one."""
+    run_id = await interrupt(url, flows.DEPLOY_V1)
+    result = await finish(url, run_id, flows.DEPLOY_V2)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"first": 1, "hang": 2, "last": 1}
+
+
+async def test_run_recovered_after_steps_were_swapped_goes_on_on_its_version(url: str) -> None:
+    """Two steps of one class swapped (the same names, other arguments) count as a change of version."""
+    run_id = await interrupt(url, flows.DEPLOY_V1)
+    result = await finish(url, run_id, flows.DEPLOY_SWAPPED)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"first": 1, "hang": 2, "last": 1}
+    assert result.store["first"] is True
+    assert result.store["last"] is True
+
+
+async def test_new_runs_of_the_changed_workflow_run_the_new_version(url: str) -> None:
+    """Once an old run goes on on its version, a new run of the same engine runs the registered one."""
+    run_id = await interrupt(url, flows.DEPLOY_V1)
+    async with make_engine(url, flows.DEPLOY_V2) as engine:
+        with anyio.fail_after(5):
+            await engine.wait(run_id)
+            fresh = await (await engine.start(flows.DEPLOY_V2)).result()
+    assert fresh.status is af.RunStatus.COMPLETED
+    assert [step.action_name for step in fresh.steps if step.kind == "action"] == ["record"] * 2 + [
+        "hang-once",
+        "record",
+    ]
+    assert flows.runs_of("new") == 1
+
+
+async def test_suspended_run_resumed_after_a_change_goes_on_on_its_version(url: str) -> None:
+    """engine.resume on an engine with a changed workflow runs the rest of the version the run began on."""
+    async with make_engine(url, flows.DEPLOY_APPROVAL_V1) as engine:
+        suspended = await (await engine.start(flows.DEPLOY_APPROVAL_V1)).result()
+    assert suspended.status is af.RunStatus.SUSPENDED
+    async with make_engine(url, flows.DEPLOY_APPROVAL_V2) as engine:
+        handle = await engine.resume(suspended.run_id, {"by": "me"})
+        with anyio.fail_after(5):
+            result = await handle.result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store["approved"] == {"by": "me"}
+    assert executions() == {"step-one": 1, "approve": 2, "after": 1}
+
+
+async def test_sleeping_run_woken_after_a_change_goes_on_on_its_version(url: str) -> None:
+    """A run that slept through a deploy wakes on the version it started on."""
+    clock = FakeClock(START)
+    async with make_engine(url, flows.DEPLOY_SLEEPY_V1, clock=clock) as engine:
+        handle = await engine.start(flows.DEPLOY_SLEEPY_V1)
+        await flows.eventually(lambda: is_sleeping(engine, handle.run_id))
+    async with make_engine(url, flows.DEPLOY_SLEEPY_V2, clock=FakeClock(START + 500)) as engine:
+        with anyio.fail_after(5):
+            result = await engine.wait(handle.run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"before": 1, "woke": 1}
+
+
+async def test_registered_workflows_middleware_wraps_the_recreated_version(url: str) -> None:
+    """The re-created version runs inside the middleware of the workflow registered now."""
+    run_id = await interrupt(url, flows.DEPLOY_V1)
+    seen: list[str] = []
+
+    async def note(ctx: Any, call_next: Any) -> Any:
+        seen.append(ctx.action.name)
+        return await call_next()
+
+    changed = flows.deploy(*flows.DEPLOY_V2.stages[0].actions).use_action(note)
+    result = await finish(url, run_id, changed)
+    assert result.status is af.RunStatus.COMPLETED
+    assert seen == ["hang-once", "record"]
+
+
+async def test_unchanged_workflow_under_other_registry_names_goes_on_as_registered(url: str) -> None:
+    """An engine whose registry names the same actions otherwise finds no change: the run goes on."""
+    alias = registry_with(flows.GLOBAL_ONLY, "an-alias")
+    run_id = await interrupt(url, flows.RENAMED_REFERENCE, registry=alias)
+    result = await finish(url, run_id, flows.RENAMED_REFERENCE)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"global-only": 1, "hang": 2, "last": 1}
+
+
+# ---- a version this engine cannot re-create -----------------------------------------------
+
+
+async def interrupt_registered_v1(url: str) -> str:
+    """A run of DEPLOY_REGISTERED_V1, whose first action only the first engine's registry names."""
+    return await interrupt(url, flows.DEPLOY_REGISTERED_V1, registry=registry_with(flows.FIRST_ENGINES_STEP))
+
+
+async def test_version_that_cannot_be_recreated_is_left_as_it_is(url: str) -> None:
+    """An engine that cannot re-create a run's version runs nothing of it and leaves it RUNNING."""
+    run_id = await interrupt_registered_v1(url)
+    async with make_engine(url, flows.DEPLOY_REGISTERED_V2) as engine:
+        await anyio.sleep(0.3)  # six polls
+        info = await engine.get_run(run_id)
+    assert info.status is af.RunStatus.RUNNING
+    assert info.error is None
+    assert executions() == {"first-engines-step": 1, "hang": 1}
+
+
+async def test_leaving_a_run_logs_a_warning_naming_the_run_and_why(
+    url: str, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """The engine that leaves a run says which run, and what it could not re-create, once."""
+    run_id = await interrupt_registered_v1(url)
+    async with make_engine(url, flows.DEPLOY_REGISTERED_V2, lease=0.2, poll_interval=0.05):
+        await anyio.sleep(0.6)  # its lease runs out, and the engine takes it and leaves it again
+    warnings = warnings_about(run_id, asyncflow_log)
+    assert len(warnings) == 1
+    assert "another version" in warnings[0]
+    assert "first-engines-step" in warnings[0]
+
+
+async def test_run_left_by_one_engine_is_finished_by_one_that_can_recreate_its_version(url: str) -> None:
+    """After an engine left it, one that names the missing action runs the rest of the old version."""
+    run_id = await interrupt_registered_v1(url)
+    async with make_engine(url, flows.DEPLOY_REGISTERED_V2):
+        await anyio.sleep(0.1)
+    assert executions() == {"first-engines-step": 1, "hang": 1}
+    registry = registry_with(flows.FIRST_ENGINES_STEP)
+    result = await finish(url, run_id, flows.DEPLOY_REGISTERED_V2, registry=registry)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"first-engines-step": 1, "hang": 2, "last": 1}
+
+
+async def test_left_run_can_be_cancelled(url: str) -> None:
+    """A run no engine here can go on with is given up with engine.cancel."""
+    run_id = await interrupt_registered_v1(url)
+    async with make_engine(url, flows.DEPLOY_REGISTERED_V2) as engine:
+        await anyio.sleep(0.1)
+        await engine.cancel(run_id)
+        assert (await engine.get_run(run_id)).status is af.RunStatus.CANCELLED
+
+
+async def test_resume_of_a_version_that_cannot_be_recreated_raises_and_keeps_the_run(url: str) -> None:
+    """Resuming a run whose version the engine cannot re-create raises UnknownWorkflow; it stays suspended."""
+    first = af.Registry()
+    first.register(flows.FIRST_ENGINES_STEP)
+    waits = flows.deploy(flows.FIRST_ENGINES_STEP, flows.approve, workflow_id="deploy-approval-registered")
+    changed = flows.deploy(flows.approve, workflow_id="deploy-approval-registered")
+    async with make_engine(url, waits, registry=first) as engine:
+        suspended = await (await engine.start(waits)).result()
+    async with make_engine(url, changed) as engine:
+        with pytest.raises(af.UnknownWorkflow, match="another version") as raised:
+            await engine.resume(suspended.run_id, {"by": "me"})
+        info = await engine.get_run(suspended.run_id)
+    assert "first-engines-step" in str(raised.value)
+    assert "the run is unchanged" in str(raised.value)
+    assert info.status is af.RunStatus.SUSPENDED
+    assert info.resume_data is None
+
+
+# ---- what is recorded ---------------------------------------------------------------------
+
+
+async def test_durable_run_records_its_workflow_version(url: str) -> None:
+    """A run on SQLite names a version; runs of one workflow share it, and another shape has another."""
+    async with make_engine(url, flows.QUICK, flows.BASIC_NO_HANG) as engine:
+        one = await (await engine.start(flows.QUICK)).info()
+        two = await (await engine.start(flows.QUICK)).info()
+        other = await (await engine.start(flows.BASIC_NO_HANG)).info()
+    assert one.workflow_version is not None
+    assert one.workflow_version == two.workflow_version
+    assert other.workflow_version not in (None, one.workflow_version)
+
+
+async def test_runs_in_memory_record_no_version() -> None:
+    """The in-memory engine keeps no versions: its runs end with the process."""
+    async with af.Engine() as engine:
+        info = await (await engine.start(flows.QUICK)).info()
+    assert info.workflow_version is None
+
+
+async def test_a_version_is_kept_once_however_many_runs_name_it(db_path: Path, url: str) -> None:
+    """Many runs of a workflow, across two engine sessions, keep one row of its version."""
+    for _ in range(2):
+        async with make_engine(url, flows.QUICK) as engine:
+            for _ in range(3):
+                await (await engine.start(flows.QUICK)).result()
+    assert query(db_path, "SELECT workflow_id FROM workflow_versions") == [("quick",)]
+
+
+async def test_same_stages_under_another_workflow_id_is_another_version(url: str) -> None:
+    """Two workflows with the same stages and actions but other ids do not share a version."""
+    twin = flows.deploy(*flows.QUICK.stages[0].actions, workflow_id="quick-twin")
+    async with make_engine(url, flows.QUICK, twin) as engine:
+        one = await (await engine.start(flows.QUICK)).info()
+        two = await (await engine.start(twin)).info()
+    assert one.workflow_version != two.workflow_version
+
+
+@pytest.mark.parametrize("backend", [MemoryBackend, SQLiteBackend], ids=["memory", "sqlite"])
+async def test_backend_keeps_the_first_version_saved_under_a_key(backend: Any, db_path: Path) -> None:
+    """save_version keeps the first definition under a key; load_version gives it back, or None."""
+    made = backend() if backend is MemoryBackend else backend(db_path)
+    first = WorkflowVersion("v1", "wf", [["s", ["a", ["b", [1], {"k": "v"}]]]], {"id": "wf", "stages": []})
+    again = WorkflowVersion("v1", "wf", [["s", []]], {"id": "other"})
+    async with made:
+        await made.save_version(first)
+        await made.save_version(again)
+        assert await made.load_version("v1") == first
+        assert await made.load_version("v2") is None
+
+
+# ---- runs from before versions were recorded ------------------------------------------------
+
+
+def as_schema_3(db_path: Path) -> None:
+    """Rewrite the file as schema 3 had it: no version column on runs, no table of versions."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.executescript(
+            """
+            BEGIN;
+            ALTER TABLE runs DROP COLUMN workflow_version;
+            DROP TABLE workflow_versions;
+            UPDATE asyncflow_meta SET value = '3' WHERE key = 'schema_version';
+            COMMIT;
+            """
+        )
+    finally:
+        conn.close()
+
+
+async def test_schema_3_file_is_upgraded_and_its_interrupted_run_recovers(db_path: Path, url: str) -> None:
+    """A schema-3 file opens as schema 4, and its interrupted run goes on with the registered workflow."""
+    run_id = await interrupt(url, flows.DEPLOY_V1)
+    as_schema_3(db_path)
+    result = await finish(url, run_id, flows.DEPLOY_V1)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"first": 1, "hang": 2, "last": 1}
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("4",)]
+    assert query(db_path, "SELECT workflow_version FROM runs") == [(None,)]
+
+
+async def test_run_without_a_version_goes_on_as_registered_with_a_warning(
+    db_path: Path, url: str, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """A run from before versions were recorded goes on with the registered workflow, and the log says so."""
+    run_id = await interrupt(url, flows.DEPLOY_V1)
+    as_schema_3(db_path)
+    result = await finish(url, run_id, flows.DEPLOY_V1)
+    assert result.status is af.RunStatus.COMPLETED
+    warnings = warnings_about(run_id, asyncflow_log)
+    assert len(warnings) == 1
+    assert "before asyncflow recorded" in warnings[0]
