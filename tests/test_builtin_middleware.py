@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from time import perf_counter
 from typing import Any
 
@@ -180,6 +181,16 @@ async def test_timeout_at_action_level_fails_with_action_timeout() -> None:
     for part in ("r-to", "'fetch'", "'slow'", "0.05"):
         assert part in message
     assert info.value.action_name == "slow"
+
+
+async def test_timeout_takes_a_timedelta() -> None:
+    """mw.timeout(timedelta(...)) limits a step as the same number of seconds would."""
+    with pytest.raises(af.ActionFailed) as info:
+        await af.Runner(action_middleware=[mw.timeout(timedelta(milliseconds=50))]).run(
+            one_stage(sleeper("slow", 10))
+        )
+    assert isinstance(info.value.__cause__, af.ActionTimeout)
+    assert info.value.__cause__.seconds == 0.05
 
 
 async def test_timeout_cancels_the_action_through_a_cancel_scope() -> None:

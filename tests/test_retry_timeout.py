@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import timedelta
 from time import perf_counter
 from typing import Any
 
@@ -520,7 +521,7 @@ TIMEOUT_OWNERS = [
 ]
 
 
-@pytest.mark.parametrize("value", [0, -1, -0.5, 0.0])
+@pytest.mark.parametrize("value", [0, -1, -0.5, 0.0, timedelta(0), timedelta(seconds=-1)])
 @pytest.mark.parametrize(("make", "where"), TIMEOUT_OWNERS)
 def test_non_positive_timeout_is_a_value_error_naming_where(
     make: Callable[[Any], object], where: str, value: float
@@ -542,6 +543,23 @@ def test_non_number_timeout_is_a_type_error_naming_where(
         make(value)
     assert where in str(info.value)
     assert "timeout" in str(info.value)
+
+
+@pytest.mark.parametrize(("make", "where"), TIMEOUT_OWNERS)
+def test_timedelta_timeout_is_taken_as_its_seconds(make: Callable[[Any], Any], where: str) -> None:
+    """timeout=timedelta(milliseconds=50) is the same as timeout=0.05, wherever a timeout is given."""
+    assert make(timedelta(milliseconds=50)).timeout == 0.05
+
+
+async def test_action_timeout_given_as_a_timedelta_fails_the_action_at_that_limit() -> None:
+    """@af.action(timeout=timedelta(...)) fails a slow action with af.ActionTimeout, its limit in seconds."""
+    wf = af.Workflow(
+        "wf", stages=[af.Stage("fetch", actions=[slow("download", 10, timeout=timedelta(milliseconds=50))])]
+    )
+    with pytest.raises(af.ActionFailed) as info:
+        await af.run(wf)
+    assert isinstance(info.value.__cause__, af.ActionTimeout)
+    assert info.value.__cause__.seconds == 0.05
 
 
 def test_subclass_class_body_timeout_is_checked() -> None:

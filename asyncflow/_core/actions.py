@@ -6,6 +6,7 @@ import functools
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, overload
 
 from .errors import InvalidDefinition
@@ -160,7 +161,7 @@ class FunctionAction(Action):
         name: str | None = None,
         description: str | None = None,
         tags: Iterable[str] | None = None,
-        timeout: float | None = None,
+        timeout: float | timedelta | None = None,
         retry: Retry | None = None,
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
@@ -190,7 +191,7 @@ def action(
     name: str | None = None,
     description: str | None = None,
     tags: Iterable[str] | None = None,
-    timeout: float | None = None,
+    timeout: float | timedelta | None = None,
     retry: Retry | None = None,
 ) -> Callable[[ActionFunc], FunctionAction]: ...
 
@@ -202,14 +203,14 @@ def action(
     name: str | None = None,
     description: str | None = None,
     tags: Iterable[str] | None = None,
-    timeout: float | None = None,
+    timeout: float | timedelta | None = None,
     retry: Retry | None = None,
 ) -> FunctionAction | Callable[[ActionFunc], FunctionAction]:
     """Turn a coroutine function ``async def f(ctx)`` into an :class:`Action`.
 
     Use it bare (``@af.action``: the name is the function name with dashes for
     underscores) or with options (``@af.action(name="load", tags={"io"})``);
-    ``timeout`` (seconds per attempt) and ``retry`` (an :class:`~asyncflow.Retry`)
+    ``timeout`` (per attempt: seconds, or a ``timedelta``) and ``retry`` (an :class:`~asyncflow.Retry`)
     take precedence over the stage's and the runner's defaults.
 
     Raises:

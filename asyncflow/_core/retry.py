@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -66,11 +67,20 @@ class Retry:
 
 
 def check_timeout(value: object, where: str) -> float | None:
-    """Return ``value`` as seconds if it is a valid timeout (or None), else raise naming ``where``."""
+    """Return ``value`` (seconds or a ``timedelta``) as seconds if it is a valid timeout (or None).
+
+    Raises (naming ``where``):
+        TypeError: not a number of seconds or a timedelta.
+        ValueError: not positive, or NaN.
+    """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"timeout of {where} must be seconds (a positive number), got {value!r}")
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"timeout of {where} must be seconds (a positive number) or a timedelta, got {value!r}"
+        )
     if not value > 0:
         raise ValueError(f"timeout of {where} must be positive, got {value!r}")
     return float(value)

@@ -18,6 +18,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
 from functools import partial
 from time import perf_counter, time, time_ns
 from typing import Any
@@ -197,7 +198,8 @@ class Runner:
             nest inside these.
         action_middleware: action-level middleware, wrapping every action;
             ``Workflow.use_action`` and ``Stage.use_action`` nest inside these.
-        timeout: default seconds per action attempt (a stage's or action's own wins).
+        timeout: default limit per action attempt, in seconds or a ``timedelta``
+            (a stage's or action's own wins).
         retry: default :class:`~asyncflow.Retry` for actions (likewise).
         max_insertions: the bound on dynamic insertions per run (default
             10,000); passing it fails the run with
@@ -215,7 +217,7 @@ class Runner:
         middleware: Sequence[Middleware] = (),
         stage_middleware: Sequence[Middleware] = (),
         action_middleware: Sequence[Middleware] = (),
-        timeout: float | None = None,
+        timeout: float | timedelta | None = None,
         retry: Retry | None = None,
         max_insertions: int = DEFAULT_MAX_INSERTIONS,
         require_json: bool = False,

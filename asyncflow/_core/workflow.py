@@ -7,6 +7,7 @@ into its own :class:`~asyncflow.Plan`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .actions import Action, check_id, freeze_tags
@@ -47,7 +48,8 @@ class Stage:
         initial: merged into the run's store (overwriting) when the stage starts.
         concurrency: how many actions of this stage may run at once (default 1).
         retry: default :class:`~asyncflow.Retry` for its actions (an action's own wins).
-        timeout: default seconds per attempt for its actions (an action's own wins).
+        timeout: default limit per attempt for its actions, in seconds or a
+            ``timedelta`` (an action's own wins).
 
     Raises:
         TypeError: an argument has the wrong type (a non-Action in ``actions``...).
@@ -79,7 +81,7 @@ class Stage:
         initial: Mapping[str, Any] | None = None,
         concurrency: int = 1,
         retry: Retry | None = None,
-        timeout: float | None = None,
+        timeout: float | timedelta | None = None,
     ) -> None:
         self.id = check_id(id, "stage id")
         self.name = check_id(name, f"name of stage {id!r}") if name is not None else id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import anyio
 
 from .._core.errors import ActionTimeout, StepTimeout
@@ -9,8 +11,8 @@ from .._core.middleware import CallNext, Middleware, MiddlewareContext
 from .._core.retry import check_timeout
 
 
-def timeout(seconds: float) -> Middleware:
-    """Fail a step that runs longer than ``seconds``.
+def timeout(seconds: float | timedelta) -> Middleware:
+    """Fail a step that runs longer than ``seconds`` (a number, or a ``timedelta``).
 
     At action level the step fails with :class:`~asyncflow.ActionTimeout`;
     at the other levels with :class:`~asyncflow.StepTimeout`. Both are
