@@ -22,14 +22,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import anyio
 
 from ._core.actions import Action
 from ._core.records import RunResult
 from ._core.runner import Runner
+from ._core.store import StoreData
 from ._core.workflow import Stage, Workflow
 
 __all__ = ["FakeClock", "run_action", "run_stage"]
@@ -96,7 +95,7 @@ class FakeClock:
 async def run_stage(
     stage: Stage,
     *,
-    store: Mapping[str, Any] | None = None,
+    store: StoreData | None = None,
     runner: Runner | None = None,
 ) -> RunResult:
     """Run ``stage`` alone (with whatever it inserts) and return the result.
@@ -117,7 +116,7 @@ async def run_stage(
 async def run_action(
     action: Action,
     *,
-    store: Mapping[str, Any] | None = None,
+    store: StoreData | None = None,
     runner: Runner | None = None,
     stage_id: str = "test",
 ) -> RunResult:

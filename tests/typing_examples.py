@@ -123,3 +123,29 @@ async def engine_types(wf: af.Workflow) -> af.RunStatus:
         removed: int = await engine.purge(older_than=timedelta(days=30))
         print(page.next_cursor, removed)
         return result.status
+
+
+async def typed_initial_stores(engine: af.Engine, wf: af.Workflow) -> None:
+    """Initial stores keyed by af.Key objects (or by both kinds) type-check without a cast."""
+    from typing import Any
+
+    from asyncflow.testing import run_action
+
+    await af.run(wf, store={USER_ID: 3})
+    await engine.start(wf, store={USER_ID: 3})
+    await engine.start(wf, store={"user.name": "Alice"})
+    both: dict[str | af.Key[Any], Any] = {USER_ID: 3, "user.name": "Alice"}
+    await engine.start(wf, store=both)
+    await run_action(bare, store={USER_ID: 3})
+    af.Store({USER_NAME: "Alice"}).merge({USER_ID: 4})
+
+
+def timeouts_as_timedeltas() -> af.Stage:
+    """Timeouts take a timedelta where they take seconds."""
+    from asyncflow import middleware as mw
+
+    @af.action(timeout=timedelta(seconds=30))
+    async def slow(ctx: af.ActionContext) -> None: ...
+
+    af.Runner(timeout=timedelta(minutes=1), action_middleware=[mw.timeout(timedelta(seconds=5))])
+    return af.Stage("s", actions=[slow], timeout=timedelta(seconds=10))

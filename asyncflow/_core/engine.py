@@ -70,7 +70,7 @@ from .errors import (
 )
 from .records import STEP_COLUMNS, RunResult, RunStatus, StepRecord, StepRows, StepStatus, step_rows
 from .runner import REPLAYED, Runner, RunState, new_run_id
-from .store import Store, _Meta, typed_name
+from .store import Store, StoreData, _Meta, typed_name
 from .workflow import Stage, Workflow
 
 if TYPE_CHECKING:
@@ -297,7 +297,7 @@ class Engine:
         self,
         workflow: Workflow,
         *,
-        store: Mapping[str, Any] | None = None,
+        store: StoreData | None = None,
         idempotency_key: str | None = None,
         run_id: str | None = None,
     ) -> RunHandle:

@@ -64,7 +64,7 @@ from .records import (
     Timing,
 )
 from .retry import Retry, check_retry, check_timeout
-from .store import Store
+from .store import Store, StoreData
 from .workflow import Workflow
 
 DEFAULT_MAX_INSERTIONS = 10_000
@@ -299,7 +299,7 @@ class Runner:
         self,
         workflow: Workflow,
         *,
-        store: Mapping[str, Any] | Store | None = None,
+        store: StoreData | Store | None = None,
         run_id: str | None = None,
         max_insertions: int | None = None,
     ) -> RunResult:
@@ -988,7 +988,7 @@ def _attempt_failed(ctx: ActionContext, node: ActionNode, exc: BaseException) ->
 async def run(
     workflow: Workflow,
     *,
-    store: Mapping[str, Any] | Store | None = None,
+    store: StoreData | Store | None = None,
     run_id: str | None = None,
     max_insertions: int | None = None,
     on_message: MessageHandler | Mapping[str, MessageHandler] | None = None,

@@ -64,6 +64,11 @@ class Key(Generic[T]):
         return hash((self.name, self.type))
 
 
+#: What a store can be filled from: a mapping keyed by strings, by :class:`Key` objects,
+#: or by both (a literal that mixes them needs ``dict[str | af.Key[Any], Any]``).
+StoreData = Mapping[str, Any] | Mapping["Key[Any]", Any] | Mapping["str | Key[Any]", Any]
+
+
 class _Meta:
     """TTL and metadata of one entry; only entries that have some carry one."""
 
@@ -123,7 +128,7 @@ class Store:
 
     def __init__(
         self,
-        data: Mapping[str, Any] | None = None,
+        data: StoreData | None = None,
         *,
         clock: Clock = time.time,
     ) -> None:
@@ -385,7 +390,7 @@ class Store:
 
     def merge(
         self,
-        other: Store | Mapping[str, Any],
+        other: Store | StoreData,
         *,
         on_conflict: Literal["overwrite", "keep", "error"] = "overwrite",
     ) -> None:
