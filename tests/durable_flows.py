@@ -443,8 +443,25 @@ def deploy(*actions: af.Action, workflow_id: str = "deploy") -> af.Workflow:
 DEPLOY_V1 = deploy(Record("first"), HangOnce("hang"), Record("last"))
 #: version 1 with a step added in front
 DEPLOY_V2 = deploy(Record("new"), Record("first"), HangOnce("hang"), Record("last"))
-#: version 1 with its first and last steps swapped: the same action names, in the same places
-DEPLOY_SWAPPED = deploy(Record("last"), HangOnce("hang"), Record("first"))
+#: version 1 with other constructor arguments (configuration, say): the same actions in the same places
+DEPLOY_NEW_ARGUMENTS = deploy(Record("first", value="new"), HangOnce("hang"), Record("last", value="new"))
+
+
+@af.action
+async def alpha(ctx: af.ActionContext) -> None:
+    """Record "alpha"."""
+    record("alpha", ctx.idempotency_key)
+
+
+@af.action
+async def beta(ctx: af.ActionContext) -> None:
+    """Record "beta"."""
+    record("beta", ctx.idempotency_key)
+
+
+DEPLOY_FUNCTIONS_V1 = deploy(alpha, HangOnce("hang"), beta, workflow_id="deploy-functions")
+#: version 1 with its first and last actions swapped: as many actions, other names in those places
+DEPLOY_FUNCTIONS_SWAPPED = deploy(beta, HangOnce("hang"), alpha, workflow_id="deploy-functions")
 
 DEPLOY_APPROVAL_V1 = deploy(step_one, approve, Record("after"), workflow_id="deploy-approval")
 DEPLOY_APPROVAL_V2 = deploy(Record("new"), step_one, approve, Record("after"), workflow_id="deploy-approval")
@@ -460,12 +477,20 @@ FIRST_ENGINES_STEP = af.action(name="first-engines-step")(_first_engines_step)
 DEPLOY_REGISTERED_V1 = deploy(
     FIRST_ENGINES_STEP, HangOnce("hang"), Record("last"), workflow_id="deploy-registered"
 )
+#: another plan: two actions in place of the first
 DEPLOY_REGISTERED_V2 = deploy(
+    Record("new"), Record("extra"), HangOnce("hang"), Record("last"), workflow_id="deploy-registered"
+)
+#: the same plan, its first action replaced by another
+DEPLOY_REGISTERED_REPLACED = deploy(
     Record("new"), HangOnce("hang"), Record("last"), workflow_id="deploy-registered"
 )
 
 #: Unchanged between engines, but referenced by another name in each engine's registry.
 RENAMED_REFERENCE = deploy(GLOBAL_ONLY, HangOnce("hang"), Record("last"), workflow_id="renamed-reference")
+RENAMED_REFERENCE_V2 = deploy(
+    Record("new"), GLOBAL_ONLY, HangOnce("hang"), Record("last"), workflow_id="renamed-reference"
+)
 
 DEPLOY_SLEEPY_V1 = deploy(Record("before"), af.sleep(100), Record("woke"), workflow_id="deploy-sleepy")
 DEPLOY_SLEEPY_V2 = deploy(

@@ -2,14 +2,17 @@
 
 A deploy that adds, removes or moves steps must not make a recovered,
 resumed or woken run re-run a step that completed or skip one that never
-ran. The engine records the version (the shape of the plan: stage ids and
-action names, with constructor arguments) each run started on, keeps each
-version's definition, and re-creates it for a run whose workflow changed; a
-version it cannot re-create, it leaves to an engine that can.
+ran. The engine records the version each run started on (hashes of its
+stage ids with their action counts, of the action names in each place, and
+of its definition), keeps each version's definition, and re-creates it for
+a run whose workflow has other actions in some places; a version it cannot
+re-create, it leaves to an engine that can, unless the registered one has
+as many actions in the same places (actions renamed or replaced in place).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -108,14 +111,33 @@ async def test_run_recovered_after_a_step_was_added_goes_on_on_its_version(url: 
     assert executions() == {"first": 1, "hang": 2, "last": 1}
 
 
-async def test_run_recovered_after_steps_were_swapped_goes_on_on_its_version(url: str) -> None:
-    """Two steps of one class swapped (the same names, other arguments) count as a change of version."""
+async def test_run_recovered_after_actions_were_swapped_goes_on_on_its_version(url: str) -> None:
+    """Two actions swapped (as many actions, other names in their places): the run keeps its order."""
+    run_id = await interrupt(url, flows.DEPLOY_FUNCTIONS_V1)
+    result = await finish(url, run_id, flows.DEPLOY_FUNCTIONS_SWAPPED)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"alpha": 1, "hang": 2, "beta": 1}
+
+
+async def test_new_constructor_arguments_alone_take_effect_in_recovered_runs(url: str) -> None:
+    """Actions made with other arguments (new configuration) in the same places: the run uses the new ones."""
     run_id = await interrupt(url, flows.DEPLOY_V1)
-    result = await finish(url, run_id, flows.DEPLOY_SWAPPED)
+    result = await finish(url, run_id, flows.DEPLOY_NEW_ARGUMENTS)
     assert result.status is af.RunStatus.COMPLETED
     assert executions() == {"first": 1, "hang": 2, "last": 1}
-    assert result.store["first"] is True
-    assert result.store["last"] is True
+    assert result.store["first"] is True  # committed before the deploy
+    assert result.store["last"] == "new"
+
+
+async def test_version_saved_by_an_engine_with_other_names_is_recreated_from_another(url: str) -> None:
+    """A run started by an engine whose registry names an action otherwise is re-created from another save."""
+    alias = registry_with(flows.GLOBAL_ONLY, "an-alias")
+    run_id = await interrupt(url, flows.RENAMED_REFERENCE, registry=alias)
+    async with make_engine(url, flows.RENAMED_REFERENCE, recover=False):
+        pass  # an engine naming it by the global registry saves its own definition when it opens
+    result = await finish(url, run_id, flows.RENAMED_REFERENCE_V2)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"global-only": 1, "hang": 2, "last": 1}
 
 
 async def test_new_runs_of_the_changed_workflow_run_the_new_version(url: str) -> None:
@@ -192,6 +214,18 @@ async def interrupt_registered_v1(url: str) -> str:
     return await interrupt(url, flows.DEPLOY_REGISTERED_V1, registry=registry_with(flows.FIRST_ENGINES_STEP))
 
 
+async def test_actions_replaced_in_place_go_on_with_the_registered_version_when_the_old_is_gone(
+    url: str, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """An old version that cannot be re-created, as many actions in the same places: the registered one."""
+    run_id = await interrupt_registered_v1(url)
+    result = await finish(url, run_id, flows.DEPLOY_REGISTERED_REPLACED)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"first-engines-step": 1, "hang": 2, "last": 1}
+    [warning] = warnings_about(run_id, asyncflow_log)
+    assert "renamed or replaced" in warning
+
+
 async def test_version_that_cannot_be_recreated_is_left_as_it_is(url: str) -> None:
     """An engine that cannot re-create a run's version runs nothing of it and leaves it RUNNING."""
     run_id = await interrupt_registered_v1(url)
@@ -210,10 +244,21 @@ async def test_leaving_a_run_logs_a_warning_naming_the_run_and_why(
     run_id = await interrupt_registered_v1(url)
     async with make_engine(url, flows.DEPLOY_REGISTERED_V2, lease=0.2, poll_interval=0.05):
         await anyio.sleep(0.6)  # its lease runs out, and the engine takes it and leaves it again
-    warnings = warnings_about(run_id, asyncflow_log)
-    assert len(warnings) == 1
-    assert "another version" in warnings[0]
-    assert "first-engines-step" in warnings[0]
+    [warning] = warnings_about(run_id, asyncflow_log)
+    assert "another version" in warning
+    assert "first-engines-step" in warning
+
+
+async def test_a_run_left_once_is_not_loaded_again_by_the_same_engine(
+    url: str, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """Claimed again after its lease ran out, a run the engine left is left at once: one take-over logged."""
+    run_id = await interrupt_registered_v1(url)
+    async with make_engine(url, flows.DEPLOY_REGISTERED_V2, lease=0.2, poll_interval=0.05) as engine:
+        await anyio.sleep(0.6)
+        assert (await engine.get_run(run_id)).owner == engine.owner
+    taking_over = [r for r in asyncflow_log if r["message"].startswith(f"taking over run {run_id}")]
+    assert len(taking_over) == 1
 
 
 async def test_run_left_by_one_engine_is_finished_by_one_that_can_recreate_its_version(url: str) -> None:
@@ -276,6 +321,38 @@ async def test_runs_in_memory_record_no_version() -> None:
     assert info.workflow_version is None
 
 
+class CountingBackend(SQLiteBackend):
+    """The SQLite backend, counting the versions it is asked to save."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.saves = 0
+
+    async def save_version(self, version: WorkflowVersion) -> None:
+        self.saves += 1
+        await super().save_version(version)
+
+
+async def test_concurrent_first_starts_save_the_version_once(db_path: Path) -> None:
+    """Fifty first runs of a workflow registered after the engine opened, started at once: one save."""
+    backend = CountingBackend(db_path)
+    async with af.Engine(backend) as engine:
+        handles = await asyncio.gather(*(engine.start(flows.QUICK) for _ in range(50)))
+        for handle in handles:
+            await handle.result()
+    assert backend.saves == 1
+
+
+async def test_opening_an_engine_saves_the_versions_registered_before(db_path: Path) -> None:
+    """An engine keeps the versions of the workflows registered before it opened, runs or no runs."""
+    async with make_engine(f"sqlite:///{db_path}", flows.QUICK, flows.BASIC, recover=False):
+        pass
+    assert sorted(query(db_path, "SELECT workflow_id FROM workflow_versions")) == [
+        ("quick",),
+        ("recover-basic",),
+    ]
+
+
 async def test_a_version_is_kept_once_however_many_runs_name_it(db_path: Path, url: str) -> None:
     """Many runs of a workflow, across two engine sessions, keep one row of its version."""
     for _ in range(2):
@@ -294,17 +371,35 @@ async def test_same_stages_under_another_workflow_id_is_another_version(url: str
     assert one.workflow_version != two.workflow_version
 
 
+def kept(version: str, shape: list[Any], definition_id: str = "wf") -> WorkflowVersion:
+    return WorkflowVersion(version, "wf", shape, {"id": definition_id, "stages": []})
+
+
+@pytest.mark.parametrize("backend", [MemoryBackend, SQLiteBackend], ids=["memory", "sqlite"])
+async def test_backend_gives_the_versions_of_a_shape_its_own_first(backend: Any, db_path: Path) -> None:
+    """load_versions gives every version kept with the same shape key, the one asked for first."""
+    made = backend() if backend is MemoryBackend else backend(db_path)
+    shape = [["s", ["a"]]]
+    first, second = kept("p.n.d1", shape), kept("p.n.d2", shape)
+    other_shape = kept("p.m.d1", [["s", ["b"]]])
+    async with made:
+        for version in (first, second, other_shape):
+            await made.save_version(version)
+        assert await made.load_versions("p.n.d2") == [second, first]
+        assert await made.load_versions("p.n.d1") == [first, second]
+        assert await made.load_versions("p.n.d3") == [first, second]
+        assert await made.load_versions("q.n.d1") == []
+
+
 @pytest.mark.parametrize("backend", [MemoryBackend, SQLiteBackend], ids=["memory", "sqlite"])
 async def test_backend_keeps_the_first_version_saved_under_a_key(backend: Any, db_path: Path) -> None:
-    """save_version keeps the first definition under a key; load_version gives it back, or None."""
+    """A second save_version under the same key changes nothing."""
     made = backend() if backend is MemoryBackend else backend(db_path)
-    first = WorkflowVersion("v1", "wf", [["s", ["a", ["b", [1], {"k": "v"}]]]], {"id": "wf", "stages": []})
-    again = WorkflowVersion("v1", "wf", [["s", []]], {"id": "other"})
+    first = kept("p.n.d", [["s", ["a", "b"]]])
     async with made:
         await made.save_version(first)
-        await made.save_version(again)
-        assert await made.load_version("v1") == first
-        assert await made.load_version("v2") is None
+        await made.save_version(kept("p.n.d", [["s", []]], definition_id="other"))
+        assert await made.load_versions("p.n.d") == [first]
 
 
 # ---- runs from before versions were recorded ------------------------------------------------

@@ -294,38 +294,29 @@ registry = Registry()
 
 
 def workflow_shape(workflow: Workflow) -> list[Any]:
-    """What a run's checkpoints refer to, the same whatever the registry: ``[[stage_id, actions], ...]``.
+    """Each stage's id with the names of its actions, in order: ``[[stage_id, [name, ...]], ...]``.
 
-    A checkpoint names a step by its place (``stage/2``). Each action is given
-    by its name, with the constructor arguments it was made with (``[name,
-    args, kwargs]``), so that two actions of one class are told apart.
+    A checkpoint names a step by its place (``stage/2``); the shape says
+    which action is in each place, the same whatever registry names it.
     """
-    shape = [[stage.id, [_action_shape(action) for action in stage._actions]] for stage in workflow._stages]
-    loaded: list[Any] = json.loads(json.dumps(shape))  # as JSON gives it back (tuples as lists)
-    return loaded
+    return [[stage.id, [action.name for action in stage._actions]] for stage in workflow._stages]
 
 
-def shape_version(workflow_id: str, shape: list[Any]) -> str:
-    """A short hash of a workflow's id and :func:`workflow_shape`: the version a run records."""
-    text = json.dumps([workflow_id, shape], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def workflow_version(workflow_id: str, shape: list[Any], definition: Mapping[str, Any]) -> str:
+    """The version of a workflow a run records: ``<plan>.<names>.<definition>``, three short hashes.
+
+    ``plan``: the stage ids and how many actions each holds (what step keys
+    refer to); ``names``: the :func:`workflow_shape`; ``definition``: the
+    whole definition (as this registry writes it). Versions that share the
+    first two have the same shape.
+    """
+    plan = [[stage_id, len(names)] for stage_id, names in shape]
+    return ".".join(_digest([workflow_id, part]) for part in (plan, shape, definition))
 
 
-def _action_shape(action: Action) -> Any:
-    # A function action is its function (its arguments tell nothing more). Arguments that
-    # are not JSON (a registered instance's) cannot be compared across processes: such an
-    # action is given by its name alone.
-    if isinstance(action, FunctionAction):
-        return action.name
-    captured = getattr(action, "__dict__", {}).get("_af_params")
-    if captured is None:
-        return action.name
-    args, kwargs = captured
-    try:
-        exact_json([args, kwargs])
-    except (TypeError, ValueError):
-        return action.name
-    return [action.name, list(args), dict(kwargs)]
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _stage_name(defn: Any, index: int) -> str:

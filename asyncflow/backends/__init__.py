@@ -22,6 +22,7 @@ from .base import SavedRun as SavedRun
 from .base import StoreEntry as StoreEntry
 from .base import WorkflowVersion as WorkflowVersion
 from .base import run_id_taken as run_id_taken
+from .base import shape_key as shape_key
 from .memory import MemoryBackend as MemoryBackend
 from .sqlite import SQLiteBackend as SQLiteBackend
 
@@ -38,6 +39,7 @@ __all__ = [
     "WorkflowVersion",
     "open_backend",
     "run_id_taken",
+    "shape_key",
 ]
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")

@@ -167,20 +167,27 @@ class WorkflowVersion:
     """A workflow as runs started on it, kept so that they can go on on it after it changes.
 
     Attributes:
-        version: a hash of ``workflow_id`` and ``shape``; the version a run records
-            (:attr:`RunInfo.workflow_version`).
+        version: ``"<plan>.<names>.<definition>"``, three hashes: of the stage
+            ids with how many actions each holds, of :attr:`shape`, and of
+            :attr:`definition`; the version a run records
+            (:attr:`RunInfo.workflow_version`). Versions whose first two
+            hashes agree have the same shape (:func:`shape_key`).
         workflow_id: the workflow.
-        shape: what the run's checkpoints refer to: ``[[stage_id, [action,
-            ...]], ...]``, each action by its name, or ``[name, args, kwargs]``
-            when it was made with constructor arguments.
-        definition: :meth:`Workflow.to_definition` of the first workflow saved
-            with this shape (JSON).
+        shape: which action is in each place a checkpoint can name:
+            ``[[stage_id, [action_name, ...]], ...]``.
+        definition: :meth:`Workflow.to_definition` of it (JSON), as the
+            engine that saved it wrote it (its registry's names).
     """
 
     version: str
     workflow_id: str
     shape: list[Any]
     definition: dict[str, Any]
+
+
+def shape_key(version: str) -> str:
+    """The part of a :attr:`WorkflowVersion.version` that its shape decides (the first two hashes)."""
+    return version.rpartition(".")[0]
 
 
 @attrs.frozen
@@ -358,13 +365,18 @@ class Backend(ABC):
     async def save_version(self, version: WorkflowVersion) -> None:
         """Keep ``version`` (nothing changes if one with its ``version`` is kept already).
 
-        The engine saves a workflow's version before the first run of it
-        starts. By default a backend keeps none, and a run whose workflow
-        changed while it was unfinished then waits for an engine that has its
-        version registered, instead of going on on the version it started on.
+        An engine saves the version of each workflow registered with it when
+        it opens, or before the first run of one registered later. By default
+        a backend keeps none: a run whose workflow then changes shape while it
+        is unfinished waits for an engine with its version registered,
+        instead of going on on the version it started on.
         """
         return None
 
-    async def load_version(self, version: str) -> WorkflowVersion | None:
-        """The version kept under ``version``, or ``None`` (by default, always ``None``)."""
-        return None
+    async def load_versions(self, version: str) -> list[WorkflowVersion]:
+        """The versions kept with the :func:`shape_key` of ``version``, ``version`` itself first.
+
+        (The same shape, saved by engines whose registries name its actions
+        otherwise.) By default, none.
+        """
+        return []

@@ -21,6 +21,7 @@ from .base import (
     decode_cursor,
     encode_cursor,
     run_id_taken,
+    shape_key,
 )
 
 _CLAIMABLE = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SLEEPING})
@@ -193,6 +194,8 @@ class MemoryBackend(Backend):
         """Keep ``version`` unless one with its key is kept."""
         self._versions.setdefault(version.version, version)
 
-    async def load_version(self, version: str) -> WorkflowVersion | None:
-        """The version kept under ``version``, or ``None``."""
-        return self._versions.get(version)
+    async def load_versions(self, version: str) -> list[WorkflowVersion]:
+        """The versions kept with the shape key of ``version``, ``version`` itself first."""
+        key = shape_key(version)
+        same = [v for v in self._versions.values() if shape_key(v.version) == key]
+        return sorted(same, key=lambda v: v.version != version)

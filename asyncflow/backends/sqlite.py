@@ -56,6 +56,7 @@ from .base import (
     encode_changes,
     encode_cursor,
     run_id_taken,
+    shape_key,
 )
 
 
@@ -108,18 +109,22 @@ _INDEXES = [
     "CREATE UNIQUE INDEX checkpoints_by_run ON checkpoints (run_no, seq)",
 ]
 # The versions of workflows that runs started on (see WorkflowVersion): one row per
-# version, however many runs name it.
-_VERSIONS_TABLE = """CREATE TABLE workflow_versions (
-    version TEXT PRIMARY KEY,
-    workflow_id TEXT NOT NULL,
-    shape TEXT NOT NULL,
-    definition TEXT NOT NULL
-)"""
+# version, however many runs name it, found by the key of its shape.
+_VERSIONS_TABLES = [
+    """CREATE TABLE workflow_versions (
+        version TEXT PRIMARY KEY,
+        shape_key TEXT NOT NULL,
+        workflow_id TEXT NOT NULL,
+        shape TEXT NOT NULL,
+        definition TEXT NOT NULL
+    )""",
+    "CREATE INDEX workflow_versions_by_shape ON workflow_versions (shape_key)",
+]
 _SCHEMA = [
     "CREATE TABLE asyncflow_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     *_tables("runs", "checkpoints"),
     *_INDEXES,
-    _VERSIONS_TABLE,
+    *_VERSIONS_TABLES,
 ]
 
 _RUN_COLUMNS = tuple(field.name for field in attrs.fields(RunInfo))
@@ -255,7 +260,8 @@ def _rebuild(conn: sqlite3.Connection, version: int, where: str) -> None:
         elif found == version and version < 4:
             conn.execute("ALTER TABLE runs ADD COLUMN workflow_version TEXT")
         if found == version:
-            conn.execute(_VERSIONS_TABLE)
+            for statement in _VERSIONS_TABLES:
+                conn.execute(statement)
             conn.execute(
                 "UPDATE asyncflow_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
@@ -837,28 +843,29 @@ class SQLiteBackend(Backend):
         """Keep ``version`` unless one with its key is kept."""
         params = (
             version.version,
+            shape_key(version.version),
             version.workflow_id,
             json.dumps(version.shape),
             json.dumps(version.definition),
         )
 
         def save(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR IGNORE INTO workflow_versions VALUES (?, ?, ?, ?)", params)
+            conn.execute("INSERT OR IGNORE INTO workflow_versions VALUES (?, ?, ?, ?, ?)", params)
 
         await self._call(save, writes=True)
 
-    async def load_version(self, version: str) -> WorkflowVersion | None:
-        """The version kept under ``version``, or ``None``."""
+    async def load_versions(self, version: str) -> list[WorkflowVersion]:
+        """The versions kept with the shape key of ``version``, ``version`` itself first."""
 
-        def load(conn: sqlite3.Connection) -> WorkflowVersion | None:
-            row = conn.execute(
-                "SELECT workflow_id, shape, definition FROM workflow_versions WHERE version = ?", (version,)
-            ).fetchone()
-            if row is None:
-                return None
-            return WorkflowVersion(version, row[0], json.loads(row[1]), json.loads(row[2]))
+        def load(conn: sqlite3.Connection) -> list[WorkflowVersion]:
+            rows = conn.execute(
+                "SELECT version, workflow_id, shape, definition FROM workflow_versions "
+                "WHERE shape_key = ? ORDER BY version != ?, version",
+                (shape_key(version), version),
+            ).fetchall()
+            return [WorkflowVersion(row[0], row[1], json.loads(row[2]), json.loads(row[3])) for row in rows]
 
-        result: WorkflowVersion | None = await self._call(load, writes=False)
+        result: list[WorkflowVersion] = await self._call(load, writes=False)
         return result
 
     async def integrity_check(self) -> str:
