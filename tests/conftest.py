@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,18 @@ if TEST_LOOP == "uvloop":
     ) -> dict[str, Callable[[], Any]]:
         """Every async test on uvloop's loop."""
         return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """An SQLite file for an engine (not created yet)."""
+    return tmp_path / "runs.db"
+
+
+@pytest.fixture
+def url(db_path: Path) -> str:
+    """The engine URL of :func:`db_path`."""
+    return f"sqlite:///{db_path}"
 
 
 @pytest.fixture

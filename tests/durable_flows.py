@@ -9,7 +9,9 @@ and another being opened in the same process; tests call :func:`reset` first.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -45,6 +47,44 @@ def gate(label: str) -> anyio.Event:
     if event is None:
         event = GATES[label] = anyio.Event()
     return event
+
+
+# ---- engines on a file, for the tests ---------------------------------------------
+
+
+def make_engine(url: str, *workflows: af.Workflow, **options: Any) -> af.Engine:
+    """An engine on ``url`` with a short lease and poll interval, ``workflows`` registered."""
+    options.setdefault("lease", 1.0)
+    options.setdefault("poll_interval", 0.05)
+    engine = af.Engine(url, **options)
+    for workflow in workflows:
+        engine.register(workflow)
+    return engine
+
+
+async def interrupt(url: str, workflow: af.Workflow, label: str = "hang", **options: Any) -> str:
+    """Start ``workflow``, wait until its action ``label`` hangs, close the engine; the run id."""
+    async with make_engine(url, workflow, **options) as engine:
+        handle = await engine.start(workflow)
+        with anyio.fail_after(5):
+            await gate(label).wait()
+    return handle.run_id
+
+
+async def finish(url: str, run_id: str, *workflows: af.Workflow, **options: Any) -> af.RunResult:
+    """Open a new engine with ``workflows`` registered and wait for ``run_id`` to end."""
+    async with make_engine(url, *workflows, **options) as engine:
+        with anyio.fail_after(5):
+            return await engine.wait(run_id)
+
+
+def query(db_path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows of ``statement`` read from the database file with a plain sqlite3 connection."""
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(statement, params).fetchall()
+    finally:
+        conn.close()
 
 
 # ---- actions -----------------------------------------------------------------------

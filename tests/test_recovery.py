@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import durable_flows as flows
 import pytest
+from durable_flows import finish, interrupt, make_engine, query
 
 import asyncflow as af
 from asyncflow.backends import SQLiteBackend
@@ -31,48 +32,12 @@ def _fresh_ledger() -> None:
     flows.reset()
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "runs.db"
-
-
-@pytest.fixture
-def url(db_path: Path) -> str:
-    return f"sqlite:///{db_path}"
-
-
-def make_engine(url: str, *workflows: af.Workflow, **options: Any) -> af.Engine:
-    """An engine on ``url`` with a short lease and poll interval, ``workflows`` registered."""
-    options.setdefault("lease", 1.0)
-    options.setdefault("poll_interval", 0.05)
-    engine = af.Engine(url, **options)
-    for workflow in workflows:
-        engine.register(workflow)
-    return engine
-
-
-async def interrupt(url: str, workflow: af.Workflow, label: str = "hang", **options: Any) -> str:
-    """Start ``workflow``, wait until its action ``label`` hangs, close the engine; the run id."""
-    async with make_engine(url, workflow, **options) as engine:
-        handle = await engine.start(workflow)
-        with anyio.fail_after(5):
-            await flows.gate(label).wait()
-    return handle.run_id
-
-
 async def run_here(url: str, workflow: af.Workflow, *, within: float = 5) -> tuple[str, af.RunResult]:
     """Start ``workflow`` on a new engine, wait (at most ``within`` s) for it to end; its id and result."""
     async with make_engine(url, workflow) as engine:
         handle = await engine.start(workflow)
         with anyio.fail_after(within):
             return handle.run_id, await handle.result()
-
-
-async def finish(url: str, run_id: str, *workflows: af.Workflow, **options: Any) -> af.RunResult:
-    """Open a new engine with ``workflows`` registered and wait for ``run_id`` to end."""
-    async with make_engine(url, *workflows, **options) as engine:
-        with anyio.fail_after(5):
-            return await engine.wait(run_id)
 
 
 async def info_of(url: str, run_id: str) -> af.RunInfo:
@@ -140,15 +105,6 @@ def as_schema_2(db_path: Path, *, version: int = 2) -> None:
             COMMIT;
             """
         )
-    finally:
-        conn.close()
-
-
-def query(db_path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Rows of ``statement`` read from the database file with a plain sqlite3 connection."""
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(statement, params).fetchall()
     finally:
         conn.close()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,11 +29,6 @@ START = 1_800_000_000.0
 @pytest.fixture(autouse=True)
 def _fresh_ledger() -> None:
     flows.reset()
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'runs.db'}"
 
 
 # ---- module-level actions and workflows -------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import durable_flows as flows
 import pytest
+from durable_flows import finish, interrupt, make_engine, query
 
 import asyncflow as af
 from asyncflow.backends import MemoryBackend, SQLiteBackend, WorkflowVersion
@@ -33,42 +34,6 @@ def _fresh_ledger() -> None:
     flows.reset()
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "runs.db"
-
-
-@pytest.fixture
-def url(db_path: Path) -> str:
-    return f"sqlite:///{db_path}"
-
-
-def make_engine(url: str, *workflows: af.Workflow, **options: Any) -> af.Engine:
-    """An engine on ``url`` with a short lease and poll interval, ``workflows`` registered."""
-    options.setdefault("lease", 1.0)
-    options.setdefault("poll_interval", 0.05)
-    engine = af.Engine(url, **options)
-    for workflow in workflows:
-        engine.register(workflow)
-    return engine
-
-
-async def interrupt(url: str, workflow: af.Workflow, **options: Any) -> str:
-    """Start ``workflow``, wait until its HangOnce("hang") hangs, close the engine; the run id."""
-    async with make_engine(url, workflow, **options) as engine:
-        handle = await engine.start(workflow)
-        with anyio.fail_after(5):
-            await flows.gate("hang").wait()
-    return handle.run_id
-
-
-async def finish(url: str, run_id: str, workflow: af.Workflow, **options: Any) -> af.RunResult:
-    """Open an engine with ``workflow`` registered and wait (5 s at most) for ``run_id`` to end."""
-    async with make_engine(url, workflow, **options) as engine:
-        with anyio.fail_after(5):
-            return await engine.wait(run_id)
-
-
 async def is_sleeping(engine: af.Engine, run_id: str) -> bool:
     return (await engine.get_run(run_id)).status is af.RunStatus.SLEEPING
 
@@ -76,14 +41,6 @@ async def is_sleeping(engine: af.Engine, run_id: str) -> bool:
 def executions() -> dict[str, int]:
     """How many times each label of the ledger ran."""
     return {label: len(runs) for label, runs in flows.LEDGER.items()}
-
-
-def query(db_path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(statement, params).fetchall()
-    finally:
-        conn.close()
 
 
 def warnings_about(run_id: str, log: list[dict[str, Any]]) -> list[str]:

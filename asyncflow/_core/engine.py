@@ -44,16 +44,8 @@ import attrs
 from anyio.abc import TaskGroup
 from loguru import logger
 
-from ..backends import (
-    Backend,
-    Checkpoint,
-    RunInfo,
-    RunPage,
-    SavedRun,
-    StoreEntry,
-    WorkflowVersion,
-    open_backend,
-)
+from ..backends import Backend, Checkpoint, RunInfo, RunPage, SavedRun, StoreEntry, open_backend
+from ..backends.base import WorkflowVersion
 from . import faults
 from .actions import Action, check_text, text_error_at
 from .clock import SYSTEM_CLOCK, Clock
