@@ -485,6 +485,18 @@ DEPLOY_V1 = deploy(Record("first"), HangOnce("hang"), Record("last"))
 DEPLOY_V2 = deploy(Record("new"), Record("first"), HangOnce("hang"), Record("last"))
 #: version 1 with other constructor arguments (configuration, say): the same actions in the same places
 DEPLOY_NEW_ARGUMENTS = deploy(Record("first", value="new"), HangOnce("hang"), Record("last", value="new"))
+#: version 1 with its first and last steps swapped: the same names in the same places, moved arguments
+DEPLOY_SWAPPED = deploy(Record("last"), HangOnce("hang"), Record("first"))
+
+#: two stages, whose first actions trade places
+DEPLOY_TWO_STAGES_V1 = af.Workflow(
+    "deploy-two-stages",
+    stages=[af.Stage("s1", actions=[Record("a")]), af.Stage("s2", actions=[HangOnce("hang"), Record("b")])],
+)
+DEPLOY_TWO_STAGES_MOVED = af.Workflow(
+    "deploy-two-stages",
+    stages=[af.Stage("s1", actions=[Record("b")]), af.Stage("s2", actions=[HangOnce("hang"), Record("a")])],
+)
 
 
 @af.action
@@ -521,9 +533,29 @@ DEPLOY_REGISTERED_V1 = deploy(
 DEPLOY_REGISTERED_V2 = deploy(
     Record("new"), Record("extra"), HangOnce("hang"), Record("last"), workflow_id="deploy-registered"
 )
-#: the same plan, its first action replaced by another
-DEPLOY_REGISTERED_REPLACED = deploy(
-    Record("new"), HangOnce("hang"), Record("last"), workflow_id="deploy-registered"
+#: the same plan, its first action replaced by one of a name new to the workflow
+DEPLOY_REGISTERED_REPLACED = deploy(alpha, HangOnce("hang"), Record("last"), workflow_id="deploy-registered")
+#: as many actions, but one of them (alpha) moved: not a replacement in place
+DEPLOY_REGISTERED_SHIFTED = af.Workflow(
+    "deploy-registered-shifted", stages=[af.Stage("s", actions=[alpha, HangOnce("hang"), beta])]
+)
+DEPLOY_REGISTERED_SHIFTED_V1 = af.Workflow(
+    "deploy-registered-shifted", stages=[af.Stage("s", actions=[FIRST_ENGINES_STEP, alpha, HangOnce("hang")])]
+)
+
+
+@af.action
+async def disable_first_engines_step(ctx: af.ActionContext) -> None:
+    """Disable the action "first-engines-step" of this stage (a plan change that names it)."""
+    ctx.plan.disable_action("first-engines-step")
+
+
+DEPLOY_DISABLES_V1 = deploy(
+    disable_first_engines_step, FIRST_ENGINES_STEP, HangOnce("hang"), workflow_id="deploy-disables"
+)
+#: the disabled action replaced, in its place, by one of a new name
+DEPLOY_DISABLES_REPLACED = deploy(
+    disable_first_engines_step, beta, HangOnce("hang"), workflow_id="deploy-disables"
 )
 
 #: Unchanged between engines, but referenced by another name in each engine's registry.

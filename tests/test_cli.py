@@ -244,10 +244,10 @@ def test_runs_show_gives_the_suspend_data(suspended: tuple[str, str]) -> None:
 
 
 def test_runs_show_gives_the_workflow_version_the_run_started_on(suspended: tuple[str, str]) -> None:
-    """A run's page names the version of its workflow it started on (three hashes)."""
+    """A run's page names the version of its workflow it started on (two hashes)."""
     db, short = suspended
     done = run_cli("runs", "show", short, "--db", db, "--no-color")
-    assert re.search(r"^version\s+[0-9a-f]{12}\.[0-9a-f]{12}\.[0-9a-f]{12}$", done.stdout, re.MULTILINE)
+    assert re.search(r"^version\s+[0-9a-f]{16}\.[0-9a-f]{16}$", done.stdout, re.MULTILINE)
 
 
 def test_runs_cancel_cancels_a_suspended_run(suspended: tuple[str, str]) -> None:

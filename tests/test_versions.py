@@ -13,7 +13,9 @@ as many actions in the same places (actions renamed or replaced in place).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,17 @@ START = 1_800_000_000.0
 @pytest.fixture(autouse=True)
 def _fresh_ledger() -> None:
     flows.reset()
+
+
+async def after_a_while(url: Any, *workflows: af.Workflow, run_id: str) -> af.RunInfo:
+    """What an engine with ``workflows`` registered has made of ``run_id`` after six looks for runs."""
+    async with make_engine(url, *workflows) as engine:
+        await anyio.sleep(0.3)
+        return await engine.get_run(run_id)
+
+
+async def owner_is_none(engine: af.Engine, run_id: str) -> bool:
+    return (await engine.get_run(run_id)).owner is None
 
 
 async def is_sleeping(engine: af.Engine, run_id: str) -> bool:
@@ -60,20 +73,40 @@ def registry_with(action: af.Action, name: str | None = None) -> af.Registry:
 # ---- a run goes on on its own version ---------------------------------------------------
 
 
-async def test_run_recovered_after_a_step_was_added_goes_on_on_its_version(url: str) -> None:
-    """Recovered by an engine with a step added in front, a run skips no step and re-runs no completed one."""
-    run_id = await interrupt(url, flows.DEPLOY_V1)
-    result = await finish(url, run_id, flows.DEPLOY_V2)
-    assert result.status is af.RunStatus.COMPLETED
-    assert executions() == {"first": 1, "hang": 2, "last": 1}
+CHANGES = [
+    pytest.param(
+        flows.DEPLOY_V1, flows.DEPLOY_V2, {"first": 1, "hang": 2, "last": 1}, id="a-step-added-in-front"
+    ),
+    pytest.param(
+        flows.DEPLOY_FUNCTIONS_V1,
+        flows.DEPLOY_FUNCTIONS_SWAPPED,
+        {"alpha": 1, "hang": 2, "beta": 1},
+        id="two-actions-swapped",
+    ),
+    pytest.param(
+        flows.DEPLOY_V1,
+        flows.DEPLOY_SWAPPED,
+        {"first": 1, "hang": 2, "last": 1},
+        id="two-of-one-class-swapped",
+    ),
+    pytest.param(
+        flows.DEPLOY_TWO_STAGES_V1,
+        flows.DEPLOY_TWO_STAGES_MOVED,
+        {"a": 1, "hang": 2, "b": 1},
+        id="actions-moved-between-stages",
+    ),
+]
 
 
-async def test_run_recovered_after_actions_were_swapped_goes_on_on_its_version(url: str) -> None:
-    """Two actions swapped (as many actions, other names in their places): the run keeps its order."""
-    run_id = await interrupt(url, flows.DEPLOY_FUNCTIONS_V1)
-    result = await finish(url, run_id, flows.DEPLOY_FUNCTIONS_SWAPPED)
+@pytest.mark.parametrize(("started_on", "registered", "ran"), CHANGES)
+async def test_run_whose_actions_were_added_or_moved_since_goes_on_on_its_version(
+    url: str, started_on: af.Workflow, registered: af.Workflow, ran: dict[str, int]
+) -> None:
+    """Recovered by an engine whose workflow changed so, a run skips no step and re-runs no completed one."""
+    run_id = await interrupt(url, started_on)
+    result = await finish(url, run_id, registered)
     assert result.status is af.RunStatus.COMPLETED
-    assert executions() == {"alpha": 1, "hang": 2, "beta": 1}
+    assert executions() == ran
 
 
 async def test_new_constructor_arguments_alone_take_effect_in_recovered_runs(url: str) -> None:
@@ -183,12 +216,46 @@ async def test_actions_replaced_in_place_go_on_with_the_registered_version_when_
     assert "renamed or replaced" in warning
 
 
+async def test_actions_that_moved_are_not_taken_for_renamed_ones(url: str) -> None:
+    """An old version that cannot be re-created, with as many actions but one moved: the run is left."""
+    first = registry_with(flows.FIRST_ENGINES_STEP)
+    run_id = await interrupt(url, flows.DEPLOY_REGISTERED_SHIFTED_V1, registry=first)
+    info = await after_a_while(url, flows.DEPLOY_REGISTERED_SHIFTED, run_id=run_id)
+    assert info.status is af.RunStatus.RUNNING
+    assert executions() == {"first-engines-step": 1, "alpha": 1, "hang": 1}
+
+
+async def test_a_replaced_action_named_by_recorded_plan_changes_leaves_the_run(url: str) -> None:
+    """A replaced action that a recorded plan change names (disable_action): the run is left, not failed."""
+    first = registry_with(flows.FIRST_ENGINES_STEP)
+    run_id = await interrupt(url, flows.DEPLOY_DISABLES_V1, registry=first)
+    info = await after_a_while(url, flows.DEPLOY_DISABLES_REPLACED, run_id=run_id)
+    assert info.status is af.RunStatus.RUNNING
+    assert executions() == {"hang": 1}
+
+
+class KeepsNoVersions(SQLiteBackend):
+    """An SQLite backend that keeps no versions, as a Backend that does not override the methods."""
+
+    async def save_version(self, version: WorkflowVersion) -> None:
+        return None
+
+    async def load_versions(self, version: str) -> list[WorkflowVersion]:
+        return []
+
+
+async def test_backend_that_keeps_no_versions_leaves_a_run_whose_actions_moved(db_path: Path) -> None:
+    """Without kept versions, a run whose actions moved is left, not matched to the new places."""
+    run_id = await interrupt(KeepsNoVersions(db_path), flows.DEPLOY_FUNCTIONS_V1)
+    info = await after_a_while(KeepsNoVersions(db_path), flows.DEPLOY_FUNCTIONS_SWAPPED, run_id=run_id)
+    assert info.status is af.RunStatus.RUNNING
+    assert executions() == {"alpha": 1, "hang": 1}
+
+
 async def test_version_that_cannot_be_recreated_is_left_as_it_is(url: str) -> None:
     """An engine that cannot re-create a run's version runs nothing of it and leaves it RUNNING."""
     run_id = await interrupt_registered_v1(url)
-    async with make_engine(url, flows.DEPLOY_REGISTERED_V2) as engine:
-        await anyio.sleep(0.3)  # six polls
-        info = await engine.get_run(run_id)
+    info = await after_a_while(url, flows.DEPLOY_REGISTERED_V2, run_id=run_id)
     assert info.status is af.RunStatus.RUNNING
     assert info.error is None
     assert executions() == {"first-engines-step": 1, "hang": 1}
@@ -206,16 +273,44 @@ async def test_leaving_a_run_logs_a_warning_naming_the_run_and_why(
     assert "first-engines-step" in warning
 
 
-async def test_a_run_left_once_is_not_loaded_again_by_the_same_engine(
+async def test_a_left_run_is_given_back_and_not_claimed_again_by_the_same_engine(
     url: str, asyncflow_log: list[dict[str, Any]]
 ) -> None:
-    """Claimed again after its lease ran out, a run the engine left is left at once: one take-over logged."""
+    """A run the engine left is free at once, and the engine's later looks for runs pass it by."""
     run_id = await interrupt_registered_v1(url)
     async with make_engine(url, flows.DEPLOY_REGISTERED_V2, lease=0.2, poll_interval=0.05) as engine:
-        await anyio.sleep(0.6)
-        assert (await engine.get_run(run_id)).owner == engine.owner
+        await anyio.sleep(0.6)  # a dozen looks for runs
+        assert (await engine.get_run(run_id)).owner is None
     taking_over = [r for r in asyncflow_log if r["message"].startswith(f"taking over run {run_id}")]
     assert len(taking_over) == 1
+
+
+async def test_an_engine_that_can_recreate_a_left_run_takes_it_at_once(url: str) -> None:
+    """With an engine that left the run still open, one that can re-create it need not wait out a lease."""
+    run_id = await interrupt_registered_v1(url)
+    registry = registry_with(flows.FIRST_ENGINES_STEP)
+    async with make_engine(url, flows.DEPLOY_REGISTERED_V2, lease=10.0):
+        await anyio.sleep(0.2)
+        with anyio.fail_after(5):  # (half the lease: a run held until its lease ran out would not do)
+            result = await finish(url, run_id, flows.DEPLOY_REGISTERED_V2, registry=registry, lease=10.0)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"first-engines-step": 1, "hang": 2, "last": 1}
+
+
+async def test_a_left_version_is_looked_at_again_after_ten_leases(url: str) -> None:
+    """Once another engine has saved a definition that works here, the engine that left a run takes it."""
+    alias = registry_with(flows.GLOBAL_ONLY, "an-alias")
+    run_id = await interrupt(url, flows.RENAMED_REFERENCE, registry=alias)
+    clock = FakeClock(START)
+    async with make_engine(url, flows.RENAMED_REFERENCE_V2, clock=clock) as engine:
+        await flows.eventually(lambda: owner_is_none(engine, run_id))  # left: only "an-alias" is kept
+        async with make_engine(url, flows.RENAMED_REFERENCE, recover=False):
+            pass  # saves a definition that names the action by the global registry
+        await clock.advance(11)  # ten leases of 1 s
+        with anyio.fail_after(5):
+            result = await engine.wait(run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"global-only": 1, "hang": 2, "last": 1}
 
 
 async def test_run_left_by_one_engine_is_finished_by_one_that_can_recreate_its_version(url: str) -> None:
@@ -337,26 +432,26 @@ async def test_backend_gives_the_versions_of_a_shape_its_own_first(backend: Any,
     """load_versions gives every version kept with the same shape key, the one asked for first."""
     made = backend() if backend is MemoryBackend else backend(db_path)
     shape = [["s", ["a"]]]
-    first, second = kept("p.n.d1", shape), kept("p.n.d2", shape)
-    other_shape = kept("p.m.d1", [["s", ["b"]]])
+    first, second = kept("p.d1", shape), kept("p.d2", shape)
+    other_shape = kept("q.d1", [["s", ["b"]]])
     async with made:
         for version in (first, second, other_shape):
             await made.save_version(version)
-        assert await made.load_versions("p.n.d2") == [second, first]
-        assert await made.load_versions("p.n.d1") == [first, second]
-        assert await made.load_versions("p.n.d3") == [first, second]
-        assert await made.load_versions("q.n.d1") == []
+        assert await made.load_versions("p.d2") == [second, first]
+        assert await made.load_versions("p.d1") == [first, second]
+        assert await made.load_versions("p.d3") == [first, second]
+        assert await made.load_versions("r.d1") == []
 
 
 @pytest.mark.parametrize("backend", [MemoryBackend, SQLiteBackend], ids=["memory", "sqlite"])
 async def test_backend_keeps_the_first_version_saved_under_a_key(backend: Any, db_path: Path) -> None:
     """A second save_version under the same key changes nothing."""
     made = backend() if backend is MemoryBackend else backend(db_path)
-    first = kept("p.n.d", [["s", ["a", "b"]]])
+    first = kept("p.d", [["s", ["a", "b"]]])
     async with made:
         await made.save_version(first)
-        await made.save_version(kept("p.n.d", [["s", []]], definition_id="other"))
-        assert await made.load_versions("p.n.d") == [first]
+        await made.save_version(kept("p.d", [["s", []]], definition_id="other"))
+        assert await made.load_versions("p.d") == [first]
 
 
 # ---- runs from before versions were recorded ------------------------------------------------
@@ -401,3 +496,67 @@ async def test_run_without_a_version_goes_on_as_registered_with_a_warning(
     warnings = warnings_about(run_id, asyncflow_log)
     assert len(warnings) == 1
     assert "before asyncflow recorded" in warnings[0]
+
+
+# ---- a workflow defined in a script ---------------------------------------------------------
+
+SCRIPT = '''
+"""A workflow in a script: run as `python deploy_app.py DB LEDGER`, its actions are __main__'s."""
+
+import sys
+
+import anyio
+
+import asyncflow as af
+
+LEDGER = sys.argv[2] if __name__ == "__main__" else ""
+
+
+class Step(af.Action):
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    async def execute(self, ctx: af.ActionContext) -> None:
+        with open(ctx.store.get_or("ledger", LEDGER), "a") as ledger:
+            ledger.write(self.label + "\\n")
+        if self.label == "approve" and not ctx.is_resuming:
+            ctx.suspend("needs approval")
+
+
+def workflow(*labels: str) -> af.Workflow:
+    return af.Workflow("script-flow", stages=[af.Stage("s", actions=[Step(label) for label in labels])])
+
+
+async def main() -> None:
+    engine = af.Engine(f"sqlite:///{sys.argv[1]}")
+    flow = engine.register(workflow("charge", "approve", "ship"))
+    async with engine:
+        result = await (await engine.start(flow, store={"ledger": LEDGER})).result()
+    print(result.run_id, result.status.value)
+
+
+if __name__ == "__main__":
+    anyio.run(main)
+'''
+
+
+async def test_run_of_a_script_is_recreated_by_a_process_that_imports_the_script(
+    tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run started by `python app.py` goes on, after a change, in a process that imports `app`."""
+    (tmp_path / "deploy_app.py").write_text(SCRIPT)
+    ledger = tmp_path / "ledger.txt"
+    started = await anyio.run_process(
+        [sys.executable, str(tmp_path / "deploy_app.py"), str(db_path), str(ledger)], check=True
+    )
+    run_id, status = started.stdout.decode().split()
+    assert status == "suspended"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "deploy_app", raising=False)
+    app = importlib.import_module("deploy_app")
+    changed = app.workflow("validate", "charge", "approve", "ship")
+    async with make_engine(f"sqlite:///{db_path}", changed) as engine:
+        with anyio.fail_after(5):
+            result = await (await engine.resume(run_id)).result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert ledger.read_text().split() == ["charge", "approve", "approve", "ship"]

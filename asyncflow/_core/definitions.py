@@ -16,9 +16,7 @@ it is added to a durable run, with an error that says how to fix it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -291,32 +289,6 @@ class Registry:
 
 #: The global registry: engines fall back on it.
 registry = Registry()
-
-
-def workflow_shape(workflow: Workflow) -> list[Any]:
-    """Each stage's id with the names of its actions, in order: ``[[stage_id, [name, ...]], ...]``.
-
-    A checkpoint names a step by its place (``stage/2``); the shape says
-    which action is in each place, the same whatever registry names it.
-    """
-    return [[stage.id, [action.name for action in stage._actions]] for stage in workflow._stages]
-
-
-def workflow_version(workflow_id: str, shape: list[Any], definition: Mapping[str, Any]) -> str:
-    """The version of a workflow a run records: ``<plan>.<names>.<definition>``, three short hashes.
-
-    ``plan``: the stage ids and how many actions each holds (what step keys
-    refer to); ``names``: the :func:`workflow_shape`; ``definition``: the
-    whole definition (as this registry writes it). Versions that share the
-    first two have the same shape.
-    """
-    plan = [[stage_id, len(names)] for stage_id, names in shape]
-    return ".".join(_digest([workflow_id, part]) for part in (plan, shape, definition))
-
-
-def _digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _stage_name(defn: Any, index: int) -> str:

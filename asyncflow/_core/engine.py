@@ -11,10 +11,8 @@ action deduplicate its side effects).
 
 Each run records the version of its workflow it started on (which action
 is in each place its checkpoints can name), and the backend keeps each
-version's definition. A run whose registered workflow has other actions in
-some places goes on on its own version, re-created from the database; one
-whose version cannot be re-created here is left for an engine that can,
-unless the registered workflow has as many actions in the same places.
+version's definition; a run whose workflow changed since goes on on the
+right one (see :class:`~asyncflow._core.versions.Versions`).
 
 Runs are claimed with a lease that the engine renews while it runs them, so
 two engines on one database never run the same run at once; the runs of an
@@ -45,11 +43,10 @@ from anyio.abc import TaskGroup
 from loguru import logger
 
 from ..backends import Backend, Checkpoint, RunInfo, RunPage, SavedRun, StoreEntry, open_backend
-from ..backends.base import WorkflowVersion
 from . import faults
 from .actions import Action, check_text, text_error_at
 from .clock import SYSTEM_CLOCK, Clock
-from .definitions import Registry, workflow_shape, workflow_version
+from .definitions import Registry
 from .definitions import registry as global_registry
 from .durable import Durability, Op, exact_json, json_value_check
 from .errors import (
@@ -64,6 +61,7 @@ from .errors import (
 from .records import STEP_COLUMNS, RunResult, RunStatus, StepRecord, StepRows, StepStatus, step_rows
 from .runner import REPLAYED, Runner, RunState, new_run_id
 from .store import Store, StoreData, _Meta, typed_name
+from .versions import Versions
 from .workflow import Stage, Workflow
 
 if TYPE_CHECKING:
@@ -181,15 +179,7 @@ class Engine:
             _check_name(owner, "owner")
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
-        # (persistent backends) the version of each registered workflow; the ids of those whose
-        # version was saved since the engine opened, and of those being saved now
-        self._versions: dict[str, WorkflowVersion] = {}
-        self._saved_versions: set[str] = set()
-        self._saving_versions: dict[str, anyio.Event] = {}
-        # other versions of registered workflows that runs started on: re-created, or why not
-        self._other_versions: dict[str, tuple[Workflow | None, str]] = {}
-        self._left: dict[str, str | None] = {}  # runs this engine left alone: their version
-        self._warned: set[str] = set()  # runs whose version trouble was logged as a warning
+        self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
         self._group: TaskGroup | None = None
         self._open = False  # between __aenter__ and the end of __aexit__
@@ -223,9 +213,7 @@ class Engine:
             )
         self._workflows[workflow.id] = workflow
         if definition is not None:
-            shape = workflow_shape(workflow)
-            version = workflow_version(workflow.id, shape, definition)
-            self._versions[workflow.id] = WorkflowVersion(version, workflow.id, shape, definition)
+            self._versions.register(workflow, definition)
         return workflow
 
     async def __aenter__(self) -> Self:
@@ -235,9 +223,6 @@ class Engine:
                 "opened again once it is closed; for a second one at once, make another af.Engine)"
             )
         self._open = True
-        self._saved_versions.clear()
-        self._other_versions.clear()
-        self._left.clear()
         try:
             await self.backend.open()
         except BaseException:
@@ -250,8 +235,7 @@ class Engine:
         try:
             # The versions of the workflows registered so far, so that runs of them can go on
             # on them after a change, whichever engine (and registry) started them.
-            for version in list(self._versions.values()):
-                await self._save_version(version)
+            await self._versions.opened()
             if self.recover:
                 await self._take_over()
             group.start_soon(self._maintain)
@@ -320,9 +304,7 @@ class Engine:
             _check_name(run_id, "run_id")
         workflow = self.register(workflow)
         entries = self._entries(dict(store or {}))
-        version = self._versions.get(workflow.id)
-        if version is not None and workflow.id not in self._saved_versions:
-            await self._save_version(version)  # (registered since the engine opened)
+        version = await self._versions.save(workflow.id)  # (once, if registered since the engine opened)
         now = self.clock.now()
         info = RunInfo(
             run_id=run_id or new_run_id(),
@@ -333,7 +315,7 @@ class Engine:
             idempotency_key=idempotency_key,
             owner=self.owner,
             lease_until=now + self.lease,
-            workflow_version=version.version if version is not None else None,
+            workflow_version=version,
         )
         if faults._PLAN is not None:
             faults.hit("before_start")
@@ -364,11 +346,10 @@ class Engine:
             if workflow is None:
                 await self._finish_unknown_workflow(info)
                 return
-            version = self._versions.get(workflow.id)
-            if version is not None and info.workflow_version != version.version:
-                workflow, why = await self._workflow_to_go_on(info, workflow)
+            if self._versions.differs(info):
+                workflow, why = await self._versions.workflow_for(info, workflow, saved)
                 if workflow is None:
-                    self._leave(info, why)
+                    await self._versions.leave(info, why)
                     return
             durability = _RunDurability(self, saved)
             run = active.run = RunState(
@@ -443,118 +424,6 @@ class Engine:
             lease_until=None,
         )
 
-    async def _save_version(self, version: WorkflowVersion) -> None:
-        """Save ``version`` once while the engine is open, before a run of it is written down."""
-        workflow_id = version.workflow_id
-        while workflow_id not in self._saved_versions:
-            saving = self._saving_versions.get(workflow_id)
-            if saving is not None:  # another start saves it: wait (and try, if that one failed)
-                await saving.wait()
-                continue
-            saving = self._saving_versions[workflow_id] = anyio.Event()
-            try:
-                await self.backend.save_version(version)
-                self._saved_versions.add(workflow_id)
-            finally:
-                del self._saving_versions[workflow_id]
-                saving.set()
-
-    async def _workflow_to_go_on(self, info: RunInfo, registered: Workflow) -> tuple[Workflow | None, str]:
-        """The workflow ``info``'s run goes on with, or ``None`` and why there is none here.
-
-        The registered workflow if it has the run's shape: the same action
-        names in the same places (what the actions do, or are made with, may
-        have changed). Otherwise the version the run started on, re-created
-        from the database, with the registered workflow's middleware; failing
-        that, the registered workflow again if its stages hold as many actions
-        in the same places (actions renamed or replaced in place), and else
-        nothing: the run waits for an engine that can re-create its version.
-        """
-        mine = self._versions.get(registered.id)
-        theirs = info.workflow_version
-        if mine is None or theirs == mine.version:
-            return registered, ""
-        if theirs is None or theirs.count(".") != 2:
-            self._warn_once(
-                info.run_id,
-                "run {} was started before asyncflow recorded the version of a run's workflow; it goes "
-                "on with workflow {!r} as registered now (if its stages or actions changed since, "
-                "completed steps may run again and new ones be skipped)",
-                registered.id,
-            )
-            return registered, ""
-        their_plan, their_names, _ = theirs.split(".")
-        my_plan, my_names, _ = mine.version.split(".")
-        if their_names == my_names:
-            return registered, ""
-        known = self._other_versions.get(theirs)
-        if known is None:
-            known = self._other_versions[theirs] = await self._recreate(theirs, registered)
-        workflow, why = known
-        if workflow is None and their_plan == my_plan:
-            self._warn_once(
-                info.run_id,
-                "run {} of workflow {!r} started on a version whose actions had other names in some "
-                "places, and {}; its stages hold as many actions in the same places as the registered "
-                "version, so it goes on with that one, taking the renamed or replaced actions in their "
-                "places",
-                registered.id,
-                why,
-            )
-            return registered, ""
-        return known
-
-    async def _recreate(self, version: str, registered: Workflow) -> tuple[Workflow | None, str]:
-        """Version ``version`` of ``registered``'s workflow, re-created from the database; or why not."""
-        found = await self.backend.load_versions(version)
-        if not found:
-            return None, f"the database keeps no definition of version {version}"
-        failures = []
-        for stored in found:  # the run's own definition first, then others of the same shape
-            try:
-                workflow = self.registry.workflow_from_definition(stored.definition)
-            except Exception as exc:
-                failures.append(f"{type(exc).__name__}: {exc}")
-                continue
-            shape = workflow_shape(workflow)
-            if shape != stored.shape:
-                failures.append(f"re-created here it has {_describe(shape)}, not {_describe(stored.shape)}")
-                continue
-            workflow._middleware = registered._middleware
-            workflow._action_middleware = registered._action_middleware
-            logger.info(
-                "workflow {!r} is registered with {}; version {} ({}), which runs started on, is "
-                "re-created from the database for them",
-                registered.id,
-                _describe(self._versions[registered.id].shape),
-                version,
-                _describe(stored.shape),
-            )
-            return workflow, ""
-        return None, f"that version ({_describe(found[0].shape)}) cannot be re-created here: " + "; ".join(
-            dict.fromkeys(failures)
-        )
-
-    def _warn_once(self, run_id: str, message: str, *args: Any) -> None:
-        """Log ``message`` about run ``run_id`` as a warning the first time, then at debug level."""
-        log = logger.debug if run_id in self._warned else logger.warning
-        self._warned.add(run_id)
-        log(message, run_id, *args)
-
-    def _leave(self, info: RunInfo, why: str) -> None:
-        """Leave ``info``'s run alone: its version of its workflow cannot be re-created here."""
-        self._left[info.run_id] = info.workflow_version
-        self._warn_once(
-            info.run_id,
-            "run {} of workflow {!r} started on another version of it than the one registered here, "
-            "and {}; this engine leaves the run as it is, so that no completed step runs again and "
-            "no new step is skipped. An engine that can re-create that version (with its actions "
-            "registered or importable) takes it over once its lease runs out; engine.cancel(run_id) "
-            "gives it up",
-            info.workflow_id,
-            why,
-        )
-
     def _restore_store(self, entries: list[StoreEntry]) -> Store:
         store = Store(clock=self.clock.now)
         persistent = self.backend.persistent
@@ -614,11 +483,11 @@ class Engine:
             # Shielded: runs claimed are launched (and, if the engine is closing, released
             # again at once), never left owned but idle until their lease runs out.
             with anyio.CancelScope(shield=True):
-                claimed = await self.backend.claim(
+                claimed = await self._versions.claim(
                     self.owner, now=now, lease_until=now + self.lease, limit=100
                 )
                 for info in claimed:
-                    if info.run_id in self._left and self._left[info.run_id] == info.workflow_version:
+                    if self._versions.held(info):
                         continue  # left again: held until its lease runs out, for another engine
                     saved = await self.backend.load(info.run_id)
                     if saved is not None:
@@ -787,7 +656,7 @@ class Engine:
                 f"this engine; register it with engine.register(workflow) before resuming (the run is "
                 f"unchanged)"
             )
-        workflow, why = await self._workflow_to_go_on(info, registered)
+        workflow, why = await self._versions.workflow_for(info, registered)
         if workflow is None:
             raise UnknownWorkflow(
                 f"run {run_id!r} started on another version of workflow {info.workflow_id!r} than the one "
@@ -1051,16 +920,6 @@ _KIND, _STAGE_ID, _ACTION_NAME, _REASON, _DURATION_NS, _ATTEMPTS = (
     STEP_COLUMNS.index(name)
     for name in ("kind", "stage_id", "action_name", "reason", "duration_ns", "attempts")
 )
-
-
-def _describe(shape: list[Any]) -> str:
-    """A workflow's :func:`workflow_shape` in words: ``stages 'a' (x, y), 'b' (z)``."""
-
-    def action(entry: Any) -> str:
-        return str(entry[0]) if isinstance(entry, list) and entry else str(entry)
-
-    stages = ", ".join(f"{stage_id!r} ({', '.join(map(action, actions))})" for stage_id, actions in shape)
-    return f"stages {stages}" if shape else "no stages"
 
 
 def _could_be_stored(run_id: object) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from types import TracebackType
@@ -167,14 +167,14 @@ class WorkflowVersion:
     """A workflow as runs started on it, kept so that they can go on on it after it changes.
 
     Attributes:
-        version: ``"<plan>.<names>.<definition>"``, three hashes: of the stage
-            ids with how many actions each holds, of :attr:`shape`, and of
+        version: ``"<shape>.<definition>"``, two hashes: of :attr:`shape` and of
             :attr:`definition`; the version a run records
-            (:attr:`RunInfo.workflow_version`). Versions whose first two
-            hashes agree have the same shape (:func:`shape_key`).
+            (:attr:`RunInfo.workflow_version`). Versions with the same
+            :func:`shape_key` have the same actions in the same places.
         workflow_id: the workflow.
-        shape: which action is in each place a checkpoint can name:
-            ``[[stage_id, [action_name, ...]], ...]``.
+        shape: the actions in the places a checkpoint can name:
+            ``[[stage_id, [action, ...]], ...]``, each action as its name, or
+            ``[name, args, kwargs]`` when it was made with constructor arguments.
         definition: :meth:`Workflow.to_definition` of it (JSON), as the
             engine that saved it wrote it (its registry's names).
     """
@@ -186,8 +186,8 @@ class WorkflowVersion:
 
 
 def shape_key(version: str) -> str:
-    """The part of a :attr:`WorkflowVersion.version` that its shape decides (the first two hashes)."""
-    return version.rpartition(".")[0]
+    """The part of a :attr:`WorkflowVersion.version` that its shape decides (the first hash)."""
+    return version.partition(".")[0]
 
 
 @attrs.frozen
@@ -340,12 +340,22 @@ class Backend(ABC):
 
     @abstractmethod
     async def claim(
-        self, owner: str, *, now: float, lease_until: float, limit: int, run_id: str | None = None
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_until: float,
+        limit: int,
+        run_id: str | None = None,
+        skip_versions: Collection[str] = (),
     ) -> list[RunInfo]:
         """Take runs that nobody holds: pending, or running/sleeping with an expired lease.
 
         Claimed runs get ``owner``, ``lease_until`` and status ``RUNNING``
         (``SLEEPING`` stays). With ``run_id``, only that run is considered.
+        Runs whose ``workflow_version`` is in ``skip_versions`` are not taken
+        (versions the engine cannot re-create; a backend without the argument
+        makes the engine hold such runs until their lease runs out instead).
         """
 
     @abstractmethod
@@ -367,16 +377,16 @@ class Backend(ABC):
 
         An engine saves the version of each workflow registered with it when
         it opens, or before the first run of one registered later. By default
-        a backend keeps none: a run whose workflow then changes shape while it
-        is unfinished waits for an engine with its version registered,
-        instead of going on on the version it started on.
+        a backend keeps none: a run whose workflow then has other actions in
+        some places waits for an engine with its version registered, instead
+        of going on on the version it started on.
         """
         return None
 
     async def load_versions(self, version: str) -> list[WorkflowVersion]:
         """The versions kept with the :func:`shape_key` of ``version``, ``version`` itself first.
 
-        (The same shape, saved by engines whose registries name its actions
-        otherwise.) By default, none.
+        (The same actions in the same places, saved by engines whose
+        registries name them otherwise.) By default, none.
         """
         return []

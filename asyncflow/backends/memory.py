@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import attrs
@@ -135,9 +135,16 @@ class MemoryBackend(Backend):
         return True
 
     async def claim(
-        self, owner: str, *, now: float, lease_until: float, limit: int, run_id: str | None = None
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_until: float,
+        limit: int,
+        run_id: str | None = None,
+        skip_versions: Collection[str] = (),
     ) -> list[RunInfo]:
-        """Take free runs (pending, or with an expired lease)."""
+        """Take free runs (pending, or with an expired lease), but none of ``skip_versions``."""
         candidates = (
             [self._runs[run_id]]
             if run_id is not None and run_id in self._runs
@@ -147,7 +154,7 @@ class MemoryBackend(Backend):
         for run in candidates:
             info = run.info
             free = info.owner is None or (info.lease_until or 0.0) < now
-            if info.status in _CLAIMABLE and free:
+            if info.status in _CLAIMABLE and free and info.workflow_version not in skip_versions:
                 status = RunStatus.SLEEPING if info.status is RunStatus.SLEEPING else RunStatus.RUNNING
                 run.info = attrs.evolve(
                     info, owner=owner, lease_until=lease_until, status=status, updated_at=now

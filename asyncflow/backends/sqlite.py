@@ -32,7 +32,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -763,13 +763,26 @@ class SQLiteBackend(Backend):
         return result
 
     async def claim(
-        self, owner: str, *, now: float, lease_until: float, limit: int, run_id: str | None = None
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_until: float,
+        limit: int,
+        run_id: str | None = None,
+        skip_versions: Collection[str] = (),
     ) -> list[RunInfo]:
         """Take free runs in one statement, so two engines never take the same one."""
         only = "AND run_id = ?" if run_id is not None else ""
         params: list[Any] = [owner, lease_until, now, *_CLAIMABLE, now]
         if run_id is not None:
             params.append(run_id)
+        skips = list(skip_versions)
+        if skips:
+            only += (
+                f" AND (workflow_version IS NULL OR workflow_version NOT IN ({', '.join('?' * len(skips))}))"
+            )
+            params.extend(skips)
         params.append(limit)
         sql = (
             "UPDATE runs SET owner = ?, lease_until = ?, updated_at = ?, "
