@@ -568,3 +568,21 @@ DEPLOY_SLEEPY_V1 = deploy(Record("before"), af.sleep(100), Record("woke"), workf
 DEPLOY_SLEEPY_V2 = deploy(
     Record("new"), Record("before"), af.sleep(100), Record("woke"), workflow_id="deploy-sleepy"
 )
+
+
+@af.action
+async def disable_optional(ctx: af.ActionContext) -> None:
+    """Disable the actions tagged "optional" (a plan change that chooses actions by tag)."""
+    ctx.plan.disable_by_tag("optional")
+
+
+async def _optional_step(ctx: af.ActionContext) -> None:
+    record("optional-step", ctx.idempotency_key)
+
+
+#: Tagged "optional"; referenceable only by the name it is registered under in a per-engine registry.
+OPTIONAL_STEP = af.action(name="optional-step", tags={"optional"})(_optional_step)
+
+DEPLOY_BY_TAG_V1 = deploy(disable_optional, OPTIONAL_STEP, HangOnce("hang"), workflow_id="deploy-by-tag")
+#: the tagged action replaced, in its place, by an untagged one of a new name
+DEPLOY_BY_TAG_REPLACED = deploy(disable_optional, beta, HangOnce("hang"), workflow_id="deploy-by-tag")

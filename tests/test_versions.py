@@ -2,12 +2,12 @@
 
 A deploy that adds, removes or moves steps must not make a recovered,
 resumed or woken run re-run a step that completed or skip one that never
-ran. The engine records the version each run started on (hashes of its
-stage ids with their action counts, of the action names in each place, and
-of its definition), keeps each version's definition, and re-creates it for
-a run whose workflow has other actions in some places; a version it cannot
-re-create, it leaves to an engine that can, unless the registered one has
-as many actions in the same places (actions renamed or replaced in place).
+ran. The engine records the version each run started on (a hash of which
+action, by name and constructor arguments, is in each place, and one of its
+definition), keeps each version's definition, and re-creates it for a run
+whose actions were added, removed or moved; a version it cannot re-create,
+it leaves to an engine that can, unless its actions were only replaced in
+their places by actions of new names.
 """
 
 from __future__ import annotations
@@ -232,6 +232,72 @@ async def test_a_replaced_action_named_by_recorded_plan_changes_leaves_the_run(u
     info = await after_a_while(url, flows.DEPLOY_DISABLES_REPLACED, run_id=run_id)
     assert info.status is af.RunStatus.RUNNING
     assert executions() == {"hang": 1}
+
+
+async def test_actions_of_one_name_that_moved_are_not_taken_for_replaced_ones(url: str) -> None:
+    """An old version that cannot be re-created, whose same-named actions traded places: the run is left."""
+    factory = af.Registry()
+    factory.register("record-factory", flows.Record)
+    run_id = await interrupt(url, flows.DEPLOY_V1, registry=factory)
+    info = await after_a_while(url, flows.DEPLOY_SWAPPED, run_id=run_id)
+    assert info.status is af.RunStatus.RUNNING
+    assert executions() == {"first": 1, "hang": 1}
+
+
+async def test_a_replaced_action_under_a_recorded_change_by_tag_leaves_the_run(url: str) -> None:
+    """Actions replaced in place while the run recorded a plan change by tag: the run is left."""
+    run_id = await interrupt(url, flows.DEPLOY_BY_TAG_V1, registry=registry_with(flows.OPTIONAL_STEP))
+    info = await after_a_while(url, flows.DEPLOY_BY_TAG_REPLACED, run_id=run_id)
+    assert info.status is af.RunStatus.RUNNING
+    assert executions() == {"hang": 1}
+
+
+class SlowToLoadVersions(SQLiteBackend):
+    """An SQLite backend that takes a second to load versions."""
+
+    async def load_versions(self, version: str) -> list[WorkflowVersion]:
+        await anyio.sleep(1)
+        return await super().load_versions(version)
+
+
+async def test_closing_the_engine_while_it_looks_at_a_runs_version_gives_the_run_back(
+    db_path: Path, url: str
+) -> None:
+    """An engine closed while it decides what a changed run goes on with leaves the run free, not held."""
+    run_id = await interrupt(url, flows.DEPLOY_V1)
+    async with make_engine(SlowToLoadVersions(db_path), flows.DEPLOY_V2, lease=30.0):
+        await anyio.sleep(0.2)
+    async with make_engine(url, recover=False) as engine:
+        info = await engine.get_run(run_id)
+    assert (info.status, info.owner) == (af.RunStatus.RUNNING, None)
+
+
+class ClaimsWithoutSkipping(SQLiteBackend):
+    """An SQLite backend whose claim has no skip_versions, as a backend written before it."""
+
+    async def claim(  # type: ignore[override]
+        self, owner: str, *, now: float, lease_until: float, limit: int, run_id: str | None = None
+    ) -> list[af.RunInfo]:
+        return await super().claim(owner, now=now, lease_until=lease_until, limit=limit, run_id=run_id)
+
+
+async def test_without_skipping_claims_a_left_version_is_looked_at_again_after_ten_leases(
+    db_path: Path, url: str
+) -> None:
+    """On a backend whose claim cannot skip, a held run is looked at again ten leases later, and goes on."""
+    alias = registry_with(flows.GLOBAL_ONLY, "an-alias")
+    run_id = await interrupt(url, flows.RENAMED_REFERENCE, registry=alias)
+    clock = FakeClock(START)
+    async with make_engine(ClaimsWithoutSkipping(db_path), flows.RENAMED_REFERENCE_V2, clock=clock) as engine:
+        await anyio.sleep(0.3)  # left, and held
+        assert (await engine.get_run(run_id)).status is af.RunStatus.RUNNING
+        async with make_engine(url, flows.RENAMED_REFERENCE, recover=False):
+            pass  # saves a definition that names the action by the global registry
+        await clock.advance(11)
+        with anyio.fail_after(5):
+            result = await engine.wait(run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"global-only": 1, "hang": 2, "last": 1}
 
 
 class KeepsNoVersions(SQLiteBackend):

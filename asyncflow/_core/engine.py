@@ -347,10 +347,16 @@ class Engine:
                 await self._finish_unknown_workflow(info)
                 return
             if self._versions.differs(info):
-                workflow, why = await self._versions.workflow_for(info, workflow, saved)
-                if workflow is None:
-                    await self._versions.leave(info, why)
-                    return
+                try:
+                    workflow, why = await self._versions.workflow_for(info, workflow, saved)
+                    if workflow is None:
+                        await self._versions.leave(info, why)
+                        return
+                except anyio.get_cancelled_exc_class():
+                    if self._closing:  # (given back, as a run in flight is)
+                        with anyio.CancelScope(shield=True):
+                            await self._release(info.run_id)
+                    raise
             durability = _RunDurability(self, saved)
             run = active.run = RunState(
                 workflow,

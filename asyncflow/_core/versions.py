@@ -72,13 +72,14 @@ def moved(old: Shape, new: Shape) -> bool:
 def renamed_in_place(old: Shape, new: Shape) -> set[str] | None:
     """The names of ``old`` replaced in their places by names new to ``new``; None if not only that.
 
-    The same stages with as many actions each, and wherever the names differ,
-    the old name is nowhere in ``new`` and the new one nowhere in ``old`` (an
-    action renamed, or replaced by another, in its place; not moved).
+    The same stages with as many actions each, no action of ``old`` in another
+    place of ``new``, and wherever the names differ, the old name is nowhere in
+    ``new`` and the new one nowhere in ``old`` (an action renamed, or replaced
+    by another, in its place; not moved).
     """
     if [(stage_id, len(entries)) for stage_id, entries in old] != [
         (stage_id, len(entries)) for stage_id, entries in new
-    ]:
+    ] or moved(old, new):
         return None
     old_names = {_name(entry) for _, entries in old for entry in entries}
     new_names = {_name(entry) for _, entries in new for entry in entries}
@@ -185,8 +186,11 @@ class Versions:
         self._saving: dict[str, anyio.Event] = {}
         # Versions that runs started on, other than the registered ones: what was decided.
         self._decided: dict[str, _Decision] = {}
-        self._skipped: dict[str, float] = {}  # versions left, and until when claims skip them
-        self._held: dict[str, str | None] = {}  # (backends that cannot skip) runs left: their version
+        # Versions left, and until when claims skip them (or, on a backend that cannot skip,
+        # until when runs of them are held as they are claimed); and runs left for what they
+        # recorded, held until then.
+        self._skipped: dict[str, float] = {}
+        self._held: dict[str, float] = {}
         self._warned: set[str] = set()  # runs whose version trouble was logged as a warning
         self._skips = "skip_versions" in inspect.signature(backend.claim).parameters
 
@@ -201,6 +205,7 @@ class Versions:
         self._decided.clear()
         self._skipped.clear()
         self._held.clear()
+        self._warned.clear()
         for version in list(self.mine.values()):
             await self.save(version.workflow_id)
 
@@ -277,11 +282,13 @@ class Versions:
             return decision.workflow, decision.why
         if saved is None:
             saved = await self.backend.load(info.run_id)
-        named = _names_in_plan_changes(saved) & decision.renamed
-        if named:
+        named, by_tag = _plan_changes(saved)
+        named &= decision.renamed
+        if named or by_tag:
+            what = f"name {sorted(named)}" if named else "choose actions by tag"
             return None, (
-                f"{decision.why}; its actions {sorted(named)} were renamed or replaced since, and plan "
-                f"changes the run recorded name them"
+                f"{decision.why}; actions of it were renamed or replaced since, and plan changes the run "
+                f"recorded {what}"
             )
         self._warn_once(
             info.run_id,
@@ -331,26 +338,36 @@ class Versions:
     async def leave(self, info: RunInfo, why: str) -> None:
         """Leave ``info``'s run to an engine that can re-create its version."""
         version = info.workflow_version
-        if self._skips and version is not None:
+        until = self.clock.now() + 10 * self.lease
+        decision = self._decided.get(version) if version is not None else None
+        if decision is not None and decision.renamed is not None:
+            # (what this run recorded stands in the way, not its version): held as it is
+            self._held[info.run_id] = until
+            when = "once its lease runs out"
+        elif self._skips and version is not None:
             # Given back at once and skipped by this engine's claims: an engine that can
             # take it finds it free at its next look.
-            self._skipped[version] = self.clock.now() + 10 * self.lease
+            self._skipped[version] = until
             when = "at its next look for runs"
             await self.backend.update_run(
                 info.run_id, holder=info.owner, now=self.clock.now(), owner=None, lease_until=None
             )
         else:
-            self._held[info.run_id] = version
+            if version is not None:
+                self._skipped[version] = until
+            self._held[info.run_id] = until
             when = "once its lease runs out"
         self._warn_once(
             info.run_id,
             "run {} of workflow {!r} started on another version of it than the one registered here, "
             "and {}. This engine leaves the run as it is, so that no completed step runs again and "
             "no new step is skipped; an engine that can re-create that version (its actions "
-            "registered or importable) takes it over {}, and engine.cancel(run_id) gives it up",
+            "registered or importable) takes it over {}, and engine.cancel(run_id) gives it up. "
+            "This engine looks at it again in {:g} s",
             info.workflow_id,
             why,
             when,
+            10 * self.lease,
         )
 
     async def claim(self, owner: str, *, now: float, lease_until: float, limit: int) -> list[RunInfo]:
@@ -359,15 +376,20 @@ class Versions:
             if until <= now:  # look at it again: another engine may have saved what works here
                 del self._skipped[version]
                 self._decided.pop(version, None)
-        if not self._skipped:  # (so a backend without skip_versions is called as it always was)
+        for run_id, until in list(self._held.items()):
+            if until <= now:
+                del self._held[run_id]
+        if not self._skips or not self._skipped:  # (a backend without skip_versions: as always)
             return await self.backend.claim(owner, now=now, lease_until=lease_until, limit=limit)
         return await self.backend.claim(
             owner, now=now, lease_until=lease_until, limit=limit, skip_versions=list(self._skipped)
         )
 
     def held(self, info: RunInfo) -> bool:
-        """Whether ``info``'s run was left here already (held until its lease runs out)."""
-        return info.run_id in self._held and self._held[info.run_id] == info.workflow_version
+        """Whether ``info``'s run, just claimed, was left here already (held until its lease runs out)."""
+        if info.run_id in self._held:
+            return True
+        return not self._skips and info.workflow_version in self._skipped
 
     def _warn_once(self, run_id: str, message: str, *args: Any) -> None:
         """Log ``message`` about run ``run_id`` as a warning the first time, then at debug level."""
@@ -385,12 +407,16 @@ class _Decision:
     renamed: set[str] | None = None  # (no workflow) names renamed or replaced in place, if only that
 
 
-def _names_in_plan_changes(saved: SavedRun | None) -> set[str]:
-    """The action names that the run's recorded plan changes (enable, disable, remove) refer to."""
-    found: set[str] = set()
+def _plan_changes(saved: SavedRun | None) -> tuple[set[str], bool]:
+    """The action names the run's recorded plan changes refer to; whether one chose actions by tag."""
+    named: set[str] = set()
+    by_tag = False
     for checkpoint in saved.checkpoints if saved is not None else ():
         if checkpoint.kind != "action" or not checkpoint.ops:
             continue
         ops = json.loads(checkpoint.ops) if isinstance(checkpoint.ops, str) else checkpoint.ops
-        found.update(op["name"] for op in ops if isinstance(op.get("name"), str))
-    return found
+        for op in ops:
+            if isinstance(op.get("name"), str):
+                named.add(op["name"])
+            by_tag = by_tag or "tag" in op
+    return named, by_tag
