@@ -586,3 +586,17 @@ OPTIONAL_STEP = af.action(name="optional-step", tags={"optional"})(_optional_ste
 DEPLOY_BY_TAG_V1 = deploy(disable_optional, OPTIONAL_STEP, HangOnce("hang"), workflow_id="deploy-by-tag")
 #: the tagged action replaced, in its place, by an untagged one of a new name
 DEPLOY_BY_TAG_REPLACED = deploy(disable_optional, beta, HangOnce("hang"), workflow_id="deploy-by-tag")
+
+#: version 1, and a version with beta in two places: in the first, beta may have moved there
+DEPLOY_DOUBLED_V1 = deploy(FIRST_ENGINES_STEP, HangOnce("hang"), beta, workflow_id="deploy-doubled")
+DEPLOY_DOUBLED = deploy(beta, HangOnce("hang"), beta, workflow_id="deploy-doubled")
+
+
+class Relabelled(Record):
+    """A Record under another name (what a registry may hand out under a name a definition uses)."""
+
+    name = "relabelled"
+
+
+DEPLOY_GUARD_V1 = deploy(Record("x"), HangOnce("hang"), workflow_id="deploy-guard")
+DEPLOY_GUARD_V2 = deploy(Record("new"), Record("x"), HangOnce("hang"), workflow_id="deploy-guard")

@@ -36,10 +36,17 @@ def _fresh_ledger() -> None:
     flows.reset()
 
 
-async def after_a_while(url: Any, *workflows: af.Workflow, run_id: str) -> af.RunInfo:
-    """What an engine with ``workflows`` registered has made of ``run_id`` after six looks for runs."""
-    async with make_engine(url, *workflows) as engine:
-        await anyio.sleep(0.3)
+async def after_a_while(url: Any, *workflows: af.Workflow, run_id: str, **options: Any) -> af.RunInfo:
+    """What an engine with ``workflows`` registered made of ``run_id``, once it took it and let it go."""
+    async with make_engine(url, recover=False) as reader:
+        before = await reader.get_run(run_id)
+    async with make_engine(url, *workflows, **options) as engine:
+
+        async def let_go() -> bool:  # (claimed, then given back or ended: it has decided)
+            info = await engine.get_run(run_id)
+            return info.updated_at > before.updated_at and info.owner is None
+
+        await flows.eventually(let_go)
         return await engine.get_run(run_id)
 
 
@@ -298,6 +305,65 @@ async def test_without_skipping_claims_a_left_version_is_looked_at_again_after_t
             result = await engine.wait(run_id)
     assert result.status is af.RunStatus.COMPLETED
     assert executions() == {"global-only": 1, "hang": 2, "last": 1}
+
+
+async def test_a_new_name_that_was_elsewhere_in_the_old_version_is_not_taken_for_a_rename(url: str) -> None:
+    """An action of the old version in a place where another one was (it may have moved): the run is left."""
+    run_id = await interrupt(url, flows.DEPLOY_DOUBLED_V1, registry=registry_with(flows.FIRST_ENGINES_STEP))
+    info = await after_a_while(url, flows.DEPLOY_DOUBLED, run_id=run_id)
+    assert info.status is af.RunStatus.RUNNING
+    assert executions() == {"first-engines-step": 1, "hang": 1}
+
+
+async def test_a_definition_that_re_creates_other_actions_is_not_used(url: str) -> None:
+    """A saved definition that re-creates actions of other names here: the version is not re-created."""
+    first = af.Registry()
+    first.register("step-x", flows.Record)
+    run_id = await interrupt(url, flows.DEPLOY_GUARD_V1, registry=first)
+    here = af.Registry()
+    here.register("step-x", flows.Relabelled)
+    info = await after_a_while(url, flows.DEPLOY_GUARD_V2, run_id=run_id, registry=here)
+    assert info.status is af.RunStatus.RUNNING
+    assert executions() == {"x": 1, "hang": 1}
+
+
+async def test_a_run_held_for_what_it_recorded_reaches_an_engine_that_can_re_create_it(url: str) -> None:
+    """A run left for its recorded plan changes is given back, and another engine beside takes it at once."""
+    first = registry_with(flows.FIRST_ENGINES_STEP)
+    run_id = await interrupt(url, flows.DEPLOY_DISABLES_V1, registry=first)
+    async with make_engine(url, flows.DEPLOY_DISABLES_REPLACED, lease=10.0) as leaving:
+        await flows.eventually(lambda: owner_is_none(leaving, run_id))
+        with anyio.fail_after(5):  # (half its lease: a run held until its lease ran out would not do)
+            result = await finish(url, run_id, flows.DEPLOY_DISABLES_REPLACED, registry=first, lease=10.0)
+    assert result.status is af.RunStatus.COMPLETED
+    assert executions() == {"hang": 2}
+
+
+async def test_cancel_while_the_engine_looks_at_a_runs_version_cancels_it(db_path: Path, url: str) -> None:
+    """engine.cancel of a run whose version the engine is still deciding on ends it cancelled."""
+    run_id = await interrupt(
+        url, flows.DEPLOY_REGISTERED_V1, registry=registry_with(flows.FIRST_ENGINES_STEP)
+    )
+    async with make_engine(SlowToLoadVersions(db_path), flows.DEPLOY_REGISTERED_V2) as engine:
+        await anyio.sleep(0.2)
+        await engine.cancel(run_id)
+        info = await engine.get_run(run_id)
+    assert (info.status, info.owner) == (af.RunStatus.CANCELLED, None)
+
+
+async def test_leaving_a_run_again_logs_at_debug_level(url: str, asyncflow_log: list[dict[str, Any]]) -> None:
+    """Looked at again ten leases later and left again, the run gets no second warning, a debug line."""
+    run_id = await interrupt_registered_v1(url)
+    clock = FakeClock(START)
+
+    def leavings() -> list[str]:
+        return [r["level"].name for r in asyncflow_log if run_id in r["message"] and "leaves" in r["message"]]
+
+    async with make_engine(url, flows.DEPLOY_REGISTERED_V2, clock=clock):
+        await flows.eventually(lambda: len(leavings()) == 1)
+        await clock.advance(11)  # ten leases of 1 s
+        await flows.eventually(lambda: len(leavings()) == 2)
+    assert leavings() == ["WARNING", "DEBUG"]
 
 
 class KeepsNoVersions(SQLiteBackend):

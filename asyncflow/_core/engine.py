@@ -350,7 +350,10 @@ class Engine:
                 try:
                     workflow, why = await self._versions.workflow_for(info, workflow, saved)
                     if workflow is None:
-                        await self._versions.leave(info, why)
+                        if active.cancel_requested:  # (cancelled while this engine looked at it)
+                            await self._record_cancelled(info)
+                        else:
+                            await self._versions.leave(info, why)
                         return
                 except anyio.get_cancelled_exc_class():
                     if self._closing:  # (given back, as a run in flight is)
@@ -413,6 +416,16 @@ class Engine:
                 await self._release(info.run_id)
         finally:
             active.done.set()
+
+    async def _record_cancelled(self, info: RunInfo) -> None:
+        await self.backend.update_run(
+            info.run_id,
+            holder=self.owner,
+            now=self.clock.now(),
+            status=RunStatus.CANCELLED,
+            owner=None,
+            lease_until=None,
+        )
 
     async def _finish_unknown_workflow(self, info: RunInfo) -> None:
         message = (
@@ -492,9 +505,12 @@ class Engine:
                 claimed = await self._versions.claim(
                     self.owner, now=now, lease_until=now + self.lease, limit=100
                 )
+                given_back = False
                 for info in claimed:
-                    if self._versions.held(info):
-                        continue  # left again: held until its lease runs out, for another engine
+                    if self._versions.held(info):  # left before: for another engine to take
+                        await self._versions.release(info)
+                        given_back = True
+                        continue
                     saved = await self.backend.load(info.run_id)
                     if saved is not None:
                         logger.info(
@@ -504,7 +520,7 @@ class Engine:
                             info.status,
                         )
                         self._launch(group, saved)
-            if len(claimed) < 100:
+            if len(claimed) < 100 or given_back:  # (runs given back would come back at once)
                 return
 
     async def _maintain(self) -> None:

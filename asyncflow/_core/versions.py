@@ -336,38 +336,39 @@ class Versions:
     # ---- runs left alone ------------------------------------------------------------------
 
     async def leave(self, info: RunInfo, why: str) -> None:
-        """Leave ``info``'s run to an engine that can re-create its version."""
+        """Leave ``info``'s run to an engine that can re-create its version: give it back at once.
+
+        Its version is skipped by this engine's claims for ten leases; on a
+        backend whose claim cannot skip, and for a run left for what it
+        recorded (other runs of its version may go on here), this engine gives
+        the run back again each time it claims it meanwhile (:meth:`release`).
+        """
         version = info.workflow_version
         until = self.clock.now() + 10 * self.lease
         decision = self._decided.get(version) if version is not None else None
         if decision is not None and decision.renamed is not None:
-            # (what this run recorded stands in the way, not its version): held as it is
-            self._held[info.run_id] = until
-            when = "once its lease runs out"
-        elif self._skips and version is not None:
-            # Given back at once and skipped by this engine's claims: an engine that can
-            # take it finds it free at its next look.
+            self._held[info.run_id] = until  # (what this run recorded stands in the way)
+        elif version is not None:
             self._skipped[version] = until
-            when = "at its next look for runs"
-            await self.backend.update_run(
-                info.run_id, holder=info.owner, now=self.clock.now(), owner=None, lease_until=None
-            )
         else:
-            if version is not None:
-                self._skipped[version] = until
             self._held[info.run_id] = until
-            when = "once its lease runs out"
+        await self.release(info)
         self._warn_once(
             info.run_id,
             "run {} of workflow {!r} started on another version of it than the one registered here, "
             "and {}. This engine leaves the run as it is, so that no completed step runs again and "
             "no new step is skipped; an engine that can re-create that version (its actions "
-            "registered or importable) takes it over {}, and engine.cancel(run_id) gives it up. "
-            "This engine looks at it again in {:g} s",
+            "registered or importable) takes it over at its next look for runs, and "
+            "engine.cancel(run_id) gives it up. This engine looks at it again in {:g} s",
             info.workflow_id,
             why,
-            when,
             10 * self.lease,
+        )
+
+    async def release(self, info: RunInfo) -> None:
+        """Give ``info``'s run (claimed by this engine) back, free for any engine to claim."""
+        await self.backend.update_run(
+            info.run_id, holder=info.owner, now=self.clock.now(), owner=None, lease_until=None
         )
 
     async def claim(self, owner: str, *, now: float, lease_until: float, limit: int) -> list[RunInfo]:
@@ -386,7 +387,7 @@ class Versions:
         )
 
     def held(self, info: RunInfo) -> bool:
-        """Whether ``info``'s run, just claimed, was left here already (held until its lease runs out)."""
+        """Whether ``info``'s run, just claimed, was left here already (to be given back at once)."""
         if info.run_id in self._held:
             return True
         return not self._skips and info.workflow_version in self._skipped
