@@ -351,9 +351,10 @@ class Engine:
                     workflow, why = await self._versions.workflow_for(info, workflow, saved)
                     if workflow is None:
                         if active.cancel_requested:  # (cancelled while this engine looked at it)
-                            await self._record_cancelled(info)
+                            await self._release(info.run_id, status=RunStatus.CANCELLED)
                         else:
-                            await self._versions.leave(info, why)
+                            self._versions.leave(info, why)
+                            await self._release(info.run_id)  # for an engine that can take it
                         return
                 except anyio.get_cancelled_exc_class():
                     if self._closing:  # (given back, as a run in flight is)
@@ -417,16 +418,6 @@ class Engine:
         finally:
             active.done.set()
 
-    async def _record_cancelled(self, info: RunInfo) -> None:
-        await self.backend.update_run(
-            info.run_id,
-            holder=self.owner,
-            now=self.clock.now(),
-            status=RunStatus.CANCELLED,
-            owner=None,
-            lease_until=None,
-        )
-
     async def _finish_unknown_workflow(self, info: RunInfo) -> None:
         message = (
             f"workflow {info.workflow_id!r} is not registered with this engine; register it with "
@@ -487,10 +478,10 @@ class Engine:
                 "run {} ended here but another engine owns it now; its end was not recorded", info.run_id
             )
 
-    async def _release(self, run_id: str) -> None:
-        """Give a run back (engine shutting down): the next engine takes it over at once."""
+    async def _release(self, run_id: str, **fields: Any) -> None:
+        """Give a run this engine holds back (setting ``fields`` too): another engine may take it at once."""
         await self.backend.update_run(
-            run_id, holder=self.owner, now=self.clock.now(), owner=None, lease_until=None
+            run_id, holder=self.owner, now=self.clock.now(), owner=None, lease_until=None, **fields
         )
 
     async def _take_over(self) -> None:
@@ -508,7 +499,7 @@ class Engine:
                 given_back = False
                 for info in claimed:
                     if self._versions.held(info):  # left before: for another engine to take
-                        await self._versions.release(info)
+                        await self._release(info.run_id)
                         given_back = True
                         continue
                     saved = await self.backend.load(info.run_id)

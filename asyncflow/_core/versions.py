@@ -335,24 +335,22 @@ class Versions:
 
     # ---- runs left alone ------------------------------------------------------------------
 
-    async def leave(self, info: RunInfo, why: str) -> None:
-        """Leave ``info``'s run to an engine that can re-create its version: give it back at once.
+    def leave(self, info: RunInfo, why: str) -> None:
+        """Note that ``info``'s run is left for an engine that can re-create its version.
 
         Its version is skipped by this engine's claims for ten leases; on a
         backend whose claim cannot skip, and for a run left for what it
-        recorded (other runs of its version may go on here), this engine gives
-        the run back again each time it claims it meanwhile (:meth:`release`).
+        recorded (other runs of its version may go on here), :meth:`held`
+        tells the engine to give the run back each time it claims it meanwhile.
         """
         version = info.workflow_version
+        assert version is not None  # (runs without one go on with the registered workflow)
         until = self.clock.now() + 10 * self.lease
-        decision = self._decided.get(version) if version is not None else None
+        decision = self._decided.get(version)
         if decision is not None and decision.renamed is not None:
             self._held[info.run_id] = until  # (what this run recorded stands in the way)
-        elif version is not None:
-            self._skipped[version] = until
         else:
-            self._held[info.run_id] = until
-        await self.release(info)
+            self._skipped[version] = until
         self._warn_once(
             info.run_id,
             "run {} of workflow {!r} started on another version of it than the one registered here, "
@@ -363,12 +361,6 @@ class Versions:
             info.workflow_id,
             why,
             10 * self.lease,
-        )
-
-    async def release(self, info: RunInfo) -> None:
-        """Give ``info``'s run (claimed by this engine) back, free for any engine to claim."""
-        await self.backend.update_run(
-            info.run_id, holder=info.owner, now=self.clock.now(), owner=None, lease_until=None
         )
 
     async def claim(self, owner: str, *, now: float, lease_until: float, limit: int) -> list[RunInfo]:

@@ -354,8 +354,8 @@ class Backend(ABC):
         Claimed runs get ``owner``, ``lease_until`` and status ``RUNNING``
         (``SLEEPING`` stays). With ``run_id``, only that run is considered.
         Runs whose ``workflow_version`` is in ``skip_versions`` are not taken
-        (versions the engine cannot re-create; a backend without the argument
-        makes the engine hold such runs until their lease runs out instead).
+        (versions the engine cannot re-create; with a backend without the
+        argument, the engine gives such runs back each time it claims them).
         """
 
     @abstractmethod
