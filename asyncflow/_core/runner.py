@@ -140,6 +140,7 @@ class RunState:
         if node is None:
             return Event(kind, self.run_id, self.workflow.id, at=time(), **fields)
         if isinstance(node, StageNode):
+            inserter = node.inserter
             return Event(
                 kind,
                 self.run_id,
@@ -147,8 +148,10 @@ class RunState:
                 stage_id=node.id,
                 at=time(),
                 dynamic=node.dynamic,
+                parent_key=None if inserter is None else inserter.key,
                 **fields,
             )
+        parent = node.parent
         return Event(
             kind,
             self.run_id,
@@ -157,6 +160,8 @@ class RunState:
             action_name=node.action.name,
             at=time(),
             dynamic=node.dynamic,
+            key=node.key,
+            parent_key=None if parent is None else parent.key,
             **fields,
         )
 
@@ -433,6 +438,7 @@ class Runner:
                     status=result.status.value,
                     error=result.error,
                     duration=result.duration,
+                    reason=result.suspend_reason or result.bail_reason,
                 )
             )
 
