@@ -278,7 +278,7 @@ def lease_messages(log: list[dict[str, Any]], run_id: str) -> list[str]:
 async def test_cancel_from_another_process_is_logged_as_a_cancel(
     url: str, notice: dict[str, float], asyncflow_log: list[dict[str, Any]]
 ) -> None:
-    """A run cancelled by `asyncflow runs cancel` in another process is logged as a cancel, not a take-over."""
+    """A run cancelled by `asyncflow runs cancel` in another process is logged as a cancel."""
     async with make_engine(url, GATED_THEN_AFTER, owner="A", **notice) as a:
         handle = await a.start(GATED_THEN_AFTER)
         with anyio.fail_after(5):
