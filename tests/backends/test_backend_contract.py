@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-from conftest import Storage
 
 import asyncflow as af
 from asyncflow.backends import Backend, Checkpoint, RunInfo, StoreEntry, WorkflowVersion
+from backends.storages import Storage
 
 T0 = 1_800_000_000.0
 LEASE = 30.0

@@ -7,10 +7,10 @@ from datetime import timedelta
 import anyio
 import durable_flows as flows
 import pytest
-from conftest import Storage
 
 import asyncflow as af
 from asyncflow.testing import FakeClock
+from backends.storages import Storage
 
 START = 1_800_000_000.0
 
