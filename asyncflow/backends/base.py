@@ -27,7 +27,8 @@ from .._core.records import RunStatus
 #: 2: a run's steps are stored as :class:`StepRows` (1 had a dict per step; still read).
 #: 3: runs are numbered, and checkpoints refer to the number (SQLite: appended, not scattered).
 #: 4: each run names the version of its workflow it started on, and the versions are kept.
-SCHEMA_VERSION = 4
+#: 5: an index per filter of list_runs, and auto_vacuum=INCREMENTAL (space given back after a purge).
+SCHEMA_VERSION = 5
 
 
 def _utc(timestamp: float) -> datetime:
