@@ -33,9 +33,19 @@ class EventKind(enum.StrEnum):
     STAGE_INSERTED = "stage_inserted"
     ACTION_INSERTED = "action_inserted"
     RUN_FINISHED = "run_finished"
+    RUN_SUSPENDED = "run_suspended"
     RUN_INTERRUPTED = "run_interrupted"
     TIMING = "timing"
     EVENTS_DROPPED = "events_dropped"
+    #: (``engine.watch`` only) a run was written down by ``engine.start``
+    RUN_CREATED = "run_created"
+    #: (``engine.watch`` only) ``engine.resume`` continued a suspended run
+    RUN_RESUMED = "run_resumed"
+    #: (``engine.watch`` only) an action sent a message with ``ctx.send``
+    MESSAGE = "message"
+
+
+_NEVER_DROPPED = frozenset({EventKind.RUN_FINISHED, EventKind.RUN_SUSPENDED})
 
 
 class Event(NamedTuple):
@@ -128,8 +138,8 @@ class EventStream:
     When the subscriber falls behind and the buffer is full, new events are
     dropped and counted; the subscriber then receives one ``EVENTS_DROPPED``
     event carrying how many it missed, in the place where they were lost.
-    ``RUN_FINISHED`` is never dropped, so a reader waiting for the end of a
-    run always sees it. The run never waits for a subscriber.
+    ``RUN_FINISHED`` and ``RUN_SUSPENDED`` are never dropped, so a reader
+    waiting for the end of a run always sees it. The run never waits for a subscriber.
     """
 
     def __init__(self, buffer: int, run_id: str | None) -> None:
@@ -143,8 +153,8 @@ class EventStream:
     def _push(self, event: Event) -> None:
         if self._run_id is not None and event.run_id != self._run_id:
             return
-        if len(self._buffer) >= self._limit and event.kind is not EventKind.RUN_FINISHED:
-            # RUN_FINISHED is never dropped (one per run keeps the buffer bounded):
+        if len(self._buffer) >= self._limit and event.kind not in _NEVER_DROPPED:
+            # RUN_FINISHED (or RUN_SUSPENDED) is never dropped (one per run keeps the buffer bounded):
             # a reader that waits for the end of a run must always see it.
             self._dropped += 1
             return
@@ -284,3 +294,110 @@ class Hub:
                     msg.run_id,
                 )
         return failures
+
+
+def _error_text(error: BaseException | None) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {error}"
+
+
+def event_data(event: Event) -> dict[str, Any]:
+    """``event`` as a run's event log keeps it: a dict of JSON values (the error as ``"Type: message"``).
+
+    Fields that hold their default are left out: a busy run logs two events per action.
+    """
+    data: dict[str, Any] = {"kind": event.kind.value, "at": event.at}
+    if event.stage_id is not None:
+        data["stage_id"] = event.stage_id
+    if event.action_name is not None:
+        data["action_name"] = event.action_name
+    if event.status is not None:
+        data["status"] = event.status
+    if event.error is not None:
+        data["error"] = _error_text(event.error)
+    if event.duration is not None:
+        data["duration"] = event.duration
+    if event.dynamic:
+        data["dynamic"] = True
+    if event.attempt is not None:
+        data["attempt"] = event.attempt
+    if event.reason is not None:
+        data["reason"] = event.reason
+    return data
+
+
+def message_data(message: Message) -> dict[str, Any]:
+    """``message`` as a run's event log keeps it (kind ``"message"``; its own kind is ``message``)."""
+    return {
+        "kind": EventKind.MESSAGE.value,
+        "at": time.time(),
+        "stage_id": message.stage_id,
+        "action_name": message.action_name,
+        "message": message.kind,
+        "payload": message.payload,
+        "seq": message.seq,
+    }
+
+
+@attrs.frozen
+class RunEvent:
+    """One event of a run, as :meth:`Engine.watch <asyncflow.Engine.watch>` gives it, from any process.
+
+    Attributes:
+        cursor: where this event is in the run's log: pass it as ``after=`` to
+            go on after it (an SSE ``id:``).
+        kind: what happened (:class:`EventKind`; ``MESSAGE`` for ``ctx.send``).
+        run_id, workflow_id: the run.
+        at: wall-clock time of the event (``time.time()``).
+        stage_id, action_name: the step, where the event is about one.
+        status: the step's or the run's status, for ``*_FINISHED``,
+            ``STEP_SKIPPED`` and ``RUN_SUSPENDED``.
+        error: ``"Type: message"`` of a failed step or run.
+        duration: seconds the step or run took, for ``*_FINISHED``.
+        dynamic: the step was inserted at run time.
+        attempt: the attempt number, for action events.
+        reason: why a step was skipped.
+        message: for ``MESSAGE``, the kind given to ``ctx.send``; ``payload`` its payload.
+    """
+
+    cursor: str
+    kind: EventKind
+    run_id: str
+    workflow_id: str
+    at: float
+    stage_id: str | None = None
+    action_name: str | None = None
+    status: str | None = None
+    error: str | None = None
+    duration: float | None = None
+    dynamic: bool = False
+    attempt: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    payload: Any = None
+
+    @classmethod
+    def from_data(cls, seq: int, run_id: str, workflow_id: str, data: dict[str, Any]) -> RunEvent:
+        """The event numbered ``seq`` in a run's log, from what :func:`event_data` kept."""
+        return cls(
+            cursor=str(seq),
+            kind=EventKind(data["kind"]),
+            run_id=run_id,
+            workflow_id=workflow_id,
+            at=float(data.get("at") or 0.0),
+            stage_id=data.get("stage_id"),
+            action_name=data.get("action_name"),
+            status=data.get("status"),
+            error=data.get("error"),
+            duration=data.get("duration"),
+            dynamic=bool(data.get("dynamic")),
+            attempt=data.get("attempt"),
+            reason=data.get("reason"),
+            message=data.get("message"),
+            payload=data.get("payload"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as a dict of its fields (JSON values, if the payload is one)."""
+        data = attrs.asdict(self, recurse=False)
+        data["kind"] = self.kind.value
+        return data

@@ -120,11 +120,25 @@ _VERSIONS_TABLES = [
     )""",
     "CREATE INDEX workflow_versions_by_shape ON workflow_versions (shape_key)",
 ]
+# Each run's events (engine.watch), numbered from 1; they go with their run.
+_EVENTS_TABLES = [
+    """CREATE TABLE IF NOT EXISTS run_events (
+        run_no INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (run_no, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS run_events_go_with_their_run AFTER DELETE ON runs
+    BEGIN
+        DELETE FROM run_events WHERE run_no = old.run_no;
+    END""",
+]
 _SCHEMA = [
     "CREATE TABLE asyncflow_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     *_tables("runs", "checkpoints"),
     *_INDEXES,
     *_VERSIONS_TABLES,
+    *_EVENTS_TABLES,
 ]
 
 _RUN_COLUMNS = tuple(field.name for field in attrs.fields(RunInfo))
@@ -209,6 +223,7 @@ def _migrate(conn: sqlite3.Connection, version: int, where: str) -> None:
     so an older asyncflow opening the file meanwhile waits, then finds the new
     version and refuses it.
 
+    4 to 5 adds the table of runs' events (runs of before start with none).
     3 to 4 adds the column of a run's workflow version and the table of
     versions (runs of before have none). 2 to 3 rebuilds both tables: runs get
     a number (``run_no``, in the order they were created) and checkpoints
@@ -259,9 +274,13 @@ def _rebuild(conn: sqlite3.Connection, version: int, where: str) -> None:
                 conn.execute(statement)
         elif found == version and version < 4:
             conn.execute("ALTER TABLE runs ADD COLUMN workflow_version TEXT")
-        if found == version:
+        if found == version and version < 4:
             for statement in _VERSIONS_TABLES:
                 conn.execute(statement)
+        if found == version and version < 5:
+            for statement in _EVENTS_TABLES:
+                conn.execute(statement)
+        if found == version:
             conn.execute(
                 "UPDATE asyncflow_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
@@ -291,6 +310,8 @@ class SQLiteBackend(Backend):
         path: the database file.
         busy_timeout: seconds to wait for another process's write lock.
     """
+
+    keeps_events = True
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -851,6 +872,43 @@ class SQLiteBackend(Backend):
 
         result: int = await self._call(purge, writes=True)
         return result
+
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+        """Add the events to the end of the run's log, in the next commit."""
+        texts = [json.dumps(data) for data in events]
+        if not texts:
+            return
+
+        def append(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT r.run_no, (SELECT MAX(seq) FROM run_events WHERE run_no = r.run_no) "
+                "FROM runs AS r WHERE r.run_id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                return
+            run_no, last = row[0], row[1] or 0
+            conn.executemany(
+                "INSERT INTO run_events (run_no, seq, data) VALUES (?, ?, ?)",
+                [(run_no, last + i, text) for i, text in enumerate(texts, 1)],
+            )
+
+        await self._call(append, writes=True)
+
+    async def read_events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """The run's events numbered after ``after``, in order."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            return conn.execute(
+                "SELECT e.seq, e.data FROM run_events AS e JOIN runs AS r ON r.run_no = e.run_no "
+                "WHERE r.run_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
+                (run_id, after, limit),
+            ).fetchall()
+
+        rows: list[tuple[int, str]] = await self._call(read, writes=False)
+        return [(seq, json.loads(text)) for seq, text in rows]
 
     async def save_version(self, version: WorkflowVersion) -> None:
         """Keep ``version`` unless one with its key is kept."""
