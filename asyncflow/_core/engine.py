@@ -169,8 +169,8 @@ class Engine:
         watch_interval: how often ``engine.watch`` looks for events written by
             another process (events of runs executing here arrive at once).
         events: keep each run's events in its log for ``engine.watch`` (default
-            true). It costs about as much again per committed action on SQLite
-            (see benchmarks/README.md); an engine that runs many short durable
+            true). It about doubles the engine's own cost per committed action
+            on SQLite (see the CHANGELOG); an engine that runs many short durable
             runs nobody watches may turn it off (``watch`` then gives only the
             events of runs other engines executed).
     """
