@@ -85,6 +85,8 @@ class _Active:
     result: RunResult | None = None
     cancel_requested: bool = False
     lease_lost: bool = False
+    drained: bool = False  # stopped by Engine.drain after a checkpoint, and given back
+    elsewhere: bool = False  # cancelled from another process
     run: RunState | None = None
 
 
@@ -142,7 +144,10 @@ class Engine:
         clock: time for leases, sleeps, back-offs and TTLs (a
             :class:`~asyncflow.testing.FakeClock` in tests).
         lease: seconds a claim on a run holds without a heartbeat.
-        poll_interval: seconds between heartbeats and looks for runs to take over.
+        poll_interval: seconds between heartbeats and looks for runs to take over
+            (a backend that notifies, PostgreSQL, wakes the engine sooner).
+        concurrency: at most this many runs taken over at once (runs started
+            here with ``engine.start`` are not limited); ``None``: no limit.
     """
 
     def __init__(
@@ -157,7 +162,13 @@ class Engine:
         lease: float = 30.0,
         poll_interval: float = 1.0,
         owner: str | None = None,
+        concurrency: int | None = None,
     ) -> None:
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise ValueError(f"concurrency must be a positive int or None, got {concurrency!r}")
+        self.concurrency = concurrency
         self.backend = open_backend(url)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
         self.runner = runner if runner is not None else Runner(clock=self.clock)
@@ -184,6 +195,8 @@ class Engine:
         self._group: TaskGroup | None = None
         self._open = False  # between __aenter__ and the end of __aexit__
         self._closing = False
+        self._draining = False  # (drain): runs stop after their next checkpoint and are given back
+        self._wake: anyio.Event | None = None  # set by a backend's notice: look for runs now
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -229,6 +242,9 @@ class Engine:
             self._open = False
             raise
         self._closing = False
+        self._draining = False
+        self._wake = anyio.Event()
+        self.backend.on_notice(self._notice)
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
@@ -263,11 +279,46 @@ class Engine:
                 await group.__aexit__(None, None, None)
         finally:
             self._group = None
+            self.backend.on_notice(None)
             try:
                 with anyio.CancelScope(shield=True):
                     await self.backend.aclose()
             finally:
                 self._open = False
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking runs, and give back each run here after its next checkpoint, waiting up to ``grace`` s.
+
+        Actions in flight finish and are checkpointed; their runs are then
+        released at once (another engine takes them without waiting for a
+        lease to expire). Runs still busy after ``grace`` seconds are given
+        back when the engine closes. Used by ``asyncflow worker`` on SIGTERM.
+        """
+        self._draining = True
+        with anyio.move_on_after(grace):
+            for active in list(self._active.values()):
+                await active.done.wait()
+
+    def _stop_after_checkpoint(self, run_id: str) -> None:
+        """(Draining) stop the run here now that its last step is checkpointed; it is given back."""
+        active = self._active.get(run_id)
+        if active is not None and active.run is not None and not active.cancel_requested:
+            active.run.interrupted = True
+            active.drained = True
+            active.scope.cancel()
+
+    def _notice(self, kind: str, run_id: str | None) -> None:
+        """A backend's notice from another engine (see :meth:`Backend.on_notice`)."""
+        if kind == "cancel" and run_id is not None:
+            active = self._active.get(run_id)
+            if active is not None and not active.done.is_set() and not active.cancel_requested:
+                # Cancelled elsewhere (recorded there): stop at once, record nothing.
+                logger.info("run {} was cancelled from another process; stopping it here", run_id)
+                active.lease_lost = True
+                active.elsewhere = True
+                active.scope.cancel()
+        elif kind == "work" and self._wake is not None:
+            self._wake.set()
 
     def _task_group(self) -> TaskGroup:
         if self._group is None:
@@ -385,12 +436,17 @@ class Engine:
                     if isinstance(failure.error, LeaseLost):
                         active.lease_lost = True
                 except anyio.get_cancelled_exc_class():
-                    if self._closing and not active.cancel_requested:
+                    if (self._closing or active.drained) and not active.cancel_requested:
                         with anyio.CancelScope(shield=True):
                             await self._release(info.run_id)
                     raise
+            if active.drained:
+                return
             if active.lease_lost:
-                logger.warning("run {} was taken over by another engine; this engine stopped it", info.run_id)
+                if not active.elsewhere:
+                    logger.warning(
+                        "run {} was taken over by another engine; this engine stopped it", info.run_id
+                    )
                 return
             if result is None:  # cancelled through engine.cancel
                 result = RunResult(
@@ -489,12 +545,18 @@ class Engine:
         if group is None or self._closing:
             return
         while True:
+            limit = 100
+            if self.concurrency is not None:
+                busy = sum(1 for a in self._active.values() if not a.done.is_set())
+                limit = min(limit, self.concurrency - busy)
+                if limit <= 0:
+                    return
             now = self.clock.now()
             # Shielded: runs claimed are launched (and, if the engine is closing, released
             # again at once), never left owned but idle until their lease runs out.
             with anyio.CancelScope(shield=True):
                 claimed = await self._versions.claim(
-                    self.owner, now=now, lease_until=now + self.lease, limit=100
+                    self.owner, now=now, lease_until=now + self.lease, limit=limit
                 )
                 given_back = False
                 for info in claimed:
@@ -511,14 +573,19 @@ class Engine:
                             info.status,
                         )
                         self._launch(group, saved)
-            if len(claimed) < 100 or given_back:  # (runs given back would come back at once)
+            if len(claimed) < limit or given_back:  # (runs given back would come back at once)
                 return
 
     async def _maintain(self) -> None:
         """Heartbeats, take-overs and retention, every ``poll_interval``."""
         ticks = 0
         while True:
-            await anyio.sleep(self.poll_interval)
+            with anyio.move_on_after(self.poll_interval):
+                if self._wake is not None:
+                    await self._wake.wait()
+                    # (a burst of notices wakes the engine once)
+                    await anyio.sleep(0.005)
+            self._wake = anyio.Event()
             ticks += 1
             try:
                 running = [run_id for run_id, a in self._active.items() if not a.done.is_set()]
@@ -534,7 +601,7 @@ class Engine:
                         active.scope.cancel()
                 for run_id in [r for r, a in self._active.items() if a.done.is_set()]:
                     del self._active[run_id]
-                if self.recover:
+                if self.recover and not self._draining:
                     await self._take_over()
                 if self.retention is not None and ticks % 60 == 1:
                     await self.purge(older_than=self.retention)
@@ -837,6 +904,24 @@ class _RunDurability(Durability):
         status = RunStatus.RUNNING if self.sleeping else None
         self.sleeping = False
         self.seq = seq = self.seq + 1
+        if self.engine._draining:
+            await self._write(
+                Checkpoint(
+                    self.run_id,
+                    self.owner,
+                    node.key,
+                    "action",
+                    puts,
+                    deletes,
+                    plan_ops,
+                    node.attempts,
+                    None,
+                    status,
+                    seq,
+                )
+            )
+            self.engine._stop_after_checkpoint(self.run_id)
+            return
         checkpoint = Checkpoint(
             self.run_id,
             self.owner,
