@@ -140,6 +140,7 @@ class RunState:
         if node is None:
             return Event(kind, self.run_id, self.workflow.id, at=time(), **fields)
         if isinstance(node, StageNode):
+            inserter = node.inserter
             return Event(
                 kind,
                 self.run_id,
@@ -147,8 +148,10 @@ class RunState:
                 stage_id=node.id,
                 at=time(),
                 dynamic=node.dynamic,
+                parent_key=None if inserter is None else inserter.key,
                 **fields,
             )
+        parent = node.parent
         return Event(
             kind,
             self.run_id,
@@ -157,6 +160,8 @@ class RunState:
             action_name=node.action.name,
             at=time(),
             dynamic=node.dynamic,
+            key=node.key,
+            parent_key=None if parent is None else parent.key,
             **fields,
         )
 
@@ -289,7 +294,10 @@ class Runner:
 
         When the subscriber falls behind by ``buffer`` events, further events
         are dropped and it receives one ``EVENTS_DROPPED`` event saying how
-        many it missed. ``run_id`` narrows the stream to one run.
+        many it missed. A stream never holds more than ``buffer`` events and
+        that one marker, however long nobody reads it; ``RUN_FINISHED`` is
+        kept before any other kind (see :class:`~asyncflow.EventStream`).
+        ``run_id`` narrows the stream to one run.
         """
         return self._hub.subscribe(buffer, run_id)
 
@@ -433,6 +441,7 @@ class Runner:
                     status=result.status.value,
                     error=result.error,
                     duration=result.duration,
+                    reason=result.suspend_reason or result.bail_reason,
                 )
             )
 
