@@ -179,6 +179,8 @@ class PostgresBackend(Backend):
         self._outage = False
         self._closing = False
         self.session_liveness = self._url.pooler == "session"
+        #: group commits written so far (each one statement, or two with a run's status)
+        self.batches = 0
 
     # ---- opening and closing ---------------------------------------------------------
 
@@ -550,6 +552,7 @@ class PostgresBackend(Backend):
                 )
 
         async def write(conn: Any) -> int:
+            self.batches += 1
             if status_rows:
                 async with conn.transaction():
                     await conn.execute(_STATUS_SQL, *map(list, zip(*status_rows, strict=True)))
