@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
+import sys
 import time
 from typing import Any
 
@@ -246,6 +248,52 @@ async def test_run_cancelled_by_another_engine_during_an_action_runs_nothing_aft
         await anyio.sleep(0.3)  # room for a (wrong) take-over by either engine
     assert (await info_of(url, handle.run_id)).status is af.RunStatus.CANCELLED
     assert flows.runs_of("after") == 0
+
+
+async def cancel_from_another_process(url: str, run_id: str) -> None:
+    """``asyncflow runs cancel RUN_ID --db URL`` in a child process; it must succeed."""
+    env = {**os.environ}
+    env.pop("ASYNCFLOW_DB", None)
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "asyncflow", "runs", "cancel", run_id, "--db", url], env=env, check=False
+        )
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def lease_messages(log: list[dict[str, Any]], run_id: str) -> list[str]:
+    """The warnings and infos of ``log`` about ``run_id``."""
+    return [r["message"] for r in log if run_id in r["message"] and r["level"].name in ("INFO", "WARNING")]
+
+
+@pytest.mark.parametrize(
+    "notice",
+    [
+        # The action's checkpoint is the first to learn of the cancellation (no heartbeat meanwhile).
+        pytest.param({"lease": 300.0, "poll_interval": 100.0}, id="by-checkpoint"),
+        # The heartbeat learns of it while the action still runs.
+        pytest.param({"lease": 200.0, "poll_interval": 0.05}, id="by-heartbeat"),
+    ],
+)
+async def test_cancel_from_another_process_is_logged_as_a_cancel(
+    url: str, notice: dict[str, float], asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """A run cancelled by `asyncflow runs cancel` in another process is logged as a cancel."""
+    async with make_engine(url, GATED_THEN_AFTER, owner="A", **notice) as a:
+        handle = await a.start(GATED_THEN_AFTER)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        await cancel_from_another_process(url, handle.run_id)
+        if notice["poll_interval"] < 1:
+            await flows.eventually(lambda: flows.runs_of("block.cancelled") == 1)
+        else:
+            flows.gate("block.release").set()  # the action completes: its checkpoint is refused
+        with anyio.fail_after(5):
+            result = await handle.result()
+        assert result.status is af.RunStatus.CANCELLED
+    messages = lease_messages(asyncflow_log, handle.run_id)
+    assert any("was cancelled elsewhere" in m for m in messages), messages
+    assert not any("taken over" in m or "lost the lease" in m for m in messages), messages
 
 
 async def test_checkpoints_sharing_a_commit_with_one_of_a_cancelled_run_are_kept(url: str) -> None:

@@ -79,6 +79,8 @@ class _Active:
     result: RunResult | None = None
     cancel_requested: bool = False
     lease_lost: bool = False
+    #: whether the lease was lost to a cancel made elsewhere (``None``: not known yet)
+    cancelled_elsewhere: bool | None = None
     run: RunState | None = None
 
 
@@ -377,7 +379,19 @@ class Engine:
                             await self._release(info.run_id)
                     raise
             if active.lease_lost:
-                logger.warning("run {} was taken over by another engine; this engine stopped it", info.run_id)
+                if active.cancelled_elsewhere is None:  # (a checkpoint found the lease gone)
+                    with anyio.CancelScope(shield=True):
+                        active.cancelled_elsewhere = await self._cancelled_elsewhere(info.run_id)
+                if active.cancelled_elsewhere:
+                    logger.info(
+                        "run {} was cancelled elsewhere (by another engine or process); "
+                        "this engine stopped it",
+                        info.run_id,
+                    )
+                else:
+                    logger.warning(
+                        "run {} was taken over by another engine; this engine stopped it", info.run_id
+                    )
                 return
             if result is None:  # cancelled through engine.cancel
                 result = RunResult(
@@ -482,7 +496,9 @@ class Engine:
                 for run_id in lost:
                     active = self._active.get(run_id)
                     if active is not None and not active.done.is_set():
-                        logger.warning("lost the lease of run {}; stopping it here", run_id)
+                        active.cancelled_elsewhere = await self._cancelled_elsewhere(run_id)
+                        if not active.cancelled_elsewhere:
+                            logger.warning("lost the lease of run {}; stopping it here", run_id)
                         active.lease_lost = True
                         active.scope.cancel()
                 for run_id in [r for r, a in self._active.items() if a.done.is_set()]:
@@ -494,6 +510,14 @@ class Engine:
             except Exception as exc:
                 # Heartbeats go on next time: a passing database error must not stop the engine.
                 logger.opt(exception=exc).error("engine maintenance failed: {}: {}", type(exc).__name__, exc)
+
+    async def _cancelled_elsewhere(self, run_id: str) -> bool:
+        """Whether a run this engine lost the lease of was cancelled (rather than taken over)."""
+        try:
+            info = await self.backend.get_run(run_id)
+        except Exception:  # (only for the log line: a database error here changes nothing)
+            return False
+        return info is not None and info.status is RunStatus.CANCELLED
 
     # ---- managing runs ---------------------------------------------------------------
 

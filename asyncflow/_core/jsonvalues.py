@@ -7,12 +7,16 @@ and these say so early, naming the value that is not.
 from __future__ import annotations
 
 import json
+import sys
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from .errors import NotSerializable
 
 _CONTAINERS = (dict, list, tuple)
+#: ints within this bound are written directly; longer ones go through json.dumps, which checks
+#: Python's limit on the digits of an int written as text
+_INT_FAST = 10**18
 
 
 def exact_json(value: Any) -> str:
@@ -21,9 +25,23 @@ def exact_json(value: Any) -> str:
     JSON objects have string keys: ``json.dumps`` writes the keys ``1``,
     ``1.5``, ``True`` and ``None`` as ``"1"``, ``"1.5"``, ``"true"`` and
     ``"null"``, so such a dict would come back changed after a restart.
-    Raises ``TypeError`` or ``ValueError`` as ``json.dumps`` does.
+    NaN and infinity are refused too (``json.dumps`` would write the
+    non-standard tokens ``NaN`` and ``Infinity``, which PostgreSQL's ``jsonb``
+    and most JSON readers refuse), and so are ints too long to write and
+    containers nested too deep to write or read back.
+    Raises ``TypeError`` or ``ValueError`` (never ``RecursionError``).
     """
-    text = json.dumps(value)
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except RecursionError:
+        raise ValueError(
+            "it is nested too deep to be written as JSON (Python's recursion limit is "
+            f"{sys.getrecursionlimit()})"
+        ) from None
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            raise ValueError("it holds NaN or infinity, which standard JSON cannot carry") from None
+        raise
     if isinstance(value, _CONTAINERS) and "{" in text:  # (no "{" in the text: no dict, no key)
         stack = [value]
         while stack:
@@ -49,7 +67,7 @@ def json_value_check(key: str, value: Any) -> str:
     kind = type(value)
     if kind is str:
         return encode_basestring_ascii(value)
-    if kind is int:
+    if kind is int and -_INT_FAST < value < _INT_FAST:
         return int.__repr__(value)
     if value is None:
         return "null"

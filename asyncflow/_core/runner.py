@@ -155,7 +155,10 @@ class Runner:
 
         When the subscriber falls behind by ``buffer`` events, further events
         are dropped and it receives one ``EVENTS_DROPPED`` event saying how
-        many it missed. ``run_id`` narrows the stream to one run.
+        many it missed. A stream never holds more than ``buffer`` events and
+        that one marker, however long nobody reads it; ``RUN_FINISHED`` is
+        kept before any other kind (see :class:`~asyncflow.EventStream`).
+        ``run_id`` narrows the stream to one run.
         """
         return self._hub.subscribe(buffer, run_id)
 
@@ -299,6 +302,7 @@ class Runner:
                     status=result.status.value,
                     error=result.error,
                     duration=result.duration,
+                    reason=result.suspend_reason or result.bail_reason,
                 )
             )
 

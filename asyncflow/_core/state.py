@@ -91,6 +91,7 @@ class RunState:
         if node is None:
             return Event(kind, self.run_id, self.workflow.id, at=time(), **fields)
         if isinstance(node, StageNode):
+            inserter = node.inserter
             return Event(
                 kind,
                 self.run_id,
@@ -98,8 +99,10 @@ class RunState:
                 stage_id=node.id,
                 at=time(),
                 dynamic=node.dynamic,
+                parent_key=None if inserter is None else inserter.key,
                 **fields,
             )
+        parent = node.parent
         return Event(
             kind,
             self.run_id,
@@ -108,6 +111,8 @@ class RunState:
             action_name=node.action.name,
             at=time(),
             dynamic=node.dynamic,
+            key=node.key,
+            parent_key=None if parent is None else parent.key,
             **fields,
         )
 
