@@ -166,7 +166,7 @@ async def test_newer_schema_is_refused(postgres_server: str, postgres_url: str) 
         await conn.execute(f"UPDATE \"{schema}\".meta SET value = '999' WHERE key = 'schema_version'")
     finally:
         await conn.close()
-    with pytest.raises(af.BackendError, match="newer asyncflow.*schema version 999"):
+    with pytest.raises(af.BackendError, match=r"newer asyncflow.*schema version 999"):
         async with PostgresBackend(postgres_url):
             pass
 
@@ -248,7 +248,8 @@ async def test_concurrent_checkpoints_share_round_trips(backend: PostgresBackend
             group.start_soon(backend.checkpoint, Checkpoint(f"r{i}", "a", "s/0", "action", seq=1))
     assert backend.batches - before <= 10
     saved = await backend.load("r199")
-    assert saved is not None and len(saved.checkpoints) == 1
+    assert saved is not None
+    assert len(saved.checkpoints) == 1
 
 
 async def test_a_bad_checkpoint_fails_alone(backend: PostgresBackend) -> None:
@@ -271,11 +272,18 @@ async def test_a_bad_checkpoint_fails_alone(backend: PostgresBackend) -> None:
     async with anyio.create_task_group() as group:
         for i in range(3):
             group.start_soon(write, i)
-    assert results[0] is None and results[2] is None
+    assert results[0] is None
+    assert results[2] is None
     assert isinstance(results[1], af.BackendError)
 
 
 # ---- engines sharing a database --------------------------------------------------------------------
+
+
+def spawn(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """A child process whose stdout the test reads line by line."""
+    return subprocess.Popen(args, stdout=subprocess.PIPE, cwd=cwd, text=True)
+
 
 WORKER = textwrap.dedent(
     """
@@ -302,12 +310,10 @@ WORKER = textwrap.dedent(
 
 
 async def test_a_killed_worker_is_taken_over_within_two_seconds(postgres_url: str, tmp_path: Path) -> None:
-    """A worker killed with SIGKILL loses its session; another engine takes its run in under 2 s (lease: 60 s)."""
+    """A worker killed with SIGKILL loses its session; another engine takes its run within 2 s."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    child = subprocess.Popen(
-        [sys.executable, str(script), postgres_url], stdout=subprocess.PIPE, cwd=tmp_path, text=True
-    )
+    child = spawn([sys.executable, str(script), postgres_url], tmp_path)
     try:
         assert child.stdout is not None
         with anyio.fail_after(30):
