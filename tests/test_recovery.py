@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import durable_flows as flows
 import pytest
-from durable_flows import finish, interrupt, make_engine, query
+from durable_flows import finish, info_of, interrupt, make_engine, query, run_here
 
 import asyncflow as af
 from asyncflow.backends import SQLiteBackend
@@ -30,20 +30,6 @@ START = 1_800_000_000.0
 @pytest.fixture(autouse=True)
 def _fresh_ledger() -> None:
     flows.reset()
-
-
-async def run_here(url: str, workflow: af.Workflow, *, within: float = 5) -> tuple[str, af.RunResult]:
-    """Start ``workflow`` on a new engine, wait (at most ``within`` s) for it to end; its id and result."""
-    async with make_engine(url, workflow) as engine:
-        handle = await engine.start(workflow)
-        with anyio.fail_after(within):
-            return handle.run_id, await handle.result()
-
-
-async def info_of(url: str, run_id: str) -> af.RunInfo:
-    """What the database says of the run, read by an engine that recovers nothing."""
-    async with make_engine(url, recover=False) as engine:
-        return await engine.get_run(run_id)
 
 
 def same_json(a: Any, b: Any) -> bool:

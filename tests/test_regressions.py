@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import durable_flows as flows
 import pytest
-from test_recovery import finish, info_of, interrupt, make_engine, run_here
+from durable_flows import finish, info_of, interrupt, make_engine, run_here
 
 import asyncflow as af
 from asyncflow import backoff

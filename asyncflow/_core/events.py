@@ -54,8 +54,11 @@ class Event(NamedTuple):
         duration: seconds the step or run took, for ``*_FINISHED`` and ``TIMING``.
         dynamic: the step was inserted at run time.
         attempt: the attempt number, for action events.
-        reason: why a step was skipped.
+        reason: why a step was skipped; for ``RUN_FINISHED``, why the run suspended or bailed.
         dropped: for ``EVENTS_DROPPED``, how many events this subscriber missed.
+        key: an action's place in the plan (``stage/2.0.1``, as in ``StepRecord``), for action events.
+        parent_key: for a dynamic step, the key of the action that inserted it (its stage
+            is the part before the last ``/``).
     """
 
     kind: EventKind
@@ -71,6 +74,8 @@ class Event(NamedTuple):
     attempt: int | None = None
     reason: str | None = None
     dropped: int = 0
+    key: str | None = None
+    parent_key: str | None = None
 
 
 @attrs.frozen
