@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import anyio
 
 import asyncflow as af
@@ -32,3 +34,10 @@ def sleeper(name: str, seconds: float) -> af.Action:
         await anyio.sleep(seconds)
 
     return af.action(name=name)(body)
+
+
+def rss_bytes() -> int:
+    """The resident set size of this process, in bytes (Linux: from /proc/self/statm)."""
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import durable_flows as flows
 import pytest
-from durable_flows import finish, interrupt, make_engine, query
+from durable_flows import finish, info_of, interrupt, make_engine, query, run_here
 
 import asyncflow as af
 from asyncflow.backends import SQLiteBackend
@@ -30,20 +30,6 @@ START = 1_800_000_000.0
 @pytest.fixture(autouse=True)
 def _fresh_ledger() -> None:
     flows.reset()
-
-
-async def run_here(url: str, workflow: af.Workflow, *, within: float = 5) -> tuple[str, af.RunResult]:
-    """Start ``workflow`` on a new engine, wait (at most ``within`` s) for it to end; its id and result."""
-    async with make_engine(url, workflow) as engine:
-        handle = await engine.start(workflow)
-        with anyio.fail_after(within):
-            return handle.run_id, await handle.result()
-
-
-async def info_of(url: str, run_id: str) -> af.RunInfo:
-    """What the database says of the run, read by an engine that recovers nothing."""
-    async with make_engine(url, recover=False) as engine:
-        return await engine.get_run(run_id)
 
 
 def same_json(a: Any, b: Any) -> bool:
@@ -665,6 +651,52 @@ async def test_non_json_initial_store_is_refused_by_start(url: str) -> None:
         with pytest.raises(af.NotSerializable, match="'when'"):
             await engine.start(flows.QUICK, store={"when": {1, 2}})
         assert (await engine.list_runs()).runs == []
+
+
+def nested(depth: int) -> list[Any]:
+    """A list nested ``depth`` deep: ``[[[...]]]``."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+BEYOND_JSON = [
+    pytest.param(10**5000, "digits", id="huge-int"),
+    pytest.param([1, -(10**5000)], "digits", id="huge-int-inside"),
+    pytest.param(nested(5000), "nested", id="nested-5000-deep"),
+    pytest.param(float("nan"), "NaN", id="nan"),
+    pytest.param(float("inf"), "infinity", id="inf"),
+    pytest.param({"x": [float("-inf")]}, "infinity", id="minus-inf-inside"),
+]
+
+
+@pytest.mark.parametrize(("value", "why"), BEYOND_JSON)
+async def test_start_refuses_a_value_beyond_json_naming_its_key(url: str, value: Any, why: str) -> None:
+    """Huge ints, 5,000-deep nesting, NaN and infinity raise af.NotSerializable naming the key."""
+    async with make_engine(url, flows.QUICK) as engine:
+        with pytest.raises(af.NotSerializable, match=f"'odd'.*{why}"):
+            await engine.start(flows.QUICK, store={"odd": value})
+        assert (await engine.list_runs()).runs == []
+
+
+@pytest.mark.parametrize(("value", "why"), BEYOND_JSON)
+async def test_resume_refuses_data_beyond_json(url: str, value: Any, why: str) -> None:
+    """engine.resume with a huge int, deep nesting, NaN or infinity raises af.NotSerializable."""
+    async with make_engine(url, flows.APPROVAL) as engine:
+        handle = await engine.start(flows.APPROVAL)
+        await handle.result()
+        with pytest.raises(af.NotSerializable, match=why):
+            await engine.resume(handle.run_id, {"items": value})
+        assert (await engine.get_run(handle.run_id)).status is af.RunStatus.SUSPENDED
+
+
+async def test_in_memory_runs_keep_nan_and_infinity() -> None:
+    """A run without a database keeps NaN and infinity in its store (only durable runs need JSON)."""
+    result = await af.run(flows.QUICK, store={"nan": float("nan"), "inf": float("inf")})
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store["inf"] == float("inf")
+    assert result.store["nan"] != result.store["nan"]
 
 
 async def test_initial_store_keyed_by_typed_keys_is_accepted(url: str) -> None:

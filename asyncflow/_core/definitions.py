@@ -22,22 +22,14 @@ from typing import Any, cast
 
 from ..backoff import Exponential, Fixed
 from .actions import Action, FunctionAction
-from .durable import exact_json
-from .errors import InvalidDefinition, WorkflowError
+from .errors import InvalidDefinition, NotReferenceable, UnknownReference
+from .jsonvalues import exact_json
 from .retry import Retry
 from .workflow import Stage, Workflow
 
 DEFINITION_VERSION = 1
 
 ActionRef = dict[str, Any]
-
-
-class NotReferenceable(WorkflowError, TypeError):
-    """An action (or stage) cannot be re-created from a definition, so a durable run cannot take it."""
-
-
-class UnknownReference(InvalidDefinition, LookupError):
-    """A definition names an action that no registry or import path provides."""
 
 
 ActionFactory = Callable[..., Action]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from types import TracebackType
@@ -374,6 +374,17 @@ class Backend(ABC):
     @abstractmethod
     async def purge(self, *, finished_before: float) -> int:
         """Delete finished runs last updated before ``finished_before``; how many."""
+
+    def on_notice(self, callback: Callable[[str, str | None], None] | None) -> None:
+        """Have ``callback(kind, run_id)`` called when another engine signals something.
+
+        ``kind`` is ``"work"`` (a run may be claimed now: released, resumed or
+        created free; ``run_id`` is ``None``) or ``"cancel"`` (``run_id`` was
+        cancelled from another process: stop it at once). A backend shared
+        between processes may deliver these (PostgreSQL does, with
+        LISTEN/NOTIFY); the engine polls anyway, so by default none come.
+        """
+        return None
 
     async def save_version(self, version: WorkflowVersion) -> None:
         """Keep ``version`` (nothing changes if one with its ``version`` is kept already).

@@ -152,18 +152,19 @@ class MemoryBackend(Backend):
             if run_id is not None and run_id in self._runs
             else ([] if run_id is not None else list(self._runs.values()))
         )
+        free = [
+            run
+            for run in candidates
+            if run.info.status in _CLAIMABLE
+            and (run.info.owner is None or (run.info.lease_until or 0.0) < now)
+            and run.info.workflow_version not in skip_versions
+        ]
         claimed = []
-        for run in candidates:
+        for run in sorted(free, key=lambda run: run.info.created_at)[:limit]:  # the oldest first
             info = run.info
-            free = info.owner is None or (info.lease_until or 0.0) < now
-            if info.status in _CLAIMABLE and free and info.workflow_version not in skip_versions:
-                status = RunStatus.SLEEPING if info.status is RunStatus.SLEEPING else RunStatus.RUNNING
-                run.info = attrs.evolve(
-                    info, owner=owner, lease_until=lease_until, status=status, updated_at=now
-                )
-                claimed.append(run.info)
-                if len(claimed) >= limit:
-                    break
+            status = RunStatus.SLEEPING if info.status is RunStatus.SLEEPING else RunStatus.RUNNING
+            run.info = attrs.evolve(info, owner=owner, lease_until=lease_until, status=status, updated_at=now)
+            claimed.append(run.info)
         return claimed
 
     async def heartbeat(
