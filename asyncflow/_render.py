@@ -28,8 +28,8 @@ from datetime import datetime
 from typing import Any
 
 from ._core.errors import RecordedError
+from ._core.execute import REPLAYED
 from ._core.records import RunResult, RunStatus, StepRecord, StepStatus, short_run_id
-from ._core.runner import REPLAYED
 from .backends import RunInfo
 
 __all__ = ["format_run", "format_run_info", "format_runs"]

@@ -78,6 +78,20 @@ async def finish(url: str, run_id: str, *workflows: af.Workflow, **options: Any)
             return await engine.wait(run_id)
 
 
+async def run_here(url: str, workflow: af.Workflow, *, within: float = 5) -> tuple[str, af.RunResult]:
+    """Start ``workflow`` on a new engine, wait (at most ``within`` s) for it to end; its id and result."""
+    async with make_engine(url, workflow) as engine:
+        handle = await engine.start(workflow)
+        with anyio.fail_after(within):
+            return handle.run_id, await handle.result()
+
+
+async def info_of(url: str, run_id: str) -> af.RunInfo:
+    """What the database says of the run, read by an engine that recovers nothing."""
+    async with make_engine(url, recover=False) as engine:
+        return await engine.get_run(run_id)
+
+
 def query(db_path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
     """Rows of ``statement`` read from the database file with a plain sqlite3 connection."""
     conn = sqlite3.connect(db_path)

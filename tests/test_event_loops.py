@@ -9,7 +9,7 @@ import anyio
 import durable_flows as flows
 import pytest
 from conftest import TEST_LOOP
-from test_recovery import query
+from durable_flows import query
 
 import asyncflow as af
 

@@ -66,7 +66,7 @@ def list_query(
 ) -> tuple[str, list[Any]]:
     """The statement of one page of ``list_runs``, and its parameters (``benchmarks/scale.py`` shows plans).
 
-    Each filter has an index in the listing's order (schema 5), so a page reads
+    Each filter has an index in the listing's order (schema 6), so a page reads
     its rows and no others, however many runs the file holds.
     """
     where: list[str] = []
@@ -95,6 +95,8 @@ class SQLiteBackend(Backend):
         path: the database file.
         busy_timeout: seconds to wait for another process's write lock.
     """
+
+    keeps_events = True
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -360,6 +362,43 @@ class SQLiteBackend(Backend):
             total += freed
             if freed < step:
                 return total
+
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+        """Add the events to the end of the run's log, in the next commit."""
+        texts = [json.dumps(data) for data in events]
+        if not texts:
+            return
+
+        def append(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT r.run_no, (SELECT MAX(seq) FROM run_events WHERE run_no = r.run_no) "
+                "FROM runs AS r WHERE r.run_id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                return
+            run_no, last = row[0], row[1] or 0
+            conn.executemany(
+                "INSERT INTO run_events (run_no, seq, data) VALUES (?, ?, ?)",
+                [(run_no, last + i, text) for i, text in enumerate(texts, 1)],
+            )
+
+        await self._writer.submit(append, writes=True)
+
+    async def read_events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """The run's events numbered after ``after``, in order."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            return conn.execute(
+                "SELECT e.seq, e.data FROM run_events AS e JOIN runs AS r ON r.run_no = e.run_no "
+                "WHERE r.run_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
+                (run_id, after, limit),
+            ).fetchall()
+
+        rows: list[tuple[int, str]] = await self._writer.submit(read, writes=False)
+        return [(seq, json.loads(text)) for seq, text in rows]
 
     async def save_version(self, version: WorkflowVersion) -> None:
         """Keep ``version`` unless one with its key is kept."""

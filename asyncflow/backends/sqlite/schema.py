@@ -65,7 +65,7 @@ _INDEXES = [
     "CREATE INDEX runs_by_status ON runs (status, lease_until)",
     "CREATE UNIQUE INDEX checkpoints_by_run ON checkpoints (run_no, seq)",
 ]
-# Schema 5: an index for each filter of list_runs, in the order it lists runs (newest first), so
+# Schema 6: an index for each filter of list_runs, in the order it lists runs (newest first), so
 # that a filtered page reads its rows and no others, however many runs the file holds.
 _LIST_INDEXES = [
     "CREATE INDEX IF NOT EXISTS runs_by_status_created ON runs (status, created_at DESC, run_id DESC)",
@@ -85,11 +85,26 @@ _VERSIONS_TABLES = [
     )""",
     "CREATE INDEX workflow_versions_by_shape ON workflow_versions (shape_key)",
 ]
+# Each run's events (engine.watch), numbered from 1; they go with their run. ("IF NOT EXISTS":
+# the upgrade from schema 3 or 4 adds them to a file that may have had them, made by a test.)
+_EVENTS_TABLES = [
+    """CREATE TABLE IF NOT EXISTS run_events (
+        run_no INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (run_no, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS run_events_go_with_their_run AFTER DELETE ON runs
+    BEGIN
+        DELETE FROM run_events WHERE run_no = old.run_no;
+    END""",
+]
 _SCHEMA = [
     "CREATE TABLE asyncflow_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     *_tables("runs", "checkpoints"),
     *_INDEXES,
     *_VERSIONS_TABLES,
+    *_EVENTS_TABLES,
     *_LIST_INDEXES,
 ]
 
@@ -101,7 +116,7 @@ def _tables_in(conn: sqlite3.Connection) -> set[str]:
 def _create(conn: sqlite3.Connection) -> set[str]:
     """Create the schema in an empty file; the tables found instead, if another process was quicker."""
     # Pages freed by a purge go back to the file system in small steps (see reclaim_space); this
-    # is fixed when the first table is made (an existing file changes it with a VACUUM, schema 5).
+    # is fixed when the first table is made (an existing file changes it with a VACUUM, schema 6).
     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
     with atomic(conn):
@@ -159,7 +174,7 @@ def _migrate(conn: sqlite3.Connection, version: int, where: str) -> None:
             raise _NotAlone(version) from exc
         raise
     try:
-        if version < 5 and conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+        if version < 6 and conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
             # (A VACUUM cannot run inside a transaction: before the upgrade's. It rewrites the
             # whole file once, so that later purges can give its space back.)
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -235,13 +250,25 @@ def _to_4(conn: sqlite3.Connection) -> None:
 
 
 def _to_5(conn: sqlite3.Connection) -> None:
+    """The table of runs' events (runs of before start with none)."""
+    for statement in _EVENTS_TABLES:
+        conn.execute(statement)
+
+
+def _to_6(conn: sqlite3.Connection) -> None:
     """The indexes of list_runs' filters (and, before the upgrade, auto_vacuum: see _migrate)."""
     for statement in _LIST_INDEXES:
         conn.execute(statement)
 
 
 #: version -> the step that brings a file of the version before to it, in the upgrade's transaction
-_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5}
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
+    2: _to_2,
+    3: _to_3,
+    4: _to_4,
+    5: _to_5,
+    6: _to_6,
+}
 
 
 @contextlib.contextmanager

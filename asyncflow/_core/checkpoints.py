@@ -1,0 +1,193 @@
+"""Checkpoints: the durable engine's implementation of the runner's :class:`Durability` seam.
+
+One :class:`RunDurability` per execution of a durable run: it knows what
+the run did before (completed actions and their plan changes, started
+stages, failed attempts, sleeps) and writes every new checkpoint to the
+backend under the engine's lease.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..backends.base import Backend, Checkpoint, SavedRun, StoreEntry
+from . import faults
+from .actions import Action
+from .clock import Clock
+from .definitions import Registry
+from .durable import Durability, Op
+from .jsonvalues import json_value_check
+from .records import RunStatus
+from .serial import store_entry
+from .store import Store, _Meta
+from .workflow import Stage
+
+if TYPE_CHECKING:
+    from .plan import ActionNode, StageNode
+
+
+class RunDurability(Durability):
+    """The engine's side of one durable run: what was done before, and where checkpoints go.
+
+    Given only what it needs: the backend the checkpoints go to, the registry
+    that names the actions a run inserts, the clock of durable sleeps, the
+    owner whose lease the checkpoints are written under, and the saved run.
+    """
+
+    def __init__(
+        self, backend: Backend, registry: Registry, clock: Clock, owner: str, saved: SavedRun
+    ) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.clock = clock
+        self.persistent = backend.persistent
+        self.run_id = saved.info.run_id
+        self.owner = owner
+        self.done: dict[str, list[Op]] = {}
+        self.stages: set[str] = set()
+        self.retries: dict[str, tuple[int, float]] = {}
+        self.sleeps: dict[str, float] = {}
+        self.seq = 0
+        self.sleeping = saved.info.status is RunStatus.SLEEPING
+        #: called with the run's id after each committed action, once set (an engine draining)
+        self.after_commit: Callable[[str], None] | None = None
+        for checkpoint in saved.checkpoints:
+            self.seq = max(self.seq, checkpoint.seq)
+            key = checkpoint.step_key
+            if checkpoint.kind == "action":
+                ops = checkpoint.ops
+                self.done[key] = (json.loads(ops) if self.persistent else ops) if ops else []
+            elif checkpoint.kind == "stage":
+                self.stages.add(key)
+            elif checkpoint.kind == "attempt":
+                self.retries[key] = (checkpoint.attempts, checkpoint.at or 0.0)
+            elif checkpoint.kind == "sleep":
+                self.sleeps[key] = checkpoint.at or 0.0
+        if saved.info.suspended_step is not None and saved.info.status is not RunStatus.SUSPENDED:
+            self.resume_step = saved.info.suspended_step
+            self.resume_data = saved.info.resume_data
+
+    # ---- what happened before ------------------------------------------------------------
+
+    def completed(self, node: ActionNode) -> list[Op] | None:
+        return self.done.get(node.key)
+
+    def stage_started(self, node: StageNode) -> bool:
+        return node.id in self.stages
+
+    def retry_state(self, node: ActionNode) -> tuple[int, float] | None:
+        return self.retries.get(node.key)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def _write(self, checkpoint: Checkpoint) -> Awaitable[None]:
+        # The backend's own coroutine: no frame of ours per committed action, unless a
+        # crash test has planted faults around the commit.
+        if faults._PLAN is None:
+            return self.backend.checkpoint(checkpoint)
+        return self._write_with_faults(checkpoint)
+
+    async def _write_with_faults(self, checkpoint: Checkpoint) -> None:
+        faults.hit("before_commit")
+        await self.backend.checkpoint(checkpoint)
+        faults.hit("after_commit")
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _put(self, key: str, value: Any, meta: _Meta | None) -> StoreEntry:
+        if meta is None and self.persistent:  # the common case, once per key an action writes
+            return StoreEntry(key, json_value_check(key, value))
+        return store_entry(key, value, meta, self.persistent)
+
+    async def commit_stage(self, node: StageNode, initial: dict[str, Any]) -> None:
+        puts = tuple(self._put(key, value, None) for key, value in initial.items())
+        await self._write(Checkpoint(self.run_id, self.owner, node.id, "stage", puts=puts, seq=self._next()))
+        self.stages.add(node.id)
+
+    async def commit_action(self, node: ActionNode, overlay: Store | None, ops: list[Op] | None) -> None:
+        # Once per committed action: kept to the few steps the common case needs.
+        puts: tuple[StoreEntry, ...] = ()
+        deletes: tuple[str, ...] = ()
+        if overlay is not None:
+            # Deletes go first, so a key deleted and written again moves to the end, as in memory.
+            if overlay._deleted:
+                deletes = tuple(overlay._deleted)
+            values = overlay._values
+            if values:
+                put, meta = self._put, overlay._meta
+                puts = tuple([put(key, value, meta.get(key)) for key, value in values.items()])
+        plan_ops = (json.dumps(ops) if self.persistent else list(ops)) if ops else None
+        status = RunStatus.RUNNING if self.sleeping else None
+        self.sleeping = False
+        self.seq = seq = self.seq + 1
+        checkpoint = Checkpoint(
+            self.run_id,
+            self.owner,
+            node.key,
+            "action",
+            puts,
+            deletes,
+            plan_ops,
+            node.attempts,
+            None,
+            status,
+            seq,
+        )
+        await self._write(checkpoint)
+        if self.after_commit is not None:
+            self.after_commit(self.run_id)
+
+    async def commit_attempt(self, node: ActionNode, attempts: int, retry_at: float) -> None:
+        await self._write(
+            Checkpoint(
+                self.run_id, self.owner, node.key, "attempt", attempts=attempts, at=retry_at, seq=self._next()
+            )
+        )
+
+    async def begin_sleep(self, node: ActionNode, seconds: float) -> float:
+        key = node.key
+        wake_at = self.sleeps.get(key)
+        if wake_at is None:
+            wake_at = self.clock.now() + seconds
+            await self._write(
+                Checkpoint(
+                    self.run_id,
+                    self.owner,
+                    key,
+                    "sleep",
+                    at=wake_at,
+                    status=RunStatus.SLEEPING,
+                    seq=self._next(),
+                )
+            )
+            self.sleeps[key] = wake_at
+        self.sleeping = True
+        return wake_at
+
+    # ---- references -----------------------------------------------------------------------
+
+    def reference(self, action: Action, where: str) -> dict[str, Any]:
+        if not self.persistent:
+            return {"object": action}
+        return self.registry.reference(action, where=where)
+
+    def stage_definition(self, stage: Stage, where: str) -> dict[str, Any]:
+        if not self.persistent:
+            return {"object": stage}
+        return self.registry.stage_definition(stage, where=where)
+
+    def resolve(self, ref: dict[str, Any], where: str) -> Action:
+        found = ref.get("object")
+        if isinstance(found, Action):
+            return found
+        return self.registry.resolve(ref, where=where)
+
+    def stage_from_definition(self, definition: dict[str, Any], where: str) -> Stage:
+        found = definition.get("object")
+        if isinstance(found, Stage):
+            return found
+        return self.registry.stage_from_definition(definition, where=where)
