@@ -50,6 +50,7 @@ from .definitions import registry as global_registry
 from .errors import (
     InvalidDefinition,
     LeaseLost,
+    NotReferenceable,
     NotSerializable,
     RunFailed,
     RunStateError,
@@ -175,6 +176,7 @@ class Engine:
             _check_name(owner, "owner")
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
+        self._definitions: dict[str, dict[str, Any]] = {}  # (of registered workflows, once made)
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
         self._group: TaskGroup | None = None
@@ -187,11 +189,13 @@ class Engine:
         """Let this engine run (and recover) ``workflow``, by its id; return it.
 
         A workflow built again with the same definition (a web handler that
-        builds it per request, say) is accepted and the registered one is used;
-        with a persistent backend the definitions are compared.
+        builds it per request, say) is accepted and the registered one is used,
+        on every backend: the two definitions are compared.
 
         Raises:
-            InvalidDefinition: a different workflow is registered under that id.
+            InvalidDefinition: a workflow with a different definition is registered under that
+                id, or one that cannot be compared with it (an action that cannot be re-created
+                from a definition: register one workflow object and start that one).
             NotReferenceable: the backend is persistent and an action cannot be re-created.
         """
         if not isinstance(workflow, Workflow):
@@ -199,18 +203,33 @@ class Engine:
         existing = self._workflows.get(workflow.id)
         if existing is workflow:
             return workflow  # checked when it was registered: start() stays cheap
-        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
         if existing is not None:
-            if definition is not None and definition == self.registry.workflow_definition(existing):
+            try:
+                same = self.registry.workflow_definition(workflow) == self._definition_of(existing)
+            except NotReferenceable as exc:
+                raise InvalidDefinition(
+                    f"another workflow is already registered with id {workflow.id!r}, and this one "
+                    f"cannot be compared with it ({exc}); register one workflow object and pass that "
+                    f"same object to engine.start"
+                ) from None
+            if same:
                 return existing
             raise InvalidDefinition(
-                f"another workflow is already registered with id {workflow.id!r}"
-                + (" and a different definition" if definition is not None else "")
+                f"another workflow is already registered with id {workflow.id!r} and a different definition"
             )
+        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
         self._workflows[workflow.id] = workflow
         if definition is not None:
+            self._definitions[workflow.id] = definition
             self._versions.register(workflow, definition)
         return workflow
+
+    def _definition_of(self, registered: Workflow) -> dict[str, Any]:
+        """The definition of a registered workflow, made once."""
+        definition = self._definitions.get(registered.id)
+        if definition is None:
+            definition = self._definitions[registered.id] = self.registry.workflow_definition(registered)
+        return definition
 
     async def __aenter__(self) -> Self:
         if self._open:
