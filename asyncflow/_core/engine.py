@@ -27,9 +27,11 @@ again (``mw.inject_store`` included).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
+import sys
 import uuid
 from datetime import timedelta
 from types import TracebackType
@@ -232,6 +234,7 @@ class Engine:
         return definition
 
     async def __aenter__(self) -> Self:
+        _require_asyncio()
         if self._open:
             raise RunStateError(
                 "this engine is open already: enter 'async with engine:' once at a time (it can be "
@@ -733,3 +736,21 @@ def _check_name(value: object, what: str) -> None:
     if value.isspace():
         raise ValueError(f"{what} must not be blank, got {value!r}")
     check_text(value, what)
+
+
+def _require_asyncio() -> None:
+    """Refuse to open an engine on an event loop other than asyncio's (uvloop is asyncio's too).
+
+    The durable engine's backends hand work to threads and wake the loop through
+    asyncio; the in-memory runner (``af.run``, ``af.Runner``) runs on trio as well.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        trio = sys.modules.get("trio")
+        on = "trio" if trio is not None and trio.lowlevel.in_trio_run() else "another event loop"
+        raise RuntimeError(
+            f"af.Engine runs on asyncio's event loop only (uvloop included), and this is {on}: its "
+            f"backends hand work to threads and wake the loop through asyncio. On trio, run workflows "
+            f"in memory with af.run or af.Runner"
+        ) from None
