@@ -31,6 +31,7 @@ import contextlib
 import os
 import socket
 import uuid
+from collections.abc import Awaitable
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -43,7 +44,7 @@ from loguru import logger
 from ..backends import Backend, RunInfo, RunPage, SavedRun, open_backend
 from . import faults
 from .actions import check_text, text_error_at
-from .checkpoints import RunDurability
+from .checkpoints import GivenBack, RunDurability, WriteTrouble
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
 from .definitions import registry as global_registry
@@ -188,6 +189,7 @@ class Engine:
         self._workflows: dict[str, Workflow] = {}
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
+        self._trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
         self._group: TaskGroup | None = None
         self._open = False  # between __aenter__ and the end of __aexit__
         self._closing = False
@@ -404,7 +406,7 @@ class Engine:
                             await self._release(info.run_id)
                     raise
             durability = active.durability = RunDurability(
-                self.backend, self.registry, self.clock, self.owner, saved
+                self.backend, self.registry, self.clock, self.owner, saved, self._trouble, self.lease
             )
             if self._draining:
                 durability.after_commit = self._stop_after_checkpoint
@@ -428,6 +430,11 @@ class Engine:
                     result = await self.runner._run(run)
                 except RunFailed as failure:
                     result = failure.result
+                    if isinstance(failure.error, GivenBack):
+                        logger.warning("run {} stopped here: {}", info.run_id, failure.error)
+                        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                            await self._release(info.run_id)
+                        return
                     if isinstance(failure.error, LeaseLost):
                         active.lease_lost = True
                 except anyio.get_cancelled_exc_class():
@@ -496,9 +503,16 @@ class Engine:
 
     async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
         fields = end_fields(info, result, durability.suspended_key)
-        updated = await self.backend.update_run(
-            info.run_id, holder=self.owner, now=self.clock.now(), **fields
-        )
+
+        def record() -> Awaitable[bool]:
+            return self.backend.update_run(info.run_id, holder=self.owner, now=self.clock.now(), **fields)
+
+        try:
+            updated = await record()
+        except Exception as exc:
+            # Held and written again as a checkpoint is; given back (GivenBack) if it never goes through.
+            what = f"the end of run {info.run_id}"
+            updated = await self._trouble.retry(what, record, exc, self.lease)
         if not updated:
             logger.warning(
                 "run {} ended here but another engine owns it now; its end was not recorded", info.run_id
