@@ -654,9 +654,9 @@ async def test_runner_retry_default_applies_to_engine_runs(engine_url: str, cloc
 
 
 async def test_engine_used_outside_async_with_raises(engine_url: str, clock: FakeClock) -> None:
-    """engine.start before the engine is opened raises af.RunStateError saying to use 'async with'."""
+    """engine.start before the engine is opened raises af.EngineNotOpen saying to use 'async with'."""
     engine = make_engine(engine_url, clock)
-    with pytest.raises(af.RunStateError, match="async with"):
+    with pytest.raises(af.EngineNotOpen, match="async with"):
         await engine.start(flows.QUICK)
 
 

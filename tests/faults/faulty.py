@@ -32,6 +32,7 @@ WRITES = (
     "delete_run",
     "purge",
     "save_version",
+    "append_events",
 )
 
 
@@ -185,3 +186,19 @@ class FaultyBackend(Backend):
 
     async def load_versions(self, version: str) -> list[WorkflowVersion]:
         return await self.inner.load_versions(version)
+
+    @property  # type: ignore[override]
+    def keeps_events(self) -> bool:  # (as the wrapped backend)
+        return self.inner.keeps_events
+
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+        self.faults.check("append_events")
+        await self.inner.append_events(run_id, events)
+
+    async def read_events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]:
+        return await self.inner.read_events(run_id, after=after, limit=limit)
+
+    async def wait_events(self, run_id: str, *, within: float) -> None:
+        await self.inner.wait_events(run_id, within=within)
