@@ -126,3 +126,28 @@ def asyncflow_log(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]
         yield records
     finally:
         logger.disable("asyncflow")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The URL of the PostgreSQL server for the tests (see tests/postgres_server.py); skips without one."""
+    import postgres_server as pg
+
+    url = pg.find_server()
+    if url is None:
+        if pg.required():
+            pytest.fail("ASYNCFLOW_REQUIRE_POSTGRES is set but " + pg.HOW)
+        pytest.skip(pg.HOW)
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """An engine URL on the test server in a schema of its own, dropped after the test."""
+    import asyncio
+
+    import postgres_server as pg
+
+    schema = pg.new_schema()
+    yield pg.with_schema(postgres_server, schema)
+    asyncio.run(pg.drop_schema(postgres_server, schema))

@@ -12,6 +12,7 @@ import anyio.lowlevel
 import pytest
 
 import asyncflow as af
+from asyncflow import backoff
 
 Hook = Callable[[af.ActionContext], None]
 
@@ -925,3 +926,22 @@ async def test_insertions_of_a_failed_action_are_discarded() -> None:
         ("stage", "s", None, F, False),
         ("action", "s", "insert-then-fail", F, False),
     ]
+
+
+@pytest.mark.parametrize("stages", [False, True], ids=["actions", "stages"])
+async def test_discarded_insertions_of_failed_attempts_do_not_count_toward_the_bound(stages: bool) -> None:
+    """Insertions of attempts that failed and were retried are given back: only the kept ones count."""
+
+    @af.action(retry=af.Retry(attempts=3, backoff=backoff.fixed(0)))
+    async def inserting_then_flaky(ctx: af.ActionContext) -> None:
+        for i in range(4):
+            if stages:
+                ctx.add_dynamic_stage(af.Stage(f"ins-{i}", actions=[noop]))
+            else:
+                ctx.add_dynamic_action(noop)
+        if ctx.attempt < 3:
+            raise ConnectionError(f"attempt {ctx.attempt}")
+
+    result = await af.run(_wf(inserting_then_flaky), max_insertions=4)
+    assert result.status is af.RunStatus.COMPLETED
+    assert actions_ran(result).count("noop") == 4

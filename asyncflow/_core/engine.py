@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import sys
 import uuid
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -45,11 +47,13 @@ from loguru import logger
 from ..backends import Backend, RunInfo, RunPage, SavedRun, open_backend
 from . import faults
 from .actions import check_text, text_error_at
-from .checkpoints import RunDurability
+from .checkpoints import GivenBack, RunDurability, WriteTrouble
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
 from .definitions import registry as global_registry
 from .errors import (
+    EngineNotOpen,
+    IdempotencyConflict,
     InvalidDefinition,
     LeaseLost,
     NotReferenceable,
@@ -59,13 +63,15 @@ from .errors import (
     UnknownRun,
     UnknownWorkflow,
 )
+from .events import EventKind, RunEvent
 from .jsonvalues import exact_json
-from .records import RunResult, RunStatus
+from .records import RunResult, RunStatus, plan_rows
 from .runner import Runner
-from .serial import end_fields, initial_entries, restore_store, result_from_info
+from .serial import end_fields, initial_entries, restore_store, result_from_info, with_earlier_timings
 from .state import RunState, new_run_id
 from .store import StoreData
 from .versions import Versions
+from .watch import EventLog, request_fingerprint
 from .workflow import Workflow
 
 _ENDED_OR_PARKED = frozenset({s for s in RunStatus if s.finished} | {RunStatus.SUSPENDED})
@@ -84,17 +90,24 @@ class _Active:
     lease_lost: bool = False
     #: whether the lease was lost to a cancel made elsewhere (``None``: not known yet)
     cancelled_elsewhere: bool | None = None
+    drained: bool = False  # stopped by Engine.drain after a checkpoint, and given back
+    durability: RunDurability | None = None
     run: RunState | None = None
 
 
 class RunHandle:
     """A started run: its id, and ways to wait for it, inspect it and cancel it."""
 
-    __slots__ = ("_active", "_engine", "run_id")
+    __slots__ = ("_active", "_engine", "created", "run_id")
 
-    def __init__(self, engine: Engine, run_id: str, active: _Active | None = None) -> None:
+    def __init__(
+        self, engine: Engine, run_id: str, active: _Active | None = None, *, created: bool = True
+    ) -> None:
         self._engine = engine
         self.run_id = run_id
+        #: whether ``engine.start`` started this run (``False``: its idempotency key found it;
+        #: for ``engine.resume``, whether this call resumed it)
+        self.created = created
         self._active = active  # the execution this handle started, if it runs here
 
     async def result(self) -> RunResult:
@@ -113,6 +126,10 @@ class RunHandle:
     async def cancel(self) -> None:
         """Cancel the run (see :meth:`Engine.cancel`)."""
         await self._engine.cancel(self.run_id)
+
+    def watch(self, after: str | None = None) -> AsyncIterator[RunEvent]:
+        """The run's events as they happen (see :meth:`Engine.watch`)."""
+        return self._engine.watch(self.run_id, after=after)
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id}>"
@@ -141,7 +158,18 @@ class Engine:
         clock: time for leases, sleeps, back-offs and TTLs (a
             :class:`~asyncflow.testing.FakeClock` in tests).
         lease: seconds a claim on a run holds without a heartbeat.
-        poll_interval: seconds between heartbeats and looks for runs to take over.
+        poll_interval: seconds between heartbeats and looks for runs to take over
+            (default: a second, or a third of the lease if that is shorter; a
+            backend that notifies, PostgreSQL, wakes the engine sooner).
+        concurrency: at most this many runs taken over at once (runs started
+            here with ``engine.start`` are not limited); ``None``: no limit.
+        watch_interval: how often ``engine.watch`` looks for events written by
+            another process (events of runs executing here arrive at once).
+        events: keep each run's events in its log for ``engine.watch`` (default
+            true). It about doubles the engine's own cost per committed action
+            on SQLite (see the CHANGELOG); an engine that runs many short durable
+            runs nobody watches may turn it off (``watch`` then gives only the
+            events of runs other engines executed).
     """
 
     def __init__(
@@ -154,9 +182,17 @@ class Engine:
         retention: timedelta | None = None,
         clock: Clock | None = None,
         lease: float = 30.0,
-        poll_interval: float = 1.0,
+        poll_interval: float | None = None,
         owner: str | None = None,
+        concurrency: int | None = None,
+        watch_interval: float = 0.2,
+        events: bool = True,
     ) -> None:
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise ValueError(f"concurrency must be a positive int or None, got {concurrency!r}")
+        self.concurrency = concurrency
         self.backend = open_backend(url)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
         self.runner = runner if runner is not None else Runner(clock=self.clock)
@@ -168,8 +204,14 @@ class Engine:
             if retention < timedelta(0):
                 raise ValueError(f"retention must not be negative, got {retention!r}")
         self.retention = retention
+        if poll_interval is None:  # (it follows the lease: heartbeats must come well within it)
+            poll_interval = min(1.0, lease / 3) if isinstance(lease, (int, float)) and lease > 0 else 1.0
         if not lease > 0 or not poll_interval > 0:
             raise ValueError(f"lease and poll_interval must be positive, got {lease!r} and {poll_interval!r}")
+        if not watch_interval > 0:
+            raise ValueError(f"watch_interval must be positive, got {watch_interval!r}")
+        self.watch_interval = watch_interval
+        self.events = events
         if poll_interval * 2 >= lease:
             raise ValueError(f"poll_interval ({poll_interval}) must be under half the lease ({lease})")
         self.lease = lease
@@ -181,9 +223,14 @@ class Engine:
         self._definitions: dict[str, dict[str, Any]] = {}  # (of registered workflows, once made)
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
+        self._trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
+        self._events = EventLog(self.backend, self._executes, events)
+        self._unhook: list[Any] = []
         self._group: TaskGroup | None = None
         self._open = False  # between __aenter__ and the end of __aexit__
         self._closing = False
+        self._draining = False  # (drain): runs stop after their next checkpoint and are given back
+        self._wake: anyio.Event | None = None  # set by a backend's notice: look for runs now
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -247,9 +294,19 @@ class Engine:
             self._open = False
             raise
         self._closing = False
+        self._draining = False
+        self._wake = anyio.Event()
+        self.backend.on_notice(self._notice)
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
+        self._events = EventLog(self.backend, self._executes, self.events)
+        if self._events.keep:
+            self._unhook = [
+                self.runner.on_event(self._events.record_event),
+                self.runner.on_message("*", self._events.record_message),
+            ]
+            group.start_soon(self._events.write_forever)
         try:
             # The versions of the workflows registered so far, so that runs of them can go on
             # on them after a change, whichever engine (and registry) started them.
@@ -270,6 +327,10 @@ class Engine:
     ) -> None:
         group = self._group
         self._closing = True
+        self._events.close()
+        for unhook in self._unhook:
+            unhook()
+        self._unhook = []
         try:
             if group is not None:
                 # Runs still in flight are left for the next engine: their leases are released,
@@ -279,18 +340,66 @@ class Engine:
                         active.run.interrupted = True
                 group.cancel_scope.cancel()
                 await group.__aexit__(None, None, None)
+                # The events of the runs given back: the engine that takes them over goes on after them.
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await self._events.flush()
         finally:
             self._group = None
+            self.backend.on_notice(None)
             try:
                 with anyio.CancelScope(shield=True):
                     await self.backend.aclose()
             finally:
                 self._open = False
 
+    async def drain(self, grace: float) -> None:
+        """Stop taking runs, and give back each run here after its next checkpoint, waiting up to ``grace`` s.
+
+        Actions in flight finish and are checkpointed; their runs are then
+        released at once (another engine takes them without waiting for a
+        lease to expire). Runs still busy after ``grace`` seconds are given
+        back when the engine closes. Used by ``asyncflow worker`` on SIGTERM.
+        """
+        self._draining = True
+        for active in self._active.values():
+            if active.durability is not None:
+                active.durability.after_commit = self._stop_after_checkpoint
+        with anyio.move_on_after(grace):
+            for active in list(self._active.values()):
+                await active.done.wait()
+
+    def _stop_after_checkpoint(self, run_id: str) -> None:
+        """(Draining) stop the run here now that its last step is checkpointed; it is given back."""
+        active = self._active.get(run_id)
+        if active is not None and active.run is not None and not active.cancel_requested:
+            active.run.interrupted = True
+            active.drained = True
+            active.scope.cancel()
+
+    def _notice(self, kind: str, run_id: str | None) -> None:
+        """A backend's notice from another engine (see :meth:`Backend.on_notice`)."""
+        if kind == "cancel" and run_id is not None:
+            active = self._active.get(run_id)
+            if active is not None and not active.done.is_set() and not active.cancel_requested:
+                # Cancelled elsewhere (recorded there): stop at once, record nothing.
+                active.lease_lost = True
+                active.cancelled_elsewhere = True
+                active.scope.cancel()
+        elif kind == "work" and self._wake is not None:
+            self._wake.set()
+
     def _task_group(self) -> TaskGroup:
-        if self._group is None:
-            raise RunStateError("the engine is not open: use 'async with engine:'")
+        if self._group is None or self._closing:
+            raise EngineNotOpen(
+                "the engine is closing: it starts and resumes no runs now"
+                if self._group is not None
+                else "the engine is not open: use 'async with engine:' (or a FastAPI lifespan)"
+            )
         return self._group
+
+    def _executes(self, run_id: str) -> bool:
+        """Whether the run executes in this engine now (its events go to its log from here)."""
+        return run_id in self._active
 
     # ---- starting and running --------------------------------------------------------
 
@@ -305,9 +414,12 @@ class Engine:
         """Write the run down and start it; return at once with its handle.
 
         With an ``idempotency_key`` that an earlier run already has, nothing
-        starts: the handle of that run is returned.
+        starts: the handle of that run is returned, with ``handle.created`` false.
 
         Raises:
+            EngineNotOpen: the engine is not open, or is closing.
+            IdempotencyConflict: the key belongs to a run of another workflow or
+                with another initial store (that run is left as it is).
             NotReferenceable: (persistent backends) an action cannot be re-created.
             NotSerializable: (persistent backends) a store value is not JSON.
             ValueError: ``run_id`` is blank, or ``run_id`` or ``idempotency_key`` is not
@@ -337,17 +449,58 @@ class Engine:
         )
         if faults._PLAN is not None:
             faults.hit("before_start")
+        request = None
+        if idempotency_key is not None:
+            request = request_fingerprint(
+                workflow.id,
+                [(e.key, json.loads(e.value) if self.backend.persistent else e.value) for e in entries],
+                self.backend.persistent,
+            )
         info, created = await self.backend.create_run(info, entries)
         if created:
-            self._launch(group, SavedRun(info, list(entries), []))
-        return RunHandle(self, info.run_id, self._active.get(info.run_id))
+            self._active[info.run_id] = active = _Active(info.run_id)  # (its events are its log's from now)
+            self._events.add(
+                info.run_id,
+                {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
+                if request is not None
+                else {"kind": EventKind.RUN_CREATED.value, "at": now},
+            )
+            self._launch(group, SavedRun(info, list(entries), []), active)
+        elif idempotency_key is not None:
+            await self._check_same_request(info, workflow, idempotency_key, request)
+        return RunHandle(self, info.run_id, self._active.get(info.run_id), created=created)
 
-    def _launch(self, group: TaskGroup, saved: SavedRun) -> None:
-        active = self._active.get(saved.info.run_id)
-        if active is not None and not active.done.is_set():
-            return
-        active = _Active(saved.info.run_id)
-        self._active[saved.info.run_id] = active
+    async def _check_same_request(self, info: RunInfo, workflow: Workflow, key: str, request: Any) -> None:
+        """Refuse a start whose idempotency key found a run of another workflow or initial store."""
+        why = None
+        if info.workflow_id != workflow.id:
+            why = f"of workflow {info.workflow_id!r}, not {workflow.id!r}"
+        else:
+            # (A run written down before its request was logged, by an older asyncflow, say, is
+            # compared by its workflow only.)
+            await self._events.flush(info.run_id)
+            for _, data in await self.backend.read_events(info.run_id, after=0, limit=1):
+                if (
+                    data.get("kind") == EventKind.RUN_CREATED.value
+                    and data.get("request", request) != request
+                ):
+                    why = "with another initial store"
+        if why is not None:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} belongs to run {info.run_id!r}, which was started {why}; "
+                f"a retry must send the same request (that run is left as it is), and another request "
+                f"needs another key",
+                run_id=info.run_id,
+                idempotency_key=key,
+            )
+
+    def _launch(self, group: TaskGroup, saved: SavedRun, active: _Active | None = None) -> None:
+        if active is None:
+            active = self._active.get(saved.info.run_id)
+            if active is not None and not active.done.is_set():
+                return
+            active = _Active(saved.info.run_id)
+            self._active[saved.info.run_id] = active
         group.start_soon(self._execute, saved, active)
 
     async def _execute(self, saved: SavedRun, active: _Active) -> None:
@@ -372,7 +525,11 @@ class Engine:
                         with anyio.CancelScope(shield=True):
                             await self._release(info.run_id)
                     raise
-            durability = RunDurability(self.backend, self.registry, self.clock, self.owner, saved)
+            durability = active.durability = RunDurability(
+                self.backend, self.registry, self.clock, self.owner, saved, self._trouble, self.lease
+            )
+            if self._draining:
+                durability.after_commit = self._stop_after_checkpoint
             run = active.run = RunState(
                 workflow,
                 info.run_id,
@@ -393,13 +550,20 @@ class Engine:
                     result = await self.runner._run(run)
                 except RunFailed as failure:
                     result = failure.result
+                    if isinstance(failure.error, GivenBack):
+                        logger.warning("run {} stopped here: {}", info.run_id, failure.error)
+                        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                            await self._release(info.run_id)
+                        return
                     if isinstance(failure.error, LeaseLost):
                         active.lease_lost = True
                 except anyio.get_cancelled_exc_class():
-                    if self._closing and not active.cancel_requested:
+                    if (self._closing or active.drained) and not active.cancel_requested:
                         with anyio.CancelScope(shield=True):
                             await self._release(info.run_id)
                     raise
+            if active.drained:
+                return
             if active.lease_lost:
                 if active.cancelled_elsewhere is None:  # (a checkpoint found the lease gone)
                     with anyio.CancelScope(shield=True):
@@ -425,7 +589,10 @@ class Engine:
                     duration=0.0,
                 )
             with anyio.CancelScope(shield=True):
+                # The run's events first: a watcher that sees the end has seen all before it.
+                await self._events.flush(info.run_id)
                 await self._record_end(info, result, durability)
+            self._events.wake(info.run_id)
             active.result = result
         except Exception as exc:
             # One run's trouble (its database row, say) must not stop the engine's other runs:
@@ -459,9 +626,16 @@ class Engine:
 
     async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
         fields = end_fields(info, result, durability.suspended_key)
-        updated = await self.backend.update_run(
-            info.run_id, holder=self.owner, now=self.clock.now(), **fields
-        )
+
+        def record() -> Awaitable[bool]:
+            return self.backend.update_run(info.run_id, holder=self.owner, now=self.clock.now(), **fields)
+
+        try:
+            updated = await record()
+        except Exception as exc:
+            # Held and written again as a checkpoint is; given back (GivenBack) if it never goes through.
+            what = f"the end of run {info.run_id}"
+            updated = await self._trouble.retry(what, record, exc, self.lease)
         if not updated:
             logger.warning(
                 "run {} ended here but another engine owns it now; its end was not recorded", info.run_id
@@ -478,12 +652,18 @@ class Engine:
         if group is None or self._closing:
             return
         while True:
+            limit = 100
+            if self.concurrency is not None:
+                busy = sum(1 for a in self._active.values() if not a.done.is_set())
+                limit = min(limit, self.concurrency - busy)
+                if limit <= 0:
+                    return
             now = self.clock.now()
             # Shielded: runs claimed are launched (and, if the engine is closing, released
             # again at once), never left owned but idle until their lease runs out.
             with anyio.CancelScope(shield=True):
                 claimed = await self._versions.claim(
-                    self.owner, now=now, lease_until=now + self.lease, limit=100
+                    self.owner, now=now, lease_until=now + self.lease, limit=limit
                 )
                 given_back = False
                 for info in claimed:
@@ -500,14 +680,19 @@ class Engine:
                             info.status,
                         )
                         self._launch(group, saved)
-            if len(claimed) < 100 or given_back:  # (runs given back would come back at once)
+            if len(claimed) < limit or given_back:  # (runs given back would come back at once)
                 return
 
     async def _maintain(self) -> None:
         """Heartbeats, take-overs and retention, every ``poll_interval``."""
         ticks = 0
         while True:
-            await anyio.sleep(self.poll_interval)
+            with anyio.move_on_after(self.poll_interval):
+                if self._wake is not None:
+                    await self._wake.wait()
+                    # (a burst of notices wakes the engine once)
+                    await anyio.sleep(0.005)
+            self._wake = anyio.Event()
             ticks += 1
             try:
                 running = [run_id for run_id, a in self._active.items() if not a.done.is_set()]
@@ -525,7 +710,7 @@ class Engine:
                         active.scope.cancel()
                 for run_id in [r for r, a in self._active.items() if a.done.is_set()]:
                     del self._active[run_id]
-                if self.recover:
+                if self.recover and not self._draining:
                     await self._take_over()
                 if self.retention is not None and ticks % 60 == 1:
                     await self.purge(older_than=self.retention)
@@ -574,15 +759,65 @@ class Engine:
         return result_from_info(info, store)
 
     async def get_run(self, run_id: str) -> RunInfo:
-        """What the database knows of the run.
+        """What the database knows of the run; for a run executing here, its ``steps`` are the plan so far.
+
+        The plan so far: every stage and action of the run's plan as it
+        stands (inserted ones included), each with its status (pending,
+        running, completed, failed, skipped...), in plan order.
 
         Raises:
             UnknownRun: no such run.
+            EngineNotOpen: the engine is not open.
         """
+        if not self._open:
+            raise EngineNotOpen("the engine is not open: use 'async with engine:' (or a FastAPI lifespan)")
         info = await self.backend.get_run(run_id) if _could_be_stored(run_id) else None
         if info is None:
             raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
+        active = self._active.get(run_id)
+        if (
+            active is not None
+            and active.run is not None
+            and not active.done.is_set()
+            and info.status in (RunStatus.RUNNING, RunStatus.SLEEPING)
+        ):
+            steps = with_earlier_timings(plan_rows(active.run.plan.walk_stages()), info.steps)
+            info = attrs.evolve(info, steps=steps.dicts())
         return info
+
+    def watch(self, run_id: str, *, after: str | None = None) -> AsyncIterator[RunEvent]:
+        """The run's events, from any process, as they happen; it ends when the run ends or suspends.
+
+        ::
+
+            async for event in engine.watch(run_id):
+                print(event.kind, event.stage_id, event.action_name)
+
+        Every stage and action started, finished, skipped or inserted, each
+        message sent with ``ctx.send`` (kind ``MESSAGE``), the run's
+        suspension (``RUN_SUSPENDED``) and end (``RUN_FINISHED``), whichever
+        engine executes the run: they are kept in the run's log. Pass an
+        event's ``cursor`` as ``after`` to go on after it (nothing is lost or
+        repeated); with none, the watch starts from the run's first event. It
+        also ends when this engine closes. Safe to leave at any time (it
+        holds no task group across a ``yield``).
+
+        Raises:
+            UnknownRun: no such run.
+            UnknownCursor: ``after`` is not a cursor this run's events had.
+            EngineNotOpen: the engine is not open.
+        """
+        return self._watch(run_id, after)
+
+    async def _watch(self, run_id: str, after: str | None) -> AsyncIterator[RunEvent]:
+        info = await self.get_run(run_id)
+        start = await self._events.check_cursor(run_id, after)
+        await self._events.flush(run_id)
+        async for event in self._events.watch(info, start, self._current, self.watch_interval):
+            yield event
+
+    async def _current(self, run_id: str) -> RunInfo | None:
+        return await self.backend.get_run(run_id)
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a run.
@@ -621,14 +856,31 @@ class Engine:
             raise RunStateError(
                 f"run {run_id!r} has already ended ({info.status.value}); it cannot be cancelled"
             )
+        await self.backend.append_events(
+            run_id,
+            [
+                {
+                    "kind": EventKind.RUN_FINISHED.value,
+                    "at": self.clock.now(),
+                    "status": RunStatus.CANCELLED.value,
+                }
+            ],
+        )
+        self._events.wake(run_id)
 
-    async def resume(self, run_id: str, data: Any = None) -> RunHandle:
+    async def resume(self, run_id: str, data: Any = None, *, key: str | None = None) -> RunHandle:
         """Continue a suspended run, here, from the action that suspended it.
 
         That action runs again with ``ctx.is_resuming`` true and
         ``ctx.resume_data == data``.
 
+        With a ``key`` (an approval's id, say), resuming is idempotent: a call
+        with a key this run was already resumed with resumes nothing and
+        returns the run's handle (``handle.created`` false), whatever the run
+        does now, so a retried approval never fails.
+
         Raises:
+            EngineNotOpen: the engine is not open, or is closing.
             UnknownRun: no such run.
             RunStateError: the run is not suspended.
             UnknownWorkflow: its workflow is not registered with this engine, or the run started
@@ -636,6 +888,12 @@ class Engine:
             NotSerializable: (persistent backends) ``data`` is not JSON.
         """
         group = self._task_group()
+        if key is not None:
+            if not isinstance(key, str) or not key or key.isspace():
+                raise TypeError(f"resume key must be a non-blank string, got {key!r}")
+            check_text(key, "resume key")
+            if await self._resumed_with(run_id, key):
+                return RunHandle(self, run_id, self._active.get(run_id), created=False)
         if self.backend.persistent:
             try:
                 exact_json(data)
@@ -646,6 +904,8 @@ class Engine:
                 ) from None
         info = await self.get_run(run_id)
         if info.status is not RunStatus.SUSPENDED:
+            if key is not None and await self._resumed_with(run_id, key):
+                return RunHandle(self, run_id, self._active.get(run_id), created=False)
             raise RunStateError(
                 f"run {run_id!r} is {info.status.value}, not suspended; only a suspended run resumes"
             )
@@ -673,7 +933,15 @@ class Engine:
             lease_until=None,
         )
         if not updated:
+            if key is not None and await self._resumed_with(run_id, key):
+                return RunHandle(self, run_id, self._active.get(run_id), created=False)
             raise RunStateError(f"run {run_id!r} is no longer suspended (resumed or cancelled meanwhile)")
+        resumed: dict[str, Any] = {"kind": EventKind.RUN_RESUMED.value, "at": self.clock.now()}
+        if key is not None:
+            resumed["key"] = key
+        # Written at once (not buffered): a retry with the key, from any process, must find it.
+        await self.backend.append_events(run_id, [resumed])
+        self._events.wake(run_id)
         now = self.clock.now()
         claimed = await self.backend.claim(
             self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
@@ -683,6 +951,13 @@ class Engine:
             if saved is not None:
                 self._launch(group, saved)
         return RunHandle(self, run_id, self._active.get(run_id))
+
+    async def _resumed_with(self, run_id: str, key: str) -> bool:
+        """Whether the run was resumed with ``key`` before (its log says so)."""
+        return any(
+            data.get("kind") == EventKind.RUN_RESUMED.value and data.get("key") == key
+            for _, data in await self._events.read_all(run_id)
+        )
 
     async def list_runs(
         self,
