@@ -707,7 +707,7 @@ class PostgresBackend(Backend):
                 WHERE r.status IN ('pending', 'running', 'sleeping')
                   AND (r.owner IS NULL OR r.lease_until IS NULL OR r.lease_until < $3
                        OR r.owner IN (SELECT owner FROM dead)) {only}
-                ORDER BY r.run_no
+                ORDER BY r.created_at, r.run_no
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
             )
