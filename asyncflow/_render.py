@@ -504,6 +504,8 @@ def _note(info: RunInfo, now: float) -> str:
             return "not held by any engine"
         if info.lease_until is not None and info.lease_until < now:
             return "lease expired"
+    if info.owner is not None and info.status in (RunStatus.RUNNING, RunStatus.PENDING):
+        return f"held by {info.owner}"
     return ""
 
 

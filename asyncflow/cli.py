@@ -571,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
     _add_demo(commands, output)
     _add_runs(commands, output)
+    from ._worker import add_worker_command
+
+    add_worker_command(commands, output)
     return parser
 
 

@@ -12,6 +12,9 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.lowlevel
+
 from ..backends.base import Backend, Checkpoint, SavedRun, StoreEntry
 from . import faults
 from .actions import Action
@@ -140,6 +143,7 @@ class RunDurability(Durability):
         await self._write(checkpoint)
         if self.after_commit is not None:
             self.after_commit(self.run_id)
+            await anyio.lowlevel.checkpoint()  # (a stop it asked for comes here, before the next step)
 
     async def commit_attempt(self, node: ActionNode, attempts: int, retry_at: float) -> None:
         await self._write(
