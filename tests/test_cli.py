@@ -351,7 +351,7 @@ def test_runs_commands_never_take_over_an_interrupted_run(tmp_path: Path) -> Non
 
 
 def test_runs_show_an_unknown_run_exits_2(demo: subprocess.CompletedProcess[str], demo_dir: Path) -> None:
-    """An unknown run id: exit 2 (a usage error, as issue 15 asks), one line on stderr naming it, nothing on stdout."""
+    """An unknown run id: exit 2 (a usage error), one line on stderr naming it, nothing on stdout."""
     done = run_cli("runs", "show", "nope", "--db", str(demo_dir / "asyncflow-demo.db"))
     assert done.returncode == 2
     assert done.stderr == f"asyncflow: no run 'nope' in sqlite:///{demo_dir / 'asyncflow-demo.db'}\n"
