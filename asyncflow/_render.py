@@ -41,8 +41,8 @@ from rich.tree import Tree
 
 from ._core.errors import RecordedError
 from ._core.events import Event, EventKind
+from ._core.execute import REPLAYED
 from ._core.records import RunResult, RunStatus, StepRecord, StepStatus, short_run_id
-from ._core.runner import REPLAYED
 from ._core.workflow import Workflow
 from .backends import RunInfo
 

@@ -5,7 +5,9 @@
 - ``None`` or ``"memory://"``: :class:`MemoryBackend` (nothing survives the process);
 - ``"sqlite:///relative/path.db"`` or ``"sqlite:////absolute/path.db"`` (the
   SQLAlchemy convention), or a plain path ending in ``.db``/``.sqlite``/``.sqlite3``:
-  :class:`SQLiteBackend`.
+  :class:`SQLiteBackend`;
+- ``"postgresql://user:password@host:port/database"`` (or ``postgres://``), with
+  ``?schema=``: ``asyncflow.backends.postgres.PostgresBackend`` (extra ``asyncflow[postgres]``).
 
 A :class:`Backend` instance is used as it is.
 """
@@ -63,12 +65,12 @@ def open_backend(url: str | Backend | None) -> Backend:
             raise BackendError(f"SQLite URL {url!r} names no file (write sqlite:///path/to/runs.db)")
         return SQLiteBackend(path)
     if url.startswith(("postgresql://", "postgres://")):
-        raise BackendError(
-            f"the PostgreSQL backend is not in this version of asyncflow yet ({url!r}); "
-            f"use sqlite:///path.db or memory://"
-        )
+        from .postgres import PostgresBackend  # (the driver only when it is used)
+
+        return PostgresBackend(url)
     if "://" not in url and url.endswith(_SQLITE_SUFFIXES):
         return SQLiteBackend(url)
     raise BackendError(
-        f"unknown engine URL {url!r}: use 'memory://', 'sqlite:///relative.db' or 'sqlite:////absolute.db'"
+        f"unknown engine URL {url!r}: use 'memory://', 'sqlite:///relative.db', 'sqlite:////absolute.db' "
+        f"or 'postgresql://user@host/database'"
     )
