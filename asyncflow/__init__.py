@@ -32,6 +32,8 @@ from ._core.errors import Bail as Bail
 from ._core.errors import ContextClosed as ContextClosed
 from ._core.errors import DuplicateRunId as DuplicateRunId
 from ._core.errors import DuplicateStageId as DuplicateStageId
+from ._core.errors import EngineNotOpen as EngineNotOpen
+from ._core.errors import IdempotencyConflict as IdempotencyConflict
 from ._core.errors import InsertionLimitExceeded as InsertionLimitExceeded
 from ._core.errors import InvalidDefinition as InvalidDefinition
 from ._core.errors import LeaseLost as LeaseLost
@@ -48,6 +50,7 @@ from ._core.errors import StepTimeout as StepTimeout
 from ._core.errors import StoreConflict as StoreConflict
 from ._core.errors import Suspend as Suspend
 from ._core.errors import TypeMismatch as TypeMismatch
+from ._core.errors import UnknownCursor as UnknownCursor
 from ._core.errors import UnknownReference as UnknownReference
 from ._core.errors import UnknownRun as UnknownRun
 from ._core.errors import UnknownStep as UnknownStep
@@ -57,6 +60,7 @@ from ._core.events import Event as Event
 from ._core.events import EventKind as EventKind
 from ._core.events import EventStream as EventStream
 from ._core.events import Message as Message
+from ._core.events import RunEvent as RunEvent
 from ._core.middleware import CallNext as CallNext
 from ._core.middleware import Middleware as Middleware
 from ._core.plan import Plan as Plan
@@ -96,10 +100,12 @@ __all__ = [
     "DuplicateRunId",
     "DuplicateStageId",
     "Engine",
+    "EngineNotOpen",
     "Event",
     "EventKind",
     "EventStream",
     "FunctionAction",
+    "IdempotencyConflict",
     "InsertionLimitExceeded",
     "InvalidDefinition",
     "Key",
@@ -116,6 +122,7 @@ __all__ = [
     "RecordedError",
     "Registry",
     "Retry",
+    "RunEvent",
     "RunFailed",
     "RunHandle",
     "RunInfo",
@@ -136,6 +143,7 @@ __all__ = [
     "SystemClock",
     "Timing",
     "TypeMismatch",
+    "UnknownCursor",
     "UnknownReference",
     "UnknownRun",
     "UnknownStep",

@@ -62,9 +62,9 @@ class Worker:
         """Everything the worker logged so far (all its starts)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    async def ready(self, timeout: float = 30.0) -> None:
+    async def ready(self, within: float = 30.0) -> None:
         """Wait until the current process says it is ready."""
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(within):
             while self.log().count(" ready on ") < self.starts:
                 assert self.process is not None
                 if self.process.poll() is not None:
@@ -84,13 +84,15 @@ class Worker:
             self.process.kill()
             self.process.wait()
 
-    async def wait(self, timeout: float) -> int:
-        """The exit code, once the process has exited (fails after ``timeout``)."""
+    async def wait(self, within: float) -> int:
+        """The exit code, once the process has exited (fails after ``within`` seconds)."""
         assert self.process is not None
-        with anyio.fail_after(timeout):
-            while self.process.poll() is None:
+        with anyio.fail_after(within):
+            while True:
+                code = self.process.poll()
+                if code is not None:
+                    return code
                 await anyio.sleep(0.02)
-        return self.process.returncode
 
     def stop(self) -> None:
         """SIGCONT (if paused), then SIGKILL: nothing left behind."""
@@ -123,8 +125,9 @@ class Ledger:
         return collections.Counter((r, k) for r, k, what, _ in self.lines() if what == "start")
 
 
-async def wait_until(predicate: object, timeout: float, step: float = 0.05) -> None:
-    """Wait until ``predicate()`` (sync or async) is true; fail after ``timeout`` seconds."""
+async def wait_until(predicate: object, within: float, step: float = 0.05) -> None:
+    """Wait until ``predicate()`` (sync or async) is true; fail after ``within`` seconds."""
+    timeout = within
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()  # type: ignore[operator]

@@ -27,10 +27,14 @@ again (``mw.inject_store`` included).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import socket
+import sys
 import uuid
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -43,26 +47,31 @@ from loguru import logger
 from ..backends import Backend, RunInfo, RunPage, SavedRun, open_backend
 from . import faults
 from .actions import check_text, text_error_at
-from .checkpoints import RunDurability
+from .checkpoints import GivenBack, RunDurability, WriteTrouble
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
 from .definitions import registry as global_registry
 from .errors import (
+    EngineNotOpen,
+    IdempotencyConflict,
     InvalidDefinition,
     LeaseLost,
+    NotReferenceable,
     NotSerializable,
     RunFailed,
     RunStateError,
     UnknownRun,
     UnknownWorkflow,
 )
+from .events import EventKind, RunEvent
 from .jsonvalues import exact_json
-from .records import RunResult, RunStatus
+from .records import RunResult, RunStatus, plan_rows
 from .runner import Runner
-from .serial import end_fields, initial_entries, restore_store, result_from_info
+from .serial import end_fields, initial_entries, restore_store, result_from_info, with_earlier_timings
 from .state import RunState, new_run_id
 from .store import StoreData
 from .versions import Versions
+from .watch import EventLog, request_fingerprint
 from .workflow import Workflow
 
 _ENDED_OR_PARKED = frozenset({s for s in RunStatus if s.finished} | {RunStatus.SUSPENDED})
@@ -89,11 +98,16 @@ class _Active:
 class RunHandle:
     """A started run: its id, and ways to wait for it, inspect it and cancel it."""
 
-    __slots__ = ("_active", "_engine", "run_id")
+    __slots__ = ("_active", "_engine", "created", "run_id")
 
-    def __init__(self, engine: Engine, run_id: str, active: _Active | None = None) -> None:
+    def __init__(
+        self, engine: Engine, run_id: str, active: _Active | None = None, *, created: bool = True
+    ) -> None:
         self._engine = engine
         self.run_id = run_id
+        #: whether ``engine.start`` started this run (``False``: its idempotency key found it;
+        #: for ``engine.resume``, whether this call resumed it)
+        self.created = created
         self._active = active  # the execution this handle started, if it runs here
 
     async def result(self) -> RunResult:
@@ -112,6 +126,10 @@ class RunHandle:
     async def cancel(self) -> None:
         """Cancel the run (see :meth:`Engine.cancel`)."""
         await self._engine.cancel(self.run_id)
+
+    def watch(self, after: str | None = None) -> AsyncIterator[RunEvent]:
+        """The run's events as they happen (see :meth:`Engine.watch`)."""
+        return self._engine.watch(self.run_id, after=after)
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id}>"
@@ -141,12 +159,20 @@ class Engine:
             :class:`~asyncflow.testing.FakeClock` in tests).
         lease: seconds a claim on a run holds without a heartbeat.
         poll_interval: seconds between heartbeats and looks for runs to take over
-            (a backend that notifies, PostgreSQL, wakes the engine sooner).
+            (default: a second, or a third of the lease if that is shorter; a
+            backend that notifies, PostgreSQL, wakes the engine sooner).
         concurrency: at most this many runs taken over at once (runs started
             here with ``engine.start`` are not limited); ``None``: no limit.
             ``0``: this engine runs nothing: ``engine.start`` writes runs down,
             free, for the workers (``asyncflow worker``) to take (a web app
             that starts runs, say).
+        watch_interval: how often ``engine.watch`` looks for events written by
+            another process (events of runs executing here arrive at once).
+        events: keep each run's events in its log for ``engine.watch`` (default
+            true). It about doubles the engine's own cost per committed action
+            on SQLite (see the CHANGELOG); an engine that runs many short durable
+            runs nobody watches may turn it off (``watch`` then gives only the
+            events of runs other engines executed).
     """
 
     def __init__(
@@ -159,9 +185,11 @@ class Engine:
         retention: timedelta | None = None,
         clock: Clock | None = None,
         lease: float = 30.0,
-        poll_interval: float = 1.0,
+        poll_interval: float | None = None,
         owner: str | None = None,
         concurrency: int | None = None,
+        watch_interval: float = 0.2,
+        events: bool = True,
     ) -> None:
         if concurrency is not None and (
             isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0
@@ -179,8 +207,14 @@ class Engine:
             if retention < timedelta(0):
                 raise ValueError(f"retention must not be negative, got {retention!r}")
         self.retention = retention
+        if poll_interval is None:  # (it follows the lease: heartbeats must come well within it)
+            poll_interval = min(1.0, lease / 3) if isinstance(lease, (int, float)) and lease > 0 else 1.0
         if not lease > 0 or not poll_interval > 0:
             raise ValueError(f"lease and poll_interval must be positive, got {lease!r} and {poll_interval!r}")
+        if not watch_interval > 0:
+            raise ValueError(f"watch_interval must be positive, got {watch_interval!r}")
+        self.watch_interval = watch_interval
+        self.events = events
         if poll_interval * 2 >= lease:
             raise ValueError(f"poll_interval ({poll_interval}) must be under half the lease ({lease})")
         self.lease = lease
@@ -189,8 +223,12 @@ class Engine:
             _check_name(owner, "owner")
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
+        self._definitions: dict[str, dict[str, Any]] = {}  # (of registered workflows, once made)
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
+        self._trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
+        self._events = EventLog(self.backend, self._executes, events)
+        self._unhook: list[Any] = []
         self._group: TaskGroup | None = None
         self._open = False  # between __aenter__ and the end of __aexit__
         self._closing = False
@@ -209,11 +247,13 @@ class Engine:
         """Let this engine run (and recover) ``workflow``, by its id; return it.
 
         A workflow built again with the same definition (a web handler that
-        builds it per request, say) is accepted and the registered one is used;
-        with a persistent backend the definitions are compared.
+        builds it per request, say) is accepted and the registered one is used,
+        on every backend: the two definitions are compared.
 
         Raises:
-            InvalidDefinition: a different workflow is registered under that id.
+            InvalidDefinition: a workflow with a different definition is registered under that
+                id, or one that cannot be compared with it (an action that cannot be re-created
+                from a definition: register one workflow object and start that one).
             NotReferenceable: the backend is persistent and an action cannot be re-created.
         """
         if not isinstance(workflow, Workflow):
@@ -221,20 +261,36 @@ class Engine:
         existing = self._workflows.get(workflow.id)
         if existing is workflow:
             return workflow  # checked when it was registered: start() stays cheap
-        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
         if existing is not None:
-            if definition is not None and definition == self.registry.workflow_definition(existing):
+            try:
+                same = self.registry.workflow_definition(workflow) == self._definition_of(existing)
+            except NotReferenceable as exc:
+                raise InvalidDefinition(
+                    f"another workflow is already registered with id {workflow.id!r}, and this one "
+                    f"cannot be compared with it ({exc}); register one workflow object and pass that "
+                    f"same object to engine.start"
+                ) from None
+            if same:
                 return existing
             raise InvalidDefinition(
-                f"another workflow is already registered with id {workflow.id!r}"
-                + (" and a different definition" if definition is not None else "")
+                f"another workflow is already registered with id {workflow.id!r} and a different definition"
             )
+        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
         self._workflows[workflow.id] = workflow
         if definition is not None:
+            self._definitions[workflow.id] = definition
             self._versions.register(workflow, definition)
         return workflow
 
+    def _definition_of(self, registered: Workflow) -> dict[str, Any]:
+        """The definition of a registered workflow, made once."""
+        definition = self._definitions.get(registered.id)
+        if definition is None:
+            definition = self._definitions[registered.id] = self.registry.workflow_definition(registered)
+        return definition
+
     async def __aenter__(self) -> Self:
+        _require_asyncio()
         if self._open:
             raise RunStateError(
                 "this engine is open already: enter 'async with engine:' once at a time (it can be "
@@ -253,6 +309,13 @@ class Engine:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
+        self._events = EventLog(self.backend, self._executes, self.events)
+        if self._events.keep:
+            self._unhook = [
+                self.runner.on_event(self._events.record_event),
+                self.runner.on_message("*", self._events.record_message),
+            ]
+            group.start_soon(self._events.write_forever)
         try:
             # The versions of the workflows registered so far, so that runs of them can go on
             # on them after a change, whichever engine (and registry) started them.
@@ -273,6 +336,10 @@ class Engine:
     ) -> None:
         group = self._group
         self._closing = True
+        self._events.close()
+        for unhook in self._unhook:
+            unhook()
+        self._unhook = []
         try:
             if group is not None:
                 # Runs still in flight are left for the next engine: their leases are released,
@@ -282,6 +349,9 @@ class Engine:
                         active.run.interrupted = True
                 group.cancel_scope.cancel()
                 await group.__aexit__(None, None, None)
+                # The events of the runs given back: the engine that takes them over goes on after them.
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await self._events.flush()
         finally:
             self._group = None
             self.backend.on_notice(None)
@@ -328,9 +398,17 @@ class Engine:
             self._wake.set()
 
     def _task_group(self) -> TaskGroup:
-        if self._group is None:
-            raise RunStateError("the engine is not open: use 'async with engine:'")
+        if self._group is None or self._closing:
+            raise EngineNotOpen(
+                "the engine is closing: it starts and resumes no runs now"
+                if self._group is not None
+                else "the engine is not open: use 'async with engine:' (or a FastAPI lifespan)"
+            )
         return self._group
+
+    def _executes(self, run_id: str) -> bool:
+        """Whether the run executes in this engine now (its events go to its log from here)."""
+        return run_id in self._active
 
     # ---- starting and running --------------------------------------------------------
 
@@ -345,9 +423,12 @@ class Engine:
         """Write the run down and start it; return at once with its handle.
 
         With an ``idempotency_key`` that an earlier run already has, nothing
-        starts: the handle of that run is returned.
+        starts: the handle of that run is returned, with ``handle.created`` false.
 
         Raises:
+            EngineNotOpen: the engine is not open, or is closing.
+            IdempotencyConflict: the key belongs to a run of another workflow or
+                with another initial store (that run is left as it is).
             NotReferenceable: (persistent backends) an action cannot be re-created.
             NotSerializable: (persistent backends) a store value is not JSON.
             ValueError: ``run_id`` is blank, or ``run_id`` or ``idempotency_key`` is not
@@ -378,17 +459,67 @@ class Engine:
         )
         if faults._PLAN is not None:
             faults.hit("before_start")
+        request = None
+        if idempotency_key is not None:
+            request = request_fingerprint(
+                workflow.id,
+                [(e.key, json.loads(e.value) if self.backend.persistent else e.value) for e in entries],
+                self.backend.persistent,
+            )
         info, created = await self.backend.create_run(info, entries)
         if created and here:
-            self._launch(group, SavedRun(info, list(entries), []))
-        return RunHandle(self, info.run_id, self._active.get(info.run_id))
+            self._active[info.run_id] = active = _Active(info.run_id)  # (its events are its log's from now)
+            self._events.add(
+                info.run_id,
+                {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
+                if request is not None
+                else {"kind": EventKind.RUN_CREATED.value, "at": now},
+            )
+            self._launch(group, SavedRun(info, list(entries), []), active)
+        elif created:  # (for the workers: its log begins here)
+            await self.backend.append_events(
+                info.run_id,
+                [
+                    {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
+                    if request is not None
+                    else {"kind": EventKind.RUN_CREATED.value, "at": now}
+                ],
+            )
+        elif idempotency_key is not None:
+            await self._check_same_request(info, workflow, idempotency_key, request)
+        return RunHandle(self, info.run_id, self._active.get(info.run_id), created=created)
 
-    def _launch(self, group: TaskGroup, saved: SavedRun) -> None:
-        active = self._active.get(saved.info.run_id)
-        if active is not None and not active.done.is_set():
-            return
-        active = _Active(saved.info.run_id)
-        self._active[saved.info.run_id] = active
+    async def _check_same_request(self, info: RunInfo, workflow: Workflow, key: str, request: Any) -> None:
+        """Refuse a start whose idempotency key found a run of another workflow or initial store."""
+        why = None
+        if info.workflow_id != workflow.id:
+            why = f"of workflow {info.workflow_id!r}, not {workflow.id!r}"
+        else:
+            # (A run written down before its request was logged, by an older asyncflow, say, is
+            # compared by its workflow only.)
+            await self._events.flush(info.run_id)
+            for _, data in await self.backend.read_events(info.run_id, after=0, limit=1):
+                if (
+                    data.get("kind") == EventKind.RUN_CREATED.value
+                    and data.get("request", request) != request
+                ):
+                    why = "with another initial store"
+        if why is not None:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} belongs to run {info.run_id!r}, which was started {why}; "
+                f"a retry must send the same request (that run is left as it is), and another request "
+                f"needs another key",
+                run_id=info.run_id,
+                idempotency_key=key,
+            )
+
+    def _launch(self, group: TaskGroup, saved: SavedRun, active: _Active | None = None) -> None:
+        if active is None:
+            active = self._active.get(saved.info.run_id)
+            if active is not None and not active.done.is_set():
+                return
+            active = _Active(saved.info.run_id)
+            self._active[saved.info.run_id] = active
         group.start_soon(self._execute, saved, active)
 
     async def _execute(self, saved: SavedRun, active: _Active) -> None:
@@ -414,7 +545,7 @@ class Engine:
                             await self._release(info.run_id)
                     raise
             durability = active.durability = RunDurability(
-                self.backend, self.registry, self.clock, self.owner, saved
+                self.backend, self.registry, self.clock, self.owner, saved, self._trouble, self.lease
             )
             if self._draining:
                 durability.after_commit = self._stop_after_checkpoint
@@ -438,6 +569,11 @@ class Engine:
                     result = await self.runner._run(run)
                 except RunFailed as failure:
                     result = failure.result
+                    if isinstance(failure.error, GivenBack):
+                        logger.warning("run {} stopped here: {}", info.run_id, failure.error)
+                        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                            await self._release(info.run_id)
+                        return
                     if isinstance(failure.error, LeaseLost):
                         active.lease_lost = True
                 except anyio.get_cancelled_exc_class():
@@ -472,7 +608,10 @@ class Engine:
                     duration=0.0,
                 )
             with anyio.CancelScope(shield=True):
+                # The run's events first: a watcher that sees the end has seen all before it.
+                await self._events.flush(info.run_id)
                 await self._record_end(info, result, durability)
+            self._events.wake(info.run_id)
             active.result = result
         except Exception as exc:
             # One run's trouble (its database row, say) must not stop the engine's other runs:
@@ -511,9 +650,16 @@ class Engine:
 
     async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
         fields = end_fields(info, result, durability.suspended_key)
-        updated = await self.backend.update_run(
-            info.run_id, holder=self.owner, now=self.clock.now(), **fields
-        )
+
+        def record() -> Awaitable[bool]:
+            return self.backend.update_run(info.run_id, holder=self.owner, now=self.clock.now(), **fields)
+
+        try:
+            updated = await record()
+        except Exception as exc:
+            # Held and written again as a checkpoint is; given back (GivenBack) if it never goes through.
+            what = f"the end of run {info.run_id}"
+            updated = await self._trouble.retry(what, record, exc, self.lease)
         if not updated:
             logger.warning(
                 "run {} ended here but another engine owns it now; its end was not recorded", info.run_id
@@ -637,15 +783,65 @@ class Engine:
         return result_from_info(info, store)
 
     async def get_run(self, run_id: str) -> RunInfo:
-        """What the database knows of the run.
+        """What the database knows of the run; for a run executing here, its ``steps`` are the plan so far.
+
+        The plan so far: every stage and action of the run's plan as it
+        stands (inserted ones included), each with its status (pending,
+        running, completed, failed, skipped...), in plan order.
 
         Raises:
             UnknownRun: no such run.
+            EngineNotOpen: the engine is not open.
         """
+        if not self._open:
+            raise EngineNotOpen("the engine is not open: use 'async with engine:' (or a FastAPI lifespan)")
         info = await self.backend.get_run(run_id) if _could_be_stored(run_id) else None
         if info is None:
             raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
+        active = self._active.get(run_id)
+        if (
+            active is not None
+            and active.run is not None
+            and not active.done.is_set()
+            and info.status in (RunStatus.RUNNING, RunStatus.SLEEPING)
+        ):
+            steps = with_earlier_timings(plan_rows(active.run.plan.walk_stages()), info.steps)
+            info = attrs.evolve(info, steps=steps.dicts())
         return info
+
+    def watch(self, run_id: str, *, after: str | None = None) -> AsyncIterator[RunEvent]:
+        """The run's events, from any process, as they happen; it ends when the run ends or suspends.
+
+        ::
+
+            async for event in engine.watch(run_id):
+                print(event.kind, event.stage_id, event.action_name)
+
+        Every stage and action started, finished, skipped or inserted, each
+        message sent with ``ctx.send`` (kind ``MESSAGE``), the run's
+        suspension (``RUN_SUSPENDED``) and end (``RUN_FINISHED``), whichever
+        engine executes the run: they are kept in the run's log. Pass an
+        event's ``cursor`` as ``after`` to go on after it (nothing is lost or
+        repeated); with none, the watch starts from the run's first event. It
+        also ends when this engine closes. Safe to leave at any time (it
+        holds no task group across a ``yield``).
+
+        Raises:
+            UnknownRun: no such run.
+            UnknownCursor: ``after`` is not a cursor this run's events had.
+            EngineNotOpen: the engine is not open.
+        """
+        return self._watch(run_id, after)
+
+    async def _watch(self, run_id: str, after: str | None) -> AsyncIterator[RunEvent]:
+        info = await self.get_run(run_id)
+        start = await self._events.check_cursor(run_id, after)
+        await self._events.flush(run_id)
+        async for event in self._events.watch(info, start, self._current, self.watch_interval):
+            yield event
+
+    async def _current(self, run_id: str) -> RunInfo | None:
+        return await self.backend.get_run(run_id)
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a run.
@@ -684,14 +880,31 @@ class Engine:
             raise RunStateError(
                 f"run {run_id!r} has already ended ({info.status.value}); it cannot be cancelled"
             )
+        await self.backend.append_events(
+            run_id,
+            [
+                {
+                    "kind": EventKind.RUN_FINISHED.value,
+                    "at": self.clock.now(),
+                    "status": RunStatus.CANCELLED.value,
+                }
+            ],
+        )
+        self._events.wake(run_id)
 
-    async def resume(self, run_id: str, data: Any = None) -> RunHandle:
+    async def resume(self, run_id: str, data: Any = None, *, key: str | None = None) -> RunHandle:
         """Continue a suspended run, here, from the action that suspended it.
 
         That action runs again with ``ctx.is_resuming`` true and
         ``ctx.resume_data == data``.
 
+        With a ``key`` (an approval's id, say), resuming is idempotent: a call
+        with a key this run was already resumed with resumes nothing and
+        returns the run's handle (``handle.created`` false), whatever the run
+        does now, so a retried approval never fails.
+
         Raises:
+            EngineNotOpen: the engine is not open, or is closing.
             UnknownRun: no such run.
             RunStateError: the run is not suspended.
             UnknownWorkflow: its workflow is not registered with this engine, or the run started
@@ -699,6 +912,12 @@ class Engine:
             NotSerializable: (persistent backends) ``data`` is not JSON.
         """
         group = self._task_group()
+        if key is not None:
+            if not isinstance(key, str) or not key or key.isspace():
+                raise TypeError(f"resume key must be a non-blank string, got {key!r}")
+            check_text(key, "resume key")
+            if await self._resumed_with(run_id, key):
+                return RunHandle(self, run_id, self._active.get(run_id), created=False)
         if self.backend.persistent:
             try:
                 exact_json(data)
@@ -709,6 +928,8 @@ class Engine:
                 ) from None
         info = await self.get_run(run_id)
         if info.status is not RunStatus.SUSPENDED:
+            if key is not None and await self._resumed_with(run_id, key):
+                return RunHandle(self, run_id, self._active.get(run_id), created=False)
             raise RunStateError(
                 f"run {run_id!r} is {info.status.value}, not suspended; only a suspended run resumes"
             )
@@ -736,7 +957,15 @@ class Engine:
             lease_until=None,
         )
         if not updated:
+            if key is not None and await self._resumed_with(run_id, key):
+                return RunHandle(self, run_id, self._active.get(run_id), created=False)
             raise RunStateError(f"run {run_id!r} is no longer suspended (resumed or cancelled meanwhile)")
+        resumed: dict[str, Any] = {"kind": EventKind.RUN_RESUMED.value, "at": self.clock.now()}
+        if key is not None:
+            resumed["key"] = key
+        # Written at once (not buffered): a retry with the key, from any process, must find it.
+        await self.backend.append_events(run_id, [resumed])
+        self._events.wake(run_id)
         now = self.clock.now()
         claimed = (
             await self.backend.claim(
@@ -750,6 +979,13 @@ class Engine:
             if saved is not None:
                 self._launch(group, saved)
         return RunHandle(self, run_id, self._active.get(run_id))
+
+    async def _resumed_with(self, run_id: str, key: str) -> bool:
+        """Whether the run was resumed with ``key`` before (its log says so)."""
+        return any(
+            data.get("kind") == EventKind.RUN_RESUMED.value and data.get("key") == key
+            for _, data in await self._events.read_all(run_id)
+        )
 
     async def list_runs(
         self,
@@ -803,3 +1039,21 @@ def _check_name(value: object, what: str) -> None:
     if value.isspace():
         raise ValueError(f"{what} must not be blank, got {value!r}")
     check_text(value, what)
+
+
+def _require_asyncio() -> None:
+    """Refuse to open an engine on an event loop other than asyncio's (uvloop is asyncio's too).
+
+    The durable engine's backends hand work to threads and wake the loop through
+    asyncio; the in-memory runner (``af.run``, ``af.Runner``) runs on trio as well.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        trio = sys.modules.get("trio")
+        on = "trio" if trio is not None and trio.lowlevel.in_trio_run() else "another event loop"
+        raise RuntimeError(
+            f"af.Engine runs on asyncio's event loop only (uvloop included), and this is {on}: its "
+            f"backends hand work to threads and wake the loop through asyncio. On trio, run workflows "
+            f"in memory with af.run or af.Runner"
+        ) from None

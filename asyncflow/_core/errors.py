@@ -24,6 +24,9 @@ working for a missing store key::
     ├── NotReferenceable             (TypeError) an action a durable run cannot re-create
     ├── RunStateError                (RuntimeError) e.g. resuming a run that is not suspended
     │   └── DuplicateRunId           a run with that id exists already
+    ├── EngineNotOpen                (RuntimeError) the engine is not open, or is closing
+    ├── IdempotencyConflict          (ValueError) a key reused with another workflow or store
+    ├── UnknownCursor                (ValueError) a watch cursor that was never issued
     ├── UnknownRun                   (LookupError) no run with that id
     ├── BackendError                 (RuntimeError) the database cannot be used
     ├── MissingKey                   (KeyError) the store has no such key
@@ -290,6 +293,30 @@ class RunStateError(WorkflowError, RuntimeError):
 
 class DuplicateRunId(RunStateError):
     """``engine.start(run_id=...)`` was given the id of a run that exists already (it is kept as it is)."""
+
+
+class EngineNotOpen(WorkflowError, RuntimeError):
+    """The engine is not open (before ``async with engine:``) or is closing: it starts and resumes nothing.
+
+    Not a :class:`RunStateError`: no run's state is wrong; try again once the
+    engine is open (a web app answers 503).
+    """
+
+
+class IdempotencyConflict(WorkflowError, ValueError):
+    """``engine.start`` was given an idempotency key that a run of another workflow or store has.
+
+    The existing run is left as it is; ``run_id`` names it. (Payment APIs answer 409.)
+    """
+
+    def __init__(self, message: str, *, run_id: str, idempotency_key: str) -> None:
+        self.run_id = run_id
+        self.idempotency_key = idempotency_key
+        super().__init__(message)
+
+
+class UnknownCursor(WorkflowError, ValueError):
+    """``engine.watch(run_id, after=...)`` was given a cursor that this run's events never had."""
 
 
 class UnknownRun(WorkflowError, LookupError):

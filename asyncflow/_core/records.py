@@ -211,6 +211,22 @@ def step_rows(result: RunResult) -> StepRows:
     return StepRows([_row(_step_values(node, run_start)) for node in result._log])
 
 
+def plan_rows(stages: Iterable[StageNode]) -> StepRows:
+    """The plan so far of a run that is running: every stage (``stages``, in plan order) and its actions.
+
+    Steps not started yet are ``pending``; removed ones are left out. Times are
+    from the start of the first step.
+    """
+    nodes: list[StageNode | ActionNode] = []
+    for stage in stages:
+        if stage.removed:
+            continue
+        nodes.append(stage)
+        nodes.extend(node for node in stage.walk_actions() if not node.removed)
+    run_start = min((node.started for node in nodes if node.started), default=0.0)
+    return StepRows([_row(_step_values(node, run_start)) for node in nodes])
+
+
 @attrs.frozen
 class Timing:
     """A duration measured by the timing middleware (``mw.timing()``)."""

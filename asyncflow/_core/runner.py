@@ -298,7 +298,9 @@ class Runner:
         if self._hub.listening:
             await self._hub.emit(
                 run.event(
-                    EventKind.RUN_FINISHED,
+                    EventKind.RUN_SUSPENDED
+                    if result.status is RunStatus.SUSPENDED
+                    else EventKind.RUN_FINISHED,
                     status=result.status.value,
                     error=result.error,
                     duration=result.duration,

@@ -18,6 +18,7 @@ from json.encoder import encode_basestring_ascii
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple, Self
 
+import anyio
 import attrs
 
 from .._core.errors import DuplicateRunId
@@ -27,7 +28,9 @@ from .._core.records import RunStatus
 #: 2: a run's steps are stored as :class:`StepRows` (1 had a dict per step; still read).
 #: 3: runs are numbered, and checkpoints refer to the number (SQLite: appended, not scattered).
 #: 4: each run names the version of its workflow it started on, and the versions are kept.
-SCHEMA_VERSION = 4
+#: 5: each run keeps a log of its events (``engine.watch``).
+#: 6: an index per filter of list_runs, and auto_vacuum=INCREMENTAL (space given back after a purge).
+SCHEMA_VERSION = 6
 
 
 def _utc(timestamp: float) -> datetime:
@@ -53,7 +56,8 @@ class RunInfo:
         error: ``"Type: message"`` of a failed run; ``failed_stage`` and
             ``failed_action`` say where.
         bail_reason: the reason of a bailed run.
-        steps: the run's step records (dicts), once it has ended.
+        steps: the run's step records (dicts), once it has ended or suspended
+            (``engine.get_run`` gives the plan so far of a run that is running).
         workflow_version: the version of its workflow the run started on
             (see :class:`WorkflowVersion`); ``None`` for a run started before
             asyncflow recorded versions, or in memory.
@@ -401,3 +405,34 @@ class Backend(ABC):
         registries name them otherwise.) By default, none.
         """
         return []
+
+    # ---- a run's event log (engine.watch) ---------------------------------------------
+    # Not abstract: a backend without a log still runs workflows; engine.watch then gives
+    # only what the run's row says (its end or suspension).
+
+    #: whether this backend keeps runs' events (``append_events`` stores them)
+    keeps_events: ClassVar[bool] = False
+
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+        """Add ``events`` to the end of the run's log in one transaction, numbered on from its last (from 1).
+
+        Each event is a dict of JSON values (persistent backends) as
+        :func:`~asyncflow._core.events.event_data` makes it. A run that does
+        not exist (deleted meanwhile) takes none. Deleting a run deletes its log.
+        """
+        return None
+
+    async def read_events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """Up to ``limit`` events of the run's log numbered after ``after``, in order: ``(number, event)``."""
+        return []
+
+    async def wait_events(self, run_id: str, *, within: float) -> None:
+        """Return when the run may have new events or a new status, or after ``within`` seconds.
+
+        The default polls: it sleeps ``within`` (an engine in this process
+        wakes its own watchers at once). A backend that can be told of
+        changes (PostgreSQL's LISTEN/NOTIFY) returns as soon as it is.
+        """
+        await anyio.sleep(within)

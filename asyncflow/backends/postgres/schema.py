@@ -78,6 +78,15 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE SEQUENCE worker_keys AS integer CYCLE",
     ],
+    # 2: each run's log of events (engine.watch), numbered from 1 per run.
+    [
+        """CREATE TABLE run_events (
+            run_no bigint NOT NULL,
+            seq integer NOT NULL,
+            data text NOT NULL,
+            PRIMARY KEY (run_no, seq)
+        )""",
+    ],
 ]
 
 #: The version of the schema this asyncflow writes (how many migrations it has).
