@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 from loguru import logger
 
 from ..backends.base import Backend, Checkpoint, SavedRun, StoreEntry
@@ -266,6 +267,7 @@ class RunDurability(Durability):
         await self._write(checkpoint)
         if self.after_commit is not None:
             self.after_commit(self.run_id)
+            await anyio.lowlevel.checkpoint()  # (a stop it asked for comes here, before the next step)
 
     async def commit_attempt(self, node: ActionNode, attempts: int, retry_at: float) -> None:
         await self._write(
