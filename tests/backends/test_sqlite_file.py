@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -227,3 +229,19 @@ async def test_the_file_shrinks_after_a_purge(db_path: Path) -> None:
         assert await engine.purge(older_than=timedelta(0)) == 100
     assert (await anyio.Path(db_path).stat()).st_size < full / 5
     assert pragma(db_path, "PRAGMA freelist_count")[0][0] < 256
+
+
+def test_a_close_cancelled_before_the_writer_stops_leaves_its_thread_quiet(tmp_path: Path) -> None:
+    """A backend whose aclose is cancelled, its loop then closed, ends its writer thread without an error."""
+
+    async def main() -> None:
+        backend = SQLiteBackend(tmp_path / "runs.db")
+        await backend.__aenter__()
+        closing = asyncio.ensure_future(backend.aclose())
+        await asyncio.sleep(0)  # the stop is queued; the thread answers after the loop has closed
+        closing.cancel()
+
+    asyncio.run(main())
+    for thread in threading.enumerate():
+        if thread.name.startswith("asyncflow-sqlite"):
+            thread.join(10)  # an exception in it would fail this test (warnings are errors)

@@ -162,9 +162,9 @@ class Writer:
             variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             self._max_rows = max(size for size in _MANY_SQL if size * _ROW_PARAMS <= variables)
         except BaseException as exc:
-            loop.call_soon_threadsafe(_fail_future, ready, exc)
+            _call_in_loop(loop, _fail_future, ready, exc)
             return
-        loop.call_soon_threadsafe(_resolve_future, ready, None)
+        _call_in_loop(loop, _resolve_future, ready, None)
         closed: asyncio.Future[None] | None = None
         try:
             while closed is None:
@@ -194,7 +194,7 @@ class Writer:
         finally:
             conn.close()
             if closed is not None:
-                loop.call_soon_threadsafe(_resolve_future, closed, None)
+                _call_in_loop(loop, _resolve_future, closed, None)
 
     def _hand_back(
         self, loop: asyncio.AbstractEventLoop, batch: list[_Job], checkpoints: list[_Batch]
@@ -208,7 +208,7 @@ class Writer:
         """
         wake = self._wake
         if wake is None:
-            loop.call_soon_threadsafe(self._delivered, batch, checkpoints)
+            _call_in_loop(loop, self._delivered, batch, checkpoints)
             return
         self._done.append((batch, checkpoints))
         with contextlib.suppress(BlockingIOError):  # full of wake-ups the loop has yet to read
@@ -575,6 +575,17 @@ def _deliver(batch: list[_Job], checkpoints: list[_Batch]) -> None:
             job.future.set_exception(job.error)
         else:
             job.future.set_result(job.result)
+
+
+def _call_in_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: Any) -> None:
+    """Have the loop call ``callback(*args)`` (from the writer thread), unless it has closed.
+
+    An ``aclose`` that was cancelled (or a loop closed under an engine never closed) no longer
+    waits for the thread: there is nobody left to tell, and raising in this thread would only
+    report an unhandled exception at some later, unrelated place.
+    """
+    with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def _resolve_future(future: asyncio.Future[Any], value: Any) -> None:
