@@ -31,6 +31,7 @@ from ._core.errors import ActionFailed as ActionFailed
 from ._core.errors import ActionTimeout as ActionTimeout
 from ._core.errors import BackendError as BackendError
 from ._core.errors import Bail as Bail
+from ._core.errors import ChildProcessFailed as ChildProcessFailed
 from ._core.errors import ContextClosed as ContextClosed
 from ._core.errors import DuplicateRunId as DuplicateRunId
 from ._core.errors import DuplicateStageId as DuplicateStageId
@@ -55,6 +56,7 @@ from ._core.events import Event as Event
 from ._core.events import EventKind as EventKind
 from ._core.events import EventStream as EventStream
 from ._core.events import Message as Message
+from ._core.isolation.process import ProcessPool as ProcessPool
 from ._core.middleware import CallNext as CallNext
 from ._core.middleware import Middleware as Middleware
 from ._core.middleware import MiddlewareContext as MiddlewareContext
@@ -91,6 +93,7 @@ __all__ = [
     "BackendError",
     "Bail",
     "CallNext",
+    "ChildProcessFailed",
     "Clock",
     "ContextClosed",
     "DuplicateRunId",
@@ -113,6 +116,7 @@ __all__ = [
     "NotReferenceable",
     "NotSerializable",
     "Plan",
+    "ProcessPool",
     "RecordedError",
     "Registry",
     "Retry",
