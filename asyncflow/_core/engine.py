@@ -58,6 +58,7 @@ from .errors import (
     RunStateError,
     UnknownRun,
 )
+from .isolation.process import ProcessPool
 from .records import STEP_COLUMNS, RunResult, RunStatus, StepRecord, StepRows, StepStatus, step_rows
 from .runner import REPLAYED, Runner, RunState, new_run_id
 from .store import Store, StoreData, _Meta, typed_name
@@ -143,6 +144,9 @@ class Engine:
             :class:`~asyncflow.testing.FakeClock` in tests).
         lease: seconds a claim on a run holds without a heartbeat.
         poll_interval: seconds between heartbeats and looks for runs to take over.
+        process_pool: warm child processes for the isolated stages of its runs
+            (``Stage(isolation="process")``), set on its runner; the engine
+            ends the pool's children when it closes.
     """
 
     def __init__(
@@ -157,10 +161,18 @@ class Engine:
         lease: float = 30.0,
         poll_interval: float = 1.0,
         owner: str | None = None,
+        process_pool: ProcessPool | None = None,
     ) -> None:
         self.backend = open_backend(url)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
         self.runner = runner if runner is not None else Runner(clock=self.clock)
+        if process_pool is not None:
+            if not isinstance(process_pool, ProcessPool):
+                raise TypeError(f"process_pool must be an af.ProcessPool, got {process_pool!r}")
+            if self.runner.process_pool not in (None, process_pool):
+                raise ValueError("the runner given to the engine has another process_pool; pass one of them")
+            self.runner.process_pool = process_pool
+        self.process_pool = self.runner.process_pool
         self.registry = registry if registry is not None else global_registry
         self.recover = recover
         if retention is not None:
@@ -265,6 +277,8 @@ class Engine:
             self._group = None
             try:
                 with anyio.CancelScope(shield=True):
+                    if self.process_pool is not None:
+                        await self.process_pool.aclose()
                     await self.backend.aclose()
             finally:
                 self._open = False

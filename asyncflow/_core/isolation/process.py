@@ -48,6 +48,7 @@ class ChildProcess:
         self.dead = False  # its stdout closed: it exited, or is about to
         self.why = ""  # why the parent killed it, if it did
         self.reader: object = None  # the session whose task reads its frames now
+        self.generation = 0  # of the pool that handed it out
 
     @classmethod
     async def spawn(cls) -> ChildProcess:
@@ -201,8 +202,9 @@ class ProcessPool:
     noticed when next handed out and replaced.
 
     ``aclose()`` (or leaving the ``async with``) ends the idle children and
-    every busy one as its stage ends. An :class:`~asyncflow.Engine` given a
-    pool closes it when the engine closes.
+    every busy one as its stage ends; a pool used again afterwards starts new
+    ones. An :class:`~asyncflow.Engine` given a pool closes it when the
+    engine closes.
 
     Args:
         size: how many children at most (1 or more).
@@ -240,12 +242,11 @@ class ProcessPool:
         self._idle: list[ChildProcess] = []
         self._busy: set[ChildProcess] = set()
         self._slots: anyio.Semaphore | None = None
-        self._closed = False
+        self._generation = 0  # children from before the last aclose() are ended when released
 
     def __repr__(self) -> str:
         return (
-            f"<ProcessPool size={self.size} idle={len(self._idle)} busy={len(self._busy)}"
-            f"{' closed' if self._closed else ''}>"
+            f"<ProcessPool size={self.size} idle={len(self._idle)} busy={len(self._busy)}>"
         )
 
     @property
@@ -255,7 +256,6 @@ class ProcessPool:
 
     async def start(self) -> None:
         """Start the children now (else they start as stages need them)."""
-        self._check_open()
         missing = self.size - len(self._idle) - len(self._busy)
         if missing <= 0:
             return
@@ -283,20 +283,15 @@ class ProcessPool:
 
     async def aclose(self) -> None:
         """End the idle children now and the busy ones when their stages end; reap them all."""
-        self._closed = True
+        self._generation += 1
         idle, self._idle = self._idle, []
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as group:
                 for child in idle:
                     group.start_soon(child.close, self.kill_grace)
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("this af.ProcessPool is closed; make a new one")
-
     async def acquire(self) -> ChildProcess:
         """A child for one isolated stage: an idle one, or a fresh one (waits while ``size`` are busy)."""
-        self._check_open()
         if self._slots is None:
             self._slots = anyio.Semaphore(self.size)
         await self._slots.acquire()
@@ -308,6 +303,7 @@ class ProcessPool:
                 await child.reap(self.kill_grace)  # died while idle: replaced below
             else:
                 child = await ChildProcess.spawn()
+            child.generation = self._generation
         except BaseException:
             self._slots.release()
             raise
@@ -319,7 +315,8 @@ class ProcessPool:
         self._busy.discard(child)
         try:
             limit = self.max_tasks_per_child
-            if healthy and not child.dead and not self._closed and (limit is None or child.tasks < limit):
+            current = child.generation == self._generation
+            if healthy and not child.dead and current and (limit is None or child.tasks < limit):
                 self._idle.append(child)
             elif child.dead:
                 await child.reap(self.kill_grace)
