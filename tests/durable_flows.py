@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+from helpers import eventually as eventually  # (the tests' one wait, re-exported)
 
 import asyncflow as af
 from asyncflow import backoff
@@ -76,6 +76,20 @@ async def finish(url: str, run_id: str, *workflows: af.Workflow, **options: Any)
     async with make_engine(url, *workflows, **options) as engine:
         with anyio.fail_after(5):
             return await engine.wait(run_id)
+
+
+async def run_here(url: str, workflow: af.Workflow, *, within: float = 5) -> tuple[str, af.RunResult]:
+    """Start ``workflow`` on a new engine, wait (at most ``within`` s) for it to end; its id and result."""
+    async with make_engine(url, workflow) as engine:
+        handle = await engine.start(workflow)
+        with anyio.fail_after(within):
+            return handle.run_id, await handle.result()
+
+
+async def info_of(url: str, run_id: str) -> af.RunInfo:
+    """What the database says of the run, read by an engine that recovers nothing."""
+    async with make_engine(url, recover=False) as engine:
+        return await engine.get_run(run_id)
 
 
 def query(db_path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -440,18 +454,6 @@ INSERTS_GLOBAL = af.Workflow("inserts-global", stages=[af.Stage("s", actions=[in
 BASIC_NO_HANG = af.Workflow(
     "basic-no-hang", stages=[af.Stage("s1", actions=[step_one, Record("x"), Record("y")])]
 )
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
-    """Poll ``check`` (sync or async) until it is true; fail after a generous 5 s."""
-    with anyio.fail_after(5):
-        while True:
-            outcome = check()
-            if not isinstance(outcome, bool):
-                outcome = await outcome
-            if outcome:
-                return
-            await anyio.sleep(0.005)
 
 
 FAILS_QUOTING_A_FILE = af.Workflow("fails-quoting", stages=[af.Stage("s", actions=[fail_quoting_a_file])])

@@ -628,3 +628,30 @@ def test_every_builtin_is_a_valid_middleware_at_registration() -> None:
     for one in built:
         wf.use(one).use_action(one)
         stage.use(one).use_action(one)
+
+
+async def test_recover_never_swallows_cancellation() -> None:
+    """mw.recover() lets cancellation through: the action is not recorded recovered, nothing runs after it."""
+    log: list[str] = []
+    entered = anyio.Event()
+
+    @af.action
+    async def hang(ctx: af.ActionContext) -> None:
+        entered.set()
+        await anyio.sleep_forever()
+
+    runner = af.Runner(
+        middleware=[mw.recover()], stage_middleware=[mw.recover()], action_middleware=[mw.recover()]
+    )
+    results: list[af.RunResult] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+
+            async def run() -> None:
+                results.append(await runner.run(one_stage(hang, recorder("after", log))))
+
+            group.start_soon(run)
+            await entered.wait()
+            group.cancel_scope.cancel()
+    assert log == []
+    assert results == []

@@ -201,3 +201,35 @@ async def test_failure_in_a_concurrent_stage_stops_the_run() -> None:
     assert "queued3" not in log
     assert info.value.result is not None
     assert all(s.stage_id != "after" for s in info.value.result.steps)
+
+
+async def test_action_disabled_by_a_sibling_in_a_concurrent_stage_is_skipped() -> None:
+    """Stage(concurrency=2): an action that a running sibling disables before it starts is skipped."""
+    ran: list[str] = []
+    release = anyio.Event()
+
+    @af.action
+    async def disabler(ctx: af.ActionContext) -> None:
+        ran.append("disabler")
+        ctx.plan.disable_action("late")
+
+    @af.action
+    async def holder(ctx: af.ActionContext) -> None:
+        ran.append("holder")
+        await release.wait()
+
+    @af.action
+    async def late(ctx: af.ActionContext) -> None:
+        ran.append("late")
+
+    @af.action
+    async def releaser(ctx: af.ActionContext) -> None:
+        release.set()
+
+    stage = af.Stage("s", actions=[holder, disabler, late, releaser], concurrency=2)
+    with anyio.fail_after(5):
+        result = await af.run(af.Workflow("wf", stages=[stage]))
+    assert result.status is af.RunStatus.COMPLETED
+    assert "late" not in ran
+    [record] = [s for s in result.steps if s.action_name == "late"]
+    assert record.status is af.StepStatus.SKIPPED

@@ -791,3 +791,24 @@ async def test_plan_changes_of_a_failed_action_are_undone() -> None:
     assert info.value.action_name == "breaker"
     assert seen["during"] == (False, False, ["both", "inserted", "later"])
     assert seen["after"] == (True, True, ["both", "later"])
+
+
+async def test_remove_stage_of_a_failed_attempt_is_undone() -> None:
+    """A failed attempt's remove_stage is undone like its other plan changes: the stage runs after all."""
+    seen: list[list[str]] = []
+
+    @af.action(name="remover", retry=af.Retry(attempts=2, backoff=lambda attempt: 0.0))
+    async def remover(ctx: af.ActionContext) -> None:
+        if ctx.attempt == 1:
+            ctx.plan.remove_stage("later")
+            raise ConnectionError("first attempt")
+        seen.append(ctx.plan.stage_ids())
+
+    wf = af.Workflow(
+        "wf",
+        stages=[af.Stage("first", actions=[remover]), af.Stage("later", actions=[probe("tail")])],
+    )
+    result = await af.run(wf)
+    assert result.status is af.RunStatus.COMPLETED
+    assert seen == [["first", "later"]]
+    assert ran(result) == ["remover", "tail"]

@@ -294,6 +294,7 @@ async def test_move_on_after_cancels_the_run() -> None:
     assert log == []
 
 
+@pytest.mark.asyncio_only
 async def test_asyncio_task_cancel_propagates_cancelled_error() -> None:
     """task.cancel() on the task awaiting af.run raises asyncio.CancelledError out of it."""
     started = anyio.Event()
@@ -309,6 +310,7 @@ async def test_asyncio_task_cancel_propagates_cancelled_error() -> None:
     assert log == []
 
 
+@pytest.mark.asyncio_only
 async def test_asyncio_task_cancel_propagates_from_a_concurrent_stage() -> None:
     """Cancelling a run inside a concurrent stage cancels every running action and propagates."""
     seen: list[str] = []
@@ -366,3 +368,16 @@ async def test_add_dynamic_action_after_the_action_finished_raises_context_close
     with pytest.raises(af.ContextClosed, match="keeper") as info:
         ctx.add_dynamic_action(recorder("x", []))
     assert isinstance(info.value, af.WorkflowError)
+
+
+async def test_bailing_actions_own_store_writes_are_in_the_result() -> None:
+    """A bailing action's own store writes are in the in-memory RunResult.store."""
+
+    @af.action
+    async def write_then_bail(ctx: af.ActionContext) -> None:
+        ctx.store["found"] = 3
+        ctx.bail("nothing more to do")
+
+    result = await af.run(af.Workflow("wf", stages=[af.Stage("s", actions=[write_then_bail])]))
+    assert result.status is af.RunStatus.BAILED
+    assert result.store["found"] == 3

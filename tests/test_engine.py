@@ -25,12 +25,18 @@ def _fresh_ledger() -> None:
 
 
 @pytest.fixture(
-    params=[pytest.param("memory://", id="memory"), pytest.param("sqlite", id="sqlite")],
+    params=[
+        pytest.param("memory://", id="memory"),
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres"),
+    ],
 )
 def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An engine URL of each backend: in memory, and an SQLite file in tmp_path."""
+    """An engine URL of each backend: in memory, an SQLite file in tmp_path, a PostgreSQL schema."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'runs.db'}"
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
     return str(request.param)
 
 
@@ -648,9 +654,9 @@ async def test_runner_retry_default_applies_to_engine_runs(engine_url: str, cloc
 
 
 async def test_engine_used_outside_async_with_raises(engine_url: str, clock: FakeClock) -> None:
-    """engine.start before the engine is opened raises af.RunStateError saying to use 'async with'."""
+    """engine.start before the engine is opened raises af.EngineNotOpen saying to use 'async with'."""
     engine = make_engine(engine_url, clock)
-    with pytest.raises(af.RunStateError, match="async with"):
+    with pytest.raises(af.EngineNotOpen, match="async with"):
         await engine.start(flows.QUICK)
 
 
@@ -699,7 +705,7 @@ async def test_register_accepts_a_rebuilt_workflow_with_the_same_definition(tmp_
     assert engine.register(build()) is first
 
 
-@pytest.mark.parametrize("url", ["postgresql://user@host/db", "postgres://host/db", "bogus://x", "nothing"])
+@pytest.mark.parametrize("url", ["bogus://x", "nothing", "postgresql://host/db?colour=blue"])
 def test_unsupported_urls_raise_backend_error(url: str) -> None:
     """af.Engine with a URL naming no available backend raises af.BackendError quoting it."""
     with pytest.raises(af.BackendError, match=url.split(":")[0]):
@@ -948,3 +954,19 @@ async def test_memory_engine_accepts_actions_that_are_not_referenceable(clock: F
     assert result.status is af.RunStatus.COMPLETED
     assert result.store == {"child": True}
     assert result.stage_order() == ["s", "extra"]
+
+
+async def test_register_refuses_a_rebuilt_workflow_that_cannot_be_compared() -> None:
+    """A rebuilt workflow of closures cannot be compared with the registered one: the error says why."""
+
+    def build() -> af.Workflow:
+        async def body(ctx: af.ActionContext) -> None:
+            pass
+
+        return af.Workflow("closures", stages=[af.Stage("s", actions=[af.action(name="inner")(body)])])
+
+    engine = af.Engine()
+    first = engine.register(build())
+    assert engine.register(first) is first
+    with pytest.raises(af.InvalidDefinition, match=r"cannot be compared .*register one workflow object"):
+        engine.register(build())

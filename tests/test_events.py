@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
-from helpers import raiser
+from helpers import raiser, rss_bytes
 
 import asyncflow as af
 
@@ -548,6 +549,79 @@ async def test_slow_subscriber_does_not_cost_other_subscribers_events() -> None:
     assert len(all_events) == 104
     assert all(e.kind is not K.EVENTS_DROPPED for e in all_events)
     assert slow_events[-1].dropped == 104 - (len(slow_events) - 1) - 1  # RUN_FINISHED is never dropped
+
+
+async def drain_closed(events: af.EventStream) -> list[af.Event]:
+    """Everything still buffered in ``events``, whose subscription has ended (so reading ends)."""
+    with anyio.fail_after(5):
+        return [event async for event in events]
+
+
+async def test_unread_subscriber_holds_at_most_its_buffer_and_one_marker_over_many_runs() -> None:
+    """A subscriber never read while 500 runs finish holds at most ``buffer`` events plus one drop marker."""
+    runner = af.Runner()
+    emitted = 0
+
+    def count(event: af.Event) -> None:
+        nonlocal emitted
+        emitted += 1
+
+    runner.on_event(count)
+    async with runner.subscribe(buffer=20) as events:
+        for _ in range(500):
+            await runner.run(one_stage("a"))
+    held = await drain_closed(events)
+    markers = [e for e in held if e.kind is K.EVENTS_DROPPED]
+    assert len(held) <= 21
+    assert len(markers) == 1
+    assert len(held) - 1 + markers[0].dropped == emitted
+
+
+async def test_unread_subscriber_keeps_the_latest_run_finished_events() -> None:
+    """When only RUN_FINISHED events fill the buffer, the oldest make room: the latest run's end is there."""
+    runner = af.Runner()
+    async with runner.subscribe(buffer=3) as events:
+        results = [await runner.run(one_stage("a")) for _ in range(10)]
+    held = await drain_closed(events)
+    finished = [e.run_id for e in held if e.kind is K.RUN_FINISHED]
+    assert finished == [r.run_id for r in results[-len(finished) :]]
+    assert results[-1].run_id in finished
+
+
+async def test_subscriber_for_one_run_always_gets_its_run_finished() -> None:
+    """subscribe(run_id=..., buffer=1): the run's RUN_FINISHED is held, with one marker for what was lost."""
+    runner = af.Runner()
+    async with runner.subscribe(buffer=1, run_id="mine") as events:
+        await runner.run(fifty_actions(), run_id="mine")
+    held = await drain_closed(events)
+    assert [e.kind for e in held] == [K.EVENTS_DROPPED, K.RUN_FINISHED]
+    assert held[0].dropped == 103
+
+
+@pytest.mark.once
+async def test_unread_subscriber_keeps_memory_flat_over_100000_runs() -> None:
+    """RSS stays flat while 100,000 runs go by a subscriber (buffer=100) that never reads."""
+    runner = af.Runner()
+    workflow = one_stage("a")
+
+    async def runs(count: int) -> None:
+        async def some(n: int) -> None:
+            for _ in range(n):
+                await runner.run(workflow)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(20):
+                group.start_soon(some, count // 20)
+
+    async with runner.subscribe(buffer=100):
+        await runs(20_000)
+        gc.collect()
+        before = rss_bytes()
+        await runs(80_000)
+        gc.collect()
+        after = rss_bytes()
+    # 0.5 KB a run held (the defect) is 40 MB over 80,000 runs; allocator noise is a few MB.
+    assert after - before < 8 * 2**20, f"RSS grew by {(after - before) / 2**20:.1f} MB over 80,000 runs"
 
 
 @pytest.mark.parametrize("buffer", [0, -1])

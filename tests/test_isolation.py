@@ -257,10 +257,12 @@ async def test_os_exit_fails_the_stage_with_the_exit_code(no_leftovers: None) ->
 async def test_a_hang_past_the_timeout_kills_the_child(no_leftovers: None) -> None:
     """A child blocked past its action's time limit is killed; the action times out."""
     pids: list[int] = []
-    runner = af.Runner()
-    runner.on_message("pid", lambda m: pids.append(m.payload))
-    with anyio.fail_after(30), pytest.raises(af.ActionFailed) as failed:
-        await runner.run(isolated(flows.hang, timeout=0.5))
+    async with af.ProcessPool(size=1) as pool:
+        runner = af.Runner(process_pool=pool)
+        await runner.run(isolated(flows.mark_pid))  # warm: the limit is the action's alone
+        runner.on_message("pid", lambda m: pids.append(m.payload))
+        with anyio.fail_after(30), pytest.raises(af.ActionFailed) as failed:
+            await runner.run(isolated(flows.hang, timeout=1.0))
     assert isinstance(failed.value.__cause__, af.ActionTimeout)
     assert not alive(pids[0])
 

@@ -8,9 +8,11 @@ import sys
 from collections.abc import Callable
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import asyncflow as af
+from asyncflow import backoff
 
 Hook = Callable[[af.ActionContext], None]
 
@@ -474,9 +476,9 @@ def _counting_workflow() -> af.Workflow:
 
     @af.action
     async def bump(ctx: af.ActionContext) -> None:
-        await asyncio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         ctx.store["counter"] = ctx.store.get("counter", int) + 1
-        await asyncio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         ctx.store["trail"] = [*ctx.store.get("trail", list), ctx.stage_id]
 
     @af.action
@@ -485,9 +487,9 @@ def _counting_workflow() -> af.Workflow:
         ctx.store["counter"] = 1
         ctx.store["trail"] = [ctx.stage_id]
         ctx.store["run"] = ctx.run_id
-        await asyncio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         ctx.add_dynamic_stage(af.Stage(f"dyn-{request}", actions=[bump]))
-        await asyncio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         ctx.add_dynamic_stage(af.Stage("shared", actions=[bump]))
 
     return af.Workflow(
@@ -511,6 +513,7 @@ def _check_counting_results(results: dict[int, af.RunResult]) -> None:
     assert len({r.run_id for r in results.values()}) == 1_000
 
 
+@pytest.mark.asyncio_only
 async def test_one_workflow_run_by_1000_gathered_tasks_gives_isolated_results() -> None:
     """1,000 concurrent runs (asyncio.gather) of one workflow each get their own order and store."""
     wf = _counting_workflow()
@@ -923,3 +926,22 @@ async def test_insertions_of_a_failed_action_are_discarded() -> None:
         ("stage", "s", None, F, False),
         ("action", "s", "insert-then-fail", F, False),
     ]
+
+
+@pytest.mark.parametrize("stages", [False, True], ids=["actions", "stages"])
+async def test_discarded_insertions_of_failed_attempts_do_not_count_toward_the_bound(stages: bool) -> None:
+    """Insertions of attempts that failed and were retried are given back: only the kept ones count."""
+
+    @af.action(retry=af.Retry(attempts=3, backoff=backoff.fixed(0)))
+    async def inserting_then_flaky(ctx: af.ActionContext) -> None:
+        for i in range(4):
+            if stages:
+                ctx.add_dynamic_stage(af.Stage(f"ins-{i}", actions=[noop]))
+            else:
+                ctx.add_dynamic_action(noop)
+        if ctx.attempt < 3:
+            raise ConnectionError(f"attempt {ctx.attempt}")
+
+    result = await af.run(_wf(inserting_then_flaky), max_insertions=4)
+    assert result.status is af.RunStatus.COMPLETED
+    assert actions_ran(result).count("noop") == 4

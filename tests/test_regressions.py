@@ -7,15 +7,20 @@ to the ones of :mod:`durable_flows`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
+import os
+import sqlite3
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
 import durable_flows as flows
 import pytest
-from test_recovery import finish, info_of, interrupt, make_engine, run_here
+from durable_flows import finish, info_of, interrupt, make_engine, run_here
 
 import asyncflow as af
 from asyncflow import backoff
@@ -246,6 +251,91 @@ async def test_run_cancelled_by_another_engine_during_an_action_runs_nothing_aft
         await anyio.sleep(0.3)  # room for a (wrong) take-over by either engine
     assert (await info_of(url, handle.run_id)).status is af.RunStatus.CANCELLED
     assert flows.runs_of("after") == 0
+
+
+async def cancel_from_another_process(url: str, run_id: str) -> None:
+    """``asyncflow runs cancel RUN_ID --db URL`` in a child process; it must succeed."""
+    env = {**os.environ}
+    env.pop("ASYNCFLOW_DB", None)
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "asyncflow", "runs", "cancel", run_id, "--db", url], env=env, check=False
+        )
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def lease_messages(log: list[dict[str, Any]], run_id: str) -> list[str]:
+    """The warnings and infos of ``log`` about ``run_id``."""
+    return [r["message"] for r in log if run_id in r["message"] and r["level"].name in ("INFO", "WARNING")]
+
+
+@pytest.mark.parametrize(
+    "notice",
+    [
+        # The action's checkpoint is the first to learn of the cancellation (no heartbeat meanwhile).
+        pytest.param({"lease": 300.0, "poll_interval": 100.0}, id="by-checkpoint"),
+        # The heartbeat learns of it while the action still runs.
+        pytest.param({"lease": 200.0, "poll_interval": 0.05}, id="by-heartbeat"),
+    ],
+)
+async def test_cancel_from_another_process_is_logged_as_a_cancel(
+    url: str, notice: dict[str, float], asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """A run cancelled by `asyncflow runs cancel` in another process is logged as a cancel."""
+    async with make_engine(url, GATED_THEN_AFTER, owner="A", **notice) as a:
+        handle = await a.start(GATED_THEN_AFTER)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        await cancel_from_another_process(url, handle.run_id)
+        if notice["poll_interval"] < 1:
+            await flows.eventually(lambda: flows.runs_of("block.cancelled") == 1)
+        else:
+            flows.gate("block.release").set()  # the action completes: its checkpoint is refused
+        with anyio.fail_after(5):
+            result = await handle.result()
+        assert result.status is af.RunStatus.CANCELLED
+    messages = lease_messages(asyncflow_log, handle.run_id)
+    assert any("was cancelled elsewhere" in m for m in messages), messages
+    assert not any("taken over" in m or "lost the lease" in m for m in messages), messages
+
+
+RECOVERS_EVERY_ACTION = af.Workflow(
+    "regress-recovers-every-action",
+    stages=[af.Stage("s", actions=[flows.Blocker("block"), flows.Record("after")])],
+).use_action(mw.recover())
+
+
+async def test_recover_never_swallows_a_lost_lease(url: str) -> None:
+    """Under mw.recover(), a checkpoint refused for a lost lease stops the run: the next action never runs."""
+    async with (
+        make_engine(url, RECOVERS_EVERY_ACTION, owner="A", lease=300.0, poll_interval=100.0) as a,
+        make_engine(url, RECOVERS_EVERY_ACTION, owner="B") as b,
+    ):
+        handle = await a.start(RECOVERS_EVERY_ACTION)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        await b.cancel(handle.run_id)
+        flows.gate("block.release").set()  # the action completes: its checkpoint is refused
+        with anyio.fail_after(5):
+            result = await handle.result()
+        assert result.status is af.RunStatus.CANCELLED
+    assert flows.runs_of("after") == 0
+
+
+async def test_heartbeat_that_finds_its_lease_taken_stops_a_hanging_action(
+    url: str, db_path: Path, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """A heartbeat that finds the run owned by another engine cancels the action in flight (no checkpoint)."""
+    async with make_engine(url, flows.BLOCKING, owner="A", lease=1.0, poll_interval=0.05) as a:
+        handle = await a.start(flows.BLOCKING)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        # Another engine takes the run (as after an expiry it did not see): only the database knows.
+        with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+            conn.execute("UPDATE runs SET owner = 'B' WHERE run_id = ?", (handle.run_id,))
+        await flows.eventually(lambda: flows.runs_of("block.cancelled") == 1)
+    messages = lease_messages(asyncflow_log, handle.run_id)
+    assert any("taken over by another engine" in m for m in messages), messages
 
 
 async def test_checkpoints_sharing_a_commit_with_one_of_a_cancelled_run_are_kept(url: str) -> None:

@@ -26,8 +26,11 @@ from durable_flows import finish, interrupt, make_engine, query
 
 import asyncflow as af
 from asyncflow.backends import MemoryBackend, SQLiteBackend, WorkflowVersion
+from asyncflow.backends.base import SCHEMA_VERSION
 from asyncflow.testing import FakeClock
 
+#: the schema_version row of a file at this asyncflow's schema
+CURRENT_SCHEMA = [(str(SCHEMA_VERSION),)]
 START = 1_800_000_000.0
 
 
@@ -607,13 +610,13 @@ def as_schema_3(db_path: Path) -> None:
 
 
 async def test_schema_3_file_is_upgraded_and_its_interrupted_run_recovers(db_path: Path, url: str) -> None:
-    """A schema-3 file opens as schema 4, and its interrupted run goes on with the registered workflow."""
+    """A schema-3 file opens as schema 5, and its interrupted run goes on with the registered workflow."""
     run_id = await interrupt(url, flows.DEPLOY_V1)
     as_schema_3(db_path)
     result = await finish(url, run_id, flows.DEPLOY_V1)
     assert result.status is af.RunStatus.COMPLETED
     assert executions() == {"first": 1, "hang": 2, "last": 1}
-    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("4",)]
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == CURRENT_SCHEMA
     assert query(db_path, "SELECT workflow_version FROM runs") == [(None,)]
 
 

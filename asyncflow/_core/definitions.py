@@ -22,22 +22,14 @@ from typing import Any, cast
 
 from ..backoff import Exponential, Fixed
 from .actions import Action, FunctionAction
-from .durable import exact_json
-from .errors import InvalidDefinition, WorkflowError
+from .errors import InvalidDefinition, NotReferenceable, UnknownReference
+from .jsonvalues import exact_json
 from .retry import Retry
 from .workflow import Stage, Workflow
 
 DEFINITION_VERSION = 1
 
 ActionRef = dict[str, Any]
-
-
-class NotReferenceable(WorkflowError, TypeError):
-    """An action (or stage) cannot be re-created from a definition, so a durable run cannot take it."""
-
-
-class UnknownReference(InvalidDefinition, LookupError):
-    """A definition names an action that no registry or import path provides."""
 
 
 ActionFactory = Callable[..., Action]
@@ -343,15 +335,36 @@ def _with_params(ref: ActionRef, action: Action, where: str) -> ActionRef:
     args, kwargs = captured
     try:
         exact_json([args, kwargs])
-    except (TypeError, ValueError) as exc:
-        raise _not_referenceable(
-            action, where, f"its constructor arguments {args!r} {kwargs!r} are not JSON values ({exc})"
-        ) from None
+    except (TypeError, ValueError):
+        raise _argument_not_json(action, where, args, kwargs) from None
     if args:
         ref["args"] = list(args)
     if kwargs:
         ref["kwargs"] = dict(kwargs)
     return ref
+
+
+def _argument_not_json(action: Action, where: str, args: Any, kwargs: Any) -> NotReferenceable:
+    """The error for an action made with a constructor argument that is not JSON: it names the argument.
+
+    (Not "define it at module level": the class may well be there; the argument is what a
+    durable run cannot write down.)
+    """
+    named = [(f"argument #{i + 1} ({value!r})", value) for i, value in enumerate(args)]
+    named += [(f"argument {name}={value!r}", value) for name, value in kwargs.items()]
+    culprit = "one of them"
+    for label, value in named:
+        try:
+            exact_json(value)
+        except (TypeError, ValueError) as exc:
+            culprit = f"{label} is not ({exc})"
+            break
+    return NotReferenceable(
+        f"action {action.name!r}{_at(where)} cannot be re-created for a durable run: the constructor "
+        f"arguments of {type(action).__qualname__}(...) must be JSON values, and {culprit}. A durable "
+        f"run writes its actions down as their class and JSON arguments: pass a JSON value (a str for "
+        f"a Decimal, say) and convert it in the constructor"
+    )
 
 
 def _json_checked(value: Any, what: str) -> Any:

@@ -10,12 +10,8 @@ implements it on top of a backend; the runner knows nothing of databases.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
-from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
-
-from .errors import NotSerializable
 
 if TYPE_CHECKING:
     from .actions import Action
@@ -79,56 +75,3 @@ class Durability(ABC):
     @abstractmethod
     def stage_from_definition(self, definition: dict[str, Any], where: str) -> Stage:
         """The stage a definition describes."""
-
-
-_CONTAINERS = (dict, list, tuple)
-
-
-def exact_json(value: Any) -> str:
-    """``json.dumps(value)``, refusing a dict key that is not a string, at any depth.
-
-    JSON objects have string keys: ``json.dumps`` writes the keys ``1``,
-    ``1.5``, ``True`` and ``None`` as ``"1"``, ``"1.5"``, ``"true"`` and
-    ``"null"``, so such a dict would come back changed after a restart.
-    Raises ``TypeError`` or ``ValueError`` as ``json.dumps`` does.
-    """
-    text = json.dumps(value)
-    if isinstance(value, _CONTAINERS) and "{" in text:  # (no "{" in the text: no dict, no key)
-        stack = [value]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, dict):
-                for key, inner in item.items():
-                    if not isinstance(key, str):
-                        read_back = next(iter(json.loads(json.dumps({key: None}))))
-                        raise TypeError(
-                            f"dict key {key!r} is not a string ({type(key).__name__}): JSON would "
-                            f"give it back as the string {read_back!r}"
-                        )
-                    if isinstance(inner, _CONTAINERS):
-                        stack.append(inner)
-            else:
-                stack.extend(inner for inner in item if isinstance(inner, _CONTAINERS))
-    return text
-
-
-def json_value_check(key: str, value: Any) -> str:
-    """The JSON text of a store value; refuse one that cannot be written, naming the key."""
-    # The common scalars first: a checkpoint per action encodes every value it wrote.
-    kind = type(value)
-    if kind is str:
-        return encode_basestring_ascii(value)
-    if kind is int:
-        return int.__repr__(value)
-    if value is None:
-        return "null"
-    if kind is bool:
-        return "true" if value else "false"
-    try:
-        return exact_json(value)
-    except (TypeError, ValueError) as exc:
-        raise NotSerializable(
-            f"store value for key {key!r} is not JSON-serialisable ({exc}); durable runs keep "
-            f"their store in a database, so values must be JSON: dicts with string keys, lists, "
-            f"strings, numbers, booleans or None"
-        ) from None

@@ -27,52 +27,55 @@ again (``mw.inject_store`` included).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import socket
+import sys
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup
 from loguru import logger
 
-from ..backends import Backend, Checkpoint, RunInfo, RunPage, SavedRun, StoreEntry, open_backend
+from ..backends import Backend, RunInfo, RunPage, SavedRun, open_backend
 from . import faults
-from .actions import Action, check_text, text_error_at
+from .actions import check_text, text_error_at
+from .checkpoints import GivenBack, RunDurability, WriteTrouble
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
 from .definitions import registry as global_registry
-from .durable import Durability, Op, exact_json, json_value_check
 from .errors import (
+    EngineNotOpen,
+    IdempotencyConflict,
     InvalidDefinition,
     LeaseLost,
+    NotReferenceable,
     NotSerializable,
-    RecordedError,
     RunFailed,
     RunStateError,
     UnknownRun,
+    UnknownWorkflow,
 )
+from .events import EventKind, RunEvent
 from .isolation.process import ProcessPool
-from .records import STEP_COLUMNS, RunResult, RunStatus, StepRecord, StepRows, StepStatus, step_rows
-from .runner import REPLAYED, Runner, RunState, new_run_id
-from .store import Store, StoreData, _Meta, typed_name
+from .jsonvalues import exact_json
+from .records import RunResult, RunStatus, plan_rows
+from .runner import Runner
+from .serial import end_fields, initial_entries, restore_store, result_from_info, with_earlier_timings
+from .state import RunState, new_run_id
+from .store import StoreData
 from .versions import Versions
-from .workflow import Stage, Workflow
-
-if TYPE_CHECKING:
-    from .plan import ActionNode, StageNode
+from .watch import EventLog, request_fingerprint
+from .workflow import Workflow
 
 _ENDED_OR_PARKED = frozenset({s for s in RunStatus if s.finished} | {RunStatus.SUSPENDED})
-
-
-class UnknownWorkflow(InvalidDefinition, LookupError):
-    """A run names a workflow that was not registered with the engine."""
 
 
 @attrs.define
@@ -86,17 +89,26 @@ class _Active:
     result: RunResult | None = None
     cancel_requested: bool = False
     lease_lost: bool = False
+    #: whether the lease was lost to a cancel made elsewhere (``None``: not known yet)
+    cancelled_elsewhere: bool | None = None
+    drained: bool = False  # stopped by Engine.drain after a checkpoint, and given back
+    durability: RunDurability | None = None
     run: RunState | None = None
 
 
 class RunHandle:
     """A started run: its id, and ways to wait for it, inspect it and cancel it."""
 
-    __slots__ = ("_active", "_engine", "run_id")
+    __slots__ = ("_active", "_engine", "created", "run_id")
 
-    def __init__(self, engine: Engine, run_id: str, active: _Active | None = None) -> None:
+    def __init__(
+        self, engine: Engine, run_id: str, active: _Active | None = None, *, created: bool = True
+    ) -> None:
         self._engine = engine
         self.run_id = run_id
+        #: whether ``engine.start`` started this run (``False``: its idempotency key found it;
+        #: for ``engine.resume``, whether this call resumed it)
+        self.created = created
         self._active = active  # the execution this handle started, if it runs here
 
     async def result(self) -> RunResult:
@@ -115,6 +127,10 @@ class RunHandle:
     async def cancel(self) -> None:
         """Cancel the run (see :meth:`Engine.cancel`)."""
         await self._engine.cancel(self.run_id)
+
+    def watch(self, after: str | None = None) -> AsyncIterator[RunEvent]:
+        """The run's events as they happen (see :meth:`Engine.watch`)."""
+        return self._engine.watch(self.run_id, after=after)
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id}>"
@@ -143,7 +159,21 @@ class Engine:
         clock: time for leases, sleeps, back-offs and TTLs (a
             :class:`~asyncflow.testing.FakeClock` in tests).
         lease: seconds a claim on a run holds without a heartbeat.
-        poll_interval: seconds between heartbeats and looks for runs to take over.
+        poll_interval: seconds between heartbeats and looks for runs to take over
+            (default: a second, or a third of the lease if that is shorter; a
+            backend that notifies, PostgreSQL, wakes the engine sooner).
+        concurrency: at most this many runs taken over at once (runs started
+            here with ``engine.start`` are not limited); ``None``: no limit.
+            ``0``: this engine runs nothing: ``engine.start`` writes runs down,
+            free, for the workers (``asyncflow worker``) to take (a web app
+            that starts runs, say).
+        watch_interval: how often ``engine.watch`` looks for events written by
+            another process (events of runs executing here arrive at once).
+        events: keep each run's events in its log for ``engine.watch`` (default
+            true). It about doubles the engine's own cost per committed action
+            on SQLite (see the CHANGELOG); an engine that runs many short durable
+            runs nobody watches may turn it off (``watch`` then gives only the
+            events of runs other engines executed).
         process_pool: warm child processes for the isolated stages of its runs
             (``Stage(isolation="process")``), set on its runner; the engine
             ends the pool's children when it closes.
@@ -159,10 +189,18 @@ class Engine:
         retention: timedelta | None = None,
         clock: Clock | None = None,
         lease: float = 30.0,
-        poll_interval: float = 1.0,
+        poll_interval: float | None = None,
         owner: str | None = None,
+        concurrency: int | None = None,
+        watch_interval: float = 0.2,
+        events: bool = True,
         process_pool: ProcessPool | None = None,
     ) -> None:
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0
+        ):
+            raise ValueError(f"concurrency must be an int of at least 0, or None, got {concurrency!r}")
+        self.concurrency = concurrency
         self.backend = open_backend(url)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
         self.runner = runner if runner is not None else Runner(clock=self.clock)
@@ -181,8 +219,14 @@ class Engine:
             if retention < timedelta(0):
                 raise ValueError(f"retention must not be negative, got {retention!r}")
         self.retention = retention
+        if poll_interval is None:  # (it follows the lease: heartbeats must come well within it)
+            poll_interval = min(1.0, lease / 3) if isinstance(lease, (int, float)) and lease > 0 else 1.0
         if not lease > 0 or not poll_interval > 0:
             raise ValueError(f"lease and poll_interval must be positive, got {lease!r} and {poll_interval!r}")
+        if not watch_interval > 0:
+            raise ValueError(f"watch_interval must be positive, got {watch_interval!r}")
+        self.watch_interval = watch_interval
+        self.events = events
         if poll_interval * 2 >= lease:
             raise ValueError(f"poll_interval ({poll_interval}) must be under half the lease ({lease})")
         self.lease = lease
@@ -191,23 +235,37 @@ class Engine:
             _check_name(owner, "owner")
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
+        self._definitions: dict[str, dict[str, Any]] = {}  # (of registered workflows, once made)
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
+        self._trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
+        self._events = EventLog(self.backend, self._executes, events)
+        self._unhook: list[Any] = []
         self._group: TaskGroup | None = None
         self._open = False  # between __aenter__ and the end of __aexit__
         self._closing = False
+        self._draining = False  # (drain): runs stop after their next checkpoint and are given back
+        self._foreign: set[str] = set()  # workflows of runs left here for other engines (warned once)
+        self._wake: anyio.Event | None = None  # set by a backend's notice: look for runs now
 
     # ---- set-up ---------------------------------------------------------------------
+
+    @property
+    def workflows(self) -> list[Workflow]:
+        """The workflows registered with this engine, in the order they were registered."""
+        return list(self._workflows.values())
 
     def register(self, workflow: Workflow) -> Workflow:
         """Let this engine run (and recover) ``workflow``, by its id; return it.
 
         A workflow built again with the same definition (a web handler that
-        builds it per request, say) is accepted and the registered one is used;
-        with a persistent backend the definitions are compared.
+        builds it per request, say) is accepted and the registered one is used,
+        on every backend: the two definitions are compared.
 
         Raises:
-            InvalidDefinition: a different workflow is registered under that id.
+            InvalidDefinition: a workflow with a different definition is registered under that
+                id, or one that cannot be compared with it (an action that cannot be re-created
+                from a definition: register one workflow object and start that one).
             NotReferenceable: the backend is persistent and an action cannot be re-created.
         """
         if not isinstance(workflow, Workflow):
@@ -215,20 +273,36 @@ class Engine:
         existing = self._workflows.get(workflow.id)
         if existing is workflow:
             return workflow  # checked when it was registered: start() stays cheap
-        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
         if existing is not None:
-            if definition is not None and definition == self.registry.workflow_definition(existing):
+            try:
+                same = self.registry.workflow_definition(workflow) == self._definition_of(existing)
+            except NotReferenceable as exc:
+                raise InvalidDefinition(
+                    f"another workflow is already registered with id {workflow.id!r}, and this one "
+                    f"cannot be compared with it ({exc}); register one workflow object and pass that "
+                    f"same object to engine.start"
+                ) from None
+            if same:
                 return existing
             raise InvalidDefinition(
-                f"another workflow is already registered with id {workflow.id!r}"
-                + (" and a different definition" if definition is not None else "")
+                f"another workflow is already registered with id {workflow.id!r} and a different definition"
             )
+        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
         self._workflows[workflow.id] = workflow
         if definition is not None:
+            self._definitions[workflow.id] = definition
             self._versions.register(workflow, definition)
         return workflow
 
+    def _definition_of(self, registered: Workflow) -> dict[str, Any]:
+        """The definition of a registered workflow, made once."""
+        definition = self._definitions.get(registered.id)
+        if definition is None:
+            definition = self._definitions[registered.id] = self.registry.workflow_definition(registered)
+        return definition
+
     async def __aenter__(self) -> Self:
+        _require_asyncio()
         if self._open:
             raise RunStateError(
                 "this engine is open already: enter 'async with engine:' once at a time (it can be "
@@ -241,9 +315,19 @@ class Engine:
             self._open = False
             raise
         self._closing = False
+        self._draining = False
+        self._wake = anyio.Event()
+        self.backend.on_notice(self._notice)
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
+        self._events = EventLog(self.backend, self._executes, self.events)
+        if self._events.keep:
+            self._unhook = [
+                self.runner.on_event(self._events.record_event),
+                self.runner.on_message("*", self._events.record_message),
+            ]
+            group.start_soon(self._events.write_forever)
         try:
             # The versions of the workflows registered so far, so that runs of them can go on
             # on them after a change, whichever engine (and registry) started them.
@@ -264,6 +348,10 @@ class Engine:
     ) -> None:
         group = self._group
         self._closing = True
+        self._events.close()
+        for unhook in self._unhook:
+            unhook()
+        self._unhook = []
         try:
             if group is not None:
                 # Runs still in flight are left for the next engine: their leases are released,
@@ -273,8 +361,12 @@ class Engine:
                         active.run.interrupted = True
                 group.cancel_scope.cancel()
                 await group.__aexit__(None, None, None)
+                # The events of the runs given back: the engine that takes them over goes on after them.
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await self._events.flush()
         finally:
             self._group = None
+            self.backend.on_notice(None)
             try:
                 with anyio.CancelScope(shield=True):
                     if self.process_pool is not None:
@@ -283,10 +375,54 @@ class Engine:
             finally:
                 self._open = False
 
+    async def drain(self, grace: float) -> None:
+        """Stop taking runs, and give back each run here after its next checkpoint, waiting up to ``grace`` s.
+
+        Actions in flight finish and are checkpointed; their runs are then
+        released at once (another engine takes them without waiting for a
+        lease to expire). Runs still busy after ``grace`` seconds are given
+        back when the engine closes. Used by ``asyncflow worker`` on SIGTERM.
+        """
+        self._draining = True
+        for active in self._active.values():
+            if active.durability is not None:
+                active.durability.after_commit = self._stop_after_checkpoint
+        with anyio.move_on_after(grace):
+            for active in list(self._active.values()):
+                await active.done.wait()
+
+    def _stop_after_checkpoint(self, run_id: str) -> None:
+        """(Draining) stop the run here now that its last step is checkpointed; it is given back."""
+        active = self._active.get(run_id)
+        if active is not None and active.run is not None and not active.cancel_requested:
+            active.run.interrupted = True
+            active.drained = True
+            active.scope.cancel()
+
+    def _notice(self, kind: str, run_id: str | None) -> None:
+        """A backend's notice from another engine (see :meth:`Backend.on_notice`)."""
+        if kind == "cancel" and run_id is not None:
+            active = self._active.get(run_id)
+            if active is not None and not active.done.is_set() and not active.cancel_requested:
+                # Cancelled elsewhere (recorded there): stop at once, record nothing.
+                active.lease_lost = True
+                active.cancelled_elsewhere = True
+                active.scope.cancel()
+        elif kind == "work" and self._wake is not None:
+            self._wake.set()
+
     def _task_group(self) -> TaskGroup:
-        if self._group is None:
-            raise RunStateError("the engine is not open: use 'async with engine:'")
+        if self._group is None or self._closing:
+            raise EngineNotOpen(
+                "the engine is closing: it starts and resumes no runs now"
+                if self._group is not None
+                else "the engine is not open: use 'async with engine:' (or a FastAPI lifespan)"
+            )
         return self._group
+
+    def _executes(self, run_id: str) -> bool:
+        """Whether the run executes in this engine now (its events go to its log from here)."""
+        return run_id in self._active
 
     # ---- starting and running --------------------------------------------------------
 
@@ -301,9 +437,12 @@ class Engine:
         """Write the run down and start it; return at once with its handle.
 
         With an ``idempotency_key`` that an earlier run already has, nothing
-        starts: the handle of that run is returned.
+        starts: the handle of that run is returned, with ``handle.created`` false.
 
         Raises:
+            EngineNotOpen: the engine is not open, or is closing.
+            IdempotencyConflict: the key belongs to a run of another workflow or
+                with another initial store (that run is left as it is).
             NotReferenceable: (persistent backends) an action cannot be re-created.
             NotSerializable: (persistent backends) a store value is not JSON.
             ValueError: ``run_id`` is blank, or ``run_id`` or ``idempotency_key`` is not
@@ -317,40 +456,84 @@ class Engine:
         if run_id is not None and run_id != "":  # ("" or None: a fresh id)
             _check_name(run_id, "run_id")
         workflow = self.register(workflow)
-        entries = self._entries(dict(store or {}))
+        entries = initial_entries(dict(store or {}), self.backend.persistent)
         version = await self._versions.save(workflow.id)  # (once, if registered since the engine opened)
         now = self.clock.now()
+        here = self.concurrency != 0  # (0: for the workers to take)
         info = RunInfo(
             run_id=run_id or new_run_id(),
             workflow_id=workflow.id,
-            status=RunStatus.RUNNING,
+            status=RunStatus.RUNNING if here else RunStatus.PENDING,
             created_at=now,
             updated_at=now,
             idempotency_key=idempotency_key,
-            owner=self.owner,
-            lease_until=now + self.lease,
+            owner=self.owner if here else None,
+            lease_until=now + self.lease if here else None,
             workflow_version=version,
         )
         if faults._PLAN is not None:
             faults.hit("before_start")
+        request = None
+        if idempotency_key is not None:
+            request = request_fingerprint(
+                workflow.id,
+                [(e.key, json.loads(e.value) if self.backend.persistent else e.value) for e in entries],
+                self.backend.persistent,
+            )
         info, created = await self.backend.create_run(info, entries)
-        if created:
-            self._launch(group, SavedRun(info, list(entries), []))
-        return RunHandle(self, info.run_id, self._active.get(info.run_id))
+        if created and here:
+            self._active[info.run_id] = active = _Active(info.run_id)  # (its events are its log's from now)
+            self._events.add(
+                info.run_id,
+                {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
+                if request is not None
+                else {"kind": EventKind.RUN_CREATED.value, "at": now},
+            )
+            self._launch(group, SavedRun(info, list(entries), []), active)
+        elif created:  # (for the workers: its log begins here)
+            await self.backend.append_events(
+                info.run_id,
+                [
+                    {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
+                    if request is not None
+                    else {"kind": EventKind.RUN_CREATED.value, "at": now}
+                ],
+            )
+        elif idempotency_key is not None:
+            await self._check_same_request(info, workflow, idempotency_key, request)
+        return RunHandle(self, info.run_id, self._active.get(info.run_id), created=created)
 
-    def _entries(self, values: Mapping[Any, Any]) -> list[StoreEntry]:
-        """The initial store of a run, keyed as a run's store is (``str`` or ``af.Key``, else TypeError)."""
-        named = [(typed_name(key, value), value) for key, value in values.items()]
-        if not self.backend.persistent:
-            return [StoreEntry(key, value) for key, value in named]
-        return [StoreEntry(key, json_value_check(key, value)) for key, value in named]
+    async def _check_same_request(self, info: RunInfo, workflow: Workflow, key: str, request: Any) -> None:
+        """Refuse a start whose idempotency key found a run of another workflow or initial store."""
+        why = None
+        if info.workflow_id != workflow.id:
+            why = f"of workflow {info.workflow_id!r}, not {workflow.id!r}"
+        else:
+            # (A run written down before its request was logged, by an older asyncflow, say, is
+            # compared by its workflow only.)
+            await self._events.flush(info.run_id)
+            for _, data in await self.backend.read_events(info.run_id, after=0, limit=1):
+                if (
+                    data.get("kind") == EventKind.RUN_CREATED.value
+                    and data.get("request", request) != request
+                ):
+                    why = "with another initial store"
+        if why is not None:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} belongs to run {info.run_id!r}, which was started {why}; "
+                f"a retry must send the same request (that run is left as it is), and another request "
+                f"needs another key",
+                run_id=info.run_id,
+                idempotency_key=key,
+            )
 
-    def _launch(self, group: TaskGroup, saved: SavedRun) -> None:
-        active = self._active.get(saved.info.run_id)
-        if active is not None and not active.done.is_set():
-            return
-        active = _Active(saved.info.run_id)
-        self._active[saved.info.run_id] = active
+    def _launch(self, group: TaskGroup, saved: SavedRun, active: _Active | None = None) -> None:
+        if active is None:
+            active = self._active.get(saved.info.run_id)
+            if active is not None and not active.done.is_set():
+                return
+            active = _Active(saved.info.run_id)
+            self._active[saved.info.run_id] = active
         group.start_soon(self._execute, saved, active)
 
     async def _execute(self, saved: SavedRun, active: _Active) -> None:
@@ -358,7 +541,7 @@ class Engine:
         try:
             workflow = self._workflows.get(info.workflow_id)
             if workflow is None:
-                await self._finish_unknown_workflow(info)
+                await self._leave_unknown_workflow(info)
                 return
             if self._versions.differs(info):
                 try:
@@ -375,11 +558,15 @@ class Engine:
                         with anyio.CancelScope(shield=True):
                             await self._release(info.run_id)
                     raise
-            durability = _RunDurability(self, saved)
+            durability = active.durability = RunDurability(
+                self.backend, self.registry, self.clock, self.owner, saved, self._trouble, self.lease
+            )
+            if self._draining:
+                durability.after_commit = self._stop_after_checkpoint
             run = active.run = RunState(
                 workflow,
                 info.run_id,
-                self._restore_store(saved.store),
+                restore_store(saved.store, self.clock, self.backend.persistent),
                 self.runner.max_insertions,
                 self.runner._hub,
                 # Durable runs carry messages as JSON, like child processes.
@@ -396,15 +583,34 @@ class Engine:
                     result = await self.runner._run(run)
                 except RunFailed as failure:
                     result = failure.result
+                    if isinstance(failure.error, GivenBack):
+                        logger.warning("run {} stopped here: {}", info.run_id, failure.error)
+                        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                            await self._release(info.run_id)
+                        return
                     if isinstance(failure.error, LeaseLost):
                         active.lease_lost = True
                 except anyio.get_cancelled_exc_class():
-                    if self._closing and not active.cancel_requested:
+                    if (self._closing or active.drained) and not active.cancel_requested:
                         with anyio.CancelScope(shield=True):
                             await self._release(info.run_id)
                     raise
+            if active.drained:
+                return
             if active.lease_lost:
-                logger.warning("run {} was taken over by another engine; this engine stopped it", info.run_id)
+                if active.cancelled_elsewhere is None:  # (a checkpoint found the lease gone)
+                    with anyio.CancelScope(shield=True):
+                        active.cancelled_elsewhere = await self._cancelled_elsewhere(info.run_id)
+                if active.cancelled_elsewhere:
+                    logger.info(
+                        "run {} was cancelled elsewhere (by another engine or process); "
+                        "this engine stopped it",
+                        info.run_id,
+                    )
+                else:
+                    logger.warning(
+                        "run {} was taken over by another engine; this engine stopped it", info.run_id
+                    )
                 return
             if result is None:  # cancelled through engine.cancel
                 result = RunResult(
@@ -416,7 +622,10 @@ class Engine:
                     duration=0.0,
                 )
             with anyio.CancelScope(shield=True):
+                # The run's events first: a watcher that sees the end has seen all before it.
+                await self._events.flush(info.run_id)
                 await self._record_end(info, result, durability)
+            self._events.wake(info.run_id)
             active.result = result
         except Exception as exc:
             # One run's trouble (its database row, say) must not stop the engine's other runs:
@@ -432,61 +641,39 @@ class Engine:
         finally:
             active.done.set()
 
-    async def _finish_unknown_workflow(self, info: RunInfo) -> None:
-        message = (
-            f"workflow {info.workflow_id!r} is not registered with this engine; register it with "
-            f"engine.register(workflow) before opening the engine"
-        )
-        logger.error("run {} cannot continue: {}", info.run_id, message)
-        await self.backend.update_run(
-            info.run_id,
-            holder=self.owner,
-            now=self.clock.now(),
-            status=RunStatus.FAILED,
-            error=f"UnknownWorkflow: {message}",
-            owner=None,
-            lease_until=None,
-        )
+    async def _leave_unknown_workflow(self, info: RunInfo) -> None:
+        """Give back a run of a workflow not registered here, for an engine that has it (pools by workflow).
 
-    def _restore_store(self, entries: list[StoreEntry]) -> Store:
-        store = Store(clock=self.clock.now)
-        persistent = self.backend.persistent
-        for entry in entries:
-            value = json.loads(entry.value) if persistent else entry.value
-            store._values[entry.key] = value
-            if entry.expires is not None or entry.tags or entry.properties:
-                props = (
-                    json.loads(entry.properties)
-                    if persistent and entry.properties
-                    else (entry.properties or {})
-                )
-                store._meta[entry.key] = _Meta(entry.expires, frozenset(entry.tags), dict(props))
-        if persistent:
-            store._check = json_value_check
-        return store
+        It waits (``PENDING``, held by nobody) instead of failing; this engine's
+        claims skip its version for ten leases.
+        """
+        if info.workflow_id not in self._foreign:
+            self._foreign.add(info.workflow_id)
+            logger.warning(
+                "run {} is of workflow {!r}, which is not registered with this engine; it is left "
+                "for an engine that has it (engine.register(workflow) to run it here)",
+                info.run_id,
+                info.workflow_id,
+            )
+        if info.workflow_version is not None:
+            self._versions.leave(info, f"workflow {info.workflow_id!r} is not registered here")
+        fields: dict[str, Any] = {}
+        if info.status in (RunStatus.RUNNING, RunStatus.PENDING):
+            fields["status"] = RunStatus.PENDING
+        await self._release(info.run_id, **fields)
 
-    async def _record_end(self, info: RunInfo, result: RunResult, durability: _RunDurability) -> None:
-        fields: dict[str, Any] = {
-            "status": result.status,
-            "owner": None,
-            "lease_until": None,
-            "steps": _with_earlier_timings(step_rows(result), info.steps),
-            "bail_reason": _as_text(result.bail_reason),
-        }
-        if result.status is RunStatus.FAILED and result.error is not None:
-            fields["error"] = _as_text(f"{type(result.error).__name__}: {result.error}")
-            failed = next((s for s in reversed(result.steps) if s.status is StepStatus.FAILED), None)
-            if failed is not None:
-                fields["failed_stage"] = _as_text(failed.stage_id)
-                fields["failed_action"] = _as_text(failed.action_name)
-        if result.status is RunStatus.SUSPENDED:
-            fields["suspend_reason"] = _as_text(result.suspend_reason)
-            fields["suspend_data"] = result.suspend_data
-            fields["suspended_step"] = durability.suspended_key
-            fields["resume_data"] = None
-        updated = await self.backend.update_run(
-            info.run_id, holder=self.owner, now=self.clock.now(), **fields
-        )
+    async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
+        fields = end_fields(info, result, durability.suspended_key)
+
+        def record() -> Awaitable[bool]:
+            return self.backend.update_run(info.run_id, holder=self.owner, now=self.clock.now(), **fields)
+
+        try:
+            updated = await record()
+        except Exception as exc:
+            # Held and written again as a checkpoint is; given back (GivenBack) if it never goes through.
+            what = f"the end of run {info.run_id}"
+            updated = await self._trouble.retry(what, record, exc, self.lease)
         if not updated:
             logger.warning(
                 "run {} ended here but another engine owns it now; its end was not recorded", info.run_id
@@ -503,12 +690,18 @@ class Engine:
         if group is None or self._closing:
             return
         while True:
+            limit = 100
+            if self.concurrency is not None:
+                busy = sum(1 for a in self._active.values() if not a.done.is_set())
+                limit = min(limit, self.concurrency - busy)
+                if limit <= 0:
+                    return
             now = self.clock.now()
             # Shielded: runs claimed are launched (and, if the engine is closing, released
             # again at once), never left owned but idle until their lease runs out.
             with anyio.CancelScope(shield=True):
                 claimed = await self._versions.claim(
-                    self.owner, now=now, lease_until=now + self.lease, limit=100
+                    self.owner, now=now, lease_until=now + self.lease, limit=limit
                 )
                 given_back = False
                 for info in claimed:
@@ -525,14 +718,19 @@ class Engine:
                             info.status,
                         )
                         self._launch(group, saved)
-            if len(claimed) < 100 or given_back:  # (runs given back would come back at once)
+            if len(claimed) < limit or given_back:  # (runs given back would come back at once)
                 return
 
     async def _maintain(self) -> None:
         """Heartbeats, take-overs and retention, every ``poll_interval``."""
         ticks = 0
         while True:
-            await anyio.sleep(self.poll_interval)
+            with anyio.move_on_after(self.poll_interval):
+                if self._wake is not None:
+                    await self._wake.wait()
+                    # (a burst of notices wakes the engine once)
+                    await anyio.sleep(0.005)
+            self._wake = anyio.Event()
             ticks += 1
             try:
                 running = [run_id for run_id, a in self._active.items() if not a.done.is_set()]
@@ -543,18 +741,28 @@ class Engine:
                 for run_id in lost:
                     active = self._active.get(run_id)
                     if active is not None and not active.done.is_set():
-                        logger.warning("lost the lease of run {}; stopping it here", run_id)
+                        active.cancelled_elsewhere = await self._cancelled_elsewhere(run_id)
+                        if not active.cancelled_elsewhere:
+                            logger.warning("lost the lease of run {}; stopping it here", run_id)
                         active.lease_lost = True
                         active.scope.cancel()
                 for run_id in [r for r, a in self._active.items() if a.done.is_set()]:
                     del self._active[run_id]
-                if self.recover:
+                if self.recover and not self._draining:
                     await self._take_over()
                 if self.retention is not None and ticks % 60 == 1:
                     await self.purge(older_than=self.retention)
             except Exception as exc:
                 # Heartbeats go on next time: a passing database error must not stop the engine.
                 logger.opt(exception=exc).error("engine maintenance failed: {}: {}", type(exc).__name__, exc)
+
+    async def _cancelled_elsewhere(self, run_id: str) -> bool:
+        """Whether a run this engine lost the lease of was cancelled (rather than taken over)."""
+        try:
+            info = await self.backend.get_run(run_id)
+        except Exception:  # (only for the log line: a database error here changes nothing)
+            return False
+        return info is not None and info.status is RunStatus.CANCELLED
 
     # ---- managing runs ---------------------------------------------------------------
 
@@ -585,31 +793,69 @@ class Engine:
 
     async def _result_from_database(self, info: RunInfo) -> RunResult:
         saved = await self.backend.load(info.run_id)
-        store = self._restore_store(saved.store if saved is not None else []).snapshot()
-        error = _recorded(info.error)
-        return RunResult(
-            run_id=info.run_id,
-            workflow_id=info.workflow_id,
-            status=info.status,
-            store=store,
-            duration=max(info.updated_at - info.created_at, 0.0),
-            bail_reason=info.bail_reason,
-            error=error,
-            suspend_reason=info.suspend_reason,
-            suspend_data=info.suspend_data,
-            steps=[_step_from_json(step) for step in info.steps or []],
-        )
+        store = restore_store(saved.store if saved is not None else [], self.clock, self.backend.persistent)
+        return result_from_info(info, store)
 
     async def get_run(self, run_id: str) -> RunInfo:
-        """What the database knows of the run.
+        """What the database knows of the run; for a run executing here, its ``steps`` are the plan so far.
+
+        The plan so far: every stage and action of the run's plan as it
+        stands (inserted ones included), each with its status (pending,
+        running, completed, failed, skipped...), in plan order.
 
         Raises:
             UnknownRun: no such run.
+            EngineNotOpen: the engine is not open.
         """
+        if not self._open:
+            raise EngineNotOpen("the engine is not open: use 'async with engine:' (or a FastAPI lifespan)")
         info = await self.backend.get_run(run_id) if _could_be_stored(run_id) else None
         if info is None:
             raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
+        active = self._active.get(run_id)
+        if (
+            active is not None
+            and active.run is not None
+            and not active.done.is_set()
+            and info.status in (RunStatus.RUNNING, RunStatus.SLEEPING)
+        ):
+            steps = with_earlier_timings(plan_rows(active.run.plan.walk_stages()), info.steps)
+            info = attrs.evolve(info, steps=steps.dicts())
         return info
+
+    def watch(self, run_id: str, *, after: str | None = None) -> AsyncIterator[RunEvent]:
+        """The run's events, from any process, as they happen; it ends when the run ends or suspends.
+
+        ::
+
+            async for event in engine.watch(run_id):
+                print(event.kind, event.stage_id, event.action_name)
+
+        Every stage and action started, finished, skipped or inserted, each
+        message sent with ``ctx.send`` (kind ``MESSAGE``), the run's
+        suspension (``RUN_SUSPENDED``) and end (``RUN_FINISHED``), whichever
+        engine executes the run: they are kept in the run's log. Pass an
+        event's ``cursor`` as ``after`` to go on after it (nothing is lost or
+        repeated); with none, the watch starts from the run's first event. It
+        also ends when this engine closes. Safe to leave at any time (it
+        holds no task group across a ``yield``).
+
+        Raises:
+            UnknownRun: no such run.
+            UnknownCursor: ``after`` is not a cursor this run's events had.
+            EngineNotOpen: the engine is not open.
+        """
+        return self._watch(run_id, after)
+
+    async def _watch(self, run_id: str, after: str | None) -> AsyncIterator[RunEvent]:
+        info = await self.get_run(run_id)
+        start = await self._events.check_cursor(run_id, after)
+        await self._events.flush(run_id)
+        async for event in self._events.watch(info, start, self._current, self.watch_interval):
+            yield event
+
+    async def _current(self, run_id: str) -> RunInfo | None:
+        return await self.backend.get_run(run_id)
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a run.
@@ -648,14 +894,31 @@ class Engine:
             raise RunStateError(
                 f"run {run_id!r} has already ended ({info.status.value}); it cannot be cancelled"
             )
+        await self.backend.append_events(
+            run_id,
+            [
+                {
+                    "kind": EventKind.RUN_FINISHED.value,
+                    "at": self.clock.now(),
+                    "status": RunStatus.CANCELLED.value,
+                }
+            ],
+        )
+        self._events.wake(run_id)
 
-    async def resume(self, run_id: str, data: Any = None) -> RunHandle:
+    async def resume(self, run_id: str, data: Any = None, *, key: str | None = None) -> RunHandle:
         """Continue a suspended run, here, from the action that suspended it.
 
         That action runs again with ``ctx.is_resuming`` true and
         ``ctx.resume_data == data``.
 
+        With a ``key`` (an approval's id, say), resuming is idempotent: a call
+        with a key this run was already resumed with resumes nothing and
+        returns the run's handle (``handle.created`` false), whatever the run
+        does now, so a retried approval never fails.
+
         Raises:
+            EngineNotOpen: the engine is not open, or is closing.
             UnknownRun: no such run.
             RunStateError: the run is not suspended.
             UnknownWorkflow: its workflow is not registered with this engine, or the run started
@@ -663,6 +926,12 @@ class Engine:
             NotSerializable: (persistent backends) ``data`` is not JSON.
         """
         group = self._task_group()
+        if key is not None:
+            if not isinstance(key, str) or not key or key.isspace():
+                raise TypeError(f"resume key must be a non-blank string, got {key!r}")
+            check_text(key, "resume key")
+            if await self._resumed_with(run_id, key):
+                return RunHandle(self, run_id, self._active.get(run_id), created=False)
         if self.backend.persistent:
             try:
                 exact_json(data)
@@ -673,6 +942,8 @@ class Engine:
                 ) from None
         info = await self.get_run(run_id)
         if info.status is not RunStatus.SUSPENDED:
+            if key is not None and await self._resumed_with(run_id, key):
+                return RunHandle(self, run_id, self._active.get(run_id), created=False)
             raise RunStateError(
                 f"run {run_id!r} is {info.status.value}, not suspended; only a suspended run resumes"
             )
@@ -700,16 +971,35 @@ class Engine:
             lease_until=None,
         )
         if not updated:
+            if key is not None and await self._resumed_with(run_id, key):
+                return RunHandle(self, run_id, self._active.get(run_id), created=False)
             raise RunStateError(f"run {run_id!r} is no longer suspended (resumed or cancelled meanwhile)")
+        resumed: dict[str, Any] = {"kind": EventKind.RUN_RESUMED.value, "at": self.clock.now()}
+        if key is not None:
+            resumed["key"] = key
+        # Written at once (not buffered): a retry with the key, from any process, must find it.
+        await self.backend.append_events(run_id, [resumed])
+        self._events.wake(run_id)
         now = self.clock.now()
-        claimed = await self.backend.claim(
-            self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+        claimed = (
+            await self.backend.claim(
+                self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+            )
+            if self.concurrency != 0  # (0: the workers take it)
+            else []
         )
         if claimed:
             saved = await self.backend.load(run_id)
             if saved is not None:
                 self._launch(group, saved)
         return RunHandle(self, run_id, self._active.get(run_id))
+
+    async def _resumed_with(self, run_id: str, key: str) -> bool:
+        """Whether the run was resumed with ``key`` before (its log says so)."""
+        return any(
+            data.get("kind") == EventKind.RUN_RESUMED.value and data.get("key") == key
+            for _, data in await self._events.read_all(run_id)
+        )
 
     async def list_runs(
         self,
@@ -751,204 +1041,6 @@ class Engine:
         return await self.backend.purge(finished_before=self.clock.now() - older_than.total_seconds())
 
 
-class _RunDurability(Durability):
-    """The engine's side of one durable run: what was done before, and where checkpoints go."""
-
-    def __init__(self, engine: Engine, saved: SavedRun) -> None:
-        self.engine = engine
-        self.backend = engine.backend
-        self.persistent = engine.backend.persistent
-        self.run_id = saved.info.run_id
-        self.owner = engine.owner
-        self.done: dict[str, list[Op]] = {}
-        self.stages: set[str] = set()
-        self.retries: dict[str, tuple[int, float]] = {}
-        self.sleeps: dict[str, float] = {}
-        self.seq = 0
-        self.sleeping = saved.info.status is RunStatus.SLEEPING
-        for checkpoint in saved.checkpoints:
-            self.seq = max(self.seq, checkpoint.seq)
-            key = checkpoint.step_key
-            if checkpoint.kind == "action":
-                ops = checkpoint.ops
-                self.done[key] = (json.loads(ops) if self.persistent else ops) if ops else []
-            elif checkpoint.kind == "stage":
-                self.stages.add(key)
-            elif checkpoint.kind == "attempt":
-                self.retries[key] = (checkpoint.attempts, checkpoint.at or 0.0)
-            elif checkpoint.kind == "sleep":
-                self.sleeps[key] = checkpoint.at or 0.0
-        if saved.info.suspended_step is not None and saved.info.status is not RunStatus.SUSPENDED:
-            self.resume_step = saved.info.suspended_step
-            self.resume_data = saved.info.resume_data
-
-    # ---- what happened before ------------------------------------------------------------
-
-    def completed(self, node: ActionNode) -> list[Op] | None:
-        return self.done.get(node.key)
-
-    def stage_started(self, node: StageNode) -> bool:
-        return node.id in self.stages
-
-    def retry_state(self, node: ActionNode) -> tuple[int, float] | None:
-        return self.retries.get(node.key)
-
-    # ---- checkpoints ------------------------------------------------------------------------
-
-    def _write(self, checkpoint: Checkpoint) -> Awaitable[None]:
-        # The backend's own coroutine: no frame of ours per committed action, unless a
-        # crash test has planted faults around the commit.
-        if faults._PLAN is None:
-            return self.backend.checkpoint(checkpoint)
-        return self._write_with_faults(checkpoint)
-
-    async def _write_with_faults(self, checkpoint: Checkpoint) -> None:
-        faults.hit("before_commit")
-        await self.backend.checkpoint(checkpoint)
-        faults.hit("after_commit")
-
-    def _next(self) -> int:
-        self.seq += 1
-        return self.seq
-
-    def _put(self, key: str, value: Any, meta: _Meta | None) -> StoreEntry:
-        if meta is None and self.persistent:  # the common case, once per key an action writes
-            return StoreEntry(key, json_value_check(key, value))
-        if not self.persistent:
-            return StoreEntry(
-                key,
-                value,
-                meta.expires if meta else None,
-                tuple(meta.tags) if meta else (),
-                meta.properties if meta else None,
-            )
-        return StoreEntry(
-            key,
-            json_value_check(key, value),
-            meta.expires if meta is not None else None,
-            tuple(sorted(meta.tags)) if meta is not None else (),
-            json.dumps(meta.properties) if meta is not None and meta.properties else None,
-        )
-
-    async def commit_stage(self, node: StageNode, initial: dict[str, Any]) -> None:
-        puts = tuple(self._put(key, value, None) for key, value in initial.items())
-        await self._write(Checkpoint(self.run_id, self.owner, node.id, "stage", puts=puts, seq=self._next()))
-        self.stages.add(node.id)
-
-    async def commit_action(self, node: ActionNode, overlay: Store | None, ops: list[Op] | None) -> None:
-        # Once per committed action: kept to the few steps the common case needs.
-        puts: tuple[StoreEntry, ...] = ()
-        deletes: tuple[str, ...] = ()
-        if overlay is not None:
-            # Deletes go first, so a key deleted and written again moves to the end, as in memory.
-            if overlay._deleted:
-                deletes = tuple(overlay._deleted)
-            values = overlay._values
-            if values:
-                put, meta = self._put, overlay._meta
-                puts = tuple([put(key, value, meta.get(key)) for key, value in values.items()])
-        plan_ops = (json.dumps(ops) if self.persistent else list(ops)) if ops else None
-        status = RunStatus.RUNNING if self.sleeping else None
-        self.sleeping = False
-        self.seq = seq = self.seq + 1
-        checkpoint = Checkpoint(
-            self.run_id,
-            self.owner,
-            node.key,
-            "action",
-            puts,
-            deletes,
-            plan_ops,
-            node.attempts,
-            None,
-            status,
-            seq,
-        )
-        await self._write(checkpoint)
-
-    async def commit_attempt(self, node: ActionNode, attempts: int, retry_at: float) -> None:
-        await self._write(
-            Checkpoint(
-                self.run_id, self.owner, node.key, "attempt", attempts=attempts, at=retry_at, seq=self._next()
-            )
-        )
-
-    async def begin_sleep(self, node: ActionNode, seconds: float) -> float:
-        key = node.key
-        wake_at = self.sleeps.get(key)
-        if wake_at is None:
-            wake_at = self.engine.clock.now() + seconds
-            await self._write(
-                Checkpoint(
-                    self.run_id,
-                    self.owner,
-                    key,
-                    "sleep",
-                    at=wake_at,
-                    status=RunStatus.SLEEPING,
-                    seq=self._next(),
-                )
-            )
-            self.sleeps[key] = wake_at
-        self.sleeping = True
-        return wake_at
-
-    # ---- references -----------------------------------------------------------------------
-
-    def reference(self, action: Action, where: str) -> dict[str, Any]:
-        if not self.persistent:
-            return {"object": action}
-        return self.engine.registry.reference(action, where=where)
-
-    def stage_definition(self, stage: Stage, where: str) -> dict[str, Any]:
-        if not self.persistent:
-            return {"object": stage}
-        return self.engine.registry.stage_definition(stage, where=where)
-
-    def resolve(self, ref: dict[str, Any], where: str) -> Action:
-        found = ref.get("object")
-        if isinstance(found, Action):
-            return found
-        return self.engine.registry.resolve(ref, where=where)
-
-    def stage_from_definition(self, definition: dict[str, Any], where: str) -> Stage:
-        found = definition.get("object")
-        if isinstance(found, Stage):
-            return found
-        return self.engine.registry.stage_from_definition(definition, where=where)
-
-
-def _with_earlier_timings(steps: StepRows, earlier: list[dict[str, Any]] | None) -> StepRows:
-    """``steps`` with each replayed step's duration and attempts taken from the execution that ran it.
-
-    A resumed or recovered run replays what completed before; its record keeps
-    what those steps really took, not the 0 s of their replay.
-    """
-    if not earlier:
-        return steps
-    ran: dict[tuple[Any, ...], dict[str, Any]] = {}
-    seen: dict[tuple[Any, ...], int] = {}
-    for step in earlier:
-        key = (step["kind"], step["stage_id"], step.get("action_name"))
-        seen[key] = seen.get(key, 0) + 1
-        ran[(*key, seen[key])] = step
-    seen.clear()
-    for row in steps.rows:
-        key = (row[_KIND], row[_STAGE_ID], row[_ACTION_NAME])
-        seen[key] = seen.get(key, 0) + 1
-        before = ran.get((*key, seen[key]))
-        if row[_REASON] == REPLAYED and before is not None:
-            row[_DURATION_NS] = round(before.get("duration", 0.0) * 1e9)
-            row[_ATTEMPTS] = before.get("attempts", row[_ATTEMPTS])
-    return steps
-
-
-_KIND, _STAGE_ID, _ACTION_NAME, _REASON, _DURATION_NS, _ATTEMPTS = (
-    STEP_COLUMNS.index(name)
-    for name in ("kind", "stage_id", "action_name", "reason", "duration_ns", "attempts")
-)
-
-
 def _could_be_stored(run_id: object) -> bool:
     """Whether ``run_id`` could name a stored run: a string that is Unicode text."""
     return isinstance(run_id, str) and text_error_at(run_id) is None
@@ -963,38 +1055,19 @@ def _check_name(value: object, what: str) -> None:
     check_text(value, what)
 
 
-def _as_text(text: str | None) -> str | None:
-    """``text`` as a database can keep it: a lone surrogate (from bytes that are not UTF-8) as ``\\udcff``.
+def _require_asyncio() -> None:
+    """Refuse to open an engine on an event loop other than asyncio's (uvloop is asyncio's too).
 
-    An error message or a reason may quote a file name that was not UTF-8;
-    written as it is, it would fail the very write that records the run's end.
+    The durable engine's backends hand work to threads and wake the loop through
+    asyncio; the in-memory runner (``af.run``, ``af.Runner``) runs on trio as well.
     """
-    if text is None or text.isascii():
-        return text
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _recorded(text: str | None) -> RecordedError | None:
-    if text is None:
-        return None
-    type_name, _, message = text.partition(": ")
-    return RecordedError(type_name, message)
-
-
-def _step_from_json(data: dict[str, Any]) -> StepRecord:
-    return StepRecord(
-        kind=data["kind"],
-        stage_id=data["stage_id"],
-        action_name=data.get("action_name"),
-        status=StepStatus(data["status"]),
-        dynamic=bool(data.get("dynamic")),
-        duration=float(data.get("duration") or 0.0),
-        started_at=float(data.get("started_at") or 0.0),
-        depth=int(data.get("depth") or 0),
-        inserted_by=data.get("inserted_by"),
-        inserted_by_stage=data.get("inserted_by_stage"),
-        reason=data.get("reason"),
-        error=_recorded(data.get("error")),
-        attempts=int(data.get("attempts") or 0),
-        recovered_error=_recorded(data.get("recovered_error")),
-    )
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        trio = sys.modules.get("trio")
+        on = "trio" if trio is not None and trio.lowlevel.in_trio_run() else "another event loop"
+        raise RuntimeError(
+            f"af.Engine runs on asyncio's event loop only (uvloop included), and this is {on}: its "
+            f"backends hand work to threads and wake the loop through asyncio. On trio, run workflows "
+            f"in memory with af.run or af.Runner"
+        ) from None

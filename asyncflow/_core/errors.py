@@ -13,18 +13,26 @@ working for a missing store key::
     │   └── ActionTimeout            an action ran past its time limit
     ├── MiddlewareError              (RuntimeError) a middleware broke the rules
     ├── InvalidDefinition            (ValueError) a workflow/stage/action is malformed
-    │   └── DuplicateStageId         a stage id already in the plan
+    │   ├── DuplicateStageId         a stage id already in the plan
+    │   ├── UnknownReference         (LookupError) a definition names an action nobody provides
+    │   └── UnknownWorkflow          (LookupError) a run names a workflow the engine does not know
     ├── NonRetryable                 raise it (or a subclass) to fail without retries
     │   ├── InsertionLimitExceeded   (RuntimeError) too many dynamic insertions
     │   └── LeaseLost                (RuntimeError) another engine took the run over
     ├── ContextClosed                (RuntimeError) a context used after its action ended
     ├── UnknownStep                  (LookupError) no stage/action with that id or name
     ├── NotSerializable              (TypeError) a value that must be JSON is not
+    ├── NotReferenceable             (TypeError) an action a durable run cannot re-create
     ├── RunStateError                (RuntimeError) e.g. resuming a run that is not suspended
+    │   └── DuplicateRunId           a run with that id exists already
+    ├── EngineNotOpen                (RuntimeError) the engine is not open, or is closing
+    ├── IdempotencyConflict          (ValueError) a key reused with another workflow or store
+    ├── UnknownCursor                (ValueError) a watch cursor that was never issued
     ├── UnknownRun                   (LookupError) no run with that id
     ├── BackendError                 (RuntimeError) the database cannot be used
     ├── MissingKey                   (KeyError) the store has no such key
-    └── TypeMismatch                 (TypeError) the stored value has another type
+    ├── TypeMismatch                 (TypeError) the stored value has another type
+    └── StoreConflict                (ValueError) a merge met keys on both sides
 
 :class:`Bail` and :class:`Suspend` are not errors: ``ctx.bail(reason)`` and
 ``ctx.suspend(reason, data)`` raise them, and the runner turns them into a
@@ -404,12 +412,56 @@ class DuplicateRunId(RunStateError):
     """``engine.start(run_id=...)`` was given the id of a run that exists already (it is kept as it is)."""
 
 
+class EngineNotOpen(WorkflowError, RuntimeError):
+    """The engine is not open (before ``async with engine:``) or is closing: it starts and resumes nothing.
+
+    Not a :class:`RunStateError`: no run's state is wrong; try again once the
+    engine is open (a web app answers 503).
+    """
+
+
+class IdempotencyConflict(WorkflowError, ValueError):
+    """``engine.start`` was given an idempotency key that a run of another workflow or store has.
+
+    The existing run is left as it is; ``run_id`` names it. (Payment APIs answer 409.)
+    """
+
+    def __init__(self, message: str, *, run_id: str, idempotency_key: str) -> None:
+        self.run_id = run_id
+        self.idempotency_key = idempotency_key
+        super().__init__(message)
+
+
+class UnknownCursor(WorkflowError, ValueError):
+    """``engine.watch(run_id, after=...)`` was given a cursor that this run's events never had."""
+
+
 class UnknownRun(WorkflowError, LookupError):
     """No run with that id is known to the engine's backend."""
 
 
 class BackendError(WorkflowError, RuntimeError):
     """The persistence backend cannot be used (a corrupt file, a newer schema, a bad URL...)."""
+
+
+class NotReferenceable(WorkflowError, TypeError):
+    """An action (or stage) cannot be re-created from a definition, so a durable run cannot take it."""
+
+
+class UnknownReference(InvalidDefinition, LookupError):
+    """A definition names an action that no registry or import path provides."""
+
+
+class UnknownWorkflow(InvalidDefinition, LookupError):
+    """A run names a workflow that was not registered with the engine."""
+
+
+class StoreConflict(WorkflowError, ValueError):
+    """``Store.merge(..., on_conflict="error")`` met keys present on both sides."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(f"merge conflict on store keys {keys!r}; nothing was merged")
 
 
 def _type_name(tp: Any) -> str:

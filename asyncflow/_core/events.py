@@ -33,9 +33,16 @@ class EventKind(enum.StrEnum):
     STAGE_INSERTED = "stage_inserted"
     ACTION_INSERTED = "action_inserted"
     RUN_FINISHED = "run_finished"
+    RUN_SUSPENDED = "run_suspended"
     RUN_INTERRUPTED = "run_interrupted"
     TIMING = "timing"
     EVENTS_DROPPED = "events_dropped"
+    #: (``engine.watch`` only) a run was written down by ``engine.start``
+    RUN_CREATED = "run_created"
+    #: (``engine.watch`` only) ``engine.resume`` continued a suspended run
+    RUN_RESUMED = "run_resumed"
+    #: (``engine.watch`` only) an action sent a message with ``ctx.send``
+    MESSAGE = "message"
 
 
 class Event(NamedTuple):
@@ -54,8 +61,11 @@ class Event(NamedTuple):
         duration: seconds the step or run took, for ``*_FINISHED`` and ``TIMING``.
         dynamic: the step was inserted at run time.
         attempt: the attempt number, for action events.
-        reason: why a step was skipped.
+        reason: why a step was skipped; for ``RUN_FINISHED``, why the run suspended or bailed.
         dropped: for ``EVENTS_DROPPED``, how many events this subscriber missed.
+        key: an action's place in the plan (``stage/2.0.1``, as in ``StepRecord``), for action events.
+        parent_key: for a dynamic step, the key of the action that inserted it (its stage
+            is the part before the last ``/``).
     """
 
     kind: EventKind
@@ -71,6 +81,8 @@ class Event(NamedTuple):
     attempt: int | None = None
     reason: str | None = None
     dropped: int = 0
+    key: str | None = None
+    parent_key: str | None = None
 
 
 @attrs.frozen
@@ -122,44 +134,91 @@ class _MessageRoute:
         )
 
 
+class _DropMarker:
+    """The pending ``EVENTS_DROPPED`` of a stream: where its losses began, and how many so far."""
+
+    __slots__ = ("dropped", "run_id", "workflow_id")
+
+    def __init__(self, run_id: str, workflow_id: str) -> None:
+        self.run_id = run_id
+        self.workflow_id = workflow_id
+        self.dropped = 0
+
+    def event(self) -> Event:
+        return Event(
+            EventKind.EVENTS_DROPPED, self.run_id, self.workflow_id, at=time.time(), dropped=self.dropped
+        )
+
+
+#: The events that end a run's stream (kept before any other kind when the buffer is full).
+_RUN_ENDS = frozenset({EventKind.RUN_FINISHED, EventKind.RUN_SUSPENDED})
+
+
 class EventStream:
     """An async iterator of :class:`Event` with a bounded buffer (from ``subscribe()``).
 
-    When the subscriber falls behind and the buffer is full, new events are
-    dropped and counted; the subscriber then receives one ``EVENTS_DROPPED``
-    event carrying how many it missed, in the place where they were lost.
-    ``RUN_FINISHED`` is never dropped, so a reader waiting for the end of a
-    run always sees it. The run never waits for a subscriber.
+    The stream holds at most ``buffer`` events, plus one ``EVENTS_DROPPED``
+    marker, whatever arrives and however long nobody reads. When it is full,
+    new events are dropped and counted in the marker, which sits where the
+    losses began and carries how many events were missed. ``RUN_FINISHED`` (or
+    ``RUN_SUSPENDED``) is
+    kept before any other kind: it takes the place of the newest buffered
+    event that is not a ``RUN_FINISHED``, and only when the buffer holds
+    nothing else does it push out the oldest ``RUN_FINISHED``. So a reader
+    waiting for the end of a run (``subscribe(run_id=...)``), or that reads
+    now and then, always sees it. The run never waits for a subscriber.
     """
 
     def __init__(self, buffer: int, run_id: str | None) -> None:
-        self._buffer: deque[Event] = deque()
+        self._buffer: deque[Event | _DropMarker] = deque()
         self._limit = buffer
         self._run_id = run_id
-        self._dropped = 0
+        #: the marker in the buffer, if one is there (there is never more than one)
+        self._marker: _DropMarker | None = None
+        #: how many events in the buffer are not RUN_FINISHED (the marker aside)
+        self._others = 0
         self._closed = False
         self._wake: anyio.Event | None = None
+
+    def _held(self) -> int:
+        return len(self._buffer) - (self._marker is not None)
+
+    def _count_drop(self, event: Event) -> None:
+        if self._marker is None:
+            self._marker = _DropMarker(event.run_id, event.workflow_id)
+            self._buffer.append(self._marker)
+        self._marker.dropped += 1
+
+    def _make_room_for_run_finished(self) -> None:
+        buffer = self._buffer
+        if self._others:
+            # The newest event that is not RUN_FINISHED gives way (the oldest are kept, as for any loss).
+            for index in range(len(buffer) - 1, -1, -1):
+                item = buffer[index]
+                if isinstance(item, Event) and item.kind not in _RUN_ENDS:
+                    del buffer[index]
+                    self._others -= 1
+                    self._count_drop(item)
+                    return
+        # Nothing but RUN_FINISHED events: the oldest gives way, so the latest ends are there.
+        for index, item in enumerate(buffer):
+            if isinstance(item, Event):
+                del buffer[index]
+                self._count_drop(item)
+                return
 
     def _push(self, event: Event) -> None:
         if self._run_id is not None and event.run_id != self._run_id:
             return
-        if len(self._buffer) >= self._limit and event.kind is not EventKind.RUN_FINISHED:
-            # RUN_FINISHED is never dropped (one per run keeps the buffer bounded):
-            # a reader that waits for the end of a run must always see it.
-            self._dropped += 1
-            return
-        if self._dropped:
-            self._buffer.append(
-                Event(
-                    EventKind.EVENTS_DROPPED,
-                    event.run_id,
-                    event.workflow_id,
-                    at=time.time(),
-                    dropped=self._dropped,
-                )
-            )
-            self._dropped = 0
+        finished = event.kind in _RUN_ENDS
+        if self._held() >= self._limit:
+            if not finished:
+                self._count_drop(event)
+                return
+            self._make_room_for_run_finished()
         self._buffer.append(event)
+        if not finished:
+            self._others += 1
         if self._wake is not None:
             self._wake.set()
 
@@ -173,11 +232,6 @@ class EventStream:
 
     async def __anext__(self) -> Event:
         while not self._buffer:
-            if self._dropped:
-                dropped, self._dropped = self._dropped, 0
-                return Event(
-                    EventKind.EVENTS_DROPPED, self._run_id or "", "", at=time.time(), dropped=dropped
-                )
             if self._closed:
                 raise StopAsyncIteration
             self._wake = anyio.Event()
@@ -185,7 +239,13 @@ class EventStream:
                 await self._wake.wait()
             finally:
                 self._wake = None
-        return self._buffer.popleft()
+        item = self._buffer.popleft()
+        if isinstance(item, _DropMarker):
+            self._marker = None
+            return item.event()
+        if item.kind not in _RUN_ENDS:
+            self._others -= 1
+        return item
 
 
 class Hub:
@@ -284,3 +344,110 @@ class Hub:
                     msg.run_id,
                 )
         return failures
+
+
+def _error_text(error: BaseException | None) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {error}"
+
+
+def event_data(event: Event) -> dict[str, Any]:
+    """``event`` as a run's event log keeps it: a dict of JSON values (the error as ``"Type: message"``).
+
+    Fields that hold their default are left out: a busy run logs two events per action.
+    """
+    data: dict[str, Any] = {"kind": event.kind.value, "at": event.at}
+    if event.stage_id is not None:
+        data["stage_id"] = event.stage_id
+    if event.action_name is not None:
+        data["action_name"] = event.action_name
+    if event.status is not None:
+        data["status"] = event.status
+    if event.error is not None:
+        data["error"] = _error_text(event.error)
+    if event.duration is not None:
+        data["duration"] = event.duration
+    if event.dynamic:
+        data["dynamic"] = True
+    if event.attempt is not None:
+        data["attempt"] = event.attempt
+    if event.reason is not None:
+        data["reason"] = event.reason
+    return data
+
+
+def message_data(message: Message) -> dict[str, Any]:
+    """``message`` as a run's event log keeps it (kind ``"message"``; its own kind is ``message``)."""
+    return {
+        "kind": EventKind.MESSAGE.value,
+        "at": time.time(),
+        "stage_id": message.stage_id,
+        "action_name": message.action_name,
+        "message": message.kind,
+        "payload": message.payload,
+        "seq": message.seq,
+    }
+
+
+@attrs.frozen
+class RunEvent:
+    """One event of a run, as :meth:`Engine.watch <asyncflow.Engine.watch>` gives it, from any process.
+
+    Attributes:
+        cursor: where this event is in the run's log: pass it as ``after=`` to
+            go on after it (an SSE ``id:``).
+        kind: what happened (:class:`EventKind`; ``MESSAGE`` for ``ctx.send``).
+        run_id, workflow_id: the run.
+        at: wall-clock time of the event (``time.time()``).
+        stage_id, action_name: the step, where the event is about one.
+        status: the step's or the run's status, for ``*_FINISHED``,
+            ``STEP_SKIPPED`` and ``RUN_SUSPENDED``.
+        error: ``"Type: message"`` of a failed step or run.
+        duration: seconds the step or run took, for ``*_FINISHED``.
+        dynamic: the step was inserted at run time.
+        attempt: the attempt number, for action events.
+        reason: why a step was skipped.
+        message: for ``MESSAGE``, the kind given to ``ctx.send``; ``payload`` its payload.
+    """
+
+    cursor: str
+    kind: EventKind
+    run_id: str
+    workflow_id: str
+    at: float
+    stage_id: str | None = None
+    action_name: str | None = None
+    status: str | None = None
+    error: str | None = None
+    duration: float | None = None
+    dynamic: bool = False
+    attempt: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    payload: Any = None
+
+    @classmethod
+    def from_data(cls, seq: int, run_id: str, workflow_id: str, data: dict[str, Any]) -> RunEvent:
+        """The event numbered ``seq`` in a run's log, from what :func:`event_data` kept."""
+        return cls(
+            cursor=str(seq),
+            kind=EventKind(data["kind"]),
+            run_id=run_id,
+            workflow_id=workflow_id,
+            at=float(data.get("at") or 0.0),
+            stage_id=data.get("stage_id"),
+            action_name=data.get("action_name"),
+            status=data.get("status"),
+            error=data.get("error"),
+            duration=data.get("duration"),
+            dynamic=bool(data.get("dynamic")),
+            attempt=data.get("attempt"),
+            reason=data.get("reason"),
+            message=data.get("message"),
+            payload=data.get("payload"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as a dict of its fields (JSON values, if the payload is one)."""
+        data = attrs.asdict(self, recurse=False)
+        data["kind"] = self.kind.value
+        return data

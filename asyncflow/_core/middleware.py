@@ -13,20 +13,12 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
-
-from loguru import logger as _root_logger
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from .errors import MiddlewareError
 
 if TYPE_CHECKING:
-    from loguru import Logger
-
-    from .actions import Action
-    from .plan import Plan
-    from .runner import RunState
-    from .store import Store
-    from .workflow import Stage, Workflow
+    from .context import MiddlewareContext
 
 
 class CallNext(Protocol):
@@ -46,122 +38,6 @@ class Middleware(Protocol):
 
 
 Level = Literal["run", "stage", "actions", "action"]
-
-
-class MiddlewareContext:
-    """What a middleware sees of the step it wraps.
-
-    Attributes:
-        level: ``"run"``, ``"stage"``, ``"actions"`` or ``"action"``.
-        attempt: at action level, the number of the attempt the next
-            ``call_next()`` makes (1-based); 1 elsewhere.
-
-    ``run_id``, ``workflow``, ``store`` (the run's own: writes here are
-    visible at once), ``plan``, ``logger``, and ``stage`` / ``stage_id`` /
-    ``action`` where the level has them (``None`` otherwise).
-    """
-
-    # Made once per wrapped step, so it holds only what it must; the rest is derived.
-    __slots__ = ("_logger", "_node", "_ran", "_run", "level")
-
-    _logger: Logger
-
-    def __init__(self, level: Level, run: RunState, node: Any = None) -> None:
-        self.level = level
-        self._run = run
-        self._node: Any = node  # the stage node, or the action node at action level
-        self._ran = False  # set by the innermost handler: the wrapped step ran
-
-    @property
-    def _stage_node(self) -> Any:
-        node = self._node
-        return node.stage_node if self.level == "action" else node
-
-    @property
-    def attempt(self) -> int:
-        """At action level, the number of the attempt the next ``call_next()`` makes (1-based)."""
-        return self._node.attempts + 1 if self.level == "action" else 1
-
-    @property
-    def run_id(self) -> str:
-        """The id of the run."""
-        return self._run.run_id
-
-    @property
-    def workflow(self) -> Workflow:
-        """The workflow being run."""
-        return self._run.workflow
-
-    @property
-    def store(self) -> Store:
-        """The run's store (writes are visible to the run at once)."""
-        return self._run.store
-
-    @property
-    def plan(self) -> Plan:
-        """Control over the rest of the run."""
-        from .plan import Plan
-
-        return Plan(self._run.plan)
-
-    @property
-    def stage(self) -> Stage | None:
-        """The stage, at stage, actions and action level."""
-        node = self._stage_node
-        return node.stage if node is not None else None
-
-    @property
-    def stage_id(self) -> str | None:
-        """The stage's id in this run, at stage, actions and action level."""
-        node = self._stage_node
-        return node.id if node is not None else None
-
-    @property
-    def action(self) -> Action | None:
-        """The action, at action level."""
-        return self._node.action if self.level == "action" else None
-
-    @property
-    def logger(self) -> Logger:
-        """A loguru logger bound with the run's and the step's ids."""
-        try:
-            return self._logger
-        except AttributeError:  # bound on first use only
-            action = self.action
-            bound = self._logger = _root_logger.bind(
-                run_id=self.run_id,
-                workflow_id=self.workflow.id,
-                stage_id=self.stage_id,
-                action=action.name if action is not None else None,
-            )
-            return bound
-
-    async def record_timing(self, seconds: float) -> None:
-        """Record a duration of this step in the run record (``RunResult.timings``) and as an event."""
-        from .events import EventKind
-        from .records import Timing
-
-        action = self.action
-        run = self._run
-        run.timings.append(Timing(self.level, self.stage_id, action.name if action else None, seconds))
-        if run.hub.listening:
-            await run.hub.emit(
-                run.event(
-                    EventKind.TIMING,
-                    stage_id=self.stage_id,
-                    action_name=action.name if action else None,
-                    duration=seconds,
-                )
-            )
-
-    def describe(self) -> str:
-        """``action 'x' of stage 'y' in run 'r'`` (or the stage, or the run)."""
-        action = self.action
-        if action is not None:
-            return f"action {action.name!r} of stage {self.stage_id!r} in run {self.run_id!r}"
-        if self.stage_id is not None:
-            return f"stage {self.stage_id!r} in run {self.run_id!r}"
-        return f"run {self.run_id!r} of workflow {self.workflow.id!r}"
 
 
 def check_middleware(mw: object, where: str) -> Middleware:
@@ -191,7 +67,7 @@ def check_middlewares(mws: Sequence[object], where: str) -> list[Middleware]:
     return [check_middleware(mw, where) for mw in mws]
 
 
-Handler = Callable[[MiddlewareContext], Awaitable[None]]
+Handler = Callable[["MiddlewareContext"], Awaitable[None]]
 
 
 def called_twice(ctx: MiddlewareContext) -> MiddlewareError:

@@ -17,21 +17,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Generic, Literal, TypeVar, overload
 
-from .errors import MissingKey, TypeMismatch, WorkflowError
+from .errors import MissingKey, StoreConflict, TypeMismatch
 
 T = TypeVar("T")
 
-Clock = Callable[[], float]
+# What the store reads the time from for TTLs: a Clock's ``now`` (asyncflow has one Clock type).
+Now = Callable[[], float]
 # Checks a value for a key (durable runs: that it is JSON), raising if it is not.
 ValueCheck = Callable[[str, Any], Any]
-
-
-class StoreConflict(WorkflowError, ValueError):
-    """``Store.merge(..., on_conflict="error")`` met keys present on both sides."""
-
-    def __init__(self, keys: list[str]) -> None:
-        self.keys = keys
-        super().__init__(f"merge conflict on store keys {keys!r}; nothing was merged")
 
 
 class Key(Generic[T]):
@@ -130,7 +123,7 @@ class Store:
         self,
         data: StoreData | None = None,
         *,
-        clock: Clock = time.time,
+        clock: Now = time.time,
     ) -> None:
         self._values: dict[str, Any] = {}
         self._meta: dict[str, _Meta] = {}

@@ -27,8 +27,8 @@ from ..backends.base import Backend, RunInfo, SavedRun, WorkflowVersion, shape_k
 from .actions import Action, FunctionAction
 from .clock import Clock
 from .definitions import Registry
-from .durable import exact_json
-from .workflow import Workflow
+from .jsonvalues import exact_json
+from .workflow import Workflow, with_middleware_of
 
 Shape = list[Any]  # [[stage_id, [entry, ...]], ...]; an entry is a name or [name, args, kwargs]
 
@@ -319,8 +319,7 @@ class Versions:
             if shape != stored.shape:
                 failures.append(f"re-created here, it has {describe(shape)}")
                 continue
-            workflow._middleware = registered._middleware
-            workflow._action_middleware = registered._action_middleware
+            workflow = with_middleware_of(registered, workflow)
             logger.info(
                 "workflow {!r} is registered with {}; version {} ({}), which runs started on, is "
                 "re-created from the database for them",

@@ -252,3 +252,15 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"<Workflow {self.id!r} stages={[s.id for s in self._stages]}>"
+
+
+def with_middleware_of(source: Workflow, workflow: Workflow) -> Workflow:
+    """``workflow`` wrapped in the middleware of ``source``; return ``workflow``.
+
+    A run that started on an older version of a workflow goes on on that
+    version's stages, re-created from the database, inside the middleware of
+    the workflow registered now (definitions do not hold middleware).
+    """
+    workflow._middleware = source._middleware
+    workflow._action_middleware = source._action_middleware
+    return workflow

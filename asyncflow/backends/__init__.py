@@ -5,7 +5,9 @@
 - ``None`` or ``"memory://"``: :class:`MemoryBackend` (nothing survives the process);
 - ``"sqlite:///relative/path.db"`` or ``"sqlite:////absolute/path.db"`` (the
   SQLAlchemy convention), or a plain path ending in ``.db``/``.sqlite``/``.sqlite3``:
-  :class:`SQLiteBackend`.
+  :class:`SQLiteBackend`;
+- ``"postgresql://user:password@host:port/database"`` (or ``postgres://``), with
+  ``?schema=``: ``asyncflow.backends.postgres.PostgresBackend`` (extra ``asyncflow[postgres]``).
 
 A :class:`Backend` instance is used as it is.
 """
@@ -13,6 +15,7 @@ A :class:`Backend` instance is used as it is.
 from __future__ import annotations
 
 from .._core.errors import BackendError
+from .._core.records import CheckpointKind as CheckpointKind
 from .._core.records import StepRows as StepRows
 from .base import Backend as Backend
 from .base import Checkpoint as Checkpoint
@@ -29,6 +32,7 @@ from .sqlite import SQLiteBackend as SQLiteBackend
 __all__ = [
     "Backend",
     "Checkpoint",
+    "CheckpointKind",
     "MemoryBackend",
     "RunInfo",
     "RunPage",
@@ -63,12 +67,12 @@ def open_backend(url: str | Backend | None) -> Backend:
             raise BackendError(f"SQLite URL {url!r} names no file (write sqlite:///path/to/runs.db)")
         return SQLiteBackend(path)
     if url.startswith(("postgresql://", "postgres://")):
-        raise BackendError(
-            f"the PostgreSQL backend is not in this version of asyncflow yet ({url!r}); "
-            f"use sqlite:///path.db or memory://"
-        )
+        from .postgres import PostgresBackend  # (the driver only when it is used)
+
+        return PostgresBackend(url)
     if "://" not in url and url.endswith(_SQLITE_SUFFIXES):
         return SQLiteBackend(url)
     raise BackendError(
-        f"unknown engine URL {url!r}: use 'memory://', 'sqlite:///relative.db' or 'sqlite:////absolute.db'"
+        f"unknown engine URL {url!r}: use 'memory://', 'sqlite:///relative.db', 'sqlite:////absolute.db' "
+        f"or 'postgresql://user@host/database'"
     )

@@ -12,22 +12,25 @@ from __future__ import annotations
 import base64
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple, Self
 
+import anyio
 import attrs
 
 from .._core.errors import DuplicateRunId
-from .._core.records import RunStatus
+from .._core.records import CheckpointKind, RunStatus
 
 #: The schema every backend writes; a database with a newer one is refused.
 #: 2: a run's steps are stored as :class:`StepRows` (1 had a dict per step; still read).
 #: 3: runs are numbered, and checkpoints refer to the number (SQLite: appended, not scattered).
 #: 4: each run names the version of its workflow it started on, and the versions are kept.
-SCHEMA_VERSION = 4
+#: 5: each run keeps a log of its events (``engine.watch``).
+#: 6: an index per filter of list_runs, and auto_vacuum=INCREMENTAL (space given back after a purge).
+SCHEMA_VERSION = 6
 
 
 def _utc(timestamp: float) -> datetime:
@@ -53,7 +56,8 @@ class RunInfo:
         error: ``"Type: message"`` of a failed run; ``failed_stage`` and
             ``failed_action`` say where.
         bail_reason: the reason of a bailed run.
-        steps: the run's step records (dicts), once it has ended.
+        steps: the run's step records (dicts), once it has ended or suspended
+            (``engine.get_run`` gives the plan so far of a run that is running).
         workflow_version: the version of its workflow the run started on
             (see :class:`WorkflowVersion`); ``None`` for a run started before
             asyncflow recorded versions, or in memory.
@@ -141,10 +145,10 @@ class Checkpoint(NamedTuple):
 
     (Named tuples, like :class:`StoreEntry`: a busy engine builds one per action.)
 
-    ``kind`` is ``"action"`` (the step completed; ``ops`` are its plan changes
-    as JSON), ``"stage"`` (a stage started), ``"attempt"`` (attempt number
-    ``attempts`` failed; the next is due at ``at``) or ``"sleep"`` (a durable
-    sleep wakes at ``at``). ``status``, if set, becomes the run's status in
+    ``kind`` is a :class:`CheckpointKind` (stored as its value): ``ACTION`` (the
+    step completed; ``ops`` are its plan changes as JSON), ``STAGE`` (a stage
+    started), ``ATTEMPT`` (attempt number ``attempts`` failed; the next is due
+    at ``at``) or ``SLEEP`` (a durable sleep wakes at ``at``). ``status``, if set, becomes the run's status in
     the same transaction. ``seq`` numbers the run's checkpoints from 1 (the
     engine counts; only the owner of a run writes to it).
     """
@@ -152,7 +156,7 @@ class Checkpoint(NamedTuple):
     run_id: str
     owner: str
     step_key: str
-    kind: str
+    kind: CheckpointKind
     puts: tuple[StoreEntry, ...] = ()
     deletes: tuple[str, ...] = ()
     ops: Any = None
@@ -372,6 +376,17 @@ class Backend(ABC):
     async def purge(self, *, finished_before: float) -> int:
         """Delete finished runs last updated before ``finished_before``; how many."""
 
+    def on_notice(self, callback: Callable[[str, str | None], None] | None) -> None:
+        """Have ``callback(kind, run_id)`` called when another engine signals something.
+
+        ``kind`` is ``"work"`` (a run may be claimed now: released, resumed or
+        created free; ``run_id`` is ``None``) or ``"cancel"`` (``run_id`` was
+        cancelled from another process: stop it at once). A backend shared
+        between processes may deliver these (PostgreSQL does, with
+        LISTEN/NOTIFY); the engine polls anyway, so by default none come.
+        """
+        return None
+
     async def save_version(self, version: WorkflowVersion) -> None:
         """Keep ``version`` (nothing changes if one with its ``version`` is kept already).
 
@@ -390,3 +405,34 @@ class Backend(ABC):
         registries name them otherwise.) By default, none.
         """
         return []
+
+    # ---- a run's event log (engine.watch) ---------------------------------------------
+    # Not abstract: a backend without a log still runs workflows; engine.watch then gives
+    # only what the run's row says (its end or suspension).
+
+    #: whether this backend keeps runs' events (``append_events`` stores them)
+    keeps_events: ClassVar[bool] = False
+
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+        """Add ``events`` to the end of the run's log in one transaction, numbered on from its last (from 1).
+
+        Each event is a dict of JSON values (persistent backends) as
+        :func:`~asyncflow._core.events.event_data` makes it. A run that does
+        not exist (deleted meanwhile) takes none. Deleting a run deletes its log.
+        """
+        return None
+
+    async def read_events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """Up to ``limit`` events of the run's log numbered after ``after``, in order: ``(number, event)``."""
+        return []
+
+    async def wait_events(self, run_id: str, *, within: float) -> None:
+        """Return when the run may have new events or a new status, or after ``within`` seconds.
+
+        The default polls: it sleeps ``within`` (an engine in this process
+        wakes its own watchers at once). A backend that can be told of
+        changes (PostgreSQL's LISTEN/NOTIFY) returns as soon as it is.
+        """
+        await anyio.sleep(within)

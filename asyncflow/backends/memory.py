@@ -28,18 +28,20 @@ _CLAIMABLE = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SLEEPING
 
 
 class _Run:
-    __slots__ = ("checkpoints", "info", "store")
+    __slots__ = ("checkpoints", "events", "info", "store")
 
     def __init__(self, info: RunInfo, store: Sequence[StoreEntry]) -> None:
         self.info = info
         self.store: dict[str, StoreEntry] = {entry.key: entry for entry in store}
         self.checkpoints: list[Checkpoint] = []
+        self.events: list[dict[str, Any]] = []
 
 
 class MemoryBackend(Backend):
     """Keeps runs in a dict. Nothing survives the process, so store values need not be JSON."""
 
     persistent = False
+    keeps_events = True
 
     def __init__(self) -> None:
         self.url = "memory://"
@@ -150,18 +152,19 @@ class MemoryBackend(Backend):
             if run_id is not None and run_id in self._runs
             else ([] if run_id is not None else list(self._runs.values()))
         )
+        free = [
+            run
+            for run in candidates
+            if run.info.status in _CLAIMABLE
+            and (run.info.owner is None or (run.info.lease_until or 0.0) < now)
+            and run.info.workflow_version not in skip_versions
+        ]
         claimed = []
-        for run in candidates:
+        for run in sorted(free, key=lambda run: run.info.created_at)[:limit]:  # the oldest first
             info = run.info
-            free = info.owner is None or (info.lease_until or 0.0) < now
-            if info.status in _CLAIMABLE and free and info.workflow_version not in skip_versions:
-                status = RunStatus.SLEEPING if info.status is RunStatus.SLEEPING else RunStatus.RUNNING
-                run.info = attrs.evolve(
-                    info, owner=owner, lease_until=lease_until, status=status, updated_at=now
-                )
-                claimed.append(run.info)
-                if len(claimed) >= limit:
-                    break
+            status = RunStatus.SLEEPING if info.status is RunStatus.SLEEPING else RunStatus.RUNNING
+            run.info = attrs.evolve(info, owner=owner, lease_until=lease_until, status=status, updated_at=now)
+            claimed.append(run.info)
         return claimed
 
     async def heartbeat(
@@ -196,6 +199,22 @@ class MemoryBackend(Backend):
         for run_id in old:
             await self.delete_run(run_id)
         return len(old)
+
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+        """Add the events to the run's log (kept as they are: payloads need not be JSON)."""
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.events.extend(events)
+
+    async def read_events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """The run's events numbered after ``after``."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return []
+        start = max(after, 0)
+        return [(start + i + 1, data) for i, data in enumerate(run.events[start : start + limit])]
 
     async def save_version(self, version: WorkflowVersion) -> None:
         """Keep ``version`` unless one with its key is kept."""

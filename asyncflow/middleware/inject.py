@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._core.middleware import CallNext, Middleware, MiddlewareContext
+from .._core.context import MiddlewareContext
+from .._core.middleware import CallNext, Middleware
 
 
 def inject_store(values: Mapping[str, Any]) -> Middleware:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from time import perf_counter
 
+from .._core.context import MiddlewareContext
 from .._core.errors import Bail, Suspend
-from .._core.middleware import CallNext, Middleware, MiddlewareContext
+from .._core.middleware import CallNext, Middleware
 
 
 def logging(*, level: str = "INFO") -> Middleware:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .._core.context import MiddlewareContext
 from .._core.errors import Bail, LeaseLost, Suspend
-from .._core.middleware import CallNext, Middleware, MiddlewareContext
+from .._core.middleware import CallNext, Middleware
 
 
 def _always(exc: Exception) -> bool:

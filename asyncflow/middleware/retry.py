@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from loguru import logger
 
+from .._core.context import MiddlewareContext
 from .._core.errors import MiddlewareError
-from .._core.middleware import CallNext, Middleware, MiddlewareContext
+from .._core.middleware import CallNext, Middleware
 from .._core.retry import Retry, RetryOn
 from ..backoff import Backoff, exponential
 

@@ -6,8 +6,9 @@ from datetime import timedelta
 
 import anyio
 
+from .._core.context import MiddlewareContext
 from .._core.errors import ActionTimeout, StepTimeout
-from .._core.middleware import CallNext, Middleware, MiddlewareContext
+from .._core.middleware import CallNext, Middleware
 from .._core.retry import check_timeout
 
 

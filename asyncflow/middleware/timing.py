@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from time import perf_counter
 
-from .._core.middleware import CallNext, Middleware, MiddlewareContext
+from .._core.context import MiddlewareContext
+from .._core.middleware import CallNext, Middleware
 
 
 def timing() -> Middleware:

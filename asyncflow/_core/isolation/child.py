@@ -34,12 +34,13 @@ from loguru import logger
 from ..actions import Action
 from ..context import ActionContext
 from ..definitions import registry
-from ..durable import Durability, Op, exact_json, json_value_check
+from ..durable import Durability, Op
 from ..errors import Bail, InsertionLimitExceeded, NotSerializable, Suspend
 from ..events import Hub, Message
+from ..jsonvalues import exact_json, json_value_check
 from ..plan import ActionNode, StageNode
-from ..records import _COMPLETED, _FAILED, _RUNNING, StepStatus
-from ..runner import RunState
+from ..records import STEP_COMPLETED, STEP_FAILED, STEP_RUNNING, StepStatus
+from ..state import RunState
 from ..store import Store, _Meta
 from ..workflow import Stage, Workflow
 from .frames import FrameBuffer, encode
@@ -169,7 +170,7 @@ class _Session:
             node.removed = row["removed"]
             roots.append(node)
         assert current is not None
-        current.status = _RUNNING
+        current.status = STEP_RUNNING
         state.roots = roots
         state.by_id = {node.id: node for node in roots}
         state.insertions = frame["insertions"]
@@ -227,7 +228,7 @@ class _Session:
         if frame.get("resuming"):
             durable.resume_step = node.key
             durable.resume_data = frame.get("resume_data")
-        node.status = _RUNNING
+        node.status = STEP_RUNNING
         node.attempts = attempt = frame.get("attempt", 1)
         node.index = frame.get("index", 0)
         ctx = ActionContext(run, node, attempt)
@@ -253,7 +254,7 @@ class _Session:
             return {"t": "suspend", "reason": suspend.reason, "data": suspend.data}
         except Exception as exc:
             ctx._finish(False)
-            node.status = _FAILED
+            node.status = STEP_FAILED
             return _failure(exc)
         finally:
             durable.resume_step = None
@@ -264,7 +265,7 @@ class _Session:
 
     def _commit(self, ctx: ActionContext, node: ActionNode) -> None:
         ctx._finish(True)
-        node.status = _COMPLETED
+        node.status = STEP_COMPLETED
         nodes = self.nodes
         for inserted in node.walk():
             nodes.setdefault(inserted.key, inserted)

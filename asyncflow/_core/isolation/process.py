@@ -245,9 +245,7 @@ class ProcessPool:
         self._generation = 0  # children from before the last aclose() are ended when released
 
     def __repr__(self) -> str:
-        return (
-            f"<ProcessPool size={self.size} idle={len(self._idle)} busy={len(self._busy)}>"
-        )
+        return f"<ProcessPool size={self.size} idle={len(self._idle)} busy={len(self._busy)}>"
 
     @property
     def pids(self) -> list[int]:

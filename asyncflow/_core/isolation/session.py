@@ -29,15 +29,15 @@ from loguru import logger
 
 from ..context import ActionContext
 from ..definitions import registry
-from ..durable import exact_json
 from ..errors import Bail, ChildProcessFailed, NotSerializable, RecordedError, Suspend
 from ..events import Message
+from ..jsonvalues import exact_json
 from ..plan import ActionNode, StageNode
 from .frames import FrameError
 from .process import DEFAULT_KILL_GRACE, ChildProcess, ProcessPool
 
 if TYPE_CHECKING:
-    from ..runner import RunState
+    from ..state import RunState
 
 StageBody = Callable[["RunState", StageNode], Awaitable[None]]
 

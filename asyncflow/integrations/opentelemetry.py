@@ -1,0 +1,325 @@
+"""OpenTelemetry traces and metrics of runs (``pip install 'asyncflow[otel]'``).
+
+One call turns it on, for a :class:`~asyncflow.Runner` or an
+:class:`~asyncflow.Engine` (its runner)::
+
+    from asyncflow.integrations.opentelemetry import instrument
+
+    instrumentation = instrument(engine)          # the global tracer and meter providers
+    ...
+    instrumentation.uninstrument()               # off again
+
+It listens to the runner's lifecycle events (it is not a middleware), so a
+runner that is not instrumented pays nothing.
+
+**Spans.** One span per run (``run <workflow id>``), a child of the span that
+was current where the run started (``runner.run`` or ``engine.start`` inside a
+traced request); one per stage (``stage <stage id>``), a child of the run, or,
+for a stage inserted at run time, of the stage whose action inserted it; one
+per action (``action <name>``), a child of its stage, or, for an action added
+at run time, of the action that added it. A skipped step is a span of no
+length with its reason. Attributes: ``asyncflow.run_id``,
+``asyncflow.workflow_id``, ``asyncflow.stage_id``, ``asyncflow.action``,
+``asyncflow.dynamic``, ``asyncflow.attempt``, ``asyncflow.status``,
+``asyncflow.skip_reason``. A failure is recorded as an exception with status
+ERROR; each retry is an ``asyncflow.retry`` event on the action's span; a
+suspended run's span ends with status UNSET and an ``asyncflow.suspended``
+event (its reason). A durable run resumed later (or taken over after a crash)
+gets a new run span, in the trace of whoever resumed it.
+
+**Metrics.** Counters ``asyncflow.runs.started``, ``.completed``,
+``.failed``, ``.cancelled``, ``.bailed`` and ``.suspended`` (attribute
+``asyncflow.workflow_id``); a histogram ``asyncflow.action.duration`` in
+seconds (``asyncflow.workflow_id``, ``asyncflow.action``); an up-down counter
+``asyncflow.runs.in_flight``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .._core.engine import Engine
+from .._core.events import Event, EventKind
+from .._core.runner import Runner
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import Span, Tracer, TracerProvider
+
+__all__ = ["Instrumentation", "instrument"]
+
+_EXTRA = "pip install 'asyncflow[otel]'"
+_NS = 1_000_000_000
+
+
+def _import_otel() -> Any:
+    try:
+        from opentelemetry import context, metrics, trace
+    except ImportError as exc:  # pragma: no cover - exercised without the extra only
+        raise ImportError(
+            f"asyncflow.integrations.opentelemetry needs OpenTelemetry: {_EXTRA} ({exc})"
+        ) from None
+    return context, metrics, trace
+
+
+@attrs.define(slots=True)
+class _RunSpans:
+    """The open (and parent-to-be) spans of one run."""
+
+    run: Span
+    workflow_id: str
+    stages: dict[str, Span] = attrs.field(factory=dict)
+    actions: dict[str, Span] = attrs.field(factory=dict)
+    open: set[int] = attrs.field(factory=set)  # ids of the spans not yet ended
+
+
+class Instrumentation:
+    """Traces and metrics of one runner's runs, from :func:`instrument`; ``uninstrument()`` stops them."""
+
+    def __init__(self, runner: Runner, tracer_provider: Any, meter_provider: Any) -> None:
+        from .. import __version__
+
+        context, metrics, trace = _import_otel()
+        self._context = context
+        self._trace = trace
+        self._status_error = trace.Status(trace.StatusCode.ERROR)
+        self.tracer: Tracer = trace.get_tracer("asyncflow", __version__, tracer_provider=tracer_provider)
+        meter = metrics.get_meter("asyncflow", __version__, meter_provider=meter_provider)
+        self._ended = {
+            status: meter.create_counter(
+                f"asyncflow.runs.{status}", unit="{run}", description=f"Runs that ended {status}."
+            )
+            for status in ("completed", "failed", "cancelled", "bailed", "suspended")
+        }
+        self._started = meter.create_counter(
+            "asyncflow.runs.started", unit="{run}", description="Runs started (resumed runs again)."
+        )
+        self._in_flight = meter.create_up_down_counter(
+            "asyncflow.runs.in_flight", unit="{run}", description="Runs executing now."
+        )
+        self._duration = meter.create_histogram(
+            "asyncflow.action.duration", unit="s", description="How long actions took, retries included."
+        )
+        self._runs: dict[str, _RunSpans] = {}
+        self._unregister: Callable[[], None] | None = runner.on_event(self._on_event)
+
+    def uninstrument(self) -> None:
+        """Stop tracing this runner's runs (spans already open are ended as they are); again: nothing."""
+        if self._unregister is None:
+            return
+        self._unregister()
+        self._unregister = None
+        for run_id in list(self._runs):
+            self._end_run(run_id, None, None)
+
+    # ---- the events -------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        kind = event.kind
+        if kind is EventKind.ACTION_STARTED:
+            self._action_started(event)
+        elif kind is EventKind.ACTION_FINISHED:
+            self._action_finished(event)
+        elif kind is EventKind.STAGE_STARTED:
+            self._stage_started(event)
+        elif kind is EventKind.STAGE_FINISHED:
+            self._step_finished(self._runs.get(event.run_id), event, stage=True)
+        elif kind is EventKind.ACTION_RETRY:
+            self._retry(event)
+        elif kind is EventKind.STEP_SKIPPED:
+            self._skipped(event)
+        elif kind is EventKind.RUN_STARTED:
+            self._run_started(event)
+        elif kind is EventKind.RUN_FINISHED or kind.value == "run_suspended":
+            self._end_run(event.run_id, event, event.status or "suspended")
+        elif kind is EventKind.RUN_INTERRUPTED:
+            self._end_run(event.run_id, event, None)
+
+    def _run_started(self, event: Event) -> None:
+        attributes = {"asyncflow.run_id": event.run_id, "asyncflow.workflow_id": event.workflow_id}
+        # The current context is the caller's: runner.run runs in its task, and the
+        # engine starts a run's task from engine.start, which copies it.
+        span = self.tracer.start_span(
+            f"run {event.workflow_id}", attributes=attributes, start_time=int(event.at * _NS)
+        )
+        old = self._runs.pop(event.run_id, None)
+        if old is not None:  # (a run id reused by hand while the first is still open)
+            self._close_all(old, event.at)
+        spans = self._runs[event.run_id] = _RunSpans(span, event.workflow_id)
+        spans.open.add(id(span))
+        workflow = {"asyncflow.workflow_id": event.workflow_id}
+        self._started.add(1, workflow)
+        self._in_flight.add(1, workflow)
+
+    def _parent(self, spans: _RunSpans, event: Event, *, stage: bool) -> Span:
+        parent_key = event.parent_key
+        if parent_key is not None:
+            if stage:
+                found = spans.stages.get(parent_key.rpartition("/")[0])
+            else:
+                found = spans.actions.get(parent_key)
+            if found is not None:
+                return found
+        if stage:
+            return spans.run
+        return spans.stages.get(event.stage_id or "", spans.run)
+
+    def _start(self, spans: _RunSpans, event: Event, name: str, *, stage: bool) -> Span:
+        attributes: dict[str, Any] = {
+            "asyncflow.run_id": event.run_id,
+            "asyncflow.workflow_id": event.workflow_id,
+            "asyncflow.stage_id": event.stage_id,
+            "asyncflow.dynamic": event.dynamic,
+        }
+        if not stage:
+            attributes["asyncflow.action"] = event.action_name
+        parent = self._trace.set_span_in_context(self._parent(spans, event, stage=stage))
+        return self.tracer.start_span(
+            name, context=parent, attributes=attributes, start_time=int(event.at * _NS)
+        )
+
+    def _stage_started(self, event: Event) -> None:
+        spans = self._runs.get(event.run_id)
+        if spans is None:
+            return
+        span = self._start(spans, event, f"stage {event.stage_id}", stage=True)
+        spans.stages[event.stage_id or ""] = span
+        spans.open.add(id(span))
+
+    def _action_started(self, event: Event) -> None:
+        spans = self._runs.get(event.run_id)
+        if spans is None:
+            return
+        span = self._start(spans, event, f"action {event.action_name}", stage=False)
+        spans.actions[event.key or ""] = span
+        spans.open.add(id(span))
+
+    def _action_finished(self, event: Event) -> None:
+        spans = self._runs.get(event.run_id)
+        self._step_finished(spans, event, stage=False)
+        if event.duration is not None:
+            self._duration.record(
+                event.duration,
+                {"asyncflow.workflow_id": event.workflow_id, "asyncflow.action": event.action_name or ""},
+            )
+
+    def _step_finished(self, spans: _RunSpans | None, event: Event, *, stage: bool) -> None:
+        if spans is None:
+            return
+        span = spans.stages.get(event.stage_id or "") if stage else spans.actions.get(event.key or "")
+        if span is None or id(span) not in spans.open:
+            return
+        spans.open.discard(id(span))
+        self._end(span, event)
+
+    def _end(self, span: Span, event: Event) -> None:
+        if event.status is not None:
+            span.set_attribute("asyncflow.status", event.status)
+        if event.attempt is not None:
+            span.set_attribute("asyncflow.attempt", event.attempt)
+        error = event.error
+        if error is not None:
+            span.record_exception(error, timestamp=int(event.at * _NS))
+            if event.status == "failed":
+                span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, _describe(error)))
+        elif event.status == "failed":
+            span.set_status(self._status_error)
+        span.end(end_time=int(event.at * _NS))
+
+    def _retry(self, event: Event) -> None:
+        spans = self._runs.get(event.run_id)
+        span = None if spans is None else spans.actions.get(event.key or "")
+        if span is None:
+            return
+        attributes: dict[str, Any] = {"asyncflow.attempt": event.attempt or 0}
+        if event.error is not None:
+            attributes["exception.type"] = _qualified(event.error)
+            attributes["exception.message"] = str(event.error)
+        span.add_event("asyncflow.retry", attributes, timestamp=int(event.at * _NS))
+
+    def _skipped(self, event: Event) -> None:
+        spans = self._runs.get(event.run_id)
+        if spans is None:
+            return
+        stage = event.action_name is None
+        name = f"stage {event.stage_id}" if stage else f"action {event.action_name}"
+        span = self._start(spans, event, name, stage=stage)
+        span.set_attribute("asyncflow.status", "skipped")
+        if event.reason is not None:
+            span.set_attribute("asyncflow.skip_reason", event.reason)
+        if stage:
+            spans.stages[event.stage_id or ""] = span
+        span.end(end_time=int(event.at * _NS))
+
+    def _end_run(self, run_id: str, event: Event | None, status: str | None) -> None:
+        spans = self._runs.pop(run_id, None)
+        if spans is None:
+            return
+        workflow = {"asyncflow.workflow_id": spans.workflow_id}
+        self._in_flight.add(-1, workflow)
+        at = event.at if event is not None else None
+        self._close_all(spans, at)
+        span = spans.run
+        if status is not None and event is not None:
+            counter = self._ended.get(status)
+            if counter is not None:
+                counter.add(1, workflow)
+            if status == "suspended":
+                attributes = {} if event.reason is None else {"asyncflow.reason": event.reason}
+                span.add_event("asyncflow.suspended", attributes, timestamp=int(event.at * _NS))
+                event = event._replace(error=None)
+            elif status == "bailed" and event.reason is not None:
+                span.set_attribute("asyncflow.bail_reason", event.reason)
+            self._end(span, event)
+        elif event is not None:  # interrupted: another engine (or a restart) takes it over
+            span.set_attribute("asyncflow.status", "interrupted")
+            span.end(end_time=int(event.at * _NS))
+        else:
+            span.end()
+
+    def _close_all(self, spans: _RunSpans, at: float | None) -> None:
+        """End the run's step spans still open (a suspended run's stage and action), newest first."""
+        end_time = None if at is None else int(at * _NS)
+        opened = [*spans.stages.values(), *spans.actions.values()]
+        for span in reversed(opened):
+            if id(span) in spans.open:
+                spans.open.discard(id(span))
+                span.end(end_time=end_time)
+
+
+def _qualified(error: BaseException) -> str:
+    cls = type(error)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def instrument(
+    runner_or_engine: Runner | Engine,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> Instrumentation:
+    """Trace and measure the runs of ``runner_or_engine`` with OpenTelemetry; return the handle.
+
+    Args:
+        runner_or_engine: a :class:`~asyncflow.Runner`, or an :class:`~asyncflow.Engine`
+            (its runner is instrumented).
+        tracer_provider: where spans go (default: the global one, ``trace.set_tracer_provider``).
+        meter_provider: where metrics go (default: the global one).
+
+    Raises:
+        ImportError: OpenTelemetry is not installed (``pip install 'asyncflow[otel]'``).
+        TypeError: ``runner_or_engine`` is neither a runner nor an engine.
+    """
+    if isinstance(runner_or_engine, Engine):
+        runner = runner_or_engine.runner
+    elif isinstance(runner_or_engine, Runner):
+        runner = runner_or_engine
+    else:
+        raise TypeError(f"instrument() takes an af.Runner or an af.Engine, got {runner_or_engine!r}")
+    return Instrumentation(runner, tracer_provider, meter_provider)

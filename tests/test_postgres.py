@@ -1,0 +1,407 @@
+"""The PostgreSQL backend against a real server: URLs and their errors, schema, claims, fencing, notices."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+import asyncflow as af
+from asyncflow.backends import Checkpoint, RunInfo
+from asyncflow.backends.postgres import PG_SCHEMA_VERSION, PostgresBackend
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _info(run_id: str, *, owner: str | None = None, now: float = 1000.0) -> RunInfo:
+    return RunInfo(
+        run_id=run_id,
+        workflow_id="wf",
+        status=af.RunStatus.PENDING if owner is None else af.RunStatus.RUNNING,
+        created_at=now,
+        updated_at=now,
+        owner=owner,
+        lease_until=None if owner is None else now + 30,
+    )
+
+
+@pytest.fixture
+async def backend(postgres_url: str) -> AsyncIterator[PostgresBackend]:
+    async with PostgresBackend(postgres_url) as opened:
+        yield opened
+
+
+# ---- URLs and errors -----------------------------------------------------------------------------
+
+
+def test_both_url_schemes_open_the_postgres_backend() -> None:
+    """postgresql:// and postgres:// URLs both make a PostgresBackend (nothing connects yet)."""
+    for url in ("postgresql://u@127.0.0.1/db", "postgres://u@127.0.0.1/db?schema=mine"):
+        assert isinstance(af.Engine(url).backend, PostgresBackend)
+
+
+def test_unknown_url_parameter_is_named() -> None:
+    """An unknown URL parameter is refused with its name."""
+    with pytest.raises(af.BackendError, match="'colour'"):
+        af.Engine("postgresql://u@127.0.0.1/db?colour=blue")
+
+
+def test_bad_schema_name_is_refused() -> None:
+    """A schema that is not a plain SQL name is refused with the name."""
+    with pytest.raises(af.BackendError, match="schema='no-dash'"):
+        af.Engine("postgresql://u@127.0.0.1/db?schema=no-dash")
+
+
+def test_password_is_not_in_the_backend_url() -> None:
+    """The backend's url (in messages and listings) hides the password."""
+    backend = af.Engine("postgresql://u:secret@127.0.0.1/db").backend
+    assert "secret" not in backend.url
+
+
+async def test_unreachable_server_names_host_and_port() -> None:
+    """Opening an engine on a port where nothing listens fails at once, naming host and port."""
+    engine = af.Engine("postgresql://u@127.0.0.1:1/db")
+    started = time.monotonic()
+    with pytest.raises(af.BackendError, match=r"cannot reach PostgreSQL at 127\.0\.0\.1:1"):
+        async with engine:
+            pass
+    assert time.monotonic() - started < 10  # (no retry unless asked)
+
+
+async def test_wrong_password_is_named(postgres_server: str, postgres_url: str) -> None:
+    """A wrong password fails with an error saying the password was refused, and for which user."""
+    conn = await asyncpg.connect(postgres_server)
+    role = f"af_pw_{os.getpid()}"
+    try:
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right'")
+        database = await conn.fetchval("SELECT current_database()")
+        with pytest.raises(af.BackendError, match=f"refused the password of user '{role}'"):
+            async with af.Engine(f"postgresql://{role}:wrong@127.0.0.1:5432/{database}"):
+                pass
+    finally:
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        await conn.close()
+
+
+async def test_missing_database_is_named(postgres_server: str) -> None:
+    """A database that does not exist fails with an error naming it."""
+    base = postgres_server.split("?")[0].rsplit("/", 1)[0]
+    query = "?" + postgres_server.split("?", 1)[1] if "?" in postgres_server else ""
+    with pytest.raises(af.BackendError, match="database 'no_such_db_af' does not exist"):
+        async with af.Engine(f"{base}/no_such_db_af{query}"):
+            pass
+
+
+def test_missing_extra_names_it() -> None:
+    """Without asyncpg, import asyncflow works and a postgres URL names the extra to install."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["asyncpg"] = None  # as if the extra were not installed
+        import asyncflow as af
+        try:
+            af.Engine("postgresql://u@127.0.0.1/db")
+        except af.BackendError as exc:
+            print(exc)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "pip install 'asyncflow[postgres]'" in done.stdout
+
+
+# ---- schema -------------------------------------------------------------------------------------
+
+
+async def test_tables_live_in_the_schema_the_url_names(postgres_server: str, postgres_url: str) -> None:
+    """The tables are created in the URL's schema, with the schema version recorded."""
+    async with PostgresBackend(postgres_url) as backend:
+        schema = backend.schema
+    conn = await asyncpg.connect(postgres_server)
+    try:
+        tables = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+            )
+        }
+        version = await conn.fetchval(f'SELECT value FROM "{schema}".meta WHERE key = $1', "schema_version")
+    finally:
+        await conn.close()
+    assert {"runs", "checkpoints", "workflow_versions", "workers", "meta"} <= tables
+    assert version == str(PG_SCHEMA_VERSION)
+
+
+async def test_engines_opening_at_once_migrate_once(postgres_url: str) -> None:
+    """Eight backends opening a fresh schema at once all open it, and it is migrated once."""
+    backends = [PostgresBackend(postgres_url) for _ in range(8)]
+    try:
+        async with anyio.create_task_group() as group:
+            for b in backends:
+                group.start_soon(b.open)
+        created, _ = await backends[0].create_run(_info("r1"), [])
+        assert await backends[7].get_run("r1") == created
+    finally:
+        for b in backends:
+            await b.aclose()
+
+
+async def test_newer_schema_is_refused(postgres_server: str, postgres_url: str) -> None:
+    """A schema a newer asyncflow wrote is refused with an error naming its version."""
+    async with PostgresBackend(postgres_url) as backend:
+        schema = backend.schema
+    conn = await asyncpg.connect(postgres_server)
+    try:
+        await conn.execute(f"UPDATE \"{schema}\".meta SET value = '999' WHERE key = 'schema_version'")
+    finally:
+        await conn.close()
+    with pytest.raises(af.BackendError, match=r"newer asyncflow.*schema version 999"):
+        async with PostgresBackend(postgres_url):
+            pass
+
+
+# ---- claims, leases and fencing ---------------------------------------------------------------------
+
+
+async def test_claims_take_the_oldest_first(backend: PostgresBackend) -> None:
+    """Free runs are claimed oldest first."""
+    for i in range(5):
+        await backend.create_run(_info(f"r{i}", now=1000.0 + i), [])
+    claimed = await backend.claim("a", now=2000.0, lease_until=2030.0, limit=2)
+    assert [info.run_id for info in claimed] == ["r0", "r1"]
+
+
+async def test_concurrent_claims_never_share_a_run(postgres_url: str) -> None:
+    """Four engines claiming at once take 200 runs between them, each exactly once."""
+    backends = [PostgresBackend(postgres_url) for _ in range(4)]
+    for b in backends:
+        await b.open()
+    try:
+        for i in range(200):
+            await backends[0].create_run(_info(f"r{i:03}", now=1000.0 + i), [])
+        taken: dict[str, list[str]] = {}
+
+        async def take(b: PostgresBackend, owner: str) -> None:
+            while True:
+                claimed = await b.claim(owner, now=2000.0, lease_until=2030.0, limit=7)
+                if not claimed:
+                    return
+                taken.setdefault(owner, []).extend(info.run_id for info in claimed)
+
+        async with anyio.create_task_group() as group:
+            for n, b in enumerate(backends):
+                group.start_soon(take, b, f"owner{n}")
+        every = [run_id for ids in taken.values() for run_id in ids]
+        assert sorted(every) == [f"r{i:03}" for i in range(200)]
+    finally:
+        for b in backends:
+            await b.aclose()
+
+
+async def test_a_checkpoint_after_a_takeover_is_refused(postgres_url: str) -> None:
+    """An engine whose run was claimed by another (its lease expired) has its checkpoint refused."""
+    async with PostgresBackend(postgres_url) as a, PostgresBackend(postgres_url) as b:
+        await a.create_run(_info("r1"), [])
+        assert [i.run_id for i in await a.claim("a", now=1000.0, lease_until=1001.0, limit=1)] == ["r1"]
+        await a.checkpoint(Checkpoint("r1", "a", "s/0", "action", seq=1))
+        assert [i.run_id for i in await b.claim("b", now=1002.0, lease_until=1030.0, limit=1)] == ["r1"]
+        with pytest.raises(af.LeaseLost):
+            await a.checkpoint(Checkpoint("r1", "a", "s/1", "action", seq=2))
+        await b.checkpoint(Checkpoint("r1", "b", "s/1", "action", seq=2))
+        saved = await b.load("r1")
+        assert saved is not None
+        assert [cp.step_key for cp in saved.checkpoints] == ["s/0", "s/1"]
+
+
+async def test_the_fencing_token_refuses_a_stale_claim_of_the_same_owner(postgres_url: str) -> None:
+    """A write fenced by an older claim is refused even when the owner's name is the same."""
+    async with PostgresBackend(postgres_url) as old, PostgresBackend(postgres_url) as new:
+        await old.create_run(_info("r1"), [])
+        await old.claim("same", now=1000.0, lease_until=1001.0, limit=1)
+        await new.claim("same", now=1002.0, lease_until=1030.0, limit=1)  # token 2
+        with pytest.raises(af.LeaseLost):
+            await old.checkpoint(Checkpoint("r1", "same", "s/0", "action", seq=1))
+        assert not await old.update_run("r1", holder="same", now=1003.0, error="stale")
+        await new.checkpoint(Checkpoint("r1", "same", "s/0", "action", seq=1))
+
+
+async def test_concurrent_checkpoints_share_round_trips(backend: PostgresBackend) -> None:
+    """Checkpoints of 200 runs made at once are written in far fewer batches than checkpoints."""
+    for i in range(200):
+        await backend.create_run(_info(f"r{i}"), [])
+    await backend.claim("a", now=1000.0, lease_until=1030.0, limit=200)
+    before = backend.batches
+
+    async with anyio.create_task_group() as group:
+        for i in range(200):
+            group.start_soon(backend.checkpoint, Checkpoint(f"r{i}", "a", "s/0", "action", seq=1))
+    assert backend.batches - before <= 10
+    saved = await backend.load("r199")
+    assert saved is not None
+    assert len(saved.checkpoints) == 1
+
+
+async def test_a_bad_checkpoint_fails_alone(backend: PostgresBackend) -> None:
+    """A checkpoint the server refuses (a NUL in text) fails on its own; its batch's others are written."""
+    for i in range(3):
+        await backend.create_run(_info(f"r{i}"), [])
+    await backend.claim("a", now=1000.0, lease_until=1030.0, limit=3)
+    results: dict[int, BaseException | None] = {}
+
+    async def write(i: int) -> None:
+        try:
+            await backend.checkpoint(
+                Checkpoint(f"r{i}", "a", "bad\0key" if i == 1 else "s/0", "action", seq=1)
+            )
+        except Exception as exc:
+            results[i] = exc
+        else:
+            results[i] = None
+
+    async with anyio.create_task_group() as group:
+        for i in range(3):
+            group.start_soon(write, i)
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], af.BackendError)
+
+
+# ---- engines sharing a database --------------------------------------------------------------------
+
+
+def spawn(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """A child process whose stdout the test reads line by line."""
+    return subprocess.Popen(args, stdout=subprocess.PIPE, cwd=cwd, text=True)
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, anyio
+    import asyncflow as af
+
+    @af.action
+    async def hold(ctx):
+        print("holding", flush=True)
+        await anyio.sleep(3600)
+
+    wf = af.Workflow("held", stages=[af.Stage("s", actions=[hold])])
+
+    async def main():
+        engine = af.Engine(sys.argv[1], lease=60.0, poll_interval=0.2)
+        engine.register(wf)
+        async with engine:
+            handle = await engine.start(wf, run_id="victim")
+            await anyio.sleep(3600)
+
+    anyio.run(main)
+    """
+)
+
+
+async def test_a_killed_worker_is_taken_over_within_two_seconds(postgres_url: str, tmp_path: Path) -> None:
+    """A worker killed with SIGKILL loses its session; another engine takes its run within 2 s."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    child = spawn([sys.executable, str(script), postgres_url], tmp_path)
+    try:
+        assert child.stdout is not None
+        with anyio.fail_after(30):
+            line = await anyio.to_thread.run_sync(child.stdout.readline)
+        assert line.strip() == "holding"
+        engine = af.Engine(postgres_url, lease=60.0, poll_interval=0.2, recover=False)
+        async with engine:
+            killed = time.monotonic()
+            child.kill()
+            await anyio.to_thread.run_sync(child.wait)
+            with anyio.fail_after(10):
+                while True:
+                    claimed = await engine.backend.claim(
+                        "taker", now=time.time(), lease_until=time.time() + 60, limit=1
+                    )
+                    if claimed:
+                        break
+                    await anyio.sleep(0.05)
+            taken = time.monotonic() - killed
+        assert claimed[0].run_id == "victim"
+        assert taken < 2.0, f"took {taken:.2f} s"
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+async def test_a_live_worker_keeps_its_runs_past_no_lease(postgres_url: str) -> None:
+    """A run held by an engine whose session lives is not claimed while its lease holds."""
+    async with PostgresBackend(postgres_url) as a, PostgresBackend(postgres_url) as b:
+        await a.create_run(_info("r1", owner="a"), [])
+        assert await b.claim("b", now=1000.0, lease_until=1030.0, limit=1) == []
+
+
+_STARTED: dict[str, anyio.Event] = {}
+
+
+@af.action
+async def wait_long(ctx: af.ActionContext) -> None:
+    _STARTED["event"].set()
+    await anyio.sleep(3600)
+
+
+@af.action
+async def noop(ctx: af.ActionContext) -> None:
+    pass
+
+
+async def test_a_cancel_from_another_process_stops_the_run_at_once(postgres_url: str) -> None:
+    """A cancel made by another engine reaches the engine running the run by a notice, well before polling."""
+    started = _STARTED["event"] = anyio.Event()
+    wf = af.Workflow("cancel-me", stages=[af.Stage("s", actions=[wait_long])])
+    runner_engine = af.Engine(postgres_url, poll_interval=5.0, lease=30.0)
+    runner_engine.register(wf)
+    other = af.Engine(postgres_url, poll_interval=5.0, lease=30.0, recover=False)
+    async with runner_engine, other:
+        handle = await runner_engine.start(wf)
+        with anyio.fail_after(10):
+            await started.wait()
+        t0 = time.monotonic()
+        await other.cancel(handle.run_id)
+        with anyio.fail_after(4):  # (polling would take 5 s)
+            result = await handle.result()
+        assert result.status is af.RunStatus.CANCELLED
+        assert time.monotonic() - t0 < 4
+
+
+async def test_a_released_run_is_taken_at_once_by_notice(postgres_url: str) -> None:
+    """A run given back by one engine is taken by another at once (a notice), not at its next poll."""
+    async with PostgresBackend(postgres_url) as a:
+        await a.create_run(_info("r1", owner="a"), [])
+        engine = af.Engine(postgres_url, poll_interval=5.0, lease=30.0)
+        engine.register(af.Workflow("wf", stages=[af.Stage("s", actions=[noop])]))
+        async with engine:
+            await anyio.sleep(0.2)  # (its first look found nothing free)
+            t0 = time.monotonic()
+            await a.update_run("r1", holder="a", now=1001.0, owner=None, lease_until=None)
+            with anyio.fail_after(4):
+                result = await engine.wait("r1")
+            assert result.status is af.RunStatus.COMPLETED
+            assert time.monotonic() - t0 < 4
+
+
+async def test_workers_lists_engines_and_their_liveness(backend: PostgresBackend) -> None:
+    """backend.workers() lists each engine that claimed here, alive while its session lives."""
+    await backend.claim("me", now=1000.0, lease_until=1030.0, limit=1)
+    workers: dict[str, Any] = await backend.workers()
+    assert workers["me"]["alive"] is True
+    assert workers["me"]["pid"] == os.getpid()
