@@ -429,3 +429,36 @@ async def test_a_killed_parent_takes_its_child_along_and_recovery_reruns_only_th
     assert result.store["second"] is True
     lines = [line.split()[0] for line in ledger.read_text().splitlines()]
     assert lines == ["first", "second", "second"]
+
+
+# ---- elsewhere -------------------------------------------------------------------------------
+
+
+def test_an_isolated_stage_runs_on_trio_too(no_leftovers: None) -> None:
+    """On trio, an isolated stage runs, its child's crash fails the run, and a cancel kills the child."""
+
+    async def main() -> tuple[af.RunResult, int | None]:
+        result = await af.run(isolated(flows.count_up, flows.insert_children), store={"n": 1})
+        try:
+            await af.run(isolated(flows.exit_three))
+        except af.ChildProcessFailed as failed:
+            return result, failed.exit_code
+        return result, None
+
+    result, exit_code = anyio.run(main, backend="trio")
+    assert result.store["n"] == 2
+    assert result.store["pid:later-2"] not in (os.getpid(), result.store["where"])
+    assert exit_code == 3
+
+
+def test_the_example_retries_the_crashed_parser_with_live_progress() -> None:
+    """examples/isolation.py: progress from the child, a crash, a retry that completes, then a failure."""
+    from test_examples import run_example
+
+    out = run_example("isolation.py")
+    assert "progress 1/3 from child pid" in out
+    assert "the child died (SIGSEGV); attempt 2 in another child" in out
+    assert "log from" in out
+    assert "completed: 9 words" in out
+    assert "failed: exit -11 (SIGSEGV) in stage 'parse'" in out
+    assert "its stderr began: 'Fatal Python error: Segmentation fault'" in out
