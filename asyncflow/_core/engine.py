@@ -64,6 +64,7 @@ from .errors import (
     UnknownWorkflow,
 )
 from .events import EventKind, RunEvent
+from .isolation.process import ProcessPool
 from .jsonvalues import exact_json
 from .records import RunResult, RunStatus, plan_rows
 from .runner import Runner
@@ -173,6 +174,9 @@ class Engine:
             on SQLite (see the CHANGELOG); an engine that runs many short durable
             runs nobody watches may turn it off (``watch`` then gives only the
             events of runs other engines executed).
+        process_pool: warm child processes for the isolated stages of its runs
+            (``Stage(isolation="process")``), set on its runner; the engine
+            ends the pool's children when it closes.
     """
 
     def __init__(
@@ -190,6 +194,7 @@ class Engine:
         concurrency: int | None = None,
         watch_interval: float = 0.2,
         events: bool = True,
+        process_pool: ProcessPool | None = None,
     ) -> None:
         if concurrency is not None and (
             isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0
@@ -199,6 +204,13 @@ class Engine:
         self.backend = open_backend(url)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
         self.runner = runner if runner is not None else Runner(clock=self.clock)
+        if process_pool is not None:
+            if not isinstance(process_pool, ProcessPool):
+                raise TypeError(f"process_pool must be an af.ProcessPool, got {process_pool!r}")
+            if self.runner.process_pool not in (None, process_pool):
+                raise ValueError("the runner given to the engine has another process_pool; pass one of them")
+            self.runner.process_pool = process_pool
+        self.process_pool = self.runner.process_pool
         self.registry = registry if registry is not None else global_registry
         self.recover = recover
         if retention is not None:
@@ -357,6 +369,8 @@ class Engine:
             self.backend.on_notice(None)
             try:
                 with anyio.CancelScope(shield=True):
+                    if self.process_pool is not None:
+                        await self.process_pool.aclose()
                     await self.backend.aclose()
             finally:
                 self._open = False
