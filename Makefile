@@ -52,6 +52,7 @@ bench-instructions: $(STAMP)
 KILLS ?= 500
 stress: $(STAMP)
 	$(BIN)/python benchmarks/stress.py --kills $(KILLS)
+	ASYNCFLOW_CHAOS=large $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_postgres_chaos.py
 
 clean:
 	rm -rf $(VENV) .venv-3.* .mypy_cache .pytest_cache .ruff_cache

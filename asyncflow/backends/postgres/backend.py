@@ -66,6 +66,8 @@ _SELECT_RUN = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
 _CLAIMABLE = ("pending", "running", "sleeping")
 _FINISHED = tuple(s.value for s in RunStatus if s.finished)
 _LEFT_OPEN = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SLEEPING})
+# Seconds an engine whose session came back holds back from the runs of engines that look dead.
+_SETTLE = 3.0
 
 #: A notice handler: ``(kind, run_id)``, kind ``"work"`` (a run may be claimed) or ``"cancel"``.
 Notice = Callable[[str, "str | None"], None]
@@ -179,6 +181,7 @@ class PostgresBackend(Backend):
         self._outage = False
         self._closing = False
         self.session_liveness = self._url.pooler == "session"
+        self._settled_at = 0.0  # (monotonic) runs of engines whose session died are claimed from then on
         #: group commits written so far (each one statement, or two with a run's status)
         self.batches = 0
 
@@ -242,8 +245,12 @@ class PostgresBackend(Backend):
                 await self._open_session()
             except Exception:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 0.5)
                 continue
+            # After a server restart every engine's session is new: each holds back from the runs
+            # of engines that look dead for a while, so that they have their sessions back too and
+            # no run changes hands for nothing (leases still expire as ever).
+            self._settled_at = time.monotonic() + _SETTLE
             logger.info("the session to PostgreSQL at {} is back", self._url.where)
             if self._notice is not None:
                 self._notice("work", None)  # (notices may have been lost meanwhile)
@@ -700,13 +707,15 @@ class PostgresBackend(Backend):
             only += (
                 f" AND (r.workflow_version IS NULL OR NOT r.workflow_version = ANY(${len(params)}::text[]))"
             )
+        settled = self._session is not None and time.monotonic() >= self._settled_at
+        dead = "OR r.owner IN (SELECT owner FROM dead)" if settled else ""
         sql = f"""
             WITH dead AS MATERIALIZED ({self._dead_owners}),
             free AS (
                 SELECT r.run_no FROM runs r
                 WHERE r.status IN ('pending', 'running', 'sleeping')
                   AND (r.owner IS NULL OR r.lease_until IS NULL OR r.lease_until < $3
-                       OR r.owner IN (SELECT owner FROM dead)) {only}
+                       {dead}) {only}
                 ORDER BY r.created_at, r.run_no
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
