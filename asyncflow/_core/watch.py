@@ -100,8 +100,8 @@ class EventLog:
             else:
                 batch = self._pending.pop(run_id, None)
                 batches = {run_id: batch} if batch else {}
-            for rid, events in batches.items():
-                await self.backend.append_events(rid, events)
+            if batches:
+                await self.backend.append_events_of_runs(batches)
         for rid in batches:
             self.wake(rid)
 
