@@ -36,7 +36,7 @@ from .errors import LeaseLost
 from .jsonvalues import json_value_check
 from .records import CheckpointKind, RunStatus
 from .serial import store_entry
-from .store import Store, _Meta
+from .store import Meta, Store
 from .workflow import Stage
 
 if TYPE_CHECKING:
@@ -225,7 +225,7 @@ class RunDurability(Durability):
         self.seq += 1
         return self.seq
 
-    def _put(self, key: str, value: Any, meta: _Meta | None) -> StoreEntry:
+    def _put(self, key: str, value: Any, meta: Meta | None) -> StoreEntry:
         if meta is None and self.persistent:  # the common case, once per key an action writes
             return StoreEntry(key, json_value_check(key, value))
         return store_entry(key, value, meta, self.persistent)
@@ -241,11 +241,11 @@ class RunDurability(Durability):
         deletes: tuple[str, ...] = ()
         if overlay is not None:
             # Deletes go first, so a key deleted and written again moves to the end, as in memory.
-            if overlay._deleted:
-                deletes = tuple(overlay._deleted)
-            values = overlay._values
+            deleted, values, meta = overlay.changes()
+            if deleted:
+                deletes = tuple(deleted)
             if values:
-                put, meta = self._put, overlay._meta
+                put = self._put
                 puts = tuple([put(key, value, meta.get(key)) for key, value in values.items()])
         plan_ops = (json.dumps(ops) if self.persistent else list(ops)) if ops else None
         status = RunStatus.RUNNING if self.sleeping else None

@@ -554,7 +554,7 @@ class Engine:
                 info.run_id,
                 restore_store(saved.store, self.clock, self.backend.persistent),
                 self.runner.max_insertions,
-                self.runner._hub,
+                self.runner.hub,
                 # Durable runs carry messages as JSON, like child processes.
                 self.runner.require_json or self.backend.persistent,
                 self.clock,
@@ -566,7 +566,7 @@ class Engine:
                     if active.cancel_requested:
                         # Cancelled before it began (the scope is cancelled): not one action runs.
                         await anyio.lowlevel.checkpoint()
-                    result = await self.runner._run(run)
+                    result = await self.runner.execute(run)
                 except RunFailed as failure:
                     result = failure.result
                     if isinstance(failure.error, GivenBack):

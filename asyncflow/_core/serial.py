@@ -26,7 +26,7 @@ from .records import (
     step_reason,
     step_rows,
 )
-from .store import Store, _Meta, typed_name
+from .store import Meta, Store, typed_name
 
 
 def initial_entries(values: Mapping[Any, Any], persistent: bool) -> list[StoreEntry]:
@@ -37,7 +37,7 @@ def initial_entries(values: Mapping[Any, Any], persistent: bool) -> list[StoreEn
     return [StoreEntry(key, json_value_check(key, value)) for key, value in named]
 
 
-def store_entry(key: str, value: Any, meta: _Meta | None, persistent: bool) -> StoreEntry:
+def store_entry(key: str, value: Any, meta: Meta | None, persistent: bool) -> StoreEntry:
     """One store value (and its TTL, tags and properties) as a backend keeps it."""
     if meta is None and persistent:  # the common case, once per key an action writes
         return StoreEntry(key, json_value_check(key, value))
@@ -63,14 +63,15 @@ def restore_store(entries: list[StoreEntry], clock: Clock, persistent: bool) -> 
     store = Store(clock=clock.now)
     for entry in entries:
         value = json.loads(entry.value) if persistent else entry.value
-        store._values[entry.key] = value
+        meta = None
         if entry.expires is not None or entry.tags or entry.properties:
             props = (
                 json.loads(entry.properties) if persistent and entry.properties else (entry.properties or {})
             )
-            store._meta[entry.key] = _Meta(entry.expires, frozenset(entry.tags), dict(props))
+            meta = Meta(entry.expires, frozenset(entry.tags), dict(props))
+        store.load(entry.key, value, meta)
     if persistent:
-        store._check = json_value_check
+        store.check_values(json_value_check)
     return store
 
 
