@@ -48,10 +48,13 @@ bench: $(STAMP)
 bench-instructions: $(STAMP)
 	$(BIN)/python benchmarks/instructions.py
 
-# make stress KILLS=60 for a shorter campaign
+# make stress KILLS=60 FAULT_SEEDS=50 for a shorter campaign: kills, then the fault suite
+# (tests/faults: 200 runs per seed and backend, with writes that fail) on FAULT_SEEDS seeds.
 KILLS ?= 500
+FAULT_SEEDS ?= 500
 stress: $(STAMP)
 	$(BIN)/python benchmarks/stress.py --kills $(KILLS)
+	ASYNCFLOW_FAULT_SEEDS=$(FAULT_SEEDS) $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
 
 clean:
 	rm -rf $(VENV) .venv-3.* .mypy_cache .pytest_cache .ruff_cache

@@ -45,7 +45,7 @@ from loguru import logger
 from ..backends import Backend, RunInfo, RunPage, SavedRun, open_backend
 from . import faults
 from .actions import check_text, text_error_at
-from .checkpoints import GivenBack, RunDurability, WriteTrouble
+from .checkpoints import RunDurability
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
 from .definitions import registry as global_registry
@@ -67,6 +67,7 @@ from .runner import Runner
 from .serial import end_fields, initial_entries, restore_store, result_from_info, with_earlier_timings
 from .state import RunState, new_run_id
 from .store import StoreData
+from .trouble import GivenBack, WriteTrouble
 from .versions import Versions
 from .watch import EventLog, request_fingerprint
 from .workflow import Workflow
@@ -220,7 +221,7 @@ class Engine:
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
         self._trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
-        self._events = EventLog(self.backend, self._executes, events)
+        self._events = EventLog(self.backend, self._executes, events, self._trouble)
         self._unhook: list[Any] = []
         self._group: TaskGroup | None = None
         self._open = False  # between __aenter__ and the end of __aexit__
@@ -918,12 +919,28 @@ class Engine:
         if key is not None:
             resumed["key"] = key
         # Written at once (not buffered): a retry with the key, from any process, must find it.
-        await self.backend.append_events(run_id, [resumed])
+        # The run is resumed already: a write that fails now is tried again, not raised.
+        try:
+            await self.backend.append_events(run_id, [resumed])
+        except Exception as exc:
+            what = f"the resume of run {run_id}"
+            await self._trouble.retry(
+                what, lambda: self.backend.append_events(run_id, [resumed]), exc, self.lease
+            )
         self._events.wake(run_id)
+        stale = self._active.get(run_id)
+        if stale is not None and stale.done.is_set():  # (its execution up to the suspension)
+            del self._active[run_id]
         now = self.clock.now()
-        claimed = await self.backend.claim(
-            self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
-        )
+        try:
+            claimed = await self.backend.claim(
+                self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+            )
+        except Exception as exc:  # (resumed, and free: this engine or another takes it at its next look)
+            logger.warning(
+                "run {} is resumed; taking it here failed ({}: {})", run_id, type(exc).__name__, exc
+            )
+            claimed = []
         if claimed:
             saved = await self.backend.load(run_id)
             if saved is not None:
