@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+from helpers import eventually as eventually  # (the tests' one wait, re-exported)
 
 import asyncflow as af
 from asyncflow import backoff
@@ -454,18 +454,6 @@ INSERTS_GLOBAL = af.Workflow("inserts-global", stages=[af.Stage("s", actions=[in
 BASIC_NO_HANG = af.Workflow(
     "basic-no-hang", stages=[af.Stage("s1", actions=[step_one, Record("x"), Record("y")])]
 )
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
-    """Poll ``check`` (sync or async) until it is true; fail after a generous 5 s."""
-    with anyio.fail_after(5):
-        while True:
-            outcome = check()
-            if not isinstance(outcome, bool):
-                outcome = await outcome
-            if outcome:
-                return
-            await anyio.sleep(0.005)
 
 
 FAILS_QUOTING_A_FILE = af.Workflow("fails-quoting", stages=[af.Stage("s", actions=[fail_quoting_a_file])])

@@ -1,8 +1,14 @@
-"""Small actions the tests build on: they record, raise or sleep, under a given name."""
+"""What the tests build on: small actions that record, raise or sleep, and waits with a deadline.
+
+Tests wait for a state or an event, never for a fixed time: :func:`eventually`
+polls a condition until it holds and fails the test after a generous
+deadline, so a slow machine only makes a test slower, never wrong.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -41,3 +47,17 @@ def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         resident_pages = int(statm.read().split()[1])
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], *, within: float = 5.0, every: float = 0.005
+) -> None:
+    """Poll ``check`` (sync or async) every ``every`` s until it is true; fail after ``within`` s."""
+    with anyio.fail_after(within):
+        while True:
+            outcome = check()
+            if not isinstance(outcome, bool):
+                outcome = await outcome
+            if outcome:
+                return
+            await anyio.sleep(every)

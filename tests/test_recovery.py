@@ -22,8 +22,11 @@ from durable_flows import finish, info_of, interrupt, make_engine, query, run_he
 
 import asyncflow as af
 from asyncflow.backends import SQLiteBackend
+from asyncflow.backends.base import SCHEMA_VERSION
 from asyncflow.testing import FakeClock
 
+#: the schema_version row of a file at this asyncflow's schema
+CURRENT_SCHEMA = [(str(SCHEMA_VERSION),)]
 START = 1_800_000_000.0
 
 
@@ -775,12 +778,12 @@ async def test_per_engine_registry_falls_back_to_the_global_registry(url: str) -
 
 
 async def test_first_open_creates_a_wal_database_with_a_schema_version(db_path: Path, url: str) -> None:
-    """Opening an engine on a missing file creates it in WAL mode with asyncflow_meta schema_version 5."""
+    """Opening an engine on a missing file creates it in WAL mode, at the current schema version."""
     assert not await anyio.Path(db_path).exists()
     async with make_engine(url):
         pass
     assert await anyio.Path(db_path).exists()
-    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("5",)]
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == CURRENT_SCHEMA
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
@@ -816,7 +819,7 @@ async def test_schema_1_database_is_migrated_and_its_runs_read(db_path: Path, ur
     conn.close()
     async with make_engine(url, flows.QUICK) as engine:
         again = await engine.wait(handle.run_id)
-    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("5",)]
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == CURRENT_SCHEMA
     assert [(s.kind, s.stage_id, s.action_name, s.status) for s in again.steps] == [
         (s.kind, s.stage_id, s.action_name, s.status) for s in ended.steps
     ]
@@ -831,7 +834,7 @@ async def test_schema_2_database_is_migrated_and_its_interrupted_run_recovers(
     as_schema_2(db_path)
     assert query(db_path, "SELECT count(*) FROM checkpoints WHERE run_id = ?", run_id) != [(0,)]
     result = await finish(url, run_id, flows.BASIC)
-    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("5",)]
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == CURRENT_SCHEMA
     assert result.status is af.RunStatus.COMPLETED
     assert result.store == {"one": 1, "hang": "done", "after": True, "s2": True}
     assert {label: len(runs) for label, runs in flows.LEDGER.items()} == {
@@ -989,7 +992,7 @@ async def test_upgrade_waits_for_other_connections_and_refuses_when_they_stay(
     finally:
         other.close()
     assert (await info_of(url, first)).status is af.RunStatus.COMPLETED
-    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("5",)]
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == CURRENT_SCHEMA
 
 
 async def test_run_numbers_are_not_reused_after_the_newest_run_is_deleted(db_path: Path, url: str) -> None:
@@ -1044,7 +1047,8 @@ async def test_two_backends_opening_a_schema_2_file_at_once_both_open_it(db_path
             for backend in backends:
                 await backend.aclose()
         assert [info.status if info else None for info in infos] == [af.RunStatus.COMPLETED] * 2
-        assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("5",)]
+        version = query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'")
+        assert version == CURRENT_SCHEMA
         assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
         as_schema_2(db_path)  # and again, as a race may go either way
 

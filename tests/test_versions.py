@@ -26,8 +26,11 @@ from durable_flows import finish, interrupt, make_engine, query
 
 import asyncflow as af
 from asyncflow.backends import MemoryBackend, SQLiteBackend, WorkflowVersion
+from asyncflow.backends.base import SCHEMA_VERSION
 from asyncflow.testing import FakeClock
 
+#: the schema_version row of a file at this asyncflow's schema
+CURRENT_SCHEMA = [(str(SCHEMA_VERSION),)]
 START = 1_800_000_000.0
 
 
@@ -613,7 +616,7 @@ async def test_schema_3_file_is_upgraded_and_its_interrupted_run_recovers(db_pat
     result = await finish(url, run_id, flows.DEPLOY_V1)
     assert result.status is af.RunStatus.COMPLETED
     assert executions() == {"first": 1, "hang": 2, "last": 1}
-    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [("5",)]
+    assert query(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == CURRENT_SCHEMA
     assert query(db_path, "SELECT workflow_version FROM runs") == [(None,)]
 
 

@@ -4,13 +4,26 @@ One :class:`RunDurability` per execution of a durable run: it knows what
 the run did before (completed actions and their plan changes, started
 stages, failed attempts, sleeps) and writes every new checkpoint to the
 backend under the engine's lease.
+
+A checkpoint the backend fails to write (a full disk for a moment, a
+locked database, a timeout) is never the action's failure: it is kept and
+written again with back-off while the run is held, for as long as the
+engine's lease lasts; then the run is given back (:class:`GivenBack`), for
+this engine or another to continue it from its last commit. The engine
+logs each episode of failing writes once when it begins and once when it
+ends (:class:`WriteTrouble`).
 """
 
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from loguru import logger
 
 from ..backends.base import Backend, Checkpoint, SavedRun, StoreEntry
 from . import faults
@@ -18,6 +31,7 @@ from .actions import Action
 from .clock import Clock
 from .definitions import Registry
 from .durable import Durability, Op
+from .errors import LeaseLost
 from .jsonvalues import json_value_check
 from .records import RunStatus
 from .serial import store_entry
@@ -26,6 +40,98 @@ from .workflow import Stage
 
 if TYPE_CHECKING:
     from .plan import ActionNode, StageNode
+
+T = TypeVar("T")
+
+#: the first pause before a failed write is tried again, and the longest
+FIRST_RETRY_DELAY = 0.01
+LONGEST_RETRY_DELAY = 1.0
+
+
+class GivenBack(LeaseLost):
+    """A checkpoint could not be written while the lease lasted: the engine gives the run back.
+
+    Nothing of the run is recorded as failed: it continues from its last
+    commit, here after the lease runs out or in another engine. A
+    :class:`LeaseLost`, so it is never retried nor recovered from.
+    """
+
+
+class WriteTrouble:
+    """One engine's episodes of failing writes: each logged once as it begins and once as it ends.
+
+    An episode begins with the first write that fails and ends when no write
+    is waiting to be tried again; the lines name the database and the cause.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.waiting = 0
+        self.since: float | None = None
+        self.failures = 0
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """``what`` failed with ``exc`` and will be tried again."""
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            logger.warning(
+                "writes to {} are failing ({}: {}, writing {}); checkpoints are kept and written "
+                "again with back-off, and their runs held, not failed",
+                self.url,
+                type(exc).__name__,
+                exc,
+                what,
+            )
+
+    async def retry(self, what: str, write: Callable[[], Awaitable[T]], exc: Exception, hold: float) -> T:
+        """Call ``write`` again (it failed with ``exc``) with back-off until it goes through.
+
+        Raises:
+            GivenBack: it still failed after ``hold`` seconds.
+            LeaseLost: the backend says the run is no longer this engine's.
+        """
+        self.waiting += 1
+        try:
+            started = time.monotonic()
+            delay = FIRST_RETRY_DELAY
+            # At least a few tries while the run is held, however short the lease.
+            longest = min(LONGEST_RETRY_DELAY, hold / 8)
+            while True:
+                self.failed(what, exc)
+                if time.monotonic() - started >= hold:
+                    raise GivenBack(
+                        f"could not write {what} to {self.url} for {hold:g}s ({type(exc).__name__}: "
+                        f"{exc}); the run is given back, to continue from its last commit"
+                    ) from exc
+                # Jittered, so runs held together do not all try again at once.
+                await anyio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, longest)
+                try:
+                    written = await write()
+                except LeaseLost:
+                    raise
+                except Exception as again:
+                    exc = again
+                else:
+                    self.waiting -= 1
+                    self.went_through()
+                    self.waiting += 1  # (taken off again below)
+                    return written
+        finally:
+            self.waiting -= 1
+
+    def went_through(self) -> None:
+        """A write went through: the episode ends, unless other writes still wait to be tried again."""
+        if self.waiting == 0 and self.since is not None:
+            logger.info(
+                "writes to {} go through again, after {:.2f}s and {} failed writes",
+                self.url,
+                time.monotonic() - self.since,
+                self.failures,
+            )
+            self.since = None
+            self.failures = 0
 
 
 class RunDurability(Durability):
@@ -37,9 +143,19 @@ class RunDurability(Durability):
     """
 
     def __init__(
-        self, backend: Backend, registry: Registry, clock: Clock, owner: str, saved: SavedRun
+        self,
+        backend: Backend,
+        registry: Registry,
+        clock: Clock,
+        owner: str,
+        saved: SavedRun,
+        trouble: WriteTrouble | None = None,
+        hold: float = 10.0,
     ) -> None:
         self.backend = backend
+        #: the engine's episodes of failing writes, and how long a run is held through one
+        self.trouble = trouble if trouble is not None else WriteTrouble(backend.url)
+        self.hold = hold
         self.registry = registry
         self.clock = clock
         self.persistent = backend.persistent
@@ -82,17 +198,22 @@ class RunDurability(Durability):
 
     # ---- checkpoints ------------------------------------------------------------------------
 
-    def _write(self, checkpoint: Checkpoint) -> Awaitable[None]:
-        # The backend's own coroutine: no frame of ours per committed action, unless a
-        # crash test has planted faults around the commit.
-        if faults._PLAN is None:
-            return self.backend.checkpoint(checkpoint)
-        return self._write_with_faults(checkpoint)
-
-    async def _write_with_faults(self, checkpoint: Checkpoint) -> None:
-        faults.hit("before_commit")
-        await self.backend.checkpoint(checkpoint)
-        faults.hit("after_commit")
+    async def _write(self, checkpoint: Checkpoint) -> None:
+        if faults._PLAN is not None:
+            faults.hit("before_commit")
+        try:
+            await self.backend.checkpoint(checkpoint)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            # The database's trouble, not the action's: held and written again, or given back.
+            what = f"the {checkpoint.kind} checkpoint of run {self.run_id}"
+            await self.trouble.retry(what, lambda: self.backend.checkpoint(checkpoint), exc, self.hold)
+        else:
+            if self.trouble.since is not None:  # (an episode that ended with runs given back)
+                self.trouble.went_through()
+        if faults._PLAN is not None:
+            faults.hit("after_commit")
 
     def _next(self) -> int:
         self.seq += 1

@@ -32,7 +32,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from datetime import timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
@@ -45,7 +45,7 @@ from loguru import logger
 from ..backends import Backend, RunInfo, RunPage, SavedRun, open_backend
 from . import faults
 from .actions import check_text, text_error_at
-from .checkpoints import RunDurability
+from .checkpoints import GivenBack, RunDurability, WriteTrouble
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
 from .definitions import registry as global_registry
@@ -219,6 +219,7 @@ class Engine:
         self._workflows: dict[str, Workflow] = {}
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
+        self._trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
         self._events = EventLog(self.backend, self._executes, events)
         self._unhook: list[Any] = []
         self._group: TaskGroup | None = None
@@ -512,7 +513,7 @@ class Engine:
                             await self._release(info.run_id)
                     raise
             durability = active.durability = RunDurability(
-                self.backend, self.registry, self.clock, self.owner, saved
+                self.backend, self.registry, self.clock, self.owner, saved, self._trouble, self.lease
             )
             if self._draining:
                 durability.after_commit = self._stop_after_checkpoint
@@ -536,6 +537,11 @@ class Engine:
                     result = await self.runner._run(run)
                 except RunFailed as failure:
                     result = failure.result
+                    if isinstance(failure.error, GivenBack):
+                        logger.warning("run {} stopped here: {}", info.run_id, failure.error)
+                        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                            await self._release(info.run_id)
+                        return
                     if isinstance(failure.error, LeaseLost):
                         active.lease_lost = True
                 except anyio.get_cancelled_exc_class():
@@ -607,9 +613,16 @@ class Engine:
 
     async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
         fields = end_fields(info, result, durability.suspended_key)
-        updated = await self.backend.update_run(
-            info.run_id, holder=self.owner, now=self.clock.now(), **fields
-        )
+
+        def record() -> Awaitable[bool]:
+            return self.backend.update_run(info.run_id, holder=self.owner, now=self.clock.now(), **fields)
+
+        try:
+            updated = await record()
+        except Exception as exc:
+            # Held and written again as a checkpoint is; given back (GivenBack) if it never goes through.
+            what = f"the end of run {info.run_id}"
+            updated = await self._trouble.retry(what, record, exc, self.lease)
         if not updated:
             logger.warning(
                 "run {} ended here but another engine owns it now; its end was not recorded", info.run_id
@@ -948,17 +961,21 @@ class Engine:
         resumed: dict[str, Any] = {"kind": EventKind.RUN_RESUMED.value, "at": self.clock.now()}
         if key is not None:
             resumed["key"] = key
-        # Written at once (not buffered): a retry with the key, from any process, must find it.
-        await self.backend.append_events(run_id, [resumed])
-        self._events.wake(run_id)
         now = self.clock.now()
         claimed = await self.backend.claim(
             self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
         )
-        if claimed:
-            saved = await self.backend.load(run_id)
+        saved = await self.backend.load(run_id) if claimed else None
+        if saved is not None and self._events.keep:
+            self._events.add(run_id, resumed)  # (before the events of the execution it launches)
+            self._launch(group, saved)
+            # Written before this returns: a retry with the key, from any process, must find it.
+            await self._events.flush(run_id)
+        else:
             if saved is not None:
                 self._launch(group, saved)
+            await self.backend.append_events(run_id, [resumed])
+            self._events.wake(run_id)
         return RunHandle(self, run_id, self._active.get(run_id))
 
     async def _resumed_with(self, run_id: str, key: str) -> bool:

@@ -29,7 +29,8 @@ from .._core.records import RunStatus
 #: 3: runs are numbered, and checkpoints refer to the number (SQLite: appended, not scattered).
 #: 4: each run names the version of its workflow it started on, and the versions are kept.
 #: 5: each run keeps a log of its events (``engine.watch``).
-SCHEMA_VERSION = 5
+#: 6: an index per filter of list_runs, and auto_vacuum=INCREMENTAL (space given back after a purge).
+SCHEMA_VERSION = 6
 
 
 def _utc(timestamp: float) -> datetime:

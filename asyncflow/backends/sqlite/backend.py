@@ -36,6 +36,7 @@ _JSON_COLUMNS = frozenset({"suspend_data", "resume_data", "steps"})
 _SELECT_RUN = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
 _SELECT_NUMBERED_RUN = f"SELECT run_no, {', '.join(_RUN_COLUMNS)} FROM runs WHERE run_id = ?"
 _CLAIMABLE = ("pending", "running", "sleeping")
+_PURGE_CHUNK = 1000  # runs deleted per transaction by purge
 
 # A run's store is not a table of its own: each checkpoint carries the store
 # changes it made (one JSON text), so committing an action is one INSERT, and
@@ -58,6 +59,33 @@ def _row_to_info(row: Sequence[Any]) -> RunInfo:
         fields["steps"] = step_dicts(steps["columns"], steps["rows"])
     fields["status"] = RunStatus(fields["status"])
     return RunInfo(**fields)
+
+
+def list_query(
+    status: RunStatus | None, workflow_id: str | None, cursor: str | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The statement of one page of ``list_runs``, and its parameters (``benchmarks/scale.py`` shows plans).
+
+    Each filter has an index in the listing's order (schema 6), so a page reads
+    its rows and no others, however many runs the file holds.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        where.append("status = ?")
+        params.append(status.value)
+    if workflow_id is not None:
+        where.append("workflow_id = ?")
+        params.append(workflow_id)
+    if cursor is not None:
+        created_at, run_id = decode_cursor(cursor)
+        # (A row value, which SQLite reads as a range of the index in the listing's order.)
+        where.append("(created_at, run_id) < (?, ?)")
+        params.extend([created_at, run_id])
+    sql = f"{_SELECT_RUN} {'WHERE ' + ' AND '.join(where) if where else ''} "
+    sql += "ORDER BY created_at DESC, run_id DESC LIMIT ?"
+    params.append(limit)
+    return sql, params
 
 
 class SQLiteBackend(Backend):
@@ -126,21 +154,7 @@ class SQLiteBackend(Backend):
         self, *, status: RunStatus | None, workflow_id: str | None, limit: int, cursor: str | None
     ) -> RunPage:
         """Newest first, filtered, with keyset pagination."""
-        where: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status.value)
-        if workflow_id is not None:
-            where.append("workflow_id = ?")
-            params.append(workflow_id)
-        if cursor is not None:
-            created_at, run_id = decode_cursor(cursor)
-            where.append("(created_at < ? OR (created_at = ? AND run_id < ?))")
-            params.extend([created_at, created_at, run_id])
-        sql = f"{_SELECT_RUN} {'WHERE ' + ' AND '.join(where) if where else ''} "
-        sql += "ORDER BY created_at DESC, run_id DESC LIMIT ?"
-        params.append(limit + 1)
+        sql, params = list_query(status, workflow_id, cursor, limit + 1)
 
         def page(conn: sqlite3.Connection) -> RunPage:
             infos = [_row_to_info(row) for row in conn.execute(sql, params)]
@@ -294,21 +308,60 @@ class SQLiteBackend(Backend):
         return result
 
     async def purge(self, *, finished_before: float) -> int:
-        """Delete finished runs last updated before the time."""
+        """Delete finished runs last updated before the time; give the space back (:meth:`reclaim_space`).
+
+        Runs go a thousand at a time, each thousand in its own transaction, so
+        the engine's other writes go on in between.
+        """
         finished = [s.value for s in RunStatus if s.finished]
         marks = ", ".join("?" * len(finished))
 
         def purge(conn: sqlite3.Connection) -> int:
             numbers = conn.execute(
-                f"SELECT run_no FROM runs WHERE status IN ({marks}) AND updated_at < ?",
-                (*finished, finished_before),
+                f"SELECT run_no FROM runs WHERE status IN ({marks}) AND updated_at < ? LIMIT ?",
+                (*finished, finished_before, _PURGE_CHUNK),
             ).fetchall()
             conn.executemany("DELETE FROM checkpoints WHERE run_no = ?", numbers)
             conn.executemany("DELETE FROM runs WHERE run_no = ?", numbers)
             return len(numbers)
 
-        result: int = await self._writer.submit(purge, writes=True)
-        return result
+        total = 0
+        while True:
+            deleted: int = await self._writer.submit(purge, writes=True)
+            total += deleted
+            if deleted < _PURGE_CHUNK:
+                break
+        if total:
+            await self.reclaim_space()
+        return total
+
+    async def reclaim_space(self, *, step: int = 256) -> int:
+        """Give the pages that deleted runs left free back to the file system; how many.
+
+        ``step`` pages (of 4 KiB) at a time, each step a short transaction of
+        its own, so writes of running runs go on in between. :meth:`purge`
+        (and so ``engine.purge`` and an engine's ``retention``) calls it. The
+        file shrinks when SQLite next copies its write-ahead log into it
+        (every 32 MiB of writes, and when the last connection closes).
+        """
+        if step < 1:
+            raise ValueError(f"step must be at least 1 page, got {step!r}")
+
+        def give_back(conn: sqlite3.Connection) -> int:
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            pages = min(free, step)
+            # One page per statement: the sqlite3 module steps a statement without columns
+            # once, and incremental_vacuum gives back a page per step.
+            for _ in range(pages):
+                conn.execute("PRAGMA incremental_vacuum(1)")
+            return free - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+        total = 0
+        while True:
+            freed: int = await self._writer.submit(give_back, writes=True)
+            total += freed
+            if freed < step:
+                return total
 
     async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
         """Add the events to the end of the run's log, in the next commit."""
@@ -357,10 +410,18 @@ class SQLiteBackend(Backend):
             json.dumps(version.definition),
         )
 
+        def kept(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute("SELECT 1 FROM workflow_versions WHERE version = ?", params[:1]).fetchone()
+                is not None
+            )
+
         def save(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR IGNORE INTO workflow_versions VALUES (?, ?, ?, ?, ?)", params)
 
-        await self._writer.submit(save, writes=True)
+        # Read first: an engine that opens with its versions kept already needs no write lock.
+        if not await self._writer.submit(kept, writes=False):
+            await self._writer.submit(save, writes=True)
 
     async def load_versions(self, version: str) -> list[WorkflowVersion]:
         """The versions kept with the shape key of ``version``, ``version`` itself first."""

@@ -10,7 +10,7 @@ import contextlib
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..._core.errors import BackendError
@@ -65,6 +65,14 @@ _INDEXES = [
     "CREATE INDEX runs_by_status ON runs (status, lease_until)",
     "CREATE UNIQUE INDEX checkpoints_by_run ON checkpoints (run_no, seq)",
 ]
+# Schema 6: an index for each filter of list_runs, in the order it lists runs (newest first), so
+# that a filtered page reads its rows and no others, however many runs the file holds.
+_LIST_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS runs_by_status_created ON runs (status, created_at DESC, run_id DESC)",
+    "CREATE INDEX IF NOT EXISTS runs_by_workflow_created ON runs (workflow_id, created_at DESC, run_id DESC)",
+    "CREATE INDEX IF NOT EXISTS runs_by_workflow_status_created "
+    "ON runs (workflow_id, status, created_at DESC, run_id DESC)",
+]
 # The versions of workflows that runs started on (see WorkflowVersion): one row per
 # version, however many runs name it, found by the key of its shape.
 _VERSIONS_TABLES = [
@@ -97,6 +105,7 @@ _SCHEMA = [
     *_INDEXES,
     *_VERSIONS_TABLES,
     *_EVENTS_TABLES,
+    *_LIST_INDEXES,
 ]
 
 
@@ -106,6 +115,9 @@ def _tables_in(conn: sqlite3.Connection) -> set[str]:
 
 def _create(conn: sqlite3.Connection) -> set[str]:
     """Create the schema in an empty file; the tables found instead, if another process was quicker."""
+    # Pages freed by a purge go back to the file system in small steps (see reclaim_space); this
+    # is fixed when the first table is made (an existing file changes it with a VACUUM, schema 6).
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
     with atomic(conn):
         tables = _tables_in(conn)
@@ -118,7 +130,8 @@ def _create(conn: sqlite3.Connection) -> set[str]:
     return tables
 
 
-def _locked(exc: BaseException) -> bool:
+def locked(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked" (another connection holds the lock it needs)."""
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
@@ -149,34 +162,39 @@ def _migrate(conn: sqlite3.Connection, version: int, where: str) -> None:
     Only with the file to itself: an older asyncflow that has it open would fail
     its runs on the new tables. Leaving WAL mode, which SQLite allows only to
     the sole connection, tells; if another is there, :class:`_NotAlone` (the
-    caller closes, waits and tries again). The rebuild holds an exclusive lock,
+    caller closes, waits and tries again). The upgrade holds an exclusive lock,
     so an older asyncflow opening the file meanwhile waits, then finds the new
-    version and refuses it.
-
-    4 to 5 adds the table of runs' events (runs of before start with none).
-    3 to 4 adds the column of a run's workflow version and the table of
-    versions (runs of before have none). 2 to 3 rebuilds both tables: runs get
-    a number (``run_no``, in the order they were created) and checkpoints
-    refer to it; checkpoints of runs that are gone are dropped. 1 to 2 changed
-    no table: schema 2 stores a run's steps as rows of columns, and runs
-    recorded with a dict per step are still read as they are. Every new
-    version keeps an older asyncflow from misreading the file.
+    version and refuses it. Each version's step is in :data:`_UPGRADES`; every
+    new version keeps an older asyncflow from misreading the file.
     """
     try:
         conn.execute("PRAGMA journal_mode = DELETE")
     except sqlite3.OperationalError as exc:
-        if _locked(exc):
+        if locked(exc):
             raise _NotAlone(version) from exc
         raise
     try:
-        _rebuild(conn, version, where)
+        if version < 6 and conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+            # (A VACUUM cannot run inside a transaction: before the upgrade's. It rewrites the
+            # whole file once, so that later purges can give its space back.)
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            try:
+                conn.execute("VACUUM")
+            except sqlite3.OperationalError as exc:
+                if locked(exc):
+                    raise _NotAlone(version) from exc
+                raise
+        _upgrade(conn, version, where)
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA journal_mode = WAL")  # as it was
         raise
 
 
-def _rebuild(conn: sqlite3.Connection, version: int, where: str) -> None:
+_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+
+
+def _upgrade(conn: sqlite3.Connection, version: int, where: str) -> None:
     with atomic(conn, "BEGIN EXCLUSIVE"):
         found = _version(conn)
         if found > SCHEMA_VERSION:
@@ -184,36 +202,73 @@ def _rebuild(conn: sqlite3.Connection, version: int, where: str) -> None:
                 f"{where!r} was upgraded by a newer asyncflow (schema version {found}) while this one "
                 f"opened it; upgrade asyncflow. Nothing was changed"
             )
-        if found == version and version < 3:
-            for statement in _tables("runs_v3", "checkpoints_v3"):
-                conn.execute(statement)
-            conn.execute(
-                f"INSERT INTO runs_v3 ({_V2_RUN_COLUMNS}) "
-                f"SELECT {_V2_RUN_COLUMNS} FROM runs ORDER BY created_at, run_id"
-            )
-            conn.execute(
-                "INSERT INTO checkpoints_v3 (run_no, seq, step_key, kind, changes, ops, attempts, at) "
-                "SELECT r.run_no, c.seq, c.step_key, c.kind, c.changes, c.ops, c.attempts, c.at "
-                "FROM checkpoints AS c JOIN runs_v3 AS r ON r.run_id = c.run_id ORDER BY r.run_no, c.seq"
-            )
-            conn.execute("DROP TABLE checkpoints")
-            conn.execute("DROP TABLE runs")
-            conn.execute("ALTER TABLE runs_v3 RENAME TO runs")
-            conn.execute("ALTER TABLE checkpoints_v3 RENAME TO checkpoints")
-            for statement in _INDEXES:
-                conn.execute(statement)
-        elif found == version and version < 4:
-            conn.execute("ALTER TABLE runs ADD COLUMN workflow_version TEXT")
-        if found == version and version < 4:
-            for statement in _VERSIONS_TABLES:
-                conn.execute(statement)
-        if found == version and version < 5:
-            for statement in _EVENTS_TABLES:
-                conn.execute(statement)
-        if found == version:
-            conn.execute(
-                "UPDATE asyncflow_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-            )
+        if found != version:  # (another process upgraded it meanwhile; it is at SCHEMA_VERSION now)
+            return
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            _UPGRADES[target](conn)
+        conn.execute(
+            "UPDATE asyncflow_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )
+
+
+def _to_2(conn: sqlite3.Connection) -> None:
+    """Schema 2 changed no table: it stores a run's steps as rows of columns (dicts per step still read)."""
+
+
+def _to_3(conn: sqlite3.Connection) -> None:
+    """Rebuild both tables: runs get a number (``run_no``, in the order they were created).
+
+    Checkpoints refer to it; checkpoints of runs that are gone are dropped.
+    (The tables are made as they are now: later steps add only what is missing.)
+    """
+    for statement in _tables("runs_v3", "checkpoints_v3"):
+        conn.execute(statement)
+    conn.execute(
+        f"INSERT INTO runs_v3 ({_V2_RUN_COLUMNS}) "
+        f"SELECT {_V2_RUN_COLUMNS} FROM runs ORDER BY created_at, run_id"
+    )
+    conn.execute(
+        "INSERT INTO checkpoints_v3 (run_no, seq, step_key, kind, changes, ops, attempts, at) "
+        "SELECT r.run_no, c.seq, c.step_key, c.kind, c.changes, c.ops, c.attempts, c.at "
+        "FROM checkpoints AS c JOIN runs_v3 AS r ON r.run_id = c.run_id ORDER BY r.run_no, c.seq"
+    )
+    conn.execute("DROP TABLE checkpoints")
+    conn.execute("DROP TABLE runs")
+    conn.execute("ALTER TABLE runs_v3 RENAME TO runs")
+    conn.execute("ALTER TABLE checkpoints_v3 RENAME TO checkpoints")
+    for statement in _INDEXES:
+        conn.execute(statement)
+
+
+def _to_4(conn: sqlite3.Connection) -> None:
+    """The column of a run's workflow version (runs of before have none) and the table of versions."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    if "workflow_version" not in columns:
+        conn.execute("ALTER TABLE runs ADD COLUMN workflow_version TEXT")
+    for statement in _VERSIONS_TABLES:
+        conn.execute(statement)
+
+
+def _to_5(conn: sqlite3.Connection) -> None:
+    """The table of runs' events (runs of before start with none)."""
+    for statement in _EVENTS_TABLES:
+        conn.execute(statement)
+
+
+def _to_6(conn: sqlite3.Connection) -> None:
+    """The indexes of list_runs' filters (and, before the upgrade, auto_vacuum: see _migrate)."""
+    for statement in _LIST_INDEXES:
+        conn.execute(statement)
+
+
+#: version -> the step that brings a file of the version before to it, in the upgrade's transaction
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
+    2: _to_2,
+    3: _to_3,
+    4: _to_4,
+    5: _to_5,
+    6: _to_6,
+}
 
 
 @contextlib.contextmanager
@@ -284,10 +339,10 @@ def _connect_once(path: Path, busy_timeout: float) -> sqlite3.Connection:
         conn.execute("PRAGMA wal_autocheckpoint = 8000")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        if _locked(exc):
+        if locked(exc):
             raise BackendError(
-                f"{where!r} stayed locked by another process for over {busy_timeout:g} s "
-                f"({exc}); nothing was changed"
+                f"another process holds the write lock of {where!r}: this one waited {busy_timeout:g} s "
+                f"for it to open the file ({exc}); nothing was changed"
             ) from exc
         raise BackendError(
             f"{where!r} is not a usable SQLite database ({exc}); it may be corrupt. Nothing was changed"
@@ -318,6 +373,6 @@ def _check_schema(conn: sqlite3.Connection, tables: set[str], where: str) -> Non
     try:
         conn.execute("PRAGMA journal_mode = WAL")
     except sqlite3.OperationalError as exc:
-        if _locked(exc):  # (leaving DELETE mode waits for no one, either); upgraded by now
+        if locked(exc):  # (leaving DELETE mode waits for no one, either); upgraded by now
             raise _NotAlone(SCHEMA_VERSION) from exc
         raise

@@ -23,15 +23,17 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+from loguru import logger
 
 from ..._core.errors import BackendError, LeaseLost
 from ..base import Checkpoint, encode_changes
-from .schema import atomic, connect
+from .schema import atomic, connect, locked
 
 
 class _Job:
@@ -55,8 +57,14 @@ class Writer:
     """The thread that owns the connection to ``path``, and the queue of its jobs.
 
     ``submit`` and ``submit_checkpoint`` (on the event loop) return a future
-    that the writer resolves; they never block.
+    that the writer resolves; they never block. When the writer delivers
+    nothing for :attr:`HELD_UP_AFTER` seconds while it has work (another
+    process holds the database's write lock, say), it logs a warning once, and
+    again when its writes go through.
     """
+
+    #: seconds without progress, with work waiting, after which the hold-up is logged
+    HELD_UP_AFTER = 1.0
 
     def __init__(self, path: Path, busy_timeout: float) -> None:
         self.path = path
@@ -74,6 +82,12 @@ class Writer:
         # What the writer has done, and the pipe it wakes the loop with (see _hand_back).
         self._done: collections.deque[tuple[list[_Job], list[_Batch]]] = collections.deque()
         self._wake: tuple[int, int] | None = None
+        # Whether writes are held up (see _watch): units handed over and not delivered yet, when
+        # the writer last delivered (or got work while idle), and since when a hold-up was logged.
+        self._in_flight = 0
+        self._progress = 0.0
+        self._held_up_since: float | None = None
+        self._watching = False
 
     async def open(self) -> None:
         """Start the thread; it opens the file and creates or checks the schema."""
@@ -175,7 +189,7 @@ class Writer:
                         # From the checkpoints, written first, or from finding which of them
                         # failed: they and the calls after them (not made yet) fail with it,
                         # even a checkpoint that was written, and the writer goes on.
-                        _fail_all(batch, checkpoints, _wrap(exc, self.path))
+                        _fail_all(batch, checkpoints, _wrap(exc, self.path, self.busy_timeout))
                     self._hand_back(loop, batch, checkpoints)
         finally:
             conn.close()
@@ -194,7 +208,7 @@ class Writer:
         """
         wake = self._wake
         if wake is None:
-            loop.call_soon_threadsafe(_deliver, batch, checkpoints)
+            loop.call_soon_threadsafe(self._delivered, batch, checkpoints)
             return
         self._done.append((batch, checkpoints))
         with contextlib.suppress(BlockingIOError):  # full of wake-ups the loop has yet to read
@@ -206,7 +220,47 @@ class Writer:
             os.read(wake, 4096)
         done = self._done
         while done:
-            _deliver(*done.popleft())
+            self._delivered(*done.popleft())
+
+    def _delivered(self, batch: list[_Job], checkpoints: list[_Batch]) -> None:
+        """Resolve the futures of what the writer did (on the loop), and note the progress."""
+        _deliver(batch, checkpoints)
+        self._in_flight -= len(batch) + len(checkpoints)
+        self._progress = time.monotonic()
+        if self._held_up_since is not None:
+            logger.info(
+                "writes to {!r} go through again, after {:.1f} s",
+                str(self.path),
+                self._progress - self._held_up_since,
+            )
+            self._held_up_since = None
+
+    def _watch(self) -> None:
+        """Log once when the writer has work but delivered nothing for HELD_UP_AFTER s (on the loop)."""
+        loop = self._loop
+        if self._in_flight <= 0 or self._thread is None or loop is None:
+            self._watching = False
+            return
+        waited = time.monotonic() - self._progress
+        if waited >= self.HELD_UP_AFTER and self._held_up_since is None:
+            self._held_up_since = self._progress
+            logger.warning(
+                "writes to {!r} are held up: none has gone through for {:.1f} s (another process may hold "
+                "the database's write lock; this one waits up to busy_timeout={:g} s)",
+                str(self.path),
+                waited,
+                self.busy_timeout,
+            )
+        loop.call_later(self.HELD_UP_AFTER / 4, self._watch)
+
+    def _handed_over(self, loop: asyncio.AbstractEventLoop, units: int) -> None:
+        """Count ``units`` given to the writer thread, and watch for a hold-up while there are any."""
+        if self._in_flight <= 0:
+            self._progress = time.monotonic()  # (the wait starts now, not at the last delivery)
+        self._in_flight += units
+        if not self._watching:
+            self._watching = True
+            loop.call_later(self.HELD_UP_AFTER / 4, self._watch)
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job], checkpoints: list[_Batch]) -> None:
         if batch:
@@ -217,12 +271,12 @@ class Writer:
         if checkpoints and not writes:
             # One statement, its own transaction, so the writer wins the GIL back once
             # per batch (each SQLite call gives it up).
-            _write_batches(conn, checkpoints, self.path, self._max_rows)
+            _write_batches(conn, checkpoints, self.path, self.busy_timeout, self._max_rows)
         elif writes or checkpoints:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 if checkpoints:
-                    _write_batches(conn, checkpoints, self.path, self._max_rows)
+                    _write_batches(conn, checkpoints, self.path, self.busy_timeout, self._max_rows)
                 for job in writes:
                     _in_savepoint(conn, job)
                 conn.execute("COMMIT")
@@ -230,7 +284,7 @@ class Writer:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
-                _fail_all(writes, checkpoints, _wrap(error, self.path))
+                _fail_all(writes, checkpoints, _wrap(error, self.path, self.busy_timeout))
         for job in reads:
             try:
                 job.result = job.fn(conn)
@@ -238,7 +292,7 @@ class Writer:
                 job.error = exc
         for job in batch:
             if job.error is not None:
-                job.error = _wrap(job.error, self.path)
+                job.error = _wrap(job.error, self.path, self.busy_timeout)
 
     def submit(self, fn: Callable[[sqlite3.Connection], Any], *, writes: bool) -> asyncio.Future[Any]:
         """Run ``fn(conn)`` on the writer (in the next transaction if it ``writes``); its future."""
@@ -292,11 +346,16 @@ class Writer:
         for job in jobs:
             self._jobs.put(job)
         pending, self._pending = self._pending, []
+        loop = self._loop
+        if loop is not None and (jobs or pending):
+            self._handed_over(loop, len(jobs) + (1 if pending else 0))
         if not pending:
             return
         try:
             batch = _Batch(pending)
         except BaseException as exc:  # a row that cannot be encoded: fail each on its own
+            if loop is not None and len(pending) > 1:
+                self._handed_over(loop, len(pending) - 1)
             for checkpoint, future in pending:
                 self._jobs.put(_Job(CheckpointJob(checkpoint), future, True))
             if not isinstance(exc, Exception):
@@ -422,7 +481,9 @@ def _insert_rows(conn: sqlite3.Connection, params: list[Any], max_rows: int) -> 
     return written
 
 
-def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path, max_rows: int) -> None:
+def _write_batches(
+    conn: sqlite3.Connection, batches: list[_Batch], path: Path, patience: float, max_rows: int
+) -> None:
     """Every checkpoint of ``batches`` in one statement; one at a time only to find which one failed."""
     params = batches[0].params if len(batches) == 1 else [p for batch in batches for p in batch.params]
     expected = len(params) // _ROW_PARAMS
@@ -432,7 +493,11 @@ def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path, 
                 written = _insert_rows(conn, params, max_rows)
         else:
             written = _insert_rows(conn, params, max_rows)
-    except Exception:  # (sqlite3.Error, or a value the sqlite3 module cannot bind)
+    except Exception as exc:  # (sqlite3.Error, or a value the sqlite3 module cannot bind)
+        if locked(exc):  # (each on its own would wait as long again: all fail with it)
+            for batch in batches:
+                batch.fail(_wrap(exc, path, patience))
+            return
         written = -1  # nothing was written: the statement (or the statements) are atomic
     if written == expected:
         return
@@ -449,7 +514,7 @@ def _write_batches(conn: sqlite3.Connection, batches: list[_Batch], path: Path, 
             try:
                 CheckpointJob(cp)(conn)
             except Exception as exc:
-                errors.append(_wrap(exc, path))
+                errors.append(_wrap(exc, path, patience))
             else:
                 errors.append(None)
         batch.errors = errors
@@ -481,7 +546,12 @@ def _fail_all(jobs: list[_Job], checkpoints: list[_Batch], error: BaseException)
         cps.fail(error)
 
 
-def _wrap(exc: BaseException, path: Path) -> BaseException:
+def _wrap(exc: BaseException, path: Path, patience: float) -> BaseException:
+    if locked(exc):
+        return BackendError(
+            f"another process holds the write lock of {str(path)!r}: this one waited {patience:g} s "
+            f"for it ({exc})"
+        )
     if isinstance(exc, sqlite3.Error):
         return BackendError(f"SQLite error on {str(path)!r}: {exc}")
     return exc
