@@ -38,6 +38,8 @@ def lifespan(
             (:func:`asyncflow.integrations.logging.to_stdlib`), as uvicorn logs.
         wraps: the app's own lifespan, run inside this one (the engine is open
             while it runs); what it yields is the app's state, as FastAPI has it.
+            It may be the lifespan of another engine: the outer engine stays the
+            one :data:`EngineDep` hands out.
             To run this one inside yours instead: ``async with lifespan(engine)(app): ...``.
     """
     if not isinstance(engine, Engine):
@@ -50,7 +52,11 @@ def lifespan(
 
             to_stdlib()
         async with engine:
-            setattr(app.state, STATE_KEY, engine)
+            # The first engine opened is the app's (EngineDep's): a lifespan of another engine
+            # inside this one (wraps=lifespan(other)) opens and closes that one, and changes nothing here.
+            mine = getattr(app.state, STATE_KEY, None) is None
+            if mine:
+                setattr(app.state, STATE_KEY, engine)
             try:
                 if wraps is None:
                     yield None
@@ -58,8 +64,9 @@ def lifespan(
                     async with wraps(app) as state:
                         yield state
             finally:
-                with contextlib.suppress(AttributeError):
-                    delattr(app.state, STATE_KEY)
+                if mine:
+                    with contextlib.suppress(AttributeError, KeyError):
+                        delattr(app.state, STATE_KEY)
 
     return run
 
