@@ -162,12 +162,12 @@ async def test_idempotency_key_returns_the_same_run_and_a_different_request_is_4
     assert_problem(other, 409, "another initial store")
 
 
-async def test_start_of_an_unregistered_workflow_is_422_and_names_the_registered(engine: af.Engine) -> None:
-    """A workflow id the engine does not know (an import path, say) is a 422 problem; nothing starts."""
+async def test_start_of_an_unregistered_workflow_is_404_and_names_the_registered(engine: af.Engine) -> None:
+    """A workflow id the engine does not know (an import path, say) is a 404 problem; nothing starts."""
     async with serving(make_app(engine)) as client:
         response = await client.post("/runs", json={"workflow_id": "os:system"})
         listed = (await client.get("/runs")).json()
-    assert_problem(response, 422, "no workflow 'os:system' is registered")
+    assert_problem(response, 404, "no workflow 'os:system' is registered")
     assert "growing" in response.json()["detail"]
     assert listed["runs"] == []
 

@@ -144,9 +144,9 @@ def runs_router(
     ``GET .../mermaid`` draws the run; ``GET .../events`` streams its events
     as server-sent events (``id:`` is the cursor; ``Last-Event-ID`` resumes).
 
-    Errors: an unknown run is 404; a run in the wrong state, or an idempotency
-    key reused for another request, 409; an invalid payload, store or cursor,
-    or an unknown workflow, 422; an engine that is not open (or is closing) 503.
+    Errors: an unknown run, or a workflow id not registered, is 404; a run in the
+    wrong state, or an idempotency key reused for another request, 409; an
+    invalid payload, store or cursor 422; an engine that is not open (or is closing) 503.
 
     Args:
         engine: the engine whose runs the routes manage (open it with :func:`lifespan`).
@@ -195,7 +195,7 @@ def runs_router(
         status_code=202,
         response_model=Accepted,
         summary="Start a run of a registered workflow",
-        responses=_errors(409),
+        responses=_errors(404, 409),
     )
     async def start_run(
         body: StartRequest,
@@ -213,7 +213,7 @@ def runs_router(
         workflow = engine.workflows.get(body.workflow_id)
         if workflow is None:
             raise HTTPException(
-                422,
+                404,
                 f"no workflow {body.workflow_id!r} is registered with the engine; this API starts only "
                 f"registered workflows (registered: {sorted(engine.workflows)})",
             )
