@@ -58,7 +58,11 @@ class Step(BaseModel):
     duration: float = Field(description="Seconds the step took (so far).")
     attempts: int = 0
     inserted_by: str | None = Field(default=None, description='"stage/action" that inserted it.')
-    reason: str | None = Field(default=None, description="Why it was skipped (replayed: done before).")
+    reason: str | None = Field(
+        default=None,
+        description='Why it was skipped; "completed in an earlier execution" for a step replayed after a '
+        "restart or a resume.",
+    )
     error: str | None = Field(default=None, description='"Type: message" of a failed step.')
 
 

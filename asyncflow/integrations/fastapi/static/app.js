@@ -3,12 +3,14 @@
 "use strict";
 (function () {
   const PREFIX = window.ASYNCFLOW_PREFIX || "";
+  const REPLAYED = "completed in an earlier execution";  // (the engine's reason for a replayed step)
   const FINISHED = new Set(["completed", "failed", "bailed", "cancelled", "skipped"]);
   const KINDS = ["run_created", "run_started", "stage_started", "stage_finished", "action_started",
     "action_finished", "action_retry", "step_skipped", "stage_inserted", "action_inserted",
     "run_finished", "run_suspended", "run_interrupted", "run_resumed", "message"];
   const $ = (id) => document.getElementById(id);
   let listTimer = null, source = null, refreshTimer = null, currentRun = null, nextCursor = null, appended = false;
+  let lastEventId = null;  // the cursor of the last event shown: a new stream goes on after it
   let knownSteps = new Set();
 
   function el(tag, attrs, ...children) {
@@ -75,7 +77,7 @@
   function stepKey(step) { return step.kind + ":" + step.stage_id + ":" + (step.action_name || "") + ":" + step.depth; }
 
   function stepLine(step) {
-    const replayed = step.reason === "replayed";
+    const replayed = step.reason === REPLAYED;
     const meta = [];
     if (step.attempts > 1) meta.push(step.attempts + " attempts");
     if (step.duration) meta.push(secs(step.duration));
@@ -118,8 +120,10 @@
     const facts = [["Workflow", run.workflow_id], ["Status", badge(run.status)], ["Created", when(run.created_at)],
       ["Updated", when(run.updated_at)], ["Duration", secs(run.duration)]];
     if (run.idempotency_key) facts.push(["Idempotency key", run.idempotency_key]);
-    if (run.suspend_reason) facts.push(["Suspended", run.suspend_reason]);
-    if (run.suspend_data !== null && run.suspend_data !== undefined) facts.push(["Suspend data", el("code", {}, JSON.stringify(run.suspend_data))]);
+    if (run.status === "suspended") {  // (a run resumed since keeps the reason in its record: not shown)
+      facts.push(["Suspended", run.suspend_reason || ""]);
+      if (run.suspend_data !== null && run.suspend_data !== undefined) facts.push(["Suspend data", el("code", {}, JSON.stringify(run.suspend_data))]);
+    }
     if (run.error) facts.push(["Error", run.error + (run.failed_stage ? " (stage " + run.failed_stage + (run.failed_action ? ", action " + run.failed_action : "") + ")" : "")]);
     if (run.bail_reason) facts.push(["Bailed", run.bail_reason]);
     $("run-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
@@ -143,9 +147,11 @@
 
   function watch(runId) {
     if (source) source.close();
-    source = new EventSource(PREFIX + "/" + encodeURIComponent(runId) + "/events");
+    const after = lastEventId ? "?after=" + encodeURIComponent(lastEventId) : "";
+    source = new EventSource(PREFIX + "/" + encodeURIComponent(runId) + "/events" + after);
     for (const kind of KINDS) {
       source.addEventListener(kind, (message) => {
+        lastEventId = message.lastEventId || lastEventId;
         addEvent(kind, JSON.parse(message.data));
         soon();
         if (kind === "run_finished" || kind === "run_suspended") { source.close(); source = null; live("The run " + (kind === "run_finished" ? "ended" : "is suspended")); }
@@ -162,7 +168,7 @@
 
   async function showRun(runId) {
     closeRun();
-    currentRun = runId; knownSteps = new Set();
+    currentRun = runId; knownSteps = new Set(); lastEventId = null;
     $("runs-view").hidden = true; $("run-view").hidden = false;
     $("events").replaceChildren(); $("action-result").textContent = "";
     await refreshRun();
