@@ -450,7 +450,8 @@ async def test_lifespan_runs_the_apps_own_inside_and_engine_dep_hands_out_the_en
 
     @contextlib.asynccontextmanager
     async def own(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        seen.append(f"own start, engine open: {engine.workflows is not None}")
+        await engine.list_runs(limit=1)  # (af.EngineNotOpen unless the engine is open)
+        seen.append("own start, engine open: True")
         yield {"greeting": "hi"}
         seen.append("own stop")
 

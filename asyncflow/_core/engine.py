@@ -27,14 +27,16 @@ again (``mw.inject_store`` included).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import socket
+import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any, Self
 
 import anyio
@@ -54,6 +56,7 @@ from .errors import (
     IdempotencyConflict,
     InvalidDefinition,
     LeaseLost,
+    NotReferenceable,
     NotSerializable,
     RunFailed,
     RunStateError,
@@ -61,6 +64,7 @@ from .errors import (
     UnknownWorkflow,
 )
 from .events import EventKind, RunEvent
+from .isolation.process import ProcessPool
 from .jsonvalues import exact_json
 from .records import RunResult, RunStatus, plan_rows
 from .runner import Runner
@@ -160,6 +164,9 @@ class Engine:
             backend that notifies, PostgreSQL, wakes the engine sooner).
         concurrency: at most this many runs taken over at once (runs started
             here with ``engine.start`` are not limited); ``None``: no limit.
+            ``0``: this engine runs nothing: ``engine.start`` writes runs down,
+            free, for the workers (``asyncflow worker``) to take (a web app
+            that starts runs, say).
         watch_interval: how often ``engine.watch`` looks for events written by
             another process (events of runs executing here arrive at once).
         events: keep each run's events in its log for ``engine.watch`` (default
@@ -167,6 +174,9 @@ class Engine:
             on SQLite (see the CHANGELOG); an engine that runs many short durable
             runs nobody watches may turn it off (``watch`` then gives only the
             events of runs other engines executed).
+        process_pool: warm child processes for the isolated stages of its runs
+            (``Stage(isolation="process")``), set on its runner; the engine
+            ends the pool's children when it closes.
     """
 
     def __init__(
@@ -184,15 +194,23 @@ class Engine:
         concurrency: int | None = None,
         watch_interval: float = 0.2,
         events: bool = True,
+        process_pool: ProcessPool | None = None,
     ) -> None:
         if concurrency is not None and (
-            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0
         ):
-            raise ValueError(f"concurrency must be a positive int or None, got {concurrency!r}")
+            raise ValueError(f"concurrency must be an int of at least 0, or None, got {concurrency!r}")
         self.concurrency = concurrency
         self.backend = open_backend(url)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
         self.runner = runner if runner is not None else Runner(clock=self.clock)
+        if process_pool is not None:
+            if not isinstance(process_pool, ProcessPool):
+                raise TypeError(f"process_pool must be an af.ProcessPool, got {process_pool!r}")
+            if self.runner.process_pool not in (None, process_pool):
+                raise ValueError("the runner given to the engine has another process_pool; pass one of them")
+            self.runner.process_pool = process_pool
+        self.process_pool = self.runner.process_pool
         self.registry = registry if registry is not None else global_registry
         self.recover = recover
         if retention is not None:
@@ -217,6 +235,7 @@ class Engine:
             _check_name(owner, "owner")
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
+        self._definitions: dict[str, dict[str, Any]] = {}  # (of registered workflows, once made)
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
         self._trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
@@ -226,24 +245,27 @@ class Engine:
         self._open = False  # between __aenter__ and the end of __aexit__
         self._closing = False
         self._draining = False  # (drain): runs stop after their next checkpoint and are given back
+        self._foreign: set[str] = set()  # workflows of runs left here for other engines (warned once)
         self._wake: anyio.Event | None = None  # set by a backend's notice: look for runs now
 
     # ---- set-up ---------------------------------------------------------------------
 
     @property
-    def workflows(self) -> Mapping[str, Workflow]:
-        """The workflows registered with this engine, by id (read-only)."""
-        return MappingProxyType(self._workflows)
+    def workflows(self) -> list[Workflow]:
+        """The workflows registered with this engine, in the order they were registered."""
+        return list(self._workflows.values())
 
     def register(self, workflow: Workflow) -> Workflow:
         """Let this engine run (and recover) ``workflow``, by its id; return it.
 
         A workflow built again with the same definition (a web handler that
-        builds it per request, say) is accepted and the registered one is used;
-        with a persistent backend the definitions are compared.
+        builds it per request, say) is accepted and the registered one is used,
+        on every backend: the two definitions are compared.
 
         Raises:
-            InvalidDefinition: a different workflow is registered under that id.
+            InvalidDefinition: a workflow with a different definition is registered under that
+                id, or one that cannot be compared with it (an action that cannot be re-created
+                from a definition: register one workflow object and start that one).
             NotReferenceable: the backend is persistent and an action cannot be re-created.
         """
         if not isinstance(workflow, Workflow):
@@ -251,20 +273,36 @@ class Engine:
         existing = self._workflows.get(workflow.id)
         if existing is workflow:
             return workflow  # checked when it was registered: start() stays cheap
-        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
         if existing is not None:
-            if definition is not None and definition == self.registry.workflow_definition(existing):
+            try:
+                same = self.registry.workflow_definition(workflow) == self._definition_of(existing)
+            except NotReferenceable as exc:
+                raise InvalidDefinition(
+                    f"another workflow is already registered with id {workflow.id!r}, and this one "
+                    f"cannot be compared with it ({exc}); register one workflow object and pass that "
+                    f"same object to engine.start"
+                ) from None
+            if same:
                 return existing
             raise InvalidDefinition(
-                f"another workflow is already registered with id {workflow.id!r}"
-                + (" and a different definition" if definition is not None else "")
+                f"another workflow is already registered with id {workflow.id!r} and a different definition"
             )
+        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
         self._workflows[workflow.id] = workflow
         if definition is not None:
+            self._definitions[workflow.id] = definition
             self._versions.register(workflow, definition)
         return workflow
 
+    def _definition_of(self, registered: Workflow) -> dict[str, Any]:
+        """The definition of a registered workflow, made once."""
+        definition = self._definitions.get(registered.id)
+        if definition is None:
+            definition = self._definitions[registered.id] = self.registry.workflow_definition(registered)
+        return definition
+
     async def __aenter__(self) -> Self:
+        _require_asyncio()
         if self._open:
             raise RunStateError(
                 "this engine is open already: enter 'async with engine:' once at a time (it can be "
@@ -331,6 +369,8 @@ class Engine:
             self.backend.on_notice(None)
             try:
                 with anyio.CancelScope(shield=True):
+                    if self.process_pool is not None:
+                        await self.process_pool.aclose()
                     await self.backend.aclose()
             finally:
                 self._open = False
@@ -423,15 +463,16 @@ class Engine:
         entries = initial_entries(dict(store or {}), self.backend.persistent)
         version = await self._versions.save(workflow.id)  # (once, if registered since the engine opened)
         now = self.clock.now()
+        here = self.concurrency != 0  # (0: for the workers to take)
         info = RunInfo(
             run_id=run_id or new_run_id(),
             workflow_id=workflow.id,
-            status=RunStatus.RUNNING,
+            status=RunStatus.RUNNING if here else RunStatus.PENDING,
             created_at=now,
             updated_at=now,
             idempotency_key=idempotency_key,
-            owner=self.owner,
-            lease_until=now + self.lease,
+            owner=self.owner if here else None,
+            lease_until=now + self.lease if here else None,
             workflow_version=version,
         )
         if faults._PLAN is not None:
@@ -444,7 +485,7 @@ class Engine:
                 self.backend.persistent,
             )
         info, created = await self.backend.create_run(info, entries)
-        if created:
+        if created and here:
             self._active[info.run_id] = active = _Active(info.run_id)  # (its events are its log's from now)
             self._events.add(
                 info.run_id,
@@ -453,6 +494,15 @@ class Engine:
                 else {"kind": EventKind.RUN_CREATED.value, "at": now},
             )
             self._launch(group, SavedRun(info, list(entries), []), active)
+        elif created:  # (for the workers: its log begins here)
+            await self.backend.append_events(
+                info.run_id,
+                [
+                    {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
+                    if request is not None
+                    else {"kind": EventKind.RUN_CREATED.value, "at": now}
+                ],
+            )
         elif idempotency_key is not None:
             await self._check_same_request(info, workflow, idempotency_key, request)
         return RunHandle(self, info.run_id, self._active.get(info.run_id), created=created)
@@ -495,7 +545,7 @@ class Engine:
         try:
             workflow = self._workflows.get(info.workflow_id)
             if workflow is None:
-                await self._finish_unknown_workflow(info)
+                await self._leave_unknown_workflow(info)
                 return
             if self._versions.differs(info):
                 try:
@@ -595,21 +645,26 @@ class Engine:
         finally:
             active.done.set()
 
-    async def _finish_unknown_workflow(self, info: RunInfo) -> None:
-        message = (
-            f"workflow {info.workflow_id!r} is not registered with this engine; register it with "
-            f"engine.register(workflow) before opening the engine"
-        )
-        logger.error("run {} cannot continue: {}", info.run_id, message)
-        await self.backend.update_run(
-            info.run_id,
-            holder=self.owner,
-            now=self.clock.now(),
-            status=RunStatus.FAILED,
-            error=f"UnknownWorkflow: {message}",
-            owner=None,
-            lease_until=None,
-        )
+    async def _leave_unknown_workflow(self, info: RunInfo) -> None:
+        """Give back a run of a workflow not registered here, for an engine that has it (pools by workflow).
+
+        It waits (``PENDING``, held by nobody) instead of failing; this engine's
+        claims skip its version for ten leases.
+        """
+        if info.workflow_id not in self._foreign:
+            self._foreign.add(info.workflow_id)
+            logger.warning(
+                "run {} is of workflow {!r}, which is not registered with this engine; it is left "
+                "for an engine that has it (engine.register(workflow) to run it here)",
+                info.run_id,
+                info.workflow_id,
+            )
+        if info.workflow_version is not None:
+            self._versions.leave(info, f"workflow {info.workflow_id!r} is not registered here")
+        fields: dict[str, Any] = {}
+        if info.status in (RunStatus.RUNNING, RunStatus.PENDING):
+            fields["status"] = RunStatus.PENDING
+        await self._release(info.run_id, **fields)
 
     async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
         fields = end_fields(info, result, durability.suspended_key)
@@ -962,8 +1017,12 @@ class Engine:
         if key is not None:
             resumed["key"] = key
         now = self.clock.now()
-        claimed = await self.backend.claim(
-            self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+        claimed = (
+            await self.backend.claim(
+                self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+            )
+            if self.concurrency != 0  # (0: the workers take it)
+            else []
         )
         saved = await self.backend.load(run_id) if claimed else None
         if saved is not None and self._events.keep:
@@ -1039,3 +1098,21 @@ def _check_name(value: object, what: str) -> None:
     if value.isspace():
         raise ValueError(f"{what} must not be blank, got {value!r}")
     check_text(value, what)
+
+
+def _require_asyncio() -> None:
+    """Refuse to open an engine on an event loop other than asyncio's (uvloop is asyncio's too).
+
+    The durable engine's backends hand work to threads and wake the loop through
+    asyncio; the in-memory runner (``af.run``, ``af.Runner``) runs on trio as well.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        trio = sys.modules.get("trio")
+        on = "trio" if trio is not None and trio.lowlevel.in_trio_run() else "another event loop"
+        raise RuntimeError(
+            f"af.Engine runs on asyncio's event loop only (uvloop included), and this is {on}: its "
+            f"backends hand work to threads and wake the loop through asyncio. On trio, run workflows "
+            f"in memory with af.run or af.Runner"
+        ) from None

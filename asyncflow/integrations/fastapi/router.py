@@ -210,12 +210,13 @@ def runs_router(
             ),
         ] = None,
     ) -> Accepted:
-        workflow = engine.workflows.get(body.workflow_id)
+        registered = {workflow.id: workflow for workflow in engine.workflows}
+        workflow = registered.get(body.workflow_id)
         if workflow is None:
             raise HTTPException(
                 404,
                 f"no workflow {body.workflow_id!r} is registered with the engine; this API starts only "
-                f"registered workflows (registered: {sorted(engine.workflows)})",
+                f"registered workflows (registered: {sorted(registered)})",
             )
         handle = await engine.start(workflow, store=body.store, idempotency_key=idempotency_key)
         response.headers["Location"] = url_of(handle.run_id)
