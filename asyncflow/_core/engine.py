@@ -226,7 +226,7 @@ class Engine:
         if not watch_interval > 0:
             raise ValueError(f"watch_interval must be positive, got {watch_interval!r}")
         self.watch_interval = watch_interval
-        self.events = events
+        self.keeps_events = events
         if poll_interval * 2 >= lease:
             raise ValueError(f"poll_interval ({poll_interval}) must be under half the lease ({lease})")
         self.lease = lease
@@ -321,7 +321,7 @@ class Engine:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
-        self._events = EventLog(self.backend, self._executes, self.events)
+        self._events = EventLog(self.backend, self._executes, self.keeps_events)
         if self._events.keep:
             self._unhook = [
                 self.runner.on_event(self._events.record_event),
@@ -419,6 +419,10 @@ class Engine:
                 else "the engine is not open: use 'async with engine:' (or a FastAPI lifespan)"
             )
         return self._group
+
+    def _require_open(self) -> None:
+        if not self._open:
+            raise EngineNotOpen("the engine is not open: use 'async with engine:' (or a FastAPI lifespan)")
 
     def _executes(self, run_id: str) -> bool:
         """Whether the run executes in this engine now (its events go to its log from here)."""
@@ -807,8 +811,7 @@ class Engine:
             UnknownRun: no such run.
             EngineNotOpen: the engine is not open.
         """
-        if not self._open:
-            raise EngineNotOpen("the engine is not open: use 'async with engine:' (or a FastAPI lifespan)")
+        self._require_open()
         info = await self.backend.get_run(run_id) if _could_be_stored(run_id) else None
         if info is None:
             raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
@@ -822,6 +825,19 @@ class Engine:
             steps = with_earlier_timings(plan_rows(active.run.plan.walk_stages()), info.steps)
             info = attrs.evolve(info, steps=steps.dicts())
         return info
+
+    async def get_store(self, run_id: str) -> dict[str, Any]:
+        """The run's store as its last committed step left it (a snapshot; expired entries left out).
+
+        Raises:
+            UnknownRun: no such run.
+            EngineNotOpen: the engine is not open.
+        """
+        self._require_open()
+        saved = await self.backend.load(run_id) if _could_be_stored(run_id) else None
+        if saved is None:
+            raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
+        return restore_store(saved.store, self.clock, self.backend.persistent).snapshot()
 
     def watch(self, run_id: str, *, after: str | None = None) -> AsyncIterator[RunEvent]:
         """The run's events, from any process, as they happen; it ends when the run ends or suspends.
@@ -851,8 +867,30 @@ class Engine:
         info = await self.get_run(run_id)
         start = await self._events.check_cursor(run_id, after)
         await self._events.flush(run_id)
-        async for event in self._events.watch(info, start, self._current, self.watch_interval):
-            yield event
+        # Closed here when the caller leaves early (a web client that went away), not by the GC later.
+        async with contextlib.aclosing(
+            self._events.watch(info, start, self._current, self.watch_interval)
+        ) as events:
+            async for event in events:
+                yield event
+
+    async def events(self, run_id: str, *, after: str | None = None, limit: int = 1000) -> list[RunEvent]:
+        """The run's events logged so far (at most ``limit``, after the cursor ``after``), without waiting.
+
+        Raises:
+            UnknownRun: no such run.
+            UnknownCursor: ``after`` is not a cursor this run's events had.
+            EngineNotOpen: the engine is not open.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValueError(f"limit must be an int from 1 to 10,000, got {limit!r}")
+        info = await self.get_run(run_id)
+        start = await self._events.check_cursor(run_id, after)
+        await self._events.flush(run_id)
+        return [
+            RunEvent.from_data(seq, run_id, info.workflow_id, data)
+            for seq, data in await self.backend.read_events(run_id, after=start, limit=limit)
+        ]
 
     async def _current(self, run_id: str) -> RunInfo | None:
         return await self.backend.get_run(run_id)
@@ -870,6 +908,7 @@ class Engine:
             UnknownRun: no such run.
             RunStateError: the run has already ended.
         """
+        self._require_open()
         active = self._active.get(run_id)
         if active is not None and not active.done.is_set():
             active.cancel_requested = True
@@ -977,9 +1016,6 @@ class Engine:
         resumed: dict[str, Any] = {"kind": EventKind.RUN_RESUMED.value, "at": self.clock.now()}
         if key is not None:
             resumed["key"] = key
-        # Written at once (not buffered): a retry with the key, from any process, must find it.
-        await self.backend.append_events(run_id, [resumed])
-        self._events.wake(run_id)
         now = self.clock.now()
         claimed = (
             await self.backend.claim(
@@ -988,10 +1024,17 @@ class Engine:
             if self.concurrency != 0  # (0: the workers take it)
             else []
         )
-        if claimed:
-            saved = await self.backend.load(run_id)
+        saved = await self.backend.load(run_id) if claimed else None
+        if saved is not None and self._events.keep:
+            self._events.add(run_id, resumed)  # (before the events of the execution it launches)
+            self._launch(group, saved)
+            # Written before this returns: a retry with the key, from any process, must find it.
+            await self._events.flush(run_id)
+        else:
             if saved is not None:
                 self._launch(group, saved)
+            await self.backend.append_events(run_id, [resumed])
+            self._events.wake(run_id)
         return RunHandle(self, run_id, self._active.get(run_id))
 
     async def _resumed_with(self, run_id: str, key: str) -> bool:
@@ -1013,6 +1056,7 @@ class Engine:
 
         Pass ``page.next_cursor`` back as ``cursor`` for the next page.
         """
+        self._require_open()
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError(f"limit must be an int from 1 to 1000, got {limit!r}")
         wanted = RunStatus(status) if status is not None else None
@@ -1026,6 +1070,7 @@ class Engine:
         Raises:
             RunStateError: the run is executing in this engine (cancel it first).
         """
+        self._require_open()
         active = self._active.get(run_id)
         if active is not None and not active.done.is_set():
             raise RunStateError(f"run {run_id!r} is running in this engine; cancel it before deleting it")
