@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/durable.py
 	$(BIN)/python benchmarks/durable.py --one-cpu
 	$(BIN)/python benchmarks/durable.py --loop uvloop
+	$(BIN)/python benchmarks/isolation.py
 
 # Middleware costs in instructions (valgrind's callgrind): the same on every run, about 3 minutes.
 bench-instructions: $(STAMP)

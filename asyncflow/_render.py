@@ -1,12 +1,18 @@
-"""Draw runs for a terminal: a run as a tree (:func:`format_run`), a run's
-fields (:func:`format_run_info`) and a table of runs (:func:`format_runs`).
+"""Draw runs for a terminal, on ``rich``: a run as a tree (:func:`run_lines`,
+:func:`format_run`), a run's fields (:func:`format_run_info`), a table of runs
+(:func:`runs_table`, :func:`format_runs`), a definition (:func:`definition_tree`),
+a run followed live from its events (:class:`LiveRun`), and the JSON views
+every command prints with ``--json``.
 
-The tree follows the run's records (:attr:`RunResult.steps`): each stage
-with its actions beneath it; an action's dynamic children beneath that
-action; a dynamic stage beneath the stage that inserted it, after that
-stage's actions. Durations sit right-aligned in one column.
+The tree follows the run's records (:attr:`RunResult.steps`): stages at one
+level, in the order they ran, each stage inserted at run time marked with the
+action that inserted it (drawn beneath that stage, the tree was read as "runs
+inside it"); each stage's actions beneath it, and an action's dynamic
+children beneath that action. Durations sit right-aligned in one column:
+rich's ``Tree`` has no such column, so the guides are drawn here and rich
+does the styling, the terminal detection and ``NO_COLOR``.
 
-In a sequential stage this tree order *is* the execution order. In a
+In a sequential stage the tree order *is* the execution order. In a
 concurrent stage, siblings keep the order they started in, and actions
 inserted by one action sit beneath it even when a sibling started between
 them: the tree shows who inserted what, which interleaved start times would
@@ -20,6 +26,7 @@ took before, when the caller still has that execution's result).
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 import time
@@ -27,25 +34,53 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
 from ._core.errors import RecordedError
-from ._core.execute import REPLAYED
-from ._core.records import RunResult, RunStatus, StepRecord, StepStatus, short_run_id
+from ._core.events import Event, EventKind
+from ._core.records import (
+    RunResult,
+    RunStatus,
+    StepKind,
+    StepNote,
+    StepRecord,
+    StepStatus,
+    read_step_reason,
+    short_run_id,
+)
+from ._core.workflow import Workflow
 from .backends import RunInfo
 
-__all__ = ["format_run", "format_run_info", "format_runs"]
+__all__ = [
+    "LiveRun",
+    "definition_json",
+    "definition_tree",
+    "format_run",
+    "format_run_info",
+    "format_runs",
+    "run_info_json",
+    "run_json",
+    "run_lines",
+    "runs_table",
+    "to_text",
+]
 
-# SGR codes; one style per meaning, so the colours read as a legend.
-_RESET = "\x1b[0m"
-_BOLD = "1"
-_DIM = "2"
-_RED = "31"
-_GREEN = "32"
-_YELLOW = "33"
-_BLUE = "34"
-_MAGENTA = "35"
-_CYAN = "36"
+# rich styles; one per meaning, so the colours read as a legend.
+_BOLD = "bold"
+_DIM = "dim"
+_RED = "red"
+_GREEN = "green"
+_YELLOW = "yellow"
+_BLUE = "blue"
+_MAGENTA = "magenta"
+_CYAN = "cyan"
 
 _STEP_STYLE = {
+    StepStatus.RUNNING: _CYAN,
+    StepStatus.PENDING: _DIM,
     StepStatus.COMPLETED: _GREEN,
     StepStatus.FAILED: _RED,
     StepStatus.SKIPPED: _YELLOW,
@@ -66,9 +101,6 @@ _RUN_STYLE = {
 
 _DURATION_WIDTH = 11  # "12,345.6 ms"
 _MAX_DETAIL_LINES = 3
-_BAILED = "bailed: "  # how the runner words the reason on the action that bailed
-_SUSPENDED = "suspended: "  # ... and on the action that suspended the run
-_REPLAYED = REPLAYED  # ... and on an action replayed after a restart
 
 
 class _Glyphs:
@@ -81,6 +113,8 @@ class _Glyphs:
             self.branch, self.last, self.pipe, self.space = "├─ ", "└─ ", "│  ", "   "
             self.ellipsis, self.dot, self.replay = "…", " · ", "↺"
             self.status = {
+                StepStatus.RUNNING: "▶",
+                StepStatus.PENDING: "·",
                 StepStatus.COMPLETED: "✓",
                 StepStatus.FAILED: "✗",
                 StepStatus.SKIPPED: "○",
@@ -91,6 +125,8 @@ class _Glyphs:
             self.branch, self.last, self.pipe, self.space = "|- ", "`- ", "|  ", "   "
             self.ellipsis, self.dot, self.replay = "~", " - ", "@"
             self.status = {
+                StepStatus.RUNNING: ">",
+                StepStatus.PENDING: ".",
                 StepStatus.COMPLETED: "v",
                 StepStatus.FAILED: "x",
                 StepStatus.SKIPPED: "-",
@@ -114,8 +150,8 @@ class _Node:
 _Segments = list[tuple[str, str]]
 
 
-def _build_tree(steps: list[StepRecord]) -> list[_Node]:
-    """Hang each record under the stage or action that inserted it (linear time)."""
+def _build_tree(steps: Sequence[StepRecord]) -> list[_Node]:
+    """Stages at one level in the order they ran; actions beneath their stage or inserter (linear time)."""
     roots: list[_Node] = []
     stages: dict[str, _Node] = {}  # stage id -> its (latest) node
     # ("stage/action", depth) -> the latest action node of that name and depth:
@@ -126,7 +162,7 @@ def _build_tree(steps: list[StepRecord]) -> list[_Node]:
         node = _Node(record)
         parent: _Node | None
         if record.kind == "stage":
-            parent = _stage_parent(stages, record)
+            parent = None
             stages[record.stage_id] = node
         else:
             parent = None
@@ -137,12 +173,6 @@ def _build_tree(steps: list[StepRecord]) -> list[_Node]:
             actions[f"{record.stage_id}/{record.action_name}", record.depth] = node
         (parent.children if parent is not None else roots).append(node)
     return roots
-
-
-def _stage_parent(stages: dict[str, _Node], record: StepRecord) -> _Node | None:
-    if not record.dynamic or record.inserted_by_stage is None:
-        return None
-    return stages.get(record.inserted_by_stage)
 
 
 def _duration(seconds: float) -> str:
@@ -272,9 +302,6 @@ class _Renderer:
         ]
         left.extend(self.markers(record))
         optional: _Segments = []
-        if record.dynamic and record.kind == "stage" and record.inserted_by:
-            inserter = record.inserted_by[len(record.inserted_by_stage or "") + 1 :]
-            optional.append((f"  (inserted by {inserter})", _DIM))
         if replayed:
             took = self.earlier.get(id(record))
             if took is not None:
@@ -283,7 +310,7 @@ class _Renderer:
                 right = ""  # its stage's line says it, once, rather than a column of marks
             else:
                 right = f"{self.glyphs.replay} replayed"
-        elif record.status is StepStatus.SKIPPED:
+        elif record.status in (StepStatus.SKIPPED, StepStatus.PENDING):
             right = ""
         else:
             right = _duration(record.duration)
@@ -295,8 +322,8 @@ class _Renderer:
             record.kind == "action" or _error_identity(record.error) not in self.shown_below
         ):
             self.detail(_error_text(record.error), detail_prefix, _RED)
-        elif record.reason and record.reason.startswith(_BAILED):
-            self.detail(record.reason.removeprefix(_BAILED), detail_prefix, _YELLOW)
+        elif (bail := read_step_reason(record.reason))[0] is StepNote.BAILED:
+            self.detail(bail[1], detail_prefix, _YELLOW)
         recovered = record.recovered_error
         if (
             recovered is not None
@@ -308,7 +335,10 @@ class _Renderer:
     def markers(self, record: StepRecord) -> _Segments:
         """What to say after the step's name: dynamic, skipped, cancelled, bailed."""
         marks: _Segments = []
-        if record.dynamic:
+        if record.dynamic and record.kind == "stage" and record.inserted_by:
+            # Stages are drawn at one level: who inserted this one is said here.
+            marks.append((f"  + inserted by {record.inserted_by}", _CYAN))
+        elif record.dynamic:
             marks.append(("  + dynamic", _CYAN))
         if record.attempts > 1:
             marks.append((f"  {record.attempts} attempts", _YELLOW))
@@ -320,9 +350,11 @@ class _Renderer:
             marks.append(("  failed", _RED))
         elif record.status is StepStatus.SUSPENDED and record.kind == "action":
             # The stage around it is suspended too; its glyph says so, the reason is told once.
-            reason = (record.reason or "").removeprefix(_SUSPENDED)
+            note, reason = read_step_reason(record.reason)
+            if note is not StepNote.SUSPENDED:
+                reason = record.reason or ""
             marks.append((f"  suspended{': ' + reason if reason else ''}", _BLUE))
-        elif record.reason and record.reason.startswith(_BAILED):
+        elif read_step_reason(record.reason)[0] is StepNote.BAILED:
             marks.append(("  bailed", _YELLOW))
         return marks
 
@@ -340,21 +372,44 @@ class _Renderer:
 
 
 def _replayed(record: StepRecord) -> bool:
-    return record.kind == "action" and record.status is StepStatus.COMPLETED and record.reason == _REPLAYED
+    return (
+        record.kind == StepKind.ACTION
+        and record.status is StepStatus.COMPLETED
+        and read_step_reason(record.reason)[0] is StepNote.REPLAYED
+    )
 
 
-def _paint(segments: _Segments, color: bool) -> str:
-    if not color:
-        return "".join(text for text, _ in segments).rstrip()
-    return "".join(
-        f"\x1b[{style}m{text}{_RESET}" if style and text.strip() else text for text, style in segments
-    ).rstrip()
+def _paint(segments: _Segments) -> Text:
+    """One line as rich ``Text``, cut (never wrapped) at the width it was laid out for."""
+    line = Text(no_wrap=True, overflow="ellipsis", end="")
+    for text, style in segments:
+        line.append(text, style if style and text.strip() else "")
+    line.rstrip()
+    return line
+
+
+def to_text(renderables: Sequence[RenderableType], *, color: bool, width: int = 80) -> str:
+    """``renderables`` as one string: plain, or with the ANSI styles rich writes for a terminal."""
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        force_terminal=color,
+        color_system="standard" if color else None,
+        width=max(width, 40),
+        no_color=not color,
+        emoji=False,
+        highlight=False,
+    )
+    for renderable in renderables:
+        console.print(renderable)
+    text = buffer.getvalue().removesuffix("\n")
+    return text if color else "\n".join(line.rstrip() for line in text.split("\n"))
 
 
 def _step_keys(steps: Sequence[StepRecord]) -> list[tuple[str, str, str | None, int]]:
     """A key per record that names the same step in another execution of the run."""
     seen: dict[tuple[str, str, str | None], int] = {}
-    keys = []
+    keys: list[tuple[str, str, str | None, int]] = []
     for record in steps:
         what = (record.kind, record.stage_id, record.action_name)
         seen[what] = seen.get(what, -1) + 1
@@ -370,6 +425,17 @@ def format_run(
     unicode: bool = True,
     earlier: RunResult | None = None,
 ) -> str:
+    """:func:`run_lines` as a string (``color``: with ANSI styles)."""
+    return to_text(run_lines(result, width=width, unicode=unicode, earlier=earlier), color=color, width=width)
+
+
+def run_lines(
+    result: RunResult,
+    *,
+    width: int = 80,
+    unicode: bool = True,
+    earlier: RunResult | None = None,
+) -> list[Text]:
     """Draw ``result`` as a tree of its stages and actions, for a terminal.
 
     The first line names the workflow, the run (short id) and how it ended;
@@ -382,8 +448,6 @@ def format_run(
 
     Args:
         result: the run to draw.
-        color: add ANSI colours (green completed, yellow skipped, red
-            failed, cyan dynamic); pass ``False`` for files and pipes.
         width: the number of columns to fit every line into (at least 40).
         unicode: draw with box-drawing glyphs; ``False`` uses ASCII only.
         earlier: the result of the execution before this one (a durable
@@ -391,7 +455,7 @@ def format_run(
             durations they took then, and the total counts both executions.
 
     Returns:
-        The text, lines joined with ``"\\n"``, without a trailing newline.
+        One styled line per row (green completed, yellow skipped, red failed, cyan dynamic).
     """
     width = max(width, 40)
     glyphs = _Glyphs(unicode=unicode)
@@ -459,12 +523,11 @@ def format_run(
     details = ", ".join(f"{count} {what}" for what, count in counts.items() if count)
     optional = [(f" ({details})", _DIM)] if details else []
     renderer.line(summary, _duration(duration), "", optional=optional)
-    return "\n".join(_paint(line, color) for line in renderer.lines)
+    return [_paint(line) for line in renderer.lines]
 
 
 # ---- runs of a database -------------------------------------------------------------
 
-_GAP = "  "
 _NOTE_STYLE = {RunStatus.FAILED: _RED, RunStatus.SUSPENDED: _BLUE, RunStatus.BAILED: _YELLOW}
 
 
@@ -504,11 +567,57 @@ def _note(info: RunInfo, now: float) -> str:
             return "not held by any engine"
         if info.lease_until is not None and info.lease_until < now:
             return "lease expired"
+    if info.owner is not None and info.status in (RunStatus.RUNNING, RunStatus.PENDING):
+        return f"held by {info.owner}"
     return ""
 
 
-def _cut(text: str, room: int, ellipsis: str) -> str:
-    return text if len(text) <= room else text[: max(room - len(ellipsis), 0)] + ellipsis
+def runs_table(
+    runs: Sequence[RunInfo], *, width: int = 80, unicode: bool = True, now: float | None = None
+) -> Table:
+    """``runs`` as a rich table: short run id, workflow, status, age, last change, and a note.
+
+    The note is a failed run's error, a suspended run's reason, a bailed
+    run's reason or when a sleeping run wakes, cut to what fits ``width``
+    (``asyncflow runs show`` gives it whole). Times are ages (``5m ago``)
+    as of ``now`` (default: the current time).
+    """
+    now = time.time() if now is None else now
+    rows = [
+        [
+            short_run_id(info.run_id),
+            info.workflow_id,
+            info.status.value,
+            _ago(now - info.created_at),
+            _ago(now - info.updated_at),
+            _note(info, now),
+        ]
+        for info in runs
+    ]
+    table = Table(
+        box=None, pad_edge=False, show_edge=False, padding=(0, 2, 0, 0), header_style=_BOLD, expand=False
+    )
+    headers = ["RUN", "WORKFLOW", "STATUS", "CREATED", "UPDATED"]
+    widths = [max([len(header), *(len(row[index]) for row in rows)]) for index, header in enumerate(headers)]
+    widths[1] = min(widths[1], 24)
+    longest_note = max((len(row[5]) for row in rows), default=0)
+    fixed = sum(widths) + 2 * len(widths)
+    if longest_note and width - fixed < min(longest_note, 20):
+        # Give the note some room at the workflow's expense, down to 14 columns.
+        widths[1] = max(14, widths[1] - (min(longest_note, 20) - (width - fixed)))
+        fixed = sum(widths) + 2 * len(widths)
+    for header, column_width in zip(headers, widths, strict=True):
+        style = _DIM if header in ("CREATED", "UPDATED") else ""
+        table.add_column(header, no_wrap=True, overflow="ellipsis", width=column_width, style=style)
+    notes = longest_note > 0 and width - fixed >= 8
+    if notes:
+        table.add_column("NOTE", no_wrap=True, overflow="ellipsis", max_width=width - fixed)
+    for info, row in zip(runs, rows, strict=True):
+        cells: list[Text | str] = [*row[:2], Text(row[2], _RUN_STYLE.get(info.status, "")), *row[3:5]]
+        if notes:
+            cells.append(Text(row[5], _NOTE_STYLE.get(info.status, "")))
+        table.add_row(*cells)
+    return table
 
 
 def format_runs(
@@ -519,62 +628,9 @@ def format_runs(
     unicode: bool = True,
     now: float | None = None,
 ) -> str:
-    """Draw ``runs`` as a table: short run id, workflow, status, age, last change, and a note.
-
-    The note is a failed run's error, a suspended run's reason, a bailed
-    run's reason or when a sleeping run wakes, cut to what fits ``width``
-    (``asyncflow runs show`` gives it whole). Times are ages (``5m ago``)
-    as of ``now`` (default: the current time).
-
-    Returns:
-        The header and one line per run, joined with ``"\\n"`` (no trailing newline).
-    """
+    """:func:`runs_table` as a string ``width`` columns wide (no trailing newline)."""
     width = max(width, 40)
-    ellipsis = "…" if unicode else "~"
-    now = time.time() if now is None else now
-    rows = [
-        (
-            short_run_id(info.run_id),
-            info.workflow_id,
-            info.status,
-            _ago(now - info.created_at),
-            _ago(now - info.updated_at),
-            _note(info, now),
-        )
-        for info in runs
-    ]
-    headers = ("RUN", "WORKFLOW", "STATUS", "CREATED", "UPDATED", "NOTE")
-    widths = [max([len(h), *(len(str(row[i])) for row in rows)]) for i, h in enumerate(headers[:5])]
-    widths[1] = min(widths[1], 24)
-    fixed = sum(widths) + len(_GAP) * len(widths)
-    longest_note = max((len(row[5]) for row in rows), default=0)
-    notes = longest_note > 0
-    wanted = min(longest_note, 20)
-    if notes and width - fixed < wanted:
-        # Give the note some room at the workflow's expense, down to 14 columns.
-        widths[1] = max(14, widths[1] - (wanted - (width - fixed)))
-        fixed = sum(widths) + len(_GAP) * len(widths)
-    note_room = width - fixed
-    notes = notes and note_room >= 8
-
-    def cells(values: Sequence[str], styles: Sequence[str]) -> _Segments:
-        line: _Segments = []
-        for index, (value, style) in enumerate(zip(values, styles, strict=True)):
-            room = widths[index] if index < len(widths) else note_room
-            text = _cut(value, room, ellipsis)
-            last = index == len(values) - 1
-            line.append((text, style))
-            if not last:
-                line.append((" " * (room - len(text)) + _GAP, ""))
-        return line
-
-    columns = 6 if notes else 5
-    lines = [cells(headers[:columns], [_BOLD] * columns)]
-    for run_id, workflow_id, status, created, updated, note in rows:
-        values = (run_id, workflow_id, status.value, created, updated, note)[:columns]
-        styles = ("", "", _RUN_STYLE.get(status, ""), _DIM, _DIM, _NOTE_STYLE.get(status, ""))[:columns]
-        lines.append(cells(values, styles))
-    return "\n".join(_paint(line, color) for line in lines)
+    return to_text([runs_table(runs, width=width, unicode=unicode, now=now)], color=color, width=width)
 
 
 def _json_lines(value: Any, room: int) -> list[str]:
@@ -585,14 +641,14 @@ def _json_lines(value: Any, room: int) -> list[str]:
     return json.dumps(value, ensure_ascii=False, indent=2).splitlines()
 
 
-def format_run_info(info: RunInfo, *, color: bool, width: int = 80) -> str:
-    """Draw what the database knows of a run as ``label  value`` lines.
+def run_info_lines(info: RunInfo, *, width: int = 80) -> list[Text]:
+    """What the database knows of a run as ``label  value`` lines.
 
     Always the id, workflow, status and times; then whichever apply: the
     version of the workflow it started on, the idempotency key, who holds
-    the run, when it wakes, why it is suspended with the data it gave (and
-    the data it was resumed with), the error and where it happened, the
-    bail reason. Data is shown as JSON, whole.
+    the run, when it wakes, why it is suspended with the data it gave (only
+    while it is suspended), the data it was resumed with, the error and
+    where it happened, the bail reason. Data is shown as JSON, whole.
     """
     width = max(width, 40)
     fields: list[tuple[str, str | list[str], str]] = [
@@ -614,12 +670,14 @@ def format_run_info(info: RunInfo, *, color: bool, width: int = 80) -> str:
         fields.append(("held by", f"{info.owner}{until}", _DIM))
     if info.wake_at is not None and info.status is RunStatus.SLEEPING:
         fields.append(("wakes at", _timestamp(info.wake_at), _BLUE))
-    if info.suspend_reason is not None:
+    # The database keeps why a run was suspended after it is resumed: it is said only while it holds.
+    suspended = info.status is RunStatus.SUSPENDED
+    if suspended and info.suspend_reason is not None:
         where = f" (at step {info.suspended_step})" if info.suspended_step else ""
         fields.append(("suspended", f"{info.suspend_reason}{where}", _BLUE))
     label_width = max(len(label) for label in ("suspend data", *(f[0] for f in fields))) + 2
     room = width - label_width
-    if info.suspend_reason is not None or info.suspend_data is not None:
+    if suspended and (info.suspend_reason is not None or info.suspend_data is not None):
         fields.append(("suspend data", _json_lines(info.suspend_data, room), ""))
     if info.resume_data is not None:
         fields.append(("resume data", _json_lines(info.resume_data, room), ""))
@@ -634,10 +692,257 @@ def format_run_info(info: RunInfo, *, color: bool, width: int = 80) -> str:
         fields.append(("bail reason", info.bail_reason, _YELLOW))
     label_width = max(label_width, *(len(f[0]) + 2 for f in fields))
     room = max(width - label_width, 20)
-    lines: list[_Segments] = []
+    lines: list[Text] = []
     for label, value, style in fields:
         texts = value if isinstance(value, list) else textwrap.wrap(_one_line(value), room) or [""]
         for index, text in enumerate(texts):
-            head = label.ljust(label_width) if index == 0 else " " * label_width
-            lines.append([(head, _DIM), (text, style)])
-    return "\n".join(_paint(line, color) for line in lines)
+            head_text = label.ljust(label_width) if index == 0 else " " * label_width
+            lines.append(_paint([(head_text, _DIM), (text, style)]))
+    return lines
+
+
+def format_run_info(info: RunInfo, *, color: bool, width: int = 80) -> str:
+    """:func:`run_info_lines` as a string."""
+    return to_text(run_info_lines(info, width=width), color=color, width=width)
+
+
+# ---- a definition -------------------------------------------------------------------
+
+
+def definition_tree(workflow: Workflow) -> Tree:
+    """A workflow's definition as a rich tree: its stages in order, each with its actions.
+
+    rich draws the guides in ASCII where the output's encoding has no box-drawing characters.
+    """
+    title = Text(workflow.id, _BOLD)
+    if workflow.name != workflow.id:
+        title.append(f"  {workflow.name}", _DIM)
+    tree = Tree(title, guide_style=_DIM)
+    for stage in workflow.stages:
+        label = Text(stage.id, _BOLD)
+        if stage.concurrency != 1:
+            label.append(f"  up to {stage.concurrency} at once", _DIM)
+        branch = tree.add(label)
+        for action in stage.actions:
+            branch.add(Text(action.name))
+    return tree
+
+
+def definition_json(workflow: Workflow) -> dict[str, Any]:
+    """A workflow's definition for ``--json``: its id, name and stages with their actions' names."""
+    return {
+        "workflow_id": workflow.id,
+        "name": workflow.name,
+        "description": workflow.description,
+        "stages": [
+            {
+                "id": stage.id,
+                "name": stage.name,
+                "concurrency": stage.concurrency,
+                "actions": [action.name for action in stage.actions],
+            }
+            for stage in workflow.stages
+        ],
+    }
+
+
+# ---- JSON views ---------------------------------------------------------------------
+
+
+def _error_json(error: BaseException | None) -> dict[str, str] | None:
+    if error is None:
+        return None
+    if isinstance(error, RecordedError):
+        return {"type": error.type_name, "message": error.message}
+    return {"type": type(error).__name__, "message": str(error)}
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` if JSON can carry it, else its ``repr`` (a store may hold any object in memory)."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def step_json(record: StepRecord) -> dict[str, Any]:
+    """One step record for ``--json``."""
+    return {
+        "kind": record.kind,
+        "stage_id": record.stage_id,
+        "action": record.action_name,
+        "status": record.status.value,
+        "dynamic": record.dynamic,
+        "replayed": _replayed(record),
+        "duration": record.duration,
+        "started_at": record.started_at,
+        "depth": record.depth,
+        "inserted_by": record.inserted_by,
+        "inserted_by_stage": record.inserted_by_stage,
+        "reason": None if _replayed(record) else record.reason,
+        "attempts": record.attempts,
+        "error": _error_json(record.error),
+        "recovered_error": _error_json(record.recovered_error),
+    }
+
+
+def run_json(result: RunResult) -> dict[str, Any]:
+    """A run's result for ``--json``: status, timing, error, store (non-JSON values as repr), steps."""
+    return {
+        "run_id": result.run_id,
+        "workflow_id": result.workflow_id,
+        "status": result.status.value,
+        "duration": result.duration,
+        "error": _error_json(result.error),
+        "bail_reason": result.bail_reason,
+        "suspend_reason": result.suspend_reason,
+        "suspend_data": _jsonable(result.suspend_data),
+        "store": {str(key): _jsonable(value) for key, value in result.store.items()},
+        "steps": [step_json(record) for record in result.steps],
+    }
+
+
+def run_info_json(info: RunInfo) -> dict[str, Any]:
+    """What the database knows of a run, for ``--json`` (the steps once it has ended or suspended)."""
+    return {
+        "run_id": info.run_id,
+        "workflow_id": info.workflow_id,
+        "status": info.status.value,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+        "workflow_version": info.workflow_version,
+        "idempotency_key": info.idempotency_key,
+        "owner": info.owner,
+        "lease_until": info.lease_until,
+        "wake_at": info.wake_at,
+        "suspend_reason": info.suspend_reason if info.status is RunStatus.SUSPENDED else None,
+        "suspend_data": info.suspend_data if info.status is RunStatus.SUSPENDED else None,
+        "suspended_step": info.suspended_step if info.status is RunStatus.SUSPENDED else None,
+        "resume_data": info.resume_data,
+        "error": info.error,
+        "failed_stage": info.failed_stage,
+        "failed_action": info.failed_action,
+        "bail_reason": info.bail_reason,
+    }
+
+
+# ---- a run followed from its events -------------------------------------------------
+
+
+class LiveRun:
+    """The tree of a run as its lifecycle events arrive, for ``asyncflow run``'s live view.
+
+    Feed it every event of one run (:meth:`feed`); :meth:`lines` draws the
+    tree so far (stages at one level in the order they started, inserted
+    ones marked with their inserter, running steps marked ``▶``) and a
+    progress line: steps done, running, elapsed.
+    """
+
+    def __init__(self, workflow_id: str, *, started: float | None = None) -> None:
+        self.workflow_id = workflow_id
+        self.run_id = ""
+        self.status = RunStatus.RUNNING
+        self.started = time.monotonic() if started is None else started
+        self._steps: list[dict[str, Any]] = []  # StepRecord fields, in the order steps started
+        self._stages: dict[str, int] = {}  # stage id -> index in _steps
+        self._actions: dict[str, int] = {}  # action key -> index in _steps
+        self._t0: float | None = None
+
+    def feed(self, event: Event) -> None:
+        """Take one event of the run into the tree."""
+        kind = event.kind
+        if self._t0 is None:
+            self._t0 = event.at
+        if kind is EventKind.RUN_STARTED:
+            self.run_id = event.run_id
+        elif kind in (EventKind.STAGE_STARTED, EventKind.ACTION_STARTED) or (kind is EventKind.STEP_SKIPPED):
+            self._start(event)
+        elif kind in (EventKind.STAGE_FINISHED, EventKind.ACTION_FINISHED):
+            step = self._find(event)
+            if step is not None:
+                step["status"] = StepStatus(event.status or "completed")
+                step["duration"] = event.duration or 0.0
+                step["error"] = event.error
+                step["attempts"] = event.attempt or step["attempts"]
+        elif kind is EventKind.ACTION_RETRY:
+            step = self._find(event)
+            if step is not None:
+                step["attempts"] = event.attempt or step["attempts"]
+        elif kind is EventKind.RUN_FINISHED or kind.value == "run_suspended":
+            self.status = RunStatus(event.status or "suspended")
+
+    def _find(self, event: Event) -> dict[str, Any] | None:
+        if event.action_name is None:
+            index = self._stages.get(event.stage_id or "")
+        else:
+            index = self._actions.get(event.key or "")
+        return None if index is None else self._steps[index]
+
+    def _start(self, event: Event) -> None:
+        stage = event.action_name is None
+        parent = None if event.parent_key is None else self._actions.get(event.parent_key)
+        inserter = None if parent is None else self._steps[parent]
+        step: dict[str, Any] = {
+            "kind": "stage" if stage else "action",
+            "stage_id": event.stage_id or "",
+            "action_name": event.action_name,
+            "status": StepStatus.SKIPPED if event.kind is EventKind.STEP_SKIPPED else StepStatus.RUNNING,
+            "dynamic": event.dynamic,
+            "duration": 0.0,
+            "started_at": event.at - (self._t0 or event.at),
+            "depth": 0 if inserter is None else inserter["depth"] + 1,
+            "inserted_by": None if inserter is None else f"{inserter['stage_id']}/{inserter['action_name']}",
+            "inserted_by_stage": None if inserter is None else inserter["stage_id"],
+            "reason": event.reason,
+            "error": None,
+            "attempts": event.attempt or 0,
+        }
+        if stage:
+            self._stages[step["stage_id"]] = len(self._steps)
+        elif event.key is not None:
+            self._actions[event.key] = len(self._steps)
+        self._steps.append(step)
+
+    def records(self, now: float | None = None) -> list[StepRecord]:
+        """The steps so far, as step records (running ones with status running, their time so far)."""
+        now = time.time() if now is None else now
+        t0 = self._t0 or now
+        return [
+            StepRecord(**{**step, "duration": max(now - t0 - step["started_at"], 0.0)})
+            if step["status"] is StepStatus.RUNNING
+            else StepRecord(**step)
+            for step in self._steps
+        ]
+
+    def progress(self, now: float | None = None) -> tuple[int, int, float]:
+        """(steps done, steps running, seconds elapsed)."""
+        done = sum(step["status"] not in (StepStatus.RUNNING, StepStatus.PENDING) for step in self._steps)
+        running = sum(
+            step["status"] is StepStatus.RUNNING and step["kind"] == "action" for step in self._steps
+        )
+        return done, running, (time.monotonic() if now is None else now) - self.started
+
+    def lines(self, *, width: int = 80, unicode: bool = True, now: float | None = None) -> list[Text]:
+        """The tree so far and the progress line."""
+        width = max(width, 40)
+        glyphs = _Glyphs(unicode=unicode)
+        renderer = _Renderer(width=width, glyphs=glyphs, shown_below=set(), replayed_stages=set(), earlier={})
+        short = short_run_id(self.run_id) if self.run_id else "…"
+        renderer.line(
+            [
+                (self.workflow_id, _BOLD),
+                (glyphs.dot + "run ", _DIM),
+                (short, ""),
+                (glyphs.dot, _DIM),
+                (self.status.value, _RUN_STYLE.get(self.status, "")),
+            ]
+        )
+        renderer.tree(_build_tree(self.records()))  # (running steps: their time so far)
+        done, running, elapsed = self.progress(now)
+        renderer.line(
+            [(f"{_plural(done, 'step')} done, {running} running", _DIM)],
+            f"{elapsed:,.1f} s",
+            _DIM,
+        )
+        return [_paint(line) for line in renderer.lines]

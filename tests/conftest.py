@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import inspect
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from loguru import logger
 
@@ -24,6 +28,67 @@ if TEST_LOOP == "uvloop":
     ) -> dict[str, Callable[[], Any]]:
         """Every async test on uvloop's loop."""
         return {"uvloop": uvloop.new_event_loop}
+
+
+#: The tests of the in-memory runner and its middleware: each of their async tests runs on trio too
+#: (through anyio, as ``test_..._on_trio``) besides the loop of :data:`TEST_LOOP`, so the runner stays free of
+#: asyncio. The durable engine is asyncio's only (``af.Engine`` refuses to open on trio).
+TRIO_MODULES = frozenset(
+    {
+        "test_builtin_middleware.py",
+        "test_concurrency.py",
+        "test_control.py",
+        "test_endings.py",
+        "test_logging.py",
+        "test_definitions.py",
+        "test_mermaid.py",
+        "test_messages.py",
+        "test_middleware.py",
+        "test_ordering.py",
+        "test_retry_timeout.py",
+        "test_store.py",
+        "test_testing.py",
+    }
+)
+HAS_TRIO = importlib.util.find_spec("trio") is not None
+
+
+def _on_trio(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """A synchronous test that runs the async ``test`` on trio's event loop."""
+
+    @functools.wraps(test)
+    def run_on_trio(**kwargs: Any) -> None:
+        anyio.run(functools.partial(test, **kwargs), backend="trio")
+
+    return run_on_trio
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """After each async test of :data:`TRIO_MODULES`, the same test on trio (pytest-asyncio runs the rest)."""
+    if not HAS_TRIO:
+        return
+    with_trio: list[pytest.Item] = []
+    for item in items:
+        with_trio.append(item)
+        if (
+            isinstance(item, pytest.Function)
+            and item.path.name in TRIO_MODULES
+            and inspect.iscoroutinefunction(item.function)
+            and item.get_closest_marker("asyncio_only") is None
+        ):
+            name = item.name.replace(item.originalname, f"{item.originalname}_on_trio", 1)
+            # Made from the test's function (its marks come along), not from the item, which
+            # pytest-asyncio has marked as its own.
+            twin = pytest.Function.from_parent(
+                item.parent,
+                name=name,
+                callspec=getattr(item, "callspec", None),
+                callobj=_on_trio(item.function),
+                fixtureinfo=item._fixtureinfo,
+                originalname=f"{item.originalname}_on_trio",
+            )
+            with_trio.append(twin)
+    items[:] = with_trio
 
 
 @pytest.fixture

@@ -159,10 +159,13 @@ def test_demo_lists_stages_in_execution_order(demo: subprocess.CompletedProcess[
     assert positions == sorted(positions)
 
 
-def test_demo_marks_dynamic_stages(demo: subprocess.CompletedProcess[str]) -> None:
-    """Exactly the stages inserted at run time carry the dynamic marker."""
-    dynamic = {stage_id for stage_id in DEMO_STAGES if "+ dynamic" in stage_line(demo.stdout, stage_id)[1]}
+def test_demo_marks_inserted_stages_with_their_inserter(demo: subprocess.CompletedProcess[str]) -> None:
+    """Exactly the stages inserted at run time say which action inserted them, at the top level."""
+    marker = "+ inserted by discover/find-resources"
+    lines = {stage_id: stage_line(demo.stdout, stage_id)[1] for stage_id in DEMO_STAGES}
+    dynamic = {stage_id for stage_id, line in lines.items() if marker in line}
     assert dynamic == {"process-databases", "process-caches", "process-servers"}
+    assert all(re.match(r"^[├└]─ ", line) for line in lines.values()), lines
 
 
 def test_demo_marks_the_skipped_step(demo: subprocess.CompletedProcess[str]) -> None:
@@ -347,10 +350,10 @@ def test_runs_commands_never_take_over_an_interrupted_run(tmp_path: Path) -> Non
     assert table_rows(again.stdout)[0][2] == "running"
 
 
-def test_runs_show_an_unknown_run_exits_1(demo: subprocess.CompletedProcess[str], demo_dir: Path) -> None:
-    """An unknown run id: exit 1, one line on stderr naming it, nothing on stdout."""
+def test_runs_show_an_unknown_run_exits_2(demo: subprocess.CompletedProcess[str], demo_dir: Path) -> None:
+    """An unknown run id: exit 2 (a usage error), one line on stderr naming it, nothing on stdout."""
     done = run_cli("runs", "show", "nope", "--db", str(demo_dir / "asyncflow-demo.db"))
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr == f"asyncflow: no run 'nope' in sqlite:///{demo_dir / 'asyncflow-demo.db'}\n"
     assert done.stdout == ""
 

@@ -294,6 +294,7 @@ async def test_move_on_after_cancels_the_run() -> None:
     assert log == []
 
 
+@pytest.mark.asyncio_only
 async def test_asyncio_task_cancel_propagates_cancelled_error() -> None:
     """task.cancel() on the task awaiting af.run raises asyncio.CancelledError out of it."""
     started = anyio.Event()
@@ -309,6 +310,7 @@ async def test_asyncio_task_cancel_propagates_cancelled_error() -> None:
     assert log == []
 
 
+@pytest.mark.asyncio_only
 async def test_asyncio_task_cancel_propagates_from_a_concurrent_stage() -> None:
     """Cancelling a run inside a concurrent stage cancels every running action and propagates."""
     seen: list[str] = []

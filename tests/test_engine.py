@@ -954,3 +954,19 @@ async def test_memory_engine_accepts_actions_that_are_not_referenceable(clock: F
     assert result.status is af.RunStatus.COMPLETED
     assert result.store == {"child": True}
     assert result.stage_order() == ["s", "extra"]
+
+
+async def test_register_refuses_a_rebuilt_workflow_that_cannot_be_compared() -> None:
+    """A rebuilt workflow of closures cannot be compared with the registered one: the error says why."""
+
+    def build() -> af.Workflow:
+        async def body(ctx: af.ActionContext) -> None:
+            pass
+
+        return af.Workflow("closures", stages=[af.Stage("s", actions=[af.action(name="inner")(body)])])
+
+    engine = af.Engine()
+    first = engine.register(build())
+    assert engine.register(first) is first
+    with pytest.raises(af.InvalidDefinition, match=r"cannot be compared .*register one workflow object"):
+        engine.register(build())

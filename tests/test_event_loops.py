@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import durable_flows as flows
 import pytest
 from conftest import TEST_LOOP
@@ -53,3 +54,32 @@ def test_durable_runs_commit_suspend_and_resume_on_uvloop(tmp_path: Path) -> Non
     assert approved.store["approved"] == {"by": "ops"}
     [(checkpoints,)] = query(db_path, "SELECT count(*) FROM checkpoints")
     assert checkpoints >= 20
+
+
+def test_an_engine_refuses_to_open_on_trio() -> None:
+    """`async with af.Engine()` on trio raises a RuntimeError saying the engine is asyncio's only."""
+
+    async def open_engine() -> None:
+        async with af.Engine():
+            pass
+
+    with pytest.raises(RuntimeError, match=r"af\.Engine runs on asyncio's event loop only .* this is trio"):
+        anyio.run(open_engine, backend="trio")
+
+
+def test_the_in_memory_runner_runs_on_trio() -> None:
+    """af.run completes a workflow with a dynamic stage on trio's event loop."""
+
+    @af.action
+    async def grow(ctx: af.ActionContext) -> None:
+        await anyio.lowlevel.checkpoint()
+        ctx.add_dynamic_stage(af.Stage("grown", actions=[af.action(name="leaf")(_nothing)]))
+
+    workflow = af.Workflow("on-trio", stages=[af.Stage("s", actions=[grow])])
+    result = anyio.run(af.run, workflow, backend="trio")
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.stage_order() == ["s", "grown"]
+
+
+async def _nothing(ctx: af.ActionContext) -> None:
+    pass

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import asyncflow as af
@@ -475,9 +476,9 @@ def _counting_workflow() -> af.Workflow:
 
     @af.action
     async def bump(ctx: af.ActionContext) -> None:
-        await asyncio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         ctx.store["counter"] = ctx.store.get("counter", int) + 1
-        await asyncio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         ctx.store["trail"] = [*ctx.store.get("trail", list), ctx.stage_id]
 
     @af.action
@@ -486,9 +487,9 @@ def _counting_workflow() -> af.Workflow:
         ctx.store["counter"] = 1
         ctx.store["trail"] = [ctx.stage_id]
         ctx.store["run"] = ctx.run_id
-        await asyncio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         ctx.add_dynamic_stage(af.Stage(f"dyn-{request}", actions=[bump]))
-        await asyncio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         ctx.add_dynamic_stage(af.Stage("shared", actions=[bump]))
 
     return af.Workflow(
@@ -512,6 +513,7 @@ def _check_counting_results(results: dict[int, af.RunResult]) -> None:
     assert len({r.run_id for r in results.values()}) == 1_000
 
 
+@pytest.mark.asyncio_only
 async def test_one_workflow_run_by_1000_gathered_tasks_gives_isolated_results() -> None:
     """1,000 concurrent runs (asyncio.gather) of one workflow each get their own order and store."""
     wf = _counting_workflow()

@@ -27,10 +27,12 @@ again (``mw.inject_store`` included).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
@@ -54,6 +56,7 @@ from .errors import (
     IdempotencyConflict,
     InvalidDefinition,
     LeaseLost,
+    NotReferenceable,
     NotSerializable,
     RunFailed,
     RunStateError,
@@ -61,6 +64,7 @@ from .errors import (
     UnknownWorkflow,
 )
 from .events import EventKind, RunEvent
+from .isolation.process import ProcessPool
 from .jsonvalues import exact_json
 from .records import RunResult, RunStatus, plan_rows
 from .runner import Runner
@@ -161,6 +165,9 @@ class Engine:
             backend that notifies, PostgreSQL, wakes the engine sooner).
         concurrency: at most this many runs taken over at once (runs started
             here with ``engine.start`` are not limited); ``None``: no limit.
+            ``0``: this engine runs nothing: ``engine.start`` writes runs down,
+            free, for the workers (``asyncflow worker``) to take (a web app
+            that starts runs, say).
         watch_interval: how often ``engine.watch`` looks for events written by
             another process (events of runs executing here arrive at once).
         events: keep each run's events in its log for ``engine.watch`` (default
@@ -168,6 +175,9 @@ class Engine:
             on SQLite (see the CHANGELOG); an engine that runs many short durable
             runs nobody watches may turn it off (``watch`` then gives only the
             events of runs other engines executed).
+        process_pool: warm child processes for the isolated stages of its runs
+            (``Stage(isolation="process")``), set on its runner; the engine
+            ends the pool's children when it closes.
     """
 
     def __init__(
@@ -185,15 +195,23 @@ class Engine:
         concurrency: int | None = None,
         watch_interval: float = 0.2,
         events: bool = True,
+        process_pool: ProcessPool | None = None,
     ) -> None:
         if concurrency is not None and (
-            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0
         ):
-            raise ValueError(f"concurrency must be a positive int or None, got {concurrency!r}")
+            raise ValueError(f"concurrency must be an int of at least 0, or None, got {concurrency!r}")
         self.concurrency = concurrency
         self.backend = open_backend(url)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
         self.runner = runner if runner is not None else Runner(clock=self.clock)
+        if process_pool is not None:
+            if not isinstance(process_pool, ProcessPool):
+                raise TypeError(f"process_pool must be an af.ProcessPool, got {process_pool!r}")
+            if self.runner.process_pool not in (None, process_pool):
+                raise ValueError("the runner given to the engine has another process_pool; pass one of them")
+            self.runner.process_pool = process_pool
+        self.process_pool = self.runner.process_pool
         self.registry = registry if registry is not None else global_registry
         self.recover = recover
         if retention is not None:
@@ -209,7 +227,7 @@ class Engine:
         if not watch_interval > 0:
             raise ValueError(f"watch_interval must be positive, got {watch_interval!r}")
         self.watch_interval = watch_interval
-        self.events = events
+        self.keeps_events = events
         if poll_interval * 2 >= lease:
             raise ValueError(f"poll_interval ({poll_interval}) must be under half the lease ({lease})")
         self.lease = lease
@@ -218,6 +236,7 @@ class Engine:
             _check_name(owner, "owner")
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
+        self._definitions: dict[str, dict[str, Any]] = {}  # (of registered workflows, once made)
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
         self._trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
@@ -227,19 +246,27 @@ class Engine:
         self._open = False  # between __aenter__ and the end of __aexit__
         self._closing = False
         self._draining = False  # (drain): runs stop after their next checkpoint and are given back
+        self._foreign: set[str] = set()  # workflows of runs left here for other engines (warned once)
         self._wake: anyio.Event | None = None  # set by a backend's notice: look for runs now
 
     # ---- set-up ---------------------------------------------------------------------
+
+    @property
+    def workflows(self) -> list[Workflow]:
+        """The workflows registered with this engine, in the order they were registered."""
+        return list(self._workflows.values())
 
     def register(self, workflow: Workflow) -> Workflow:
         """Let this engine run (and recover) ``workflow``, by its id; return it.
 
         A workflow built again with the same definition (a web handler that
-        builds it per request, say) is accepted and the registered one is used;
-        with a persistent backend the definitions are compared.
+        builds it per request, say) is accepted and the registered one is used,
+        on every backend: the two definitions are compared.
 
         Raises:
-            InvalidDefinition: a different workflow is registered under that id.
+            InvalidDefinition: a workflow with a different definition is registered under that
+                id, or one that cannot be compared with it (an action that cannot be re-created
+                from a definition: register one workflow object and start that one).
             NotReferenceable: the backend is persistent and an action cannot be re-created.
         """
         if not isinstance(workflow, Workflow):
@@ -247,20 +274,36 @@ class Engine:
         existing = self._workflows.get(workflow.id)
         if existing is workflow:
             return workflow  # checked when it was registered: start() stays cheap
-        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
         if existing is not None:
-            if definition is not None and definition == self.registry.workflow_definition(existing):
+            try:
+                same = self.registry.workflow_definition(workflow) == self._definition_of(existing)
+            except NotReferenceable as exc:
+                raise InvalidDefinition(
+                    f"another workflow is already registered with id {workflow.id!r}, and this one "
+                    f"cannot be compared with it ({exc}); register one workflow object and pass that "
+                    f"same object to engine.start"
+                ) from None
+            if same:
                 return existing
             raise InvalidDefinition(
-                f"another workflow is already registered with id {workflow.id!r}"
-                + (" and a different definition" if definition is not None else "")
+                f"another workflow is already registered with id {workflow.id!r} and a different definition"
             )
+        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
         self._workflows[workflow.id] = workflow
         if definition is not None:
+            self._definitions[workflow.id] = definition
             self._versions.register(workflow, definition)
         return workflow
 
+    def _definition_of(self, registered: Workflow) -> dict[str, Any]:
+        """The definition of a registered workflow, made once."""
+        definition = self._definitions.get(registered.id)
+        if definition is None:
+            definition = self._definitions[registered.id] = self.registry.workflow_definition(registered)
+        return definition
+
     async def __aenter__(self) -> Self:
+        _require_asyncio()
         if self._open:
             raise RunStateError(
                 "this engine is open already: enter 'async with engine:' once at a time (it can be "
@@ -279,7 +322,7 @@ class Engine:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
-        self._events = EventLog(self.backend, self._executes, self.events)
+        self._events = EventLog(self.backend, self._executes, self.keeps_events)
         if self._events.keep:
             self._unhook = [
                 self.runner.on_event(self._events.record_event),
@@ -327,6 +370,8 @@ class Engine:
             self.backend.on_notice(None)
             try:
                 with anyio.CancelScope(shield=True):
+                    if self.process_pool is not None:
+                        await self.process_pool.aclose()
                     await self.backend.aclose()
             finally:
                 self._open = False
@@ -376,6 +421,10 @@ class Engine:
             )
         return self._group
 
+    def _require_open(self) -> None:
+        if not self._open:
+            raise EngineNotOpen("the engine is not open: use 'async with engine:' (or a FastAPI lifespan)")
+
     def _executes(self, run_id: str) -> bool:
         """Whether the run executes in this engine now (its events go to its log from here)."""
         return run_id in self._active
@@ -415,15 +464,16 @@ class Engine:
         entries = initial_entries(dict(store or {}), self.backend.persistent)
         version = await self._versions.save(workflow.id)  # (once, if registered since the engine opened)
         now = self.clock.now()
+        here = self.concurrency != 0  # (0: for the workers to take)
         info = RunInfo(
             run_id=run_id or new_run_id(),
             workflow_id=workflow.id,
-            status=RunStatus.RUNNING,
+            status=RunStatus.RUNNING if here else RunStatus.PENDING,
             created_at=now,
             updated_at=now,
             idempotency_key=idempotency_key,
-            owner=self.owner,
-            lease_until=now + self.lease,
+            owner=self.owner if here else None,
+            lease_until=now + self.lease if here else None,
             workflow_version=version,
         )
         if faults._PLAN is not None:
@@ -436,7 +486,7 @@ class Engine:
                 self.backend.persistent,
             )
         info, created = await self.backend.create_run(info, entries)
-        if created:
+        if created and here:
             self._active[info.run_id] = active = _Active(info.run_id)  # (its events are its log's from now)
             self._events.add(
                 info.run_id,
@@ -445,6 +495,15 @@ class Engine:
                 else {"kind": EventKind.RUN_CREATED.value, "at": now},
             )
             self._launch(group, SavedRun(info, list(entries), []), active)
+        elif created:  # (for the workers: its log begins here)
+            await self.backend.append_events(
+                info.run_id,
+                [
+                    {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
+                    if request is not None
+                    else {"kind": EventKind.RUN_CREATED.value, "at": now}
+                ],
+            )
         elif idempotency_key is not None:
             await self._check_same_request(info, workflow, idempotency_key, request)
         return RunHandle(self, info.run_id, self._active.get(info.run_id), created=created)
@@ -487,7 +546,7 @@ class Engine:
         try:
             workflow = self._workflows.get(info.workflow_id)
             if workflow is None:
-                await self._finish_unknown_workflow(info)
+                await self._leave_unknown_workflow(info)
                 return
             if self._versions.differs(info):
                 try:
@@ -587,21 +646,26 @@ class Engine:
         finally:
             active.done.set()
 
-    async def _finish_unknown_workflow(self, info: RunInfo) -> None:
-        message = (
-            f"workflow {info.workflow_id!r} is not registered with this engine; register it with "
-            f"engine.register(workflow) before opening the engine"
-        )
-        logger.error("run {} cannot continue: {}", info.run_id, message)
-        await self.backend.update_run(
-            info.run_id,
-            holder=self.owner,
-            now=self.clock.now(),
-            status=RunStatus.FAILED,
-            error=f"UnknownWorkflow: {message}",
-            owner=None,
-            lease_until=None,
-        )
+    async def _leave_unknown_workflow(self, info: RunInfo) -> None:
+        """Give back a run of a workflow not registered here, for an engine that has it (pools by workflow).
+
+        It waits (``PENDING``, held by nobody) instead of failing; this engine's
+        claims skip its version for ten leases.
+        """
+        if info.workflow_id not in self._foreign:
+            self._foreign.add(info.workflow_id)
+            logger.warning(
+                "run {} is of workflow {!r}, which is not registered with this engine; it is left "
+                "for an engine that has it (engine.register(workflow) to run it here)",
+                info.run_id,
+                info.workflow_id,
+            )
+        if info.workflow_version is not None:
+            self._versions.leave(info, f"workflow {info.workflow_id!r} is not registered here")
+        fields: dict[str, Any] = {}
+        if info.status in (RunStatus.RUNNING, RunStatus.PENDING):
+            fields["status"] = RunStatus.PENDING
+        await self._release(info.run_id, **fields)
 
     async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
         fields = end_fields(info, result, durability.suspended_key)
@@ -748,8 +812,7 @@ class Engine:
             UnknownRun: no such run.
             EngineNotOpen: the engine is not open.
         """
-        if not self._open:
-            raise EngineNotOpen("the engine is not open: use 'async with engine:' (or a FastAPI lifespan)")
+        self._require_open()
         info = await self.backend.get_run(run_id) if _could_be_stored(run_id) else None
         if info is None:
             raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
@@ -763,6 +826,19 @@ class Engine:
             steps = with_earlier_timings(plan_rows(active.run.plan.walk_stages()), info.steps)
             info = attrs.evolve(info, steps=steps.dicts())
         return info
+
+    async def get_store(self, run_id: str) -> dict[str, Any]:
+        """The run's store as its last committed step left it (a snapshot; expired entries left out).
+
+        Raises:
+            UnknownRun: no such run.
+            EngineNotOpen: the engine is not open.
+        """
+        self._require_open()
+        saved = await self.backend.load(run_id) if _could_be_stored(run_id) else None
+        if saved is None:
+            raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
+        return restore_store(saved.store, self.clock, self.backend.persistent).snapshot()
 
     def watch(self, run_id: str, *, after: str | None = None) -> AsyncIterator[RunEvent]:
         """The run's events, from any process, as they happen; it ends when the run ends or suspends.
@@ -792,8 +868,30 @@ class Engine:
         info = await self.get_run(run_id)
         start = await self._events.check_cursor(run_id, after)
         await self._events.flush(run_id)
-        async for event in self._events.watch(info, start, self._current, self.watch_interval):
-            yield event
+        # Closed here when the caller leaves early (a web client that went away), not by the GC later.
+        async with contextlib.aclosing(
+            self._events.watch(info, start, self._current, self.watch_interval)
+        ) as events:
+            async for event in events:
+                yield event
+
+    async def events(self, run_id: str, *, after: str | None = None, limit: int = 1000) -> list[RunEvent]:
+        """The run's events logged so far (at most ``limit``, after the cursor ``after``), without waiting.
+
+        Raises:
+            UnknownRun: no such run.
+            UnknownCursor: ``after`` is not a cursor this run's events had.
+            EngineNotOpen: the engine is not open.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValueError(f"limit must be an int from 1 to 10,000, got {limit!r}")
+        info = await self.get_run(run_id)
+        start = await self._events.check_cursor(run_id, after)
+        await self._events.flush(run_id)
+        return [
+            RunEvent.from_data(seq, run_id, info.workflow_id, data)
+            for seq, data in await self.backend.read_events(run_id, after=start, limit=limit)
+        ]
 
     async def _current(self, run_id: str) -> RunInfo | None:
         return await self.backend.get_run(run_id)
@@ -811,6 +909,7 @@ class Engine:
             UnknownRun: no such run.
             RunStateError: the run has already ended.
         """
+        self._require_open()
         active = self._active.get(run_id)
         if active is not None and not active.done.is_set():
             active.cancel_requested = True
@@ -918,33 +1017,47 @@ class Engine:
         resumed: dict[str, Any] = {"kind": EventKind.RUN_RESUMED.value, "at": self.clock.now()}
         if key is not None:
             resumed["key"] = key
-        # Written at once (not buffered): a retry with the key, from any process, must find it.
-        # The run is resumed already: a write that fails now is tried again, not raised.
-        try:
-            await self.backend.append_events(run_id, [resumed])
-        except Exception as exc:
-            what = f"the resume of run {run_id}"
-            await self._trouble.retry(
-                what, lambda: self.backend.append_events(run_id, [resumed]), exc, self.lease
-            )
-        self._events.wake(run_id)
         stale = self._active.get(run_id)
         if stale is not None and stale.done.is_set():  # (its execution up to the suspension)
             del self._active[run_id]
+        # The run is resumed already: from here on a write that fails is tried again, not raised.
         now = self.clock.now()
         try:
-            claimed = await self.backend.claim(
-                self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+            claimed = (
+                await self.backend.claim(
+                    self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+                )
+                if self.concurrency != 0  # (0: the workers take it)
+                else []
             )
-        except Exception as exc:  # (resumed, and free: this engine or another takes it at its next look)
+            saved = await self.backend.load(run_id) if claimed else None
+        except Exception as exc:  # (resumed: this engine or another takes it at its next look)
             logger.warning(
                 "run {} is resumed; taking it here failed ({}: {})", run_id, type(exc).__name__, exc
             )
-            claimed = []
-        if claimed:
-            saved = await self.backend.load(run_id)
-            if saved is not None:
+            saved = None
+        what = f"the resume of run {run_id}"
+        try:
+            if saved is not None and self._events.keep:
+                self._events.add(run_id, resumed)  # (before the events of the execution it launches)
                 self._launch(group, saved)
+                # Written before this returns: a retry with the key, from any process, must find it.
+                try:
+                    await self._events.flush(run_id)
+                except Exception as exc:  # (the events are kept: written again)
+                    await self._trouble.retry(what, lambda: self._events.flush(run_id), exc, self.lease)
+            else:
+                if saved is not None:
+                    self._launch(group, saved)
+                try:
+                    await self.backend.append_events(run_id, [resumed])
+                except Exception as exc:
+                    await self._trouble.retry(
+                        what, lambda: self.backend.append_events(run_id, [resumed]), exc, self.lease
+                    )
+                self._events.wake(run_id)
+        except GivenBack as exc:  # (the run is resumed all the same; only its log misses the resume)
+            logger.warning("run {} is resumed, but {}", run_id, exc)
         return RunHandle(self, run_id, self._active.get(run_id))
 
     async def _resumed_with(self, run_id: str, key: str) -> bool:
@@ -966,6 +1079,7 @@ class Engine:
 
         Pass ``page.next_cursor`` back as ``cursor`` for the next page.
         """
+        self._require_open()
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError(f"limit must be an int from 1 to 1000, got {limit!r}")
         wanted = RunStatus(status) if status is not None else None
@@ -979,6 +1093,7 @@ class Engine:
         Raises:
             RunStateError: the run is executing in this engine (cancel it first).
         """
+        self._require_open()
         active = self._active.get(run_id)
         if active is not None and not active.done.is_set():
             raise RunStateError(f"run {run_id!r} is running in this engine; cancel it before deleting it")
@@ -1006,3 +1121,21 @@ def _check_name(value: object, what: str) -> None:
     if value.isspace():
         raise ValueError(f"{what} must not be blank, got {value!r}")
     check_text(value, what)
+
+
+def _require_asyncio() -> None:
+    """Refuse to open an engine on an event loop other than asyncio's (uvloop is asyncio's too).
+
+    The durable engine's backends hand work to threads and wake the loop through
+    asyncio; the in-memory runner (``af.run``, ``af.Runner``) runs on trio as well.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        trio = sys.modules.get("trio")
+        on = "trio" if trio is not None and trio.lowlevel.in_trio_run() else "another event loop"
+        raise RuntimeError(
+            f"af.Engine runs on asyncio's event loop only (uvloop included), and this is {on}: its "
+            f"backends hand work to threads and wake the loop through asyncio. On trio, run workflows "
+            f"in memory with af.run or af.Runner"
+        ) from None

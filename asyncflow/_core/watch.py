@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import anyio
@@ -176,7 +176,7 @@ class EventLog:
         after: int,
         get_run: Callable[[str], Any],
         interval: float,
-    ) -> AsyncIterator[RunEvent]:
+    ) -> AsyncGenerator[RunEvent, None]:
         """The run's events after number ``after``, as they are written, until the run ends or suspends.
 
         ``get_run`` reads the run's row (``None`` once it is deleted);

@@ -155,3 +155,19 @@ async def test_list_runs_delete_and_purge_through_the_engine(backend: Storage) -
         assert await engine.purge(older_than=timedelta(0)) == 2
         left = await engine.list_runs()
     assert [info.run_id for info in left.runs] == [approval.run_id]
+
+
+async def test_a_workflow_rebuilt_per_request_runs_and_a_different_one_is_refused(backend: Storage) -> None:
+    """engine.start takes an equal workflow built anew; one of another definition is InvalidDefinition."""
+
+    def build(*actions: af.Action) -> af.Workflow:
+        return af.Workflow("per-request", stages=[af.Stage("s", actions=list(actions))])
+
+    async with backend.engine(build(flows.step_one)) as engine:
+        handle = await engine.start(build(flows.step_one))
+        with anyio.fail_after(5):
+            result = await handle.result()
+        with pytest.raises(af.InvalidDefinition, match="'per-request' and a different definition"):
+            await engine.start(build(flows.step_one, flows.step_one))
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.action_order() == ["step-one"]
