@@ -197,7 +197,7 @@ class Registry:
                 f"{place} has middleware (Stage.use / use_action), which a definition cannot carry; "
                 f"register middleware on the engine's runner or the workflow instead"
             )
-        return {
+        defn: dict[str, Any] = {
             "id": stage.id,
             "name": stage.name,
             "description": stage.description,
@@ -211,6 +211,9 @@ class Registry:
                 for index, action in enumerate(stage.actions)
             ],
         }
+        if stage.isolation is not None:
+            defn["isolation"] = stage.isolation
+        return defn
 
     def stage_from_definition(self, defn: Mapping[str, Any], *, where: str = "") -> Stage:
         """The :class:`~asyncflow.Stage` a :meth:`stage_definition` describes."""
@@ -232,6 +235,7 @@ class Registry:
                 concurrency=defn.get("concurrency", 1),
                 timeout=defn.get("timeout"),
                 retry=retry,
+                isolation=defn.get("isolation"),
             )
         except InvalidDefinition:
             raise

@@ -23,9 +23,11 @@ from loguru import logger
 
 from .clock import SYSTEM_CLOCK, Clock
 from .context import MiddlewareContext
-from .errors import ActionFailed, Bail, RunFailed, StageFailed, Suspend
+from .errors import ActionFailed, Bail, ChildProcessFailed, RunFailed, StageFailed, Suspend
 from .events import EventHandler, EventKind, EventStream, Hub, MessageHandler
 from .execute import DISABLED, SKIPPED_BY_MIDDLEWARE, attempting, emit_finished, run_action, skip_step
+from .isolation.process import ProcessPool
+from .isolation.session import run_isolated
 from .middleware import (
     Chain,
     Handler,
@@ -75,6 +77,9 @@ class Runner:
             them early.
         clock: what back-off sleeps, durable sleeps and TTLs follow (default:
             the system clock; :class:`asyncflow.testing.FakeClock` in tests).
+        process_pool: warm child processes for isolated stages
+            (``Stage(isolation="process")``); without one, each isolated stage
+            starts a fresh child. The caller opens and closes the pool.
     """
 
     def __init__(
@@ -88,8 +93,12 @@ class Runner:
         max_insertions: int = DEFAULT_MAX_INSERTIONS,
         require_json: bool = False,
         clock: Clock | None = None,
+        process_pool: ProcessPool | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        if process_pool is not None and not isinstance(process_pool, ProcessPool):
+            raise TypeError(f"process_pool must be an af.ProcessPool, got {process_pool!r}")
+        self.process_pool = process_pool
         self.middleware = tuple(check_middlewares(middleware, "the runner (run level)"))
         self.stage_middleware = tuple(check_middlewares(stage_middleware, "the runner (stage level)"))
         self.action_middleware = tuple(check_middlewares(action_middleware, "the runner (action level)"))
@@ -264,7 +273,9 @@ class Runner:
     def _failure(self, run: RunState, exc: Exception, result: RunResult) -> RunFailed:
         node = run.failed_node
         failure: RunFailed
-        if node is not None and node.error is exc:
+        if node is not None and node.error is exc and isinstance(exc, ChildProcessFailed):
+            failure = exc.with_result(result)  # the child died: that is the run's error
+        elif node is not None and node.error is exc:
             failure = ActionFailed(
                 run_id=run.run_id,
                 workflow_id=run.workflow.id,
@@ -438,6 +449,13 @@ class Runner:
         node.timeout = stage.timeout or self.timeout
         node.fast = node.chain is None and node.retry is None and node.timeout is None
         node.pending = deque(node.actions)
+        if stage.isolation is not None:
+            await run_isolated(run, node, self.process_pool, self._stage_actions)
+        else:
+            await self._stage_actions(run, node)
+
+    async def _stage_actions(self, run: RunState, node: StageNode) -> None:
+        stage = node.stage
         try:
             block_mws = stage.middleware
             if block_mws:
