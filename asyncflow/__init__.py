@@ -29,6 +29,7 @@ from ._core.errors import ActionFailed as ActionFailed
 from ._core.errors import ActionTimeout as ActionTimeout
 from ._core.errors import BackendError as BackendError
 from ._core.errors import Bail as Bail
+from ._core.errors import ChildProcessFailed as ChildProcessFailed
 from ._core.errors import ContextClosed as ContextClosed
 from ._core.errors import DuplicateRunId as DuplicateRunId
 from ._core.errors import DuplicateStageId as DuplicateStageId
@@ -61,11 +62,13 @@ from ._core.events import EventKind as EventKind
 from ._core.events import EventStream as EventStream
 from ._core.events import Message as Message
 from ._core.events import RunEvent as RunEvent
+from ._core.isolation.process import ProcessPool as ProcessPool
 from ._core.middleware import CallNext as CallNext
 from ._core.middleware import Middleware as Middleware
 from ._core.plan import Plan as Plan
 from ._core.records import RunResult as RunResult
 from ._core.records import RunStatus as RunStatus
+from ._core.records import StepKind as StepKind
 from ._core.records import StepRecord as StepRecord
 from ._core.records import StepStatus as StepStatus
 from ._core.records import Timing as Timing
@@ -95,6 +98,7 @@ __all__ = [
     "BackendError",
     "Bail",
     "CallNext",
+    "ChildProcessFailed",
     "Clock",
     "ContextClosed",
     "DuplicateRunId",
@@ -119,6 +123,7 @@ __all__ = [
     "NotReferenceable",
     "NotSerializable",
     "Plan",
+    "ProcessPool",
     "RecordedError",
     "Registry",
     "Retry",
@@ -134,6 +139,7 @@ __all__ = [
     "Sleep",
     "Stage",
     "StageFailed",
+    "StepKind",
     "StepRecord",
     "StepStatus",
     "StepTimeout",

@@ -5,6 +5,13 @@ action, the fast path (no middleware, no retry, no timeout, nobody listening
 for events) is one context object, two clock reads and the await of the
 action itself (and in a durable run its checkpoint); everything else is paid
 only by those who use it.
+
+Two reaches into another module's private slots are kept on purpose, both on
+the per-action hot path where a call costs a measurable share: the fast path
+closes the :class:`ActionContext` by its slots (``_closed``, ``_overlay``,
+``_journal``, ``_finish``), and :class:`ActionLevel` is made without an
+``__init__`` call, its inherited ``MiddlewareContext`` slots filled inline
+(the runner does the same for its ``_Entering``).
 """
 
 from __future__ import annotations
@@ -18,25 +25,33 @@ import anyio
 from loguru import logger
 
 from .clock import sleep_until
-from .context import ActionContext, MiddlewareContext, suspend_data_error
-from .durable import Durability, Op
+from .context import ActionContext, MiddlewareContext, commit_checkpoint, end_attempt, replay_plan_changes
+from .durable import Op
 from .errors import ActionTimeout, Bail, InsertionLimitExceeded, Suspend
 from .events import EventKind
 from .middleware import Handler, Middleware
 from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, StageNode, UndoEntry
-from .records import _CANCELLED, _COMPLETED, _FAILED, _RUNNING, _SKIPPED, _SUSPENDED
+from .records import (
+    STEP_CANCELLED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_RUNNING,
+    STEP_SKIPPED,
+    StepNote,
+    step_reason,
+)
 from .retry import Retry
 from .state import RunState, grace
 
-#: The reason recorded for a step that completed before a restart or a resume and was replayed.
-REPLAYED = "completed in an earlier execution"
-
-SKIPPED_BY_MIDDLEWARE = "skipped by middleware"
+# Whole reasons, as text once: a step's reason is stored as text (see StepNote).
+REPLAYED = step_reason(StepNote.REPLAYED)
+SKIPPED_BY_MIDDLEWARE = step_reason(StepNote.SKIPPED_BY_MIDDLEWARE)
+DISABLED = step_reason(StepNote.DISABLED)
 
 
 async def skip_step(run: RunState, node: StageNode | ActionNode, reason: str) -> None:
     """Record ``node`` skipped for ``reason`` (and tell listeners)."""
-    node.status = _SKIPPED
+    node.status = STEP_SKIPPED
     node.reason = reason
     run.log.append(node)
     if run.hub.listening:
@@ -59,7 +74,7 @@ async def run_action(run: RunState, node: ActionNode) -> None:
     stage = node.stage_node
     stage.executed += 1
     node.index = stage.executed - 1
-    node.status = _RUNNING
+    node.status = STEP_RUNNING
     run.log.append(node)
     node.started = started = perf_counter()
     durable = run.durable
@@ -71,7 +86,7 @@ async def run_action(run: RunState, node: ActionNode) -> None:
             except Exception as exc:
                 # Its plan changes cannot be replayed (an unknown action reference...).
                 node.duration = perf_counter() - started
-                node.status = _FAILED
+                node.status = STEP_FAILED
                 node.error = exc
                 if run.failed_node is None:
                     run.failed_node = node
@@ -90,11 +105,11 @@ async def run_action(run: RunState, node: ActionNode) -> None:
                 if run.plan.over_limit:
                     raise _over_limit(run)
                 if durable is not None:
-                    await _commit(durable, node, ctx)
+                    await commit_checkpoint(durable, node, ctx)
             except BaseException as exc:
                 if durable is not None and isinstance(exc, Bail):
-                    await _commit(durable, node, ctx)
-                failure = _attempt_failed(ctx, node, exc)
+                    await commit_checkpoint(durable, node, ctx)
+                failure = end_attempt(ctx, node, exc)
                 if failure is not exc:
                     raise failure from None
                 raise
@@ -120,30 +135,30 @@ async def run_action(run: RunState, node: ActionNode) -> None:
                 inner = chain.inner
                 await chain.first(mctx, attempt if inner is None else partial(inner, mctx))
                 if node.attempts == 0:
-                    node.status = _SKIPPED
+                    node.status = STEP_SKIPPED
                     node.reason = SKIPPED_BY_MIDDLEWARE
-                elif node.status is _FAILED:
+                elif node.status is STEP_FAILED:
                     # A middleware swallowed the error: completed, and the error is kept.
                     node.recovered = node.error
                     node.error = None
-                    node.status = _RUNNING
+                    node.status = STEP_RUNNING
     except BaseException as exc:
         node.duration = perf_counter() - started
         if isinstance(exc, anyio.get_cancelled_exc_class()):
             # Even between attempts (a retry back-off): the action was cancelled, not failed.
-            node.status = _CANCELLED
-        elif not isinstance(exc, (Bail, Suspend)) and node.status is not _FAILED:
-            node.status = _FAILED
+            node.status = STEP_CANCELLED
+        elif not isinstance(exc, (Bail, Suspend)) and node.status is not STEP_FAILED:
+            node.status = STEP_FAILED
             node.error = exc
-        if node.status is _FAILED and run.failed_node is None:
+        if node.status is STEP_FAILED and run.failed_node is None:
             run.failed_node = node
         if listening:
             with grace():
                 await emit_finished(run, EventKind.ACTION_FINISHED, node, node.error)
         raise
     node.duration = perf_counter() - started
-    if node.status is _RUNNING:
-        node.status = _COMPLETED
+    if node.status is STEP_RUNNING:
+        node.status = STEP_COMPLETED
     if listening:
         await emit_finished(run, EventKind.ACTION_FINISHED, node, node.recovered)
 
@@ -152,26 +167,9 @@ def replay(run: RunState, node: ActionNode, ops: list[Op]) -> None:
     """Re-apply the plan changes of an action that completed before a restart, without running it."""
     durable = run.durable
     assert durable is not None
-    ctx = ActionContext(run, node)
-    ctx._replaying = True
-    where = f"replaying action {node.action.name!r} of stage {node.stage_node.id!r}"
-    for op in ops:
-        kind = op["op"]
-        if kind == "action":
-            ctx.add_dynamic_action(durable.resolve(op["ref"], where))
-        elif kind == "stage":
-            stage = durable.stage_from_definition(op["stage"], where)
-            ctx._count_insertion()
-            ctx._insert_stage(stage, op["id"], min(op["at"], len(node.stage_node.inserted or ())))
-        elif kind in ("disable_stage", "enable_stage", "remove_stage"):
-            getattr(ctx.plan, kind)(op["id"])
-        elif kind in ("disable_action", "enable_action", "remove_action"):
-            getattr(ctx.plan, kind)(op["name"], op["stage_id"])
-        else:
-            getattr(ctx.plan, kind)(op["tag"])
-    ctx._finish(True)
+    replay_plan_changes(run, node, ops, durable)
     node.attempts = max(node.attempts, 1)
-    node.status = _COMPLETED
+    node.status = STEP_COMPLETED
     node.reason = REPLAYED
 
 
@@ -233,7 +231,7 @@ class ActionLevel(MiddlewareContext):
         limit = self._limit
         node.attempts = attempt = node.attempts + 1
         if attempt > 1:
-            node.status = _RUNNING
+            node.status = STEP_RUNNING
             if run.hub.listening:
                 await run.hub.emit(
                     run.event(
@@ -263,11 +261,11 @@ class ActionLevel(MiddlewareContext):
                         seconds=limit,
                     )
             if run.durable is not None:
-                await _commit(run.durable, node, ctx)
+                await commit_checkpoint(run.durable, node, ctx)
         except BaseException as exc:
             if isinstance(exc, Bail) and run.durable is not None:
-                await _commit(run.durable, node, ctx)
-            failure = _attempt_failed(ctx, node, exc)
+                await commit_checkpoint(run.durable, node, ctx)
+            failure = end_attempt(ctx, node, exc)
             if failure is not exc:
                 raise failure from None
             raise
@@ -276,21 +274,12 @@ class ActionLevel(MiddlewareContext):
             journal = ctx._finish(True)
             if journal is not None and run.hub.listening:
                 await _emit_inserts(run, journal)
-        if node.status is _FAILED:  # an earlier attempt failed (a middleware retries)
-            node.status = _RUNNING
+        if node.status is STEP_FAILED:  # an earlier attempt failed (a middleware retries)
+            node.status = STEP_RUNNING
             node.error = None
 
 
 _new_object = object.__new__
-
-
-def _commit(durable: Durability, node: ActionNode, ctx: ActionContext) -> Awaitable[None]:
-    """The checkpoint of an attempt that ended, before the run moves on.
-
-    Its store changes, plan changes and completion, in one transaction; also
-    for a bail, which keeps what the action wrote, in the database too.
-    """
-    return durable.commit_action(node, ctx._overlay, getattr(ctx, "_ops", None))
 
 
 def attempting(mw: Middleware) -> Handler:
@@ -313,27 +302,3 @@ async def _emit_inserts(run: RunState, journal: list[UndoEntry]) -> None:
             await run.hub.emit(run.event(EventKind.STAGE_INSERTED, child))
         elif kind == _UNDO_ACTION:
             await run.hub.emit(run.event(EventKind.ACTION_INSERTED, child))
-
-
-def _attempt_failed(ctx: ActionContext, node: ActionNode, exc: BaseException) -> BaseException:
-    """Record how the attempt ended; the exception to go on with (``exc``, or what replaces it)."""
-    if isinstance(exc, Suspend) and (refused := suspend_data_error(ctx, exc.data)) is not None:
-        exc = refused  # an af.Suspend raised directly, with data the run cannot keep
-    if isinstance(exc, Bail):
-        ctx._finish(True)
-        node.status = _COMPLETED
-        node.reason = f"bailed: {exc.reason}"
-    elif isinstance(exc, Suspend):
-        ctx._finish(False)
-        node.status = _SUSPENDED
-        node.reason = f"suspended: {exc.reason}"
-        if ctx._run.durable is not None:
-            ctx._run.durable.suspended_key = node.key
-    elif isinstance(exc, anyio.get_cancelled_exc_class()):
-        ctx._finish(False)
-        node.status = _CANCELLED
-    else:
-        ctx._finish(False)
-        node.status = _FAILED
-        node.error = exc
-    return exc

@@ -21,7 +21,7 @@ from loguru import logger
 
 from .actions import Action, FunctionAction
 from .errors import UnknownStep
-from .records import _PENDING, StepStatus
+from .records import STEP_PENDING, StepKind, StepStatus
 from .workflow import Stage, Workflow
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 class ActionNode:
     """One action in a run's plan (internal)."""
 
-    kind: ClassVar[Literal["action"]] = "action"  # its StepRecord's kind
+    kind: ClassVar[Literal[StepKind.ACTION]] = StepKind.ACTION  # its StepRecord's kind
 
     __slots__ = (
         "_key",
@@ -69,15 +69,18 @@ class ActionNode:
         self.parent = parent  # the action that inserted this one, if it is dynamic
         self.pos = pos
         # Calling the function straight away saves a coroutine frame per action.
+        # In a stage isolated in a child process, every action (inserted ones too) is
+        # called through the stage's session, which runs it in the child.
+        remote = stage_node.remote
         self.call: Callable[[ActionContext], Any] = (
-            action.fn if type(action) is FunctionAction else action.execute
+            remote if remote is not None else action.fn if type(action) is FunctionAction else action.execute
         )
         self.stage_node = stage_node
         self.dynamic = dynamic
         self.depth = depth
         self.enabled = True
         self.removed = False
-        self.status = _PENDING
+        self.status = STEP_PENDING
         self.children: list[ActionNode] | None = None
         self.started = 0.0
         self.duration = 0.0
@@ -121,7 +124,7 @@ class ActionNode:
 class StageNode:
     """One stage in a run's plan (internal)."""
 
-    kind: ClassVar[Literal["stage"]] = "stage"  # its StepRecord's kind
+    kind: ClassVar[Literal[StepKind.STAGE]] = StepKind.STAGE  # its StepRecord's kind
 
     __slots__ = (
         "_actions",
@@ -139,6 +142,7 @@ class StageNode:
         "pending",
         "reason",
         "recovered",
+        "remote",
         "removed",
         "retry",
         "stage",
@@ -162,7 +166,7 @@ class StageNode:
         self.inserter = inserter  # the action that inserted this stage, if it is dynamic
         self.enabled = True
         self.removed = False
-        self.status = _PENDING
+        self.status = STEP_PENDING
         self.inserted: list[StageNode] | None = None
         self._actions: list[ActionNode] | None = None
         self.started = 0.0
@@ -178,6 +182,8 @@ class StageNode:
         self.timeout: float | None = None
         # No chain and no stage/runner retry or timeout: actions may take the fast path.
         self.fast = False
+        # Set while an isolated stage runs: how its action nodes are called (in the child).
+        self.remote: Callable[[ActionContext], Any] | None = None
 
     @property
     def actions(self) -> list[ActionNode]:
@@ -185,7 +191,7 @@ class StageNode:
         nodes = self._actions
         if nodes is None:
             nodes = self._actions = [
-                ActionNode(a, self, pos=index) for index, a in enumerate(self.stage._actions)
+                ActionNode(a, self, pos=index) for index, a in enumerate(self.stage.actions)
             ]
         return nodes
 
@@ -235,7 +241,7 @@ class PlanState:
 
     def __init__(self, workflow: Workflow, run_id: str, max_insertions: int) -> None:
         self.run_id = run_id
-        self.roots = [StageNode(stage, stage.id) for stage in workflow._stages]
+        self.roots = [StageNode(stage, stage.id) for stage in workflow.stages]
         self.by_id: dict[str, StageNode] = {node.id: node for node in self.roots}
         self.id_counts: dict[str, int] = {}
         self.insertions = 0
@@ -377,7 +383,7 @@ class Plan:
     def _set_enabled(self, node: StageNode | ActionNode, enabled: bool, what: str) -> bool:
         if node.enabled == enabled:
             return False
-        if node.status is not _PENDING:
+        if node.status is not STEP_PENDING:
             logger.info(
                 "{} is already {}; {} it has no effect on this execution",
                 what,
@@ -458,7 +464,7 @@ class Plan:
             UnknownStep: no stage with that id is in the plan.
         """
         node = self._stage(stage_id)
-        if node.status is not _PENDING:
+        if node.status is not STEP_PENDING:
             return False
         node.removed = True
         if self._journal is not None:
@@ -470,7 +476,7 @@ class Plan:
         """Take every pending action of that name out of the plan; return how many."""
         removed = 0
         for node in self._actions(name, stage_id):
-            if node.status is _PENDING:
+            if node.status is STEP_PENDING:
                 node.removed = True
                 removed += 1
                 if self._journal is not None:

@@ -38,7 +38,7 @@ import attrs
 from loguru import logger
 
 from ..._core.errors import BackendError, LeaseLost
-from ..._core.records import STEP_COLUMNS, RunStatus, StepRows, step_dicts
+from ..._core.records import STEP_COLUMNS, CheckpointKind, RunStatus, StepRows, step_dicts
 from ..base import (
     Backend,
     Checkpoint,
@@ -640,7 +640,9 @@ class PostgresBackend(Backend):
                 apply_changes(store, changes)
             if kind != "start":
                 checkpoints.append(
-                    Checkpoint(run_id, "", step_key, kind, ops=ops, attempts=attempts, at=at, seq=seq)
+                    Checkpoint(
+                        run_id, "", step_key, CheckpointKind(kind), ops=ops, attempts=attempts, at=at, seq=seq
+                    )
                 )
         return SavedRun(_row_to_info(row), list(store.values()), checkpoints)
 
