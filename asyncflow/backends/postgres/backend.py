@@ -168,6 +168,8 @@ class PostgresBackend(Backend):
             benchmarks/README.md).
     """
 
+    keeps_events = True
+
     def __init__(self, url: str, *, reconnect_timeout: float = 60.0, max_batches: int = 1) -> None:
         self._url = parse_url(url)
         self.url = redact(url)
