@@ -66,6 +66,7 @@ from ._core.middleware import Middleware as Middleware
 from ._core.plan import Plan as Plan
 from ._core.records import RunResult as RunResult
 from ._core.records import RunStatus as RunStatus
+from ._core.records import StepKind as StepKind
 from ._core.records import StepRecord as StepRecord
 from ._core.records import StepStatus as StepStatus
 from ._core.records import Timing as Timing
@@ -134,6 +135,7 @@ __all__ = [
     "Sleep",
     "Stage",
     "StageFailed",
+    "StepKind",
     "StepRecord",
     "StepStatus",
     "StepTimeout",

@@ -41,8 +41,16 @@ from rich.tree import Tree
 
 from ._core.errors import RecordedError
 from ._core.events import Event, EventKind, RunEvent
-from ._core.execute import REPLAYED
-from ._core.records import RunResult, RunStatus, StepRecord, StepStatus, short_run_id
+from ._core.records import (
+    RunResult,
+    RunStatus,
+    StepKind,
+    StepNote,
+    StepRecord,
+    StepStatus,
+    read_step_reason,
+    short_run_id,
+)
 from ._core.workflow import Workflow
 from .backends import RunInfo
 
@@ -93,9 +101,6 @@ _RUN_STYLE = {
 
 _DURATION_WIDTH = 11  # "12,345.6 ms"
 _MAX_DETAIL_LINES = 3
-_BAILED = "bailed: "  # how the runner words the reason on the action that bailed
-_SUSPENDED = "suspended: "  # ... and on the action that suspended the run
-_REPLAYED = REPLAYED  # ... and on an action replayed after a restart
 
 
 class _Glyphs:
@@ -317,8 +322,8 @@ class _Renderer:
             record.kind == "action" or _error_identity(record.error) not in self.shown_below
         ):
             self.detail(_error_text(record.error), detail_prefix, _RED)
-        elif record.reason and record.reason.startswith(_BAILED):
-            self.detail(record.reason.removeprefix(_BAILED), detail_prefix, _YELLOW)
+        elif (bail := read_step_reason(record.reason))[0] is StepNote.BAILED:
+            self.detail(bail[1], detail_prefix, _YELLOW)
         recovered = record.recovered_error
         if (
             recovered is not None
@@ -345,9 +350,11 @@ class _Renderer:
             marks.append(("  failed", _RED))
         elif record.status is StepStatus.SUSPENDED and record.kind == "action":
             # The stage around it is suspended too; its glyph says so, the reason is told once.
-            reason = (record.reason or "").removeprefix(_SUSPENDED)
+            note, reason = read_step_reason(record.reason)
+            if note is not StepNote.SUSPENDED:
+                reason = record.reason or ""
             marks.append((f"  suspended{': ' + reason if reason else ''}", _BLUE))
-        elif record.reason and record.reason.startswith(_BAILED):
+        elif read_step_reason(record.reason)[0] is StepNote.BAILED:
             marks.append(("  bailed", _YELLOW))
         return marks
 
@@ -365,7 +372,11 @@ class _Renderer:
 
 
 def _replayed(record: StepRecord) -> bool:
-    return record.kind == "action" and record.status is StepStatus.COMPLETED and record.reason == _REPLAYED
+    return (
+        record.kind == StepKind.ACTION
+        and record.status is StepStatus.COMPLETED
+        and read_step_reason(record.reason)[0] is StepNote.REPLAYED
+    )
 
 
 def _paint(segments: _Segments) -> Text:
@@ -398,7 +409,7 @@ def to_text(renderables: Sequence[RenderableType], *, color: bool, width: int = 
 def _step_keys(steps: Sequence[StepRecord]) -> list[tuple[str, str, str | None, int]]:
     """A key per record that names the same step in another execution of the run."""
     seen: dict[tuple[str, str, str | None], int] = {}
-    keys = []
+    keys: list[tuple[str, str, str | None, int]] = []
     for record in steps:
         what = (record.kind, record.stage_id, record.action_name)
         seen[what] = seen.get(what, -1) + 1
@@ -556,6 +567,8 @@ def _note(info: RunInfo, now: float) -> str:
             return "not held by any engine"
         if info.lease_until is not None and info.lease_until < now:
             return "lease expired"
+    if info.owner is not None and info.status in (RunStatus.RUNNING, RunStatus.PENDING):
+        return f"held by {info.owner}"
     return ""
 
 
@@ -879,7 +892,7 @@ class LiveRun:
         parent = None if event.parent_key is None else self._actions.get(event.parent_key)
         inserter = None if parent is None else self._steps[parent]
         step: dict[str, Any] = {
-            "kind": "stage" if stage else "action",
+            "kind": StepKind.STAGE if stage else StepKind.ACTION,
             "stage_id": event.stage_id or "",
             "action_name": event.action_name,
             "status": StepStatus.SKIPPED if event.kind is EventKind.STEP_SKIPPED else StepStatus.RUNNING,

@@ -979,6 +979,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_draw(commands, output)
     _add_demo(commands, output)
     _add_runs(commands, output)
+    from ._worker import add_worker_command
+
+    add_worker_command(commands, output)
     return parser
 
 

@@ -25,15 +25,39 @@ async def _answers(url: str) -> bool:
     return True
 
 
+_FOUND: list[str | None] = []  # (the answer, once looked for)
+
+
+async def locate() -> str | None:
+    """``ASYNCFLOW_TEST_POSTGRES``, else a local server that answers, else ``None`` (looked for once)."""
+    if not _FOUND:
+        url = os.environ.get("ASYNCFLOW_TEST_POSTGRES") or None
+        if url is None:
+            for candidate in _CANDIDATES:
+                if await _answers(candidate):
+                    url = candidate
+                    break
+        _FOUND.append(url)
+    return _FOUND[0]
+
+
 def find_server() -> str | None:
-    """``ASYNCFLOW_TEST_POSTGRES``, else a local server that answers, else ``None``."""
-    url = os.environ.get("ASYNCFLOW_TEST_POSTGRES")
-    if url:
-        return url
-    for candidate in _CANDIDATES:
-        if asyncio.run(_answers(candidate)):
-            return candidate
-    return None
+    """:func:`locate`, from code that is not async."""
+    if _FOUND:
+        return _FOUND[0]
+    return asyncio.run(locate())
+
+
+async def server_or_skip() -> str:
+    """The server's URL; the test is skipped without one (failed when one is required)."""
+    import pytest
+
+    url = await locate()
+    if url is None:
+        if required():
+            pytest.fail("ASYNCFLOW_REQUIRE_POSTGRES is set but " + HOW)
+        pytest.skip(HOW)
+    return url
 
 
 def required() -> bool:
@@ -52,8 +76,8 @@ def new_schema() -> str:
 
 
 async def drop_schema(url: str, schema: str) -> None:
-    """Drop ``schema`` and everything in it."""
-    conn = await asyncpg.connect(url.split("?schema=")[0] if "?schema=" in url else url)
+    """Drop ``schema`` and everything in it (``url``: the server's, without a schema)."""
+    conn = await asyncpg.connect(url)
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 from loguru import logger
 
 from ..backends.base import Backend, Checkpoint, SavedRun, StoreEntry
@@ -33,7 +34,7 @@ from .definitions import Registry
 from .durable import Durability, Op
 from .errors import LeaseLost
 from .jsonvalues import json_value_check
-from .records import RunStatus
+from .records import CheckpointKind, RunStatus
 from .serial import store_entry
 from .store import Store, _Meta
 from .workflow import Stage
@@ -134,6 +135,11 @@ class WriteTrouble:
             self.failures = 0
 
 
+# Module constants for the per-action path (an enum member lookup costs about a plain await).
+_ACTION = CheckpointKind.ACTION
+_STAGE = CheckpointKind.STAGE
+
+
 class RunDurability(Durability):
     """The engine's side of one durable run: what was done before, and where checkpoints go.
 
@@ -172,14 +178,14 @@ class RunDurability(Durability):
         for checkpoint in saved.checkpoints:
             self.seq = max(self.seq, checkpoint.seq)
             key = checkpoint.step_key
-            if checkpoint.kind == "action":
+            if checkpoint.kind == CheckpointKind.ACTION:
                 ops = checkpoint.ops
                 self.done[key] = (json.loads(ops) if self.persistent else ops) if ops else []
-            elif checkpoint.kind == "stage":
+            elif checkpoint.kind == CheckpointKind.STAGE:
                 self.stages.add(key)
-            elif checkpoint.kind == "attempt":
+            elif checkpoint.kind == CheckpointKind.ATTEMPT:
                 self.retries[key] = (checkpoint.attempts, checkpoint.at or 0.0)
-            elif checkpoint.kind == "sleep":
+            elif checkpoint.kind == CheckpointKind.SLEEP:
                 self.sleeps[key] = checkpoint.at or 0.0
         if saved.info.suspended_step is not None and saved.info.status is not RunStatus.SUSPENDED:
             self.resume_step = saved.info.suspended_step
@@ -226,7 +232,7 @@ class RunDurability(Durability):
 
     async def commit_stage(self, node: StageNode, initial: dict[str, Any]) -> None:
         puts = tuple(self._put(key, value, None) for key, value in initial.items())
-        await self._write(Checkpoint(self.run_id, self.owner, node.id, "stage", puts=puts, seq=self._next()))
+        await self._write(Checkpoint(self.run_id, self.owner, node.id, _STAGE, puts=puts, seq=self._next()))
         self.stages.add(node.id)
 
     async def commit_action(self, node: ActionNode, overlay: Store | None, ops: list[Op] | None) -> None:
@@ -249,7 +255,7 @@ class RunDurability(Durability):
             self.run_id,
             self.owner,
             node.key,
-            "action",
+            _ACTION,
             puts,
             deletes,
             plan_ops,
@@ -261,11 +267,18 @@ class RunDurability(Durability):
         await self._write(checkpoint)
         if self.after_commit is not None:
             self.after_commit(self.run_id)
+            await anyio.lowlevel.checkpoint()  # (a stop it asked for comes here, before the next step)
 
     async def commit_attempt(self, node: ActionNode, attempts: int, retry_at: float) -> None:
         await self._write(
             Checkpoint(
-                self.run_id, self.owner, node.key, "attempt", attempts=attempts, at=retry_at, seq=self._next()
+                self.run_id,
+                self.owner,
+                node.key,
+                CheckpointKind.ATTEMPT,
+                attempts=attempts,
+                at=retry_at,
+                seq=self._next(),
             )
         )
 
@@ -279,7 +292,7 @@ class RunDurability(Durability):
                     self.run_id,
                     self.owner,
                     key,
-                    "sleep",
+                    CheckpointKind.SLEEP,
                     at=wake_at,
                     status=RunStatus.SLEEPING,
                     seq=self._next(),

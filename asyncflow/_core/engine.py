@@ -163,6 +163,9 @@ class Engine:
             backend that notifies, PostgreSQL, wakes the engine sooner).
         concurrency: at most this many runs taken over at once (runs started
             here with ``engine.start`` are not limited); ``None``: no limit.
+            ``0``: this engine runs nothing: ``engine.start`` writes runs down,
+            free, for the workers (``asyncflow worker``) to take (a web app
+            that starts runs, say).
         watch_interval: how often ``engine.watch`` looks for events written by
             another process (events of runs executing here arrive at once).
         events: keep each run's events in its log for ``engine.watch`` (default
@@ -189,9 +192,9 @@ class Engine:
         events: bool = True,
     ) -> None:
         if concurrency is not None and (
-            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0
         ):
-            raise ValueError(f"concurrency must be a positive int or None, got {concurrency!r}")
+            raise ValueError(f"concurrency must be an int of at least 0, or None, got {concurrency!r}")
         self.concurrency = concurrency
         self.backend = open_backend(url)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
@@ -230,9 +233,15 @@ class Engine:
         self._open = False  # between __aenter__ and the end of __aexit__
         self._closing = False
         self._draining = False  # (drain): runs stop after their next checkpoint and are given back
+        self._foreign: set[str] = set()  # workflows of runs left here for other engines (warned once)
         self._wake: anyio.Event | None = None  # set by a backend's notice: look for runs now
 
     # ---- set-up ---------------------------------------------------------------------
+
+    @property
+    def workflows(self) -> list[Workflow]:
+        """The workflows registered with this engine, in the order they were registered."""
+        return list(self._workflows.values())
 
     def register(self, workflow: Workflow) -> Workflow:
         """Let this engine run (and recover) ``workflow``, by its id; return it.
@@ -436,15 +445,16 @@ class Engine:
         entries = initial_entries(dict(store or {}), self.backend.persistent)
         version = await self._versions.save(workflow.id)  # (once, if registered since the engine opened)
         now = self.clock.now()
+        here = self.concurrency != 0  # (0: for the workers to take)
         info = RunInfo(
             run_id=run_id or new_run_id(),
             workflow_id=workflow.id,
-            status=RunStatus.RUNNING,
+            status=RunStatus.RUNNING if here else RunStatus.PENDING,
             created_at=now,
             updated_at=now,
             idempotency_key=idempotency_key,
-            owner=self.owner,
-            lease_until=now + self.lease,
+            owner=self.owner if here else None,
+            lease_until=now + self.lease if here else None,
             workflow_version=version,
         )
         if faults._PLAN is not None:
@@ -457,7 +467,7 @@ class Engine:
                 self.backend.persistent,
             )
         info, created = await self.backend.create_run(info, entries)
-        if created:
+        if created and here:
             self._active[info.run_id] = active = _Active(info.run_id)  # (its events are its log's from now)
             self._events.add(
                 info.run_id,
@@ -466,6 +476,15 @@ class Engine:
                 else {"kind": EventKind.RUN_CREATED.value, "at": now},
             )
             self._launch(group, SavedRun(info, list(entries), []), active)
+        elif created:  # (for the workers: its log begins here)
+            await self.backend.append_events(
+                info.run_id,
+                [
+                    {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
+                    if request is not None
+                    else {"kind": EventKind.RUN_CREATED.value, "at": now}
+                ],
+            )
         elif idempotency_key is not None:
             await self._check_same_request(info, workflow, idempotency_key, request)
         return RunHandle(self, info.run_id, self._active.get(info.run_id), created=created)
@@ -508,7 +527,7 @@ class Engine:
         try:
             workflow = self._workflows.get(info.workflow_id)
             if workflow is None:
-                await self._finish_unknown_workflow(info)
+                await self._leave_unknown_workflow(info)
                 return
             if self._versions.differs(info):
                 try:
@@ -608,21 +627,26 @@ class Engine:
         finally:
             active.done.set()
 
-    async def _finish_unknown_workflow(self, info: RunInfo) -> None:
-        message = (
-            f"workflow {info.workflow_id!r} is not registered with this engine; register it with "
-            f"engine.register(workflow) before opening the engine"
-        )
-        logger.error("run {} cannot continue: {}", info.run_id, message)
-        await self.backend.update_run(
-            info.run_id,
-            holder=self.owner,
-            now=self.clock.now(),
-            status=RunStatus.FAILED,
-            error=f"UnknownWorkflow: {message}",
-            owner=None,
-            lease_until=None,
-        )
+    async def _leave_unknown_workflow(self, info: RunInfo) -> None:
+        """Give back a run of a workflow not registered here, for an engine that has it (pools by workflow).
+
+        It waits (``PENDING``, held by nobody) instead of failing; this engine's
+        claims skip its version for ten leases.
+        """
+        if info.workflow_id not in self._foreign:
+            self._foreign.add(info.workflow_id)
+            logger.warning(
+                "run {} is of workflow {!r}, which is not registered with this engine; it is left "
+                "for an engine that has it (engine.register(workflow) to run it here)",
+                info.run_id,
+                info.workflow_id,
+            )
+        if info.workflow_version is not None:
+            self._versions.leave(info, f"workflow {info.workflow_id!r} is not registered here")
+        fields: dict[str, Any] = {}
+        if info.status in (RunStatus.RUNNING, RunStatus.PENDING):
+            fields["status"] = RunStatus.PENDING
+        await self._release(info.run_id, **fields)
 
     async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
         fields = end_fields(info, result, durability.suspended_key)
@@ -943,8 +967,12 @@ class Engine:
         await self.backend.append_events(run_id, [resumed])
         self._events.wake(run_id)
         now = self.clock.now()
-        claimed = await self.backend.claim(
-            self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+        claimed = (
+            await self.backend.claim(
+                self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+            )
+            if self.concurrency != 0  # (0: the workers take it)
+            else []
         )
         if claimed:
             saved = await self.backend.load(run_id)

@@ -24,19 +24,28 @@ from .errors import ActionTimeout, Bail, InsertionLimitExceeded, Suspend
 from .events import EventKind
 from .middleware import Handler, Middleware
 from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, StageNode, UndoEntry
-from .records import _CANCELLED, _COMPLETED, _FAILED, _RUNNING, _SKIPPED, _SUSPENDED
+from .records import (
+    STEP_CANCELLED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_RUNNING,
+    STEP_SKIPPED,
+    STEP_SUSPENDED,
+    StepNote,
+    step_reason,
+)
 from .retry import Retry
 from .state import RunState, grace
 
-#: The reason recorded for a step that completed before a restart or a resume and was replayed.
-REPLAYED = "completed in an earlier execution"
-
-SKIPPED_BY_MIDDLEWARE = "skipped by middleware"
+# Whole reasons, as text once: a step's reason is stored as text (see StepNote).
+REPLAYED = step_reason(StepNote.REPLAYED)
+SKIPPED_BY_MIDDLEWARE = step_reason(StepNote.SKIPPED_BY_MIDDLEWARE)
+DISABLED = step_reason(StepNote.DISABLED)
 
 
 async def skip_step(run: RunState, node: StageNode | ActionNode, reason: str) -> None:
     """Record ``node`` skipped for ``reason`` (and tell listeners)."""
-    node.status = _SKIPPED
+    node.status = STEP_SKIPPED
     node.reason = reason
     run.log.append(node)
     if run.hub.listening:
@@ -59,7 +68,7 @@ async def run_action(run: RunState, node: ActionNode) -> None:
     stage = node.stage_node
     stage.executed += 1
     node.index = stage.executed - 1
-    node.status = _RUNNING
+    node.status = STEP_RUNNING
     run.log.append(node)
     node.started = started = perf_counter()
     durable = run.durable
@@ -71,7 +80,7 @@ async def run_action(run: RunState, node: ActionNode) -> None:
             except Exception as exc:
                 # Its plan changes cannot be replayed (an unknown action reference...).
                 node.duration = perf_counter() - started
-                node.status = _FAILED
+                node.status = STEP_FAILED
                 node.error = exc
                 if run.failed_node is None:
                     run.failed_node = node
@@ -120,30 +129,30 @@ async def run_action(run: RunState, node: ActionNode) -> None:
                 inner = chain.inner
                 await chain.first(mctx, attempt if inner is None else partial(inner, mctx))
                 if node.attempts == 0:
-                    node.status = _SKIPPED
+                    node.status = STEP_SKIPPED
                     node.reason = SKIPPED_BY_MIDDLEWARE
-                elif node.status is _FAILED:
+                elif node.status is STEP_FAILED:
                     # A middleware swallowed the error: completed, and the error is kept.
                     node.recovered = node.error
                     node.error = None
-                    node.status = _RUNNING
+                    node.status = STEP_RUNNING
     except BaseException as exc:
         node.duration = perf_counter() - started
         if isinstance(exc, anyio.get_cancelled_exc_class()):
             # Even between attempts (a retry back-off): the action was cancelled, not failed.
-            node.status = _CANCELLED
-        elif not isinstance(exc, (Bail, Suspend)) and node.status is not _FAILED:
-            node.status = _FAILED
+            node.status = STEP_CANCELLED
+        elif not isinstance(exc, (Bail, Suspend)) and node.status is not STEP_FAILED:
+            node.status = STEP_FAILED
             node.error = exc
-        if node.status is _FAILED and run.failed_node is None:
+        if node.status is STEP_FAILED and run.failed_node is None:
             run.failed_node = node
         if listening:
             with grace():
                 await emit_finished(run, EventKind.ACTION_FINISHED, node, node.error)
         raise
     node.duration = perf_counter() - started
-    if node.status is _RUNNING:
-        node.status = _COMPLETED
+    if node.status is STEP_RUNNING:
+        node.status = STEP_COMPLETED
     if listening:
         await emit_finished(run, EventKind.ACTION_FINISHED, node, node.recovered)
 
@@ -171,7 +180,7 @@ def replay(run: RunState, node: ActionNode, ops: list[Op]) -> None:
             getattr(ctx.plan, kind)(op["tag"])
     ctx._finish(True)
     node.attempts = max(node.attempts, 1)
-    node.status = _COMPLETED
+    node.status = STEP_COMPLETED
     node.reason = REPLAYED
 
 
@@ -233,7 +242,7 @@ class ActionLevel(MiddlewareContext):
         limit = self._limit
         node.attempts = attempt = node.attempts + 1
         if attempt > 1:
-            node.status = _RUNNING
+            node.status = STEP_RUNNING
             if run.hub.listening:
                 await run.hub.emit(
                     run.event(
@@ -276,8 +285,8 @@ class ActionLevel(MiddlewareContext):
             journal = ctx._finish(True)
             if journal is not None and run.hub.listening:
                 await _emit_inserts(run, journal)
-        if node.status is _FAILED:  # an earlier attempt failed (a middleware retries)
-            node.status = _RUNNING
+        if node.status is STEP_FAILED:  # an earlier attempt failed (a middleware retries)
+            node.status = STEP_RUNNING
             node.error = None
 
 
@@ -321,19 +330,19 @@ def _attempt_failed(ctx: ActionContext, node: ActionNode, exc: BaseException) ->
         exc = refused  # an af.Suspend raised directly, with data the run cannot keep
     if isinstance(exc, Bail):
         ctx._finish(True)
-        node.status = _COMPLETED
-        node.reason = f"bailed: {exc.reason}"
+        node.status = STEP_COMPLETED
+        node.reason = step_reason(StepNote.BAILED, exc.reason)
     elif isinstance(exc, Suspend):
         ctx._finish(False)
-        node.status = _SUSPENDED
-        node.reason = f"suspended: {exc.reason}"
+        node.status = STEP_SUSPENDED
+        node.reason = step_reason(StepNote.SUSPENDED, exc.reason)
         if ctx._run.durable is not None:
             ctx._run.durable.suspended_key = node.key
     elif isinstance(exc, anyio.get_cancelled_exc_class()):
         ctx._finish(False)
-        node.status = _CANCELLED
+        node.status = STEP_CANCELLED
     else:
         ctx._finish(False)
-        node.status = _FAILED
+        node.status = STEP_FAILED
         node.error = exc
     return exc

@@ -21,7 +21,7 @@ from loguru import logger
 
 from .actions import Action, FunctionAction
 from .errors import UnknownStep
-from .records import _PENDING, StepStatus
+from .records import STEP_PENDING, StepKind, StepStatus
 from .workflow import Stage, Workflow
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 class ActionNode:
     """One action in a run's plan (internal)."""
 
-    kind: ClassVar[Literal["action"]] = "action"  # its StepRecord's kind
+    kind: ClassVar[Literal[StepKind.ACTION]] = StepKind.ACTION  # its StepRecord's kind
 
     __slots__ = (
         "_key",
@@ -77,7 +77,7 @@ class ActionNode:
         self.depth = depth
         self.enabled = True
         self.removed = False
-        self.status = _PENDING
+        self.status = STEP_PENDING
         self.children: list[ActionNode] | None = None
         self.started = 0.0
         self.duration = 0.0
@@ -121,7 +121,7 @@ class ActionNode:
 class StageNode:
     """One stage in a run's plan (internal)."""
 
-    kind: ClassVar[Literal["stage"]] = "stage"  # its StepRecord's kind
+    kind: ClassVar[Literal[StepKind.STAGE]] = StepKind.STAGE  # its StepRecord's kind
 
     __slots__ = (
         "_actions",
@@ -162,7 +162,7 @@ class StageNode:
         self.inserter = inserter  # the action that inserted this stage, if it is dynamic
         self.enabled = True
         self.removed = False
-        self.status = _PENDING
+        self.status = STEP_PENDING
         self.inserted: list[StageNode] | None = None
         self._actions: list[ActionNode] | None = None
         self.started = 0.0
@@ -377,7 +377,7 @@ class Plan:
     def _set_enabled(self, node: StageNode | ActionNode, enabled: bool, what: str) -> bool:
         if node.enabled == enabled:
             return False
-        if node.status is not _PENDING:
+        if node.status is not STEP_PENDING:
             logger.info(
                 "{} is already {}; {} it has no effect on this execution",
                 what,
@@ -458,7 +458,7 @@ class Plan:
             UnknownStep: no stage with that id is in the plan.
         """
         node = self._stage(stage_id)
-        if node.status is not _PENDING:
+        if node.status is not STEP_PENDING:
             return False
         node.removed = True
         if self._journal is not None:
@@ -470,7 +470,7 @@ class Plan:
         """Take every pending action of that name out of the plan; return how many."""
         removed = 0
         for node in self._actions(name, stage_id):
-            if node.status is _PENDING:
+            if node.status is STEP_PENDING:
                 node.removed = True
                 removed += 1
                 if self._journal is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -51,13 +51,74 @@ class StepStatus(enum.StrEnum):
 # StepStatus members as module constants, for the hot paths (the runner's and the plan's):
 # in Python 3.11 every lookup such as StepStatus.RUNNING goes through EnumType.__getattr__'s
 # slow path, about as long as a plain await, and the runner makes several per action.
-_CANCELLED = StepStatus.CANCELLED
-_COMPLETED = StepStatus.COMPLETED
-_FAILED = StepStatus.FAILED
-_PENDING = StepStatus.PENDING
-_RUNNING = StepStatus.RUNNING
-_SKIPPED = StepStatus.SKIPPED
-_SUSPENDED = StepStatus.SUSPENDED
+STEP_CANCELLED = StepStatus.CANCELLED
+STEP_COMPLETED = StepStatus.COMPLETED
+STEP_FAILED = StepStatus.FAILED
+STEP_PENDING = StepStatus.PENDING
+STEP_RUNNING = StepStatus.RUNNING
+STEP_SKIPPED = StepStatus.SKIPPED
+STEP_SUSPENDED = StepStatus.SUSPENDED
+
+
+class StepKind(enum.StrEnum):
+    """What a :class:`StepRecord` is of: a stage or an action."""
+
+    STAGE = "stage"
+    ACTION = "action"
+
+
+class CheckpointKind(enum.StrEnum):
+    """What a durable run's checkpoint records (``Checkpoint.kind``; stored as its value)."""
+
+    #: an action completed: its store changes and plan changes
+    ACTION = "action"
+    #: a stage started: its initial data merged into the store
+    STAGE = "stage"
+    #: an attempt of an action failed; the next is due at ``at``
+    ATTEMPT = "attempt"
+    #: a durable sleep wakes at ``at``
+    SLEEP = "sleep"
+
+
+class StepNote(enum.StrEnum):
+    """The recorded reasons of a step that code reads back (``StepRecord.reason`` is their text).
+
+    ``BAILED`` and ``SUSPENDED`` are prefixes of the reason the action gave
+    (``"bailed: out of stock"``); the others are whole reasons. Write them
+    with :func:`step_reason`, read them with :func:`read_step_reason`: the
+    text is what runs already stored, so it stays as it is.
+    """
+
+    BAILED = "bailed: "
+    SUSPENDED = "suspended: "
+    REPLAYED = "completed in an earlier execution"
+    SKIPPED_BY_MIDDLEWARE = "skipped by middleware"
+    DISABLED = "disabled"
+
+
+_WITH_DETAIL = (StepNote.BAILED, StepNote.SUSPENDED)
+
+
+def step_reason(note: StepNote, detail: str = "") -> str:
+    """The recorded reason for ``note`` (with the action's own ``detail`` for a bail or a suspension)."""
+    return f"{note.value}{detail}" if note in _WITH_DETAIL else note.value
+
+
+def read_step_reason(reason: str | None) -> tuple[StepNote | None, str]:
+    """The :class:`StepNote` a recorded reason holds (``None`` for any other) and its detail."""
+    if reason is None:
+        return None, ""
+    for note in _WITH_DETAIL:
+        if reason.startswith(note.value):
+            return note, reason.removeprefix(note.value)
+    try:
+        return StepNote(reason), ""
+    except ValueError:
+        return None, reason
+
+
+# StepKind.STAGE as a module constant, for the same reason.
+_STAGE: Final = StepKind.STAGE
 
 _FINISHED = frozenset(
     {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.BAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
@@ -69,7 +130,8 @@ class StepRecord:
     """One stage or action of a run, executed or skipped, as it ended.
 
     Attributes:
-        kind: ``"stage"`` or ``"action"``.
+        kind: :attr:`StepKind.STAGE` or :attr:`StepKind.ACTION` (equal to
+            ``"stage"`` and ``"action"``).
         stage_id: the stage's id in this run (``"id#2"`` for a duplicate inserted
             with ``allow_duplicate=True``).
         action_name: the action's name; ``None`` for a stage record.
@@ -87,7 +149,7 @@ class StepRecord:
             counts as completed, and nothing is hidden.
     """
 
-    kind: str
+    kind: StepKind
     stage_id: str
     action_name: str | None
     status: StepStatus
@@ -108,10 +170,11 @@ _STEP_FIELDS = tuple(field.name for field in attrs.fields(StepRecord))
 
 def _step_values(node: StageNode | ActionNode, run_start: float) -> tuple[Any, ...]:
     """The fields of ``node``'s :class:`StepRecord`, in their order."""
-    if node.kind == "stage":
-        kind, inserter, stage_id, action_name, attempts = "stage", node.inserter, node.id, None, 0
+    kind = node.kind
+    if node.kind is _STAGE:
+        inserter, stage_id, action_name, attempts = node.inserter, node.id, None, 0
     else:
-        kind, inserter, stage_id = "action", node.parent, node.stage_node.id
+        inserter, stage_id = node.parent, node.stage_node.id
         action_name, attempts = node.action.name, node.attempts
     started = node.started
     return (
@@ -172,7 +235,8 @@ def step_dicts(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[di
     steps = []
     for row in rows:
         step = {name: value / 1e9 if ns else value for name, ns, value in zip(names, in_ns, row, strict=True)}
-        step["status"] = str(step["status"])  # a plain string, as JSON gives it back
+        step["status"] = str(step["status"])  # plain strings, as JSON gives them back
+        step["kind"] = str(step["kind"])
         steps.append(step)
     return steps
 
@@ -330,7 +394,7 @@ class RunResult:
 
     def stage_order(self) -> list[str]:
         """Ids of the stages that ran (not skipped), in execution order."""
-        return [s.stage_id for s in self.steps if s.kind == "stage" and s.status != StepStatus.SKIPPED]
+        return [s.stage_id for s in self.steps if s.kind == StepKind.STAGE and s.status != StepStatus.SKIPPED]
 
     def action_order(self) -> list[str]:
         """Names of the actions that ran (not skipped), in execution order."""

@@ -25,7 +25,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .context import MiddlewareContext
 from .errors import ActionFailed, Bail, RunFailed, StageFailed, Suspend
 from .events import EventHandler, EventKind, EventStream, Hub, MessageHandler
-from .execute import SKIPPED_BY_MIDDLEWARE, attempting, emit_finished, run_action, skip_step
+from .execute import DISABLED, SKIPPED_BY_MIDDLEWARE, attempting, emit_finished, run_action, skip_step
 from .middleware import (
     Chain,
     Handler,
@@ -38,13 +38,13 @@ from .middleware import (
 )
 from .plan import ActionNode, StageNode
 from .records import (
-    _CANCELLED,
-    _COMPLETED,
-    _FAILED,
-    _PENDING,
-    _RUNNING,
-    _SKIPPED,
-    _SUSPENDED,
+    STEP_CANCELLED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_PENDING,
+    STEP_RUNNING,
+    STEP_SKIPPED,
+    STEP_SUSPENDED,
     RunResult,
     RunStatus,
 )
@@ -227,7 +227,7 @@ class Runner:
                         # The stages that never ran because of it stay on record.
                         reason = f"stage {failed_stage.id!r} failed"
                         for stage in run.plan.walk_stages():
-                            if stage.status is _PENDING and not stage.removed:
+                            if stage.status is STEP_PENDING and not stage.removed:
                                 await skip_step(run, stage, reason)
             else:
                 await self._drive(run)
@@ -353,15 +353,15 @@ class Runner:
             if node.removed:
                 continue
             if not node.enabled:
-                await skip_step(run, node, "disabled")
+                await skip_step(run, node, DISABLED)
                 continue
             await self._run_stage(run, node)
-            if node.inserted and node.status is _COMPLETED:
+            if node.inserted and node.status is STEP_COMPLETED:
                 pending.extendleft(reversed(node.inserted))
 
     async def _run_stage(self, run: RunState, node: StageNode) -> None:
         hub = run.hub
-        node.status = _RUNNING
+        node.status = STEP_RUNNING
         run.log.append(node)
         node.started = started = perf_counter()
         if hub.listening:
@@ -374,7 +374,7 @@ class Runner:
                 mctx = _entered("stage", run, node, self._stage_body)
                 await call_chain(chain, mctx, mctx._enter)
                 if not mctx._ran:
-                    node.status = _SKIPPED
+                    node.status = STEP_SKIPPED
                     node.reason = SKIPPED_BY_MIDDLEWARE
             failed = run.failed_node
             if failed is not None and failed.stage_node is node:
@@ -385,22 +385,22 @@ class Runner:
                 run.failed_node = None
                 reason = f"action {failed.action.name!r} failed"
                 for action in node.walk_actions():
-                    if action.status is _PENDING and not action.removed:
+                    if action.status is STEP_PENDING and not action.removed:
                         await skip_step(run, action, reason)
         except BaseException as exc:
             node.duration = perf_counter() - started
             if isinstance(exc, Suspend):
                 # The stage goes on when the run is resumed: nothing it inserted is skipped.
-                node.status = _SUSPENDED
+                node.status = STEP_SUSPENDED
                 raise
             if isinstance(exc, Bail):
-                node.status = _COMPLETED
+                node.status = STEP_COMPLETED
                 reason = "the run bailed"
             elif isinstance(exc, anyio.get_cancelled_exc_class()):
-                node.status = _CANCELLED
+                node.status = STEP_CANCELLED
                 reason = "the run was cancelled"
             else:
-                node.status = _FAILED
+                node.status = STEP_FAILED
                 node.error = exc
                 run.failed_stage = node
                 reason = f"stage {node.id!r} failed"
@@ -414,8 +414,8 @@ class Runner:
                     await skip_step(run, child, reason)
             raise
         node.duration = perf_counter() - started
-        if node.status is _RUNNING:
-            node.status = _COMPLETED
+        if node.status is STEP_RUNNING:
+            node.status = STEP_COMPLETED
         if hub.listening:
             await emit_finished(run, EventKind.STAGE_FINISHED, node, node.recovered)
 
@@ -468,7 +468,7 @@ class Runner:
             if node.removed:
                 continue
             if not node.enabled:
-                await skip_step(run, node, "disabled")
+                await skip_step(run, node, DISABLED)
                 continue
             await run_action(run, node)
             if node.children:
@@ -505,7 +505,7 @@ class Runner:
                     if node.removed:
                         continue
                     if not node.enabled:
-                        await skip_step(run, node, "disabled")
+                        await skip_step(run, node, DISABLED)
                         continue
                     running += 1
                     group.start_soon(one, node)

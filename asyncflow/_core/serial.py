@@ -13,9 +13,19 @@ from typing import Any
 from ..backends.base import RunInfo, StoreEntry
 from .clock import Clock
 from .errors import RecordedError
-from .execute import REPLAYED
 from .jsonvalues import json_value_check
-from .records import STEP_COLUMNS, RunResult, RunStatus, StepRecord, StepRows, StepStatus, step_rows
+from .records import (
+    STEP_COLUMNS,
+    RunResult,
+    RunStatus,
+    StepKind,
+    StepNote,
+    StepRecord,
+    StepRows,
+    StepStatus,
+    step_reason,
+    step_rows,
+)
 from .store import Store, _Meta, typed_name
 
 
@@ -122,12 +132,13 @@ def with_earlier_timings(steps: StepRows, earlier: list[dict[str, Any]] | None) 
         key = (row[_KIND], row[_STAGE_ID], row[_ACTION_NAME])
         seen[key] = seen.get(key, 0) + 1
         before = ran.get((*key, seen[key]))
-        if row[_REASON] == REPLAYED and before is not None:
+        if row[_REASON] == _REPLAYED and before is not None:
             row[_DURATION_NS] = round(before.get("duration", 0.0) * 1e9)
             row[_ATTEMPTS] = before.get("attempts", row[_ATTEMPTS])
     return steps
 
 
+_REPLAYED = step_reason(StepNote.REPLAYED)
 _KIND, _STAGE_ID, _ACTION_NAME, _REASON, _DURATION_NS, _ATTEMPTS = (
     STEP_COLUMNS.index(name)
     for name in ("kind", "stage_id", "action_name", "reason", "duration_ns", "attempts")
@@ -156,7 +167,7 @@ def recorded(text: str | None) -> RecordedError | None:
 def step_from_json(data: dict[str, Any]) -> StepRecord:
     """A step as :attr:`RunInfo.steps` has it, as a :class:`StepRecord`."""
     return StepRecord(
-        kind=data["kind"],
+        kind=StepKind(data["kind"]),
         stage_id=data["stage_id"],
         action_name=data.get("action_name"),
         status=StepStatus(data["status"]),

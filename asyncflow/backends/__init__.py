@@ -15,6 +15,7 @@ A :class:`Backend` instance is used as it is.
 from __future__ import annotations
 
 from .._core.errors import BackendError
+from .._core.records import CheckpointKind as CheckpointKind
 from .._core.records import StepRows as StepRows
 from .base import Backend as Backend
 from .base import Checkpoint as Checkpoint
@@ -31,6 +32,7 @@ from .sqlite import SQLiteBackend as SQLiteBackend
 __all__ = [
     "Backend",
     "Checkpoint",
+    "CheckpointKind",
     "MemoryBackend",
     "RunInfo",
     "RunPage",

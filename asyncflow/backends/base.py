@@ -22,7 +22,7 @@ import anyio
 import attrs
 
 from .._core.errors import DuplicateRunId
-from .._core.records import RunStatus
+from .._core.records import CheckpointKind, RunStatus
 
 #: The schema every backend writes; a database with a newer one is refused.
 #: 2: a run's steps are stored as :class:`StepRows` (1 had a dict per step; still read).
@@ -145,10 +145,10 @@ class Checkpoint(NamedTuple):
 
     (Named tuples, like :class:`StoreEntry`: a busy engine builds one per action.)
 
-    ``kind`` is ``"action"`` (the step completed; ``ops`` are its plan changes
-    as JSON), ``"stage"`` (a stage started), ``"attempt"`` (attempt number
-    ``attempts`` failed; the next is due at ``at``) or ``"sleep"`` (a durable
-    sleep wakes at ``at``). ``status``, if set, becomes the run's status in
+    ``kind`` is a :class:`CheckpointKind` (stored as its value): ``ACTION`` (the
+    step completed; ``ops`` are its plan changes as JSON), ``STAGE`` (a stage
+    started), ``ATTEMPT`` (attempt number ``attempts`` failed; the next is due
+    at ``at``) or ``SLEEP`` (a durable sleep wakes at ``at``). ``status``, if set, becomes the run's status in
     the same transaction. ``seq`` numbers the run's checkpoints from 1 (the
     engine counts; only the owner of a run writes to it).
     """
@@ -156,7 +156,7 @@ class Checkpoint(NamedTuple):
     run_id: str
     owner: str
     step_key: str
-    kind: str
+    kind: CheckpointKind
     puts: tuple[StoreEntry, ...] = ()
     deletes: tuple[str, ...] = ()
     ops: Any = None

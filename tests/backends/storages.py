@@ -92,11 +92,36 @@ async def sqlite_storage(tmp: Path) -> AsyncIterator[Storage]:
     yield url_storage("sqlite", f"sqlite:///{path}", set_schema_version=set_schema_version)
 
 
+@contextlib.asynccontextmanager
+async def postgres_storage(tmp: Path) -> AsyncIterator[Storage]:
+    """A schema of its own on the test server (skipped without one), dropped after the test."""
+    import asyncpg
+    import postgres_server as pg
+
+    server = await pg.server_or_skip()
+    schema = pg.new_schema()
+
+    async def set_schema_version(version: int) -> None:
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(
+                f"UPDATE \"{schema}\".meta SET value = $1 WHERE key = 'schema_version'", str(version)
+            )
+        finally:
+            await conn.close()
+
+    try:
+        yield url_storage("postgres", pg.with_schema(server, schema), set_schema_version=set_schema_version)
+    finally:
+        await pg.drop_schema(server, schema)
+
+
 #: name -> a factory of a fresh, empty database for one test (see the module's docstring)
 STORAGES: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Storage]]] = {
     "memory": memory_storage,
     "sqlite": sqlite_storage,
+    "postgres": postgres_storage,
 }
 
 #: the parameters of the ``backend`` fixture
-BACKENDS: list[Any] = [pytest.param("memory"), pytest.param("sqlite")]
+BACKENDS: list[Any] = [pytest.param("memory"), pytest.param("sqlite"), pytest.param("postgres")]

@@ -38,7 +38,7 @@ import attrs
 from loguru import logger
 
 from ..._core.errors import BackendError, LeaseLost
-from ..._core.records import STEP_COLUMNS, RunStatus, StepRows, step_dicts
+from ..._core.records import STEP_COLUMNS, CheckpointKind, RunStatus, StepRows, step_dicts
 from ..base import (
     Backend,
     Checkpoint,
@@ -620,7 +620,9 @@ class PostgresBackend(Backend):
                 apply_changes(store, changes)
             if kind != "start":
                 checkpoints.append(
-                    Checkpoint(run_id, "", step_key, kind, ops=ops, attempts=attempts, at=at, seq=seq)
+                    Checkpoint(
+                        run_id, "", step_key, CheckpointKind(kind), ops=ops, attempts=attempts, at=at, seq=seq
+                    )
                 )
         return SavedRun(_row_to_info(row), list(store.values()), checkpoints)
 
@@ -707,7 +709,7 @@ class PostgresBackend(Backend):
                 WHERE r.status IN ('pending', 'running', 'sleeping')
                   AND (r.owner IS NULL OR r.lease_until IS NULL OR r.lease_until < $3
                        OR r.owner IN (SELECT owner FROM dead)) {only}
-                ORDER BY r.run_no
+                ORDER BY r.created_at, r.run_no
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
             )
@@ -765,6 +767,7 @@ class PostgresBackend(Backend):
                 if run_no is None:
                     return False
                 await conn.execute("DELETE FROM checkpoints WHERE run_no = $1", run_no)
+                await conn.execute("DELETE FROM run_events WHERE run_no = $1", run_no)
                 return True
 
         return await self._call(delete)
@@ -785,9 +788,52 @@ class PostgresBackend(Backend):
                 ]
                 if numbers:
                     await conn.execute("DELETE FROM checkpoints WHERE run_no = ANY($1::bigint[])", numbers)
+                    await conn.execute("DELETE FROM run_events WHERE run_no = ANY($1::bigint[])", numbers)
                 return len(numbers)
 
         return await self._call(purge)
+
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+        """Add the events to the end of the run's log, numbered on from its last, in one transaction."""
+        texts = [json.dumps(data) for data in events]
+        if not texts:
+            return
+
+        async def append(conn: Any) -> None:
+            async with conn.transaction():
+                # Appenders of one run (the engine running it, another resuming it) take turns.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))", run_id, self._space
+                )
+                await conn.execute(
+                    "INSERT INTO run_events (run_no, seq, data) "
+                    "SELECT r.run_no, v.n + COALESCE("
+                    "(SELECT max(e.seq) FROM run_events e WHERE e.run_no = r.run_no), 0), v.data "
+                    "FROM runs r, unnest($2::text[]) WITH ORDINALITY AS v(data, n) "
+                    "WHERE r.run_id = $1",
+                    run_id,
+                    texts,
+                )
+
+        await self._call(append)
+
+    async def read_events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """The run's events numbered after ``after``, in order."""
+
+        async def read(conn: Any) -> list[Any]:
+            rows: list[Any] = await conn.fetch(
+                "SELECT e.seq, e.data FROM run_events e JOIN runs r ON r.run_no = e.run_no "
+                "WHERE r.run_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3",
+                run_id,
+                after,
+                limit,
+            )
+            return rows
+
+        rows = await self._call(read)
+        return [(row[0], json.loads(row[1])) for row in rows]
 
     async def save_version(self, version: WorkflowVersion) -> None:
         """Keep ``version`` unless one with its key is kept."""

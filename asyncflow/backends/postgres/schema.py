@@ -45,7 +45,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX runs_by_created ON runs (created_at DESC, run_id DESC)",
         "CREATE INDEX runs_by_status ON runs (status, created_at DESC, run_id DESC)",
         "CREATE INDEX runs_by_workflow ON runs (workflow_id, created_at DESC, run_id DESC)",
-        "CREATE INDEX runs_unfinished ON runs (run_no) WHERE status IN ('pending', 'running', 'sleeping')",
+        "CREATE INDEX runs_unfinished ON runs (created_at, run_no) "
+        "WHERE status IN ('pending', 'running', 'sleeping')",
         "CREATE INDEX runs_by_owner ON runs (owner) WHERE owner IS NOT NULL",
         """CREATE TABLE checkpoints (
             run_no bigint NOT NULL,
@@ -76,6 +77,15 @@ MIGRATIONS: list[list[str]] = [
             started_at double precision NOT NULL
         )""",
         "CREATE SEQUENCE worker_keys AS integer CYCLE",
+    ],
+    # 2: each run's log of events (engine.watch), numbered from 1 per run.
+    [
+        """CREATE TABLE run_events (
+            run_no bigint NOT NULL,
+            seq integer NOT NULL,
+            data text NOT NULL,
+            PRIMARY KEY (run_no, seq)
+        )""",
     ],
 ]
 

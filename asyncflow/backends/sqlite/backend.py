@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from ..._core.records import STEP_COLUMNS, RunStatus, StepRows, step_dicts
+from ..._core.records import STEP_COLUMNS, CheckpointKind, RunStatus, StepRows, step_dicts
 from ..base import (
     Backend,
     Checkpoint,
@@ -191,7 +191,16 @@ class SQLiteBackend(Backend):
                     apply_changes(store, changes)
                 if kind != "start":
                     checkpoints.append(
-                        Checkpoint(run_id, "", step_key, kind, ops=ops, attempts=attempts, at=at, seq=seq)
+                        Checkpoint(
+                            run_id,
+                            "",
+                            step_key,
+                            CheckpointKind(kind),
+                            ops=ops,
+                            attempts=attempts,
+                            at=at,
+                            seq=seq,
+                        )
                     )
             return SavedRun(_row_to_info(fields), list(store.values()), checkpoints)
 
