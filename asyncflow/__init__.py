@@ -29,6 +29,7 @@ from ._core.errors import ActionFailed as ActionFailed
 from ._core.errors import ActionTimeout as ActionTimeout
 from ._core.errors import BackendError as BackendError
 from ._core.errors import Bail as Bail
+from ._core.errors import ChildProcessFailed as ChildProcessFailed
 from ._core.errors import ContextClosed as ContextClosed
 from ._core.errors import DuplicateRunId as DuplicateRunId
 from ._core.errors import DuplicateStageId as DuplicateStageId
@@ -61,6 +62,7 @@ from ._core.events import EventKind as EventKind
 from ._core.events import EventStream as EventStream
 from ._core.events import Message as Message
 from ._core.events import RunEvent as RunEvent
+from ._core.isolation.process import ProcessPool as ProcessPool
 from ._core.middleware import CallNext as CallNext
 from ._core.middleware import Middleware as Middleware
 from ._core.plan import Plan as Plan
@@ -96,6 +98,7 @@ __all__ = [
     "BackendError",
     "Bail",
     "CallNext",
+    "ChildProcessFailed",
     "Clock",
     "ContextClosed",
     "DuplicateRunId",
@@ -120,6 +123,7 @@ __all__ = [
     "NotReferenceable",
     "NotSerializable",
     "Plan",
+    "ProcessPool",
     "RecordedError",
     "Registry",
     "Retry",

@@ -7,6 +7,7 @@ working for a missing store key::
     WorkflowError
     ├── RunFailed                    the run failed (``.result`` holds the record)
     │   ├── ActionFailed             an action raised
+    │   │   └── ChildProcessFailed   the child process of an isolated stage died
     │   └── StageFailed              a stage failed outside its actions (middleware, timeout)
     ├── StepTimeout                  (TimeoutError) a step ran past its time limit
     │   └── ActionTimeout            an action ran past its time limit
@@ -40,6 +41,7 @@ result with status ``BAILED`` or ``SUSPENDED``.
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -210,6 +212,121 @@ class ActionFailed(RunFailed):
             _rebuild_action_failed,
             (self.run_id, self.workflow_id, self.stage_id, self.action_name, self.error),
         )
+
+
+class ChildProcessFailed(ActionFailed):
+    """The child process running an isolated stage (``Stage(isolation="process")``) died or was killed.
+
+    Raised for a crash (a segfault, ``os._exit``, running out of memory) and
+    for a child killed because its action ran past its time limit or the run
+    was cancelled. ``exit_code`` is the child's exit status (negative: killed
+    by signal ``-exit_code``), ``signal_name`` names that signal, and
+    ``stderr_tail`` holds the last lines the child wrote to its standard
+    error (at most 20). ``pid`` is the child's process id.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        workflow_id: str,
+        stage_id: str,
+        action_name: str,
+        pid: int,
+        exit_code: int | None,
+        stderr_tail: tuple[str, ...] = (),
+        why: str = "",
+        error: BaseException | None = None,
+        result: RunResult | None = None,
+    ) -> None:
+        self.pid = pid
+        self.exit_code = exit_code
+        self.stderr_tail = tuple(stderr_tail)
+        self.why = why
+        self.signal_name = _signal_name(exit_code)
+        if exit_code is None:
+            ended = "did not exit"
+        elif exit_code < 0:
+            ended = f"was killed by signal {self.signal_name}"
+        else:
+            ended = f"exited with code {exit_code}"
+        tail = "".join(f"\n    {line}" for line in self.stderr_tail) or " (nothing)"
+        text = (
+            f"the child process (pid {pid}) running action {action_name!r} of isolated stage "
+            f"{stage_id!r} in run {run_id!r} (workflow {workflow_id!r}) {ended}"
+            f"{f' ({why})' if why else ''}; the last lines of its stderr:{tail}"
+        )
+        RunFailed.__init__(
+            self,
+            text,
+            run_id=run_id,
+            workflow_id=workflow_id,
+            error=self if error is None else error,
+            result=result,
+        )
+        self.stage_id = stage_id
+        self.action_name = action_name
+
+    def with_result(self, result: RunResult) -> ChildProcessFailed:
+        """The same failure as the run's error, carrying the run's ``result`` (its cause: this one)."""
+        return ChildProcessFailed(
+            run_id=self.run_id,
+            workflow_id=self.workflow_id,
+            stage_id=self.stage_id,
+            action_name=self.action_name,
+            pid=self.pid,
+            exit_code=self.exit_code,
+            stderr_tail=self.stderr_tail,
+            why=self.why,
+            error=self,
+            result=result,
+        )
+
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild_child_failed,
+            (
+                self.run_id,
+                self.workflow_id,
+                self.stage_id,
+                self.action_name,
+                self.pid,
+                self.exit_code,
+                self.stderr_tail,
+                self.why,
+            ),
+        )
+
+
+def _rebuild_child_failed(
+    run_id: str,
+    workflow_id: str,
+    stage_id: str,
+    action_name: str,
+    pid: int,
+    exit_code: int | None,
+    stderr_tail: tuple[str, ...],
+    why: str,
+) -> ChildProcessFailed:
+    return ChildProcessFailed(
+        run_id=run_id,
+        workflow_id=workflow_id,
+        stage_id=stage_id,
+        action_name=action_name,
+        pid=pid,
+        exit_code=exit_code,
+        stderr_tail=stderr_tail,
+        why=why,
+    )
+
+
+def _signal_name(exit_code: int | None) -> str | None:
+    if exit_code is None or exit_code >= 0:
+        return None
+    try:
+        return signal.Signals(-exit_code).name
+    except ValueError:
+        return f"signal {-exit_code}"
 
 
 def _rebuild_action_failed(

@@ -69,8 +69,11 @@ class ActionNode:
         self.parent = parent  # the action that inserted this one, if it is dynamic
         self.pos = pos
         # Calling the function straight away saves a coroutine frame per action.
+        # In a stage isolated in a child process, every action (inserted ones too) is
+        # called through the stage's session, which runs it in the child.
+        remote = stage_node.remote
         self.call: Callable[[ActionContext], Any] = (
-            action.fn if type(action) is FunctionAction else action.execute
+            remote if remote is not None else action.fn if type(action) is FunctionAction else action.execute
         )
         self.stage_node = stage_node
         self.dynamic = dynamic
@@ -139,6 +142,7 @@ class StageNode:
         "pending",
         "reason",
         "recovered",
+        "remote",
         "removed",
         "retry",
         "stage",
@@ -178,6 +182,8 @@ class StageNode:
         self.timeout: float | None = None
         # No chain and no stage/runner retry or timeout: actions may take the fast path.
         self.fast = False
+        # Set while an isolated stage runs: how its action nodes are called (in the child).
+        self.remote: Callable[[ActionContext], Any] | None = None
 
     @property
     def actions(self) -> list[ActionNode]:
@@ -185,7 +191,7 @@ class StageNode:
         nodes = self._actions
         if nodes is None:
             nodes = self._actions = [
-                ActionNode(a, self, pos=index) for index, a in enumerate(self.stage._actions)
+                ActionNode(a, self, pos=index) for index, a in enumerate(self.stage.actions)
             ]
         return nodes
 
@@ -235,7 +241,7 @@ class PlanState:
 
     def __init__(self, workflow: Workflow, run_id: str, max_insertions: int) -> None:
         self.run_id = run_id
-        self.roots = [StageNode(stage, stage.id) for stage in workflow._stages]
+        self.roots = [StageNode(stage, stage.id) for stage in workflow.stages]
         self.by_id: dict[str, StageNode] = {node.id: node for node in self.roots}
         self.id_counts: dict[str, int] = {}
         self.insertions = 0

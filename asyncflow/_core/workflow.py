@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .actions import Action, check_id, freeze_tags
 from .errors import InvalidDefinition
@@ -17,6 +17,10 @@ from .retry import Retry, check_retry, check_timeout
 
 if TYPE_CHECKING:
     from .definitions import Registry
+
+#: Where a stage's actions may run: ``"process"``, a child Python process of their own.
+Isolation = Literal["process"]
+ISOLATIONS = frozenset({"process"})
 
 
 def _check_action(value: object, where: str) -> Action:
@@ -50,10 +54,17 @@ class Stage:
         retry: default :class:`~asyncflow.Retry` for its actions (an action's own wins).
         timeout: default limit per attempt for its actions, in seconds or a
             ``timedelta`` (an action's own wins).
+        isolation: ``"process"`` runs the stage's actions (and the actions they
+            insert) in a child Python process, rebuilt from their references as
+            durable runs do; ``None`` (the default) runs them in this process.
+            See :class:`~asyncflow.ProcessPool`.
 
     Raises:
         TypeError: an argument has the wrong type (a non-Action in ``actions``...).
-        InvalidDefinition: an id is empty or ``concurrency`` is below 1.
+        InvalidDefinition: an id is empty, ``concurrency`` is below 1, or
+            ``isolation`` is not a known value.
+        NotReferenceable: the stage is isolated and an action cannot be
+            re-created in a child process (a closure, a lambda...).
     """
 
     __slots__ = (
@@ -64,6 +75,7 @@ class Stage:
         "description",
         "id",
         "initial",
+        "isolation",
         "name",
         "retry",
         "tags",
@@ -82,6 +94,7 @@ class Stage:
         concurrency: int = 1,
         retry: Retry | None = None,
         timeout: float | timedelta | None = None,
+        isolation: Isolation | None = None,
     ) -> None:
         self.id = check_id(id, "stage id")
         self.name = check_id(name, f"name of stage {id!r}") if name is not None else id
@@ -104,21 +117,47 @@ class Stage:
         # (a run that inserts 10,000 stages would otherwise make 20,000 lists).
         self._middleware: tuple[Middleware, ...] = ()
         self._action_middleware: tuple[Middleware, ...] = ()
+        if isolation is not None and isolation not in ISOLATIONS:
+            raise InvalidDefinition(
+                f"isolation of stage {id!r} must be one of {sorted(ISOLATIONS)!r} or None, got {isolation!r}"
+            )
+        self.isolation: Isolation | None = isolation
         self._actions: list[Action] = []
         if actions is not None:
             if isinstance(actions, Action):
                 raise TypeError(f"actions of stage {id!r} must be a list of actions, not one action")
             for index, act in enumerate(actions):
-                self._actions.append(_check_action(act, f"actions[{index}] of stage {id!r}"))
+                where = f"actions[{index}] of stage {id!r}"
+                self._actions.append(self._checked(_check_action(act, where), where))
+
+    def _checked(self, action: Action, where: str) -> Action:
+        """``action``, refused if this stage is isolated and a child process could not re-create it."""
+        if self.isolation is not None:
+            # The child rebuilds each action from its reference: refuse what it cannot, now.
+            from .definitions import registry
+
+            registry.reference(action, where=f"{where}, isolated in a child process")
+        return action
 
     @property
     def actions(self) -> tuple[Action, ...]:
         """The stage's actions, in order."""
         return tuple(self._actions)
 
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The middleware around this stage's block of actions (``use``), outermost first."""
+        return self._middleware
+
+    @property
+    def action_middleware(self) -> tuple[Middleware, ...]:
+        """The middleware around each action of this stage (``use_action``), outermost first."""
+        return self._action_middleware
+
     def add_action(self, action: Action) -> Stage:
         """Append ``action`` to the stage and return the stage (for chaining)."""
-        self._actions.append(_check_action(action, f"action added to stage {self.id!r}"))
+        where = f"action added to stage {self.id!r}"
+        self._actions.append(self._checked(_check_action(action, where), where))
         return self
 
     def use(self, middleware: Middleware) -> Stage:
@@ -168,6 +207,16 @@ class Workflow:
     def stages(self) -> tuple[Stage, ...]:
         """The workflow's stages, in order."""
         return tuple(self._stages)
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The middleware around each stage of this workflow (``use``), outermost first."""
+        return self._middleware
+
+    @property
+    def action_middleware(self) -> tuple[Middleware, ...]:
+        """The middleware around each action of this workflow (``use_action``), outermost first."""
+        return self._action_middleware
 
     def add_stage(self, stage: Stage) -> Workflow:
         """Append ``stage`` and return the workflow (for chaining).
