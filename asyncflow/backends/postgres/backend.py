@@ -2,7 +2,9 @@
 
 Runs are divided among engines by claims: ``FOR UPDATE SKIP LOCKED``, oldest
 first, each with a lease that the engine renews and a fencing token
-(``runs.fence``) that every claim increments. Every write an engine makes
+(``runs.fence``) that every claim by a new holder increments (an engine that
+claims again a run it still holds, its lease having run out, keeps its token,
+so that its writes in flight stay valid). Every write an engine makes
 for a run checks, in the same statement, that the run's owner and token are
 still its own: an engine whose run was taken over has its checkpoint
 refused (:class:`~asyncflow.LeaseLost`) and stops the run.
@@ -30,7 +32,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -66,6 +68,8 @@ _SELECT_RUN = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
 _CLAIMABLE = ("pending", "running", "sleeping")
 _FINISHED = tuple(s.value for s in RunStatus if s.finished)
 _LEFT_OPEN = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SLEEPING})
+# Seconds an engine whose session came back holds back from the runs of engines that look dead.
+_SETTLE = 3.0
 
 #: A notice handler: ``(kind, run_id)``, kind ``"work"`` (a run may be claimed) or ``"cancel"``.
 Notice = Callable[[str, "str | None"], None]
@@ -138,6 +142,14 @@ def _value(name: str, value: Any) -> Any:
     return value
 
 
+async def _keep_session(conn: Any) -> None:
+    """A pool connection goes back as it is: asyncflow leaves no session state on one.
+
+    (asyncpg's default reset, a round trip on every release, would double the
+    cost of a checkpoint.)
+    """
+
+
 def _lease_lost(cp: Checkpoint) -> LeaseLost:
     return LeaseLost(f"run {cp.run_id!r} is no longer owned by engine {cp.owner!r}")
 
@@ -152,10 +164,15 @@ class PostgresBackend(Backend):
             ``?pool_size=`` (connections per engine, default 10).
         reconnect_timeout: seconds a call waits for a lost server to come back
             (retrying with back-off) before it fails.
-        max_batches: group-commit batches in flight at once.
+        max_batches: group-commit batches in flight at once (one by default: the
+            checkpoints that wait for it meanwhile make the next batch larger, and
+            fewer, larger commits win where a commit waits for the disk; see
+            benchmarks/README.md).
     """
 
-    def __init__(self, url: str, *, reconnect_timeout: float = 60.0, max_batches: int = 3) -> None:
+    keeps_events = True
+
+    def __init__(self, url: str, *, reconnect_timeout: float = 60.0, max_batches: int = 1) -> None:
         self._url = parse_url(url)
         self.url = redact(url)
         self.schema = self._url.schema
@@ -167,7 +184,9 @@ class PostgresBackend(Backend):
         self._lock_key: int | None = None
         self._registered: set[str] = set()
         self._register_lock: asyncio.Lock | None = None
-        self._fences: dict[str, int] = {}
+        # The fencing token of each run this backend holds, by (owner, run id): engines that
+        # share a backend keep apart (one losing a run never forgets another's token).
+        self._fences: dict[tuple[str, str], int] = {}
         self._pending: list[tuple[Checkpoint, asyncio.Future[None]]] = []
         self._writers = 0
         self._scheduled = False
@@ -179,6 +198,7 @@ class PostgresBackend(Backend):
         self._outage = False
         self._closing = False
         self.session_liveness = self._url.pooler == "session"
+        self._settled_at = 0.0  # (monotonic) runs of engines whose session died are claimed from then on
         #: group commits written so far (each one statement, or two with a run's status)
         self.batches = 0
 
@@ -200,7 +220,9 @@ class PostgresBackend(Backend):
         finally:
             await conn.close()
         try:
-            self._pool = await asyncpg.create_pool(min_size=2, max_size=self._url.pool_size, **kwargs)
+            self._pool = await asyncpg.create_pool(
+                min_size=2, max_size=self._url.pool_size, reset=_keep_session, **kwargs
+            )
             await self._open_session()
         except BackendError:
             await self.aclose()
@@ -242,8 +264,12 @@ class PostgresBackend(Backend):
                 await self._open_session()
             except Exception:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 0.5)
                 continue
+            # After a server restart every engine's session is new: each holds back from the runs
+            # of engines that look dead for a while, so that they have their sessions back too and
+            # no run changes hands for nothing (leases still expire as ever).
+            self._settled_at = time.monotonic() + _SETTLE
             logger.info("the session to PostgreSQL at {} is back", self._url.where)
             if self._notice is not None:
                 self._notice("work", None)  # (notices may have been lost meanwhile)
@@ -399,7 +425,7 @@ class PostgresBackend(Backend):
 
         result = await self._call(create)
         if result[1] and info.owner is not None:
-            self._fences[info.run_id] = fence
+            self._fences[(info.owner, info.run_id)] = fence
         return result
 
     async def get_run(self, run_id: str) -> RunInfo | None:
@@ -522,7 +548,7 @@ class PostgresBackend(Backend):
         columns: list[list[Any]] = [[] for _ in range(10)]
         status_rows: list[tuple[str, str | None, float | None, str, int]] = []
         for cp in cps:
-            fence = fences.get(cp.run_id, -1)
+            fence = fences.get((cp.owner, cp.run_id), -1)
             for column, value in zip(
                 columns,
                 (
@@ -583,7 +609,7 @@ class PostgresBackend(Backend):
 
     def _written_check(self, cp: Checkpoint) -> Callable[[Any], Awaitable[Any]]:
         """A call: whether ``cp`` is in the database and its engine still owns the run."""
-        fence = self._fences.get(cp.run_id, -1)
+        fence = self._fences.get((cp.owner, cp.run_id), -1)
 
         async def check(conn: Any) -> Any:
             return await conn.fetchval(_WRITTEN_SQL, cp.run_id, cp.seq, cp.owner, fence)
@@ -647,7 +673,7 @@ class PostgresBackend(Backend):
         if holder is not None:
             params.append(holder)
             where.append(f"owner = ${len(params)}")
-            fence = self._fences.get(run_id)
+            fence = self._fences.get((holder, run_id))
             if fence is not None:
                 params.append(fence)
                 where.append(f"fence = ${len(params)}")
@@ -671,8 +697,8 @@ class PostgresBackend(Backend):
                 return True
 
         updated = await self._call(update)
-        if updated and "owner" in fields and fields["owner"] != holder:
-            self._fences.pop(run_id, None)
+        if updated and "owner" in fields and fields["owner"] != holder and holder is not None:
+            self._fences.pop((holder, run_id), None)
         return updated
 
     async def claim(
@@ -688,10 +714,12 @@ class PostgresBackend(Backend):
         """Take free runs, oldest first: pending, expired, or held by an engine whose session died.
 
         ``FOR UPDATE SKIP LOCKED``: engines claiming at once take different runs
-        without waiting for each other. Each claim increments the run's fencing token.
+        without waiting for each other. Each claim increments the run's fencing token,
+        unless ``owner`` holds the run already with the token this backend has for it.
         """
         await self._register(owner)
-        params: list[Any] = [owner, lease_until, now, limit]
+        held = [(run, fence) for (holder, run), fence in self._fences.items() if holder == owner]
+        params: list[Any] = [owner, lease_until, now, limit, [r for r, _ in held], [f for _, f in held]]
         only = ""
         if run_id is not None:
             params.append(run_id)
@@ -702,18 +730,22 @@ class PostgresBackend(Backend):
             only += (
                 f" AND (r.workflow_version IS NULL OR NOT r.workflow_version = ANY(${len(params)}::text[]))"
             )
+        settled = self._session is not None and time.monotonic() >= self._settled_at
+        dead = "OR r.owner IN (SELECT owner FROM dead)" if settled else ""
         sql = f"""
             WITH dead AS MATERIALIZED ({self._dead_owners}),
             free AS (
                 SELECT r.run_no FROM runs r
                 WHERE r.status IN ('pending', 'running', 'sleeping')
                   AND (r.owner IS NULL OR r.lease_until IS NULL OR r.lease_until < $3
-                       OR r.owner IN (SELECT owner FROM dead)) {only}
+                       {dead}) {only}
                 ORDER BY r.created_at, r.run_no
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
             )
-            UPDATE runs SET owner = $1, lease_until = $2, updated_at = $3, fence = runs.fence + 1,
+            UPDATE runs SET owner = $1, lease_until = $2, updated_at = $3,
+                fence = CASE WHEN runs.owner = $1 AND (runs.run_id, runs.fence) IN (
+                    SELECT * FROM unnest($5::text[], $6::bigint[])) THEN runs.fence ELSE runs.fence + 1 END,
                 status = CASE runs.status WHEN 'sleeping' THEN 'sleeping' ELSE 'running' END
             FROM free WHERE runs.run_no = free.run_no
             RETURNING runs.fence, {", ".join(f"runs.{c}" for c in _RUN_COLUMNS)}
@@ -727,7 +759,7 @@ class PostgresBackend(Backend):
         rows.sort(key=lambda row: (row["created_at"], row["run_id"]))
         infos = []
         for row in rows:
-            self._fences[row["run_id"]] = row["fence"]
+            self._fences[(owner, row["run_id"])] = row["fence"]
             infos.append(_row_to_info(row))
         return infos
 
@@ -738,7 +770,7 @@ class PostgresBackend(Backend):
         ids = list(run_ids)
         if not ids:
             return set()
-        fences = [self._fences.get(run_id, -1) for run_id in ids]
+        fences = [self._fences.get((owner, run_id), -1) for run_id in ids]
 
         async def beat(conn: Any) -> set[str]:
             rows = await conn.fetch(
@@ -753,9 +785,15 @@ class PostgresBackend(Backend):
             return {row[0] for row in rows}
 
         kept = await self._call(beat)
-        lost = set(ids) - kept
-        for run_id in lost:
-            self._fences.pop(run_id, None)
+        lost = set()
+        for run_id, fence in zip(ids, fences, strict=True):
+            if run_id in kept:
+                continue
+            # Lost, unless this backend claimed the run again for ``owner`` meanwhile (a new token):
+            # then the run is held, and the token the beat was sent with was only out of date.
+            if self._fences.get((owner, run_id), -1) == fence:
+                self._fences.pop((owner, run_id), None)
+                lost.add(run_id)
         return lost
 
     async def delete_run(self, run_id: str) -> bool:
@@ -795,23 +833,41 @@ class PostgresBackend(Backend):
 
     async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
         """Add the events to the end of the run's log, numbered on from its last, in one transaction."""
-        texts = [json.dumps(data) for data in events]
+        await self.append_events_of_runs({run_id: events})
+
+    async def append_events_of_runs(self, events: Mapping[str, Sequence[dict[str, Any]]]) -> None:
+        """The events of several runs, each at the end of its run's log, in one transaction (one commit)."""
+        run_ids: list[str] = []
+        numbers: list[int] = []
+        texts: list[str] = []
+        for run_id, run_events in events.items():
+            for n, data in enumerate(run_events, 1):
+                run_ids.append(run_id)
+                numbers.append(n)
+                texts.append(json.dumps(data))
         if not texts:
             return
+        runs = sorted(set(run_ids))
 
         async def append(conn: Any) -> None:
             async with conn.transaction():
-                # Appenders of one run (the engine running it, another resuming it) take turns.
+                # Appenders of one run (the engine running it, another resuming it) take turns;
+                # the locks are taken in one order, so two batches never wait for each other.
                 await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))", run_id, self._space
+                    "SELECT pg_advisory_xact_lock(k) FROM "
+                    "(SELECT DISTINCT hashtextextended(x, $2) AS k FROM unnest($1::text[]) AS x "
+                    "ORDER BY k) AS l",
+                    runs,
+                    self._space,
                 )
                 await conn.execute(
                     "INSERT INTO run_events (run_no, seq, data) "
                     "SELECT r.run_no, v.n + COALESCE("
                     "(SELECT max(e.seq) FROM run_events e WHERE e.run_no = r.run_no), 0), v.data "
-                    "FROM runs r, unnest($2::text[]) WITH ORDINALITY AS v(data, n) "
-                    "WHERE r.run_id = $1",
-                    run_id,
+                    "FROM unnest($1::text[], $2::int[], $3::text[]) AS v(run_id, n, data) "
+                    "JOIN runs r ON r.run_id = v.run_id",
+                    run_ids,
+                    numbers,
                     texts,
                 )
 
