@@ -72,7 +72,7 @@ from .serial import end_fields, initial_entries, restore_store, result_from_info
 from .state import RunState, new_run_id
 from .store import StoreData
 from .versions import Versions
-from .watch import EventLog, request_fingerprint
+from .watch import EventLog, request_fingerprint, steps_from_events
 from .workflow import Workflow
 
 _ENDED_OR_PARKED = frozenset({s for s in RunStatus if s.finished} | {RunStatus.SUSPENDED})
@@ -801,11 +801,14 @@ class Engine:
         return result_from_info(info, store)
 
     async def get_run(self, run_id: str) -> RunInfo:
-        """What the database knows of the run; for a run executing here, its ``steps`` are the plan so far.
+        """What the database knows of the run; for a run executing, its ``steps`` are the plan so far.
 
         The plan so far: every stage and action of the run's plan as it
         stands (inserted ones included), each with its status (pending,
-        running, completed, failed, skipped...), in plan order.
+        running, completed, failed, skipped...), in plan order. For a run
+        executing in another process it is read from the run's event log:
+        the steps that were started, finished, skipped or inserted there, then
+        the registered workflow's steps not reached yet.
 
         Raises:
             UnknownRun: no such run.
@@ -824,6 +827,12 @@ class Engine:
         ):
             steps = with_earlier_timings(plan_rows(active.run.plan.walk_stages()), info.steps)
             info = attrs.evolve(info, steps=steps.dicts())
+        elif info.status in (RunStatus.RUNNING, RunStatus.SLEEPING) and self.backend.keeps_events:
+            # Executing in another process: the plan so far as its event log tells it.
+            workflow = next((w for w in self.workflows if w.id == info.workflow_id), None)
+            static = [(s.id, [a.name for a in s.actions]) for s in workflow.stages] if workflow else []
+            events = [data for _, data in await self._events.read_all(run_id)]
+            info = attrs.evolve(info, steps=steps_from_events(events, static))
         return info
 
     async def get_store(self, run_id: str) -> dict[str, Any]:

@@ -206,3 +206,85 @@ def request_fingerprint(workflow_id: str, entries: list[tuple[str, Any]], persis
         return [workflow_id, ordered]
     text = json.dumps([workflow_id, ordered], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def steps_from_events(events: list[dict[str, Any]], stages: Any = ()) -> list[dict[str, Any]]:
+    """The plan so far of a run executing elsewhere, from its event log: steps as ``RunInfo.steps`` has them.
+
+    Stages in the order they appeared (an inserted stage when it was inserted),
+    each followed by its actions; then ``stages`` (the registered workflow's, as
+    ``(stage_id, [action names])``) that no event named yet, pending. An action
+    that appears twice in one stage is one step here (the latest).
+    """
+    order: list[str] = []
+    stage_steps: dict[str, dict[str, Any]] = {}
+    action_steps: dict[str, dict[str, dict[str, Any]]] = {}
+    started = min(
+        (float(e["at"]) for e in events if e.get("kind") == EventKind.RUN_STARTED.value), default=0.0
+    )
+
+    def stage(stage_id: str, dynamic: bool = False) -> dict[str, Any]:
+        step = stage_steps.get(stage_id)
+        if step is None:
+            order.append(stage_id)
+            step = stage_steps[stage_id] = _step("stage", stage_id, None, dynamic)
+            action_steps[stage_id] = {}
+        return step
+
+    def action(stage_id: str, name: str, dynamic: bool = False) -> dict[str, Any]:
+        stage(stage_id)
+        step = action_steps[stage_id].get(name)
+        if step is None:
+            step = action_steps[stage_id][name] = _step("action", stage_id, name, dynamic)
+        return step
+
+    for data in events:
+        kind, stage_id, name = data.get("kind"), data.get("stage_id"), data.get("action_name")
+        if stage_id is None:
+            continue
+        dynamic = bool(data.get("dynamic"))
+        step = action(stage_id, name, dynamic) if name is not None else stage(stage_id, dynamic)
+        step["dynamic"] = step["dynamic"] or dynamic
+        if kind in (EventKind.STAGE_STARTED.value, EventKind.ACTION_STARTED.value):
+            step["status"], step["started_at"] = "running", max(float(data.get("at") or 0.0) - started, 0.0)
+            step["attempts"] = max(step["attempts"], int(data.get("attempt") or 0))
+        elif kind == EventKind.ACTION_RETRY.value:
+            step["attempts"] = max(step["attempts"], int(data.get("attempt") or 0))
+        elif kind in (
+            EventKind.STAGE_FINISHED.value,
+            EventKind.ACTION_FINISHED.value,
+            EventKind.STEP_SKIPPED.value,
+        ):
+            step["status"] = data.get("status") or step["status"]
+            step["duration"] = float(data.get("duration") or 0.0)
+            step["error"] = data.get("error")
+            step["reason"] = data.get("reason")
+    for stage_id, names in stages:
+        if stage_id not in stage_steps:
+            stage(stage_id)
+        for name in names:
+            action(stage_id, name)
+    steps: list[dict[str, Any]] = []
+    for stage_id in order:
+        steps.append(stage_steps[stage_id])
+        steps.extend(action_steps[stage_id].values())
+    return steps
+
+
+def _step(kind: str, stage_id: str, action_name: str | None, dynamic: bool) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "stage_id": stage_id,
+        "action_name": action_name,
+        "status": "pending",
+        "dynamic": dynamic,
+        "duration": 0.0,
+        "started_at": 0.0,
+        "depth": 0,
+        "inserted_by": None,
+        "inserted_by_stage": None,
+        "reason": None,
+        "error": None,
+        "attempts": 0,
+        "recovered_error": None,
+    }
