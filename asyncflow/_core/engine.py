@@ -643,6 +643,7 @@ class Engine:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self._release(info.run_id)
         finally:
+            self._events.forget(info.run_id)
             active.done.set()
 
     async def _leave_unknown_workflow(self, info: RunInfo) -> None:

@@ -33,6 +33,8 @@ from .records import RunStatus
 
 #: Events read from the log per call.
 _PAGE = 500
+#: The latest events kept in memory per run executing here.
+_RECENT = 1000
 
 
 class EventLog:
@@ -54,6 +56,9 @@ class EventLog:
         # Watchers in this process wait on these: set when a run's events are written.
         self._news: dict[str, anyio.Event] = {}
         self._writing: anyio.Lock = anyio.Lock()
+        # The latest events written of the runs executing here, numbered: watchers in this
+        # process read them here, not from the database (200 watchers, one read).
+        self._recent: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self.closed = False
 
     # ---- writing -------------------------------------------------------------------
@@ -101,9 +106,25 @@ class EventLog:
                 batch = self._pending.pop(run_id, None)
                 batches = {run_id: batch} if batch else {}
             for rid, events in batches.items():
-                await self.backend.append_events(rid, events)
+                last = await self.backend.append_events(rid, events)
+                if last is not None:
+                    recent = self._recent.setdefault(rid, [])
+                    recent.extend(zip(range(last - len(events) + 1, last + 1), events, strict=True))
+                    if len(recent) > _RECENT:
+                        del recent[: len(recent) - _RECENT]
         for rid in batches:
             self.wake(rid)
+
+    def forget(self, run_id: str) -> None:
+        """Drop the latest events kept of a run that stopped executing here (watchers read the database)."""
+        self._recent.pop(run_id, None)
+
+    def _cached(self, run_id: str, after: int) -> list[tuple[int, dict[str, Any]]] | None:
+        """The run's events after ``after`` from the latest kept here, if they reach back that far."""
+        recent = self._recent.get(run_id)
+        if not recent or recent[0][0] > after + 1 or recent[-1][0] < after:
+            return None
+        return [item for item in recent if item[0] > after][:_PAGE]
 
     def wake(self, run_id: str) -> None:
         """Wake the watchers of ``run_id`` in this process."""
@@ -166,6 +187,19 @@ class EventLog:
         while True:
             if self.closed:
                 return
+            # Taken before reading: events written after the read set it, so none is missed.
+            news = self._news.get(run_id)
+            if news is None:
+                news = self._news[run_id] = anyio.Event()
+            page = self._cached(run_id, after)
+            if page:
+                # Written by this engine just now: no database read, unless the run ended.
+                for seq, data in page:
+                    after = seq
+                    yield RunEvent.from_data(seq, run_id, workflow_id, data)
+                if page[-1][1].get("kind") not in _ENDS:
+                    await _first_of(news.wait, lambda: backend.wait_events(run_id, within=interval))
+                    continue
             # The status first, then the events: a run whose end is recorded has its
             # events written, so what this read finds is all there is when it has ended.
             current = await get_run(run_id)
@@ -177,10 +211,11 @@ class EventLog:
                 continue
             if current is None or current.status.finished or current.status is RunStatus.SUSPENDED:
                 return
-            news = self._news.get(run_id)
-            if news is None:
-                news = self._news[run_id] = anyio.Event()
-            await _first_of(news.wait, lambda: backend.wait_events(run_id, within=interval))
+            if not page:
+                await _first_of(news.wait, lambda: backend.wait_events(run_id, within=interval))
+
+
+_ENDS = frozenset({EventKind.RUN_FINISHED.value, EventKind.RUN_SUSPENDED.value})
 
 
 async def _first_of(*waits: Callable[[], Any]) -> None:

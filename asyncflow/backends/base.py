@@ -413,12 +413,15 @@ class Backend(ABC):
     #: whether this backend keeps runs' events (``append_events`` stores them)
     keeps_events: ClassVar[bool] = False
 
-    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> int | None:
         """Add ``events`` to the end of the run's log in one transaction, numbered on from its last (from 1).
 
         Each event is a dict of JSON values (persistent backends) as
         :func:`~asyncflow._core.events.event_data` makes it. A run that does
         not exist (deleted meanwhile) takes none. Deleting a run deletes its log.
+        Returns the number of the last event added (``None``: none added, or
+        not known), so that an engine can hand them to its own watchers without
+        reading them back.
         """
         return None
 

@@ -372,27 +372,29 @@ class SQLiteBackend(Backend):
             if freed < step:
                 return total
 
-    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> int | None:
         """Add the events to the end of the run's log, in the next commit."""
         texts = [json.dumps(data) for data in events]
         if not texts:
-            return
+            return None
 
-        def append(conn: sqlite3.Connection) -> None:
+        def append(conn: sqlite3.Connection) -> int | None:
             row = conn.execute(
                 "SELECT r.run_no, (SELECT MAX(seq) FROM run_events WHERE run_no = r.run_no) "
                 "FROM runs AS r WHERE r.run_id = ?",
                 (run_id,),
             ).fetchone()
             if row is None:
-                return
+                return None
             run_no, last = row[0], row[1] or 0
             conn.executemany(
                 "INSERT INTO run_events (run_no, seq, data) VALUES (?, ?, ?)",
                 [(run_no, last + i, text) for i, text in enumerate(texts, 1)],
             )
+            return int(last + len(texts))
 
-        await self._writer.submit(append, writes=True)
+        numbered: int | None = await self._writer.submit(append, writes=True)
+        return numbered
 
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int = 1000
