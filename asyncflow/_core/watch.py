@@ -105,8 +105,9 @@ class EventLog:
             else:
                 batch = self._pending.pop(run_id, None)
                 batches = {run_id: batch} if batch else {}
+            numbered = await self.backend.append_events_many(batches) if batches else {}
             for rid, events in batches.items():
-                last = await self.backend.append_events(rid, events)
+                last = numbered.get(rid)
                 if last is not None:
                     recent = self._recent.setdefault(rid, [])
                     recent.extend(zip(range(last - len(events) + 1, last + 1), events, strict=True))

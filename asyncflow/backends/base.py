@@ -425,6 +425,19 @@ class Backend(ABC):
         """
         return None
 
+    async def append_events_many(self, batches: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, int]:
+        """:meth:`append_events` for several runs at once (one transaction, where the backend can).
+
+        Returns the number of the last event added per run (runs whose number is
+        not known are left out). By default, one :meth:`append_events` per run.
+        """
+        numbered: dict[str, int] = {}
+        for run_id, events in batches.items():
+            last = await self.append_events(run_id, events)
+            if last is not None:
+                numbered[run_id] = last
+        return numbered
+
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int = 1000
     ) -> list[tuple[int, dict[str, Any]]]:
