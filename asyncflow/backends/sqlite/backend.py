@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from loguru import logger
 
 from ..._core.records import STEP_COLUMNS, CheckpointKind, RunStatus, StepRows, step_dicts
 from ..base import (
@@ -28,6 +30,7 @@ from ..base import (
     run_id_taken,
     shape_key,
 )
+from .liveness import Liveness
 from .schema import atomic
 from .writer import CHECKPOINT_SQL, Writer
 
@@ -36,7 +39,12 @@ _JSON_COLUMNS = frozenset({"suspend_data", "resume_data", "steps"})
 _SELECT_RUN = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
 _SELECT_NUMBERED_RUN = f"SELECT run_no, {', '.join(_RUN_COLUMNS)} FROM runs WHERE run_id = ?"
 _CLAIMABLE = ("pending", "running", "sleeping")
-_PURGE_CHUNK = 1000  # runs deleted per transaction by purge
+_PURGE_CHUNK = 1000
+# The engines other than the claimer that hold runs on a live lease (their liveness is checked).
+_HELD_BY_OTHERS = (
+    "SELECT DISTINCT owner FROM runs WHERE status IN ('running', 'sleeping') "
+    "AND lease_until >= ? AND owner IS NOT NULL AND owner != ?"
+)  # runs deleted per transaction by purge
 
 # A run's store is not a table of its own: each checkpoint carries the store
 # changes it made (one JSON text), so committing an action is one INSERT, and
@@ -102,19 +110,27 @@ class SQLiteBackend(Backend):
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self._writer = Writer(self.path, busy_timeout)
+        self._liveness = Liveness(self.path)
 
     async def open(self) -> None:
         """Start the writer thread, open the file, create or check the schema."""
         await self._writer.open()
 
     async def aclose(self) -> None:
-        """Finish the queued writes, close the connection and stop the thread."""
-        await self._writer.aclose()
+        """Finish the queued writes, let the engines' locks go, close the connection and stop the thread."""
+        try:
+            if self._liveness.mine:
+                with contextlib.suppress(Exception):
+                    await self._writer.submit(lambda conn: self._liveness.release(), writes=False)
+        finally:
+            await self._writer.aclose()
 
     async def create_run(self, info: RunInfo, store: Sequence[StoreEntry]) -> tuple[RunInfo, bool]:
         """Insert the run and its initial store, unless its idempotency key is taken."""
 
         def create(conn: sqlite3.Connection) -> tuple[RunInfo, bool]:
+            if info.owner is not None:
+                self._liveness.hold(info.owner)
             if info.idempotency_key is not None:
                 row = conn.execute(
                     f"{_SELECT_RUN} WHERE idempotency_key = ?", (info.idempotency_key,)
@@ -253,29 +269,50 @@ class SQLiteBackend(Backend):
         run_id: str | None = None,
         skip_versions: Collection[str] = (),
     ) -> list[RunInfo]:
-        """Take free runs in one statement, so two engines never take the same one."""
+        """Take free runs in one statement, so two engines never take the same one.
+
+        Free: nobody holds them, their lease ran out, or their owner is provably
+        dead (see :mod:`.liveness`): the runs of an engine killed on this host
+        are taken over at once, not when their lease runs out.
+        """
         only = "AND run_id = ?" if run_id is not None else ""
-        params: list[Any] = [owner, lease_until, now, *_CLAIMABLE, now]
+        tail: list[Any] = []
         if run_id is not None:
-            params.append(run_id)
+            tail.append(run_id)
         skips = list(skip_versions)
         if skips:
             only += (
                 f" AND (workflow_version IS NULL OR workflow_version NOT IN ({', '.join('?' * len(skips))}))"
             )
-            params.extend(skips)
-        params.append(limit)
-        sql = (
-            "UPDATE runs SET owner = ?, lease_until = ?, updated_at = ?, "
-            "status = CASE status WHEN 'sleeping' THEN 'sleeping' ELSE 'running' END "
-            f"WHERE run_id IN (SELECT run_id FROM runs WHERE status IN (?, ?, ?) "
-            f"AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?) {only} "
-            "ORDER BY created_at LIMIT ?) "
-            f"RETURNING {', '.join(_RUN_COLUMNS)}"
-        )
+            tail.extend(skips)
+        tail.append(limit)
+        liveness = self._liveness
 
         def claim(conn: sqlite3.Connection) -> list[RunInfo]:
-            return [_row_to_info(row) for row in conn.execute(sql, params).fetchall()]
+            liveness.hold(owner)
+            others = conn.execute(_HELD_BY_OTHERS, (now, owner)).fetchall()
+            dead = [other for (other,) in others if liveness.dead(other)]
+            of_dead = f" OR owner IN ({', '.join('?' * len(dead))})" if dead else ""
+            sql = (
+                "UPDATE runs SET owner = ?, lease_until = ?, updated_at = ?, "
+                "status = CASE status WHEN 'sleeping' THEN 'sleeping' ELSE 'running' END "
+                f"WHERE run_id IN (SELECT run_id FROM runs WHERE status IN (?, ?, ?) "
+                f"AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?{of_dead}) {only} "
+                "ORDER BY created_at LIMIT ?) "
+                f"RETURNING {', '.join(_RUN_COLUMNS)}"
+            )
+            params = [owner, lease_until, now, *_CLAIMABLE, now, *dead, *tail]
+            claimed = [_row_to_info(row) for row in conn.execute(sql, params).fetchall()]
+            for other in dead:
+                logger.info(
+                    "engine {!r} of {!r} is gone (its lock is free, or its process): its runs are taken "
+                    "over at once, without waiting for their leases",
+                    other,
+                    str(self.path),
+                )
+                if conn.execute("SELECT 1 FROM runs WHERE owner = ? LIMIT 1", (other,)).fetchone() is None:
+                    liveness.forget(other)
+            return claimed
 
         result: list[RunInfo] = await self._writer.submit(claim, writes=True)
         return result
