@@ -137,7 +137,14 @@ def make_app(db: str) -> Any:
 def serve(port: int, db: str) -> None:
     import uvicorn
 
-    uvicorn.run(make_app(db), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        make_app(db),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=120,
+    )
 
 
 def free_port() -> int:
