@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from helpers import eventually as eventually  # (the tests' one wait, re-exporte
 
 import asyncflow as af
 from asyncflow import backoff
+from asyncflow.backends import SQLiteBackend
 
 #: label -> what each execution recorded, in order
 LEDGER: dict[str, list[Any]] = {}
@@ -90,6 +92,44 @@ async def info_of(url: str, run_id: str) -> af.RunInfo:
     """What the database says of the run, read by an engine that recovers nothing."""
     async with make_engine(url, recover=False) as engine:
         return await engine.get_run(run_id)
+
+
+class CountingSQLite(SQLiteBackend):
+    """An SQLite backend that counts its engine's heartbeats and looks for runs (claims).
+
+    A test that checks that something does *not* happen waits for a number
+    of the engine's passes instead of a fixed time: on a slow machine it
+    waits longer, and it never passes without the engine having looked.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.claims = 0
+        self.heartbeats = 0
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_until: float,
+        limit: int,
+        run_id: str | None = None,
+        skip_versions: Collection[str] = (),
+    ) -> list[af.RunInfo]:
+        self.claims += 1
+        return await super().claim(
+            owner, now=now, lease_until=lease_until, limit=limit, run_id=run_id, skip_versions=skip_versions
+        )
+
+    async def heartbeat(self, owner: str, run_ids: Any, *, now: float, lease_until: float) -> set[str]:
+        self.heartbeats += 1
+        return await super().heartbeat(owner, run_ids, now=now, lease_until=lease_until)
+
+    async def passes(self, more: int) -> None:
+        """Wait until the engine has made ``more`` further heartbeats and looks for runs."""
+        claims, heartbeats = self.claims, self.heartbeats
+        await eventually(lambda: self.claims >= claims + more and self.heartbeats >= heartbeats + more)
 
 
 def query(db_path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -162,3 +162,28 @@ async def durable_second(ctx: af.ActionContext) -> None:
     while hold.exists():  # noqa: ASYNC110 (another process removes the file)
         await anyio.sleep(0.02)
     ctx.store["second"] = True
+
+
+@af.action
+async def binds_child_pid(ctx: af.ActionContext) -> None:
+    """Log a line whose own bound context already has a ``child_pid``."""
+    ctx.logger.bind(child_pid="mine").info("bound by the action")
+
+
+class Meet(af.Action):
+    """Wait (up to 10 s) until ``others`` other Meet actions have started, then record its pid."""
+
+    def __init__(self, name: str, others: int) -> None:
+        self.name = name
+        self.others = others
+
+    async def execute(self, ctx: af.ActionContext) -> None:
+        """Meet the others in the same child process, then write down where."""
+        _MET.append(self.name)
+        with anyio.fail_after(10):
+            while len(_MET) <= self.others:  # noqa: ASYNC110 (the others are tasks of this process)
+                await anyio.sleep(0.005)
+        ctx.store[f"pid:{self.name}"] = os.getpid()
+
+
+_MET: list[str] = []

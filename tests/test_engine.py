@@ -332,7 +332,7 @@ async def test_sleep_wakes_when_the_clock_is_advanced(engine_url: str, clock: Fa
         handle = await engine.start(flows.SLEEPY)
         await wait_for_status(engine, handle.run_id, af.RunStatus.SLEEPING)
         await clock.advance(99)
-        await anyio.sleep(0.05)
+        await clock.wait_for_sleepers(1)  # the run's sleep still waits on the clock: not woken
         assert (await engine.get_run(handle.run_id)).status is af.RunStatus.SLEEPING
         await clock.advance(1)
         with anyio.fail_after(5):

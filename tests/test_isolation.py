@@ -159,6 +159,22 @@ async def test_an_error_keeps_its_class_and_the_childs_traceback() -> None:
     assert "in write_then_fail" in "".join(cause.__notes__)
 
 
+async def test_a_concurrent_isolated_stage_runs_its_actions_at_once_in_one_child() -> None:
+    """``concurrency=3``: the three actions run at the same time, in the same child."""
+    actions = [flows.Meet(f"m{n}", others=2) for n in range(3)]
+    result = await af.run(isolated(*actions, concurrency=3))
+    pids = {result.store[f"pid:m{n}"] for n in range(3)}
+    assert len(pids) == 1
+    assert os.getpid() not in pids
+
+
+async def test_a_log_line_keeps_its_own_context(records: list[dict[str, Any]]) -> None:
+    """A child's line already bound with ``child_pid`` is relayed with the child's real pid."""
+    await af.run(isolated(flows.binds_child_pid))
+    (line,) = [r for r in records if r["message"] == "bound by the action"]
+    assert isinstance(line["extra"]["child_pid"], int)
+
+
 # ---- bad input -------------------------------------------------------------------------
 
 

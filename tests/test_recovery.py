@@ -215,11 +215,13 @@ async def test_replayed_steps_are_recorded_as_completed_earlier(url: str) -> Non
     assert replayed == [("reshape", False), ("record", True)]
 
 
-async def test_recover_false_leaves_interrupted_runs_alone(url: str) -> None:
+async def test_recover_false_leaves_interrupted_runs_alone(db_path: Path, url: str) -> None:
     """An engine opened with recover=False neither resumes an interrupted run nor claims it."""
     run_id = await interrupt(url, flows.BASIC)
-    async with make_engine(url, flows.BASIC, recover=False) as engine:
-        await anyio.sleep(0.3)  # several poll intervals
+    counted = flows.CountingSQLite(db_path)
+    async with make_engine(counted, flows.BASIC, recover=False) as engine:
+        heartbeats = counted.heartbeats
+        await flows.eventually(lambda: counted.heartbeats >= heartbeats + 6)  # several poll intervals
         info = await engine.get_run(run_id)
     assert info.status is af.RunStatus.RUNNING
     assert info.owner is None
@@ -365,13 +367,14 @@ async def test_suspended_run_resumes_in_another_engine(url: str) -> None:
     assert flows.runs_of("step-one") == 1
 
 
-async def test_opening_an_engine_does_not_resume_a_suspended_run(url: str) -> None:
+async def test_opening_an_engine_does_not_resume_a_suspended_run(db_path: Path, url: str) -> None:
     """Recovery leaves a suspended run suspended until engine.resume is called."""
     async with make_engine(url, flows.APPROVAL) as first:
         handle = await first.start(flows.APPROVAL)
         await handle.result()
-    async with make_engine(url, flows.APPROVAL) as second:
-        await anyio.sleep(0.2)
+    counted = flows.CountingSQLite(db_path)
+    async with make_engine(counted, flows.APPROVAL) as second:
+        await counted.passes(3)  # it looked for runs three times
         info = await second.get_run(handle.run_id)
     assert info.status is af.RunStatus.SUSPENDED
     assert flows.runs_of("approve") == 1

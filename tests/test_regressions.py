@@ -212,33 +212,40 @@ def step(result: af.RunResult, kind: str, stage_id: str, action_name: str | None
     ],
 )
 async def test_run_cancelled_by_another_engine_during_a_sleep_stays_cancelled(
-    url: str, notice: dict[str, float]
+    db_path: Path, url: str, notice: dict[str, float]
 ) -> None:
     """Engine B cancels a run sleeping in engine A: once the sleep is due it stays CANCELLED, nothing runs."""
     clock = FakeClock(START)
+    in_a, in_b = flows.CountingSQLite(db_path), flows.CountingSQLite(db_path)
     async with (
-        make_engine(url, flows.SLEEPY, clock=clock, owner="A", **notice) as a,
-        make_engine(url, flows.SLEEPY, clock=clock, owner="B") as b,
+        make_engine(in_a, flows.SLEEPY, clock=clock, owner="A", **notice) as a,
+        make_engine(in_b, flows.SLEEPY, clock=clock, owner="B") as b,
     ):
         handle = await a.start(flows.SLEEPY)
         await flows.eventually(lambda: clock.sleepers == 1)
         await b.cancel(handle.run_id)
-        await anyio.sleep(0.2)  # a few heartbeats of A, if it has them
+        if notice["poll_interval"] < 1:
+            await in_a.passes(3)  # a few heartbeats of A
         await clock.advance(100)  # the sleep is due (A's lease still holds)
         with anyio.fail_after(5):
             result = await handle.result()
         assert result.status is af.RunStatus.CANCELLED
-        await anyio.sleep(0.3)  # room for a (wrong) take-over by either engine
+        await in_b.passes(5)  # room for a (wrong) take-over by B (A looks only every 5 s, if so)
+        if notice["poll_interval"] < 1:
+            await in_a.passes(5)  # and by A
         assert (await b.get_run(handle.run_id)).status is af.RunStatus.CANCELLED
     assert (await info_of(url, handle.run_id)).status is af.RunStatus.CANCELLED
     assert flows.runs_of("woke") == 0
 
 
-async def test_run_cancelled_by_another_engine_during_an_action_runs_nothing_after(url: str) -> None:
+async def test_run_cancelled_by_another_engine_during_an_action_runs_nothing_after(
+    db_path: Path, url: str
+) -> None:
     """Engine B cancels a run whose action runs in engine A: it stays CANCELLED, the next one never runs."""
+    in_a, in_b = flows.CountingSQLite(db_path), flows.CountingSQLite(db_path)
     async with (
-        make_engine(url, GATED_THEN_AFTER, owner="A") as a,
-        make_engine(url, GATED_THEN_AFTER, owner="B") as b,
+        make_engine(in_a, GATED_THEN_AFTER, owner="A") as a,
+        make_engine(in_b, GATED_THEN_AFTER, owner="B") as b,
     ):
         handle = await a.start(GATED_THEN_AFTER)
         with anyio.fail_after(5):
@@ -248,7 +255,8 @@ async def test_run_cancelled_by_another_engine_during_an_action_runs_nothing_aft
         with anyio.fail_after(5):
             result = await handle.result()
         assert result.status is af.RunStatus.CANCELLED
-        await anyio.sleep(0.3)  # room for a (wrong) take-over by either engine
+        await in_a.passes(5)  # room for a (wrong) take-over by either engine
+        await in_b.passes(5)
     assert (await info_of(url, handle.run_id)).status is af.RunStatus.CANCELLED
     assert flows.runs_of("after") == 0
 

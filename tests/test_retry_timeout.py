@@ -650,9 +650,10 @@ def test_negative_fixed_backoff_is_a_value_error() -> None:
 )
 def test_exponential_rejects_bad_arguments(kwargs: dict[str, Any], error: type[Exception]) -> None:
     """backoff.exponential rejects a negative or non-number base and a factor below 1."""
-    base = kwargs.pop("base")
+    rest = dict(kwargs)  # (the parameter's dict is shared by every run of the test in this process)
+    base = rest.pop("base")
     with pytest.raises(error):
-        backoff.exponential(base, **kwargs)
+        backoff.exponential(base, **rest)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])

@@ -16,6 +16,7 @@ import asyncio
 import importlib
 import sqlite3
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,58 @@ async def after_a_while(url: Any, *workflows: af.Workflow, run_id: str, **option
 
         await flows.eventually(let_go)
         return await engine.get_run(run_id)
+
+
+async def info_now(url: Any, run_id: str) -> af.RunInfo:
+    """What the database says of ``run_id`` now, read by an engine that recovers nothing."""
+    async with make_engine(url, recover=False) as reader:
+        return await reader.get_run(run_id)
+
+
+async def let_go(engine: af.Engine, run_id: str, before: af.RunInfo) -> None:
+    """Wait until ``engine`` has claimed ``run_id`` (as ``before`` was) and let it go again."""
+
+    async def decided() -> bool:
+        info = await engine.get_run(run_id)
+        return info.updated_at > before.updated_at and info.owner is None
+
+    await flows.eventually(decided)
+
+
+class CountsClaims(SQLiteBackend):
+    """An SQLite backend that counts its engine's looks for runs (its claims)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.claims = 0
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_until: float,
+        limit: int,
+        run_id: str | None = None,
+        skip_versions: Collection[str] = (),
+    ) -> list[af.RunInfo]:
+        self.claims += 1
+        return await super().claim(
+            owner, now=now, lease_until=lease_until, limit=limit, run_id=run_id, skip_versions=skip_versions
+        )
+
+
+class SlowToLoadVersions(SQLiteBackend):
+    """An SQLite backend that takes a second to load versions (``loading`` is set as it begins)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.loading = anyio.Event()
+
+    async def load_versions(self, version: str) -> list[WorkflowVersion]:
+        self.loading.set()
+        await anyio.sleep(1)
+        return await super().load_versions(version)
 
 
 async def owner_is_none(engine: af.Engine, run_id: str) -> bool:
@@ -262,21 +315,15 @@ async def test_a_replaced_action_under_a_recorded_change_by_tag_leaves_the_run(u
     assert executions() == {"hang": 1}
 
 
-class SlowToLoadVersions(SQLiteBackend):
-    """An SQLite backend that takes a second to load versions."""
-
-    async def load_versions(self, version: str) -> list[WorkflowVersion]:
-        await anyio.sleep(1)
-        return await super().load_versions(version)
-
-
 async def test_closing_the_engine_while_it_looks_at_a_runs_version_gives_the_run_back(
     db_path: Path, url: str
 ) -> None:
     """An engine closed while it decides what a changed run goes on with leaves the run free, not held."""
     run_id = await interrupt(url, flows.DEPLOY_V1)
-    async with make_engine(SlowToLoadVersions(db_path), flows.DEPLOY_V2, lease=30.0):
-        await anyio.sleep(0.2)
+    slow = SlowToLoadVersions(db_path)
+    async with make_engine(slow, flows.DEPLOY_V2, lease=30.0):
+        with anyio.fail_after(5):
+            await slow.loading.wait()
     async with make_engine(url, recover=False) as engine:
         info = await engine.get_run(run_id)
     assert (info.status, info.owner) == (af.RunStatus.RUNNING, None)
@@ -298,8 +345,9 @@ async def test_without_skipping_claims_a_left_version_is_looked_at_again_after_t
     alias = registry_with(flows.GLOBAL_ONLY, "an-alias")
     run_id = await interrupt(url, flows.RENAMED_REFERENCE, registry=alias)
     clock = FakeClock(START)
+    before = await info_now(url, run_id)
     async with make_engine(ClaimsWithoutSkipping(db_path), flows.RENAMED_REFERENCE_V2, clock=clock) as engine:
-        await anyio.sleep(0.3)  # left, and held
+        await let_go(engine, run_id, before)  # left, and held
         assert (await engine.get_run(run_id)).status is af.RunStatus.RUNNING
         async with make_engine(url, flows.RENAMED_REFERENCE, recover=False):
             pass  # saves a definition that names the action by the global registry
@@ -347,8 +395,10 @@ async def test_cancel_while_the_engine_looks_at_a_runs_version_cancels_it(db_pat
     run_id = await interrupt(
         url, flows.DEPLOY_REGISTERED_V1, registry=registry_with(flows.FIRST_ENGINES_STEP)
     )
-    async with make_engine(SlowToLoadVersions(db_path), flows.DEPLOY_REGISTERED_V2) as engine:
-        await anyio.sleep(0.2)
+    slow = SlowToLoadVersions(db_path)
+    async with make_engine(slow, flows.DEPLOY_REGISTERED_V2) as engine:
+        with anyio.fail_after(5):
+            await slow.loading.wait()
         await engine.cancel(run_id)
         info = await engine.get_run(run_id)
     assert (info.status, info.owner) == (af.RunStatus.CANCELLED, None)
@@ -397,24 +447,31 @@ async def test_version_that_cannot_be_recreated_is_left_as_it_is(url: str) -> No
 
 
 async def test_leaving_a_run_logs_a_warning_naming_the_run_and_why(
-    url: str, asyncflow_log: list[dict[str, Any]]
+    db_path: Path, url: str, asyncflow_log: list[dict[str, Any]]
 ) -> None:
     """The engine that leaves a run says which run, and what it could not re-create, once."""
     run_id = await interrupt_registered_v1(url)
-    async with make_engine(url, flows.DEPLOY_REGISTERED_V2, lease=0.2, poll_interval=0.05):
-        await anyio.sleep(0.6)  # its lease runs out, and the engine takes it and leaves it again
+    counted = CountsClaims(db_path)
+    async with make_engine(counted, flows.DEPLOY_REGISTERED_V2, lease=0.2, poll_interval=0.05):
+        await flows.eventually(lambda: len(warnings_about(run_id, asyncflow_log)) == 1)
+        looks = counted.claims
+        await flows.eventually(lambda: counted.claims >= looks + 10)  # room to take it and leave it again
     [warning] = warnings_about(run_id, asyncflow_log)
     assert "another version" in warning
     assert "first-engines-step" in warning
 
 
 async def test_a_left_run_is_given_back_and_not_claimed_again_by_the_same_engine(
-    url: str, asyncflow_log: list[dict[str, Any]]
+    db_path: Path, url: str, asyncflow_log: list[dict[str, Any]]
 ) -> None:
     """A run the engine left is free at once, and the engine's later looks for runs pass it by."""
     run_id = await interrupt_registered_v1(url)
-    async with make_engine(url, flows.DEPLOY_REGISTERED_V2, lease=0.2, poll_interval=0.05) as engine:
-        await anyio.sleep(0.6)  # a dozen looks for runs
+    before = await info_now(url, run_id)
+    counted = CountsClaims(db_path)
+    async with make_engine(counted, flows.DEPLOY_REGISTERED_V2, lease=0.2, poll_interval=0.05) as engine:
+        await let_go(engine, run_id, before)
+        looks = counted.claims
+        await flows.eventually(lambda: counted.claims >= looks + 12)  # a dozen more looks for runs
         assert (await engine.get_run(run_id)).owner is None
     taking_over = [r for r in asyncflow_log if r["message"].startswith(f"taking over run {run_id}")]
     assert len(taking_over) == 1
@@ -424,8 +481,9 @@ async def test_an_engine_that_can_recreate_a_left_run_takes_it_at_once(url: str)
     """With an engine that left the run still open, one that can re-create it need not wait out a lease."""
     run_id = await interrupt_registered_v1(url)
     registry = registry_with(flows.FIRST_ENGINES_STEP)
-    async with make_engine(url, flows.DEPLOY_REGISTERED_V2, lease=10.0):
-        await anyio.sleep(0.2)
+    before = await info_now(url, run_id)
+    async with make_engine(url, flows.DEPLOY_REGISTERED_V2, lease=10.0) as leaving:
+        await let_go(leaving, run_id, before)
         with anyio.fail_after(5):  # (half the lease: a run held until its lease ran out would not do)
             result = await finish(url, run_id, flows.DEPLOY_REGISTERED_V2, registry=registry, lease=10.0)
     assert result.status is af.RunStatus.COMPLETED
@@ -451,8 +509,9 @@ async def test_a_left_version_is_looked_at_again_after_ten_leases(url: str) -> N
 async def test_run_left_by_one_engine_is_finished_by_one_that_can_recreate_its_version(url: str) -> None:
     """After an engine left it, one that names the missing action runs the rest of the old version."""
     run_id = await interrupt_registered_v1(url)
-    async with make_engine(url, flows.DEPLOY_REGISTERED_V2):
-        await anyio.sleep(0.1)
+    before = await info_now(url, run_id)
+    async with make_engine(url, flows.DEPLOY_REGISTERED_V2) as leaving:
+        await let_go(leaving, run_id, before)
     assert executions() == {"first-engines-step": 1, "hang": 1}
     registry = registry_with(flows.FIRST_ENGINES_STEP)
     result = await finish(url, run_id, flows.DEPLOY_REGISTERED_V2, registry=registry)
@@ -463,8 +522,9 @@ async def test_run_left_by_one_engine_is_finished_by_one_that_can_recreate_its_v
 async def test_left_run_can_be_cancelled(url: str) -> None:
     """A run no engine here can go on with is given up with engine.cancel."""
     run_id = await interrupt_registered_v1(url)
+    before = await info_now(url, run_id)
     async with make_engine(url, flows.DEPLOY_REGISTERED_V2) as engine:
-        await anyio.sleep(0.1)
+        await let_go(engine, run_id, before)
         await engine.cancel(run_id)
         assert (await engine.get_run(run_id)).status is af.RunStatus.CANCELLED
 

@@ -8,23 +8,19 @@ backend under the engine's lease.
 A checkpoint the backend fails to write (a full disk for a moment, a
 locked database, a timeout) is never the action's failure: it is kept and
 written again with back-off while the run is held, for as long as the
-engine's lease lasts; then the run is given back (:class:`GivenBack`), for
+engine's lease lasts; then the run is given back (:class:`~asyncflow._core.trouble.GivenBack`), for
 this engine or another to continue it from its last commit. The engine
 logs each episode of failing writes once when it begins and once when it
-ends (:class:`WriteTrouble`).
+ends (:class:`~asyncflow._core.trouble.WriteTrouble`).
 """
 
 from __future__ import annotations
 
-import json
-import random
-import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
-from loguru import logger
 
 from ..backends.base import Backend, Checkpoint, SavedRun, StoreEntry
 from . import faults
@@ -33,106 +29,14 @@ from .clock import Clock
 from .definitions import Registry
 from .durable import Durability, Op
 from .errors import LeaseLost
-from .jsonvalues import json_value_check
 from .records import CheckpointKind, RunStatus
-from .serial import store_entry
-from .store import Store, _Meta
+from .serial import Codec, codec_for
+from .store import Meta, Store
+from .trouble import WriteTrouble
 from .workflow import Stage
 
 if TYPE_CHECKING:
     from .plan import ActionNode, StageNode
-
-T = TypeVar("T")
-
-#: the first pause before a failed write is tried again, and the longest
-FIRST_RETRY_DELAY = 0.01
-LONGEST_RETRY_DELAY = 1.0
-
-
-class GivenBack(LeaseLost):
-    """A checkpoint could not be written while the lease lasted: the engine gives the run back.
-
-    Nothing of the run is recorded as failed: it continues from its last
-    commit, here after the lease runs out or in another engine. A
-    :class:`LeaseLost`, so it is never retried nor recovered from.
-    """
-
-
-class WriteTrouble:
-    """One engine's episodes of failing writes: each logged once as it begins and once as it ends.
-
-    An episode begins with the first write that fails and ends when no write
-    is waiting to be tried again; the lines name the database and the cause.
-    """
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.waiting = 0
-        self.since: float | None = None
-        self.failures = 0
-
-    def failed(self, what: str, exc: BaseException) -> None:
-        """``what`` failed with ``exc`` and will be tried again."""
-        self.failures += 1
-        if self.since is None:
-            self.since = time.monotonic()
-            logger.warning(
-                "writes to {} are failing ({}: {}, writing {}); checkpoints are kept and written "
-                "again with back-off, and their runs held, not failed",
-                self.url,
-                type(exc).__name__,
-                exc,
-                what,
-            )
-
-    async def retry(self, what: str, write: Callable[[], Awaitable[T]], exc: Exception, hold: float) -> T:
-        """Call ``write`` again (it failed with ``exc``) with back-off until it goes through.
-
-        Raises:
-            GivenBack: it still failed after ``hold`` seconds.
-            LeaseLost: the backend says the run is no longer this engine's.
-        """
-        self.waiting += 1
-        try:
-            started = time.monotonic()
-            delay = FIRST_RETRY_DELAY
-            # At least a few tries while the run is held, however short the lease.
-            longest = min(LONGEST_RETRY_DELAY, hold / 8)
-            while True:
-                self.failed(what, exc)
-                if time.monotonic() - started >= hold:
-                    raise GivenBack(
-                        f"could not write {what} to {self.url} for {hold:g}s ({type(exc).__name__}: "
-                        f"{exc}); the run is given back, to continue from its last commit"
-                    ) from exc
-                # Jittered, so runs held together do not all try again at once.
-                await anyio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, longest)
-                try:
-                    written = await write()
-                except LeaseLost:
-                    raise
-                except Exception as again:
-                    exc = again
-                else:
-                    self.waiting -= 1
-                    self.went_through()
-                    self.waiting += 1  # (taken off again below)
-                    return written
-        finally:
-            self.waiting -= 1
-
-    def went_through(self) -> None:
-        """A write went through: the episode ends, unless other writes still wait to be tried again."""
-        if self.waiting == 0 and self.since is not None:
-            logger.info(
-                "writes to {} go through again, after {:.2f}s and {} failed writes",
-                self.url,
-                time.monotonic() - self.since,
-                self.failures,
-            )
-            self.since = None
-            self.failures = 0
 
 
 # Module constants for the per-action path (an enum member lookup costs about a plain await).
@@ -157,14 +61,16 @@ class RunDurability(Durability):
         saved: SavedRun,
         trouble: WriteTrouble | None = None,
         hold: float = 10.0,
+        codec: Codec | None = None,
     ) -> None:
         self.backend = backend
+        #: how values, plan changes and inserted steps reach the backend
+        self.codec = codec if codec is not None else codec_for(backend)
         #: the engine's episodes of failing writes, and how long a run is held through one
         self.trouble = trouble if trouble is not None else WriteTrouble(backend.url)
         self.hold = hold
         self.registry = registry
         self.clock = clock
-        self.persistent = backend.persistent
         self.run_id = saved.info.run_id
         self.owner = owner
         self.done: dict[str, list[Op]] = {}
@@ -180,7 +86,7 @@ class RunDurability(Durability):
             key = checkpoint.step_key
             if checkpoint.kind == CheckpointKind.ACTION:
                 ops = checkpoint.ops
-                self.done[key] = (json.loads(ops) if self.persistent else ops) if ops else []
+                self.done[key] = self.codec.decode_ops(ops) if ops else []
             elif checkpoint.kind == CheckpointKind.STAGE:
                 self.stages.add(key)
             elif checkpoint.kind == CheckpointKind.ATTEMPT:
@@ -225,10 +131,8 @@ class RunDurability(Durability):
         self.seq += 1
         return self.seq
 
-    def _put(self, key: str, value: Any, meta: _Meta | None) -> StoreEntry:
-        if meta is None and self.persistent:  # the common case, once per key an action writes
-            return StoreEntry(key, json_value_check(key, value))
-        return store_entry(key, value, meta, self.persistent)
+    def _put(self, key: str, value: Any, meta: Meta | None) -> StoreEntry:
+        return self.codec.entry(key, value, meta)
 
     async def commit_stage(self, node: StageNode, initial: dict[str, Any]) -> None:
         puts = tuple(self._put(key, value, None) for key, value in initial.items())
@@ -241,13 +145,13 @@ class RunDurability(Durability):
         deletes: tuple[str, ...] = ()
         if overlay is not None:
             # Deletes go first, so a key deleted and written again moves to the end, as in memory.
-            if overlay._deleted:
-                deletes = tuple(overlay._deleted)
-            values = overlay._values
+            deleted, values, meta = overlay.changes()
+            if deleted:
+                deletes = tuple(deleted)
             if values:
-                put, meta = self._put, overlay._meta
+                put = self._put
                 puts = tuple([put(key, value, meta.get(key)) for key, value in values.items()])
-        plan_ops = (json.dumps(ops) if self.persistent else list(ops)) if ops else None
+        plan_ops = self.codec.encode_ops(ops) if ops else None
         status = RunStatus.RUNNING if self.sleeping else None
         self.sleeping = False
         self.seq = seq = self.seq + 1
@@ -305,23 +209,13 @@ class RunDurability(Durability):
     # ---- references -----------------------------------------------------------------------
 
     def reference(self, action: Action, where: str) -> dict[str, Any]:
-        if not self.persistent:
-            return {"object": action}
-        return self.registry.reference(action, where=where)
+        return self.codec.reference(self.registry, action, where)
 
     def stage_definition(self, stage: Stage, where: str) -> dict[str, Any]:
-        if not self.persistent:
-            return {"object": stage}
-        return self.registry.stage_definition(stage, where=where)
+        return self.codec.stage_definition(self.registry, stage, where)
 
     def resolve(self, ref: dict[str, Any], where: str) -> Action:
-        found = ref.get("object")
-        if isinstance(found, Action):
-            return found
-        return self.registry.resolve(ref, where=where)
+        return self.codec.resolve(self.registry, ref, where)
 
     def stage_from_definition(self, definition: dict[str, Any], where: str) -> Stage:
-        found = definition.get("object")
-        if isinstance(found, Stage):
-            return found
-        return self.registry.stage_from_definition(definition, where=where)
+        return self.codec.stage_from_definition(self.registry, definition, where)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import sys
@@ -47,7 +46,7 @@ from loguru import logger
 from ..backends import Backend, RunInfo, RunPage, SavedRun, open_backend
 from . import faults
 from .actions import check_text, text_error_at
-from .checkpoints import GivenBack, RunDurability, WriteTrouble
+from .checkpoints import RunDurability
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
 from .definitions import registry as global_registry
@@ -57,7 +56,6 @@ from .errors import (
     InvalidDefinition,
     LeaseLost,
     NotReferenceable,
-    NotSerializable,
     RunFailed,
     RunStateError,
     UnknownRun,
@@ -65,12 +63,12 @@ from .errors import (
 )
 from .events import EventKind, RunEvent
 from .isolation.process import ProcessPool
-from .jsonvalues import exact_json
 from .records import RunResult, RunStatus, plan_rows
 from .runner import Runner
-from .serial import end_fields, initial_entries, restore_store, result_from_info, with_earlier_timings
+from .serial import codec_for, end_fields, result_from_info, with_earlier_timings
 from .state import RunState, new_run_id
 from .store import StoreData
+from .trouble import GivenBack, WriteTrouble
 from .versions import Versions
 from .watch import EventLog, request_fingerprint, steps_from_events
 from .workflow import Workflow
@@ -202,6 +200,8 @@ class Engine:
             raise ValueError(f"concurrency must be an int of at least 0, or None, got {concurrency!r}")
         self.concurrency = concurrency
         self.backend = open_backend(url)
+        #: how runs reach the backend: JSON for a database, live values in memory (see serial.Codec)
+        self.codec = codec_for(self.backend)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
         self.runner = runner if runner is not None else Runner(clock=self.clock)
         if process_pool is not None:
@@ -239,7 +239,7 @@ class Engine:
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
         self._trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
-        self._events = EventLog(self.backend, self._executes, events)
+        self._events = EventLog(self.backend, self._executes, events, self._trouble)
         self._unhook: list[Any] = []
         self._group: TaskGroup | None = None
         self._open = False  # between __aenter__ and the end of __aexit__
@@ -287,7 +287,7 @@ class Engine:
             raise InvalidDefinition(
                 f"another workflow is already registered with id {workflow.id!r} and a different definition"
             )
-        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
+        definition = self.codec.definition(self.registry, workflow)
         self._workflows[workflow.id] = workflow
         if definition is not None:
             self._definitions[workflow.id] = definition
@@ -460,7 +460,7 @@ class Engine:
         if run_id is not None and run_id != "":  # ("" or None: a fresh id)
             _check_name(run_id, "run_id")
         workflow = self.register(workflow)
-        entries = initial_entries(dict(store or {}), self.backend.persistent)
+        entries = self.codec.initial_entries(dict(store or {}))
         version = await self._versions.save(workflow.id)  # (once, if registered since the engine opened)
         now = self.clock.now()
         here = self.concurrency != 0  # (0: for the workers to take)
@@ -481,8 +481,8 @@ class Engine:
         if idempotency_key is not None:
             request = request_fingerprint(
                 workflow.id,
-                [(e.key, json.loads(e.value) if self.backend.persistent else e.value) for e in entries],
-                self.backend.persistent,
+                [(e.key, self.codec.read(e.value)) for e in entries],
+                self.codec.requires_json,
             )
         info, created = await self.backend.create_run(info, entries)
         if created and here:
@@ -563,18 +563,25 @@ class Engine:
                             await self._release(info.run_id)
                     raise
             durability = active.durability = RunDurability(
-                self.backend, self.registry, self.clock, self.owner, saved, self._trouble, self.lease
+                self.backend,
+                self.registry,
+                self.clock,
+                self.owner,
+                saved,
+                self._trouble,
+                self.lease,
+                self.codec,
             )
             if self._draining:
                 durability.after_commit = self._stop_after_checkpoint
             run = active.run = RunState(
                 workflow,
                 info.run_id,
-                restore_store(saved.store, self.clock, self.backend.persistent),
+                self.codec.restore(saved.store, self.clock),
                 self.runner.max_insertions,
-                self.runner._hub,
+                self.runner.hub,
                 # Durable runs carry messages as JSON, like child processes.
-                self.runner.require_json or self.backend.persistent,
+                self.runner.require_json or self.codec.requires_json,
                 self.clock,
                 durability,
             )
@@ -584,7 +591,7 @@ class Engine:
                     if active.cancel_requested:
                         # Cancelled before it began (the scope is cancelled): not one action runs.
                         await anyio.lowlevel.checkpoint()
-                    result = await self.runner._run(run)
+                    result = await self.runner.execute(run)
                 except RunFailed as failure:
                     result = failure.result
                     if isinstance(failure.error, GivenBack):
@@ -798,7 +805,7 @@ class Engine:
 
     async def _result_from_database(self, info: RunInfo) -> RunResult:
         saved = await self.backend.load(info.run_id)
-        store = restore_store(saved.store if saved is not None else [], self.clock, self.backend.persistent)
+        store = self.codec.restore(saved.store if saved is not None else [], self.clock)
         return result_from_info(info, store)
 
     async def get_run(self, run_id: str) -> RunInfo:
@@ -847,7 +854,7 @@ class Engine:
         saved = await self.backend.load(run_id) if _could_be_stored(run_id) else None
         if saved is None:
             raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
-        return restore_store(saved.store, self.clock, self.backend.persistent).snapshot()
+        return self.codec.restore(saved.store, self.clock).snapshot()
 
     def watch(self, run_id: str, *, after: str | None = None) -> AsyncIterator[RunEvent]:
         """The run's events, from any process, as they happen; it ends when the run ends or suspends.
@@ -981,14 +988,7 @@ class Engine:
             check_text(key, "resume key")
             if await self._resumed_with(run_id, key):
                 return RunHandle(self, run_id, self._active.get(run_id), created=False)
-        if self.backend.persistent:
-            try:
-                exact_json(data)
-            except (TypeError, ValueError) as exc:
-                raise NotSerializable(
-                    f"resume data for run {run_id!r} is not JSON-serialisable ({exc}); the backend "
-                    f"keeps it in a database until the run resumes (the run is unchanged)"
-                ) from None
+        self.codec.check_resume_data(run_id, data)
         info = await self.get_run(run_id)
         if info.status is not RunStatus.SUSPENDED:
             if key is not None and await self._resumed_with(run_id, key):
@@ -1026,25 +1026,47 @@ class Engine:
         resumed: dict[str, Any] = {"kind": EventKind.RUN_RESUMED.value, "at": self.clock.now()}
         if key is not None:
             resumed["key"] = key
+        stale = self._active.get(run_id)
+        if stale is not None and stale.done.is_set():  # (its execution up to the suspension)
+            del self._active[run_id]
+        # The run is resumed already: from here on a write that fails is tried again, not raised.
         now = self.clock.now()
-        claimed = (
-            await self.backend.claim(
-                self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+        try:
+            claimed = (
+                await self.backend.claim(
+                    self.owner, now=now, lease_until=now + self.lease, limit=1, run_id=run_id
+                )
+                if self.concurrency != 0  # (0: the workers take it)
+                else []
             )
-            if self.concurrency != 0  # (0: the workers take it)
-            else []
-        )
-        saved = await self.backend.load(run_id) if claimed else None
-        if saved is not None and self._events.keep:
-            self._events.add(run_id, resumed)  # (before the events of the execution it launches)
-            self._launch(group, saved)
-            # Written before this returns: a retry with the key, from any process, must find it.
-            await self._events.flush(run_id)
-        else:
-            if saved is not None:
+            saved = await self.backend.load(run_id) if claimed else None
+        except Exception as exc:  # (resumed: this engine or another takes it at its next look)
+            logger.warning(
+                "run {} is resumed; taking it here failed ({}: {})", run_id, type(exc).__name__, exc
+            )
+            saved = None
+        what = f"the resume of run {run_id}"
+        try:
+            if saved is not None and self._events.keep:
+                self._events.add(run_id, resumed)  # (before the events of the execution it launches)
                 self._launch(group, saved)
-            await self.backend.append_events(run_id, [resumed])
-            self._events.wake(run_id)
+                # Written before this returns: a retry with the key, from any process, must find it.
+                try:
+                    await self._events.flush(run_id)
+                except Exception as exc:  # (the events are kept: written again)
+                    await self._trouble.retry(what, lambda: self._events.flush(run_id), exc, self.lease)
+            else:
+                if saved is not None:
+                    self._launch(group, saved)
+                try:
+                    await self.backend.append_events(run_id, [resumed])
+                except Exception as exc:
+                    await self._trouble.retry(
+                        what, lambda: self.backend.append_events(run_id, [resumed]), exc, self.lease
+                    )
+                self._events.wake(run_id)
+        except GivenBack as exc:  # (the run is resumed all the same; only its log misses the resume)
+            logger.warning("run {} is resumed, but {}", run_id, exc)
         return RunHandle(self, run_id, self._active.get(run_id))
 
     async def _resumed_with(self, run_id: str, key: str) -> bool:

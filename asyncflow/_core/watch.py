@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..backends import Backend, RunInfo
 from .errors import UnknownCursor
 from .events import Event, EventKind, Message, RunEvent, event_data, message_data
 from .records import RunStatus
+from .trouble import WriteTrouble
 
 #: Events read from the log per call.
 _PAGE = 500
@@ -47,8 +49,15 @@ class EventLog:
         keep: whether events are kept at all (``Engine(events=False)`` keeps none).
     """
 
-    def __init__(self, backend: Backend, owns: Callable[[str], bool], keep: bool = True) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        owns: Callable[[str], bool],
+        keep: bool = True,
+        trouble: WriteTrouble | None = None,
+    ) -> None:
         self.backend = backend
+        self.trouble = trouble if trouble is not None else WriteTrouble(backend.url)
         self._owns = owns
         self.keep = keep and backend.keeps_events
         self._pending: dict[str, list[dict[str, Any]]] = {}
@@ -91,7 +100,12 @@ class EventLog:
         while True:
             await self._wanted.wait()
             self._wanted = anyio.Event()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as exc:
+                # The database's trouble: the events are kept, and written again with back-off
+                # (a run's events never stop the engine, nor its runs).
+                await self.trouble.retry("the events of runs", self.flush, exc, math.inf)
 
     async def flush(self, run_id: str | None = None) -> None:
         """Write what is kept (of one run, or of all) now; then wake the watchers here.
@@ -105,7 +119,14 @@ class EventLog:
             else:
                 batch = self._pending.pop(run_id, None)
                 batches = {run_id: batch} if batch else {}
-            numbered = await self.backend.append_events_many(batches) if batches else {}
+            try:
+                numbered = await self.backend.append_events_many(batches) if batches else {}
+            except BaseException:
+                # Kept for the next flush, before what the runs added meanwhile (one transaction:
+                # none of them was written).
+                for kept_rid, kept in batches.items():
+                    self._pending[kept_rid] = kept + self._pending.get(kept_rid, [])
+                raise
             for rid, events in batches.items():
                 last = numbered.get(rid)
                 if last is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import random
 import sqlite3
+import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -62,6 +63,8 @@ class Faults:
         probability: the chance that each write fails.
         first: the first ``first`` writes after :meth:`arm` fail, whatever ``probability`` says.
         only: the write methods that may fail (default: every one of :data:`WRITES`).
+        outage_at: at this write after :meth:`arm` (counting every write), an outage begins:
+            every write fails for ``outage`` seconds, as when a disk stays full for a while.
     """
 
     def __init__(
@@ -71,6 +74,8 @@ class Faults:
         probability: float = 0.0,
         first: int = 0,
         only: Collection[str] = WRITES,
+        outage_at: int | None = None,
+        outage: float = 0.0,
     ) -> None:
         unknown = set(only) - set(WRITES)
         if unknown:
@@ -80,6 +85,10 @@ class Faults:
         self.first = first
         self.only = frozenset(only)
         self.armed = False
+        self.outage_at = outage_at
+        self.outage = outage
+        self.outage_until: float | None = None
+        self.writes = 0
         #: how many writes of each method failed, and how many went through
         self.failed: dict[str, int] = dict.fromkeys(WRITES, 0)
         self.written: dict[str, int] = dict.fromkeys(WRITES, 0)
@@ -95,8 +104,13 @@ class Faults:
     def check(self, method: str) -> None:
         """Raise the planned error for this call of ``method``, or count it written."""
         if self.armed and method in self.only:
+            self.writes += 1
             error: Exception | None = None
-            if self.first > 0:
+            if self.writes == self.outage_at:
+                self.outage_until = time.monotonic() + self.outage
+            if self.outage_until is not None and time.monotonic() < self.outage_until:
+                error = disk_full()
+            elif self.first > 0:
                 self.first -= 1
                 error = ERRORS[self.failed[method] % len(ERRORS)]()
             elif self.probability and self.random.random() < self.probability:

@@ -10,14 +10,14 @@ steps the run executed.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import timedelta
 
 import asyncflow as af
 from asyncflow import backoff
 
-#: executions of each step (by idempotency key) in this process
-EXECUTED: Counter[str] = Counter()
+#: executions of each step (by idempotency key, ``run_id:step``) in this process, by run
+EXECUTED: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
 
 def reset() -> None:
@@ -25,22 +25,27 @@ def reset() -> None:
     EXECUTED.clear()
 
 
+def ran(key: str) -> None:
+    """Record one execution of the step whose idempotency key (or attempt's key) is ``key``."""
+    EXECUTED[key.partition(":")[0]][key] += 1
+
+
 def executions(run_id: str) -> Counter[str]:
     """The executions of the steps of ``run_id``."""
-    return Counter({key: n for key, n in EXECUTED.items() if key.startswith(f"{run_id}:")})
+    return EXECUTED.get(run_id, Counter())
 
 
 @af.action
 async def count(ctx: af.ActionContext) -> None:
     """Record this execution and add one to the store's ``count``."""
-    EXECUTED[ctx.idempotency_key] += 1
+    ran(ctx.idempotency_key)
     ctx.store["count"] = ctx.store.get_or("count", 0) + 1
 
 
 @af.action
 async def grow(ctx: af.ActionContext) -> None:
     """Count, then insert a stage of two counting actions and one counting action after this one."""
-    EXECUTED[ctx.idempotency_key] += 1
+    ran(ctx.idempotency_key)
     ctx.store["count"] = ctx.store.get_or("count", 0) + 1
     ctx.add_dynamic_stage(af.Stage("grown", actions=[count, count]))
     ctx.add_dynamic_action(count)
@@ -49,10 +54,10 @@ async def grow(ctx: af.ActionContext) -> None:
 @af.action(retry=af.Retry(attempts=3, backoff=backoff.fixed(0.001)))
 async def flaky(ctx: af.ActionContext) -> None:
     """Fail on the first attempt (the action's own failure, retried), count on the second."""
-    EXECUTED[f"{ctx.idempotency_key}#attempt{ctx.attempt}"] += 1
+    ran(f"{ctx.idempotency_key}#attempt{ctx.attempt}")
     if ctx.attempt == 1:
         raise ConnectionError("the service is not there yet")
-    EXECUTED[ctx.idempotency_key] += 1
+    ran(ctx.idempotency_key)
     ctx.store["count"] = ctx.store.get_or("count", 0) + 1
 
 
@@ -61,7 +66,7 @@ async def approval(ctx: af.ActionContext) -> None:
     """Suspend until resumed; then count, keeping what the resume gave."""
     if not ctx.is_resuming:
         ctx.suspend("needs approval", {"run": ctx.run_id})
-    EXECUTED[ctx.idempotency_key] += 1
+    ran(ctx.idempotency_key)
     ctx.store["count"] = ctx.store.get_or("count", 0) + 1
     ctx.store["approved"] = ctx.resume_data
 

@@ -20,6 +20,7 @@ import asyncio
 import contextvars
 import ctypes
 import faulthandler
+import json
 import os
 import runpy
 import signal
@@ -36,17 +37,19 @@ from ..context import ActionContext
 from ..definitions import registry
 from ..durable import Durability, Op
 from ..errors import Bail, InsertionLimitExceeded, NotSerializable, Suspend
-from ..events import Hub, Message
+from ..events import Hub
 from ..jsonvalues import exact_json, json_value_check
 from ..plan import ActionNode, StageNode
 from ..records import STEP_COMPLETED, STEP_FAILED, STEP_RUNNING, StepStatus
 from ..state import RunState
-from ..store import Store, _Meta
+from ..store import Meta, Store
 from ..workflow import Stage, Workflow
 from .frames import FrameBuffer, encode
 
 #: The request being served by the current task: messages and log lines say which.
 _CURRENT: contextvars.ContextVar[int | None] = contextvars.ContextVar("asyncflow_child_call", default=None)
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 _MAIN = "__main__:"
 _MP_MAIN = "__mp_main__:"
@@ -60,7 +63,14 @@ class _Out:
         self.lock = threading.Lock()
 
     def write(self, frame: dict[str, Any]) -> None:
-        data = encode(frame)
+        self.write_bytes(encode(frame))
+
+    def write_text(self, body: str) -> None:
+        """Write a frame whose JSON text is ``body``."""
+        data = body.encode("utf-8", "surrogatepass")
+        self.write_bytes(len(data).to_bytes(4, "big") + data)
+
+    def write_bytes(self, data: bytes) -> None:
         with self.lock:
             view = memoryview(data)
             while view:
@@ -77,6 +87,10 @@ def _to_parent(ref: Any) -> Any:
     if isinstance(ref, str) and ref.startswith(_MP_MAIN):
         return _MAIN + ref[len(_MP_MAIN) :]
     return ref
+
+
+#: Where frames go: the parent's pipe (set by ``main``).
+_OUT: _Out
 
 
 class _ChildDurability(Durability):
@@ -119,6 +133,29 @@ class _ChildDurability(Durability):
         return registry.stage_from_definition(definition, where=where)
 
 
+class _ChildContext(ActionContext):
+    """The context of an action in a child: ``send`` writes the message to the parent at once."""
+
+    __slots__ = ()
+
+    async def send(self, kind: str, payload: Any = None) -> None:
+        """Send a message to the parent's handlers (it must be JSON; the parent delivers it in order)."""
+        self._check_open("send")
+        if not isinstance(kind, str) or not kind:
+            raise TypeError(f"message kind must be a non-empty string, got {kind!r}")
+        try:
+            text = exact_json(payload)
+        except (TypeError, ValueError) as exc:
+            node = self._node
+            raise NotSerializable(
+                f"payload of message {kind!r} from action {node.action.name!r} of stage "
+                f"{node.stage_node.id!r} is not JSON-serialisable ({exc}); durable runs and child "
+                f"processes can only carry JSON values"
+            ) from exc
+        # The payload's JSON is written as it is: encoded once, not again inside a frame.
+        _OUT.write_text(f'{{"t":"msg","id":{_CURRENT.get()},"kind":{_dumps(kind)},"payload":{text}}}')
+
+
 class _Session:
     """One stage set up by ``begin``: the run's state as this child sees it."""
 
@@ -139,13 +176,11 @@ class _Session:
         info = frame["workflow"]
         workflow = Workflow(info["id"], name=info["name"], stages=[stage])
         store = Store(clock=time.time)
-        store._check = json_value_check
+        store.check_values(json_value_check)
         for row in frame["store"]:
-            store._values[row[0]] = row[1]
-            if len(row) > 2:
-                store._meta[row[0]] = _Meta(row[2], frozenset(row[3]), dict(row[4] or {}))
-        hub = Hub()
-        hub.on_message("*", self._forward, workflow_id=None, stage_id=None, action_name=None, run_id=None)
+            meta = Meta(row[2], frozenset(row[3]), dict(row[4] or {})) if len(row) > 2 else None
+            store.load(row[0], row[1], meta)
+        hub = Hub()  # nobody listens here: messages go to the parent (see _ChildContext.send)
         self.durable = _ChildDurability()
         self.run = run = RunState(
             workflow,
@@ -176,9 +211,6 @@ class _Session:
         state.insertions = frame["insertions"]
         self.stage_node = current
         self.nodes: dict[str, ActionNode] = {node.key: node for node in current.actions}
-
-    def _forward(self, message: Message) -> None:
-        self.out.write({"t": "msg", "id": _CURRENT.get(), "kind": message.kind, "payload": message.payload})
 
     def _node(self, frame: dict[str, Any]) -> ActionNode:
         key = frame["key"]
@@ -231,7 +263,7 @@ class _Session:
         node.status = STEP_RUNNING
         node.attempts = attempt = frame.get("attempt", 1)
         node.index = frame.get("index", 0)
-        ctx = ActionContext(run, node, attempt)
+        ctx = _ChildContext(run, node, attempt)
         try:
             await node.call(ctx)
             if run.plan.over_limit:
@@ -434,7 +466,8 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)  # print() in an action goes to stderr, which the parent reads
-    out = _Out(out_fd)
+    global _OUT
+    out = _OUT = _Out(out_fd)
     logger.remove()
     logger.enable("asyncflow")  # the parent filters the lines by their module, as it would its own
     logger.add(_log_sink(out), level=0, format="{message}", catch=True)

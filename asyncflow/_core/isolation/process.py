@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections import deque
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TextIO
 
 import anyio
 from anyio.abc import Process
@@ -107,15 +107,19 @@ class ChildProcess:
                 lines = (partial + data).split(b"\n")
                 partial = lines.pop()
                 for line in lines:
-                    text = line.decode("utf-8", "replace")
-                    self.stderr_tail.append(text)
-                    out.write(f"[child {self.pid}] {text}\n")
+                    self._stderr_line(out, line)
             if partial:
-                text = partial.decode("utf-8", "replace")
-                self.stderr_tail.append(text)
-                out.write(f"[child {self.pid}] {text}\n")
+                self._stderr_line(out, partial)
         finally:
             self.stderr_closed.set()
+
+    def _stderr_line(self, out: TextIO | None, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        self.stderr_tail.append(text)
+        if out is not None:
+            # (A closed or absent stderr here must not stop the reading: the child would block.)
+            with contextlib.suppress(OSError, ValueError):
+                out.write(f"[child {self.pid}] {text}\n")
 
     def _signal(self, signum: signal.Signals) -> None:
         if self.process.returncode is not None:

@@ -236,24 +236,34 @@ class StageSession:
                     frame = None
                 if frame is None:
                     break
-                kind = frame.get("t")
-                if kind == "msg":
-                    call = self.calls.get(frame.get("id", -1))
-                    if call is not None and call.ctx is not None:
-                        await _relay_message(call.ctx, frame, child.pid)
-                elif kind == "log":
-                    _relay_log(frame, child.pid)
-                else:
-                    call = self.calls.pop(frame.get("id", -1), None)
-                    if call is not None:
-                        call.reply = frame
-                        call.event.set()
+                try:
+                    await self._dispatch(child, frame)
+                except Exception as exc:
+                    # A frame this side cannot use: the child is not trusted to go on.
+                    logger.opt(exception=exc).error("child {} sent a frame that cannot be used", child.pid)
+                    await child.kill(self.grace, f"it sent a frame that cannot be used ({exc!r})")
+                    break
         finally:
             # Cancelled at the end of the stage: the child lives on. Else it is gone.
             if child.dead:
                 with anyio.CancelScope(shield=True):
                     await child.reap(self.grace)
                     self._fail_calls(child)
+
+    async def _dispatch(self, child: ChildProcess, frame: dict[str, Any]) -> None:
+        """Relay a message or a log line, or hand a reply to the request waiting for it."""
+        kind = frame.get("t")
+        if kind == "msg":
+            call = self.calls.get(frame.get("id", -1))
+            if call is not None and call.ctx is not None:
+                await _relay_message(call.ctx, frame, child.pid)
+        elif kind == "log":
+            _relay_log(frame, child.pid)
+        else:
+            call = self.calls.pop(frame.get("id", -1), None)
+            if call is not None:
+                call.reply = frame
+                call.event.set()
 
     def _fail_calls(self, child: ChildProcess) -> None:
         """Fail every request ``child`` can no longer answer with a ChildProcessFailed."""
@@ -458,7 +468,7 @@ def _relay_log(frame: dict[str, Any], pid: int) -> None:
         if module is not None:
             record["module"] = module
 
-    bound = logger.patch(patch).bind(**(frame.get("extra") or {}), child_pid=pid)
+    bound = logger.patch(patch).bind(**{**(frame.get("extra") or {}), "child_pid": pid})
     _emitter(name)(bound, level, frame.get("message", ""))
 
 
