@@ -31,7 +31,7 @@ from .durable import Durability, Op
 from .errors import LeaseLost
 from .records import CheckpointKind, RunStatus
 from .serial import Codec, codec_for
-from .store import Meta, Store
+from .store import Store
 from .trouble import WriteTrouble
 from .workflow import Stage
 
@@ -131,11 +131,9 @@ class RunDurability(Durability):
         self.seq += 1
         return self.seq
 
-    def _put(self, key: str, value: Any, meta: Meta | None) -> StoreEntry:
-        return self.codec.entry(key, value, meta)
-
     async def commit_stage(self, node: StageNode, initial: dict[str, Any]) -> None:
-        puts = tuple(self._put(key, value, None) for key, value in initial.items())
+        entry = self.codec.entry
+        puts = tuple(entry(key, value, None) for key, value in initial.items())
         await self._write(Checkpoint(self.run_id, self.owner, node.id, _STAGE, puts=puts, seq=self._next()))
         self.stages.add(node.id)
 
@@ -149,7 +147,7 @@ class RunDurability(Durability):
             if deleted:
                 deletes = tuple(deleted)
             if values:
-                put = self._put
+                put = self.codec.entry  # (bound once: called per key the action wrote)
                 puts = tuple([put(key, value, meta.get(key)) for key, value in values.items()])
         plan_ops = self.codec.encode_ops(ops) if ops else None
         status = RunStatus.RUNNING if self.sleeping else None

@@ -736,13 +736,25 @@ class Engine:
     async def _maintain(self) -> None:
         """Heartbeats, take-overs and retention, every ``poll_interval``."""
         ticks = 0
+        beat_at = anyio.current_time()  # when the next heartbeat is due
         while True:
-            with anyio.move_on_after(self.poll_interval):
+            with anyio.move_on_after(max(beat_at + self.poll_interval - anyio.current_time(), 0)):
                 if self._wake is not None:
                     await self._wake.wait()
                     # (a burst of notices wakes the engine once)
                     await anyio.sleep(0.005)
             self._wake = anyio.Event()
+            if anyio.current_time() < beat_at + self.poll_interval:
+                # Woken by a notice (a run to take): only look for runs; heartbeats keep their pace.
+                try:
+                    if self.recover and not self._draining:
+                        await self._take_over()
+                except Exception as exc:
+                    logger.opt(exception=exc).error(
+                        "engine maintenance failed: {}: {}", type(exc).__name__, exc
+                    )
+                continue
+            beat_at = anyio.current_time()
             ticks += 1
             try:
                 running = [run_id for run_id, a in self._active.items() if not a.done.is_set()]

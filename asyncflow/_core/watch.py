@@ -120,7 +120,7 @@ class EventLog:
                 batch = self._pending.pop(run_id, None)
                 batches = {run_id: batch} if batch else {}
             try:
-                numbered = await self.backend.append_events_many(batches) if batches else {}
+                numbered = (await self.backend.append_events_of_runs(batches) if batches else None) or {}
             except BaseException:
                 # Kept for the next flush, before what the runs added meanwhile (one transaction:
                 # none of them was written).

@@ -425,15 +425,20 @@ class Backend(ABC):
         """
         return None
 
-    async def append_events_many(self, batches: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, int]:
-        """:meth:`append_events` for several runs at once (one transaction, where the backend can).
+    async def append_events_of_runs(
+        self, events: Mapping[str, Sequence[dict[str, Any]]]
+    ) -> dict[str, int] | None:
+        """:meth:`append_events` for several runs at once (run id -> its events): all or none.
 
-        Returns the number of the last event added per run (runs whose number is
-        not known are left out). By default, one :meth:`append_events` per run.
+        By default one run after another; a backend whose every commit costs a
+        round trip (PostgreSQL), or that can write them in one job (SQLite),
+        writes them all in one. Returns the number of the last event added per
+        run, where known (``None``: not known), so that an engine can hand them
+        to its own watchers without reading them back.
         """
         numbered: dict[str, int] = {}
-        for run_id, events in batches.items():
-            last = await self.append_events(run_id, events)
+        for run_id, run_events in events.items():
+            last = await self.append_events(run_id, run_events)
             if last is not None:
                 numbered[run_id] = last
         return numbered

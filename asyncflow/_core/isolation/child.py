@@ -307,12 +307,12 @@ def _changes(ctx: ActionContext, reply: dict[str, Any]) -> dict[str, Any]:
     """``reply`` with the store writes and plan changes of the action of ``ctx``."""
     overlay = ctx._overlay
     if overlay is not None:
-        if overlay._deleted:
-            reply["deletes"] = list(overlay._deleted)
-        if overlay._values:
-            meta = overlay._meta
+        deleted, values, meta = overlay.changes()
+        if deleted:
+            reply["deletes"] = list(deleted)
+        if values:
             rows: list[list[Any]] = []
-            for key, value in overlay._values.items():
+            for key, value in values.items():
                 entry = meta.get(key)
                 if entry is None:
                     rows.append([key, value])

@@ -415,14 +415,14 @@ class SQLiteBackend(Backend):
         if not texts:
             return None
 
-        numbered = await self.append_events_many({run_id: events})
-        return numbered.get(run_id)
+        numbered = await self.append_events_of_runs({run_id: events})
+        return (numbered or {}).get(run_id)
 
-    async def append_events_many(self, batches: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, int]:
+    async def append_events_of_runs(self, events: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, int]:
         """Add the events of several runs to their logs, in one job of the next commit."""
         # One row per run and call: its events as one JSON array, keyed by the number of the last
         # (a busy engine writes a few events per run each time, and a row costs more than its bytes).
-        texts = {run_id: (len(events), json.dumps(events)) for run_id, events in batches.items() if events}
+        texts = {run_id: (len(batch), json.dumps(batch)) for run_id, batch in events.items() if batch}
         if not texts:
             return {}
 
