@@ -435,3 +435,29 @@ async def test_an_engine_with_events_off_keeps_no_log_but_watch_still_ends(url: 
         await handle.result()
         assert await collect(engine.watch(handle.run_id)) == []
         assert (await engine.start(QUICK, idempotency_key="k")).created is False
+
+
+async def test_get_run_from_another_engine_gives_the_plan_so_far_from_the_event_log(tmp_path: Path) -> None:
+    """An engine that does not run the run reads its plan so far from the log (done, running, pending)."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with make_engine(url) as worker, make_engine(url, recover=False) as web:
+        handle = await worker.start(HOLDING)
+        with anyio.fail_after(5):
+            await gate("hold").wait()
+            async for event in web.watch(handle.run_id):
+                if event.kind is K.ACTION_STARTED and event.action_name == "hold":
+                    break
+        info = await web.get_run(handle.run_id)
+        gate("hold.go").set()
+        await handle.result()
+    steps = [
+        (s["kind"], s["stage_id"], s["action_name"], s["status"], s["dynamic"]) for s in info.steps or []
+    ]
+    assert steps == [
+        ("stage", "a", None, "running", False),
+        ("action", "a", "grow", "completed", False),
+        ("action", "a", "hold", "running", False),
+        ("stage", "grown", None, "pending", True),
+        ("stage", "b", None, "pending", False),
+        ("action", "b", "tell", "pending", False),
+    ]

@@ -70,7 +70,7 @@ from .state import RunState, new_run_id
 from .store import StoreData
 from .trouble import GivenBack, WriteTrouble
 from .versions import Versions
-from .watch import EventLog, request_fingerprint
+from .watch import EventLog, request_fingerprint, steps_from_events
 from .workflow import Workflow
 
 _ENDED_OR_PARKED = frozenset({s for s in RunStatus if s.finished} | {RunStatus.SUSPENDED})
@@ -650,6 +650,7 @@ class Engine:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self._release(info.run_id)
         finally:
+            self._events.forget(info.run_id)
             active.done.set()
 
     async def _leave_unknown_workflow(self, info: RunInfo) -> None:
@@ -804,7 +805,7 @@ class Engine:
                 return active.result
         delay = 0.01
         while True:
-            info = await self.get_run(run_id)
+            info = await self._stored_run(run_id)
             if info.status in _ENDED_OR_PARKED:
                 return await self._result_from_database(info)
             active = self._active.get(run_id)
@@ -820,20 +821,20 @@ class Engine:
         return result_from_info(info, store)
 
     async def get_run(self, run_id: str) -> RunInfo:
-        """What the database knows of the run; for a run executing here, its ``steps`` are the plan so far.
+        """What the database knows of the run; for a run executing, its ``steps`` are the plan so far.
 
         The plan so far: every stage and action of the run's plan as it
         stands (inserted ones included), each with its status (pending,
-        running, completed, failed, skipped...), in plan order.
+        running, completed, failed, skipped...), in plan order. For a run
+        executing in another process it is read from the run's event log:
+        the steps that were started, finished, skipped or inserted there, then
+        the registered workflow's steps not reached yet.
 
         Raises:
             UnknownRun: no such run.
             EngineNotOpen: the engine is not open.
         """
-        self._require_open()
-        info = await self.backend.get_run(run_id) if _could_be_stored(run_id) else None
-        if info is None:
-            raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
+        info = await self._stored_run(run_id)
         active = self._active.get(run_id)
         if (
             active is not None
@@ -843,6 +844,27 @@ class Engine:
         ):
             steps = with_earlier_timings(plan_rows(active.run.plan.walk_stages()), info.steps)
             info = attrs.evolve(info, steps=steps.dicts())
+        elif info.status in (RunStatus.RUNNING, RunStatus.SLEEPING) and self.backend.keeps_events:
+            # Executing in another process: the plan so far as its event log tells it (read only:
+            # nothing of it waits here to be written). A log that cannot be read leaves it out.
+            workflow = next((w for w in self.workflows if w.id == info.workflow_id), None)
+            static = [(s.id, [a.name for a in s.actions]) for s in workflow.stages] if workflow else []
+            try:
+                events = [data for _, data in await self.backend.read_events(run_id, limit=100_000)]
+            except Exception as exc:
+                logger.debug(
+                    "the plan so far of run {} was left out: {}: {}", run_id, type(exc).__name__, exc
+                )
+            else:
+                info = attrs.evolve(info, steps=steps_from_events(events, static))
+        return info
+
+    async def _stored_run(self, run_id: str) -> RunInfo:
+        """The run as the database has it (no plan so far added). UnknownRun, EngineNotOpen."""
+        self._require_open()
+        info = await self.backend.get_run(run_id) if _could_be_stored(run_id) else None
+        if info is None:
+            raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
         return info
 
     async def get_store(self, run_id: str) -> dict[str, Any]:
@@ -883,7 +905,7 @@ class Engine:
         return self._watch(run_id, after)
 
     async def _watch(self, run_id: str, after: str | None) -> AsyncIterator[RunEvent]:
-        info = await self.get_run(run_id)
+        info = await self._stored_run(run_id)
         start = await self._events.check_cursor(run_id, after)
         await self._events.flush(run_id)
         # Closed here when the caller leaves early (a web client that went away), not by the GC later.
@@ -903,7 +925,7 @@ class Engine:
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
             raise ValueError(f"limit must be an int from 1 to 10,000, got {limit!r}")
-        info = await self.get_run(run_id)
+        info = await self._stored_run(run_id)
         start = await self._events.check_cursor(run_id, after)
         await self._events.flush(run_id)
         return [
@@ -934,7 +956,7 @@ class Engine:
             active.scope.cancel()
             await active.done.wait()
             return
-        info = await self.get_run(run_id)
+        info = await self._stored_run(run_id)
         if info.status.finished:
             raise RunStateError(
                 f"run {run_id!r} has already ended ({info.status.value}); it cannot be cancelled"
@@ -948,7 +970,7 @@ class Engine:
             lease_until=None,
         )
         if not updated:
-            info = await self.get_run(run_id)
+            info = await self._stored_run(run_id)
             raise RunStateError(
                 f"run {run_id!r} has already ended ({info.status.value}); it cannot be cancelled"
             )
@@ -991,7 +1013,7 @@ class Engine:
             if await self._resumed_with(run_id, key):
                 return RunHandle(self, run_id, self._active.get(run_id), created=False)
         self.codec.check_resume_data(run_id, data)
-        info = await self.get_run(run_id)
+        info = await self._stored_run(run_id)
         if info.status is not RunStatus.SUSPENDED:
             if key is not None and await self._resumed_with(run_id, key):
                 return RunHandle(self, run_id, self._active.get(run_id), created=False)

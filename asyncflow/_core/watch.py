@@ -35,6 +35,8 @@ from .trouble import WriteTrouble
 
 #: Events read from the log per call.
 _PAGE = 500
+#: The latest events kept in memory per run executing here.
+_RECENT = 1000
 
 
 class EventLog:
@@ -63,6 +65,9 @@ class EventLog:
         # Watchers in this process wait on these: set when a run's events are written.
         self._news: dict[str, anyio.Event] = {}
         self._writing: anyio.Lock = anyio.Lock()
+        # The latest events written of the runs executing here, numbered: watchers in this
+        # process read them here, not from the database (200 watchers, one read).
+        self._recent: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self.closed = False
 
     # ---- writing -------------------------------------------------------------------
@@ -114,17 +119,34 @@ class EventLog:
             else:
                 batch = self._pending.pop(run_id, None)
                 batches = {run_id: batch} if batch else {}
-            if batches:
-                try:
-                    await self.backend.append_events_of_runs(batches)
-                except BaseException:
-                    # Kept for the next flush, before what the runs added meanwhile (the
-                    # backend wrote all of them or none).
-                    for kept_rid, kept in batches.items():
-                        self._pending[kept_rid] = kept + self._pending.get(kept_rid, [])
-                    raise
+            try:
+                numbered = (await self.backend.append_events_of_runs(batches) if batches else None) or {}
+            except BaseException:
+                # Kept for the next flush, before what the runs added meanwhile (one transaction:
+                # none of them was written).
+                for kept_rid, kept in batches.items():
+                    self._pending[kept_rid] = kept + self._pending.get(kept_rid, [])
+                raise
+            for rid, events in batches.items():
+                last = numbered.get(rid)
+                if last is not None:
+                    recent = self._recent.setdefault(rid, [])
+                    recent.extend(zip(range(last - len(events) + 1, last + 1), events, strict=True))
+                    if len(recent) > _RECENT:
+                        del recent[: len(recent) - _RECENT]
         for rid in batches:
             self.wake(rid)
+
+    def forget(self, run_id: str) -> None:
+        """Drop the latest events kept of a run that stopped executing here (watchers read the database)."""
+        self._recent.pop(run_id, None)
+
+    def _cached(self, run_id: str, after: int) -> list[tuple[int, dict[str, Any]]] | None:
+        """The run's events after ``after`` from the latest kept here, if they reach back that far."""
+        recent = self._recent.get(run_id)
+        if not recent or recent[0][0] > after + 1 or recent[-1][0] < after:
+            return None
+        return [item for item in recent if item[0] > after][:_PAGE]
 
     def wake(self, run_id: str) -> None:
         """Wake the watchers of ``run_id`` in this process."""
@@ -187,6 +209,19 @@ class EventLog:
         while True:
             if self.closed:
                 return
+            # Taken before reading: events written after the read set it, so none is missed.
+            news = self._news.get(run_id)
+            if news is None:
+                news = self._news[run_id] = anyio.Event()
+            page = self._cached(run_id, after)
+            if page:
+                # Written by this engine just now: no database read, unless the run ended.
+                for seq, data in page:
+                    after = seq
+                    yield RunEvent.from_data(seq, run_id, workflow_id, data)
+                if page[-1][1].get("kind") not in _ENDS:
+                    await _first_of(news.wait, lambda: backend.wait_events(run_id, within=interval))
+                    continue
             # The status first, then the events: a run whose end is recorded has its
             # events written, so what this read finds is all there is when it has ended.
             current = await get_run(run_id)
@@ -198,10 +233,11 @@ class EventLog:
                 continue
             if current is None or current.status.finished or current.status is RunStatus.SUSPENDED:
                 return
-            news = self._news.get(run_id)
-            if news is None:
-                news = self._news[run_id] = anyio.Event()
-            await _first_of(news.wait, lambda: backend.wait_events(run_id, within=interval))
+            if not page:
+                await _first_of(news.wait, lambda: backend.wait_events(run_id, within=interval))
+
+
+_ENDS = frozenset({EventKind.RUN_FINISHED.value, EventKind.RUN_SUSPENDED.value})
 
 
 async def _first_of(*waits: Callable[[], Any]) -> None:
@@ -227,3 +263,85 @@ def request_fingerprint(workflow_id: str, entries: list[tuple[str, Any]], persis
         return [workflow_id, ordered]
     text = json.dumps([workflow_id, ordered], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def steps_from_events(events: list[dict[str, Any]], stages: Any = ()) -> list[dict[str, Any]]:
+    """The plan so far of a run executing elsewhere, from its event log: steps as ``RunInfo.steps`` has them.
+
+    Stages in the order they appeared (an inserted stage when it was inserted),
+    each followed by its actions; then ``stages`` (the registered workflow's, as
+    ``(stage_id, [action names])``) that no event named yet, pending. An action
+    that appears twice in one stage is one step here (the latest).
+    """
+    order: list[str] = []
+    stage_steps: dict[str, dict[str, Any]] = {}
+    action_steps: dict[str, dict[str, dict[str, Any]]] = {}
+    started = min(
+        (float(e["at"]) for e in events if e.get("kind") == EventKind.RUN_STARTED.value), default=0.0
+    )
+
+    def stage(stage_id: str, dynamic: bool = False) -> dict[str, Any]:
+        step = stage_steps.get(stage_id)
+        if step is None:
+            order.append(stage_id)
+            step = stage_steps[stage_id] = _step("stage", stage_id, None, dynamic)
+            action_steps[stage_id] = {}
+        return step
+
+    def action(stage_id: str, name: str, dynamic: bool = False) -> dict[str, Any]:
+        stage(stage_id)
+        step = action_steps[stage_id].get(name)
+        if step is None:
+            step = action_steps[stage_id][name] = _step("action", stage_id, name, dynamic)
+        return step
+
+    for data in events:
+        kind, stage_id, name = data.get("kind"), data.get("stage_id"), data.get("action_name")
+        if stage_id is None:
+            continue
+        dynamic = bool(data.get("dynamic"))
+        step = action(stage_id, name, dynamic) if name is not None else stage(stage_id, dynamic)
+        step["dynamic"] = step["dynamic"] or dynamic
+        if kind in (EventKind.STAGE_STARTED.value, EventKind.ACTION_STARTED.value):
+            step["status"], step["started_at"] = "running", max(float(data.get("at") or 0.0) - started, 0.0)
+            step["attempts"] = max(step["attempts"], int(data.get("attempt") or 0))
+        elif kind == EventKind.ACTION_RETRY.value:
+            step["attempts"] = max(step["attempts"], int(data.get("attempt") or 0))
+        elif kind in (
+            EventKind.STAGE_FINISHED.value,
+            EventKind.ACTION_FINISHED.value,
+            EventKind.STEP_SKIPPED.value,
+        ):
+            step["status"] = data.get("status") or step["status"]
+            step["duration"] = float(data.get("duration") or 0.0)
+            step["error"] = data.get("error")
+            step["reason"] = data.get("reason")
+    for stage_id, names in stages:
+        if stage_id not in stage_steps:
+            stage(stage_id)
+        for name in names:
+            action(stage_id, name)
+    steps: list[dict[str, Any]] = []
+    for stage_id in order:
+        steps.append(stage_steps[stage_id])
+        steps.extend(action_steps[stage_id].values())
+    return steps
+
+
+def _step(kind: str, stage_id: str, action_name: str | None, dynamic: bool) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "stage_id": stage_id,
+        "action_name": action_name,
+        "status": "pending",
+        "dynamic": dynamic,
+        "duration": 0.0,
+        "started_at": 0.0,
+        "depth": 0,
+        "inserted_by": None,
+        "inserted_by_stage": None,
+        "reason": None,
+        "error": None,
+        "attempts": 0,
+        "recovered_error": None,
+    }

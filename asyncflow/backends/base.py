@@ -413,23 +413,35 @@ class Backend(ABC):
     #: whether this backend keeps runs' events (``append_events`` stores them)
     keeps_events: ClassVar[bool] = False
 
-    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> int | None:
         """Add ``events`` to the end of the run's log in one transaction, numbered on from its last (from 1).
 
         Each event is a dict of JSON values (persistent backends) as
         :func:`~asyncflow._core.events.event_data` makes it. A run that does
         not exist (deleted meanwhile) takes none. Deleting a run deletes its log.
+        Returns the number of the last event added (``None``: none added, or
+        not known), so that an engine can hand them to its own watchers without
+        reading them back.
         """
         return None
 
-    async def append_events_of_runs(self, events: Mapping[str, Sequence[dict[str, Any]]]) -> None:
-        """:meth:`append_events` for several runs at once (run id -> its events).
+    async def append_events_of_runs(
+        self, events: Mapping[str, Sequence[dict[str, Any]]]
+    ) -> dict[str, int] | None:
+        """:meth:`append_events` for several runs at once (run id -> its events): all or none.
 
         By default one run after another; a backend whose every commit costs a
-        round trip (PostgreSQL) writes them all in one.
+        round trip (PostgreSQL), or that can write them in one job (SQLite),
+        writes them all in one. Returns the number of the last event added per
+        run, where known (``None``: not known), so that an engine can hand them
+        to its own watchers without reading them back.
         """
+        numbered: dict[str, int] = {}
         for run_id, run_events in events.items():
-            await self.append_events(run_id, run_events)
+            last = await self.append_events(run_id, run_events)
+            if last is not None:
+                numbered[run_id] = last
+        return numbered
 
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int = 1000

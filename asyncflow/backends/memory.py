@@ -200,11 +200,13 @@ class MemoryBackend(Backend):
             await self.delete_run(run_id)
         return len(old)
 
-    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> int | None:
         """Add the events to the run's log (kept as they are: payloads need not be JSON)."""
         run = self._runs.get(run_id)
-        if run is not None:
-            run.events.extend(events)
+        if run is None or not events:
+            return None
+        run.events.extend(events)
+        return len(run.events)
 
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int = 1000

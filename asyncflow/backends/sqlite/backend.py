@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -409,27 +409,42 @@ class SQLiteBackend(Backend):
             if freed < step:
                 return total
 
-    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> int | None:
         """Add the events to the end of the run's log, in the next commit."""
         texts = [json.dumps(data) for data in events]
         if not texts:
-            return
+            return None
 
-        def append(conn: sqlite3.Connection) -> None:
-            row = conn.execute(
-                "SELECT r.run_no, (SELECT MAX(seq) FROM run_events WHERE run_no = r.run_no) "
-                "FROM runs AS r WHERE r.run_id = ?",
-                (run_id,),
-            ).fetchone()
-            if row is None:
-                return
-            run_no, last = row[0], row[1] or 0
-            conn.executemany(
-                "INSERT INTO run_events (run_no, seq, data) VALUES (?, ?, ?)",
-                [(run_no, last + i, text) for i, text in enumerate(texts, 1)],
-            )
+        numbered = await self.append_events_of_runs({run_id: events})
+        return (numbered or {}).get(run_id)
 
-        await self._writer.submit(append, writes=True)
+    async def append_events_of_runs(self, events: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, int]:
+        """Add the events of several runs to their logs, in one job of the next commit."""
+        # One row per run and call: its events as one JSON array, keyed by the number of the last
+        # (a busy engine writes a few events per run each time, and a row costs more than its bytes).
+        texts = {run_id: (len(batch), json.dumps(batch)) for run_id, batch in events.items() if batch}
+        if not texts:
+            return {}
+
+        def append(conn: sqlite3.Connection) -> dict[str, int]:
+            numbered: dict[str, int] = {}
+            rows: list[tuple[int, int, str]] = []
+            for run_id, (count, text) in texts.items():
+                row = conn.execute(
+                    "SELECT r.run_no, (SELECT MAX(seq) FROM run_events WHERE run_no = r.run_no) "
+                    "FROM runs AS r WHERE r.run_id = ?",
+                    (run_id,),
+                ).fetchone()
+                if row is None:  # (deleted meanwhile)
+                    continue
+                run_no, last = row[0], row[1] or 0
+                rows.append((run_no, last + count, text))
+                numbered[run_id] = int(last + count)
+            conn.executemany("INSERT INTO run_events (run_no, seq, data) VALUES (?, ?, ?)", rows)
+            return numbered
+
+        result: dict[str, int] = await self._writer.submit(append, writes=True)
+        return result
 
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int = 1000
@@ -444,7 +459,16 @@ class SQLiteBackend(Backend):
             ).fetchall()
 
         rows: list[tuple[int, str]] = await self._writer.submit(read, writes=False)
-        return [(seq, json.loads(text)) for seq, text in rows]
+        # Each row holds the events numbered up to its seq: a JSON array (one event: an object).
+        events: list[tuple[int, dict[str, Any]]] = []
+        for last, text in rows:
+            data = json.loads(text)
+            batch = data if isinstance(data, list) else [data]
+            first = last - len(batch) + 1
+            events.extend((first + i, item) for i, item in enumerate(batch) if first + i > after)
+            if len(events) >= limit:
+                break
+        return events[:limit]
 
     async def save_version(self, version: WorkflowVersion) -> None:
         """Keep ``version`` unless one with its key is kept."""

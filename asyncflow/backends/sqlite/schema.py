@@ -85,7 +85,8 @@ _VERSIONS_TABLES = [
     )""",
     "CREATE INDEX workflow_versions_by_shape ON workflow_versions (shape_key)",
 ]
-# Each run's events (engine.watch), numbered from 1; they go with their run. ("IF NOT EXISTS":
+# Each run's events (engine.watch), numbered from 1; they go with their run. A row holds the
+# events an engine wrote at once, as a JSON array, and seq is the number of its last. ("IF NOT EXISTS":
 # the upgrade from schema 3 or 4 adds them to a file that may have had them, made by a test.)
 _EVENTS_TABLES = [
     """CREATE TABLE IF NOT EXISTS run_events (

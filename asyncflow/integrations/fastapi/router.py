@@ -331,8 +331,15 @@ async def _sse(events: AsyncIterator[RunEvent]) -> AsyncIterator[str]:
     """A watch as server-sent events; it ends with the run, or when the client goes away."""
     try:
         async for event in events:
-            data = json.dumps(event.to_json(), default=repr)
-            yield f"id: {event.cursor}\nevent: {event.kind.value}\ndata: {data}\n\n"
+            key = (event.run_id, event.cursor)
+            text = _ENCODED.get(key)
+            if text is None:  # (encoded once for all the watchers of a run)
+                data = json.dumps(event.to_json(), default=repr)
+                text = f"id: {event.cursor}\nevent: {event.kind.value}\ndata: {data}\n\n"
+                if len(_ENCODED) >= 4096:
+                    _ENCODED.clear()
+                _ENCODED[key] = text
+            yield text
     except WorkflowError as exc:  # (the run was deleted meanwhile, the database went away...)
         logger.warning("the event stream ended early: {}: {}", type(exc).__name__, exc)
     finally:
@@ -341,6 +348,8 @@ async def _sse(events: AsyncIterator[RunEvent]) -> AsyncIterator[str]:
             await close()
 
 
+#: Recent events as server-sent text, by (run id, cursor): an event's text never changes.
+_ENCODED: dict[tuple[str, str], str] = {}
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 _CACHE: dict[str, str] = {}
 
