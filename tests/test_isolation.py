@@ -270,6 +270,22 @@ async def test_os_exit_fails_the_stage_with_the_exit_code(no_leftovers: None) ->
     assert not alive(pids[0])
 
 
+async def test_a_crash_takes_what_the_child_started_along(no_leftovers: None) -> None:
+    """A process the child started does not outlive the child's crash as an orphan."""
+    pids: list[int] = []
+    error = await _failure_of(isolated(flows.orphan_maker), pids)
+    assert error.exit_code == 1
+    await wait_until(lambda: not alive(pids[0]) or _state(pids[0]) == "Z")
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2]
+
+
 async def test_a_hang_past_the_timeout_kills_the_child(no_leftovers: None) -> None:
     """A child blocked past its action's time limit is killed; the action times out."""
     pids: list[int] = []

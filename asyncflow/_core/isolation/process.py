@@ -130,6 +130,16 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signum)
 
+    def _end_group(self) -> None:
+        """SIGKILL what the child started and left behind: its session's process group.
+
+        Called once the child has exited. Its pid cannot have gone to another
+        process group leader while members of its own group live on, and if
+        none do, there is nothing to signal.
+        """
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
     async def kill(self, grace: float, why: str = "") -> None:
         """SIGTERM, then SIGKILL if it is still there after ``grace`` seconds; reap it, close its pipes."""
         if why and not self.why:
@@ -142,6 +152,7 @@ class ChildProcess:
             if self.process.returncode is None:
                 self._signal(signal.SIGKILL)
                 await self.process.wait()
+            self._end_group()
             await self._close_pipes()
 
     async def close(self, grace: float) -> None:
@@ -157,6 +168,7 @@ class ChildProcess:
             if self.process.returncode is None:
                 await self.kill(grace)
                 return
+            self._end_group()
             await self._close_pipes()
 
     async def reap(self, grace: float) -> int | None:
@@ -166,6 +178,7 @@ class ChildProcess:
                 await self.process.wait()
             if self.process.returncode is None:
                 await self.kill(grace)
+            self._end_group()  # (a process it started could hold its stderr open)
             if self.stderr_reader:
                 with anyio.move_on_after(grace):
                     await self.stderr_closed.wait()
