@@ -358,7 +358,9 @@ async def test_a_child_is_retired_after_max_tasks(no_leftovers: None) -> None:
     )
     async with af.ProcessPool(size=1, max_tasks_per_child=1) as pool:
         result = await af.Runner(process_pool=pool).run(workflow)
+        (replacement,) = pool.pids  # the started pool replaced the retired child at once
     first, second = result.store["pids"]
+    assert replacement not in (first, second)
     assert first != second
     assert not alive(first)
 
@@ -379,6 +381,7 @@ async def test_a_pool_child_that_dies_between_tasks_is_replaced(no_leftovers: No
 
 
 @pytest.mark.once
+@pytest.mark.timeout(600)  # 200 child processes started: about 45 s, longer on a busy machine
 async def test_200_crashes_and_retries_leave_no_zombie_and_no_fd(no_leftovers: None) -> None:
     """Crash-and-retry 200 times through a pool: no process and no file descriptor is left behind."""
     workflow = isolated(flows.crash_on_first_attempt, retry=af.Retry(attempts=2, backoff=af.backoff.fixed(0)))
