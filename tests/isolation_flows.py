@@ -187,3 +187,13 @@ class Meet(af.Action):
 
 
 _MET: list[str] = []
+
+
+@af.action
+async def orphan_maker(ctx: af.ActionContext) -> None:
+    """Start a long ``sleep`` process, tell the parent its pid, then crash."""
+    import subprocess
+
+    sleeper = subprocess.Popen(["sleep", "60"])  # noqa: ASYNC220 (a process the crash leaves behind)
+    await ctx.send("pid", sleeper.pid)
+    os._exit(1)

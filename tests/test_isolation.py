@@ -270,6 +270,22 @@ async def test_os_exit_fails_the_stage_with_the_exit_code(no_leftovers: None) ->
     assert not alive(pids[0])
 
 
+async def test_a_crash_takes_what_the_child_started_along(no_leftovers: None) -> None:
+    """A process the child started does not outlive the child's crash as an orphan."""
+    pids: list[int] = []
+    error = await _failure_of(isolated(flows.orphan_maker), pids)
+    assert error.exit_code == 1
+    await wait_until(lambda: not alive(pids[0]) or _state(pids[0]) == "Z")
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2]
+
+
 async def test_a_hang_past_the_timeout_kills_the_child(no_leftovers: None) -> None:
     """A child blocked past its action's time limit is killed; the action times out."""
     pids: list[int] = []
@@ -342,7 +358,9 @@ async def test_a_child_is_retired_after_max_tasks(no_leftovers: None) -> None:
     )
     async with af.ProcessPool(size=1, max_tasks_per_child=1) as pool:
         result = await af.Runner(process_pool=pool).run(workflow)
+        (replacement,) = pool.pids  # the started pool replaced the retired child at once
     first, second = result.store["pids"]
+    assert replacement not in (first, second)
     assert first != second
     assert not alive(first)
 
@@ -363,6 +381,7 @@ async def test_a_pool_child_that_dies_between_tasks_is_replaced(no_leftovers: No
 
 
 @pytest.mark.once
+@pytest.mark.timeout(600)  # 200 child processes started: about 45 s, longer on a busy machine
 async def test_200_crashes_and_retries_leave_no_zombie_and_no_fd(no_leftovers: None) -> None:
     """Crash-and-retry 200 times through a pool: no process and no file descriptor is left behind."""
     workflow = isolated(flows.crash_on_first_attempt, retry=af.Retry(attempts=2, backoff=af.backoff.fixed(0)))

@@ -149,3 +149,22 @@ def timeouts_as_timedeltas() -> af.Stage:
 
     af.Runner(timeout=timedelta(minutes=1), action_middleware=[mw.timeout(timedelta(seconds=5))])
     return af.Stage("s", actions=[slow], timeout=timedelta(seconds=10))
+
+
+async def isolated_stages(wf: af.Workflow) -> None:
+    """Process isolation: the isolation literal, the pool, and what a dead child's error carries."""
+    stage = af.Stage("parse", actions=[bare], isolation="process")
+    wf.add_stage(stage)
+    async with af.ProcessPool(
+        size=2, max_tasks_per_child=100, kill_grace=timedelta(seconds=1).total_seconds()
+    ) as pool:
+        runner = af.Runner(process_pool=pool)
+        engine = af.Engine(process_pool=pool)
+        print(engine.process_pool, pool.pids)
+        try:
+            await runner.run(wf)
+        except af.ChildProcessFailed as failed:
+            code: int | None = failed.exit_code
+            signal_name: str | None = failed.signal_name
+            tail: tuple[str, ...] = failed.stderr_tail
+            print(code, signal_name, tail, failed.pid, failed.stage_id, failed.action_name)

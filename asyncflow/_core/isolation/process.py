@@ -22,6 +22,7 @@ from typing import Any, Self, TextIO
 
 import anyio
 from anyio.abc import Process
+from loguru import logger
 
 from .frames import FrameBuffer, encode
 
@@ -130,6 +131,16 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signum)
 
+    def _end_group(self) -> None:
+        """SIGKILL what the child started and left behind: its session's process group.
+
+        Called once the child has exited. Its pid cannot have gone to another
+        process group leader while members of its own group live on, and if
+        none do, there is nothing to signal.
+        """
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
     async def kill(self, grace: float, why: str = "") -> None:
         """SIGTERM, then SIGKILL if it is still there after ``grace`` seconds; reap it, close its pipes."""
         if why and not self.why:
@@ -142,6 +153,7 @@ class ChildProcess:
             if self.process.returncode is None:
                 self._signal(signal.SIGKILL)
                 await self.process.wait()
+            self._end_group()
             await self._close_pipes()
 
     async def close(self, grace: float) -> None:
@@ -157,6 +169,7 @@ class ChildProcess:
             if self.process.returncode is None:
                 await self.kill(grace)
                 return
+            self._end_group()
             await self._close_pipes()
 
     async def reap(self, grace: float) -> int | None:
@@ -166,6 +179,7 @@ class ChildProcess:
                 await self.process.wait()
             if self.process.returncode is None:
                 await self.kill(grace)
+            self._end_group()  # (a process it started could hold its stderr open)
             if self.stderr_reader:
                 with anyio.move_on_after(grace):
                     await self.stderr_closed.wait()
@@ -202,8 +216,9 @@ class ProcessPool:
     ``size`` isolated stages run at once, others wait for a child. A child
     that crashed or was killed is replaced by a fresh one; a child that has
     run ``max_tasks_per_child`` stages is retired (``None``: never), which
-    bounds what a leaking library can hold. Children that die while idle are
-    noticed when next handed out and replaced.
+    bounds what a leaking library can hold; a started pool starts the
+    replacement at once. Children that die while idle are noticed when next
+    handed out and replaced.
 
     ``aclose()`` (or leaving the ``async with``) ends the idle children and
     every busy one as its stage ends; a pool used again afterwards starts new
@@ -247,6 +262,7 @@ class ProcessPool:
         self._busy: set[ChildProcess] = set()
         self._slots: anyio.Semaphore | None = None
         self._generation = 0  # children from before the last aclose() are ended when released
+        self._warm = False  # started: a child that dies or retires is replaced at once
 
     def __repr__(self) -> str:
         return f"<ProcessPool size={self.size} idle={len(self._idle)} busy={len(self._busy)}>"
@@ -257,7 +273,8 @@ class ProcessPool:
         return [child.pid for child in (*self._idle, *self._busy)]
 
     async def start(self) -> None:
-        """Start the children now (else they start as stages need them)."""
+        """Start the children now (else they start as stages need them) and keep them up to ``size``."""
+        self._warm = True
         missing = self.size - len(self._idle) - len(self._busy)
         if missing <= 0:
             return
@@ -286,6 +303,7 @@ class ProcessPool:
     async def aclose(self) -> None:
         """End the idle children now and the busy ones when their stages end; reap them all."""
         self._generation += 1
+        self._warm = False
         idle, self._idle = self._idle, []
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as group:
@@ -320,10 +338,17 @@ class ProcessPool:
             current = child.generation == self._generation
             if healthy and not child.dead and current and (limit is None or child.tasks < limit):
                 self._idle.append(child)
-            elif child.dead:
+                return
+            if child.dead:
                 await child.reap(self.kill_grace)
             else:
                 await child.close(self.kill_grace)
+            if self._warm and current:
+                # A started pool stays warm: the replacement boots while the runs go on.
+                try:
+                    self._idle.append(await ChildProcess.spawn())
+                except OSError as exc:
+                    logger.warning("af.ProcessPool could not start a replacement child: {!r}", exc)
         finally:
             if self._slots is not None:
                 self._slots.release()
