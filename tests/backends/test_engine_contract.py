@@ -173,3 +173,29 @@ async def test_a_workflow_rebuilt_per_request_runs_and_a_different_one_is_refuse
             await engine.start(build(flows.step_one, flows.step_one))
     assert result.status is af.RunStatus.COMPLETED
     assert result.action_order() == ["step-one"]
+
+
+async def test_runs_of_a_workflow_not_registered_wait_for_an_engine_that_has_it(backend: Storage) -> None:
+    """An engine leaves runs of workflows it has not registered: they wait, unfailed, for one with them."""
+    async with backend.engine(flows.BASIC) as first:
+        handle = await first.start(flows.BASIC)
+        with anyio.fail_after(5):
+            await flows.gate("hang").wait()
+
+    async with backend.engine(flows.QUICK) as other:
+
+        async def waiting() -> bool:
+            info = await other.get_run(handle.run_id)
+            return info.status is af.RunStatus.PENDING and info.owner is None
+
+        await flows.eventually(waiting)
+        listed = await other.list_runs(status="pending")
+        info = await other.get_run(handle.run_id)
+    assert [i.run_id for i in listed.runs] == [handle.run_id]
+    assert info.error is None
+    assert flows.runs_of("hang") == 1
+    async with backend.engine(flows.BASIC) as again:
+        with anyio.fail_after(5):
+            result = await again.wait(handle.run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("step-one") == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +15,7 @@ import pytest
 from anyio.abc import Process
 
 import asyncflow as af
+from asyncflow.backends import SQLiteBackend
 from backends import killed_flows
 from backends.killed_flows import CHILD, CONTINUED, LEASE, STARTED_FILE, WORKFLOW
 
@@ -93,3 +96,41 @@ async def test_runs_of_a_live_engine_in_another_process_are_left_to_it(
     assert None not in owners
     assert engine.owner not in owners
     assert not [r for r in asyncflow_log if "is gone" in str(r["message"])]
+
+
+async def held_by(db_path: Path, owner: str) -> None:
+    """A file with one running run of ``owner`` on an hour's lease, written as an older engine would."""
+    async with SQLiteBackend(db_path):
+        pass
+    now = time.time()
+    conn = sqlite3.connect(db_path)
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO runs (run_id, workflow_id, status, created_at, updated_at, owner, lease_until) "
+                "VALUES ('r1', 'w', 'running', ?, ?, ?, ?)",
+                (now, now, owner, now + 3600),
+            )
+    finally:
+        conn.close()
+
+
+async def test_an_engine_of_this_host_whose_process_is_gone_is_taken_over(db_path: Path) -> None:
+    """Without a lock file, a run whose owner names this host and a pid no process has is free at once."""
+    gone = await anyio.run_process([sys.executable, "-c", "import os; print(os.getpid())"])
+    await held_by(db_path, f"{socket.gethostname()}:{int(gone.stdout)}:older")
+    async with SQLiteBackend(db_path) as db:
+        now = time.time()
+        claimed = await db.claim("me", now=now, lease_until=now + 30, limit=10)
+    assert [info.run_id for info in claimed] == ["r1"]
+
+
+@pytest.mark.parametrize("owner", ["elsewhere:1:abc", f"{socket.gethostname()}:{os.getpid()}:here", "custom"])
+async def test_runs_of_engines_not_provably_dead_wait_for_their_lease(db_path: Path, owner: str) -> None:
+    """Runs of an engine of another host, of this process, or of a custom name without a lock wait."""
+    await held_by(db_path, owner)
+    async with SQLiteBackend(db_path) as db:
+        now = time.time()
+        assert await db.claim("me", now=now, lease_until=now + 30, limit=10) == []
+        later = await db.claim("me", now=now + 3601, lease_until=now + 3631, limit=10)
+    assert [info.run_id for info in later] == ["r1"]

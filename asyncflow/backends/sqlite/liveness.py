@@ -82,7 +82,7 @@ class Liveness:
 
     def dead(self, owner: str) -> bool:
         """Whether ``owner`` is provably dead (its lock is free, or its process gone from this host)."""
-        if fcntl is None:
+        if fcntl is None or _elsewhere(owner):
             return False
         path = self.lock_file(owner)
         with _HELD_GUARD:
@@ -110,6 +110,17 @@ class Liveness:
             if path not in _HELD:
                 with contextlib.suppress(OSError):
                     path.unlink()
+
+
+def _elsewhere(owner: str) -> bool:
+    """Whether ``owner`` is an engine's default name (``host:pid:...``) of another host.
+
+    Its lock may be on a network file system, where ``flock`` can be local to
+    each host: only its lease tells.
+    """
+    host, _, rest = owner.partition(":")
+    pid, _, tag = rest.partition(":")
+    return bool(tag) and pid.isdigit() and host != socket.gethostname()
 
 
 def _gone_from_this_host(owner: str) -> bool:
