@@ -385,6 +385,8 @@ async def scale(server: str, sizes: tuple[int, ...]) -> tuple[dict[int, tuple[fl
                     claimed = await backend.claim("bench", now=now, lease_until=now + 30, limit=1)
                     claims.append((time.perf_counter() - t0) * 1e3)
                     assert len(claimed) == 1
+                    # Completed at once: a run left claimed would be claimed again 31 iterations
+                    # on, its lease (now + 30 on this loop's own clock) having run out by then.
                     await backend.update_run(
                         claimed[0].run_id,
                         now=now,
