@@ -55,6 +55,7 @@ KILLS ?= 500
 FAULT_SEEDS ?= 500
 stress: $(STAMP)
 	$(BIN)/python benchmarks/stress.py --kills $(KILLS)
+	ASYNCFLOW_CHAOS=large $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_postgres_chaos.py
 	ASYNCFLOW_FAULT_SEEDS=$(FAULT_SEEDS) $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
 
 # 30 minutes of mixed durable load, the worker killed every minute: RSS, fds, file size and p99

@@ -40,7 +40,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from ._core.errors import RecordedError
-from ._core.events import Event, EventKind
+from ._core.events import Event, EventKind, RunEvent
 from ._core.records import (
     RunResult,
     RunStatus,
@@ -830,6 +830,14 @@ def run_info_json(info: RunInfo) -> dict[str, Any]:
 # ---- a run followed from its events -------------------------------------------------
 
 
+def _as_error(error: BaseException | str | None) -> BaseException | None:
+    """An event's error: the exception, or one read back from ``"Type: message"`` (``engine.watch``)."""
+    if error is None or isinstance(error, BaseException):
+        return error
+    name, _, message = error.partition(": ")
+    return RecordedError(name, message)
+
+
 class LiveRun:
     """The tree of a run as its lifecycle events arrive, for ``asyncflow run``'s live view.
 
@@ -849,8 +857,8 @@ class LiveRun:
         self._actions: dict[str, int] = {}  # action key -> index in _steps
         self._t0: float | None = None
 
-    def feed(self, event: Event) -> None:
-        """Take one event of the run into the tree."""
+    def feed(self, event: Event | RunEvent) -> None:
+        """Take one event of the run into the tree (from ``runner.subscribe`` or ``engine.watch``)."""
         kind = event.kind
         if self._t0 is None:
             self._t0 = event.at
@@ -863,7 +871,7 @@ class LiveRun:
             if step is not None:
                 step["status"] = StepStatus(event.status or "completed")
                 step["duration"] = event.duration or 0.0
-                step["error"] = event.error
+                step["error"] = _as_error(event.error)
                 step["attempts"] = event.attempt or step["attempts"]
         elif kind is EventKind.ACTION_RETRY:
             step = self._find(event)
@@ -872,19 +880,19 @@ class LiveRun:
         elif kind is EventKind.RUN_FINISHED or kind.value == "run_suspended":
             self.status = RunStatus(event.status or "suspended")
 
-    def _find(self, event: Event) -> dict[str, Any] | None:
+    def _find(self, event: Event | RunEvent) -> dict[str, Any] | None:
         if event.action_name is None:
             index = self._stages.get(event.stage_id or "")
         else:
             index = self._actions.get(event.key or "")
         return None if index is None else self._steps[index]
 
-    def _start(self, event: Event) -> None:
+    def _start(self, event: Event | RunEvent) -> None:
         stage = event.action_name is None
         parent = None if event.parent_key is None else self._actions.get(event.parent_key)
         inserter = None if parent is None else self._steps[parent]
         step: dict[str, Any] = {
-            "kind": "stage" if stage else "action",
+            "kind": StepKind.STAGE if stage else StepKind.ACTION,
             "stage_id": event.stage_id or "",
             "action_name": event.action_name,
             "status": StepStatus.SKIPPED if event.kind is EventKind.STEP_SKIPPED else StepStatus.RUNNING,

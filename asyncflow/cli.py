@@ -780,6 +780,82 @@ def _runs_cancel(args: argparse.Namespace) -> int:
     return _run(main)
 
 
+def _runs_watch(args: argparse.Namespace) -> int:
+    from ._render import run_lines
+
+    out = _Output(args)
+    engine = _open_engine(args.db)
+
+    async def main() -> int:
+        import signal
+
+        import anyio
+
+        from ._core.records import RunResult, RunStatus
+
+        outcome: list[RunResult] = []
+        interrupted = False
+        async with engine:
+            info = await _find_run(engine, args.run_id)
+            view = _LiveView(out, info.workflow_id) if out.console.is_terminal and not out.json else None
+            if view is not None:
+                view.run.run_id = info.run_id
+            async with anyio.create_task_group() as group:
+
+                async def follow() -> None:
+                    # The watch ends when the run ends or suspends (or at once, for one that has).
+                    async for event in engine.watch(info.run_id, after=args.after):
+                        if out.json:
+                            print(json.dumps(event.to_json(), ensure_ascii=False, default=str), flush=True)
+                        elif view is not None:
+                            view.run.feed(event)
+                            view.redraw()
+                    if not out.json:
+                        outcome.append(await engine.wait(info.run_id))
+                    group.cancel_scope.cancel()
+
+                async def on_ctrl_c() -> None:
+                    nonlocal interrupted
+                    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                        async for _ in signals:
+                            interrupted = True  # stop watching; the run goes on where it runs
+                            group.cancel_scope.cancel()
+
+                async def tick() -> None:
+                    while view is not None:
+                        view.redraw(now=True)
+                        await anyio.sleep(_TICK)
+
+                group.start_soon(on_ctrl_c)
+                group.start_soon(tick)
+                if view is not None:
+                    view.live.start()
+                try:
+                    await follow()
+                finally:
+                    if view is not None:
+                        view.live.stop()
+            if interrupted:
+                return EXIT_INTERRUPTED
+            if out.json:
+                status = (await engine.get_run(info.run_id)).status
+                return (
+                    1
+                    if status is RunStatus.FAILED
+                    else EXIT_SUSPENDED
+                    if status is RunStatus.SUSPENDED
+                    else 0
+                )
+        result = outcome[0]
+        out.show(*run_lines(result, width=out.width, unicode=out.unicode))
+        if result.status is RunStatus.SUSPENDED:
+            out.print(f"run {short_run_id(result.run_id)} is suspended: {result.suspend_reason}", "blue")
+            return EXIT_SUSPENDED
+        return 1 if result.status is RunStatus.FAILED else 0
+
+    return _run(main)
+
+
 def _limit(text: str) -> int:
     try:
         value = int(text)
@@ -855,6 +931,20 @@ def _add_runs(
     )
     resume.add_argument("--data", metavar="JSON", help="what ctx.resume_data will be (default: null)")
     resume.set_defaults(handler=_runs_resume)
+
+    watch = actions.add_parser(
+        "watch",
+        parents=[database],
+        help="follow a run live, whichever process executes it",
+        description=(
+            "Follow a run live, whichever process executes it, until it ends or suspends; then draw "
+            "it. With --json, one JSON line per event as it happens. Exit code 0 when the run "
+            "completes, 1 when it fails, 3 when it is suspended, 130 on Ctrl-C (the run goes on)."
+        ),
+    )
+    watch.add_argument("run_id", metavar="RUN_ID", help=_RUN_ID_HELP)
+    watch.add_argument("--after", metavar="CURSOR", help="start after this event's cursor (from --json)")
+    watch.set_defaults(handler=_runs_watch)
 
     cancel = actions.add_parser(
         "cancel",

@@ -74,8 +74,11 @@ CHAOS = af.Workflow(
 #: Three slow steps (graceful shutdown).
 SLOW = af.Workflow("pg-slow", stages=[af.Stage("s", actions=[slow, slow, slow])])
 
+#: One step (races for many runs).
+ONE = af.Workflow("pg-one", stages=[af.Stage("s", actions=[step])])
+
 #: What a worker of the tests runs.
-WORKFLOWS = [CHAOS, SLOW]
+WORKFLOWS = [CHAOS, SLOW, ONE]
 
 #: Only the slow workflow (pools split by workflow).
 ONLY_SLOW = [SLOW]

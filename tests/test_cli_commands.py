@@ -508,3 +508,75 @@ def test_ctrl_c_cancels_a_run_in_memory(flows: Path) -> None:
         child.close(force=True)
     assert child.exitstatus == 130
     assert time.monotonic() - started < 30
+
+
+# ---- asyncflow runs watch -------------------------------------------------------------------
+
+
+def test_runs_watch_follows_a_run_of_another_process(flows: Path) -> None:
+    """runs watch --json prints one JSON line per event, live, of a run another process executes."""
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "asyncflow", "run", "flows:GROW", "--db", "runs.db", "--json"],
+        cwd=flows,
+        env={**os.environ, "FLOWS_GATED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        listed: list[Any] = []
+        while not listed:
+            assert time.monotonic() < deadline, "the run never appeared in the database"
+            if (flows / "runs.db").exists():
+                done = cli(flows, "runs", "list", "--db", "runs.db", "--json")
+                listed = json.loads(done.stdout)["runs"] if done.returncode == 0 else []
+        run_id = listed[0]["run_id"]
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "asyncflow", "runs", "watch", run_id[:8], "--db", "runs.db", "--json"],
+            cwd=flows,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert watcher.stdout is not None
+        seen: list[dict[str, Any]] = []
+        for n in range(4):
+            # The run waits for go-N: each inserted stage is seen by the watcher while the run is held.
+            while not any(
+                e["kind"] == "action_started" and e["key"] == f"{_stage(n)}/{_grow(n)}" for e in seen
+            ):
+                seen.append(json.loads(watcher.stdout.readline()))
+            (flows / f"go-{n}").touch()
+        rest, errors = watcher.communicate(timeout=30)
+        assert watcher.returncode == 0, errors
+        seen.extend(json.loads(line) for line in rest.splitlines())
+    finally:
+        for n in range(4):
+            (flows / f"go-{n}").touch()
+        runner.communicate(timeout=30)
+    assert runner.returncode == 0
+    assert [e["cursor"] for e in seen] == [str(n) for n in range(1, len(seen) + 1)]
+    assert all(e["run_id"] == run_id and e["workflow_id"] == "grow" for e in seen)
+    inserted = [(e["stage_id"], e["parent_key"]) for e in seen if e["kind"] == "stage_inserted"]
+    assert inserted == [("grown-1", "seed/0"), ("grown-2", "grown-1/1"), ("grown-3", "grown-2/1")]
+    assert seen[-1]["kind"] == "run_finished"
+    assert seen[-1]["status"] == "completed"
+
+
+def _stage(n: int) -> str:
+    return "seed" if n == 0 else f"grown-{n}"
+
+
+def _grow(n: int) -> int:
+    return 0 if n == 0 else 1
+
+
+def test_runs_watch_of_an_ended_run_draws_it(flows: Path) -> None:
+    """runs watch of a run that has ended draws its tree and exits with the run's code."""
+    done = cli(flows, "run", "flows:FAIL", "--db", "runs.db", "--json")
+    run_id = json.loads(done.stdout)["run_id"]
+    watched = cli(flows, "runs", "watch", run_id, "--db", "runs.db")
+    assert watched.returncode == 1, watched.stderr
+    assert normalized(watched.stdout).splitlines()[0] == "fail · run RUNID · failed"
+    assert "ValueError: no stock" in watched.stdout

@@ -151,6 +151,14 @@ def _capturing(init: Callable[..., None]) -> Callable[..., None]:
     return capture_init
 
 
+def constructor_arguments(action: Action) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """The ``(args, kwargs)`` an :class:`Action` subclass instance was built with (``None`` if unknown)."""
+    captured: tuple[tuple[Any, ...], dict[str, Any]] | None = getattr(action, "__dict__", {}).get(
+        "_af_params"
+    )
+    return captured
+
+
 class FunctionAction(Action):
     """An action made from a coroutine function by :func:`action`."""
 

@@ -16,7 +16,6 @@ ends (:class:`~asyncflow._core.trouble.WriteTrouble`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +29,9 @@ from .clock import Clock
 from .definitions import Registry
 from .durable import Durability, Op
 from .errors import LeaseLost
-from .jsonvalues import json_value_check
 from .records import CheckpointKind, RunStatus
-from .serial import store_entry
-from .store import Store, _Meta
+from .serial import Codec, codec_for
+from .store import Store
 from .trouble import WriteTrouble
 from .workflow import Stage
 
@@ -63,14 +61,16 @@ class RunDurability(Durability):
         saved: SavedRun,
         trouble: WriteTrouble | None = None,
         hold: float = 10.0,
+        codec: Codec | None = None,
     ) -> None:
         self.backend = backend
+        #: how values, plan changes and inserted steps reach the backend
+        self.codec = codec if codec is not None else codec_for(backend)
         #: the engine's episodes of failing writes, and how long a run is held through one
         self.trouble = trouble if trouble is not None else WriteTrouble(backend.url)
         self.hold = hold
         self.registry = registry
         self.clock = clock
-        self.persistent = backend.persistent
         self.run_id = saved.info.run_id
         self.owner = owner
         self.done: dict[str, list[Op]] = {}
@@ -86,7 +86,7 @@ class RunDurability(Durability):
             key = checkpoint.step_key
             if checkpoint.kind == CheckpointKind.ACTION:
                 ops = checkpoint.ops
-                self.done[key] = (json.loads(ops) if self.persistent else ops) if ops else []
+                self.done[key] = self.codec.decode_ops(ops) if ops else []
             elif checkpoint.kind == CheckpointKind.STAGE:
                 self.stages.add(key)
             elif checkpoint.kind == CheckpointKind.ATTEMPT:
@@ -131,13 +131,9 @@ class RunDurability(Durability):
         self.seq += 1
         return self.seq
 
-    def _put(self, key: str, value: Any, meta: _Meta | None) -> StoreEntry:
-        if meta is None and self.persistent:  # the common case, once per key an action writes
-            return StoreEntry(key, json_value_check(key, value))
-        return store_entry(key, value, meta, self.persistent)
-
     async def commit_stage(self, node: StageNode, initial: dict[str, Any]) -> None:
-        puts = tuple(self._put(key, value, None) for key, value in initial.items())
+        entry = self.codec.entry
+        puts = tuple(entry(key, value, None) for key, value in initial.items())
         await self._write(Checkpoint(self.run_id, self.owner, node.id, _STAGE, puts=puts, seq=self._next()))
         self.stages.add(node.id)
 
@@ -147,13 +143,13 @@ class RunDurability(Durability):
         deletes: tuple[str, ...] = ()
         if overlay is not None:
             # Deletes go first, so a key deleted and written again moves to the end, as in memory.
-            if overlay._deleted:
-                deletes = tuple(overlay._deleted)
-            values = overlay._values
+            deleted, values, meta = overlay.changes()
+            if deleted:
+                deletes = tuple(deleted)
             if values:
-                put, meta = self._put, overlay._meta
+                put = self.codec.entry  # (bound once: called per key the action wrote)
                 puts = tuple([put(key, value, meta.get(key)) for key, value in values.items()])
-        plan_ops = (json.dumps(ops) if self.persistent else list(ops)) if ops else None
+        plan_ops = self.codec.encode_ops(ops) if ops else None
         status = RunStatus.RUNNING if self.sleeping else None
         self.sleeping = False
         self.seq = seq = self.seq + 1
@@ -211,23 +207,13 @@ class RunDurability(Durability):
     # ---- references -----------------------------------------------------------------------
 
     def reference(self, action: Action, where: str) -> dict[str, Any]:
-        if not self.persistent:
-            return {"object": action}
-        return self.registry.reference(action, where=where)
+        return self.codec.reference(self.registry, action, where)
 
     def stage_definition(self, stage: Stage, where: str) -> dict[str, Any]:
-        if not self.persistent:
-            return {"object": stage}
-        return self.registry.stage_definition(stage, where=where)
+        return self.codec.stage_definition(self.registry, stage, where)
 
     def resolve(self, ref: dict[str, Any], where: str) -> Action:
-        found = ref.get("object")
-        if isinstance(found, Action):
-            return found
-        return self.registry.resolve(ref, where=where)
+        return self.codec.resolve(self.registry, ref, where)
 
     def stage_from_definition(self, definition: dict[str, Any], where: str) -> Stage:
-        found = definition.get("object")
-        if isinstance(found, Stage):
-            return found
-        return self.registry.stage_from_definition(definition, where=where)
+        return self.codec.stage_from_definition(self.registry, definition, where)

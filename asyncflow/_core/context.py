@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import anyio
 from loguru import logger as _root_logger
 
 from .actions import Action
-from .durable import Op
+from .clock import Clock, sleep_until
+from .durable import Durability, Op
 from .errors import Bail, ContextClosed, DuplicateStageId, InsertionLimitExceeded, NotSerializable, Suspend
 from .events import EventKind, Message
 from .jsonvalues import exact_json
 from .middleware import Level
 from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, Plan, StageNode, UndoEntry, undo
-from .records import Timing
+from .records import (
+    STEP_CANCELLED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_SUSPENDED,
+    StepNote,
+    Timing,
+    step_reason,
+)
 from .store import Store
 from .workflow import Stage, Workflow, check_action_name
 
@@ -98,7 +109,7 @@ class ActionContext:
         overlay = self._overlay
         if overlay is None:
             self._check_open("store")
-            overlay = self._overlay = self._run.store._overlay()
+            overlay = self._overlay = self._run.store.overlay()
         return overlay
 
     @property
@@ -352,7 +363,7 @@ class ActionContext:
         journal = self._journal
         if ok:
             if self._overlay is not None:
-                self._overlay._commit()
+                self._overlay.commit()
         elif journal:
             undo(self._run.plan, journal)
             journal = None
@@ -365,6 +376,74 @@ class ActionContext:
             f"<ActionContext run={self._run.run_id} stage={self._node.stage_node.id!r} "
             f"action={self._node.action.name!r}>"
         )
+
+
+def replay_plan_changes(run: RunState, node: ActionNode, ops: list[Op], durable: Durability) -> None:
+    """Re-apply the plan changes ``ops`` that ``node`` made in an earlier execution, without running it."""
+    ctx = ActionContext(run, node)
+    ctx._replaying = True
+    where = f"replaying action {node.action.name!r} of stage {node.stage_node.id!r}"
+    for op in ops:
+        kind = op["op"]
+        if kind == "action":
+            ctx.add_dynamic_action(durable.resolve(op["ref"], where))
+        elif kind == "stage":
+            stage = durable.stage_from_definition(op["stage"], where)
+            ctx._count_insertion()
+            ctx._insert_stage(stage, op["id"], min(op["at"], len(node.stage_node.inserted or ())))
+        elif kind in ("disable_stage", "enable_stage", "remove_stage"):
+            getattr(ctx.plan, kind)(op["id"])
+        elif kind in ("disable_action", "enable_action", "remove_action"):
+            getattr(ctx.plan, kind)(op["name"], op["stage_id"])
+        else:
+            getattr(ctx.plan, kind)(op["tag"])
+    ctx._finish(True)
+
+
+def commit_checkpoint(durable: Durability, node: ActionNode, ctx: ActionContext) -> Awaitable[None]:
+    """The checkpoint of an attempt that ended, before the run moves on.
+
+    Its store changes, plan changes and completion, in one transaction; also
+    for a bail, which keeps what the action wrote, in the database too.
+    """
+    return durable.commit_action(node, ctx._overlay, getattr(ctx, "_ops", None))
+
+
+def end_attempt(ctx: ActionContext, node: ActionNode, exc: BaseException) -> BaseException:
+    """Record how the attempt ended; the exception to go on with (``exc``, or what replaces it)."""
+    if isinstance(exc, Suspend) and (refused := suspend_data_error(ctx, exc.data)) is not None:
+        exc = refused  # an af.Suspend raised directly, with data the run cannot keep
+    if isinstance(exc, Bail):
+        ctx._finish(True)
+        node.status = STEP_COMPLETED
+        node.reason = step_reason(StepNote.BAILED, exc.reason)
+    elif isinstance(exc, Suspend):
+        ctx._finish(False)
+        node.status = STEP_SUSPENDED
+        node.reason = step_reason(StepNote.SUSPENDED, exc.reason)
+        if ctx._run.durable is not None:
+            ctx._run.durable.suspended_key = node.key
+    elif isinstance(exc, anyio.get_cancelled_exc_class()):
+        ctx._finish(False)
+        node.status = STEP_CANCELLED
+    else:
+        ctx._finish(False)
+        node.status = STEP_FAILED
+        node.error = exc
+    return exc
+
+
+async def sleep_durably(ctx: ActionContext, seconds: float) -> None:
+    """Wait ``seconds`` on the run's clock; in a durable run, until a wake-up time stored once.
+
+    After a restart the stored time stands: the action waits only for what is left.
+    """
+    run = ctx._run
+    if run.durable is None:
+        await run.clock.sleep(seconds)
+        return
+    wake_at = await run.durable.begin_sleep(ctx._node, seconds)
+    await sleep_until(run.clock, wake_at)
 
 
 def suspend_data_error(ctx: ActionContext, data: Any) -> NotSerializable | None:
@@ -428,6 +507,11 @@ class MiddlewareContext:
     def store(self) -> Store:
         """The run's store (writes are visible to the run at once)."""
         return self._run.store
+
+    @property
+    def clock(self) -> Clock:
+        """The run's clock (the runner's or the engine's: a FakeClock in tests)."""
+        return self._run.clock
 
     @property
     def plan(self) -> Plan:

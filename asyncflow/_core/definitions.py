@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from ..backoff import Exponential, Fixed
-from .actions import Action, FunctionAction
+from .actions import Action, FunctionAction, constructor_arguments
 from .errors import InvalidDefinition, NotReferenceable, UnknownReference
 from .jsonvalues import exact_json
 from .retry import Retry
@@ -192,7 +192,7 @@ class Registry:
     def stage_definition(self, stage: Stage, *, where: str = "") -> dict[str, Any]:
         """A JSON definition of ``stage`` (its actions as references)."""
         place = where or f"stage {stage.id!r}"
-        if stage._middleware or stage._action_middleware:
+        if stage.middleware or stage.action_middleware:
             raise NotReferenceable(
                 f"{place} has middleware (Stage.use / use_action), which a definition cannot carry; "
                 f"register middleware on the engine's runner or the workflow instead"
@@ -208,7 +208,7 @@ class Registry:
             "retry": _retry_definition(stage.retry, place),
             "actions": [
                 self.reference(action, where=f"action {index} of {place}")
-                for index, action in enumerate(stage._actions)
+                for index, action in enumerate(stage.actions)
             ],
         }
         if stage.isolation is not None:
@@ -252,7 +252,7 @@ class Registry:
             "tags": sorted(workflow.tags),
             "stages": [
                 self.stage_definition(stage, where=f"stage {stage.id!r} of workflow {workflow.id!r}")
-                for stage in workflow._stages
+                for stage in workflow.stages
             ],
         }
 
@@ -329,7 +329,7 @@ def _not_referenceable(action: Action, where: str, why: str) -> NotReferenceable
 
 
 def _with_params(ref: ActionRef, action: Action, where: str) -> ActionRef:
-    captured = action.__dict__.get("_af_params")
+    captured = constructor_arguments(action)
     if captured is None:
         return ref
     args, kwargs = captured

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import sys
@@ -57,7 +56,6 @@ from .errors import (
     InvalidDefinition,
     LeaseLost,
     NotReferenceable,
-    NotSerializable,
     RunFailed,
     RunStateError,
     UnknownRun,
@@ -65,10 +63,9 @@ from .errors import (
 )
 from .events import EventKind, RunEvent
 from .isolation.process import ProcessPool
-from .jsonvalues import exact_json
 from .records import RunResult, RunStatus, plan_rows
 from .runner import Runner
-from .serial import end_fields, initial_entries, restore_store, result_from_info, with_earlier_timings
+from .serial import codec_for, end_fields, result_from_info, with_earlier_timings
 from .state import RunState, new_run_id
 from .store import StoreData
 from .trouble import GivenBack, WriteTrouble
@@ -203,6 +200,8 @@ class Engine:
             raise ValueError(f"concurrency must be an int of at least 0, or None, got {concurrency!r}")
         self.concurrency = concurrency
         self.backend = open_backend(url)
+        #: how runs reach the backend: JSON for a database, live values in memory (see serial.Codec)
+        self.codec = codec_for(self.backend)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
         self.runner = runner if runner is not None else Runner(clock=self.clock)
         if process_pool is not None:
@@ -288,7 +287,7 @@ class Engine:
             raise InvalidDefinition(
                 f"another workflow is already registered with id {workflow.id!r} and a different definition"
             )
-        definition = self.registry.workflow_definition(workflow) if self.backend.persistent else None
+        definition = self.codec.definition(self.registry, workflow)
         self._workflows[workflow.id] = workflow
         if definition is not None:
             self._definitions[workflow.id] = definition
@@ -461,7 +460,7 @@ class Engine:
         if run_id is not None and run_id != "":  # ("" or None: a fresh id)
             _check_name(run_id, "run_id")
         workflow = self.register(workflow)
-        entries = initial_entries(dict(store or {}), self.backend.persistent)
+        entries = self.codec.initial_entries(dict(store or {}))
         version = await self._versions.save(workflow.id)  # (once, if registered since the engine opened)
         now = self.clock.now()
         here = self.concurrency != 0  # (0: for the workers to take)
@@ -482,8 +481,8 @@ class Engine:
         if idempotency_key is not None:
             request = request_fingerprint(
                 workflow.id,
-                [(e.key, json.loads(e.value) if self.backend.persistent else e.value) for e in entries],
-                self.backend.persistent,
+                [(e.key, self.codec.read(e.value)) for e in entries],
+                self.codec.requires_json,
             )
         info, created = await self.backend.create_run(info, entries)
         if created and here:
@@ -564,18 +563,25 @@ class Engine:
                             await self._release(info.run_id)
                     raise
             durability = active.durability = RunDurability(
-                self.backend, self.registry, self.clock, self.owner, saved, self._trouble, self.lease
+                self.backend,
+                self.registry,
+                self.clock,
+                self.owner,
+                saved,
+                self._trouble,
+                self.lease,
+                self.codec,
             )
             if self._draining:
                 durability.after_commit = self._stop_after_checkpoint
             run = active.run = RunState(
                 workflow,
                 info.run_id,
-                restore_store(saved.store, self.clock, self.backend.persistent),
+                self.codec.restore(saved.store, self.clock),
                 self.runner.max_insertions,
-                self.runner._hub,
+                self.runner.hub,
                 # Durable runs carry messages as JSON, like child processes.
-                self.runner.require_json or self.backend.persistent,
+                self.runner.require_json or self.codec.requires_json,
                 self.clock,
                 durability,
             )
@@ -585,7 +591,7 @@ class Engine:
                     if active.cancel_requested:
                         # Cancelled before it began (the scope is cancelled): not one action runs.
                         await anyio.lowlevel.checkpoint()
-                    result = await self.runner._run(run)
+                    result = await self.runner.execute(run)
                 except RunFailed as failure:
                     result = failure.result
                     if isinstance(failure.error, GivenBack):
@@ -729,13 +735,25 @@ class Engine:
     async def _maintain(self) -> None:
         """Heartbeats, take-overs and retention, every ``poll_interval``."""
         ticks = 0
+        beat_at = anyio.current_time()  # when the next heartbeat is due
         while True:
-            with anyio.move_on_after(self.poll_interval):
+            with anyio.move_on_after(max(beat_at + self.poll_interval - anyio.current_time(), 0)):
                 if self._wake is not None:
                     await self._wake.wait()
                     # (a burst of notices wakes the engine once)
                     await anyio.sleep(0.005)
             self._wake = anyio.Event()
+            if anyio.current_time() < beat_at + self.poll_interval:
+                # Woken by a notice (a run to take): only look for runs; heartbeats keep their pace.
+                try:
+                    if self.recover and not self._draining:
+                        await self._take_over()
+                except Exception as exc:
+                    logger.opt(exception=exc).error(
+                        "engine maintenance failed: {}: {}", type(exc).__name__, exc
+                    )
+                continue
+            beat_at = anyio.current_time()
             ticks += 1
             try:
                 running = [run_id for run_id, a in self._active.items() if not a.done.is_set()]
@@ -798,7 +816,7 @@ class Engine:
 
     async def _result_from_database(self, info: RunInfo) -> RunResult:
         saved = await self.backend.load(info.run_id)
-        store = restore_store(saved.store if saved is not None else [], self.clock, self.backend.persistent)
+        store = self.codec.restore(saved.store if saved is not None else [], self.clock)
         return result_from_info(info, store)
 
     async def get_run(self, run_id: str) -> RunInfo:
@@ -838,7 +856,7 @@ class Engine:
         saved = await self.backend.load(run_id) if _could_be_stored(run_id) else None
         if saved is None:
             raise UnknownRun(f"no run {run_id!r} in {self.backend.url}")
-        return restore_store(saved.store, self.clock, self.backend.persistent).snapshot()
+        return self.codec.restore(saved.store, self.clock).snapshot()
 
     def watch(self, run_id: str, *, after: str | None = None) -> AsyncIterator[RunEvent]:
         """The run's events, from any process, as they happen; it ends when the run ends or suspends.
@@ -972,14 +990,7 @@ class Engine:
             check_text(key, "resume key")
             if await self._resumed_with(run_id, key):
                 return RunHandle(self, run_id, self._active.get(run_id), created=False)
-        if self.backend.persistent:
-            try:
-                exact_json(data)
-            except (TypeError, ValueError) as exc:
-                raise NotSerializable(
-                    f"resume data for run {run_id!r} is not JSON-serialisable ({exc}); the backend "
-                    f"keeps it in a database until the run resumes (the run is unchanged)"
-                ) from None
+        self.codec.check_resume_data(run_id, data)
         info = await self.get_run(run_id)
         if info.status is not RunStatus.SUSPENDED:
             if key is not None and await self._resumed_with(run_id, key):

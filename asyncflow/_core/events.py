@@ -372,6 +372,10 @@ def event_data(event: Event) -> dict[str, Any]:
         data["attempt"] = event.attempt
     if event.reason is not None:
         data["reason"] = event.reason
+    if event.key is not None:
+        data["key"] = event.key
+    if event.parent_key is not None:
+        data["parent_key"] = event.parent_key
     return data
 
 
@@ -407,6 +411,8 @@ class RunEvent:
         attempt: the attempt number, for action events.
         reason: why a step was skipped.
         message: for ``MESSAGE``, the kind given to ``ctx.send``; ``payload`` its payload.
+        key, parent_key: an action's place in the plan, and for a dynamic step the
+            place of the action that inserted it (as in :class:`Event`).
     """
 
     cursor: str
@@ -424,6 +430,8 @@ class RunEvent:
     reason: str | None = None
     message: str | None = None
     payload: Any = None
+    key: str | None = None
+    parent_key: str | None = None
 
     @classmethod
     def from_data(cls, seq: int, run_id: str, workflow_id: str, data: dict[str, Any]) -> RunEvent:
@@ -444,6 +452,8 @@ class RunEvent:
             reason=data.get("reason"),
             message=data.get("message"),
             payload=data.get("payload"),
+            key=data.get("key"),
+            parent_key=data.get("parent_key"),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -46,18 +46,18 @@ def workflow_to_mermaid(workflow: Workflow) -> str:
     lines = ["flowchart TD"]
     previous: str | None = None
     edges: list[str] = []
-    for s_index, stage in enumerate(workflow._stages, start=1):
+    for s_index, stage in enumerate(workflow.stages, start=1):
         sid = f"s{s_index}"
         title = stage.id if stage.name == stage.id else f"{stage.name} ({stage.id})"
         if stage.concurrency > 1:
             title += f" · concurrency {stage.concurrency}"
         lines.append(f"    subgraph {sid}[{_label(title)}]")
         lines.append("        direction TB")
-        nodes = [f"{sid}a{a_index}" for a_index in range(1, len(stage._actions) + 1)]
+        nodes = [f"{sid}a{a_index}" for a_index in range(1, len(stage.actions) + 1)]
         if not nodes:
             nodes = [f"{sid}empty"]
             lines.append(f"        {nodes[0]}[{_label('(no actions)')}]")
-        for node, action in zip(nodes, stage._actions, strict=False):
+        for node, action in zip(nodes, stage.actions, strict=False):
             lines.append(f"        {node}[{_label(action.name)}]")
         if stage.concurrency == 1:
             lines.extend(f"        {a} --> {b}" for a, b in itertools.pairwise(nodes))

@@ -191,7 +191,7 @@ class StageNode:
         nodes = self._actions
         if nodes is None:
             nodes = self._actions = [
-                ActionNode(a, self, pos=index) for index, a in enumerate(self.stage._actions)
+                ActionNode(a, self, pos=index) for index, a in enumerate(self.stage.actions)
             ]
         return nodes
 
@@ -241,7 +241,7 @@ class PlanState:
 
     def __init__(self, workflow: Workflow, run_id: str, max_insertions: int) -> None:
         self.run_id = run_id
-        self.roots = [StageNode(stage, stage.id) for stage in workflow._stages]
+        self.roots = [StageNode(stage, stage.id) for stage in workflow.stages]
         self.by_id: dict[str, StageNode] = {node.id: node for node in self.roots}
         self.id_counts: dict[str, int] = {}
         self.insertions = 0

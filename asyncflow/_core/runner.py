@@ -106,7 +106,8 @@ class Runner:
         self.retry = check_retry(retry, "the runner")
         self.max_insertions = check_max_insertions(max_insertions)
         self.require_json = require_json
-        self._hub = Hub()
+        #: the listeners of this runner's runs (events and messages), shared with the engine's runs
+        self.hub = Hub()
         self._run_chain = compose(self.middleware, _entering) if self.middleware else None
         # Composed chains by innermost handler, then by middleware: built once, not per stage.
         self._chains: dict[Callable[[Middleware], Handler], dict[tuple[Middleware, ...], Chain]] = {
@@ -134,7 +135,7 @@ class Runner:
         with the message's context and counted in ``RunResult.message_errors``.
         Returns a function that unregisters the handler.
         """
-        return self._hub.on_message(
+        return self.hub.on_message(
             kind,
             handler,
             workflow_id=workflow_id,
@@ -150,7 +151,7 @@ class Runner:
         :meth:`subscribe` to consume events at your own pace). Returns a
         function that unregisters the handler.
         """
-        return self._hub.on_event(handler)
+        return self.hub.on_event(handler)
 
     def subscribe(
         self, *, buffer: int = 1_000, run_id: str | None = None
@@ -169,7 +170,7 @@ class Runner:
         kept before any other kind (see :class:`~asyncflow.EventStream`).
         ``run_id`` narrows the stream to one run.
         """
-        return self._hub.subscribe(buffer, run_id)
+        return self.hub.subscribe(buffer, run_id)
 
     # ---- running -------------------------------------------------------------------
 
@@ -204,18 +205,17 @@ class Runner:
             root = Store(clock=self.clock.now)
             if store is not None:
                 root.merge(store)
-        run = RunState(
-            workflow, run_id or new_run_id(), root, limit, self._hub, self.require_json, self.clock
-        )
-        return await self._run(run)
+        run = RunState(workflow, run_id or new_run_id(), root, limit, self.hub, self.require_json, self.clock)
+        return await self.execute(run)
 
-    async def _run(self, run: RunState) -> RunResult:
+    async def execute(self, run: RunState) -> RunResult:
+        """Run ``run`` (a run state made by the caller: the engine's entry point) to its end."""
         started = perf_counter()
-        hub = self._hub
+        hub = self.hub
         logger.debug("run {} of workflow {!r} started", run.run_id, run.workflow.id)
         if hub.listening:
             await hub.emit(run.event(EventKind.RUN_STARTED))
-        stage_mws = self.stage_middleware + run.workflow._middleware
+        stage_mws = self.stage_middleware + run.workflow.middleware
         if stage_mws:
             run.stage_chain = self._chain(stage_mws, _entering)
         status = RunStatus.COMPLETED
@@ -251,8 +251,8 @@ class Runner:
             with grace():
                 if run.interrupted:
                     logger.info("run {} was interrupted; it will be taken over", run.run_id)
-                    if self._hub.listening:
-                        await self._hub.emit(run.event(EventKind.RUN_INTERRUPTED, status="running"))
+                    if self.hub.listening:
+                        await self.hub.emit(run.event(EventKind.RUN_INTERRUPTED, status="running"))
                 else:
                     logger.info("run {} was cancelled", run.run_id)
                     await self._finished(run, result)
@@ -306,8 +306,8 @@ class Runner:
         return failure
 
     async def _finished(self, run: RunState, result: RunResult) -> None:
-        if self._hub.listening:
-            await self._hub.emit(
+        if self.hub.listening:
+            await self.hub.emit(
                 run.event(
                     EventKind.RUN_SUSPENDED
                     if result.status is RunStatus.SUSPENDED
@@ -442,7 +442,7 @@ class Runner:
                 run.store.merge(stage.initial)
             await durable.commit_stage(node, stage.initial)
         # Composed once per stage, not per action call.
-        action_mws = self.action_middleware + run.workflow._action_middleware + stage._action_middleware
+        action_mws = self.action_middleware + run.workflow.action_middleware + stage.action_middleware
         if action_mws:
             node.chain = self._chain(action_mws, attempting)
         node.retry = stage.retry or self.retry
@@ -457,8 +457,9 @@ class Runner:
     async def _stage_actions(self, run: RunState, node: StageNode) -> None:
         stage = node.stage
         try:
-            if stage._middleware:
-                chain = self._block_chains.get(stage._middleware) or self._chain(stage._middleware, _entering)
+            block_mws = stage.middleware
+            if block_mws:
+                chain = self._block_chains.get(block_mws) or self._chain(block_mws, _entering)
                 mctx = _entered("actions", run, node, self._actions)
                 await call_chain(chain, mctx, mctx._enter)
                 if not mctx._ran:

@@ -10,10 +10,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..backends.base import RunInfo, StoreEntry
+from ..backends.base import Backend, RunInfo, StoreEntry
+from .actions import Action
 from .clock import Clock
-from .errors import RecordedError
-from .jsonvalues import json_value_check
+from .definitions import Registry
+from .durable import Op
+from .errors import NotSerializable, RecordedError
+from .jsonvalues import exact_json, json_value_check
 from .records import (
     STEP_COLUMNS,
     RunResult,
@@ -26,52 +29,174 @@ from .records import (
     step_reason,
     step_rows,
 )
-from .store import Store, _Meta, typed_name
+from .store import Meta, Store, typed_name
+from .workflow import Stage, Workflow
 
 
-def initial_entries(values: Mapping[Any, Any], persistent: bool) -> list[StoreEntry]:
-    """The initial store of a run, keyed as a run's store is (``str`` or ``af.Key``, else TypeError)."""
-    named = [(typed_name(key, value), value) for key, value in values.items()]
-    if not persistent:
-        return [StoreEntry(key, value) for key, value in named]
-    return [StoreEntry(key, json_value_check(key, value)) for key, value in named]
+class Codec:
+    """How one engine's runs reach its backend and come back: the engine asks it, never its backend's kind.
+
+    Two codecs, one contract. :data:`JSON_CODEC` (every database) writes store
+    values, their properties and plan changes as JSON text, and actions a run
+    inserts as definitions its registry can re-create. :data:`LIVE_CODEC` (the
+    memory backend) hands the same records over with the values as they are,
+    so a memory run keeps the user's own objects (values that are not JSON,
+    actions that are closures). :func:`codec_for` picks one for a backend.
+    """
+
+    #: whether what a run keeps (store values, messages, suspend and resume data) must be JSON
+    requires_json: bool
+
+    def read(self, stored: Any) -> Any:
+        """A store value (or its properties) as the backend gave it back."""
+        raise NotImplementedError
+
+    def entry(self, key: str, value: Any, meta: Meta | None) -> StoreEntry:
+        """One store value (and its TTL, tags and properties) as the backend keeps it."""
+        raise NotImplementedError
+
+    def encode_ops(self, ops: list[Op]) -> Any:
+        """An action's plan changes as its checkpoint carries them."""
+        raise NotImplementedError
+
+    def decode_ops(self, stored: Any) -> list[Op]:
+        """An action's plan changes as its checkpoint gave them back."""
+        raise NotImplementedError
+
+    def reference(self, registry: Registry, action: Action, where: str) -> dict[str, Any]:
+        """What a checkpoint keeps of an action a run inserted (raises NotReferenceable)."""
+        raise NotImplementedError
+
+    def stage_definition(self, registry: Registry, stage: Stage, where: str) -> dict[str, Any]:
+        """What a checkpoint keeps of a stage a run inserted (raises NotReferenceable)."""
+        raise NotImplementedError
+
+    def definition(self, registry: Registry, workflow: Workflow) -> dict[str, Any] | None:
+        """The definition of a workflow registered with the engine, if the backend keeps versions."""
+        raise NotImplementedError
+
+    def initial_entries(self, values: Mapping[Any, Any]) -> list[StoreEntry]:
+        """The initial store of a run, keyed as a run's store is (``str`` or ``af.Key``, else TypeError)."""
+        return [self.entry(key, value, None) for key, value in _named(values)]
+
+    def restore(self, entries: list[StoreEntry], clock: Clock) -> Store:
+        """A run's store rebuilt from what the backend kept."""
+        store = Store(clock=clock.now)
+        read = self.read
+        for entry in entries:
+            meta = None
+            if entry.expires is not None or entry.tags or entry.properties:
+                props = read(entry.properties) if entry.properties else {}
+                meta = Meta(entry.expires, frozenset(entry.tags), dict(props))
+            store.load(entry.key, read(entry.value), meta)
+        if self.requires_json:
+            store.check_values(json_value_check)
+        return store
+
+    def check_resume_data(self, run_id: str, data: Any) -> None:
+        """Refuse resume ``data`` the backend cannot keep until the run resumes."""
+        if not self.requires_json:
+            return
+        try:
+            exact_json(data)
+        except (TypeError, ValueError) as exc:
+            raise NotSerializable(
+                f"resume data for run {run_id!r} is not JSON-serialisable ({exc}); the backend "
+                f"keeps it in a database until the run resumes (the run is unchanged)"
+            ) from None
+
+    def resolve(self, registry: Registry, ref: dict[str, Any], where: str) -> Action:
+        """The action a checkpoint's reference names."""
+        found = ref.get("object")
+        if isinstance(found, Action):
+            return found
+        return registry.resolve(ref, where=where)
+
+    def stage_from_definition(self, registry: Registry, definition: dict[str, Any], where: str) -> Stage:
+        """The stage a checkpoint's definition describes."""
+        found = definition.get("object")
+        if isinstance(found, Stage):
+            return found
+        return registry.stage_from_definition(definition, where=where)
 
 
-def store_entry(key: str, value: Any, meta: _Meta | None, persistent: bool) -> StoreEntry:
-    """One store value (and its TTL, tags and properties) as a backend keeps it."""
-    if meta is None and persistent:  # the common case, once per key an action writes
-        return StoreEntry(key, json_value_check(key, value))
-    if not persistent:
+class JsonCodec(Codec):
+    """Everything as JSON text and definitions: what every database keeps."""
+
+    requires_json = True
+
+    def read(self, stored: Any) -> Any:
+        return json.loads(stored)
+
+    def entry(self, key: str, value: Any, meta: Meta | None) -> StoreEntry:
+        if meta is None:  # the common case, once per key an action writes
+            return StoreEntry(key, json_value_check(key, value))
         return StoreEntry(
             key,
-            value,
-            meta.expires if meta else None,
-            tuple(meta.tags) if meta else (),
-            meta.properties if meta else None,
+            json_value_check(key, value),
+            meta.expires,
+            tuple(sorted(meta.tags)),
+            json.dumps(meta.properties) if meta.properties else None,
         )
-    return StoreEntry(
-        key,
-        json_value_check(key, value),
-        meta.expires if meta is not None else None,
-        tuple(sorted(meta.tags)) if meta is not None else (),
-        json.dumps(meta.properties) if meta is not None and meta.properties else None,
-    )
+
+    def encode_ops(self, ops: list[Op]) -> Any:
+        return json.dumps(ops)
+
+    def decode_ops(self, stored: Any) -> list[Op]:
+        ops: list[Op] = json.loads(stored)
+        return ops
+
+    def reference(self, registry: Registry, action: Action, where: str) -> dict[str, Any]:
+        return registry.reference(action, where=where)
+
+    def stage_definition(self, registry: Registry, stage: Stage, where: str) -> dict[str, Any]:
+        return registry.stage_definition(stage, where=where)
+
+    def definition(self, registry: Registry, workflow: Workflow) -> dict[str, Any] | None:
+        return registry.workflow_definition(workflow)
 
 
-def restore_store(entries: list[StoreEntry], clock: Clock, persistent: bool) -> Store:
-    """A run's store rebuilt from what the backend kept (values checked as JSON on write, if persistent)."""
-    store = Store(clock=clock.now)
-    for entry in entries:
-        value = json.loads(entry.value) if persistent else entry.value
-        store._values[entry.key] = value
-        if entry.expires is not None or entry.tags or entry.properties:
-            props = (
-                json.loads(entry.properties) if persistent and entry.properties else (entry.properties or {})
-            )
-            store._meta[entry.key] = _Meta(entry.expires, frozenset(entry.tags), dict(props))
-    if persistent:
-        store._check = json_value_check
-    return store
+class LiveCodec(Codec):
+    """The same records with the user's own objects as they are: the memory backend's."""
+
+    requires_json = False
+
+    def read(self, stored: Any) -> Any:
+        return stored
+
+    def entry(self, key: str, value: Any, meta: Meta | None) -> StoreEntry:
+        if meta is None:
+            return StoreEntry(key, value)
+        return StoreEntry(key, value, meta.expires, tuple(meta.tags), meta.properties)
+
+    def encode_ops(self, ops: list[Op]) -> Any:
+        return list(ops)
+
+    def decode_ops(self, stored: Any) -> list[Op]:
+        ops: list[Op] = stored
+        return ops
+
+    def reference(self, registry: Registry, action: Action, where: str) -> dict[str, Any]:
+        return {"object": action}
+
+    def stage_definition(self, registry: Registry, stage: Stage, where: str) -> dict[str, Any]:
+        return {"object": stage}
+
+    def definition(self, registry: Registry, workflow: Workflow) -> dict[str, Any] | None:
+        return None  # (the memory backend keeps no versions: nothing outlives the process)
+
+
+JSON_CODEC = JsonCodec()
+LIVE_CODEC = LiveCodec()
+
+
+def codec_for(backend: Backend) -> Codec:
+    """The codec of ``backend``: live values for a backend that keeps them in this process, else JSON."""
+    return JSON_CODEC if backend.persistent else LIVE_CODEC
+
+
+def _named(values: Mapping[Any, Any]) -> list[tuple[str, Any]]:
+    return [(typed_name(key, value), value) for key, value in values.items()]
 
 
 def end_fields(info: RunInfo, result: RunResult, suspended_key: str | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .actions import Action
-from .clock import sleep_until
+from .context import sleep_durably
 
 if TYPE_CHECKING:
     from .context import ActionContext
@@ -35,12 +35,7 @@ class Sleep(Action):
 
     async def execute(self, ctx: ActionContext) -> None:
         """Wait until the wake-up time."""
-        run = ctx._run
-        if run.durable is None:
-            await run.clock.sleep(self.seconds)
-            return
-        wake_at = await run.durable.begin_sleep(ctx._node, self.seconds)
-        await sleep_until(run.clock, wake_at)
+        await sleep_durably(ctx, self.seconds)
 
     def __repr__(self) -> str:
         return f"<Sleep {self.seconds:g}s>"

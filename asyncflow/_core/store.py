@@ -62,8 +62,8 @@ class Key(Generic[T]):
 StoreData = Mapping[str, Any] | Mapping["Key[Any]", Any] | Mapping["str | Key[Any]", Any]
 
 
-class _Meta:
-    """TTL and metadata of one entry; only entries that have some carry one."""
+class Meta:
+    """TTL and metadata of one entry; only entries that have some carry one (internal)."""
 
     __slots__ = ("expires", "properties", "tags")
 
@@ -74,6 +74,7 @@ class _Meta:
 
 
 _MISSING: Any = object()
+_NO_KEYS: set[str] = set()  # (never changed: the deletes of an overlay that deleted nothing)
 
 
 def typed_name(key: object, value: Any) -> str:
@@ -126,7 +127,7 @@ class Store:
         clock: Now = time.time,
     ) -> None:
         self._values: dict[str, Any] = {}
-        self._meta: dict[str, _Meta] = {}
+        self._meta: dict[str, Meta] = {}
         self._parent: Store | None = None
         self._deleted: set[str] | None = None
         self._clock = clock
@@ -137,8 +138,8 @@ class Store:
 
     # ---- overlays ---------------------------------------------------------
 
-    def _overlay(self) -> Store:
-        """A child store whose writes stay private until :meth:`_commit`."""
+    def overlay(self) -> Store:
+        """A child store whose writes stay private until :meth:`commit` (an action's view; internal)."""
         child = Store.__new__(Store)
         child._values = {}
         child._meta = {}
@@ -148,8 +149,8 @@ class Store:
         child._check = self._check
         return child
 
-    def _commit(self) -> None:
-        """Apply this overlay's writes and deletes to its parent, atomically."""
+    def commit(self) -> None:
+        """Apply this overlay's writes and deletes to its parent, atomically (internal)."""
         parent = self._parent
         assert parent is not None
         if self._deleted:
@@ -167,6 +168,24 @@ class Store:
         self._meta = {}
         self._deleted = set()
 
+    def changes(self) -> tuple[set[str], dict[str, Any], dict[str, Meta]]:
+        """This overlay's deleted keys, written values and their metadata, as they stand (internal).
+
+        What a durable run checkpoints when the action completes; the
+        collections are the overlay's own: read them, do not change them.
+        """
+        return self._deleted or _NO_KEYS, self._values, self._meta
+
+    def load(self, key: str, value: Any, meta: Meta | None) -> None:
+        """Put back an entry as a backend kept it: no type or value check, no new TTL (internal)."""
+        self._values[key] = value
+        if meta is not None:
+            self._meta[key] = meta
+
+    def check_values(self, check: ValueCheck) -> None:
+        """Check every value written from now on with ``check`` (durable runs: that it is JSON; internal)."""
+        self._check = check
+
     def _drop(self, key: str) -> None:
         self._values.pop(key, None)
         self._meta.pop(key, None)
@@ -175,7 +194,7 @@ class Store:
 
     # ---- lookup -----------------------------------------------------------
 
-    def _lookup(self, key: str) -> tuple[Any, _Meta | None]:
+    def _lookup(self, key: str) -> tuple[Any, Meta | None]:
         """The live value of ``key`` and its metadata; raise MissingKey if absent/expired."""
         store: Store | None = self
         while store is not None:
@@ -190,7 +209,7 @@ class Store:
             store = store._parent
         raise MissingKey(key)
 
-    def _live_items(self) -> Iterator[tuple[str, Any, _Meta | None]]:
+    def _live_items(self) -> Iterator[tuple[str, Any, Meta | None]]:
         """Every live entry as (key, value, meta), in first-insertion order."""
         chain: list[Store] = []
         store: Store | None = self
@@ -236,7 +255,7 @@ class Store:
             properties: name/value pairs to find the entry by.
         """
         name = typed_name(key, value)
-        meta: _Meta | None = None
+        meta: Meta | None = None
         if ttl is not None or tags or properties:
             if isinstance(tags, str):
                 raise TypeError(
@@ -247,7 +266,7 @@ class Store:
                 if not isinstance(tag, str):
                     raise TypeError(f"tags of store key {name!r} must be strings, got {tag!r}")
             expires = self._clock() + _ttl_seconds(ttl, name) if ttl is not None else None
-            meta = _Meta(expires, frozen, dict(properties or {}))
+            meta = Meta(expires, frozen, dict(properties or {}))
         if self._check is not None:
             if properties:
                 self._check(f"{name} (its properties)", dict(properties))
@@ -378,7 +397,7 @@ class Store:
         for key, value, meta in self._live_items():
             copy._values[key] = value
             if meta is not None:
-                copy._meta[key] = _Meta(meta.expires, meta.tags, dict(meta.properties))
+                copy._meta[key] = Meta(meta.expires, meta.tags, dict(meta.properties))
         return copy
 
     def merge(
@@ -412,7 +431,7 @@ class Store:
                 self._check(key, value)
             self._values[key] = value
             if meta is not None:
-                self._meta[key] = _Meta(meta.expires, meta.tags, dict(meta.properties))
+                self._meta[key] = Meta(meta.expires, meta.tags, dict(meta.properties))
             else:
                 self._meta.pop(key, None)
 

@@ -24,7 +24,7 @@ import attrs
 from loguru import logger
 
 from ..backends.base import Backend, RunInfo, SavedRun, WorkflowVersion, shape_key
-from .actions import Action, FunctionAction
+from .actions import Action, FunctionAction, constructor_arguments
 from .clock import Clock
 from .definitions import Registry
 from .jsonvalues import exact_json
@@ -35,7 +35,7 @@ Shape = list[Any]  # [[stage_id, [entry, ...]], ...]; an entry is a name or [nam
 
 def workflow_shape(workflow: Workflow) -> Shape:
     """The actions of ``workflow`` in their places: ``[[stage_id, [entry, ...]], ...]``."""
-    shape = [[stage.id, [_entry(action) for action in stage._actions]] for stage in workflow._stages]
+    shape = [[stage.id, [_entry(action) for action in stage.actions]] for stage in workflow.stages]
     loaded: Shape = json.loads(json.dumps(shape))  # as it reads back from a database (tuples as lists)
     return loaded
 
@@ -140,7 +140,7 @@ def _entry(action: Action) -> Any:
     # action is given by its name alone.
     if isinstance(action, FunctionAction):
         return action.name
-    captured = getattr(action, "__dict__", {}).get("_af_params")
+    captured = constructor_arguments(action)
     if captured is None:
         return action.name
     args, kwargs = captured

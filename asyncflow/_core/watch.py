@@ -114,13 +114,13 @@ class EventLog:
             else:
                 batch = self._pending.pop(run_id, None)
                 batches = {run_id: batch} if batch else {}
-            items = list(batches.items())
-            for index, (rid, events) in enumerate(items):
+            if batches:
                 try:
-                    await self.backend.append_events(rid, events)
+                    await self.backend.append_events_of_runs(batches)
                 except BaseException:
-                    # Kept for the next flush, before what the runs added meanwhile.
-                    for kept_rid, kept in items[index:]:
+                    # Kept for the next flush, before what the runs added meanwhile (the
+                    # backend wrote all of them or none).
+                    for kept_rid, kept in batches.items():
                         self._pending[kept_rid] = kept + self._pending.get(kept_rid, [])
                     raise
         for rid in batches:

@@ -144,6 +144,16 @@ class Stage:
         """The stage's actions, in order."""
         return tuple(self._actions)
 
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The middleware around this stage's block of actions (``use``), outermost first."""
+        return self._middleware
+
+    @property
+    def action_middleware(self) -> tuple[Middleware, ...]:
+        """The middleware around each action of this stage (``use_action``), outermost first."""
+        return self._action_middleware
+
     def add_action(self, action: Action) -> Stage:
         """Append ``action`` to the stage and return the stage (for chaining)."""
         where = f"action added to stage {self.id!r}"
@@ -197,6 +207,16 @@ class Workflow:
     def stages(self) -> tuple[Stage, ...]:
         """The workflow's stages, in order."""
         return tuple(self._stages)
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The middleware around each stage of this workflow (``use``), outermost first."""
+        return self._middleware
+
+    @property
+    def action_middleware(self) -> tuple[Middleware, ...]:
+        """The middleware around each action of this workflow (``use_action``), outermost first."""
+        return self._action_middleware
 
     def add_stage(self, stage: Stage) -> Workflow:
         """Append ``stage`` and return the workflow (for chaining).

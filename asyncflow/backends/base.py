@@ -422,6 +422,15 @@ class Backend(ABC):
         """
         return None
 
+    async def append_events_of_runs(self, events: Mapping[str, Sequence[dict[str, Any]]]) -> None:
+        """:meth:`append_events` for several runs at once (run id -> its events).
+
+        By default one run after another; a backend whose every commit costs a
+        round trip (PostgreSQL) writes them all in one.
+        """
+        for run_id, run_events in events.items():
+            await self.append_events(run_id, run_events)
+
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int = 1000
     ) -> list[tuple[int, dict[str, Any]]]:

@@ -104,6 +104,8 @@ class Instrumentation:
             "asyncflow.action.duration", unit="s", description="How long actions took, retries included."
         )
         self._runs: dict[str, _RunSpans] = {}
+        # The attributes of each (workflow, action)'s measurements, made once.
+        self._measured: dict[tuple[str, str], dict[str, str]] = {}
         self._unregister: Callable[[], None] | None = runner.on_event(self._on_event)
 
     def uninstrument(self) -> None:
@@ -201,10 +203,14 @@ class Instrumentation:
         spans = self._runs.get(event.run_id)
         self._step_finished(spans, event, stage=False)
         if event.duration is not None:
-            self._duration.record(
-                event.duration,
-                {"asyncflow.workflow_id": event.workflow_id, "asyncflow.action": event.action_name or ""},
-            )
+            which = (event.workflow_id, event.action_name or "")
+            attributes = self._measured.get(which)
+            if attributes is None:
+                attributes = self._measured[which] = {
+                    "asyncflow.workflow_id": which[0],
+                    "asyncflow.action": which[1],
+                }
+            self._duration.record(event.duration, attributes)
 
     def _step_finished(self, spans: _RunSpans | None, event: Event, *, stage: bool) -> None:
         if spans is None:
@@ -216,10 +222,10 @@ class Instrumentation:
         self._end(span, event)
 
     def _end(self, span: Span, event: Event) -> None:
-        if event.status is not None:
-            span.set_attribute("asyncflow.status", event.status)
         if event.attempt is not None:
-            span.set_attribute("asyncflow.attempt", event.attempt)
+            span.set_attributes({"asyncflow.status": event.status or "", "asyncflow.attempt": event.attempt})
+        elif event.status is not None:
+            span.set_attribute("asyncflow.status", event.status)
         error = event.error
         if error is not None:
             span.record_exception(error, timestamp=int(event.at * _NS))

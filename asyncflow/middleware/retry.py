@@ -55,7 +55,7 @@ def retry(
                     exc,
                     delay,
                 )
-                await ctx._run.clock.sleep(delay)  # the run's clock: FakeClock in tests
+                await ctx.clock.sleep(delay)  # the run's clock: FakeClock in tests
                 attempt += 1
 
     return retry_action

@@ -42,7 +42,7 @@ from ..jsonvalues import exact_json, json_value_check
 from ..plan import ActionNode, StageNode
 from ..records import STEP_COMPLETED, STEP_FAILED, STEP_RUNNING, StepStatus
 from ..state import RunState
-from ..store import Store, _Meta
+from ..store import Meta, Store
 from ..workflow import Stage, Workflow
 from .frames import FrameBuffer, encode
 
@@ -176,11 +176,10 @@ class _Session:
         info = frame["workflow"]
         workflow = Workflow(info["id"], name=info["name"], stages=[stage])
         store = Store(clock=time.time)
-        store._check = json_value_check
+        store.check_values(json_value_check)
         for row in frame["store"]:
-            store._values[row[0]] = row[1]
-            if len(row) > 2:
-                store._meta[row[0]] = _Meta(row[2], frozenset(row[3]), dict(row[4] or {}))
+            meta = Meta(row[2], frozenset(row[3]), dict(row[4] or {})) if len(row) > 2 else None
+            store.load(row[0], row[1], meta)
         hub = Hub()  # nobody listens here: messages go to the parent (see _ChildContext.send)
         self.durable = _ChildDurability()
         self.run = run = RunState(
@@ -308,12 +307,12 @@ def _changes(ctx: ActionContext, reply: dict[str, Any]) -> dict[str, Any]:
     """``reply`` with the store writes and plan changes of the action of ``ctx``."""
     overlay = ctx._overlay
     if overlay is not None:
-        if overlay._deleted:
-            reply["deletes"] = list(overlay._deleted)
-        if overlay._values:
-            meta = overlay._meta
+        deleted, values, meta = overlay.changes()
+        if deleted:
+            reply["deletes"] = list(deleted)
+        if values:
             rows: list[list[Any]] = []
-            for key, value in overlay._values.items():
+            for key, value in values.items():
                 entry = meta.get(key)
                 if entry is None:
                     rows.append([key, value])

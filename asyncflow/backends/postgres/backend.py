@@ -30,7 +30,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -66,6 +66,8 @@ _SELECT_RUN = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
 _CLAIMABLE = ("pending", "running", "sleeping")
 _FINISHED = tuple(s.value for s in RunStatus if s.finished)
 _LEFT_OPEN = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SLEEPING})
+# Seconds an engine whose session came back holds back from the runs of engines that look dead.
+_SETTLE = 3.0
 
 #: A notice handler: ``(kind, run_id)``, kind ``"work"`` (a run may be claimed) or ``"cancel"``.
 Notice = Callable[[str, "str | None"], None]
@@ -138,6 +140,14 @@ def _value(name: str, value: Any) -> Any:
     return value
 
 
+async def _keep_session(conn: Any) -> None:
+    """A pool connection goes back as it is: asyncflow leaves no session state on one.
+
+    (asyncpg's default reset, a round trip on every release, would double the
+    cost of a checkpoint.)
+    """
+
+
 def _lease_lost(cp: Checkpoint) -> LeaseLost:
     return LeaseLost(f"run {cp.run_id!r} is no longer owned by engine {cp.owner!r}")
 
@@ -152,10 +162,15 @@ class PostgresBackend(Backend):
             ``?pool_size=`` (connections per engine, default 10).
         reconnect_timeout: seconds a call waits for a lost server to come back
             (retrying with back-off) before it fails.
-        max_batches: group-commit batches in flight at once.
+        max_batches: group-commit batches in flight at once (one by default: the
+            checkpoints that wait for it meanwhile make the next batch larger, and
+            fewer, larger commits win where a commit waits for the disk; see
+            benchmarks/README.md).
     """
 
-    def __init__(self, url: str, *, reconnect_timeout: float = 60.0, max_batches: int = 3) -> None:
+    keeps_events = True
+
+    def __init__(self, url: str, *, reconnect_timeout: float = 60.0, max_batches: int = 1) -> None:
         self._url = parse_url(url)
         self.url = redact(url)
         self.schema = self._url.schema
@@ -179,6 +194,7 @@ class PostgresBackend(Backend):
         self._outage = False
         self._closing = False
         self.session_liveness = self._url.pooler == "session"
+        self._settled_at = 0.0  # (monotonic) runs of engines whose session died are claimed from then on
         #: group commits written so far (each one statement, or two with a run's status)
         self.batches = 0
 
@@ -200,7 +216,9 @@ class PostgresBackend(Backend):
         finally:
             await conn.close()
         try:
-            self._pool = await asyncpg.create_pool(min_size=2, max_size=self._url.pool_size, **kwargs)
+            self._pool = await asyncpg.create_pool(
+                min_size=2, max_size=self._url.pool_size, reset=_keep_session, **kwargs
+            )
             await self._open_session()
         except BackendError:
             await self.aclose()
@@ -242,8 +260,12 @@ class PostgresBackend(Backend):
                 await self._open_session()
             except Exception:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 0.5)
                 continue
+            # After a server restart every engine's session is new: each holds back from the runs
+            # of engines that look dead for a while, so that they have their sessions back too and
+            # no run changes hands for nothing (leases still expire as ever).
+            self._settled_at = time.monotonic() + _SETTLE
             logger.info("the session to PostgreSQL at {} is back", self._url.where)
             if self._notice is not None:
                 self._notice("work", None)  # (notices may have been lost meanwhile)
@@ -702,13 +724,15 @@ class PostgresBackend(Backend):
             only += (
                 f" AND (r.workflow_version IS NULL OR NOT r.workflow_version = ANY(${len(params)}::text[]))"
             )
+        settled = self._session is not None and time.monotonic() >= self._settled_at
+        dead = "OR r.owner IN (SELECT owner FROM dead)" if settled else ""
         sql = f"""
             WITH dead AS MATERIALIZED ({self._dead_owners}),
             free AS (
                 SELECT r.run_no FROM runs r
                 WHERE r.status IN ('pending', 'running', 'sleeping')
                   AND (r.owner IS NULL OR r.lease_until IS NULL OR r.lease_until < $3
-                       OR r.owner IN (SELECT owner FROM dead)) {only}
+                       {dead}) {only}
                 ORDER BY r.created_at, r.run_no
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
@@ -795,23 +819,41 @@ class PostgresBackend(Backend):
 
     async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
         """Add the events to the end of the run's log, numbered on from its last, in one transaction."""
-        texts = [json.dumps(data) for data in events]
+        await self.append_events_of_runs({run_id: events})
+
+    async def append_events_of_runs(self, events: Mapping[str, Sequence[dict[str, Any]]]) -> None:
+        """The events of several runs, each at the end of its run's log, in one transaction (one commit)."""
+        run_ids: list[str] = []
+        numbers: list[int] = []
+        texts: list[str] = []
+        for run_id, run_events in events.items():
+            for n, data in enumerate(run_events, 1):
+                run_ids.append(run_id)
+                numbers.append(n)
+                texts.append(json.dumps(data))
         if not texts:
             return
+        runs = sorted(set(run_ids))
 
         async def append(conn: Any) -> None:
             async with conn.transaction():
-                # Appenders of one run (the engine running it, another resuming it) take turns.
+                # Appenders of one run (the engine running it, another resuming it) take turns;
+                # the locks are taken in one order, so two batches never wait for each other.
                 await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))", run_id, self._space
+                    "SELECT pg_advisory_xact_lock(k) FROM "
+                    "(SELECT DISTINCT hashtextextended(x, $2) AS k FROM unnest($1::text[]) AS x "
+                    "ORDER BY k) AS l",
+                    runs,
+                    self._space,
                 )
                 await conn.execute(
                     "INSERT INTO run_events (run_no, seq, data) "
                     "SELECT r.run_no, v.n + COALESCE("
                     "(SELECT max(e.seq) FROM run_events e WHERE e.run_no = r.run_no), 0), v.data "
-                    "FROM runs r, unnest($2::text[]) WITH ORDINALITY AS v(data, n) "
-                    "WHERE r.run_id = $1",
-                    run_id,
+                    "FROM unnest($1::text[], $2::int[], $3::text[]) AS v(run_id, n, data) "
+                    "JOIN runs r ON r.run_id = v.run_id",
+                    run_ids,
+                    numbers,
                     texts,
                 )
 
