@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 import anyio
 import asyncpg
 import pytest
+from helpers import eventually
 
 import asyncflow as af
 from asyncflow.backends import Checkpoint, RunInfo
@@ -32,6 +34,10 @@ def _info(run_id: str, *, owner: str | None = None, now: float = 1000.0) -> RunI
         owner=owner,
         lease_until=None if owner is None else now + 30,
     )
+
+
+def _schema(url: str) -> str:
+    return url.split("schema=")[1].split("&")[0]
 
 
 @pytest.fixture
@@ -234,6 +240,72 @@ async def test_the_fencing_token_refuses_a_stale_claim_of_the_same_owner(postgre
             await old.checkpoint(Checkpoint("r1", "same", "s/0", "action", seq=1))
         assert not await old.update_run("r1", holder="same", now=1003.0, error="stale")
         await new.checkpoint(Checkpoint("r1", "same", "s/0", "action", seq=1))
+
+
+async def test_a_heartbeat_crossing_a_new_claim_of_the_run_does_not_lose_it(
+    backend: PostgresBackend, postgres_server: str, postgres_url: str
+) -> None:
+    """A heartbeat sent before the engine claimed the run again does not drop the new claim's token."""
+    for run_id in ("r1", "r2"):
+        await backend.create_run(_info(run_id), [])
+    await backend.claim("a", now=1000.0, lease_until=1030.0, limit=2)
+    await backend.update_run("r1", holder="a", now=1001.0, owner=None, lease_until=None)  # (suspended, say)
+    blocker = await asyncpg.connect(postgres_server)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        # (the beat waits for r2's row, so that it returns after the claim below)
+        await blocker.execute(
+            f"SELECT 1 FROM \"{_schema(postgres_url)}\".runs WHERE run_id = 'r2' FOR UPDATE"
+        )
+        beat = asyncio.ensure_future(backend.heartbeat("a", ["r1", "r2"], now=1002.0, lease_until=1032.0))
+        await asyncio.sleep(0)  # (the beat is on its way, without a token for r1)
+        assert [i.run_id for i in await backend.claim("a", now=1002.0, lease_until=1032.0, limit=1)] == ["r1"]
+        await transaction.commit()
+        with anyio.fail_after(10):
+            assert await beat == set()
+    finally:
+        await blocker.close()
+    await backend.checkpoint(Checkpoint("r1", "a", "s/0", "action", seq=1))
+
+
+async def test_a_checkpoint_in_flight_survives_its_engine_claiming_the_run_again(
+    backend: PostgresBackend, postgres_server: str, postgres_url: str
+) -> None:
+    """An engine that claims again its own run (its lease ran out) keeps its token: writes in flight go in."""
+    await backend.create_run(_info("r1"), [])
+    await backend.claim("a", now=1000.0, lease_until=1001.0, limit=1)
+    blocker = await asyncpg.connect(postgres_server)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute(f'LOCK TABLE "{_schema(postgres_url)}".checkpoints IN ACCESS EXCLUSIVE MODE')
+        before = backend.batches
+        write = asyncio.ensure_future(backend.checkpoint(Checkpoint("r1", "a", "s/0", "action", seq=1)))
+        await eventually(lambda: backend.batches > before, within=10)  # (its token taken, it waits)
+        claimed = await backend.claim("a", now=1002.0, lease_until=1030.0, limit=1)
+        assert [i.run_id for i in claimed] == ["r1"]
+        await transaction.commit()
+        with anyio.fail_after(10):
+            await write
+    finally:
+        await blocker.close()
+    await backend.checkpoint(Checkpoint("r1", "a", "s/1", "action", seq=2))
+    saved = await backend.load("r1")
+    assert saved is not None
+    assert [cp.step_key for cp in saved.checkpoints] == ["s/0", "s/1"]
+
+
+async def test_engines_sharing_a_backend_keep_their_tokens_apart(backend: PostgresBackend) -> None:
+    """When one engine of a shared backend loses a run to another, the new holder's writes go in."""
+    await backend.create_run(_info("r1"), [])
+    await backend.claim("a", now=1000.0, lease_until=1001.0, limit=1)
+    assert [i.run_id for i in await backend.claim("b", now=1002.0, lease_until=1030.0, limit=1)] == ["r1"]
+    assert await backend.heartbeat("a", ["r1"], now=1003.0, lease_until=1033.0) == {"r1"}
+    with pytest.raises(af.LeaseLost):
+        await backend.checkpoint(Checkpoint("r1", "a", "s/0", "action", seq=1))
+    await backend.checkpoint(Checkpoint("r1", "b", "s/0", "action", seq=1))
+    assert await backend.update_run("r1", holder="b", now=1004.0, error="b's")
 
 
 async def test_concurrent_checkpoints_share_round_trips(backend: PostgresBackend) -> None:

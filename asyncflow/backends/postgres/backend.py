@@ -2,7 +2,9 @@
 
 Runs are divided among engines by claims: ``FOR UPDATE SKIP LOCKED``, oldest
 first, each with a lease that the engine renews and a fencing token
-(``runs.fence``) that every claim increments. Every write an engine makes
+(``runs.fence``) that every claim by a new holder increments (an engine that
+claims again a run it still holds, its lease having run out, keeps its token,
+so that its writes in flight stay valid). Every write an engine makes
 for a run checks, in the same statement, that the run's owner and token are
 still its own: an engine whose run was taken over has its checkpoint
 refused (:class:`~asyncflow.LeaseLost`) and stops the run.
@@ -182,7 +184,9 @@ class PostgresBackend(Backend):
         self._lock_key: int | None = None
         self._registered: set[str] = set()
         self._register_lock: asyncio.Lock | None = None
-        self._fences: dict[str, int] = {}
+        # The fencing token of each run this backend holds, by (owner, run id): engines that
+        # share a backend keep apart (one losing a run never forgets another's token).
+        self._fences: dict[tuple[str, str], int] = {}
         self._pending: list[tuple[Checkpoint, asyncio.Future[None]]] = []
         self._writers = 0
         self._scheduled = False
@@ -421,7 +425,7 @@ class PostgresBackend(Backend):
 
         result = await self._call(create)
         if result[1] and info.owner is not None:
-            self._fences[info.run_id] = fence
+            self._fences[(info.owner, info.run_id)] = fence
         return result
 
     async def get_run(self, run_id: str) -> RunInfo | None:
@@ -544,7 +548,7 @@ class PostgresBackend(Backend):
         columns: list[list[Any]] = [[] for _ in range(10)]
         status_rows: list[tuple[str, str | None, float | None, str, int]] = []
         for cp in cps:
-            fence = fences.get(cp.run_id, -1)
+            fence = fences.get((cp.owner, cp.run_id), -1)
             for column, value in zip(
                 columns,
                 (
@@ -605,7 +609,7 @@ class PostgresBackend(Backend):
 
     def _written_check(self, cp: Checkpoint) -> Callable[[Any], Awaitable[Any]]:
         """A call: whether ``cp`` is in the database and its engine still owns the run."""
-        fence = self._fences.get(cp.run_id, -1)
+        fence = self._fences.get((cp.owner, cp.run_id), -1)
 
         async def check(conn: Any) -> Any:
             return await conn.fetchval(_WRITTEN_SQL, cp.run_id, cp.seq, cp.owner, fence)
@@ -669,7 +673,7 @@ class PostgresBackend(Backend):
         if holder is not None:
             params.append(holder)
             where.append(f"owner = ${len(params)}")
-            fence = self._fences.get(run_id)
+            fence = self._fences.get((holder, run_id))
             if fence is not None:
                 params.append(fence)
                 where.append(f"fence = ${len(params)}")
@@ -693,8 +697,8 @@ class PostgresBackend(Backend):
                 return True
 
         updated = await self._call(update)
-        if updated and "owner" in fields and fields["owner"] != holder:
-            self._fences.pop(run_id, None)
+        if updated and "owner" in fields and fields["owner"] != holder and holder is not None:
+            self._fences.pop((holder, run_id), None)
         return updated
 
     async def claim(
@@ -710,10 +714,12 @@ class PostgresBackend(Backend):
         """Take free runs, oldest first: pending, expired, or held by an engine whose session died.
 
         ``FOR UPDATE SKIP LOCKED``: engines claiming at once take different runs
-        without waiting for each other. Each claim increments the run's fencing token.
+        without waiting for each other. Each claim increments the run's fencing token,
+        unless ``owner`` holds the run already with the token this backend has for it.
         """
         await self._register(owner)
-        params: list[Any] = [owner, lease_until, now, limit]
+        held = [(run, fence) for (holder, run), fence in self._fences.items() if holder == owner]
+        params: list[Any] = [owner, lease_until, now, limit, [r for r, _ in held], [f for _, f in held]]
         only = ""
         if run_id is not None:
             params.append(run_id)
@@ -737,7 +743,9 @@ class PostgresBackend(Backend):
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
             )
-            UPDATE runs SET owner = $1, lease_until = $2, updated_at = $3, fence = runs.fence + 1,
+            UPDATE runs SET owner = $1, lease_until = $2, updated_at = $3,
+                fence = CASE WHEN runs.owner = $1 AND (runs.run_id, runs.fence) IN (
+                    SELECT * FROM unnest($5::text[], $6::bigint[])) THEN runs.fence ELSE runs.fence + 1 END,
                 status = CASE runs.status WHEN 'sleeping' THEN 'sleeping' ELSE 'running' END
             FROM free WHERE runs.run_no = free.run_no
             RETURNING runs.fence, {", ".join(f"runs.{c}" for c in _RUN_COLUMNS)}
@@ -751,7 +759,7 @@ class PostgresBackend(Backend):
         rows.sort(key=lambda row: (row["created_at"], row["run_id"]))
         infos = []
         for row in rows:
-            self._fences[row["run_id"]] = row["fence"]
+            self._fences[(owner, row["run_id"])] = row["fence"]
             infos.append(_row_to_info(row))
         return infos
 
@@ -762,7 +770,7 @@ class PostgresBackend(Backend):
         ids = list(run_ids)
         if not ids:
             return set()
-        fences = [self._fences.get(run_id, -1) for run_id in ids]
+        fences = [self._fences.get((owner, run_id), -1) for run_id in ids]
 
         async def beat(conn: Any) -> set[str]:
             rows = await conn.fetch(
@@ -777,9 +785,15 @@ class PostgresBackend(Backend):
             return {row[0] for row in rows}
 
         kept = await self._call(beat)
-        lost = set(ids) - kept
-        for run_id in lost:
-            self._fences.pop(run_id, None)
+        lost = set()
+        for run_id, fence in zip(ids, fences, strict=True):
+            if run_id in kept:
+                continue
+            # Lost, unless this backend claimed the run again for ``owner`` meanwhile (a new token):
+            # then the run is held, and the token the beat was sent with was only out of date.
+            if self._fences.get((owner, run_id), -1) == fence:
+                self._fences.pop((owner, run_id), None)
+                lost.add(run_id)
         return lost
 
     async def delete_run(self, run_id: str) -> bool:
