@@ -11,7 +11,8 @@ the file and takes over the interrupted runs.
 Every 10 s the soak samples the worker's resident memory and open file
 descriptors (from /proc), the size of the database file (and of its WAL),
 and the p99 latency of the checkpoints the worker committed in the last
-10 s. It writes them to a CSV and plots them to a PNG (matplotlib: ``pip
+10 s (and the machine's load average, which that latency follows on a
+shared machine). It writes them to a CSV and plots them to a PNG (matplotlib: ``pip
 install 'asyncflow[soak]'``), then checks that over the last 20 minutes each
 stays flat within 10%: the drift of a straight line fitted to the samples,
 across the 20 minutes, is at most 10% of their mean. Exits 1 otherwise.
@@ -241,13 +242,20 @@ def plot(rows: list[dict[str, float]], png: Path, window_start: float, kills: li
     labels = {
         "rss_mb": "worker RSS (MB)",
         "fds": "open file descriptors",
-        "file_mb": "database file (MB)",
+        "file_mb": "database file, its WAL orange (MB)",
         "p99_checkpoint_ms": "p99 checkpoint latency (ms)",
     }
     fig, axes = plt.subplots(len(METRICS), 1, figsize=(9, 9), sharex=True)
     minutes = [r["t"] / 60 for r in rows]
     for ax, metric in zip(axes, METRICS, strict=True):
         ax.plot(minutes, [r[metric] for r in rows], marker=".", linewidth=1)
+        if metric == "p99_checkpoint_ms":  # (on a shared machine it follows the load)
+            load = ax.twinx()
+            load.plot(minutes, [r["load_1min"] for r in rows], color="tab:gray", alpha=0.5, linewidth=1)
+            load.set_ylabel("load average (grey)", fontsize=8)
+            load.set_ylim(bottom=0)
+        if metric == "file_mb":
+            ax.plot(minutes, [r["wal_mb"] for r in rows], color="tab:orange", linewidth=1, alpha=0.7)
         ax.set_ylabel(labels[metric], fontsize=8)
         ax.axvspan(window_start / 60, minutes[-1], color="tab:green", alpha=0.08)
         ax.set_ylim(bottom=0)
@@ -286,12 +294,13 @@ def soak(args: argparse.Namespace) -> int:
             "file_mb": size_mb(db),
             "wal_mb": size_mb(db.with_name(db.name + "-wal")),
             "p99_checkpoint_ms": last_report(report, time.time() - interval),
+            "load_1min": os.getloadavg()[0],
         }
         rows.append(row)
         print(
             f"  {row['t'] / 60:5.1f} min  RSS {row['rss_mb']:6.1f} MB  fds {row['fds']:4.0f}  "
             f"file {row['file_mb']:6.2f} MB  WAL {row['wal_mb']:5.2f} MB  "
-            f"p99 {row['p99_checkpoint_ms']:6.2f} ms",
+            f"p99 {row['p99_checkpoint_ms']:6.2f} ms  load {row['load_1min']:4.1f}",
             flush=True,
         )
     os.kill(worker.pid, signal.SIGKILL)
@@ -300,7 +309,7 @@ def soak(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["t", *METRICS, "wal_mb"])
+        writer = csv.DictWriter(f, fieldnames=["t", *METRICS, "wal_mb", "load_1min"])
         writer.writeheader()
         writer.writerows({k: round(v, 3) for k, v in row.items()} for row in rows)
     window_start = max(0.0, total - args.window * 60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ from backends.storages import BACKENDS, STORAGES, Storage
 from helpers import eventually
 
 import asyncflow as af
+from asyncflow.backends import Backend
+from asyncflow.backends.base import Checkpoint
 
 from . import workload
-from .faulty import Faults, FaultyBackend
+from .faulty import Faults, FaultyBackend, disk_full
 
 
 @pytest.fixture(autouse=True)
@@ -93,8 +96,66 @@ async def test_an_episode_of_failing_writes_is_logged_once_naming_the_database_a
     assert failing[0]["level"].name == "WARNING"
 
 
-async def test_a_checkpoint_that_never_goes_through_gives_the_run_back(storage: Storage) -> None:
-    """Writes that fail for longer than the lease give the run back; once they work, it completes."""
+async def test_the_episode_lines_say_what_failed_how_and_how_many_times(
+    storage: Storage, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """The warning names the database, the error, its cause and the write; the end line counts failures."""
+    faults = Faults(first=6, only={"checkpoint"})
+    async with faulty_engine(storage, faults, workload.STEADY) as engine:
+        faults.arm()
+        handle = await engine.start(workload.STEADY)
+        with anyio.fail_after(30):
+            await handle.result()
+    url = storage.new().url
+    [failing] = [r["message"] for r in asyncflow_log if "are failing" in r["message"]]
+    [recovered] = [r["message"] for r in asyncflow_log if "go through again" in r["message"]]
+    assert failing == (
+        f"writes to {url} are failing (OSError: [Errno 28] No space left on device, writing the stage "
+        f"checkpoint of run {handle.run_id}); checkpoints are kept and written again with back-off, "
+        f"and their runs held, not failed"
+    )
+    seconds = re.fullmatch(
+        rf"writes to {re.escape(url)} go through again, after (\S+)s and 6 failed writes", recovered
+    )
+    assert seconds is not None, recovered
+    assert 0 < float(seconds.group(1)) < 30
+    assert not any("given back" in r["message"] for r in asyncflow_log)
+
+
+async def test_each_episode_counts_its_own_failures(
+    storage: Storage, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """A second episode's end line counts only its own failed writes."""
+    faults = Faults(first=3, only={"checkpoint"})
+    async with faulty_engine(storage, faults, workload.STEADY) as engine:
+        faults.arm()
+        with anyio.fail_after(30):
+            await (await engine.start(workload.STEADY)).result()
+            faults.first = 2
+            await (await engine.start(workload.STEADY)).result()
+    ends = [r["message"] for r in asyncflow_log if "go through again" in r["message"]]
+    assert [m.rsplit(" and ", 1)[1] for m in ends] == ["3 failed writes", "2 failed writes"]
+
+
+async def test_failing_writes_of_many_runs_at_once_are_one_episode(
+    storage: Storage, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """Ten runs held by failing checkpoints at once: one warning, and one line when all went through."""
+    faults = Faults(first=40, only={"checkpoint"})
+    async with faulty_engine(storage, faults, workload.STEADY) as engine:
+        faults.arm()
+        handles = [await engine.start(workload.STEADY) for _ in range(10)]
+        with anyio.fail_after(30):
+            for handle in handles:
+                await handle.result()
+    assert len([r for r in asyncflow_log if "are failing" in r["message"]]) == 1
+    assert len([r for r in asyncflow_log if "go through again" in r["message"]]) == 1
+
+
+async def test_a_checkpoint_that_never_goes_through_gives_the_run_back(
+    storage: Storage, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """Writes failing for longer than the lease give the run back, saying why; then it completes."""
     faults = Faults(first=10**9, only={"checkpoint"})
     async with faulty_engine(storage, faults, workload.STEADY, lease=0.5, poll_interval=0.05) as engine:
         faults.arm()
@@ -113,3 +174,54 @@ async def test_a_checkpoint_that_never_goes_through_gives_the_run_back(storage: 
     ran = workload.executions(handle.run_id)
     assert sorted(ran.values())[:3] == [1, 1, 1]
     assert max(ran.values()) <= 2  # the action in flight when it was given back, at most once more
+    url = storage.new().url
+    given_back = [r["message"] for r in asyncflow_log if "the run is given back" in r["message"]]
+    assert given_back
+    cause = r"\((OSError: \[Errno 28\]|TimeoutError: the database|OperationalError: database is locked)"
+    assert re.search(re.escape(f"to {url} for 0.5s ") + cause, given_back[0]), given_back[0]
+
+
+class FailsForOneRun(FaultyBackend):
+    """Checkpoints of ``held`` fail while ``holding``; every other run's first checkpoint fails once."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner, Faults())
+        self.held: str | None = None
+        self.holding = True
+        self.failed_once: set[str] = set()
+        self.held_failures = 0
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        run_id = checkpoint.run_id
+        if run_id == self.held and self.holding:
+            self.held_failures += 1
+            raise disk_full()
+        if run_id != self.held and run_id not in self.failed_once:
+            self.failed_once.add(run_id)
+            raise disk_full()
+        await self.inner.checkpoint(checkpoint)
+
+
+async def test_a_run_whose_write_goes_through_does_not_end_the_episode_of_one_still_held(
+    storage: Storage, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """While run A is held, run B's failed write goes through: still one episode, ended once A's does."""
+    backend = FailsForOneRun(storage.new())
+    engine = af.Engine(backend, lease=30.0, poll_interval=0.05)
+    engine.register(workload.STEADY)
+    async with engine:
+        a = await engine.start(workload.STEADY, run_id="run-a")
+        backend.held = a.run_id
+        await eventually(lambda: backend.held_failures >= 3)
+        with anyio.fail_after(10):
+            b = await (await engine.start(workload.STEADY)).result()
+        assert b.status is af.RunStatus.COMPLETED
+        held_failures = backend.held_failures
+        await eventually(
+            lambda: backend.held_failures > held_failures
+        )  # A is still held after B went through
+        backend.holding = False
+        with anyio.fail_after(10):
+            assert (await a.result()).status is af.RunStatus.COMPLETED
+    assert len([r for r in asyncflow_log if "are failing" in r["message"]]) == 1
+    assert len([r for r in asyncflow_log if "go through again" in r["message"]]) == 1
