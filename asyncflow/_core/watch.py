@@ -37,6 +37,9 @@ from .trouble import WriteTrouble
 _PAGE = 500
 #: The latest events kept in memory per run executing here.
 _RECENT = 1000
+#: Seconds the writer task gathers events before it writes them (a run's last events are
+#: written at its end without waiting: see flush(run_id)).
+_GATHER = 0.01
 
 
 class EventLog:
@@ -99,6 +102,7 @@ class EventLog:
         """The writer task: write what was kept whenever there is something."""
         while True:
             await self._wanted.wait()
+            await anyio.sleep(_GATHER)  # one write for the events of many actions and runs
             self._wanted = anyio.Event()
             try:
                 await self.flush()
