@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -477,3 +478,32 @@ async def test_workers_lists_engines_and_their_liveness(backend: PostgresBackend
     workers: dict[str, Any] = await backend.workers()
     assert workers["me"]["alive"] is True
     assert workers["me"]["pid"] == os.getpid()
+
+
+_GATE: dict[str, anyio.Event] = {}
+
+
+@af.action
+async def gated(ctx: af.ActionContext) -> None:
+    await _GATE["open"].wait()
+    await ctx.send("progress", {"done": True})
+
+
+async def test_a_watcher_in_another_engine_wakes_on_a_notice(postgres_url: str) -> None:
+    """engine.watch in an engine that does not run the run gets its events by a notice, well before a poll."""
+    gate = _GATE["open"] = anyio.Event()
+    wf = af.Workflow("watched", stages=[af.Stage("s", actions=[gated])])
+    runner_engine = af.Engine(postgres_url, lease=30.0)
+    runner_engine.register(wf)
+    watcher = af.Engine(postgres_url, recover=False, watch_interval=30.0)
+    async with runner_engine, watcher:
+        handle = await runner_engine.start(wf)
+        kinds: list[af.EventKind] = []
+        with anyio.fail_after(8):  # (polling would take 30 s a look)
+            async with contextlib.aclosing(watcher.watch(handle.run_id)) as events:
+                async for event in events:
+                    kinds.append(event.kind)
+                    if event.kind is af.EventKind.ACTION_STARTED:
+                        gate.set()
+        assert kinds[-1] is af.EventKind.RUN_FINISHED
+        assert af.EventKind.MESSAGE in kinds

@@ -19,6 +19,7 @@ response that a client may leave at any moment.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -217,6 +218,7 @@ class EventLog:
             news = self._news.get(run_id)
             if news is None:
                 news = self._news[run_id] = anyio.Event()
+            mark = backend.events_mark(run_id)  # (likewise for other processes' writes)
             page = self._cached(run_id, after)
             if page:
                 # Written by this engine just now: no database read, unless the run ended.
@@ -224,7 +226,9 @@ class EventLog:
                     after = seq
                     yield RunEvent.from_data(seq, run_id, workflow_id, data)
                 if page[-1][1].get("kind") not in _ENDS:
-                    await _first_of(news.wait, lambda: backend.wait_events(run_id, within=interval))
+                    await _first_of(
+                        news.wait, functools.partial(backend.wait_events, run_id, within=interval, mark=mark)
+                    )
                     continue
             # The status first, then the events: a run whose end is recorded has its
             # events written, so what this read finds is all there is when it has ended.
@@ -233,12 +237,16 @@ class EventLog:
             for seq, data in page:
                 after = seq
                 yield RunEvent.from_data(seq, run_id, workflow_id, data)
+            if page and page[-1][1].get("kind") in _ENDS:
+                return  # (its end may be in the log before it is in the run's record)
             if len(page) == _PAGE:
                 continue
             if current is None or current.status.finished or current.status is RunStatus.SUSPENDED:
                 return
             if not page:
-                await _first_of(news.wait, lambda: backend.wait_events(run_id, within=interval))
+                await _first_of(
+                    news.wait, functools.partial(backend.wait_events, run_id, within=interval, mark=mark)
+                )
 
 
 _ENDS = frozenset({EventKind.RUN_FINISHED.value, EventKind.RUN_SUSPENDED.value})

@@ -449,11 +449,21 @@ class Backend(ABC):
         """Up to ``limit`` events of the run's log numbered after ``after``, in order: ``(number, event)``."""
         return []
 
-    async def wait_events(self, run_id: str, *, within: float) -> None:
+    def events_mark(self, run_id: str) -> object:
+        """A mark to take before reading the run's events, for :meth:`wait_events`.
+
+        A backend that is told of new events counts them here, so that a
+        wait after a read returns at once for events appended between the
+        two. The default (no notices) has nothing to count.
+        """
+        return None
+
+    async def wait_events(self, run_id: str, *, within: float, mark: object = None) -> None:
         """Return when the run may have new events or a new status, or after ``within`` seconds.
 
         The default polls: it sleeps ``within`` (an engine in this process
         wakes its own watchers at once). A backend that can be told of
-        changes (PostgreSQL's LISTEN/NOTIFY) returns as soon as it is.
+        changes (PostgreSQL's LISTEN/NOTIFY) returns as soon as it is, and at
+        once if it was told since ``mark`` (:meth:`events_mark`) was taken.
         """
         await anyio.sleep(within)

@@ -214,5 +214,8 @@ class FaultyBackend(Backend):
     ) -> list[tuple[int, dict[str, Any]]]:
         return await self.inner.read_events(run_id, after=after, limit=limit)
 
-    async def wait_events(self, run_id: str, *, within: float) -> None:
-        await self.inner.wait_events(run_id, within=within)
+    def events_mark(self, run_id: str) -> object:
+        return self.inner.events_mark(run_id)
+
+    async def wait_events(self, run_id: str, *, within: float, mark: object = None) -> None:
+        await self.inner.wait_events(run_id, within=within, mark=mark)

@@ -27,6 +27,7 @@ engine's polling stays as the fallback for notices lost across reconnects.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -35,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
+import anyio
 import asyncpg
 import attrs
 from loguru import logger
@@ -154,6 +156,11 @@ def _lease_lost(cp: Checkpoint) -> LeaseLost:
     return LeaseLost(f"run {cp.run_id!r} is no longer owned by engine {cp.owner!r}")
 
 
+# How many runs' notice counts a backend keeps for events_mark: far more than can be
+# appended to between one watcher's read and its wait.
+_EVENT_NOTICES_KEPT = 10_000
+
+
 class PostgresBackend(Backend):
     """Runs in a PostgreSQL database, shared by any number of engines (see the module's docstring).
 
@@ -192,6 +199,10 @@ class PostgresBackend(Backend):
         self._scheduled = False
         self._writer_tasks: set[asyncio.Task[None]] = set()
         self._notice: Notice | None = None
+        # engine.watch calls waiting for a run's events, woken by the notice its appender sends,
+        # and how many such notices came for each run lately (events_mark), the oldest forgotten.
+        self._event_waiters: dict[str, set[anyio.Event]] = {}
+        self._event_notices: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._space = lock_space(self.schema)
         self._channel = f"asyncflow_{self.schema}"
         self._dead_owners = _DEAD_OWNERS.format(space=self._space)
@@ -308,11 +319,18 @@ class PostgresBackend(Backend):
         self._notice = callback
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        callback = self._notice
-        if callback is None:
-            return
         kind, _, run_id = payload.partition(" ")
-        callback(kind, run_id or None)
+        if kind == "events":  # for this backend's watchers, not for the engine
+            notices = self._event_notices
+            notices[run_id] = notices.pop(run_id, 0) + 1
+            if len(notices) > _EVENT_NOTICES_KEPT:
+                notices.popitem(last=False)
+            for waiter in self._event_waiters.get(run_id, ()):
+                waiter.set()
+            return
+        callback = self._notice
+        if callback is not None:
+            callback(kind, run_id or None)
 
     # ---- calls ------------------------------------------------------------------------
 
@@ -870,8 +888,41 @@ class PostgresBackend(Backend):
                     numbers,
                     texts,
                 )
+                # Watchers in every process wake on the commit (NOTIFY is sent only then),
+                # one notice a run a batch, not one an event.
+                await conn.execute(
+                    "SELECT pg_notify($1, 'events ' || x) FROM unnest($2::text[]) AS x", self._channel, runs
+                )
 
         await self._call(append)
+
+    def events_mark(self, run_id: str) -> object:
+        """How many notices of new events this backend has had for the run (see :meth:`wait_events`)."""
+        return self._event_notices.get(run_id, 0)
+
+    async def wait_events(self, run_id: str, *, within: float, mark: object = None) -> None:
+        """Return when events are appended to the run (by any engine), or after ``within`` seconds.
+
+        Woken by the NOTIFY each append sends on its commit, and at once if
+        one came since ``mark`` was taken (before the caller's last read).
+        Without a session that listens (behind a pooler in transaction mode,
+        or while it reconnects) this polls, as the default does.
+        """
+        if self._session is None:
+            await anyio.sleep(within)
+            return
+        if mark is not None and self._event_notices.get(run_id, 0) != mark:
+            return
+        waiter = anyio.Event()
+        waiters = self._event_waiters.setdefault(run_id, set())
+        waiters.add(waiter)
+        try:
+            with anyio.move_on_after(within):
+                await waiter.wait()
+        finally:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._event_waiters[run_id]
 
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int = 1000
