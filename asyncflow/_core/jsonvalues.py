@@ -7,7 +7,6 @@ and these say so early, naming the value that is not.
 from __future__ import annotations
 
 import json
-import sys
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -17,6 +16,13 @@ _CONTAINERS = (dict, list, tuple)
 #: ints within this bound are written directly; longer ones go through json.dumps, which checks
 #: Python's limit on the digits of an int written as text
 _INT_FAST = 10**18
+#: how deep containers may nest in a durable value: Python 3.11's encoder and decoder stop near
+#: here (its recursion limit), and so do other JSON readers, whatever this Python could write
+MAX_DEPTH = 1000
+_TOO_DEEP = (
+    f"it is nested too deep to be written as JSON (more than {MAX_DEPTH} levels, where Python's "
+    f"own JSON encoder and other readers stop)"
+)
 
 
 def exact_json(value: Any) -> str:
@@ -34,14 +40,19 @@ def exact_json(value: Any) -> str:
     try:
         text = json.dumps(value, allow_nan=False)
     except RecursionError:
-        raise ValueError(
-            "it is nested too deep to be written as JSON (Python's recursion limit is "
-            f"{sys.getrecursionlimit()})"
-        ) from None
+        raise ValueError(_TOO_DEEP) from None
     except ValueError as exc:
         if "Out of range float" in str(exc):
             raise ValueError("it holds NaN or infinity, which standard JSON cannot carry") from None
         raise
+    # Python 3.13's encoder writes what 3.11's refused: the same bound on every version. (Fewer
+    # brackets in the text than the bound, even counting those inside strings: not that deep.)
+    if (
+        isinstance(value, _CONTAINERS)
+        and text.count("[") + text.count("{") > MAX_DEPTH
+        and _deeper_than(value, MAX_DEPTH)
+    ):
+        raise ValueError(_TOO_DEEP)
     if isinstance(value, _CONTAINERS) and "{" in text:  # (no "{" in the text: no dict, no key)
         stack = [value]
         while stack:
@@ -59,6 +70,19 @@ def exact_json(value: Any) -> str:
             else:
                 stack.extend(inner for inner in item if isinstance(inner, _CONTAINERS))
     return text
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest in ``value`` more than ``limit`` deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for inner in item.values() if isinstance(item, dict) else item:
+            if isinstance(inner, _CONTAINERS):
+                stack.append((inner, depth + 1))
+    return False
 
 
 def json_value_check(key: str, value: Any) -> str:
