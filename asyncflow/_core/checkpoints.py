@@ -111,7 +111,7 @@ class RunDurability(Durability):
     # ---- checkpoints ------------------------------------------------------------------------
 
     async def _write(self, checkpoint: Checkpoint) -> None:
-        if faults._PLAN is not None:
+        if faults.CRASH_PLAN is not None:
             faults.hit("before_commit")
         try:
             await self.backend.checkpoint(checkpoint)
@@ -124,7 +124,7 @@ class RunDurability(Durability):
         else:
             if self.trouble.since is not None:  # (an episode that ended with runs given back)
                 self.trouble.went_through()
-        if faults._PLAN is not None:
+        if faults.CRASH_PLAN is not None:
             faults.hit("after_commit")
 
     def _next(self) -> int:

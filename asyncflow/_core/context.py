@@ -15,7 +15,7 @@ from .errors import Bail, ContextClosed, DuplicateStageId, InsertionLimitExceede
 from .events import EventKind, Message
 from .jsonvalues import exact_json
 from .middleware import Level
-from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, Plan, StageNode, UndoEntry, undo
+from .plan import UNDO_ACTION, UNDO_STAGE, ActionNode, Plan, StageNode, UndoEntry, undo
 from .records import (
     STEP_CANCELLED,
     STEP_COMPLETED,
@@ -225,7 +225,7 @@ class ActionContext:
         if parent.children is None:
             parent.children = []
         parent.children.append(child)
-        self._ensure_journal().append((_UNDO_ACTION, parent, child))
+        self._ensure_journal().append((UNDO_ACTION, parent, child))
 
     def add_dynamic_stage(self, stage: Stage, *, allow_duplicate: bool = False) -> None:
         """Run ``stage`` right after the current stage, after stages inserted before it.
@@ -283,7 +283,7 @@ class ActionContext:
         if current.inserted is None:
             current.inserted = []
         current.inserted.insert(position, child)
-        self._ensure_journal().append((_UNDO_STAGE, current, child))
+        self._ensure_journal().append((UNDO_STAGE, current, child))
 
     async def send(self, kind: str, payload: Any = None) -> None:
         """Send a message to the handlers registered with ``runner.on_message``.
@@ -376,6 +376,42 @@ class ActionContext:
             f"<ActionContext run={self._run.run_id} stage={self._node.stage_node.id!r} "
             f"action={self._node.action.name!r}>"
         )
+
+
+# ---- the package's door into an action's context ------------------------------------------
+# (The execution of an action, the runner and process isolation work on a context through
+# these functions: its state stays in its slots, and an action sees only the public API.)
+
+
+def context_run(ctx: ActionContext) -> RunState:
+    """The run state behind ``ctx``."""
+    return ctx._run
+
+
+def context_node(ctx: ActionContext) -> ActionNode:
+    """The plan node of the action ``ctx`` was made for."""
+    return ctx._node
+
+
+def context_changes(ctx: ActionContext) -> tuple[Store | None, list[Op] | None]:
+    """What the action of ``ctx`` did so far: its store overlay (if it touched the store), its plan ops."""
+    return ctx._overlay, getattr(ctx, "_ops", None)
+
+
+def finish_context(ctx: ActionContext, ok: bool) -> list[UndoEntry] | None:
+    """Close ``ctx``; commit its effects if ``ok``, else undo them; the journal of committed plan changes."""
+    return ctx._finish(ok)
+
+
+def close_context(ctx: ActionContext) -> list[UndoEntry] | None:
+    """Close the context of an attempt that completed and commit its effects (the per-action fast path).
+
+    Returns the journal of its plan changes, ``None`` if it made none.
+    """
+    ctx._closed = True
+    if ctx._overlay is None and ctx._journal is None:
+        return None
+    return ctx._finish(True)
 
 
 def replay_plan_changes(run: RunState, node: ActionNode, ops: list[Op], durable: Durability) -> None:
@@ -473,7 +509,7 @@ class MiddlewareContext:
     """
 
     # Made once per wrapped step, so it holds only what it must; the rest is derived.
-    __slots__ = ("_logger", "_node", "_ran", "_run", "level")
+    __slots__ = ("_logger", "_node", "_run", "level")
 
     _logger: Logger
 
@@ -481,7 +517,6 @@ class MiddlewareContext:
         self.level = level
         self._run = run
         self._node: Any = node  # the stage node, or the action node at action level
-        self._ran = False  # set by the innermost handler: the wrapped step ran
 
     @property
     def _stage_node(self) -> Any:

@@ -395,7 +395,7 @@ class Engine:
             lease_until=now + self.lease if here else None,
             workflow_version=version,
         )
-        if faults._PLAN is not None:
+        if faults.CRASH_PLAN is not None:
             faults.hit("before_start")
         request = None
         if idempotency_key is not None:

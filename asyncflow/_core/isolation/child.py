@@ -33,7 +33,7 @@ from typing import Any
 from loguru import logger
 
 from ..actions import Action
-from ..context import ActionContext
+from ..context import ActionContext, context_changes, finish_context
 from ..definitions import registry
 from ..durable import Durability, Op
 from ..errors import Bail, InsertionLimitExceeded, NotSerializable, Suspend
@@ -227,8 +227,8 @@ class _Session:
             depth=frame.get("depth", 1),
             parent=parent,
             pos=frame["pos"],
+            key=key,
         )
-        node._key = key
         if parent is not None:
             if parent.children is None:
                 parent.children = []
@@ -273,7 +273,7 @@ class _Session:
             self._commit(ctx, node)
             return reply
         except Suspend as suspend:
-            ctx._finish(False)
+            finish_context(ctx, False)
             node.status = StepStatus.SUSPENDED
             try:
                 exact_json(suspend.data)
@@ -285,7 +285,7 @@ class _Session:
                 )
             return {"t": "suspend", "reason": suspend.reason, "data": suspend.data}
         except Exception as exc:
-            ctx._finish(False)
+            finish_context(ctx, False)
             node.status = STEP_FAILED
             return _failure(exc)
         finally:
@@ -296,7 +296,7 @@ class _Session:
         return reply
 
     def _commit(self, ctx: ActionContext, node: ActionNode) -> None:
-        ctx._finish(True)
+        finish_context(ctx, True)
         node.status = STEP_COMPLETED
         nodes = self.nodes
         for inserted in node.walk():
@@ -305,7 +305,7 @@ class _Session:
 
 def _changes(ctx: ActionContext, reply: dict[str, Any]) -> dict[str, Any]:
     """``reply`` with the store writes and plan changes of the action of ``ctx``."""
-    overlay = ctx._overlay
+    overlay, ops = context_changes(ctx)
     if overlay is not None:
         deleted, values, meta = overlay.changes()
         if deleted:
@@ -319,7 +319,6 @@ def _changes(ctx: ActionContext, reply: dict[str, Any]) -> dict[str, Any]:
                 else:
                     rows.append([key, value, entry.expires, sorted(entry.tags), entry.properties])
             reply["puts"] = rows
-    ops = getattr(ctx, "_ops", None)
     if ops:
         reply["ops"] = ops
     return reply

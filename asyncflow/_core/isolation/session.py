@@ -27,7 +27,7 @@ import anyio
 from anyio.abc import TaskGroup
 from loguru import logger
 
-from ..context import ActionContext
+from ..context import ActionContext, context_node, context_run
 from ..definitions import registry
 from ..errors import Bail, ChildProcessFailed, NotSerializable, RecordedError, Suspend
 from ..events import Message
@@ -288,7 +288,7 @@ class StageSession:
 
     async def call(self, ctx: ActionContext) -> None:
         """Run the action of ``ctx`` in the stage's child and apply what it did through ``ctx``."""
-        node = ctx._node
+        node = context_node(ctx)
         child = await self._child_for(node, ctx)
         call = self._start(child, node, ctx)
         call_id = self.next_id
@@ -345,7 +345,7 @@ async def _send(child: ChildProcess, frame: dict[str, Any]) -> None:
 def _store_rows(run: RunState) -> list[list[Any]]:
     """The run's store as rows ``[key, value]`` or ``[key, value, expires, tags, properties]``."""
     rows: list[list[Any]] = []
-    for key, value, meta in run.store._live_items():
+    for key, value, meta in run.store.live_items():
         try:
             exact_json(value)
         except (TypeError, ValueError) as exc:
@@ -366,7 +366,7 @@ def _apply(session: StageSession, ctx: ActionContext, reply: dict[str, Any]) -> 
     for key in reply.get("deletes", ()):
         store.delete(key)
     if reply.get("puts"):
-        clock = ctx._run.store._clock
+        clock = store.now
         for row in reply["puts"]:
             if len(row) == 2:
                 store.put(row[0], row[1])
@@ -377,9 +377,8 @@ def _apply(session: StageSession, ctx: ActionContext, reply: dict[str, Any]) -> 
     ops = reply.get("ops")
     if not ops:
         return
-    run = ctx._run
-    durable = run.durable
-    node = ctx._node
+    durable = context_run(ctx).durable
+    node = context_node(ctx)
     where = f"inserted in the child by action {node.action.name!r} of stage {node.stage_node.id!r}"
     for op in ops:
         kind = op["op"]
@@ -410,12 +409,12 @@ def _apply(session: StageSession, ctx: ActionContext, reply: dict[str, Any]) -> 
 
 async def _relay_message(ctx: ActionContext, frame: dict[str, Any], pid: int) -> None:
     """``ctx.send`` on behalf of the child: the same handlers, marked as from the child."""
-    run = ctx._run
+    run = context_run(ctx)
     run.message_seq += 1
     hub = run.hub
     if not hub.routes:
         return
-    node = ctx._node
+    node = context_node(ctx)
     stage = node.stage_node
     message = Message(
         kind=frame["kind"],
