@@ -141,7 +141,7 @@ class Engine:
             raise ValueError(f"concurrency must be an int of at least 0, or None, got {concurrency!r}")
         self.concurrency = concurrency
         self.backend = open_backend(url)
-        #: how runs reach the backend: JSON for a database, live values in memory (see serial.Codec)
+        #: how runs reach the backend: JSON, objects JSON cannot carry kept live in memory (serial.Codec)
         self.codec = codec_for(self.backend)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
         self.runner = runner if runner is not None else Runner(clock=self.clock)
@@ -177,7 +177,7 @@ class Engine:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
         self._definitions: dict[str, dict[str, Any]] = {}  # (of registered workflows, once made)
-        self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
+        self._versions = Versions(self.backend, self.registry, self.clock, self.lease, self.codec)
         trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
         #: the runs executing here and their leases
         self._runs = Executions(
