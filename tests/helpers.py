@@ -61,3 +61,23 @@ async def eventually(
             if outcome:
                 return
             await anyio.sleep(every)
+
+
+@af.action
+async def approval(ctx: af.ActionContext) -> None:
+    """Suspend the run ("needs approval", ``{"amount": 5}``) until resumed; then keep the resume data."""
+    if not ctx.is_resuming:
+        ctx.suspend("needs approval", {"amount": 5})
+    ctx.store["approved"] = ctx.resume_data
+
+
+#: label -> an event: an action of the test sets or waits for it (a module's fixture clears them)
+GATES: dict[str, anyio.Event] = {}
+
+
+def gate(label: str) -> anyio.Event:
+    """The event of ``label`` (made on first use)."""
+    event = GATES.get(label)
+    if event is None:
+        event = GATES[label] = anyio.Event()
+    return event

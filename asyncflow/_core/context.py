@@ -34,7 +34,25 @@ if TYPE_CHECKING:
     from .state import RunState
 
 
-class ActionContext:
+class _RunView:
+    """What both contexts read of their run the same way: its id and its workflow."""
+
+    __slots__ = ("_run",)
+
+    _run: RunState
+
+    @property
+    def run_id(self) -> str:
+        """The id of this run."""
+        return self._run.run_id
+
+    @property
+    def workflow(self) -> Workflow:
+        """The workflow definition being run (do not change it)."""
+        return self._run.workflow
+
+
+class ActionContext(_RunView):
     """What an action sees of its run: ids, the store, the plan, a logger.
 
     One context is made per action execution. ``store``, ``plan`` and
@@ -51,7 +69,6 @@ class ActionContext:
         "_overlay",
         "_plan",
         "_replaying",
-        "_run",
         "attempt",
     )
     # Set only in durable runs (read with getattr): the plan changes this
@@ -70,17 +87,7 @@ class ActionContext:
         self._closed = False
         self.attempt = attempt
 
-    # ---- identity ------------------------------------------------------------
-
-    @property
-    def run_id(self) -> str:
-        """The id of this run."""
-        return self._run.run_id
-
-    @property
-    def workflow(self) -> Workflow:
-        """The workflow definition being run (do not change it)."""
-        return self._run.workflow
+    # ---- identity (``run_id`` and ``workflow`` too) ------------------------------
 
     @property
     def stage(self) -> Stage:
@@ -495,7 +502,7 @@ def suspend_data_error(ctx: ActionContext, data: Any) -> NotSerializable | None:
     return None
 
 
-class MiddlewareContext:
+class MiddlewareContext(_RunView):
     """What a middleware sees of the step it wraps.
 
     Attributes:
@@ -509,7 +516,7 @@ class MiddlewareContext:
     """
 
     # Made once per wrapped step, so it holds only what it must; the rest is derived.
-    __slots__ = ("_logger", "_node", "_run", "level")
+    __slots__ = ("_logger", "_node", "level")
 
     _logger: Logger
 
@@ -529,29 +536,19 @@ class MiddlewareContext:
         return self._node.attempts + 1 if self.level == "action" else 1
 
     @property
-    def run_id(self) -> str:
-        """The id of the run."""
-        return self._run.run_id
-
-    @property
-    def workflow(self) -> Workflow:
-        """The workflow being run."""
-        return self._run.workflow
-
-    @property
     def store(self) -> Store:
         """The run's store (writes are visible to the run at once)."""
         return self._run.store
 
     @property
-    def clock(self) -> Clock:
-        """The run's clock (the runner's or the engine's: a FakeClock in tests)."""
-        return self._run.clock
-
-    @property
     def plan(self) -> Plan:
         """Control over the rest of the run."""
         return Plan(self._run.plan)
+
+    @property
+    def clock(self) -> Clock:
+        """The run's clock (the runner's or the engine's: a FakeClock in tests)."""
+        return self._run.clock
 
     @property
     def stage(self) -> Stage | None:

@@ -181,18 +181,18 @@ class Engine:
         trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
         #: the runs executing here and their leases
         self._runs = Executions(
-            backend=self.backend,
-            registry=self.registry,
-            clock=self.clock,
+            self.runner,
+            self._workflows,
+            self._versions,
+            self.backend,
+            self.codec,
+            self.clock,
+            self.registry,
             owner=self.owner,
             lease=self.lease,
-            codec=self.codec,
-            runner=self.runner,
-            versions=self._versions,
-            keep_events=events,
             trouble=trouble,
-            workflows=self._workflows,
             concurrency=concurrency,
+            keep_events=events,
         )
         self._unhook: list[Any] = []
         self._open = False  # between __aenter__ and the end of __aexit__

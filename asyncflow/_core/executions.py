@@ -72,34 +72,26 @@ class Executions:
 
     def __init__(
         self,
-        *,
+        runner: Runner,
+        workflows: dict[str, Workflow],
+        versions: Versions,
         backend: Backend,
-        registry: Registry,
+        codec: Codec,
         clock: Clock,
+        registry: Registry,
+        *,
         owner: str,
         lease: float,
-        codec: Codec,
-        runner: Runner,
-        versions: Versions,
-        keep_events: bool,
         trouble: WriteTrouble,
-        workflows: dict[str, Workflow],
         concurrency: int | None,
+        keep_events: bool,
     ) -> None:
-        self.backend = backend
-        self.registry = registry
-        self.clock = clock
-        self.owner = owner
-        self.lease = lease
-        self.codec = codec
-        self.runner = runner
-        self.versions = versions
-        self.trouble = trouble
-        self.keep_events = keep_events
+        self.runner, self.workflows, self.versions = runner, workflows, versions
+        self.backend, self.codec, self.trouble = backend, codec, trouble
+        self.owner, self.lease, self.clock, self.registry = owner, lease, clock, registry
+        self.concurrency, self.keep_events = concurrency, keep_events
         #: the event logs of the runs here (made again each time the engine opens)
         self.events = EventLog(backend, self.executes, keep_events, trouble)
-        self.workflows = workflows
-        self.concurrency = concurrency
         #: the runs executing here (and those that ended here since the last heartbeat), by id
         self.active: dict[str, ActiveRun] = {}
         #: the engine's task group while it is open

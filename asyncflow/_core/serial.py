@@ -7,7 +7,7 @@ encodings; nothing here runs anything.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -146,20 +146,19 @@ class Codec:
 
     def reference(self, registry: Registry, action: Action, where: str) -> dict[str, Any]:
         """What a checkpoint keeps of an action a run inserted (raises NotReferenceable)."""
-        try:
-            return registry.reference(action, where=where)
-        except NotReferenceable:
-            if self.in_process:
-                return {"object": action}
-            raise
+        return self._definition_or_object(lambda: registry.reference(action, where=where), action)
 
     def stage_definition(self, registry: Registry, stage: Stage, where: str) -> dict[str, Any]:
         """What a checkpoint keeps of a stage a run inserted (raises NotReferenceable)."""
+        return self._definition_or_object(lambda: registry.stage_definition(stage, where=where), stage)
+
+    def _definition_or_object(self, define: Callable[[], dict[str, Any]], thing: object) -> dict[str, Any]:
+        """``define()``; in process, the object itself where it cannot be defined (a closure, say)."""
         try:
-            return registry.stage_definition(stage, where=where)
+            return define()
         except NotReferenceable:
             if self.in_process:
-                return {"object": stage}
+                return {"object": thing}
             raise
 
     def resolve(self, registry: Registry, ref: dict[str, Any], where: str) -> Action:
