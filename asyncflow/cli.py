@@ -1,5 +1,5 @@
 """The ``asyncflow`` command line (``pip install 'asyncflow[cli]'``): ``asyncflow run``, ``draw``,
-``demo``, ``worker`` and ``runs list|show|resume|cancel``.
+``demo``, ``worker`` and ``runs list|show|resume|watch|cancel``.
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments
 and sets ``handler``: a function taking the parsed arguments and returning an

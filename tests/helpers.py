@@ -8,7 +8,10 @@ deadline, so a slow machine only makes a test slower, never wrong.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
 
@@ -81,3 +84,17 @@ def gate(label: str) -> anyio.Event:
     if event is None:
         event = GATES[label] = anyio.Event()
     return event
+
+
+#: the example scripts, ``examples/*.py``
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
+
+
+def run_example(name: str) -> str:
+    """The stdout of ``python examples/NAME``, which must exit 0."""
+    path = next(path for path in EXAMPLES if path.name == name)
+    done = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
