@@ -92,6 +92,8 @@ class _Active:
     drained: bool = False  # stopped by Engine.drain after a checkpoint, and given back
     durability: RunDurability | None = None
     run: RunState | None = None
+    #: launched by the engine.start that wrote it down (its first execution, in the starter's context)
+    fresh: bool = False
 
 
 class RunHandle:
@@ -477,34 +479,35 @@ class Engine:
         )
         if faults._PLAN is not None:
             faults.hit("before_start")
-        request = None
+        created_event: dict[str, Any] = {"kind": EventKind.RUN_CREATED.value, "at": now}
         if idempotency_key is not None:
-            request = request_fingerprint(
+            created_event["request"] = request_fingerprint(
                 workflow.id,
                 [(e.key, self.codec.read(e.value)) for e in entries],
                 self.codec.requires_json,
             )
-        info, created = await self.backend.create_run(info, entries)
+        tracing = self.runner.hub.tracing
+        if tracing is not None:
+            # The trace context kept with the run (in its log): later executions link to it.
+            trace = tracing.run_created(info.run_id, workflow.id, here)
+            if trace is not None:
+                created_event["trace"] = trace
+        new_id = info.run_id
+        created = False
+        try:
+            info, created = await self.backend.create_run(info, entries)
+        finally:
+            if not created and tracing is not None:  # (an idempotency key found an earlier run)
+                tracing.run_dropped(new_id)
         if created and here:
-            self._active[info.run_id] = active = _Active(info.run_id)  # (its events are its log's from now)
-            self._events.add(
-                info.run_id,
-                {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
-                if request is not None
-                else {"kind": EventKind.RUN_CREATED.value, "at": now},
-            )
+            # (its events are its log's from now)
+            self._active[info.run_id] = active = _Active(info.run_id, fresh=True)
+            self._events.add(info.run_id, created_event)
             self._launch(group, SavedRun(info, list(entries), []), active)
         elif created:  # (for the workers: its log begins here)
-            await self.backend.append_events(
-                info.run_id,
-                [
-                    {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
-                    if request is not None
-                    else {"kind": EventKind.RUN_CREATED.value, "at": now}
-                ],
-            )
+            await self.backend.append_events(info.run_id, [created_event])
         elif idempotency_key is not None:
-            await self._check_same_request(info, workflow, idempotency_key, request)
+            await self._check_same_request(info, workflow, idempotency_key, created_event["request"])
         return RunHandle(self, info.run_id, self._active.get(info.run_id), created=created)
 
     async def _check_same_request(self, info: RunInfo, workflow: Workflow, key: str, request: Any) -> None:
@@ -585,6 +588,9 @@ class Engine:
                 self.clock,
                 durability,
             )
+            tracing = self.runner.hub.tracing
+            if tracing is not None and not active.fresh:
+                tracing.run_continues(info.run_id, await self._trace_origin(info.run_id))
             result: RunResult | None = None
             with active.scope:
                 try:
@@ -652,6 +658,21 @@ class Engine:
         finally:
             self._events.forget(info.run_id)
             active.done.set()
+
+    async def _trace_origin(self, run_id: str) -> dict[str, str] | None:
+        """The trace context kept when the run was created (its log's first event), if any."""
+        try:
+            first = await self.backend.read_events(run_id, after=0, limit=1)
+        except Exception as exc:  # (only a span link is missing: the run goes on)
+            logger.warning(
+                "run {}: its trace context could not be read ({}: {})", run_id, type(exc).__name__, exc
+            )
+            return None
+        for _, data in first:
+            trace = data.get("trace")
+            if data.get("kind") == EventKind.RUN_CREATED.value and isinstance(trace, dict):
+                return {str(key): str(value) for key, value in trace.items()}
+        return None
 
     async def _leave_unknown_workflow(self, info: RunInfo) -> None:
         """Give back a run of a workflow not registered here, for an engine that has it (pools by workflow).

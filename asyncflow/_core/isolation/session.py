@@ -307,6 +307,12 @@ class StageSession:
         if resuming:
             frame["resuming"] = True
             frame["resume_data"] = ctx.resume_data
+        tracing = self.run.hub.tracing
+        if tracing is not None:
+            # The action's trace context (W3C headers): what user code makes in the child joins it.
+            trace = tracing.current()
+            if trace is not None:
+                frame["trace"] = trace
         try:
             await _send(child, frame)
             await call.event.wait()
