@@ -83,9 +83,11 @@ class _RunSpans:
     stages: dict[str, Span] = attrs.field(factory=dict)
     #: each stage span as a parent (made once per stage, not per action)
     stage_parents: dict[str, Context] = attrs.field(factory=dict)
-    actions: dict[str, Span] = attrs.field(factory=dict)
-    #: the actions running now: their span was made current for their code (detached when they end)
-    running: dict[str, Token[Context]] = attrs.field(factory=dict)
+    #: the actions running now, by key: their span, made current for their code until they end
+    running: dict[str, tuple[Span, Token[Context]]] = attrs.field(factory=dict)
+    #: the spans (as parents) of the actions that added actions; no other action span is kept
+    #: once ended: a run of 10,000 actions would otherwise hold 10,000 spans for the collector to walk
+    inserters: dict[str, Context] = attrs.field(factory=dict)
     open: set[int] = attrs.field(factory=set)  # ids of the stage spans not yet ended
 
 
@@ -195,6 +197,8 @@ class Instrumentation:
             self._stage_started(event)
         elif kind is EventKind.STAGE_FINISHED:
             self._stage_finished(event)
+        elif kind is EventKind.ACTION_INSERTED:
+            self._action_inserted(event)
         elif kind is EventKind.ACTION_RETRY:
             self._retry(event)
         elif kind is EventKind.STEP_SKIPPED:
@@ -249,10 +253,9 @@ class Instrumentation:
     def _action_parent(self, spans: _RunSpans, event: Event) -> Context:
         parent_key = event.parent_key
         if parent_key is not None:  # added by an action: a child of that action
-            found = spans.actions.get(parent_key)
+            found = spans.inserters.get(parent_key)
             if found is not None:
-                parent: Context = self._trace.set_span_in_context(found)
-                return parent
+                return found
         return spans.stage_parents.get(event.stage_id or "", spans.run_parent)
 
     def _stage_span(self, spans: _RunSpans, event: Event) -> Span:
@@ -313,22 +316,28 @@ class Instrumentation:
         if spans is None:
             return
         span = self._action_span(spans, event, 1)
-        key = event.key or ""
-        spans.actions[key] = span
         # Current for the action's own code (and its middleware): spans it makes are its children,
         # and a child process it runs in gets its context.
-        spans.running[key] = self._context.attach(self._trace.set_span_in_context(span))
+        spans.running[event.key or ""] = (span, self._context.attach(self._trace.set_span_in_context(span)))
+
+    def _action_inserted(self, event: Event) -> None:
+        spans = self._runs.get(event.run_id)
+        parent_key = event.parent_key
+        if spans is None or parent_key is None or parent_key in spans.inserters:
+            return
+        running = spans.running.get(parent_key)
+        if running is not None:  # (the inserting action is still running: it reports its insertions)
+            spans.inserters[parent_key] = self._trace.set_span_in_context(running[0])
 
     def _action_finished(self, event: Event) -> None:
         spans = self._runs.get(event.run_id)
         if spans is None:
             return
-        key = event.key or ""
-        token = spans.running.pop(key, None)
-        if token is None:
+        running = spans.running.pop(event.key or "", None)
+        if running is None:
             return
+        span, token = running
         self._context.detach(token)
-        span = spans.actions[key]
         attempt = event.attempt
         if attempt is not None and attempt != 1:
             span.set_attribute("asyncflow.attempt", attempt)
@@ -358,9 +367,10 @@ class Instrumentation:
 
     def _retry(self, event: Event) -> None:
         spans = self._runs.get(event.run_id)
-        span = None if spans is None else spans.actions.get(event.key or "")
-        if span is None:
+        running = None if spans is None else spans.running.get(event.key or "")
+        if running is None:
             return
+        span = running[0]
         attributes: dict[str, Any] = {"asyncflow.attempt": event.attempt or 0}
         if event.error is not None:
             attributes["exception.type"] = _qualified(event.error)
@@ -409,9 +419,9 @@ class Instrumentation:
     def _close_all(self, spans: _RunSpans, at: float | None) -> None:
         """End the run's step spans still open (a suspended run's stage and action), newest first."""
         end_time = None if at is None else int(at * _NS)
-        for key, token in reversed(list(spans.running.items())):
+        for span, token in reversed(list(spans.running.values())):
             self._context.detach(token)
-            spans.actions[key].end(end_time=end_time)
+            span.end(end_time=end_time)
         spans.running.clear()
         for span in reversed(list(spans.stages.values())):
             if id(span) in spans.open:
