@@ -430,3 +430,24 @@ async def test_spans_made_in_an_action_are_children_of_its_span(
     from opentelemetry import trace
 
     assert not trace.get_current_span().get_span_context().is_valid  # nothing left current after the run
+
+
+async def test_run_left_for_workers_links_to_the_span_that_started_it(tmp_path: Path) -> None:
+    """A run started for workers keeps the caller's context; the worker's run span links to that span."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    workflow = af.Workflow("queued", stages=[af.Stage("only", actions=[leaf])])
+    starter = af.Engine(url, concurrency=0)
+    starter_tel = Telemetry(starter)
+    async with starter:
+        with starter_tel.tracer_provider.get_tracer("app").start_as_current_span("POST /queue") as request:
+            handle = await starter.start(workflow)
+    assert [span.name for span in starter_tel.spans()] == ["POST /queue"]  # (nothing runs here)
+    worker = af.Engine(url, poll_interval=0.05)
+    worker.register(workflow)
+    worker_tel = Telemetry(worker)
+    async with worker:
+        with anyio.fail_after(30):
+            result = await worker.wait(handle.run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    run = worker_tel.by_name("run queued")
+    assert [link.context.span_id for link in run.links] == [request.get_span_context().span_id]
