@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Any
 
+from loguru import logger
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -49,6 +50,7 @@ WORKFLOW = af.Workflow(
 async def traced_in_child(ctx: af.ActionContext) -> None:
     """(In an isolated stage's child process) make a span, and put where it sits in the store."""
     tracer = TracerProvider().get_tracer("user code")  # the child's own provider, as users set one up
+    logger.info("working in the child")  # relayed to the parent, in the action's trace context
     with tracer.start_as_current_span("work in the child") as span:
         made = span.get_span_context()
         parent = span.parent  # type: ignore[attr-defined]
@@ -57,6 +59,12 @@ async def traced_in_child(ctx: af.ActionContext) -> None:
             "parent": None if parent is None else f"{parent.span_id:016x}",
             "pid": os.getpid(),
         }
+
+
+@af.action(name="logs-in-child")
+async def logs_in_child(ctx: af.ActionContext) -> None:
+    """(In an isolated stage's child process) write a log line."""
+    logger.info("working in the child")
 
 
 def span_json(span: ReadableSpan) -> dict[str, Any]:

@@ -451,3 +451,29 @@ async def test_run_left_for_workers_links_to_the_span_that_started_it(tmp_path: 
     assert result.status is af.RunStatus.COMPLETED
     run = worker_tel.by_name("run queued")
     assert [link.context.span_id for link in run.links] == [request.get_span_context().span_id]
+
+
+async def test_log_lines_from_a_child_process_are_written_in_the_actions_trace_context(
+    telemetry: tuple[af.Runner, Telemetry],
+) -> None:
+    """A log line an isolated action writes in its child is relayed with the action's span current."""
+    import otel_child
+    from loguru import logger
+    from opentelemetry import trace
+
+    runner, tel = telemetry
+    seen: list[str] = []
+
+    def sink(message: Any) -> None:
+        if message.record["message"] == "working in the child":
+            seen.append(f"{trace.get_current_span().get_span_context().span_id:016x}")
+
+    handler = logger.add(sink, level="INFO")
+    try:
+        actions = [otel_child.traced_in_child, otel_child.logs_in_child]
+        await runner.run(
+            af.Workflow("isolated", stages=[af.Stage("apart", actions=actions, isolation="process")])
+        )
+    finally:
+        logger.remove(handler)
+    assert seen == [_hex(tel.by_name(f"action {name}"))[1] for name in ("traced-in-child", "logs-in-child")]
