@@ -397,35 +397,35 @@ class Engine:
         )
         if faults.CRASH_PLAN is not None:
             faults.hit("before_start")
-        request = None
+        created_event: dict[str, Any] = {"kind": EventKind.RUN_CREATED.value, "at": now}
         if idempotency_key is not None:
-            request = request_fingerprint(
+            created_event["request"] = request_fingerprint(
                 workflow.id,
                 [(e.key, self.codec.read(e.value)) for e in entries],
                 self.codec.requires_json,
             )
-        info, created = await self.backend.create_run(info, entries)
+        tracing = self.runner.hub.tracing
+        if tracing is not None:
+            # The trace context kept with the run (in its log): later executions link to it.
+            trace = tracing.run_created(info.run_id, workflow.id, here)
+            if trace is not None:
+                created_event["trace"] = trace
+        new_id = info.run_id
+        created = False
+        try:
+            info, created = await self.backend.create_run(info, entries)
+        finally:
+            if not created and tracing is not None:  # (an idempotency key found an earlier run)
+                tracing.run_dropped(new_id)
         if created and here:
             # (its events are its log's from now)
-            self._runs.active[info.run_id] = active = ActiveRun(info.run_id)
-            self._runs.events.add(
-                info.run_id,
-                {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
-                if request is not None
-                else {"kind": EventKind.RUN_CREATED.value, "at": now},
-            )
+            self._runs.active[info.run_id] = active = ActiveRun(info.run_id, fresh=True)
+            self._runs.events.add(info.run_id, created_event)
             self._runs.launch(group, SavedRun(info, list(entries), []), active)
         elif created:  # (for the workers: its log begins here)
-            await self.backend.append_events(
-                info.run_id,
-                [
-                    {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
-                    if request is not None
-                    else {"kind": EventKind.RUN_CREATED.value, "at": now}
-                ],
-            )
+            await self.backend.append_events(info.run_id, [created_event])
         elif idempotency_key is not None:
-            await self._check_same_request(info, workflow, idempotency_key, request)
+            await self._check_same_request(info, workflow, idempotency_key, created_event["request"])
         return RunHandle(self, info.run_id, self._runs.active.get(info.run_id), created=created)
 
     async def _check_same_request(self, info: RunInfo, workflow: Workflow, key: str, request: Any) -> None:

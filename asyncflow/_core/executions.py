@@ -27,6 +27,7 @@ from .checkpoints import RunDurability
 from .clock import Clock
 from .definitions import Registry
 from .errors import LeaseLost, RunFailed
+from .events import EventKind
 from .records import RunResult, RunStatus
 from .runner import Runner
 from .serial import Codec, end_fields
@@ -53,6 +54,8 @@ class ActiveRun:
     drained: bool = False  # stopped by Engine.drain after a checkpoint, and given back
     durability: RunDurability | None = None
     run: RunState | None = None
+    #: launched by the engine.start that wrote it down (its first execution, in the starter's context)
+    fresh: bool = False
 
     @property
     def running(self) -> bool:
@@ -172,6 +175,9 @@ class Executions:
                 self.clock,
                 durability,
             )
+            tracing = self.runner.hub.tracing
+            if tracing is not None and not active.fresh:
+                tracing.run_continues(info.run_id, await self._trace_origin(info.run_id))
             result: RunResult | None = None
             with active.scope:
                 try:
@@ -239,6 +245,21 @@ class Executions:
         finally:
             self.events.forget(info.run_id)
             active.done.set()
+
+    async def _trace_origin(self, run_id: str) -> dict[str, str] | None:
+        """The trace context kept when the run was created (its log's first event), if any."""
+        try:
+            first = await self.backend.read_events(run_id, after=0, limit=1)
+        except Exception as exc:  # (only a span link is missing: the run goes on)
+            logger.warning(
+                "run {}: its trace context could not be read ({}: {})", run_id, type(exc).__name__, exc
+            )
+            return None
+        for _, data in first:
+            trace = data.get("trace")
+            if data.get("kind") == EventKind.RUN_CREATED.value and isinstance(trace, dict):
+                return {str(key): str(value) for key, value in trace.items()}
+        return None
 
     async def _leave_unknown_workflow(self, info: RunInfo) -> None:
         """Give back a run of a workflow not registered here, for an engine that has it (pools by workflow).

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -254,6 +255,16 @@ class _Session:
             self.out.write(failure)
 
     async def _run(self, frame: dict[str, Any]) -> dict[str, Any]:
+        trace = frame.get("trace")
+        if trace is None:
+            return await self._run_action(frame)
+        detach = _enter_trace(trace)
+        try:
+            return await self._run_action(frame)
+        finally:
+            detach()
+
+    async def _run_action(self, frame: dict[str, Any]) -> dict[str, Any]:
         node = self._node(frame)
         run = self.run
         durable = self.durable
@@ -301,6 +312,21 @@ class _Session:
         nodes = self.nodes
         for inserted in node.walk():
             nodes.setdefault(inserted.key, inserted)
+
+
+def _enter_trace(carrier: dict[str, str]) -> Callable[[], None]:
+    """Make the parent's trace context (W3C headers) current here; return what undoes it.
+
+    Only OpenTelemetry's API is needed (the parent sends a context only when
+    it traces); without it, user code here has no tracing to join anyway.
+    """
+    try:
+        from opentelemetry import context
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    except ImportError:
+        return lambda: None
+    token = context.attach(TraceContextTextMapPropagator().extract(carrier))
+    return lambda: context.detach(token)
 
 
 def _changes(ctx: ActionContext, reply: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ dies, the next attempt gets a new child and a new snapshot.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 import types
 from collections.abc import Awaitable, Callable
@@ -45,12 +46,15 @@ StageBody = Callable[["RunState", StageNode], Awaitable[None]]
 class _Call:
     """One request to the child: starting a stage (``begin``) or running an action."""
 
-    __slots__ = ("child", "ctx", "event", "failure", "node", "reply")
+    __slots__ = ("child", "context", "ctx", "event", "failure", "node", "reply")
 
     def __init__(self, child: ChildProcess, node: ActionNode, ctx: ActionContext | None) -> None:
         self.child = child
         self.node = node
         self.ctx = ctx
+        # The action's own context (made in its task): the log lines the child sends for it are
+        # written in it, so they carry what its code would see (its trace span, say).
+        self.context = contextvars.copy_context() if ctx is not None else None
         self.event = anyio.Event()
         self.reply: dict[str, Any] | None = None
         self.failure: BaseException | None = None
@@ -258,7 +262,11 @@ class StageSession:
             if call is not None and call.ctx is not None:
                 await _relay_message(call.ctx, frame, child.pid)
         elif kind == "log":
-            _relay_log(frame, child.pid)
+            call = self.calls.get(frame.get("id", -1))
+            if call is not None and call.context is not None:
+                call.context.run(_relay_log, frame, child.pid)
+            else:
+                _relay_log(frame, child.pid)
         else:
             call = self.calls.pop(frame.get("id", -1), None)
             if call is not None:
@@ -307,6 +315,12 @@ class StageSession:
         if resuming:
             frame["resuming"] = True
             frame["resume_data"] = ctx.resume_data
+        tracing = self.run.hub.tracing
+        if tracing is not None:
+            # The action's trace context (W3C headers): what user code makes in the child joins it.
+            trace = tracing.current()
+            if trace is not None:
+                frame["trace"] = trace
         try:
             await _send(child, frame)
             await call.event.wait()
