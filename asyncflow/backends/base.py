@@ -30,7 +30,8 @@ from .._core.records import CheckpointKind, RunStatus
 #: 4: each run names the version of its workflow it started on, and the versions are kept.
 #: 5: each run keeps a log of its events (``engine.watch``).
 #: 6: an index per filter of list_runs, and auto_vacuum=INCREMENTAL (space given back after a purge).
-SCHEMA_VERSION = 6
+#: 7: (SQLite) the events of runs in a rowid table, appended in the order written, with an index by run.
+SCHEMA_VERSION = 7
 
 
 def _utc(timestamp: float) -> datetime:
