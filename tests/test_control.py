@@ -812,3 +812,21 @@ async def test_remove_stage_of_a_failed_attempt_is_undone() -> None:
     assert result.status is af.RunStatus.COMPLETED
     assert seen == [["first", "later"]]
     assert ran(result) == ["remover", "tail"]
+
+
+async def test_remove_action_of_a_failed_attempt_is_undone() -> None:
+    """A failed attempt's remove_action is undone like its other plan changes: the action runs after all."""
+
+    @af.action(name="remover", retry=af.Retry(attempts=2, backoff=lambda attempt: 0.0))
+    async def remover(ctx: af.ActionContext) -> None:
+        if ctx.attempt == 1:
+            assert ctx.plan.remove_action("tail") == 1
+            raise ConnectionError("first attempt")
+
+    wf = af.Workflow(
+        "wf",
+        stages=[af.Stage("first", actions=[remover]), af.Stage("later", actions=[probe("tail")])],
+    )
+    result = await af.run(wf)
+    assert result.status is af.RunStatus.COMPLETED
+    assert ran(result) == ["remover", "tail"]
