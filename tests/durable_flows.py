@@ -439,6 +439,59 @@ BASIC = af.Workflow(
     ],
 )
 
+
+@af.action(name="switch-off")
+async def switch_off(ctx: af.ActionContext) -> None:
+    """Disable the stage "later-on", every action "late-on" and whatever is tagged "opt"."""
+    record("switch-off", ctx.idempotency_key)
+    ctx.plan.disable_stage("later-on")
+    ctx.plan.disable_action("late-on")
+    ctx.plan.disable_by_tag("opt")
+
+
+@af.action(name="switch-on")
+async def switch_on(ctx: af.ActionContext) -> None:
+    """Enable "later-on", "late-on" of stage "b" and the tag "opt" again; remove "gone" and b's "dropped"."""
+    record("switch-on", ctx.idempotency_key)
+    ctx.plan.enable_stage("later-on")
+    ctx.plan.enable_action("late-on", stage_id="b")
+    ctx.plan.enable_by_tag("opt")
+    ctx.plan.remove_stage("gone")
+    ctx.plan.remove_action("dropped", stage_id="b")
+
+
+class LateOn(Record):
+    """A Record named "late-on" (one in each of two stages)."""
+
+    name = "late-on"
+
+
+class Dropped(Record):
+    """A Record named "dropped" (one in each of two stages)."""
+
+    name = "dropped"
+
+
+class Optional(Record):
+    """A Record tagged "opt"."""
+
+    name = "optional"
+    tags = frozenset({"opt"})
+
+
+#: Each plan change but the insertions, made by completed actions before the run is interrupted.
+REPLAN = af.Workflow(
+    "recover-replan",
+    stages=[
+        af.Stage("a", actions=[switch_off, switch_on, HangOnce("hang")]),
+        af.Stage("later-on", actions=[Record("later-on")]),
+        af.Stage("b", actions=[LateOn("late-on@b"), Dropped("dropped@b")]),
+        af.Stage("gone", actions=[Record("gone")]),
+        af.Stage("opt", tags={"opt"}, actions=[Record("opt-stage")]),
+        af.Stage("c", actions=[LateOn("late-on@c"), Dropped("dropped@c"), Optional("optional@c")]),
+    ],
+)
+
 RESHAPE = af.Workflow(
     "recover-reshape",
     stages=[

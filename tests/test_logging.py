@@ -88,6 +88,54 @@ async def test_action_that_never_uses_the_logger_runs() -> None:
     assert result.status is af.RunStatus.COMPLETED
 
 
+ENABLE_TOO_LATE: list[tuple[str, Any, list[str]]] = [
+    ("enable_stage", lambda plan: plan.enable_stage("off"), ["stage 'off'"]),
+    ("enable_action", lambda plan: plan.enable_action("skipped"), ["action 'skipped' of stage 's'"]),
+    ("enable_by_tag", lambda plan: plan.enable_by_tag("t"), ["stage 'off'", "action 'skipped' of stage 's'"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [(change, named) for _, change, named in ENABLE_TOO_LATE],
+    ids=[name for name, _, _ in ENABLE_TOO_LATE],
+)
+async def test_enabling_a_skipped_step_says_so_in_the_log(
+    records: list[dict[str, Any]], change: Any, named: list[str]
+) -> None:
+    """Enabling a step that was already skipped is logged as having no effect, naming the step."""
+
+    @af.action(name="first")
+    async def first(ctx: af.ActionContext) -> None:
+        ctx.plan.disable_by_tag("t")
+
+    @af.action(name="skipped", tags={"t"})
+    async def skipped(ctx: af.ActionContext) -> None:
+        """Never runs."""
+
+    @af.action(name="late")
+    async def late(ctx: af.ActionContext) -> None:
+        change(ctx.plan)
+
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("s", actions=[first, skipped]),
+            af.Stage("off", tags={"t"}, actions=[quiet]),
+            af.Stage("last", actions=[late]),
+        ],
+    )
+    logger.enable("asyncflow")
+    try:
+        result = await af.run(wf)
+    finally:
+        logger.disable("asyncflow")
+    assert result.status is af.RunStatus.COMPLETED
+    notes = [r["message"] for r in from_library(records)]
+    for step in named:
+        assert f"{step} is already skipped; enabling it has no effect on this execution" in notes, notes
+
+
 async def test_disabling_the_running_stage_says_so_in_the_log(records: list[dict[str, Any]]) -> None:
     """Disabling the running stage is logged by asyncflow as having no effect, naming the stage."""
 

@@ -192,6 +192,27 @@ async def test_recovery_replays_plan_changes_so_the_plan_is_the_same(url: str) -
     assert result.store == {"dyn-child": True, "hang": "done", "extra-action": "x", "b": True}
 
 
+async def test_recovery_replays_enables_and_removals(url: str) -> None:
+    """enable_stage, enable_action, enable_by_tag, remove_stage and remove_action are replayed as made."""
+    run_id = await interrupt(url, flows.REPLAN)
+    result = await finish(url, run_id, flows.REPLAN)
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.stage_order() == ["a", "later-on", "b", "opt", "c"]
+    assert set(flows.LEDGER) == {
+        "switch-off",
+        "switch-on",
+        "hang",
+        "later-on",
+        "late-on@b",
+        "opt-stage",
+        "dropped@c",
+        "optional@c",
+    }
+    assert {label: len(runs) for label, runs in flows.LEDGER.items() if label != "hang"} == dict.fromkeys(
+        set(flows.LEDGER) - {"hang"}, 1
+    )
+
+
 async def test_replayed_insertions_are_not_run_again(url: str) -> None:
     """An action inserted and completed before the interruption is not run again after it."""
     run_id = await interrupt(url, flows.RESHAPE)
