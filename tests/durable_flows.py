@@ -442,11 +442,12 @@ BASIC = af.Workflow(
 
 @af.action(name="switch-off")
 async def switch_off(ctx: af.ActionContext) -> None:
-    """Disable the stage "later-on", every action "late-on" and whatever is tagged "opt"."""
+    """Disable the stage "later-on", every action "late-on", whatever is tagged "opt" and b's "skip-me"."""
     record("switch-off", ctx.idempotency_key)
     ctx.plan.disable_stage("later-on")
     ctx.plan.disable_action("late-on")
     ctx.plan.disable_by_tag("opt")
+    ctx.plan.disable_action("skip-me", stage_id="b")
 
 
 @af.action(name="switch-on")
@@ -472,6 +473,12 @@ class Dropped(Record):
     name = "dropped"
 
 
+class SkipMe(Record):
+    """A Record named "skip-me" (one in each of two stages)."""
+
+    name = "skip-me"
+
+
 class Optional(Record):
     """A Record tagged "opt"."""
 
@@ -485,10 +492,13 @@ REPLAN = af.Workflow(
     stages=[
         af.Stage("a", actions=[switch_off, switch_on, HangOnce("hang")]),
         af.Stage("later-on", actions=[Record("later-on")]),
-        af.Stage("b", actions=[LateOn("late-on@b"), Dropped("dropped@b")]),
+        af.Stage("b", actions=[LateOn("late-on@b"), Dropped("dropped@b"), SkipMe("skip-me@b")]),
         af.Stage("gone", actions=[Record("gone")]),
         af.Stage("opt", tags={"opt"}, actions=[Record("opt-stage")]),
-        af.Stage("c", actions=[LateOn("late-on@c"), Dropped("dropped@c"), Optional("optional@c")]),
+        af.Stage(
+            "c",
+            actions=[LateOn("late-on@c"), Dropped("dropped@c"), SkipMe("skip-me@c"), Optional("optional@c")],
+        ),
     ],
 )
 

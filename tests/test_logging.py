@@ -136,6 +136,25 @@ async def test_enabling_a_skipped_step_says_so_in_the_log(
         assert f"{step} is already skipped; enabling it has no effect on this execution" in notes, notes
 
 
+async def test_disabling_an_action_that_ran_says_so_in_the_log(records: list[dict[str, Any]]) -> None:
+    """Disabling an action that already completed is logged as having no effect, naming it and its stage."""
+
+    @af.action(name="late")
+    async def late(ctx: af.ActionContext) -> None:
+        ctx.plan.disable_action("quiet")
+
+    logger.enable("asyncflow")
+    try:
+        await af.run(af.Workflow("wf", stages=[af.Stage("s", actions=[quiet, late])]))
+    finally:
+        logger.disable("asyncflow")
+    notes = [r["message"] for r in from_library(records)]
+    expected = (
+        "action 'quiet' of stage 's' is already completed; disabling it has no effect on this execution"
+    )
+    assert expected in notes, notes
+
+
 async def test_disabling_the_running_stage_says_so_in_the_log(records: list[dict[str, Any]]) -> None:
     """Disabling the running stage is logged by asyncflow as having no effect, naming the stage."""
 

@@ -193,7 +193,7 @@ async def test_recovery_replays_plan_changes_so_the_plan_is_the_same(url: str) -
 
 
 async def test_recovery_replays_enables_and_removals(url: str) -> None:
-    """enable_stage, enable_action, enable_by_tag, remove_stage and remove_action are replayed as made."""
+    """Enables, removals and a disable_action in one stage made before a restart are replayed as made."""
     run_id = await interrupt(url, flows.REPLAN)
     result = await finish(url, run_id, flows.REPLAN)
     assert result.status is af.RunStatus.COMPLETED
@@ -206,6 +206,7 @@ async def test_recovery_replays_enables_and_removals(url: str) -> None:
         "late-on@b",
         "opt-stage",
         "dropped@c",
+        "skip-me@c",
         "optional@c",
     }
     assert {label: len(runs) for label, runs in flows.LEDGER.items() if label != "hang"} == dict.fromkeys(
