@@ -945,3 +945,46 @@ async def test_discarded_insertions_of_failed_attempts_do_not_count_toward_the_b
     result = await af.run(_wf(inserting_then_flaky), max_insertions=4)
     assert result.status is af.RunStatus.COMPLETED
     assert actions_ran(result).count("noop") == 4
+
+
+@pytest.mark.parametrize("stages", [False, True], ids=["actions", "stages"])
+async def test_a_discarded_insertion_gives_back_exactly_one_place(stages: bool) -> None:
+    """A failed attempt's insertion gives back one place under the bound, no more than one."""
+
+    @af.action(retry=af.Retry(attempts=2, backoff=backoff.fixed(0)))
+    async def greedy_after_a_failure(ctx: af.ActionContext) -> None:
+        for i in range(1 if ctx.attempt == 1 else 3):
+            if stages:
+                ctx.add_dynamic_stage(af.Stage(f"ins-{i}", actions=[noop]))
+            else:
+                ctx.add_dynamic_action(noop)
+        if ctx.attempt == 1:
+            raise ConnectionError("first attempt")
+
+    exc = await run_failing(_wf(greedy_after_a_failure), max_insertions=2)
+    assert isinstance(exc.__cause__, af.InsertionLimitExceeded)
+
+
+async def test_undoing_a_stage_insertion_leaves_a_siblings_later_one() -> None:
+    """Concurrent siblings: undoing a failed attempt's inserted stage keeps one a sibling inserted later."""
+    inserted = anyio.Event()
+
+    @af.action(name="flaky", retry=af.Retry(attempts=2, backoff=backoff.fixed(0)))
+    async def flaky(ctx: af.ActionContext) -> None:
+        if ctx.attempt == 1:
+            ctx.add_dynamic_stage(af.Stage("from-flaky", actions=[noop]))
+            await inserted.wait()
+            raise ConnectionError("first attempt")
+
+    @af.action(name="steady")
+    async def steady(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_stage(af.Stage("from-steady", actions=[noop]))
+        inserted.set()
+
+    wf = af.Workflow(
+        "wf", stages=[af.Stage("s", concurrency=2, actions=[flaky, steady]), af.Stage("end", actions=[noop])]
+    )
+    with anyio.fail_after(5):
+        result = await af.run(wf)
+    assert result.status is af.RunStatus.COMPLETED
+    assert stages_ran(result) == ["s", "from-steady", "end"]
