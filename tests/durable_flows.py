@@ -442,12 +442,13 @@ BASIC = af.Workflow(
 
 @af.action(name="switch-off")
 async def switch_off(ctx: af.ActionContext) -> None:
-    """Disable the stage "later-on", every action "late-on", whatever is tagged "opt" and b's "skip-me"."""
+    """Disable stage "later-on", every "late-on", b's "skip-me" and what is tagged "opt" or "never"."""
     record("switch-off", ctx.idempotency_key)
     ctx.plan.disable_stage("later-on")
     ctx.plan.disable_action("late-on")
     ctx.plan.disable_by_tag("opt")
     ctx.plan.disable_action("skip-me", stage_id="b")
+    ctx.plan.disable_by_tag("never")
 
 
 @af.action(name="switch-on")
@@ -495,6 +496,7 @@ REPLAN = af.Workflow(
         af.Stage("b", actions=[LateOn("late-on@b"), Dropped("dropped@b"), SkipMe("skip-me@b")]),
         af.Stage("gone", actions=[Record("gone")]),
         af.Stage("opt", tags={"opt"}, actions=[Record("opt-stage")]),
+        af.Stage("never", tags={"never"}, actions=[Record("never")]),
         af.Stage(
             "c",
             actions=[LateOn("late-on@c"), Dropped("dropped@c"), SkipMe("skip-me@c"), Optional("optional@c")],
