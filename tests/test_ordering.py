@@ -947,6 +947,29 @@ async def test_discarded_insertions_of_failed_attempts_do_not_count_toward_the_b
     assert actions_ran(result).count("noop") == 4
 
 
+async def test_step_depth_is_zero_for_static_steps_and_grows_per_insertion_level() -> None:
+    """StepRecord.depth: 0 for a static stage and action, +1 for each level of dynamic insertion."""
+
+    @af.action(name="inner")
+    async def inner(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_action(noop)
+
+    @af.action(name="grow")
+    async def grow(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_action(inner)
+        ctx.add_dynamic_stage(af.Stage("dyn", actions=[noop]))
+
+    result = await af.run(af.Workflow("w", stages=[af.Stage("s", actions=[grow])]))
+    depths = [(s.kind, s.stage_id, s.action_name, s.depth) for s in result.steps if s.stage_id == "s"]
+    assert depths == [
+        ("stage", "s", None, 0),
+        ("action", "s", "grow", 0),
+        ("action", "s", "inner", 1),
+        ("action", "s", "noop", 2),
+    ]
+    assert [s.depth for s in result.steps if s.kind == "stage" and s.stage_id == "dyn"] == [1]
+
+
 @pytest.mark.parametrize("stages", [False, True], ids=["actions", "stages"])
 async def test_a_discarded_insertion_gives_back_exactly_one_place(stages: bool) -> None:
     """A failed attempt's insertion gives back one place under the bound, no more than one."""
