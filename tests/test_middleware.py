@@ -339,6 +339,25 @@ async def test_skip_of_a_dynamic_stage_by_workflow_middleware() -> None:
 # ---- retry by calling call_next again (action level) ------------------------------------------
 
 
+async def test_an_action_retry_policy_holds_under_two_action_middlewares() -> None:
+    """With two action-level middlewares, an action's own retry policy still retries inside them."""
+    log: list[str] = []
+    attempts: list[int] = []
+
+    @af.action(name="flaky", retry=af.Retry(attempts=2, backoff=lambda attempt: 0.0))
+    async def flaky(ctx: af.ActionContext) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise ConnectionError("first attempt")
+
+    runner = af.Runner(action_middleware=[tracer("a", log), tracer("b", log)])
+    result = await runner.run(af.Workflow("wf", stages=[af.Stage("s", actions=[flaky])]))
+    assert result.status is af.RunStatus.COMPLETED
+    assert attempts == [1, 2]
+    assert step(result, "s", "flaky").attempts == 2
+    assert log == wrap(["a", "b"], "flaky", [])
+
+
 async def test_hand_written_retry_discards_failed_attempts_and_counts_them() -> None:
     """Calling call_next 3 times: the action sees attempt 1, 2, 3; failed writes and insertions vanish."""
     attempts_seen: list[int] = []

@@ -674,6 +674,21 @@ async def test_swallowing_insertion_limit_exceeded_still_fails_the_run() -> None
     assert exc.result.status is af.RunStatus.FAILED
 
 
+async def test_swallowed_insertion_limit_error_names_the_run_and_its_bound() -> None:
+    """The InsertionLimitExceeded that fails a run whose action swallowed one names the run and the bound."""
+
+    @af.action
+    async def greedy(ctx: af.ActionContext) -> None:
+        for _ in range(4):
+            with contextlib.suppress(af.InsertionLimitExceeded):
+                ctx.add_dynamic_action(noop)
+
+    exc = await run_failing(_wf(greedy), max_insertions=2)
+    assert isinstance(exc.__cause__, af.InsertionLimitExceeded)
+    assert exc.result is not None
+    assert f"run {exc.result.run_id!r} exceeded its bound of 2 dynamic insertions" in str(exc.__cause__)
+
+
 async def test_swallowing_insertion_limit_exceeded_discards_the_action_store_writes() -> None:
     """An action failed for swallowing InsertionLimitExceeded leaves no store writes (as any failure)."""
 

@@ -583,6 +583,19 @@ def test_find_criteria_combine_with_and() -> None:
     assert store.find(tag="red", all_tags={"big"}) == ["a"]
 
 
+@pytest.mark.parametrize(
+    "criteria",
+    [{"tag": "blue"}, {"any_tags": {"blue"}}, {"property": ("source", "db")}],
+    ids=["tag", "any_tags", "property"],
+)
+def test_find_looks_past_entries_that_do_not_match(criteria: dict[str, Any]) -> None:
+    """find goes on past the entries that do not match to the ones after them that do."""
+    store = af.Store()
+    store.put("first", 0, tags={"red"}, properties={"source": "api"})
+    store.put("later", 1, tags={"blue"}, properties={"source": "db"})
+    assert store.find(**criteria) == ["later"]
+
+
 def test_find_returns_list_of_str() -> None:
     """find returns a list of key names."""
     result = tagged_store().find(tag="big")
@@ -610,6 +623,11 @@ def test_properties_of_is_a_copy() -> None:
     store = tagged_store()
     store.properties_of("a")["source"] = "hacked"
     assert store.properties_of("a")["source"] == "api"
+
+
+def test_properties_of_an_entry_without_metadata_is_empty() -> None:
+    """properties_of an entry put without tags or properties is an empty dict."""
+    assert tagged_store().properties_of("d") == {}
 
 
 def test_tags_of_missing_key_raises_missing_key() -> None:
@@ -968,8 +986,10 @@ def test_key_equality_by_name_and_type() -> None:
 
 @pytest.mark.parametrize("name", ["", 3, None])
 def test_key_rejects_bad_name(name: Any) -> None:
-    """af.Key with an empty or non-str name is a TypeError."""
-    with pytest.raises(TypeError):
+    """af.Key with an empty or non-str name is a TypeError saying what the name must be and showing it."""
+    with pytest.raises(
+        TypeError, match=f"af.Key name must be a non-empty string, got {re.escape(repr(name))}"
+    ):
         af.Key(name, int)
 
 
@@ -1125,6 +1145,20 @@ async def test_action_sees_consistent_view_of_its_writes() -> None:
 
     await af.run(one_stage(write), store={"a": 1, "b": 2})
     assert seen == [(2, ["a", "c"], {"a": 10, "c": 3})]
+
+
+async def test_action_deleting_an_absent_key_completes() -> None:
+    """An action that deletes a key the store does not hold gets False and the run completes unchanged."""
+    seen: list[bool] = []
+
+    @af.action
+    async def tidy(ctx: af.ActionContext) -> None:
+        seen.append(ctx.store.delete("never-there"))
+
+    result = await af.run(one_stage(tidy), store={"a": 1})
+    assert result.status is af.RunStatus.COMPLETED
+    assert seen == [False]
+    assert result.store == {"a": 1}
 
 
 async def test_action_delete_then_put_moves_key_to_end() -> None:
