@@ -544,6 +544,19 @@ INSERTS_REGISTERED = af.Workflow(
     "inserts-registered", stages=[af.Stage("s", actions=[insert_registered, Record("after")])]
 )
 
+
+@af.action(name="insert-registered-stage")
+async def insert_registered_stage(ctx: af.ActionContext) -> None:
+    """Insert a stage holding an action registered only in the first engine's registry."""
+    record("insert-registered-stage", ctx.idempotency_key)
+    ctx.add_dynamic_stage(af.Stage("registered", actions=[ONLY_IN_FIRST_REGISTRY]))
+
+
+INSERTS_REGISTERED_STAGE = af.Workflow(
+    "inserts-registered-stage", stages=[af.Stage("s", actions=[insert_registered_stage, Record("after")])]
+)
+
+
 INSERTS_CLOSURE = af.Workflow("inserts-closure", stages=[af.Stage("s", actions=[insert_closure])])
 
 INSERTS_LAMBDA_STAGE = af.Workflow(

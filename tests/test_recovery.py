@@ -277,7 +277,7 @@ async def test_unknown_workflow_on_recovery_is_left_for_an_engine_that_has_it(ur
 
 
 async def test_unknown_action_reference_on_recovery_fails_the_run(url: str) -> None:
-    """A replayed insertion of an action the new engine's registry lacks fails the run: UnknownReference."""
+    """A replayed insertion of an action the new registry lacks fails the run (UnknownReference, where)."""
     first_registry = af.Registry()
     first_registry.register(flows.ONLY_IN_FIRST_REGISTRY)
     run_id = await interrupt(url, flows.INSERTS_REGISTERED, "only-in-first", registry=first_registry)
@@ -288,8 +288,23 @@ async def test_unknown_action_reference_on_recovery_fails_the_run(url: str) -> N
     assert info.error is not None
     assert info.error.startswith("UnknownReference: ")
     assert "only-in-first-registry" in info.error
+    assert "replaying action 'insert-registered' of stage" in info.error
     assert flows.runs_of("insert-registered") == 1
     assert flows.runs_of("after") == 0
+
+
+async def test_unknown_reference_in_a_replayed_stage_insertion_names_where(url: str) -> None:
+    """A replayed stage insertion with an action the new registry lacks fails the run, naming the inserter."""
+    first_registry = af.Registry()
+    first_registry.register(flows.ONLY_IN_FIRST_REGISTRY)
+    run_id = await interrupt(url, flows.INSERTS_REGISTERED_STAGE, "only-in-first", registry=first_registry)
+    result = await finish(url, run_id, flows.INSERTS_REGISTERED_STAGE, registry=af.Registry())
+    info = await info_of(url, run_id)
+    assert result.status is af.RunStatus.FAILED
+    assert info.error is not None
+    assert info.error.startswith("UnknownReference: ")
+    assert "'only-in-first-registry'" in info.error
+    assert "replaying action 'insert-registered-stage' of stage 's'" in info.error
 
 
 async def test_unknown_action_reference_is_reported_as_the_replaying_actions_failure(url: str) -> None:
@@ -764,7 +779,7 @@ async def test_start_refuses_a_workflow_with_a_lambda_made_action(url: str) -> N
 
 
 async def test_dynamic_closure_action_fails_the_run_naming_it(url: str) -> None:
-    """ctx.add_dynamic_action of a closure in a SQLite run fails the action there, naming it and the fix."""
+    """ctx.add_dynamic_action of a closure in a SQLite run fails the action, naming it, where and the fix."""
     async with make_engine(url, flows.INSERTS_CLOSURE) as engine:
         handle = await engine.start(flows.INSERTS_CLOSURE)
         result = await handle.result()
@@ -773,6 +788,7 @@ async def test_dynamic_closure_action_fails_the_run_naming_it(url: str) -> None:
     assert info.error is not None
     assert info.error.startswith("NotReferenceable: ")
     assert "'inner-closure'" in info.error
+    assert "inserted by action 'insert-closure' of stage" in info.error
     assert "module level" in info.error
     assert info.failed_action == "insert-closure"
     assert flows.runs_of("after-insert") == 0
