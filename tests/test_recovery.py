@@ -725,6 +725,16 @@ async def test_start_refuses_a_value_beyond_json_naming_its_key(url: str, value:
         assert (await engine.list_runs()).runs == []
 
 
+async def test_a_wide_shallow_value_of_many_containers_is_kept(url: str) -> None:
+    """A value of more than 1,000 containers nested two deep is no deep nesting: a durable run keeps it."""
+    wide = {"rows": [[i] for i in range(1500)], "maps": [{"k": [i]} for i in range(10)]}
+    async with make_engine(url, flows.QUICK) as engine:
+        handle = await engine.start(flows.QUICK, store={"wide": wide})
+        result = await handle.result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store["wide"] == wide
+
+
 @pytest.mark.parametrize(("value", "why"), BEYOND_JSON)
 async def test_resume_refuses_data_beyond_json(url: str, value: Any, why: str) -> None:
     """engine.resume with a huge int, deep nesting, NaN or infinity raises af.NotSerializable."""
