@@ -136,6 +136,26 @@ async def test_enabling_a_skipped_step_says_so_in_the_log(
         assert f"{step} is already skipped; enabling it has no effect on this execution" in notes, notes
 
 
+async def test_a_retried_attempt_is_logged_with_its_error_and_delay(records: list[dict[str, Any]]) -> None:
+    """A failed attempt that will be retried is logged: action, stage, run, attempt, error and delay."""
+
+    @af.action(name="flaky", retry=af.Retry(attempts=2, backoff=lambda attempt: 0.0))
+    async def flaky(ctx: af.ActionContext) -> None:
+        if ctx.attempt == 1:
+            raise ConnectionError("first attempt")
+
+    logger.enable("asyncflow")
+    try:
+        result = await af.run(af.Workflow("wf", stages=[af.Stage("s", actions=[flaky])]))
+    finally:
+        logger.disable("asyncflow")
+    expected = (
+        f"action 'flaky' of stage 's' in run {result.run_id} failed on attempt 1 "
+        "(ConnectionError: first attempt); retrying in 0.000s"
+    )
+    assert expected in [r["message"] for r in from_library(records)]
+
+
 async def test_disabling_an_action_that_ran_says_so_in_the_log(records: list[dict[str, Any]]) -> None:
     """Disabling an action that already completed is logged as having no effect, naming it and its stage."""
 
