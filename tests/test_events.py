@@ -504,6 +504,16 @@ async def test_slow_subscriber_never_blocks_the_run_and_is_told_what_it_missed()
     assert len(kept) + marker.dropped + 1 == len(emitted)
 
 
+async def test_a_stream_holds_1000_events_by_default() -> None:
+    """subscribe() without buffer= holds 1,000 events (RUN_FINISHED among them) and the drop marker."""
+    runner = af.Runner()
+    async with runner.subscribe() as events:
+        await runner.run(one_stage(*(f"step-{i}" for i in range(600))))
+        received = await read_until_run_finished(events)
+    assert len(received) == 1001
+    assert [e.kind for e in received[-2:]] == [K.EVENTS_DROPPED, K.RUN_FINISHED]
+
+
 async def test_slow_subscriber_that_caught_up_gets_the_next_run_in_full() -> None:
     """After reading the EVENTS_DROPPED marker, a subscriber receives the next run's events without loss."""
     runner = af.Runner()
