@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -687,6 +688,27 @@ async def test_swallowed_insertion_limit_error_names_the_run_and_its_bound() -> 
     assert isinstance(exc.__cause__, af.InsertionLimitExceeded)
     assert exc.result is not None
     assert f"run {exc.result.run_id!r} exceeded its bound of 2 dynamic insertions" in str(exc.__cause__)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"retry": af.Retry(attempts=2, backoff=backoff.fixed(0))}, {"timeout": 30.0}],
+    ids=["with-retry", "with-timeout"],
+)
+async def test_swallowing_insertion_limit_exceeded_fails_an_action_with_a_policy_too(
+    options: dict[str, Any],
+) -> None:
+    """An action with a retry policy or a time limit that swallows InsertionLimitExceeded fails with it."""
+
+    @af.action(name="greedy", **options)
+    async def greedy(ctx: af.ActionContext) -> None:
+        for _ in range(4):
+            with contextlib.suppress(af.InsertionLimitExceeded):
+                ctx.add_dynamic_action(noop)
+
+    exc = await run_failing(_wf(greedy), max_insertions=2)
+    assert isinstance(exc.__cause__, af.InsertionLimitExceeded)
+    assert exc.action_name == "greedy"
 
 
 async def test_swallowing_insertion_limit_exceeded_discards_the_action_store_writes() -> None:
