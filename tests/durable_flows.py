@@ -274,6 +274,12 @@ async def raise_suspend_with_an_object(ctx: af.ActionContext) -> None:
     raise af.Suspend("check", {"when": object()})
 
 
+@af.action(timeout=30)
+async def raise_suspend_with_int_keys_timed(ctx: af.ActionContext) -> None:
+    """raise_suspend_with_int_keys with a time limit (its attempt takes the slower path)."""
+    raise af.Suspend("check", {7: "seven"})
+
+
 @af.action
 async def send_int_keys(ctx: af.ActionContext) -> None:
     """Send a message whose payload has an int key."""
@@ -586,6 +592,9 @@ SUSPENDS_WITH_INT_KEYS = af.Workflow(
 SENDS_INT_KEYS = af.Workflow("send-int-keys", stages=[af.Stage("s", actions=[send_int_keys])])
 RAISES_SUSPEND_WITH_INT_KEYS = af.Workflow(
     "raise-suspend-int-keys", stages=[af.Stage("s", actions=[raise_suspend_with_int_keys])]
+)
+RAISES_SUSPEND_WITH_INT_KEYS_TIMED = af.Workflow(
+    "raise-suspend-int-keys-timed", stages=[af.Stage("s", actions=[raise_suspend_with_int_keys_timed])]
 )
 RAISES_SUSPEND_WITH_AN_OBJECT = af.Workflow(
     "raise-suspend-object", stages=[af.Stage("s", actions=[raise_suspend_with_an_object])]

@@ -227,6 +227,16 @@ async def test_replayed_insertions_are_not_run_again(url: str) -> None:
     }
 
 
+async def test_replayed_steps_keep_one_attempt(url: str) -> None:
+    """A step replayed after a restart is recorded with the one attempt it took before it."""
+    run_id = await interrupt(url, flows.RESHAPE)
+    result = await finish(url, run_id, flows.RESHAPE)
+    replayed = [
+        (s.action_name, s.attempts) for s in result.steps if s.reason == "completed in an earlier execution"
+    ]
+    assert replayed == [("reshape", 1), ("record", 1)]
+
+
 async def test_replayed_steps_are_recorded_as_completed_earlier(url: str) -> None:
     """The recovered run's records mark the replayed steps completed in an earlier execution, dynamic kept."""
     run_id = await interrupt(url, flows.RESHAPE)
@@ -657,6 +667,9 @@ async def test_suspend_data_with_non_string_dict_keys_fails_the_action(url: str)
     [
         pytest.param(flows.RAISES_SUSPEND_WITH_INT_KEYS, "dict key 7 is not a string", id="int-keys"),
         pytest.param(flows.RAISES_SUSPEND_WITH_AN_OBJECT, "not JSON serializable", id="object"),
+        pytest.param(
+            flows.RAISES_SUSPEND_WITH_INT_KEYS_TIMED, "dict key 7 is not a string", id="with-timeout"
+        ),
     ],
 )
 async def test_suspend_raised_directly_with_data_the_run_cannot_keep_fails_the_action(
