@@ -82,6 +82,24 @@ async def record_failing_run(error: BaseException) -> list[af.Event]:
 # ---- order and content ------------------------------------------------------------------
 
 
+async def test_insertions_of_an_action_with_a_time_limit_are_announced() -> None:
+    """An action with a time limit that inserts steps (and writes nothing) sends their inserted events."""
+    runner = af.Runner()
+    seen: list[af.Event] = []
+    runner.on_event(seen.append)
+
+    @af.action(name="grow", timeout=30)
+    async def grow(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_action(noop("d"))
+        ctx.add_dynamic_stage(af.Stage("inserted", actions=[noop("e")]))
+
+    await runner.run(af.Workflow("wf", stages=[af.Stage("s", actions=[grow])]))
+    inserts = [
+        (e.kind, e.stage_id, e.action_name) for e in seen if e.kind in (K.ACTION_INSERTED, K.STAGE_INSERTED)
+    ]
+    assert inserts == [(K.ACTION_INSERTED, "s", "d"), (K.STAGE_INSERTED, "inserted", None)]
+
+
 async def test_event_order_with_insertions_a_skipped_stage_and_a_failure() -> None:
     """Events come in execution order: starts, inserts, finishes, the skip, the failure and the run's end."""
     seen = await record_failing_run(ValueError("broken"))
