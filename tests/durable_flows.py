@@ -280,6 +280,15 @@ async def raise_suspend_with_int_keys_timed(ctx: af.ActionContext) -> None:
     raise af.Suspend("check", {7: "seven"})
 
 
+@af.action(name="merge-not-json")
+async def merge_not_json(ctx: af.ActionContext) -> None:
+    """ctx.store.merge a value that is not JSON; record the message of the refusal."""
+    try:
+        ctx.store.merge({"fine": 1, "when": {1, 2}})
+    except af.NotSerializable as exc:
+        record("merge-refused", str(exc))
+
+
 @af.action
 async def send_int_keys(ctx: af.ActionContext) -> None:
     """Send a message whose payload has an int key."""
@@ -537,6 +546,9 @@ APPROVAL = af.Workflow("approval", stages=[af.Stage("s", actions=[step_one, appr
 SLEEPY = af.Workflow(
     "sleepy", stages=[af.Stage("s", actions=[Record("before"), af.sleep(100), Record("woke")])]
 )
+SLEEPY_THEN_HANG = af.Workflow(
+    "sleepy-then-hang", stages=[af.Stage("s", actions=[af.sleep(100), HangOnce("hang")])]
+)
 
 FLAKY = af.Workflow("flaky", stages=[af.Stage("s", actions=[flaky])])
 
@@ -593,6 +605,7 @@ SENDS_INT_KEYS = af.Workflow("send-int-keys", stages=[af.Stage("s", actions=[sen
 RAISES_SUSPEND_WITH_INT_KEYS = af.Workflow(
     "raise-suspend-int-keys", stages=[af.Stage("s", actions=[raise_suspend_with_int_keys])]
 )
+MERGES_NOT_JSON = af.Workflow("merges-not-json", stages=[af.Stage("s", actions=[merge_not_json])])
 RAISES_SUSPEND_WITH_INT_KEYS_TIMED = af.Workflow(
     "raise-suspend-int-keys-timed", stages=[af.Stage("s", actions=[raise_suspend_with_int_keys_timed])]
 )

@@ -516,6 +516,18 @@ async def test_sleep_not_yet_due_waits_only_what_is_left(url: str) -> None:
     assert flows.runs_of("woke") == 1
 
 
+async def test_a_run_that_woke_is_running_again_in_the_database(url: str) -> None:
+    """Once its sleep is over and the next action runs, the run's status reads RUNNING again."""
+    clock = FakeClock(START)
+    async with make_engine(url, flows.SLEEPY_THEN_HANG, clock=clock) as engine:
+        handle = await engine.start(flows.SLEEPY_THEN_HANG)
+        await flows.eventually(lambda: is_sleeping(engine, handle.run_id))
+        await clock.advance(100)
+        with anyio.fail_after(5):
+            await flows.gate("hang").wait()
+        assert (await engine.get_run(handle.run_id)).status is af.RunStatus.RUNNING
+
+
 # ---- persisted retries ---------------------------------------------------------------------
 
 
@@ -736,6 +748,14 @@ async def test_start_refuses_a_value_beyond_json_naming_its_key(url: str, value:
         with pytest.raises(af.NotSerializable, match=f"'odd'.*{why}"):
             await engine.start(flows.QUICK, store={"odd": value})
         assert (await engine.list_runs()).runs == []
+
+
+async def test_merge_in_a_durable_run_refuses_a_value_that_is_not_json(url: str) -> None:
+    """ctx.store.merge in a durable run raises af.NotSerializable naming the key, as a write does."""
+    _, result = await run_here(url, flows.MERGES_NOT_JSON)
+    assert result.status is af.RunStatus.COMPLETED
+    [message] = flows.LEDGER["merge-refused"]
+    assert "'when'" in message
 
 
 async def test_a_wide_shallow_value_of_many_containers_is_kept(url: str) -> None:

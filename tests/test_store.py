@@ -768,6 +768,28 @@ def test_merge_of_a_typed_key_with_a_value_of_another_type_merges_nothing() -> N
     assert dict(store) == {}
 
 
+def test_merge_of_a_typed_key_with_a_value_of_its_type_merges_it() -> None:
+    """merge({af.Key("n", int): 5}) writes 5 under "n"."""
+    store = af.Store()
+    store.merge({af.Key("n", int): 5})
+    assert store.snapshot() == {"n": 5}
+
+
+def test_merge_of_something_else_is_a_type_error_showing_it() -> None:
+    """merge(42) raises TypeError saying what merge takes and showing what it got."""
+    with pytest.raises(TypeError, match=r"Store\.merge takes a Store or a mapping, got 42"):
+        af.Store().merge(42)  # type: ignore[arg-type]
+
+
+def test_merge_of_a_store_keeps_each_entry_s_time_to_live() -> None:
+    """An entry merged from another store expires when it would have there."""
+    source, clock = ttl_store()
+    target = af.Store(clock=clock)
+    target.merge(source)
+    clock.advance(10)
+    assert target.snapshot() == {"long": 2}
+
+
 async def test_run_refuses_an_initial_store_with_a_mistyped_typed_key() -> None:
     """af.run(wf, store={af.Key("n", int): "x"}) raises af.TypeMismatch before any action runs."""
     ran: list[bool] = []
