@@ -156,6 +156,20 @@ async def test_a_retried_attempt_is_logged_with_its_error_and_delay(records: lis
     assert expected in [r["message"] for r in from_library(records)]
 
 
+async def test_a_failed_run_is_logged_as_an_error_with_its_exception(records: list[dict[str, Any]]) -> None:
+    """A failed run logs one ERROR line: the failure's text, with the exception attached."""
+    logger.enable("asyncflow")
+    try:
+        with pytest.raises(af.ActionFailed) as info:
+            await af.run(af.Workflow("wf", stages=[af.Stage("s", actions=[boom])]))
+    finally:
+        logger.disable("asyncflow")
+    errors = [r for r in from_library(records) if r["level"].name == "ERROR"]
+    assert [r["message"] for r in errors] == [str(info.value)]
+    assert errors[0]["exception"] is not None
+    assert isinstance(errors[0]["exception"].value, ValueError)
+
+
 async def test_disabling_an_action_that_ran_says_so_in_the_log(records: list[dict[str, Any]]) -> None:
     """Disabling an action that already completed is logged as having no effect, naming it and its stage."""
 
