@@ -280,6 +280,18 @@ async def raise_suspend_with_int_keys_timed(ctx: af.ActionContext) -> None:
     raise af.Suspend("check", {7: "seven"})
 
 
+@af.action(name="put-tagged")
+async def put_tagged(ctx: af.ActionContext) -> None:
+    """Put an entry with tags and properties."""
+    ctx.store.put("tagged", 1, tags={"t"}, properties={"p": "v"})
+
+
+@af.action(name="read-tagged")
+async def read_tagged(ctx: af.ActionContext) -> None:
+    """Record what find(tag="t") and properties_of("tagged") give."""
+    record("read-tagged", (ctx.store.find(tag="t"), ctx.store.properties_of("tagged")))
+
+
 @af.action(name="merge-not-json")
 async def merge_not_json(ctx: af.ActionContext) -> None:
     """ctx.store.merge a value that is not JSON; record the message of the refusal."""
@@ -604,6 +616,9 @@ SUSPENDS_WITH_INT_KEYS = af.Workflow(
 SENDS_INT_KEYS = af.Workflow("send-int-keys", stages=[af.Stage("s", actions=[send_int_keys])])
 RAISES_SUSPEND_WITH_INT_KEYS = af.Workflow(
     "raise-suspend-int-keys", stages=[af.Stage("s", actions=[raise_suspend_with_int_keys])]
+)
+METADATA_ACROSS_A_RESTART = af.Workflow(
+    "metadata-across-a-restart", stages=[af.Stage("s", actions=[put_tagged, HangOnce("hang"), read_tagged])]
 )
 MERGES_NOT_JSON = af.Workflow("merges-not-json", stages=[af.Stage("s", actions=[merge_not_json])])
 RAISES_SUSPEND_WITH_INT_KEYS_TIMED = af.Workflow(

@@ -750,6 +750,14 @@ async def test_start_refuses_a_value_beyond_json_naming_its_key(url: str, value:
         assert (await engine.list_runs()).runs == []
 
 
+async def test_tags_and_properties_of_an_entry_survive_a_restart(url: str) -> None:
+    """An entry's tags and properties written before a restart are there after it."""
+    run_id = await interrupt(url, flows.METADATA_ACROSS_A_RESTART)
+    result = await finish(url, run_id, flows.METADATA_ACROSS_A_RESTART)
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.LEDGER["read-tagged"] == [(["tagged"], {"p": "v"})]
+
+
 async def test_merge_in_a_durable_run_refuses_a_value_that_is_not_json(url: str) -> None:
     """ctx.store.merge in a durable run raises af.NotSerializable naming the key, as a write does."""
     _, result = await run_here(url, flows.MERGES_NOT_JSON)

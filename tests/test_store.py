@@ -156,10 +156,11 @@ def test_get_or_returns_default_for_missing_key_with_type() -> None:
 
 
 def test_get_or_raises_type_mismatch_for_present_value_of_wrong_type() -> None:
-    """get_or raises af.TypeMismatch when the key is present with a value of the wrong type."""
+    """get_or raises af.TypeMismatch naming the key, the type asked for and the one held."""
     store = af.Store({"k": "one"})
-    with pytest.raises(af.TypeMismatch):
+    with pytest.raises(af.TypeMismatch, match="store key 'k' holds a str, not a int") as info:
         store.get_or("k", 7, int)
+    assert (info.value.key, info.value.expected, info.value.actual) == ("k", int, "one")
 
 
 def test_delete_present_key_returns_true() -> None:
@@ -350,6 +351,27 @@ def test_ttl_expired_get_raises_missing_key() -> None:
     """get of an expired entry raises af.MissingKey."""
     with pytest.raises(af.MissingKey, match="short"):
         expired_store().get("short")
+
+
+def test_ttl_expired_missing_key_says_it_expired() -> None:
+    """The af.MissingKey for an expired entry says it has expired (and is marked so)."""
+    with pytest.raises(af.MissingKey) as info:
+        expired_store().get("short")
+    assert info.value.expired is True
+    assert str(info.value) == "store key 'short' has expired"
+
+
+def test_a_key_of_a_str_subclass_is_stored_under_its_text() -> None:
+    """A key that is an instance of a str subclass is stored under the same text."""
+
+    class Name(str):
+        pass
+
+    store = af.Store()
+    store.delete(Name("a"))
+    store.put(Name("a"), 1)
+    assert store.snapshot() == {"a": 1}
+    assert store.delete(Name("a")) is True
 
 
 def test_ttl_expired_getitem_raises_missing_key() -> None:
