@@ -151,6 +151,14 @@ async def test_bail_ends_the_run_bailed_with_its_reason() -> None:
     assert result.error is None
 
 
+async def test_the_bailing_step_records_the_bail_and_its_reason() -> None:
+    """The bailing action's step record reads "bailed: <reason>"."""
+    wf = af.Workflow("wf", stages=[af.Stage("s", actions=[bailer("stop", "nothing to do")])])
+    result = await af.run(wf)
+    [record] = [s for s in result.steps if s.action_name == "stop"]
+    assert record.reason == "bailed: nothing to do"
+
+
 @pytest.mark.parametrize("reason", [123, None])
 async def test_bail_reason_must_be_a_string(reason: object) -> None:
     """ctx.bail(123) fails the action with a TypeError naming the reason; the run does not bail."""
