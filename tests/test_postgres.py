@@ -109,6 +109,30 @@ async def test_missing_database_is_named(postgres_server: str) -> None:
             pass
 
 
+async def test_calls_wait_for_a_connection_when_the_server_has_no_more(postgres_server: str) -> None:
+    """At the server's connection limit (here the role's), calls wait with back-off instead of failing."""
+    conn = await asyncpg.connect(postgres_server)
+    role = f"af_limit_{os.getpid()}"
+    schema = f"t_limit_{os.getpid()}"
+    database = await conn.fetchval("SELECT current_database()")
+    try:
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        # The pool's first 2 connections and the session's: no room for the pool to grow.
+        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw' CONNECTION LIMIT 3")
+        await conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {role}')
+        url = f"postgresql://{role}:pw@127.0.0.1:5432/{database}?schema={schema}&pool_size=8"
+        async with PostgresBackend(url, reconnect_timeout=30) as backend:
+            await backend.create_run(_info("r1"), [])
+            with anyio.fail_after(30):  # (16 at once: the pool would open more connections)
+                infos = await asyncio.gather(*(backend.get_run("r1") for _ in range(16)))
+            assert {info.run_id for info in infos if info is not None} == {"r1"}
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.execute(f'REVOKE ALL ON DATABASE "{database}" FROM {role}')
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        await conn.close()
+
+
 def test_missing_extra_names_it() -> None:
     """Without asyncpg, import asyncflow works and a postgres URL names the extra to install."""
     code = textwrap.dedent(

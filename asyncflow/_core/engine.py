@@ -33,7 +33,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -90,6 +90,8 @@ class _Active:
     #: whether the lease was lost to a cancel made elsewhere (``None``: not known yet)
     cancelled_elsewhere: bool | None = None
     drained: bool = False  # stopped by Engine.drain after a checkpoint, and given back
+    #: the run was resumed (here) while this execution of it still ran: it writes nothing more
+    superseded: bool = False
     durability: RunDurability | None = None
     run: RunState | None = None
 
@@ -535,10 +537,35 @@ class Engine:
         if active is None:
             active = self._active.get(saved.info.run_id)
             if active is not None and not active.done.is_set():
+                if active.superseded:  # (it stops at once: the run goes on here after it)
+                    group.start_soon(self._launch_after, group, saved, active)
                 return
             active = _Active(saved.info.run_id)
             self._active[saved.info.run_id] = active
         group.start_soon(self._execute, saved, active)
+
+    async def _launch_after(self, group: TaskGroup, saved: SavedRun, stale: _Active) -> None:
+        await stale.done.wait()
+        if self._active.get(saved.info.run_id) is stale:
+            del self._active[saved.info.run_id]
+        self._launch(group, saved)
+
+    def _supersede(self, run_id: str) -> None:
+        """The run was resumed here: an execution of it still running here (it missed that) stops now.
+
+        (Say its lease ran out while it wrote its suspension, and a take-over
+        here claimed the run again before that write went through.) It writes
+        nothing more: the resumed run's execution begins once it has stopped.
+        """
+        active = self._active.get(run_id)
+        if active is None or active.done.is_set():
+            return
+        active.superseded = True
+        active.lease_lost = True
+        active.cancelled_elsewhere = False
+        if active.durability is not None:
+            active.durability.superseded = True
+        active.scope.cancel()
 
     async def _execute(self, saved: SavedRun, active: _Active) -> None:
         info = saved.info
@@ -612,7 +639,13 @@ class Engine:
                 if active.cancelled_elsewhere is None:  # (a checkpoint found the lease gone)
                     with anyio.CancelScope(shield=True):
                         active.cancelled_elsewhere = await self._cancelled_elsewhere(info.run_id)
-                if active.cancelled_elsewhere:
+                if active.superseded:
+                    logger.info(
+                        "run {} was resumed while an earlier execution of it still ran here; "
+                        "that execution stopped",
+                        info.run_id,
+                    )
+                elif active.cancelled_elsewhere:
                     logger.info(
                         "run {} was cancelled elsewhere (by another engine or process); "
                         "this engine stopped it",
@@ -677,8 +710,12 @@ class Engine:
     async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
         fields = end_fields(info, result, durability.suspended_key)
 
-        def record() -> Awaitable[bool]:
-            return self.backend.update_run(info.run_id, holder=self.owner, now=self.clock.now(), **fields)
+        async def record() -> bool:
+            if durability.superseded:  # (resumed meanwhile: the run is no longer this execution's)
+                return False
+            return await self.backend.update_run(
+                info.run_id, holder=self.owner, now=self.clock.now(), **fields
+            )
 
         try:
             updated = await record()
@@ -722,6 +759,10 @@ class Engine:
                         given_back = True
                         continue
                     saved = await self.backend.load(info.run_id)
+                    if saved is not None and not self._holds(saved.info):
+                        # Changed since the claim (its execution here recorded its end, or it was
+                        # resumed or cancelled meanwhile): not this engine's to run now.
+                        continue
                     if saved is not None:
                         logger.info(
                             "taking over run {} of workflow {!r} ({})",
@@ -732,6 +773,10 @@ class Engine:
                         self._launch(group, saved)
             if len(claimed) < limit or given_back:  # (runs given back would come back at once)
                 return
+
+    def _holds(self, info: RunInfo) -> bool:
+        """Whether the record says this engine holds the run (as a claim leaves it)."""
+        return info.owner == self.owner and info.status in (RunStatus.RUNNING, RunStatus.SLEEPING)
 
     async def _maintain(self) -> None:
         """Heartbeats, take-overs and retention, every ``poll_interval``."""
@@ -1047,6 +1092,7 @@ class Engine:
             if key is not None and await self._resumed_with(run_id, key):
                 return RunHandle(self, run_id, self._active.get(run_id), created=False)
             raise RunStateError(f"run {run_id!r} is no longer suspended (resumed or cancelled meanwhile)")
+        self._supersede(run_id)
         resumed: dict[str, Any] = {"kind": EventKind.RUN_RESUMED.value, "at": self.clock.now()}
         if key is not None:
             resumed["key"] = key
@@ -1064,6 +1110,8 @@ class Engine:
                 else []
             )
             saved = await self.backend.load(run_id) if claimed else None
+            if saved is not None and not self._holds(saved.info):  # (cancelled meanwhile, say)
+                saved = None
         except Exception as exc:  # (resumed: this engine or another takes it at its next look)
             logger.warning(
                 "run {} is resumed; taking it here failed ({}: {})", run_id, type(exc).__name__, exc

@@ -194,7 +194,9 @@ class PostgresBackend(Backend):
         # The fencing token of each run this backend holds, by (owner, run id): engines that
         # share a backend keep apart (one losing a run never forgets another's token).
         self._fences: dict[tuple[str, str], int] = {}
-        self._pending: list[tuple[Checkpoint, asyncio.Future[None]]] = []
+        # Checkpoints waiting for the next group commit, each with the fencing token its run had
+        # here when it was made (a claim that comes meanwhile must not lend it a newer one).
+        self._pending: list[tuple[Checkpoint, int, asyncio.Future[None]]] = []
         self._writers = 0
         self._scheduled = False
         self._writer_tasks: set[asyncio.Task[None]] = set()
@@ -513,7 +515,8 @@ class PostgresBackend(Backend):
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._pending.append((checkpoint, future))
+        fence = self._fences.get((checkpoint.owner, checkpoint.run_id), -1)
+        self._pending.append((checkpoint, fence, future))
         if not self._scheduled and self._writers < self._max_batches:
             # At the end of this pass of the loop: every run that moved in it shares the batch.
             self._scheduled = True
@@ -537,20 +540,20 @@ class PostgresBackend(Backend):
                 if self._pending and self._writers < self._max_batches:
                     self._start_writer()  # (another batch in flight meanwhile)
                 try:
-                    errors = await self._write_batch([cp for cp, _ in batch])
+                    errors = await self._write_batch([(cp, fence) for cp, fence, _ in batch])
                 except BaseException as exc:
                     failure = (
                         exc
                         if isinstance(exc, Exception)
                         else BackendError(f"checkpoint write stopped: {exc!r}")
                     )
-                    for _, future in batch:
+                    for _, _, future in batch:
                         if not future.done():
                             future.set_exception(failure)
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                for (_, future), error in zip(batch, errors, strict=True):
+                for (_, _, future), error in zip(batch, errors, strict=True):
                     if future.done():
                         continue
                     if error is None:
@@ -560,13 +563,11 @@ class PostgresBackend(Backend):
         finally:
             self._writers -= 1
 
-    async def _write_batch(self, cps: list[Checkpoint]) -> list[BaseException | None]:
+    async def _write_batch(self, cps: list[tuple[Checkpoint, int]]) -> list[BaseException | None]:
         """Write ``cps`` (all or none); an error (LeaseLost or other) per checkpoint, or None."""
-        fences = self._fences
         columns: list[list[Any]] = [[] for _ in range(10)]
         status_rows: list[tuple[str, str | None, float | None, str, int]] = []
-        for cp in cps:
-            fence = fences.get((cp.owner, cp.run_id), -1)
+        for cp, fence in cps:
             for column, value in zip(
                 columns,
                 (
@@ -614,20 +615,20 @@ class PostgresBackend(Backend):
         if written == len(cps):
             return [None] * len(cps)
         errors: list[BaseException | None] = []
-        for cp in cps:
+        for cp, fence in cps:
             try:
                 if written < 0:
-                    errors.append(None if await self._write_batch([cp]) == [None] else _lease_lost(cp))
+                    alone = await self._write_batch([(cp, fence)])
+                    errors.append(None if alone == [None] else _lease_lost(cp))
                     continue
-                ok = await self._call(self._written_check(cp))
+                ok = await self._call(self._written_check(cp, fence))
                 errors.append(None if ok else _lease_lost(cp))
             except Exception as exc:
                 errors.append(exc)
         return errors
 
-    def _written_check(self, cp: Checkpoint) -> Callable[[Any], Awaitable[Any]]:
-        """A call: whether ``cp`` is in the database and its engine still owns the run."""
-        fence = self._fences.get((cp.owner, cp.run_id), -1)
+    def _written_check(self, cp: Checkpoint, fence: int) -> Callable[[Any], Awaitable[Any]]:
+        """A call: whether ``cp`` is in the database and its engine still owns the run (with ``fence``)."""
 
         async def check(conn: Any) -> Any:
             return await conn.fetchval(_WRITTEN_SQL, cp.run_id, cp.seq, cp.owner, fence)
