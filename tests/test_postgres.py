@@ -21,6 +21,7 @@ from helpers import eventually
 import asyncflow as af
 from asyncflow.backends import Checkpoint, RunInfo
 from asyncflow.backends.postgres import PG_SCHEMA_VERSION, PostgresBackend
+from asyncflow.backends.postgres.schema import lock_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -321,6 +322,28 @@ async def test_a_checkpoint_in_flight_survives_its_engine_claiming_the_run_again
     assert [cp.step_key for cp in saved.checkpoints] == ["s/0", "s/1"]
 
 
+async def test_clocks_that_disagree_between_machines_take_no_run_early(postgres_url: str) -> None:
+    """Leases are reckoned on the server's clock: a machine an hour ahead does not take a held run."""
+    behind = PostgresBackend(postgres_url, clock=lambda: time.time() - 3600)
+    ahead = PostgresBackend(postgres_url, clock=lambda: time.time() + 3600)
+    async with behind, ahead, PostgresBackend(postgres_url) as level:
+        assert abs(behind.clock_offset - 3600) < 5
+        assert abs(ahead.clock_offset + 3600) < 5
+        assert level.clock_offset == 0.0
+        now = time.time() - 3600  # (the machine behind's clock)
+        await behind.create_run(_info("r1"), [])
+        (claimed,) = await behind.claim("behind", now=now, lease_until=now + 30, limit=1)
+        assert abs(claimed.lease_until - (now + 30)) < 5  # (its own clock's reading)
+        for other, skew in ((level, 0), (ahead, 3600)):
+            later = time.time() + skew
+            assert await other.claim("other", now=later, lease_until=later + 30, limit=1) == []
+        await behind.checkpoint(Checkpoint("r1", "behind", "s/0", "action", seq=1))
+        assert await behind.heartbeat("behind", ["r1"], now=now, lease_until=now + 30) == set()
+        row = await level.get_run("r1")
+        assert row is not None
+        assert abs(row.lease_until - (time.time() + 30)) < 5
+
+
 async def test_engines_sharing_a_backend_keep_their_tokens_apart(backend: PostgresBackend) -> None:
     """When one engine of a shared backend loses a run to another, the new holder's writes go in."""
     await backend.create_run(_info("r1"), [])
@@ -438,6 +461,70 @@ async def test_a_killed_worker_is_taken_over_within_two_seconds(postgres_url: st
         child.wait()
         if child.stdout is not None:
             child.stdout.close()
+
+
+NAMESAKE = textwrap.dedent(
+    """
+    import sys, anyio
+    import asyncflow as af
+
+    async def main():
+        async with af.Engine(sys.argv[1], owner=sys.argv[2], lease=60.0, poll_interval=0.2):
+            print("open", flush=True)
+            await anyio.sleep(3600)
+
+    anyio.run(main)
+    """
+)
+
+
+async def test_a_killed_engine_does_not_free_the_runs_of_a_live_namesake(
+    postgres_server: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """Live engines of one owner name each have a liveness lock: one killed frees none of the other's runs."""
+    script = tmp_path / "namesake.py"
+    script.write_text(NAMESAKE)
+    space = lock_space(_schema(postgres_url))
+
+    async def liveness_locks() -> int:
+        conn = await asyncpg.connect(postgres_server)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND objsubid = 2 AND classid = $1::oid",
+                    space,
+                )
+            )
+        finally:
+            await conn.close()
+
+    async with PostgresBackend(postgres_url) as alive, PostgresBackend(postgres_url) as taker:
+        await alive.create_run(_info("r1"), [])
+        now = time.time()
+        assert len(await alive.claim("same", now=now, lease_until=now + 60, limit=1)) == 1
+        child = spawn([sys.executable, str(script), postgres_url, "same"], tmp_path)
+        try:
+            assert child.stdout is not None
+            with anyio.fail_after(60):
+                assert (await anyio.to_thread.run_sync(child.stdout.readline)).strip() == "open"
+            assert await liveness_locks() == 3
+            child.kill()
+            await anyio.to_thread.run_sync(child.wait)
+
+            async def gone() -> bool:  # (the server has seen its session end)
+                return await liveness_locks() == 2
+
+            await eventually(gone, within=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+        now = time.time()
+        assert await taker.claim("taker", now=now, lease_until=now + 60, limit=1) == []
+        assert (await taker.workers())["same"]["alive"]
 
 
 async def test_a_live_worker_keeps_its_runs_past_no_lease(postgres_url: str) -> None:
