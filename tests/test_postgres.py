@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import asyncpg
 import pytest
+from faults.faulty import Faults, FaultyBackend
 from helpers import eventually
 
 import asyncflow as af
@@ -581,6 +582,69 @@ async def test_a_released_run_is_taken_at_once_by_notice(postgres_url: str) -> N
                 result = await engine.wait("r1")
             assert result.status is af.RunStatus.COMPLETED
             assert time.monotonic() - t0 < 4
+
+
+#: the executions of ``follow_gated``, and the gates they wait on (the first, then every other one)
+GATED: list[str] = []
+GATES: dict[str, anyio.Event] = {}
+
+
+@af.action
+async def follow_gated(ctx: af.ActionContext) -> None:
+    """Waits for the gate of its execution: ``first`` for the first one, ``later`` for the others."""
+    GATED.append(ctx.run_id)
+    await GATES["first" if len(GATED) == 1 else "later"].wait()
+
+
+class Ahead:
+    """A clock 100 s ahead of this machine's: to its engine, every lease of this machine's has run out."""
+
+    def now(self) -> float:
+        return time.time() + 100
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+async def test_wait_follows_a_run_taken_over_by_another_engine_to_its_end(postgres_url: str) -> None:
+    """A wait on a run this engine lost returns when the new holder ends it, woken by its notices."""
+
+    class CountedReads(FaultyBackend):
+        reads = 0
+
+        async def get_run(self, run_id: str) -> RunInfo | None:
+            self.reads += 1
+            return await super().get_run(run_id)
+
+    GATED.clear()
+    GATES.update(first=anyio.Event(), later=anyio.Event())
+    flow = af.Workflow("lost-and-followed", stages=[af.Stage("s", actions=[follow_gated])])
+    backend = CountedReads(PostgresBackend(postgres_url), Faults())
+    here = af.Engine(backend, lease=30.0, poll_interval=5.0)
+    there = af.Engine(postgres_url, clock=Ahead(), lease=30.0, poll_interval=0.05)
+    for engine in (here, there):
+        engine.register(flow)
+    returned: list[float] = []
+    async with here:
+        handle = await here.start(flow)
+        await eventually(lambda: len(GATED) == 1)
+        async with there:  # (it takes the run: to its clock, the lease here has run out)
+            await eventually(lambda: len(GATED) == 2, within=20)
+            GATES["first"].set()  # (the action here ends; its checkpoint is refused: the run stops here)
+
+            async def wait() -> None:
+                result = await here.wait(handle.run_id)
+                returned.append(time.monotonic())
+                assert result.status is af.RunStatus.COMPLETED
+
+            async with anyio.create_task_group() as group:
+                before = backend.reads
+                group.start_soon(wait)
+                # (eleven reads: a wait that only polled would now sleep 5 s before the next)
+                await eventually(lambda: backend.reads >= before + 11, within=20)
+                released = time.monotonic()
+                GATES["later"].set()
+    assert returned[0] - released < 1.5, f"returned {returned[0] - released:.2f} s after the run ended"
 
 
 async def test_workers_lists_engines_and_their_liveness(backend: PostgresBackend) -> None:

@@ -469,6 +469,7 @@ class Engine:
                 return active.result
         delay = 0.01
         while True:
+            mark = self.backend.events_mark(run_id)
             info = await self._stored_run(run_id)
             if info.status in _ENDED_OR_PARKED:
                 return await self._result_from_database(info)
@@ -476,8 +477,13 @@ class Engine:
             if active is not None and not active.done.is_set():
                 await active.done.wait()
                 continue
-            await anyio.sleep(delay)
-            delay = min(delay * 2, self.poll_interval)
+            # Executing elsewhere (in another engine, or taken over from this one): a backend told of
+            # its events (PostgreSQL's notices) wakes this at once, and the record is read again soon
+            # after each (its end is written just after its last events); otherwise it polls.
+            asleep = anyio.current_time()
+            await self.backend.wait_events(run_id, within=delay, mark=mark)
+            woken = anyio.current_time() - asleep < delay / 2
+            delay = 0.01 if woken else min(delay * 2, self.poll_interval)
 
     async def _result_from_database(self, info: RunInfo) -> RunResult:
         saved = await self.backend.load(info.run_id)
