@@ -46,8 +46,8 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import getpass
 import gc
+import getpass
 import importlib.metadata
 import sqlite3
 import sys
