@@ -469,6 +469,7 @@ class Engine:
                 return active.result
         delay = 0.01
         while True:
+            mark = self.backend.events_mark(run_id)
             info = await self._stored_run(run_id)
             if info.status in _ENDED_OR_PARKED:
                 return await self._result_from_database(info)
@@ -476,8 +477,13 @@ class Engine:
             if active is not None and not active.done.is_set():
                 await active.done.wait()
                 continue
-            await anyio.sleep(delay)
-            delay = min(delay * 2, self.poll_interval)
+            # Executing elsewhere (in another engine, or taken over from this one): a backend told of
+            # its events (PostgreSQL's notices) wakes this at once, and the record is read again soon
+            # after each (its end is written just after its last events); otherwise it polls.
+            asleep = anyio.current_time()
+            await self.backend.wait_events(run_id, within=delay, mark=mark)
+            woken = anyio.current_time() - asleep < delay / 2
+            delay = 0.01 if woken else min(delay * 2, self.poll_interval)
 
     async def _result_from_database(self, info: RunInfo) -> RunResult:
         saved = await self.backend.load(info.run_id)
@@ -711,6 +717,7 @@ class Engine:
             if key is not None and await self._resumed_with(run_id, key):
                 return RunHandle(self, run_id, self._runs.active.get(run_id), created=False)
             raise RunStateError(f"run {run_id!r} is no longer suspended (resumed or cancelled meanwhile)")
+        self._runs.supersede(run_id)
         resumed: dict[str, Any] = {"kind": EventKind.RUN_RESUMED.value, "at": self.clock.now()}
         if key is not None:
             resumed["key"] = key
@@ -728,6 +735,8 @@ class Engine:
                 else []
             )
             saved = await self.backend.load(run_id) if claimed else None
+            if saved is not None and not self._runs.holds(saved.info):  # (cancelled meanwhile, say)
+                saved = None
         except Exception as exc:  # (resumed: this engine or another takes it at its next look)
             logger.warning(
                 "run {} is resumed; taking it here failed ({}: {})", run_id, type(exc).__name__, exc

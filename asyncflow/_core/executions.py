@@ -13,7 +13,6 @@ take-overs of runs left by engines that died, and retention. The
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -52,6 +51,8 @@ class ActiveRun:
     #: whether the lease was lost to a cancel made elsewhere (``None``: not known yet)
     cancelled_elsewhere: bool | None = None
     drained: bool = False  # stopped by Engine.drain after a checkpoint, and given back
+    #: the run was resumed (here) while this execution of it still ran: it writes nothing more
+    superseded: bool = False
     durability: RunDurability | None = None
     run: RunState | None = None
     #: launched by the engine.start that wrote it down (its first execution, in the starter's context)
@@ -124,10 +125,39 @@ class Executions:
         if active is None:
             active = self.active.get(saved.info.run_id)
             if active is not None and active.running:
+                if active.superseded:  # (it stops at once: the run goes on here after it)
+                    group.start_soon(self._launch_after, group, saved, active)
                 return
             active = ActiveRun(saved.info.run_id)
             self.active[saved.info.run_id] = active
         group.start_soon(self.execute, saved, active)
+
+    async def _launch_after(self, group: TaskGroup, saved: SavedRun, stale: ActiveRun) -> None:
+        await stale.done.wait()
+        if self.active.get(saved.info.run_id) is stale:
+            del self.active[saved.info.run_id]
+        self.launch(group, saved)
+
+    def supersede(self, run_id: str) -> None:
+        """The run was resumed here: an execution of it still running here (it missed that) stops now.
+
+        (Say its lease ran out while it wrote its suspension, and a take-over
+        here claimed the run again before that write went through.) It writes
+        nothing more: the resumed run's execution begins once it has stopped.
+        """
+        active = self.active.get(run_id)
+        if active is None or not active.running:
+            return
+        active.superseded = True
+        active.lease_lost = True
+        active.cancelled_elsewhere = False
+        if active.durability is not None:
+            active.durability.superseded = True
+        active.scope.cancel()
+
+    def holds(self, info: RunInfo) -> bool:
+        """Whether the record says this engine holds the run (as a claim leaves it)."""
+        return info.owner == self.owner and info.status in (RunStatus.RUNNING, RunStatus.SLEEPING)
 
     async def execute(self, saved: SavedRun, active: ActiveRun) -> None:
         """Execute one run to its end (or suspension), record it, and set ``active.done``."""
@@ -205,7 +235,13 @@ class Executions:
                 if active.cancelled_elsewhere is None:  # (a checkpoint found the lease gone)
                     with anyio.CancelScope(shield=True):
                         active.cancelled_elsewhere = await self.cancelled_elsewhere(info.run_id)
-                if active.cancelled_elsewhere:
+                if active.superseded:
+                    logger.info(
+                        "run {} was resumed while an earlier execution of it still ran here; "
+                        "that execution stopped",
+                        info.run_id,
+                    )
+                elif active.cancelled_elsewhere:
                     logger.info(
                         "run {} was cancelled elsewhere (by another engine or process); "
                         "this engine stopped it",
@@ -285,8 +321,12 @@ class Executions:
     async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
         fields = end_fields(info, result, durability.suspended_key)
 
-        def record() -> Awaitable[bool]:
-            return self.backend.update_run(info.run_id, holder=self.owner, now=self.clock.now(), **fields)
+        async def record() -> bool:
+            if durability.superseded:  # (resumed meanwhile: the run is no longer this execution's)
+                return False
+            return await self.backend.update_run(
+                info.run_id, holder=self.owner, now=self.clock.now(), **fields
+            )
 
         try:
             updated = await record()
@@ -375,6 +415,10 @@ class Executions:
                         given_back = True
                         continue
                     saved = await self.backend.load(info.run_id)
+                    if saved is not None and not self.holds(saved.info):
+                        # Changed since the claim (its execution here recorded its end, or it was
+                        # resumed or cancelled meanwhile): not this engine's to run now.
+                        continue
                     if saved is not None:
                         logger.info(
                             "taking over run {} of workflow {!r} ({})",
