@@ -130,9 +130,12 @@ class RunPage:
 
 
 class StoreEntry(NamedTuple):
-    """One store key of a run as persisted: its value (JSON text if persistent), TTL and metadata."""
+    """One store key of a run as persisted: its value and properties as JSON text, TTL and tags.
 
-    # A memory backend keeps values and properties as the objects themselves.
+    The engine hands every backend the same encoding; only a backend that keeps
+    its records in this process (the memory backend) may also be given a value
+    JSON cannot carry, wrapped as it is (the engine's codec reads it back).
+    """
 
     key: str
     value: Any
