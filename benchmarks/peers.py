@@ -1,5 +1,11 @@
 """Durable asyncflow against its peers, DBOS and LangGraph, each on an SQLite file, in one process.
 
+With ``--postgres`` (a URL, or the tests' server: ``ASYNCFLOW_TEST_POSTGRES`` or
+the local socket), asyncflow and DBOS are also measured on one PostgreSQL
+server, in a second table: asyncflow in a schema of its own, DBOS in a
+database of its own (created and dropped on the server; the role needs
+``CREATEDB``), both from one process, with the same shapes.
+
 Run with ``python benchmarks/peers.py`` inside an environment with the ``bench``
 extra (``pip install -e '.[bench]'``); a peer that is not installed is listed as
 "not installed". The two shapes of ``durable.py``, for every framework:
@@ -41,10 +47,14 @@ import asyncio
 import contextlib
 import functools
 import gc
+import getpass
 import importlib.metadata
 import sqlite3
+import sys
 import tempfile
 import time
+import urllib.parse
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from itertools import count as counter
@@ -175,6 +185,98 @@ def dbos_measure(matched: bool) -> Measure:
     return measure
 
 
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def postgres_server(given: str | None) -> str:
+    """``given``, else the server the tests use (``ASYNCFLOW_TEST_POSTGRES`` or a local one)."""
+    if given:
+        return given
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import postgres_server as found
+
+    url = asyncio.run(found.locate())
+    if url is None:
+        raise SystemExit(found.HOW)
+    return url
+
+
+def in_database(server: str, database: str) -> str:
+    """``server``'s URL with ``database`` in place of its database."""
+    parts = urllib.parse.urlsplit(server)
+    # (SQLAlchemy, which DBOS uses, cannot parse an empty host part: name the user libpq would)
+    netloc = parts.netloc or f"{getpass.getuser()}@"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, path=f"/{database}"))
+
+
+async def admin(server: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def asyncflow_pg_measure(server: str) -> Measure:
+    async def measure(path: Path, runs: int, steps: int) -> float:
+        schema = f"peers_{uuid.uuid4().hex[:12]}"
+        url = f"{server}{'&' if '?' in server else '?'}schema={schema}"
+        try:
+            engine = af.Engine(url)
+            flow = engine.register(
+                af.Workflow(f"peers-{steps}", stages=[af.Stage("only", actions=[count] * steps)])
+            )
+            async with engine:
+                gc.collect()
+                started = time.perf_counter()
+                handles = [await engine.start(flow) for _ in range(runs)]
+                results = [await handle.result() for handle in handles]
+                elapsed = time.perf_counter() - started
+        finally:
+            await admin(server, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        assert all(r.status is af.RunStatus.COMPLETED and r.store["n"] == steps for r in results)
+        return elapsed
+
+    return measure
+
+
+def dbos_pg_measure(server: str) -> Measure:
+    chain = dbos_workflow()
+
+    async def measure(path: Path, runs: int, steps: int) -> float:
+        import asyncpg
+        from dbos import DBOS
+
+        database = f"peers_dbos_{uuid.uuid4().hex[:12]}"
+        await admin(server, f'CREATE DATABASE "{database}"')
+        try:
+            url = in_database(server, database)
+            DBOS(config={"name": "peers", "system_database_url": url, "log_level": "ERROR"})
+            try:
+                DBOS.launch()
+                gc.collect()
+                started = time.perf_counter()
+                handles = [await DBOS.start_workflow_async(chain, steps) for _ in range(runs)]
+                results = [await handle.get_result() for handle in handles]
+                elapsed = time.perf_counter() - started
+            finally:
+                DBOS.destroy()
+            conn = await asyncpg.connect(url)
+            try:
+                recorded = await conn.fetchval("SELECT count(*) FROM dbos.operation_outputs")
+            finally:
+                await conn.close()
+        finally:
+            await admin(server, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        assert results == [steps] * runs
+        assert recorded >= runs * steps, f"DBOS recorded {recorded} step outputs, expected {runs * steps}"
+        return elapsed
+
+    return measure
+
+
 # --- LangGraph ---------------------------------------------------------------------------------
 
 
@@ -285,9 +387,11 @@ def relative(ratio: float, worse: str, better: str) -> str:
     return f"{ratio:.1f}x {worse}" if ratio >= 1 else f"{1 / ratio:.1f}x {better}"
 
 
-def print_table(rows: list[Row], full: Shape, repeats: int, slow_us: float) -> None:
+def print_table(
+    rows: list[Row], full: Shape, repeats: int, slow_us: float, settings: str = "SQLite settings"
+) -> None:
     reference = rows[0]
-    header = ("framework", "version", "µs per committed step", "committed steps/s", "SQLite settings")
+    header = ("framework", "version", "µs per committed step", "committed steps/s", settings)
     lines: list[tuple[str, ...]] = []
     for row in rows:
         if row.us_per_step is None or row.steps_per_s is None or row.shape is None:
@@ -331,7 +435,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaled-runs", type=int, default=50, help="concurrent runs when scaled down")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per row before repeats stop")
     parser.add_argument("--defaults-only", action="store_true", help="skip the asyncflow-settings rows")
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URL",
+        help="also measure asyncflow and DBOS on PostgreSQL (default: the tests' server)",
+    )
+    parser.add_argument("--postgres-only", action="store_true", help="skip the SQLite table")
     args = parser.parse_args(argv)
+    if args.postgres_only and args.postgres is None:
+        args.postgres = ""
 
     matched = "WAL, sync=NORMAL, as asyncflow"
     plans: list[tuple[Row, Callable[[], Measure]]] = [
@@ -354,20 +469,40 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
 
-    started = time.monotonic()
-    rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(Path(tmp), args)
-        missing: set[str] = set()
-        for row, make in plans:
-            if row.framework in missing:
-                continue  # listed once
-            print(f"measuring {row.framework} ({row.settings}) ...", flush=True)
-            rows.append(bench.run(row, make))
-            if rows[-1].note == INSTALL_HINT:
-                missing.add(row.framework)
-    print(f"\nDurable steps on SQLite, one process ({time.monotonic() - started:.0f} s in all)\n")
-    print_table(rows, bench.full, args.repeats, args.slow_us)
+    tables: list[tuple[str, str, list[tuple[Row, Callable[[], Measure]]]]] = []
+    if not args.postgres_only:
+        tables.append(("SQLite", "SQLite settings", plans))
+    if args.postgres is not None:
+        server = postgres_server(args.postgres)
+        same = "PostgreSQL, same server"
+        tables.append(
+            (
+                "PostgreSQL",
+                "database",
+                [
+                    (Row("asyncflow", af.__version__, same), lambda: asyncflow_pg_measure(server)),
+                    (Row("DBOS", version("dbos"), same), lambda: dbos_pg_measure(server)),
+                ],
+            )
+        )
+    for title, settings, table in tables:
+        started = time.monotonic()
+        rows: list[Row] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            bench = Bench(Path(tmp), args)
+            if title == "PostgreSQL":  # (every row runs the full shapes: they take seconds there)
+                bench.slow_us = float("inf")
+            missing: set[str] = set()
+            for row, make in table:
+                if row.framework in missing:
+                    continue  # listed once
+                print(f"measuring {row.framework} ({row.settings}) ...", flush=True)
+                rows.append(bench.run(row, make))
+                if rows[-1].note == INSTALL_HINT:
+                    missing.add(row.framework)
+        print(f"\nDurable steps on {title}, one process ({time.monotonic() - started:.0f} s in all)\n")
+        print_table(rows, bench.full, args.repeats, args.slow_us, settings)
+        print()
     return 0
 
 

@@ -170,3 +170,22 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     schema = pg.new_schema()
     yield pg.with_schema(postgres_server, schema)
     asyncio.run(pg.drop_schema(postgres_server, schema))
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The ledger the actions of tests/pg_flows.py write, in the test's directory (worker tests)."""
+    from pg_workers import Ledger
+
+    path = tmp_path / "ledger.txt"
+    monkeypatch.setenv("ASYNCFLOW_TEST_LEDGER", str(path))
+    return Ledger(path)
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Any]]:
+    """The ``asyncflow worker`` processes a test starts (tests/pg_workers.py), stopped after it."""
+    started: list[Any] = []
+    yield started
+    for worker in started:
+        worker.stop()

@@ -16,11 +16,13 @@ from typing import Any
 import anyio
 import asyncpg
 import pytest
+from faults.faulty import Faults, FaultyBackend
 from helpers import eventually
 
 import asyncflow as af
 from asyncflow.backends import Checkpoint, RunInfo
 from asyncflow.backends.postgres import PG_SCHEMA_VERSION, PostgresBackend
+from asyncflow.backends.postgres.schema import lock_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,6 +109,30 @@ async def test_missing_database_is_named(postgres_server: str) -> None:
     with pytest.raises(af.BackendError, match="database 'no_such_db_af' does not exist"):
         async with af.Engine(f"{base}/no_such_db_af{query}"):
             pass
+
+
+async def test_calls_wait_for_a_connection_when_the_server_has_no_more(postgres_server: str) -> None:
+    """At the server's connection limit (here the role's), calls wait with back-off instead of failing."""
+    conn = await asyncpg.connect(postgres_server)
+    role = f"af_limit_{os.getpid()}"
+    schema = f"t_limit_{os.getpid()}"
+    database = await conn.fetchval("SELECT current_database()")
+    try:
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        # The pool's first 2 connections and the session's: no room for the pool to grow.
+        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw' CONNECTION LIMIT 3")
+        await conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {role}')
+        url = f"postgresql://{role}:pw@127.0.0.1:5432/{database}?schema={schema}&pool_size=8"
+        async with PostgresBackend(url, reconnect_timeout=30) as backend:
+            await backend.create_run(_info("r1"), [])
+            with anyio.fail_after(30):  # (16 at once: the pool would open more connections)
+                infos = await asyncio.gather(*(backend.get_run("r1") for _ in range(16)))
+            assert {info.run_id for info in infos if info is not None} == {"r1"}
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.execute(f'REVOKE ALL ON DATABASE "{database}" FROM {role}')
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        await conn.close()
 
 
 def test_missing_extra_names_it() -> None:
@@ -297,6 +323,28 @@ async def test_a_checkpoint_in_flight_survives_its_engine_claiming_the_run_again
     assert [cp.step_key for cp in saved.checkpoints] == ["s/0", "s/1"]
 
 
+async def test_clocks_that_disagree_between_machines_take_no_run_early(postgres_url: str) -> None:
+    """Leases are reckoned on the server's clock: a machine an hour ahead does not take a held run."""
+    behind = PostgresBackend(postgres_url, clock=lambda: time.time() - 3600)
+    ahead = PostgresBackend(postgres_url, clock=lambda: time.time() + 3600)
+    async with behind, ahead, PostgresBackend(postgres_url) as level:
+        assert abs(behind.clock_offset - 3600) < 5
+        assert abs(ahead.clock_offset + 3600) < 5
+        assert level.clock_offset == 0.0
+        now = time.time() - 3600  # (the machine behind's clock)
+        await behind.create_run(_info("r1"), [])
+        (claimed,) = await behind.claim("behind", now=now, lease_until=now + 30, limit=1)
+        assert abs(claimed.lease_until - (now + 30)) < 5  # (its own clock's reading)
+        for other, skew in ((level, 0), (ahead, 3600)):
+            later = time.time() + skew
+            assert await other.claim("other", now=later, lease_until=later + 30, limit=1) == []
+        await behind.checkpoint(Checkpoint("r1", "behind", "s/0", "action", seq=1))
+        assert await behind.heartbeat("behind", ["r1"], now=now, lease_until=now + 30) == set()
+        row = await level.get_run("r1")
+        assert row is not None
+        assert abs(row.lease_until - (time.time() + 30)) < 5
+
+
 async def test_engines_sharing_a_backend_keep_their_tokens_apart(backend: PostgresBackend) -> None:
     """When one engine of a shared backend loses a run to another, the new holder's writes go in."""
     await backend.create_run(_info("r1"), [])
@@ -416,6 +464,70 @@ async def test_a_killed_worker_is_taken_over_within_two_seconds(postgres_url: st
             child.stdout.close()
 
 
+NAMESAKE = textwrap.dedent(
+    """
+    import sys, anyio
+    import asyncflow as af
+
+    async def main():
+        async with af.Engine(sys.argv[1], owner=sys.argv[2], lease=60.0, poll_interval=0.2):
+            print("open", flush=True)
+            await anyio.sleep(3600)
+
+    anyio.run(main)
+    """
+)
+
+
+async def test_a_killed_engine_does_not_free_the_runs_of_a_live_namesake(
+    postgres_server: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """Live engines of one owner name each have a liveness lock: one killed frees none of the other's runs."""
+    script = tmp_path / "namesake.py"
+    script.write_text(NAMESAKE)
+    space = lock_space(_schema(postgres_url))
+
+    async def liveness_locks() -> int:
+        conn = await asyncpg.connect(postgres_server)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND objsubid = 2 AND classid = $1::oid",
+                    space,
+                )
+            )
+        finally:
+            await conn.close()
+
+    async with PostgresBackend(postgres_url) as alive, PostgresBackend(postgres_url) as taker:
+        await alive.create_run(_info("r1"), [])
+        now = time.time()
+        assert len(await alive.claim("same", now=now, lease_until=now + 60, limit=1)) == 1
+        child = spawn([sys.executable, str(script), postgres_url, "same"], tmp_path)
+        try:
+            assert child.stdout is not None
+            with anyio.fail_after(60):
+                assert (await anyio.to_thread.run_sync(child.stdout.readline)).strip() == "open"
+            assert await liveness_locks() == 3
+            child.kill()
+            await anyio.to_thread.run_sync(child.wait)
+
+            async def gone() -> bool:  # (the server has seen its session end)
+                return await liveness_locks() == 2
+
+            await eventually(gone, within=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+        now = time.time()
+        assert await taker.claim("taker", now=now, lease_until=now + 60, limit=1) == []
+        assert (await taker.workers())["same"]["alive"]
+
+
 async def test_a_live_worker_keeps_its_runs_past_no_lease(postgres_url: str) -> None:
     """A run held by an engine whose session lives is not claimed while its lease holds."""
     async with PostgresBackend(postgres_url) as a, PostgresBackend(postgres_url) as b:
@@ -470,6 +582,69 @@ async def test_a_released_run_is_taken_at_once_by_notice(postgres_url: str) -> N
                 result = await engine.wait("r1")
             assert result.status is af.RunStatus.COMPLETED
             assert time.monotonic() - t0 < 4
+
+
+#: the executions of ``follow_gated``, and the gates they wait on (the first, then every other one)
+GATED: list[str] = []
+GATES: dict[str, anyio.Event] = {}
+
+
+@af.action
+async def follow_gated(ctx: af.ActionContext) -> None:
+    """Waits for the gate of its execution: ``first`` for the first one, ``later`` for the others."""
+    GATED.append(ctx.run_id)
+    await GATES["first" if len(GATED) == 1 else "later"].wait()
+
+
+class Ahead:
+    """A clock 100 s ahead of this machine's: to its engine, every lease of this machine's has run out."""
+
+    def now(self) -> float:
+        return time.time() + 100
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+async def test_wait_follows_a_run_taken_over_by_another_engine_to_its_end(postgres_url: str) -> None:
+    """A wait on a run this engine lost returns when the new holder ends it, woken by its notices."""
+
+    class CountedReads(FaultyBackend):
+        reads = 0
+
+        async def get_run(self, run_id: str) -> RunInfo | None:
+            self.reads += 1
+            return await super().get_run(run_id)
+
+    GATED.clear()
+    GATES.update(first=anyio.Event(), later=anyio.Event())
+    flow = af.Workflow("lost-and-followed", stages=[af.Stage("s", actions=[follow_gated])])
+    backend = CountedReads(PostgresBackend(postgres_url), Faults())
+    here = af.Engine(backend, lease=30.0, poll_interval=5.0)
+    there = af.Engine(postgres_url, clock=Ahead(), lease=30.0, poll_interval=0.05)
+    for engine in (here, there):
+        engine.register(flow)
+    returned: list[float] = []
+    async with here:
+        handle = await here.start(flow)
+        await eventually(lambda: len(GATED) == 1)
+        async with there:  # (it takes the run: to its clock, the lease here has run out)
+            await eventually(lambda: len(GATED) == 2, within=20)
+            GATES["first"].set()  # (the action here ends; its checkpoint is refused: the run stops here)
+
+            async def wait() -> None:
+                result = await here.wait(handle.run_id)
+                returned.append(time.monotonic())
+                assert result.status is af.RunStatus.COMPLETED
+
+            async with anyio.create_task_group() as group:
+                before = backend.reads
+                group.start_soon(wait)
+                # (eleven reads: a wait that only polled would now sleep 5 s before the next)
+                await eventually(lambda: backend.reads >= before + 11, within=20)
+                released = time.monotonic()
+                GATES["later"].set()
+    assert returned[0] - released < 1.5, f"returned {returned[0] - released:.2f} s after the run ended"
 
 
 async def test_workers_lists_engines_and_their_liveness(backend: PostgresBackend) -> None:

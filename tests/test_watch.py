@@ -10,21 +10,12 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import GATES, approval, gate
 
 import asyncflow as af
 from asyncflow.backends.base import SCHEMA_VERSION
 
 K = af.EventKind
-
-#: label -> set when the action of that label has started (and waits for label + ".go")
-GATES: dict[str, anyio.Event] = {}
-
-
-def gate(label: str) -> anyio.Event:
-    event = GATES.get(label)
-    if event is None:
-        event = GATES[label] = anyio.Event()
-    return event
 
 
 @pytest.fixture(autouse=True)
@@ -56,14 +47,6 @@ async def tell(ctx: af.ActionContext) -> None:
 async def grow(ctx: af.ActionContext) -> None:
     """Insert a stage with one action."""
     ctx.add_dynamic_stage(af.Stage("grown", actions=[tell]))
-
-
-@af.action
-async def approval(ctx: af.ActionContext) -> None:
-    """Suspend until resumed; then keep the resume data."""
-    if not ctx.is_resuming:
-        ctx.suspend("needs approval", {"amount": 5})
-    ctx.store["approved"] = ctx.resume_data
 
 
 QUICK = af.Workflow("w-quick", stages=[af.Stage("s", actions=[tell])])

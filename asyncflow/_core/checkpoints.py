@@ -79,6 +79,8 @@ class RunDurability(Durability):
         self.sleeps: dict[str, float] = {}
         self.seq = 0
         self.sleeping = saved.info.status is RunStatus.SLEEPING
+        #: set when the run was resumed while this execution still ran: it writes nothing more
+        self.superseded = False
         #: called with the run's id after each committed action, once set (an engine draining)
         self.after_commit: Callable[[str], None] | None = None
         for checkpoint in saved.checkpoints:
@@ -111,21 +113,28 @@ class RunDurability(Durability):
     # ---- checkpoints ------------------------------------------------------------------------
 
     async def _write(self, checkpoint: Checkpoint) -> None:
-        if faults._PLAN is not None:
+        if faults.CRASH_PLAN is not None:
             faults.hit("before_commit")
         try:
-            await self.backend.checkpoint(checkpoint)
+            await self._send(checkpoint)
         except LeaseLost:
             raise
         except Exception as exc:
             # The database's trouble, not the action's: held and written again, or given back.
             what = f"the {checkpoint.kind} checkpoint of run {self.run_id}"
-            await self.trouble.retry(what, lambda: self.backend.checkpoint(checkpoint), exc, self.hold)
+            await self.trouble.retry(what, lambda: self._send(checkpoint), exc, self.hold)
         else:
             if self.trouble.since is not None:  # (an episode that ended with runs given back)
                 self.trouble.went_through()
-        if faults._PLAN is not None:
+        if faults.CRASH_PLAN is not None:
             faults.hit("after_commit")
+
+    async def _send(self, checkpoint: Checkpoint) -> None:
+        if self.superseded:
+            raise LeaseLost(
+                f"run {self.run_id!r} was resumed while this execution of it still ran; it stops here"
+            )
+        await self.backend.checkpoint(checkpoint)
 
     def _next(self) -> int:
         self.seq += 1

@@ -13,7 +13,6 @@ take-overs of runs left by engines that died, and retention. The
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +26,7 @@ from .checkpoints import RunDurability
 from .clock import Clock
 from .definitions import Registry
 from .errors import LeaseLost, RunFailed
+from .events import EventKind
 from .records import RunResult, RunStatus
 from .runner import Runner
 from .serial import Codec, end_fields
@@ -51,8 +51,12 @@ class ActiveRun:
     #: whether the lease was lost to a cancel made elsewhere (``None``: not known yet)
     cancelled_elsewhere: bool | None = None
     drained: bool = False  # stopped by Engine.drain after a checkpoint, and given back
+    #: the run was resumed (here) while this execution of it still ran: it writes nothing more
+    superseded: bool = False
     durability: RunDurability | None = None
     run: RunState | None = None
+    #: launched by the engine.start that wrote it down (its first execution, in the starter's context)
+    fresh: bool = False
 
     @property
     def running(self) -> bool:
@@ -72,34 +76,26 @@ class Executions:
 
     def __init__(
         self,
-        *,
+        runner: Runner,
+        workflows: dict[str, Workflow],
+        versions: Versions,
         backend: Backend,
-        registry: Registry,
+        codec: Codec,
         clock: Clock,
+        registry: Registry,
+        *,
         owner: str,
         lease: float,
-        codec: Codec,
-        runner: Runner,
-        versions: Versions,
-        keep_events: bool,
         trouble: WriteTrouble,
-        workflows: dict[str, Workflow],
         concurrency: int | None,
+        keep_events: bool,
     ) -> None:
-        self.backend = backend
-        self.registry = registry
-        self.clock = clock
-        self.owner = owner
-        self.lease = lease
-        self.codec = codec
-        self.runner = runner
-        self.versions = versions
-        self.trouble = trouble
-        self.keep_events = keep_events
+        self.runner, self.workflows, self.versions = runner, workflows, versions
+        self.backend, self.codec, self.trouble = backend, codec, trouble
+        self.owner, self.lease, self.clock, self.registry = owner, lease, clock, registry
+        self.concurrency, self.keep_events = concurrency, keep_events
         #: the event logs of the runs here (made again each time the engine opens)
         self.events = EventLog(backend, self.executes, keep_events, trouble)
-        self.workflows = workflows
-        self.concurrency = concurrency
         #: the runs executing here (and those that ended here since the last heartbeat), by id
         self.active: dict[str, ActiveRun] = {}
         #: the engine's task group while it is open
@@ -129,10 +125,39 @@ class Executions:
         if active is None:
             active = self.active.get(saved.info.run_id)
             if active is not None and active.running:
+                if active.superseded:  # (it stops at once: the run goes on here after it)
+                    group.start_soon(self._launch_after, group, saved, active)
                 return
             active = ActiveRun(saved.info.run_id)
             self.active[saved.info.run_id] = active
         group.start_soon(self.execute, saved, active)
+
+    async def _launch_after(self, group: TaskGroup, saved: SavedRun, stale: ActiveRun) -> None:
+        await stale.done.wait()
+        if self.active.get(saved.info.run_id) is stale:
+            del self.active[saved.info.run_id]
+        self.launch(group, saved)
+
+    def supersede(self, run_id: str) -> None:
+        """The run was resumed here: an execution of it still running here (it missed that) stops now.
+
+        (Say its lease ran out while it wrote its suspension, and a take-over
+        here claimed the run again before that write went through.) It writes
+        nothing more: the resumed run's execution begins once it has stopped.
+        """
+        active = self.active.get(run_id)
+        if active is None or not active.running:
+            return
+        active.superseded = True
+        active.lease_lost = True
+        active.cancelled_elsewhere = False
+        if active.durability is not None:
+            active.durability.superseded = True
+        active.scope.cancel()
+
+    def holds(self, info: RunInfo) -> bool:
+        """Whether the record says this engine holds the run (as a claim leaves it)."""
+        return info.owner == self.owner and info.status in (RunStatus.RUNNING, RunStatus.SLEEPING)
 
     async def execute(self, saved: SavedRun, active: ActiveRun) -> None:
         """Execute one run to its end (or suspension), record it, and set ``active.done``."""
@@ -180,6 +205,9 @@ class Executions:
                 self.clock,
                 durability,
             )
+            tracing = self.runner.hub.tracing
+            if tracing is not None and not active.fresh:
+                tracing.run_continues(info.run_id, await self._trace_origin(info.run_id))
             result: RunResult | None = None
             with active.scope:
                 try:
@@ -207,7 +235,13 @@ class Executions:
                 if active.cancelled_elsewhere is None:  # (a checkpoint found the lease gone)
                     with anyio.CancelScope(shield=True):
                         active.cancelled_elsewhere = await self.cancelled_elsewhere(info.run_id)
-                if active.cancelled_elsewhere:
+                if active.superseded:
+                    logger.info(
+                        "run {} was resumed while an earlier execution of it still ran here; "
+                        "that execution stopped",
+                        info.run_id,
+                    )
+                elif active.cancelled_elsewhere:
                     logger.info(
                         "run {} was cancelled elsewhere (by another engine or process); "
                         "this engine stopped it",
@@ -248,6 +282,21 @@ class Executions:
             self.events.forget(info.run_id)
             active.done.set()
 
+    async def _trace_origin(self, run_id: str) -> dict[str, str] | None:
+        """The trace context kept when the run was created (its log's first event), if any."""
+        try:
+            first = await self.backend.read_events(run_id, after=0, limit=1)
+        except Exception as exc:  # (only a span link is missing: the run goes on)
+            logger.warning(
+                "run {}: its trace context could not be read ({}: {})", run_id, type(exc).__name__, exc
+            )
+            return None
+        for _, data in first:
+            trace = data.get("trace")
+            if data.get("kind") == EventKind.RUN_CREATED.value and isinstance(trace, dict):
+                return {str(key): str(value) for key, value in trace.items()}
+        return None
+
     async def _leave_unknown_workflow(self, info: RunInfo) -> None:
         """Give back a run of a workflow not registered here, for an engine that has it (pools by workflow).
 
@@ -272,8 +321,12 @@ class Executions:
     async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
         fields = end_fields(info, result, durability.suspended_key)
 
-        def record() -> Awaitable[bool]:
-            return self.backend.update_run(info.run_id, holder=self.owner, now=self.clock.now(), **fields)
+        async def record() -> bool:
+            if durability.superseded:  # (resumed meanwhile: the run is no longer this execution's)
+                return False
+            return await self.backend.update_run(
+                info.run_id, holder=self.owner, now=self.clock.now(), **fields
+            )
 
         try:
             updated = await record()
@@ -362,6 +415,10 @@ class Executions:
                         given_back = True
                         continue
                     saved = await self.backend.load(info.run_id)
+                    if saved is not None and not self.holds(saved.info):
+                        # Changed since the claim (its execution here recorded its end, or it was
+                        # resumed or cancelled meanwhile): not this engine's to run now.
+                        continue
                     if saved is not None:
                         logger.info(
                             "taking over run {} of workflow {!r} ({})",

@@ -70,6 +70,9 @@ _SELECT_RUN = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
 _CLAIMABLE = ("pending", "running", "sleeping")
 _FINISHED = tuple(s.value for s in RunStatus if s.finished)
 _LEFT_OPEN = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SLEEPING})
+# A difference between this machine's clock and the server's under this many seconds is left
+# alone (one machine, or clocks kept by NTP: leases last far longer); a larger one is corrected.
+_SKEW_IGNORED = 0.5
 # Seconds an engine whose session came back holds back from the runs of engines that look dead.
 _SETTLE = 3.0
 
@@ -108,13 +111,16 @@ _WRITTEN_SQL = """
 SELECT 1 FROM runs JOIN checkpoints ON checkpoints.run_no = runs.run_no AND checkpoints.seq = $2
 WHERE runs.run_id = $1 AND runs.owner = $3 AND runs.fence = $4
 """
-# The engines whose session has gone: they registered a lock key and nobody holds that lock.
-_DEAD_OWNERS = """
-SELECT w.owner FROM workers w WHERE NOT EXISTS (
+# Whether the liveness lock of a worker row ``w`` is held (by its engine's session).
+_HELD = """EXISTS (
     SELECT 1 FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND l.classid = {space}::oid AND l.objid = w.lock_key::oid)
+      AND l.classid = {space}::oid AND l.objid = w.lock_key::oid)"""
+# The owners whose engines' sessions have all gone: each registered a lock key, and nobody
+# holds any of them (two live engines may share an owner name: each has its own key).
+_DEAD_OWNERS = f"""
+SELECT w.owner FROM workers w GROUP BY w.owner HAVING NOT bool_or({_HELD})
 """
 
 
@@ -124,8 +130,11 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def _row_to_info(row: Any) -> RunInfo:
+def _row_to_info(row: Any, offset: float = 0.0) -> RunInfo:
+    """The run of ``row``, its lease on this machine's clock (``offset``: the server's clock minus it)."""
     fields = {name: row[name] for name in _RUN_COLUMNS}
+    if offset and fields["lease_until"] is not None:
+        fields["lease_until"] -= offset
     for name in _JSON_COLUMNS:
         if fields[name] is not None:
             fields[name] = json.loads(fields[name])
@@ -175,11 +184,21 @@ class PostgresBackend(Backend):
             checkpoints that wait for it meanwhile make the next batch larger, and
             fewer, larger commits win where a commit waits for the disk; see
             benchmarks/README.md).
+        clock: this machine's clock (default ``time.time``), whose difference from the
+            server's is measured at open: leases go to the database on the server's clock,
+            so engines on machines whose clocks disagree never take each other's runs early.
     """
 
     keeps_events = True
 
-    def __init__(self, url: str, *, reconnect_timeout: float = 60.0, max_batches: int = 1) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        reconnect_timeout: float = 60.0,
+        max_batches: int = 1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._url = parse_url(url)
         self.url = redact(url)
         self.schema = self._url.schema
@@ -194,7 +213,9 @@ class PostgresBackend(Backend):
         # The fencing token of each run this backend holds, by (owner, run id): engines that
         # share a backend keep apart (one losing a run never forgets another's token).
         self._fences: dict[tuple[str, str], int] = {}
-        self._pending: list[tuple[Checkpoint, asyncio.Future[None]]] = []
+        # Checkpoints waiting for the next group commit, each with the fencing token its run had
+        # here when it was made (a claim that comes meanwhile must not lend it a newer one).
+        self._pending: list[tuple[Checkpoint, int, asyncio.Future[None]]] = []
         self._writers = 0
         self._scheduled = False
         self._writer_tasks: set[asyncio.Task[None]] = set()
@@ -206,12 +227,16 @@ class PostgresBackend(Backend):
         self._space = lock_space(self.schema)
         self._channel = f"asyncflow_{self.schema}"
         self._dead_owners = _DEAD_OWNERS.format(space=self._space)
+        self._held = _HELD.format(space=self._space)
         self._outage = False
         self._closing = False
         self.session_liveness = self._url.pooler == "session"
         self._settled_at = 0.0  # (monotonic) runs of engines whose session died are claimed from then on
         #: group commits written so far (each one statement, or two with a run's status)
         self.batches = 0
+        self._clock = clock
+        #: seconds to add to this machine's clock to read the server's (0 when under half a second)
+        self.clock_offset = 0.0
 
     # ---- opening and closing ---------------------------------------------------------
 
@@ -228,6 +253,7 @@ class PostgresBackend(Backend):
             raise connect_error(exc, self._url) from exc
         try:
             await migrate(conn, self.schema, self._url.where)
+            await self._measure_clock(conn)
         finally:
             await conn.close()
         try:
@@ -241,6 +267,23 @@ class PostgresBackend(Backend):
         except Exception as exc:
             await self.aclose()
             raise connect_error(exc, self._url) from exc
+
+    async def _measure_clock(self, conn: Any) -> None:
+        """Measure how far the server's clock is from this machine's (see ``clock_offset``)."""
+        before = self._clock()
+        server: float = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+        offset = server - (before + self._clock()) / 2
+        if abs(offset) < _SKEW_IGNORED:
+            offset = 0.0
+        elif offset != self.clock_offset:
+            logger.warning(
+                "the clock here is {:.1f} s {} the clock of PostgreSQL at {}; leases are reckoned on "
+                "the server's clock",
+                abs(offset),
+                "behind" if offset > 0 else "ahead of",
+                self._url.where,
+            )
+        self.clock_offset = offset
 
     async def _open_session(self) -> None:
         """The engine's own connection: it holds the liveness lock and listens for notices."""
@@ -277,6 +320,9 @@ class PostgresBackend(Backend):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
+            with contextlib.suppress(Exception):
+                if self._session is not None:
+                    await self._measure_clock(self._session)
             # After a server restart every engine's session is new: each holds back from the runs
             # of engines that look dead for a while, so that they have their sessions back too and
             # no run changes hands for nothing (leases still expire as ever).
@@ -304,7 +350,9 @@ class PostgresBackend(Backend):
             with contextlib.suppress(Exception):
                 async with pool.acquire() as conn:
                     await conn.execute(
-                        "DELETE FROM workers WHERE owner = ANY($1::text[])", list(self._registered)
+                        "DELETE FROM workers WHERE owner = ANY($1::text[]) AND lock_key = $2",
+                        list(self._registered),
+                        self._lock_key,
                     )
         self._registered.clear()
         if session is not None:
@@ -390,16 +438,22 @@ class PostgresBackend(Backend):
             key = self._lock_key
 
             async def register(conn: Any) -> None:
-                await conn.execute(
-                    "INSERT INTO workers (owner, lock_key, host, pid, started_at) "
-                    "VALUES ($1, $2, $3, $4, $5) "
-                    "ON CONFLICT (owner) DO UPDATE SET lock_key = excluded.lock_key",
-                    owner,
-                    key,
-                    socket.gethostname(),
-                    os.getpid(),
-                    time.time(),
-                )
+                async with conn.transaction():
+                    # (rows of earlier engines of this name whose sessions have gone: forgotten)
+                    await conn.execute(
+                        f"DELETE FROM workers w WHERE owner = $1 AND lock_key <> $2 AND NOT {self._held}",
+                        owner,
+                        key,
+                    )
+                    await conn.execute(
+                        "INSERT INTO workers (owner, lock_key, host, pid, started_at) "
+                        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, lock_key) DO NOTHING",
+                        owner,
+                        key,
+                        socket.gethostname(),
+                        os.getpid(),
+                        time.time(),
+                    )
 
             await self._call(register)
             self._registered.add(owner)
@@ -411,6 +465,8 @@ class PostgresBackend(Backend):
         if info.owner is not None:
             await self._register(info.owner)
         values = [_value(name, getattr(info, name)) for name in _RUN_COLUMNS]
+        if info.lease_until is not None and self.clock_offset:  # (on the server's clock)
+            values[_RUN_COLUMNS.index("lease_until")] = info.lease_until + self.clock_offset
         fence = 1 if info.owner is not None else 0
         changes = encode_changes(store, ())
         marks = ", ".join(f"${i}" for i in range(1, len(_RUN_COLUMNS) + 2))
@@ -428,7 +484,7 @@ class PostgresBackend(Backend):
                             f"{_SELECT_RUN} WHERE idempotency_key = $1", info.idempotency_key
                         )
                         if row is not None:
-                            return _row_to_info(row), False
+                            return _row_to_info(row, self.clock_offset), False
                     raise run_id_taken(info.run_id)
                 if changes is not None:
                     await conn.execute(
@@ -451,7 +507,7 @@ class PostgresBackend(Backend):
 
         async def get(conn: Any) -> RunInfo | None:
             row = await conn.fetchrow(f"{_SELECT_RUN} WHERE run_id = $1", run_id)
-            return _row_to_info(row) if row is not None else None
+            return _row_to_info(row, self.clock_offset) if row is not None else None
 
         return await self._call(get)
 
@@ -477,7 +533,7 @@ class PostgresBackend(Backend):
         sql += f"ORDER BY created_at DESC, run_id DESC LIMIT ${len(params)}"
 
         async def page(conn: Any) -> RunPage:
-            infos = [_row_to_info(row) for row in await conn.fetch(sql, *params)]
+            infos = [_row_to_info(row, self.clock_offset) for row in await conn.fetch(sql, *params)]
             more = len(infos) > limit
             infos = infos[:limit]
             nxt = encode_cursor(infos[-1].created_at, infos[-1].run_id) if more and infos else None
@@ -489,14 +545,17 @@ class PostgresBackend(Backend):
         """The engines registered here: owner -> ``{"host", "pid", "started_at", "alive"}``."""
 
         async def read(conn: Any) -> dict[str, dict[str, Any]]:
-            dead = {row[0] for row in await conn.fetch(self._dead_owners)}
-            rows = await conn.fetch("SELECT owner, host, pid, started_at FROM workers")
+            # (engines sharing an owner name: a live one is named, the others only if none lives)
+            rows = await conn.fetch(
+                f"SELECT owner, host, pid, started_at, {self._held} AS alive FROM workers w "
+                "ORDER BY alive, started_at"
+            )
             return {
                 row["owner"]: {
                     "host": row["host"],
                     "pid": row["pid"],
                     "started_at": row["started_at"],
-                    "alive": row["owner"] not in dead,
+                    "alive": row["alive"],
                 }
                 for row in rows
             }
@@ -513,7 +572,8 @@ class PostgresBackend(Backend):
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._pending.append((checkpoint, future))
+        fence = self._fences.get((checkpoint.owner, checkpoint.run_id), -1)
+        self._pending.append((checkpoint, fence, future))
         if not self._scheduled and self._writers < self._max_batches:
             # At the end of this pass of the loop: every run that moved in it shares the batch.
             self._scheduled = True
@@ -537,20 +597,20 @@ class PostgresBackend(Backend):
                 if self._pending and self._writers < self._max_batches:
                     self._start_writer()  # (another batch in flight meanwhile)
                 try:
-                    errors = await self._write_batch([cp for cp, _ in batch])
+                    errors = await self._write_batch([(cp, fence) for cp, fence, _ in batch])
                 except BaseException as exc:
                     failure = (
                         exc
                         if isinstance(exc, Exception)
                         else BackendError(f"checkpoint write stopped: {exc!r}")
                     )
-                    for _, future in batch:
+                    for _, _, future in batch:
                         if not future.done():
                             future.set_exception(failure)
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                for (_, future), error in zip(batch, errors, strict=True):
+                for (_, _, future), error in zip(batch, errors, strict=True):
                     if future.done():
                         continue
                     if error is None:
@@ -560,13 +620,11 @@ class PostgresBackend(Backend):
         finally:
             self._writers -= 1
 
-    async def _write_batch(self, cps: list[Checkpoint]) -> list[BaseException | None]:
+    async def _write_batch(self, cps: list[tuple[Checkpoint, int]]) -> list[BaseException | None]:
         """Write ``cps`` (all or none); an error (LeaseLost or other) per checkpoint, or None."""
-        fences = self._fences
         columns: list[list[Any]] = [[] for _ in range(10)]
         status_rows: list[tuple[str, str | None, float | None, str, int]] = []
-        for cp in cps:
-            fence = fences.get((cp.owner, cp.run_id), -1)
+        for cp, fence in cps:
             for column, value in zip(
                 columns,
                 (
@@ -614,20 +672,20 @@ class PostgresBackend(Backend):
         if written == len(cps):
             return [None] * len(cps)
         errors: list[BaseException | None] = []
-        for cp in cps:
+        for cp, fence in cps:
             try:
                 if written < 0:
-                    errors.append(None if await self._write_batch([cp]) == [None] else _lease_lost(cp))
+                    alone = await self._write_batch([(cp, fence)])
+                    errors.append(None if alone == [None] else _lease_lost(cp))
                     continue
-                ok = await self._call(self._written_check(cp))
+                ok = await self._call(self._written_check(cp, fence))
                 errors.append(None if ok else _lease_lost(cp))
             except Exception as exc:
                 errors.append(exc)
         return errors
 
-    def _written_check(self, cp: Checkpoint) -> Callable[[Any], Awaitable[Any]]:
-        """A call: whether ``cp`` is in the database and its engine still owns the run."""
-        fence = self._fences.get((cp.owner, cp.run_id), -1)
+    def _written_check(self, cp: Checkpoint, fence: int) -> Callable[[Any], Awaitable[Any]]:
+        """A call: whether ``cp`` is in the database and its engine still owns the run (with ``fence``)."""
 
         async def check(conn: Any) -> Any:
             return await conn.fetchval(_WRITTEN_SQL, cp.run_id, cp.seq, cp.owner, fence)
@@ -668,7 +726,7 @@ class PostgresBackend(Backend):
                         run_id, "", step_key, CheckpointKind(kind), ops=ops, attempts=attempts, at=at, seq=seq
                     )
                 )
-        return SavedRun(_row_to_info(row), list(store.values()), checkpoints)
+        return SavedRun(_row_to_info(row, self.clock_offset), list(store.values()), checkpoints)
 
     async def update_run(
         self,
@@ -737,7 +795,17 @@ class PostgresBackend(Backend):
         """
         await self._register(owner)
         held = [(run, fence) for (holder, run), fence in self._fences.items() if holder == owner]
-        params: list[Any] = [owner, lease_until, now, limit, [r for r, _ in held], [f for _, f in held]]
+        # Leases are compared and written on the server's clock (see clock_offset).
+        skew = self.clock_offset
+        params: list[Any] = [
+            owner,
+            lease_until + skew,
+            now,
+            limit,
+            [r for r, _ in held],
+            [f for _, f in held],
+            now + skew,
+        ]
         only = ""
         if run_id is not None:
             params.append(run_id)
@@ -755,7 +823,7 @@ class PostgresBackend(Backend):
             free AS (
                 SELECT r.run_no FROM runs r
                 WHERE r.status IN ('pending', 'running', 'sleeping')
-                  AND (r.owner IS NULL OR r.lease_until IS NULL OR r.lease_until < $3
+                  AND (r.owner IS NULL OR r.lease_until IS NULL OR r.lease_until < $7
                        {dead}) {only}
                 ORDER BY r.created_at, r.run_no
                 LIMIT $4
@@ -778,7 +846,7 @@ class PostgresBackend(Backend):
         infos = []
         for row in rows:
             self._fences[(owner, row["run_id"])] = row["fence"]
-            infos.append(_row_to_info(row))
+            infos.append(_row_to_info(row, self.clock_offset))
         return infos
 
     async def heartbeat(
@@ -795,7 +863,7 @@ class PostgresBackend(Backend):
                 "UPDATE runs SET lease_until = $1 FROM unnest($3::text[], $4::bigint[]) AS v(run_id, fence) "
                 "WHERE runs.run_id = v.run_id AND runs.fence = v.fence AND runs.owner = $2 "
                 "RETURNING runs.run_id",
-                lease_until,
+                lease_until + self.clock_offset,
                 owner,
                 ids,
                 fences,

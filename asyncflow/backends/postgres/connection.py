@@ -154,7 +154,11 @@ def connect_error(exc: BaseException, url: PostgresURL) -> BackendError:
 
 
 def is_disconnect(exc: BaseException) -> bool:
-    """Whether ``exc`` means the connection went away (the server restarted, say): worth retrying."""
+    """Whether ``exc`` means the connection went away (the server restarted, say): worth retrying.
+
+    A server at its connection limit (``too many clients``) counts too: its
+    connections free up as other clients close theirs.
+    """
     import asyncpg
 
     return isinstance(
@@ -166,6 +170,7 @@ def is_disconnect(exc: BaseException) -> bool:
             asyncpg.InterfaceError,
             asyncpg.CannotConnectNowError,
             asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.TooManyConnectionsError,
         ),
     ) and not isinstance(exc, asyncpg.exceptions.QueryCanceledError)
 

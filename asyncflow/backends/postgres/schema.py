@@ -87,6 +87,12 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (run_no, seq)
         )""",
     ],
+    # 3: one row per engine, not per owner name: two live engines with the same name each keep
+    # their own liveness lock (one no longer overwrites the other's key).
+    [
+        "ALTER TABLE workers DROP CONSTRAINT workers_pkey",
+        "ALTER TABLE workers ADD PRIMARY KEY (owner, lock_key)",
+    ],
 ]
 
 #: The version of the schema this asyncflow writes (how many migrations it has).
