@@ -847,7 +847,7 @@ async def test_dynamic_closure_action_fails_the_run_naming_it(url: str) -> None:
 
 
 async def test_dynamic_stage_with_a_lambda_made_action_fails_the_run_naming_it(url: str) -> None:
-    """ctx.add_dynamic_stage of a stage holding a lambda-made action fails the SQLite run, naming it."""
+    """Inserting a stage holding a lambda-made action fails the SQLite run, naming it and where."""
     async with make_engine(url, flows.INSERTS_LAMBDA_STAGE) as engine:
         handle = await engine.start(flows.INSERTS_LAMBDA_STAGE)
         result = await handle.result()
@@ -856,6 +856,7 @@ async def test_dynamic_stage_with_a_lambda_made_action_fails_the_run_naming_it(u
     assert info.error is not None
     assert info.error.startswith("NotReferenceable: ")
     assert "'lambda-made'" in info.error
+    assert "inserted by action 'insert-stage-with-lambda-made' of stage 's'" in info.error
     assert "register" in info.error
     assert flows.runs_of("after-insert") == 0
 

@@ -607,8 +607,8 @@ def test_find_criteria_combine_with_and() -> None:
 
 @pytest.mark.parametrize(
     "criteria",
-    [{"tag": "blue"}, {"any_tags": {"blue"}}, {"property": ("source", "db")}],
-    ids=["tag", "any_tags", "property"],
+    [{"tag": "blue"}, {"any_tags": {"blue"}}, {"all_tags": {"blue"}}, {"property": ("source", "db")}],
+    ids=["tag", "any_tags", "all_tags", "property"],
 )
 def test_find_looks_past_entries_that_do_not_match(criteria: dict[str, Any]) -> None:
     """find goes on past the entries that do not match to the ones after them that do."""
