@@ -68,7 +68,7 @@ from .runner import Runner
 from .serial import codec_for, end_fields, result_from_info, with_earlier_timings
 from .state import RunState, new_run_id
 from .store import StoreData
-from .trouble import GivenBack, WriteTrouble
+from .trouble import GivenBack, MaintenanceTrouble, WriteTrouble
 from .versions import Versions
 from .watch import EventLog, request_fingerprint, steps_from_events
 from .workflow import Workflow
@@ -239,6 +239,7 @@ class Engine:
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
         self._active: dict[str, _Active] = {}
         self._trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
+        self._maintenance = MaintenanceTrouble(self.backend.url)  # (likewise, of failing ticks)
         self._events = EventLog(self.backend, self._executes, events, self._trouble)
         self._unhook: list[Any] = []
         self._group: TaskGroup | None = None
@@ -746,13 +747,13 @@ class Engine:
             self._wake = anyio.Event()
             if anyio.current_time() < beat_at + self.poll_interval:
                 # Woken by a notice (a run to take): only look for runs; heartbeats keep their pace.
-                try:
-                    if self.recover and not self._draining:
+                if self.recover and not self._draining:
+                    try:
                         await self._take_over()
-                except Exception as exc:
-                    logger.opt(exception=exc).error(
-                        "engine maintenance failed: {}: {}", type(exc).__name__, exc
-                    )
+                    except Exception as exc:
+                        self._maintenance.failed(exc)
+                    else:
+                        self._maintenance.worked()
                 continue
             beat_at = anyio.current_time()
             ticks += 1
@@ -777,8 +778,11 @@ class Engine:
                 if self.retention is not None and ticks % 60 == 1:
                     await self.purge(older_than=self.retention)
             except Exception as exc:
-                # Heartbeats go on next time: a passing database error must not stop the engine.
-                logger.opt(exception=exc).error("engine maintenance failed: {}: {}", type(exc).__name__, exc)
+                # Heartbeats go on next time: a passing database error must not stop the engine
+                # (nor fill its log: one line as an outage begins, one as it ends).
+                self._maintenance.failed(exc)
+            else:
+                self._maintenance.worked()
 
     async def _cancelled_elsewhere(self, run_id: str) -> bool:
         """Whether a run this engine lost the lease of was cancelled (rather than taken over)."""
