@@ -56,10 +56,11 @@ RETRIED_INSERTION = af.Workflow(
 
 @af.action
 async def insert_x_second(ctx: af.ActionContext) -> None:
-    """Wait until the other action has inserted its stage "x", then insert one too (the second)."""
+    """Wait until the other action inserted its stage "x" and completed, then insert one (the second)."""
     with anyio.fail_after(5):
         await flows.gate("first-inserted").wait()
-    await anyio.sleep(0.1)  # let the other action complete (and commit) first
+    # It is completed once its checkpoint is committed: its "x" is the first in the database.
+    await flows.eventually(lambda: ctx.plan.action_status("insert-x-first") is af.StepStatus.COMPLETED)
     ctx.add_dynamic_stage(af.Stage("x", actions=[flows.HangOnce("mark-a")]), allow_duplicate=True)
 
 
@@ -506,8 +507,8 @@ async def test_backend_error_recording_one_runs_end_does_not_break_the_engine() 
     async with make_engine(backend, flows.BLOCKING, flows.QUICK) as engine:
         good = await engine.start(flows.BLOCKING, run_id="good")
         await engine.start(flows.QUICK, run_id="bad")
-        await flows.eventually(lambda: "bad" in backend.refused)
-        await anyio.sleep(0.1)
+        # (refused again: the engine holds the end and writes it again, while the other run goes on)
+        await flows.eventually(lambda: len(backend.refused) >= 2)
         flows.gate("block.release").set()
         with anyio.fail_after(5):
             result = await good.result()
