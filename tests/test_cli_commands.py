@@ -633,6 +633,14 @@ def test_runs_vacuum_of_a_missing_file_exits_1(flows: Path) -> None:
     assert not (flows / "nope.db").exists()
 
 
+def test_runs_vacuum_of_a_postgresql_database_exits_2(flows: Path) -> None:
+    """A PostgreSQL URL: exit 2, one line saying the command is for SQLite files (nothing is reached)."""
+    done = cli(flows, "runs", "vacuum", "--db", "postgresql://127.0.0.1:1/nowhere")
+    assert done.returncode == 2
+    assert done.stderr.startswith("asyncflow: 'runs vacuum' gives space back to an SQLite file; ")
+    assert done.stdout == ""
+
+
 # ---- asyncflow worker --json -----------------------------------------------------------------
 
 PENDING_RUN = """
