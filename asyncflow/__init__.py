@@ -24,7 +24,6 @@ from ._core.context import MiddlewareContext as MiddlewareContext
 from ._core.definitions import Registry as Registry
 from ._core.definitions import registry as registry
 from ._core.engine import Engine as Engine
-from ._core.engine import RunHandle as RunHandle
 from ._core.errors import ActionFailed as ActionFailed
 from ._core.errors import ActionTimeout as ActionTimeout
 from ._core.errors import BackendError as BackendError
@@ -62,6 +61,7 @@ from ._core.events import EventKind as EventKind
 from ._core.events import EventStream as EventStream
 from ._core.events import Message as Message
 from ._core.events import RunEvent as RunEvent
+from ._core.handles import RunHandle as RunHandle
 from ._core.isolation.process import ProcessPool as ProcessPool
 from ._core.middleware import CallNext as CallNext
 from ._core.middleware import Middleware as Middleware

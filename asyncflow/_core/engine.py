@@ -33,7 +33,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -46,7 +46,6 @@ from loguru import logger
 from ..backends import Backend, RunInfo, RunPage, SavedRun, open_backend
 from . import faults
 from .actions import check_text, text_error_at
-from .checkpoints import RunDurability
 from .clock import SYSTEM_CLOCK, Clock
 from .definitions import Registry
 from .definitions import registry as global_registry
@@ -54,84 +53,26 @@ from .errors import (
     EngineNotOpen,
     IdempotencyConflict,
     InvalidDefinition,
-    LeaseLost,
     NotReferenceable,
-    RunFailed,
     RunStateError,
     UnknownRun,
     UnknownWorkflow,
 )
 from .events import EventKind, RunEvent
+from .executions import ActiveRun, Executions
+from .handles import RunHandle
 from .isolation.process import ProcessPool
 from .records import RunResult, RunStatus, plan_rows
 from .runner import Runner
-from .serial import codec_for, end_fields, result_from_info, with_earlier_timings
-from .state import RunState, new_run_id
+from .serial import codec_for, result_from_info, with_earlier_timings
+from .state import new_run_id
 from .store import StoreData
-from .trouble import GivenBack, MaintenanceTrouble, WriteTrouble
+from .trouble import GivenBack, WriteTrouble
 from .versions import Versions
-from .watch import EventLog, request_fingerprint, steps_from_events
+from .watch import request_fingerprint, steps_from_events
 from .workflow import Workflow
 
 _ENDED_OR_PARKED = frozenset({s for s in RunStatus if s.finished} | {RunStatus.SUSPENDED})
-
-
-@attrs.define
-class _Active:
-    """A run executing in this engine."""
-
-    run_id: str
-    # Made with the record, so a cancel that comes before the task starts still counts.
-    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
-    done: anyio.Event = attrs.field(factory=anyio.Event)
-    result: RunResult | None = None
-    cancel_requested: bool = False
-    lease_lost: bool = False
-    #: whether the lease was lost to a cancel made elsewhere (``None``: not known yet)
-    cancelled_elsewhere: bool | None = None
-    drained: bool = False  # stopped by Engine.drain after a checkpoint, and given back
-    durability: RunDurability | None = None
-    run: RunState | None = None
-
-
-class RunHandle:
-    """A started run: its id, and ways to wait for it, inspect it and cancel it."""
-
-    __slots__ = ("_active", "_engine", "created", "run_id")
-
-    def __init__(
-        self, engine: Engine, run_id: str, active: _Active | None = None, *, created: bool = True
-    ) -> None:
-        self._engine = engine
-        self.run_id = run_id
-        #: whether ``engine.start`` started this run (``False``: its idempotency key found it;
-        #: for ``engine.resume``, whether this call resumed it)
-        self.created = created
-        self._active = active  # the execution this handle started, if it runs here
-
-    async def result(self) -> RunResult:
-        """Wait until the run has ended (or is suspended) and return its result (same as ``engine.wait``)."""
-        active = self._active
-        if active is not None:
-            await active.done.wait()
-            if active.result is not None and not active.lease_lost:
-                return active.result
-        return await self._engine.wait(self.run_id)
-
-    async def info(self) -> RunInfo:
-        """What the database knows of the run now."""
-        return await self._engine.get_run(self.run_id)
-
-    async def cancel(self) -> None:
-        """Cancel the run (see :meth:`Engine.cancel`)."""
-        await self._engine.cancel(self.run_id)
-
-    def watch(self, after: str | None = None) -> AsyncIterator[RunEvent]:
-        """The run's events as they happen (see :meth:`Engine.watch`)."""
-        return self._engine.watch(self.run_id, after=after)
-
-    def __repr__(self) -> str:
-        return f"<RunHandle {self.run_id}>"
 
 
 class Engine:
@@ -237,17 +178,24 @@ class Engine:
         self._workflows: dict[str, Workflow] = {}
         self._definitions: dict[str, dict[str, Any]] = {}  # (of registered workflows, once made)
         self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
-        self._active: dict[str, _Active] = {}
-        self._trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
-        self._maintenance = MaintenanceTrouble(self.backend.url)  # (likewise, of failing ticks)
-        self._events = EventLog(self.backend, self._executes, events, self._trouble)
+        trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
+        #: the runs executing here and their leases
+        self._runs = Executions(
+            backend=self.backend,
+            registry=self.registry,
+            clock=self.clock,
+            owner=self.owner,
+            lease=self.lease,
+            codec=self.codec,
+            runner=self.runner,
+            versions=self._versions,
+            keep_events=events,
+            trouble=trouble,
+            workflows=self._workflows,
+            concurrency=concurrency,
+        )
         self._unhook: list[Any] = []
-        self._group: TaskGroup | None = None
         self._open = False  # between __aenter__ and the end of __aexit__
-        self._closing = False
-        self._draining = False  # (drain): runs stop after their next checkpoint and are given back
-        self._foreign: set[str] = set()  # workflows of runs left here for other engines (warned once)
-        self._wake: anyio.Event | None = None  # set by a backend's notice: look for runs now
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -315,27 +263,27 @@ class Engine:
         except BaseException:
             self._open = False
             raise
-        self._closing = False
-        self._draining = False
-        self._wake = anyio.Event()
-        self.backend.on_notice(self._notice)
+        self._runs.closing = False
+        self._runs.draining = False
+        self._runs.wake = anyio.Event()
+        self.backend.on_notice(self._runs.notice)
         group = anyio.create_task_group()
         await group.__aenter__()
-        self._group = group
-        self._events = EventLog(self.backend, self._executes, self.keeps_events)
-        if self._events.keep:
+        self._runs.group = group
+        self._runs.new_event_log()
+        if self._runs.events.keep:
             self._unhook = [
-                self.runner.on_event(self._events.record_event),
-                self.runner.on_message("*", self._events.record_message),
+                self.runner.on_event(self._runs.events.record_event),
+                self.runner.on_message("*", self._runs.events.record_message),
             ]
-            group.start_soon(self._events.write_forever)
+            group.start_soon(self._runs.events.write_forever)
         try:
             # The versions of the workflows registered so far, so that runs of them can go on
             # on them after a change, whichever engine (and registry) started them.
             await self._versions.opened()
             if self.recover:
-                await self._take_over()
-            group.start_soon(self._maintain)
+                await self._runs.take_over()
+            group.start_soon(self._runs.maintain, self.poll_interval, self.recover, self.retention)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -347,9 +295,9 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        group = self._group
-        self._closing = True
-        self._events.close()
+        group = self._runs.group
+        self._runs.closing = True
+        self._runs.events.close()
         for unhook in self._unhook:
             unhook()
         self._unhook = []
@@ -357,16 +305,14 @@ class Engine:
             if group is not None:
                 # Runs still in flight are left for the next engine: their leases are released,
                 # and listeners hear RUN_INTERRUPTED, not that the runs were cancelled.
-                for active in self._active.values():
-                    if active.run is not None and not active.cancel_requested:
-                        active.run.interrupted = True
+                self._runs.interrupt_all()
                 group.cancel_scope.cancel()
                 await group.__aexit__(None, None, None)
                 # The events of the runs given back: the engine that takes them over goes on after them.
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await self._events.flush()
+                    await self._runs.events.flush()
         finally:
-            self._group = None
+            self._runs.group = None
             self.backend.on_notice(None)
             try:
                 with anyio.CancelScope(shield=True):
@@ -384,50 +330,23 @@ class Engine:
         lease to expire). Runs still busy after ``grace`` seconds are given
         back when the engine closes. Used by ``asyncflow worker`` on SIGTERM.
         """
-        self._draining = True
-        for active in self._active.values():
-            if active.durability is not None:
-                active.durability.after_commit = self._stop_after_checkpoint
+        self._runs.drain()
         with anyio.move_on_after(grace):
-            for active in list(self._active.values()):
+            for active in list(self._runs.active.values()):
                 await active.done.wait()
 
-    def _stop_after_checkpoint(self, run_id: str) -> None:
-        """(Draining) stop the run here now that its last step is checkpointed; it is given back."""
-        active = self._active.get(run_id)
-        if active is not None and active.run is not None and not active.cancel_requested:
-            active.run.interrupted = True
-            active.drained = True
-            active.scope.cancel()
-
-    def _notice(self, kind: str, run_id: str | None) -> None:
-        """A backend's notice from another engine (see :meth:`Backend.on_notice`)."""
-        if kind == "cancel" and run_id is not None:
-            active = self._active.get(run_id)
-            if active is not None and not active.done.is_set() and not active.cancel_requested:
-                # Cancelled elsewhere (recorded there): stop at once, record nothing.
-                active.lease_lost = True
-                active.cancelled_elsewhere = True
-                active.scope.cancel()
-        elif kind == "work" and self._wake is not None:
-            self._wake.set()
-
     def _task_group(self) -> TaskGroup:
-        if self._group is None or self._closing:
+        if self._runs.group is None or self._runs.closing:
             raise EngineNotOpen(
                 "the engine is closing: it starts and resumes no runs now"
-                if self._group is not None
+                if self._runs.group is not None
                 else "the engine is not open: use 'async with engine:' (or a FastAPI lifespan)"
             )
-        return self._group
+        return self._runs.group
 
     def _require_open(self) -> None:
         if not self._open:
             raise EngineNotOpen("the engine is not open: use 'async with engine:' (or a FastAPI lifespan)")
-
-    def _executes(self, run_id: str) -> bool:
-        """Whether the run executes in this engine now (its events go to its log from here)."""
-        return run_id in self._active
 
     # ---- starting and running --------------------------------------------------------
 
@@ -487,14 +406,15 @@ class Engine:
             )
         info, created = await self.backend.create_run(info, entries)
         if created and here:
-            self._active[info.run_id] = active = _Active(info.run_id)  # (its events are its log's from now)
-            self._events.add(
+            # (its events are its log's from now)
+            self._runs.active[info.run_id] = active = ActiveRun(info.run_id)
+            self._runs.events.add(
                 info.run_id,
                 {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
                 if request is not None
                 else {"kind": EventKind.RUN_CREATED.value, "at": now},
             )
-            self._launch(group, SavedRun(info, list(entries), []), active)
+            self._runs.launch(group, SavedRun(info, list(entries), []), active)
         elif created:  # (for the workers: its log begins here)
             await self.backend.append_events(
                 info.run_id,
@@ -506,7 +426,7 @@ class Engine:
             )
         elif idempotency_key is not None:
             await self._check_same_request(info, workflow, idempotency_key, request)
-        return RunHandle(self, info.run_id, self._active.get(info.run_id), created=created)
+        return RunHandle(self, info.run_id, self._runs.active.get(info.run_id), created=created)
 
     async def _check_same_request(self, info: RunInfo, workflow: Workflow, key: str, request: Any) -> None:
         """Refuse a start whose idempotency key found a run of another workflow or initial store."""
@@ -516,7 +436,7 @@ class Engine:
         else:
             # (A run written down before its request was logged, by an older asyncflow, say, is
             # compared by its workflow only.)
-            await self._events.flush(info.run_id)
+            await self._runs.events.flush(info.run_id)
             for _, data in await self.backend.read_events(info.run_id, after=0, limit=1):
                 if (
                     data.get("kind") == EventKind.RUN_CREATED.value
@@ -532,266 +452,6 @@ class Engine:
                 idempotency_key=key,
             )
 
-    def _launch(self, group: TaskGroup, saved: SavedRun, active: _Active | None = None) -> None:
-        if active is None:
-            active = self._active.get(saved.info.run_id)
-            if active is not None and not active.done.is_set():
-                return
-            active = _Active(saved.info.run_id)
-            self._active[saved.info.run_id] = active
-        group.start_soon(self._execute, saved, active)
-
-    async def _execute(self, saved: SavedRun, active: _Active) -> None:
-        info = saved.info
-        try:
-            workflow = self._workflows.get(info.workflow_id)
-            if workflow is None:
-                await self._leave_unknown_workflow(info)
-                return
-            if self._versions.differs(info):
-                try:
-                    workflow, why = await self._versions.workflow_for(info, workflow, saved)
-                    if workflow is None:
-                        if active.cancel_requested:  # (cancelled while this engine looked at it)
-                            await self._release(info.run_id, status=RunStatus.CANCELLED)
-                        else:
-                            self._versions.leave(info, why)
-                            await self._release(info.run_id)  # for an engine that can take it
-                        return
-                except anyio.get_cancelled_exc_class():
-                    if self._closing:  # (given back, as a run in flight is)
-                        with anyio.CancelScope(shield=True):
-                            await self._release(info.run_id)
-                    raise
-            durability = active.durability = RunDurability(
-                self.backend,
-                self.registry,
-                self.clock,
-                self.owner,
-                saved,
-                self._trouble,
-                self.lease,
-                self.codec,
-            )
-            if self._draining:
-                durability.after_commit = self._stop_after_checkpoint
-            run = active.run = RunState(
-                workflow,
-                info.run_id,
-                self.codec.restore(saved.store, self.clock),
-                self.runner.max_insertions,
-                self.runner.hub,
-                # Durable runs carry messages as JSON, like child processes.
-                self.runner.require_json or self.codec.requires_json,
-                self.clock,
-                durability,
-            )
-            result: RunResult | None = None
-            with active.scope:
-                try:
-                    if active.cancel_requested:
-                        # Cancelled before it began (the scope is cancelled): not one action runs.
-                        await anyio.lowlevel.checkpoint()
-                    result = await self.runner.execute(run)
-                except RunFailed as failure:
-                    result = failure.result
-                    if isinstance(failure.error, GivenBack):
-                        logger.warning("run {} stopped here: {}", info.run_id, failure.error)
-                        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                            await self._release(info.run_id)
-                        return
-                    if isinstance(failure.error, LeaseLost):
-                        active.lease_lost = True
-                except anyio.get_cancelled_exc_class():
-                    if (self._closing or active.drained) and not active.cancel_requested:
-                        with anyio.CancelScope(shield=True):
-                            await self._release(info.run_id)
-                    raise
-            if active.drained:
-                return
-            if active.lease_lost:
-                if active.cancelled_elsewhere is None:  # (a checkpoint found the lease gone)
-                    with anyio.CancelScope(shield=True):
-                        active.cancelled_elsewhere = await self._cancelled_elsewhere(info.run_id)
-                if active.cancelled_elsewhere:
-                    logger.info(
-                        "run {} was cancelled elsewhere (by another engine or process); "
-                        "this engine stopped it",
-                        info.run_id,
-                    )
-                else:
-                    logger.warning(
-                        "run {} was taken over by another engine; this engine stopped it", info.run_id
-                    )
-                return
-            if result is None:  # cancelled through engine.cancel
-                result = RunResult(
-                    run_id=info.run_id,
-                    workflow_id=info.workflow_id,
-                    status=RunStatus.CANCELLED,
-                    store=run.store.snapshot(),
-                    log=run.log,
-                    duration=0.0,
-                )
-            with anyio.CancelScope(shield=True):
-                # The run's events first: a watcher that sees the end has seen all before it.
-                await self._events.flush(info.run_id)
-                await self._record_end(info, result, durability)
-            self._events.wake(info.run_id)
-            active.result = result
-        except Exception as exc:
-            # One run's trouble (its database row, say) must not stop the engine's other runs:
-            # this run is given back, for a restart or another engine to take over.
-            logger.opt(exception=exc).error(
-                "run {} stopped here: {}: {}; it is left for another engine to take over",
-                info.run_id,
-                type(exc).__name__,
-                exc,
-            )
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await self._release(info.run_id)
-        finally:
-            self._events.forget(info.run_id)
-            active.done.set()
-
-    async def _leave_unknown_workflow(self, info: RunInfo) -> None:
-        """Give back a run of a workflow not registered here, for an engine that has it (pools by workflow).
-
-        It waits (``PENDING``, held by nobody) instead of failing; this engine's
-        claims skip its version for ten leases.
-        """
-        if info.workflow_id not in self._foreign:
-            self._foreign.add(info.workflow_id)
-            logger.warning(
-                "run {} is of workflow {!r}, which is not registered with this engine; it is left "
-                "for an engine that has it (engine.register(workflow) to run it here)",
-                info.run_id,
-                info.workflow_id,
-            )
-        if info.workflow_version is not None:
-            self._versions.leave(info, f"workflow {info.workflow_id!r} is not registered here")
-        fields: dict[str, Any] = {}
-        if info.status in (RunStatus.RUNNING, RunStatus.PENDING):
-            fields["status"] = RunStatus.PENDING
-        await self._release(info.run_id, **fields)
-
-    async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
-        fields = end_fields(info, result, durability.suspended_key)
-
-        def record() -> Awaitable[bool]:
-            return self.backend.update_run(info.run_id, holder=self.owner, now=self.clock.now(), **fields)
-
-        try:
-            updated = await record()
-        except Exception as exc:
-            # Held and written again as a checkpoint is; given back (GivenBack) if it never goes through.
-            what = f"the end of run {info.run_id}"
-            updated = await self._trouble.retry(what, record, exc, self.lease)
-        if not updated:
-            logger.warning(
-                "run {} ended here but another engine owns it now; its end was not recorded", info.run_id
-            )
-
-    async def _release(self, run_id: str, **fields: Any) -> None:
-        """Give a run this engine holds back (setting ``fields`` too): another engine may take it at once."""
-        await self.backend.update_run(
-            run_id, holder=self.owner, now=self.clock.now(), owner=None, lease_until=None, **fields
-        )
-
-    async def _take_over(self) -> None:
-        group = self._group
-        if group is None or self._closing:
-            return
-        while True:
-            limit = 100
-            if self.concurrency is not None:
-                busy = sum(1 for a in self._active.values() if not a.done.is_set())
-                limit = min(limit, self.concurrency - busy)
-                if limit <= 0:
-                    return
-            now = self.clock.now()
-            # Shielded: runs claimed are launched (and, if the engine is closing, released
-            # again at once), never left owned but idle until their lease runs out.
-            with anyio.CancelScope(shield=True):
-                claimed = await self._versions.claim(
-                    self.owner, now=now, lease_until=now + self.lease, limit=limit
-                )
-                given_back = False
-                for info in claimed:
-                    if self._versions.held(info):  # left before: for another engine to take
-                        await self._release(info.run_id)
-                        given_back = True
-                        continue
-                    saved = await self.backend.load(info.run_id)
-                    if saved is not None:
-                        logger.info(
-                            "taking over run {} of workflow {!r} ({})",
-                            info.run_id,
-                            info.workflow_id,
-                            info.status,
-                        )
-                        self._launch(group, saved)
-            if len(claimed) < limit or given_back:  # (runs given back would come back at once)
-                return
-
-    async def _maintain(self) -> None:
-        """Heartbeats, take-overs and retention, every ``poll_interval``."""
-        ticks = 0
-        beat_at = anyio.current_time()  # when the next heartbeat is due
-        while True:
-            with anyio.move_on_after(max(beat_at + self.poll_interval - anyio.current_time(), 0)):
-                if self._wake is not None:
-                    await self._wake.wait()
-                    # (a burst of notices wakes the engine once)
-                    await anyio.sleep(0.005)
-            self._wake = anyio.Event()
-            if anyio.current_time() < beat_at + self.poll_interval:
-                # Woken by a notice (a run to take): only look for runs; heartbeats keep their pace.
-                if self.recover and not self._draining:
-                    try:
-                        await self._take_over()
-                    except Exception as exc:
-                        self._maintenance.failed(exc)
-                    else:
-                        self._maintenance.worked()
-                continue
-            beat_at = anyio.current_time()
-            ticks += 1
-            try:
-                running = [run_id for run_id, a in self._active.items() if not a.done.is_set()]
-                now = self.clock.now()
-                lost = await self.backend.heartbeat(
-                    self.owner, running, now=now, lease_until=now + self.lease
-                )
-                for run_id in lost:
-                    active = self._active.get(run_id)
-                    if active is not None and not active.done.is_set():
-                        active.cancelled_elsewhere = await self._cancelled_elsewhere(run_id)
-                        if not active.cancelled_elsewhere:
-                            logger.warning("lost the lease of run {}; stopping it here", run_id)
-                        active.lease_lost = True
-                        active.scope.cancel()
-                for run_id in [r for r, a in self._active.items() if a.done.is_set()]:
-                    del self._active[run_id]
-                if self.recover and not self._draining:
-                    await self._take_over()
-                if self.retention is not None and ticks % 60 == 1:
-                    await self.purge(older_than=self.retention)
-            except Exception as exc:
-                # Heartbeats go on next time: a passing database error must not stop the engine
-                # (nor fill its log: one line as an outage begins, one as it ends).
-                self._maintenance.failed(exc)
-            else:
-                self._maintenance.worked()
-
-    async def _cancelled_elsewhere(self, run_id: str) -> bool:
-        """Whether a run this engine lost the lease of was cancelled (rather than taken over)."""
-        try:
-            info = await self.backend.get_run(run_id)
-        except Exception:  # (only for the log line: a database error here changes nothing)
-            return False
-        return info is not None and info.status is RunStatus.CANCELLED
-
     # ---- managing runs ---------------------------------------------------------------
 
     async def wait(self, run_id: str) -> RunResult:
@@ -802,7 +462,7 @@ class Engine:
         Raises:
             UnknownRun: no such run.
         """
-        active = self._active.get(run_id)
+        active = self._runs.active.get(run_id)
         if active is not None:
             await active.done.wait()
             if active.result is not None and not active.lease_lost:
@@ -812,7 +472,7 @@ class Engine:
             info = await self._stored_run(run_id)
             if info.status in _ENDED_OR_PARKED:
                 return await self._result_from_database(info)
-            active = self._active.get(run_id)
+            active = self._runs.active.get(run_id)
             if active is not None and not active.done.is_set():
                 await active.done.wait()
                 continue
@@ -839,7 +499,7 @@ class Engine:
             EngineNotOpen: the engine is not open.
         """
         info = await self._stored_run(run_id)
-        active = self._active.get(run_id)
+        active = self._runs.active.get(run_id)
         if (
             active is not None
             and active.run is not None
@@ -910,11 +570,11 @@ class Engine:
 
     async def _watch(self, run_id: str, after: str | None) -> AsyncIterator[RunEvent]:
         info = await self._stored_run(run_id)
-        start = await self._events.check_cursor(run_id, after)
-        await self._events.flush(run_id)
+        start = await self._runs.events.check_cursor(run_id, after)
+        await self._runs.events.flush(run_id)
         # Closed here when the caller leaves early (a web client that went away), not by the GC later.
         async with contextlib.aclosing(
-            self._events.watch(info, start, self._current, self.watch_interval)
+            self._runs.events.watch(info, start, self._current, self.watch_interval)
         ) as events:
             async for event in events:
                 yield event
@@ -930,8 +590,8 @@ class Engine:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
             raise ValueError(f"limit must be an int from 1 to 10,000, got {limit!r}")
         info = await self._stored_run(run_id)
-        start = await self._events.check_cursor(run_id, after)
-        await self._events.flush(run_id)
+        start = await self._runs.events.check_cursor(run_id, after)
+        await self._runs.events.flush(run_id)
         return [
             RunEvent.from_data(seq, run_id, info.workflow_id, data)
             for seq, data in await self.backend.read_events(run_id, after=start, limit=limit)
@@ -954,7 +614,7 @@ class Engine:
             RunStateError: the run has already ended.
         """
         self._require_open()
-        active = self._active.get(run_id)
+        active = self._runs.active.get(run_id)
         if active is not None and not active.done.is_set():
             active.cancel_requested = True
             active.scope.cancel()
@@ -988,7 +648,7 @@ class Engine:
                 }
             ],
         )
-        self._events.wake(run_id)
+        self._runs.events.wake(run_id)
 
     async def resume(self, run_id: str, data: Any = None, *, key: str | None = None) -> RunHandle:
         """Continue a suspended run, here, from the action that suspended it.
@@ -1015,12 +675,12 @@ class Engine:
                 raise TypeError(f"resume key must be a non-blank string, got {key!r}")
             check_text(key, "resume key")
             if await self._resumed_with(run_id, key):
-                return RunHandle(self, run_id, self._active.get(run_id), created=False)
+                return RunHandle(self, run_id, self._runs.active.get(run_id), created=False)
         self.codec.check_resume_data(run_id, data)
         info = await self._stored_run(run_id)
         if info.status is not RunStatus.SUSPENDED:
             if key is not None and await self._resumed_with(run_id, key):
-                return RunHandle(self, run_id, self._active.get(run_id), created=False)
+                return RunHandle(self, run_id, self._runs.active.get(run_id), created=False)
             raise RunStateError(
                 f"run {run_id!r} is {info.status.value}, not suspended; only a suspended run resumes"
             )
@@ -1049,14 +709,14 @@ class Engine:
         )
         if not updated:
             if key is not None and await self._resumed_with(run_id, key):
-                return RunHandle(self, run_id, self._active.get(run_id), created=False)
+                return RunHandle(self, run_id, self._runs.active.get(run_id), created=False)
             raise RunStateError(f"run {run_id!r} is no longer suspended (resumed or cancelled meanwhile)")
         resumed: dict[str, Any] = {"kind": EventKind.RUN_RESUMED.value, "at": self.clock.now()}
         if key is not None:
             resumed["key"] = key
-        stale = self._active.get(run_id)
+        stale = self._runs.active.get(run_id)
         if stale is not None and stale.done.is_set():  # (its execution up to the suspension)
-            del self._active[run_id]
+            del self._runs.active[run_id]
         # The run is resumed already: from here on a write that fails is tried again, not raised.
         now = self.clock.now()
         try:
@@ -1075,33 +735,35 @@ class Engine:
             saved = None
         what = f"the resume of run {run_id}"
         try:
-            if saved is not None and self._events.keep:
-                self._events.add(run_id, resumed)  # (before the events of the execution it launches)
-                self._launch(group, saved)
+            if saved is not None and self._runs.events.keep:
+                self._runs.events.add(run_id, resumed)  # (before the events of the execution it launches)
+                self._runs.launch(group, saved)
                 # Written before this returns: a retry with the key, from any process, must find it.
                 try:
-                    await self._events.flush(run_id)
+                    await self._runs.events.flush(run_id)
                 except Exception as exc:  # (the events are kept: written again)
-                    await self._trouble.retry(what, lambda: self._events.flush(run_id), exc, self.lease)
+                    await self._runs.trouble.retry(
+                        what, lambda: self._runs.events.flush(run_id), exc, self.lease
+                    )
             else:
                 if saved is not None:
-                    self._launch(group, saved)
+                    self._runs.launch(group, saved)
                 try:
                     await self.backend.append_events(run_id, [resumed])
                 except Exception as exc:
-                    await self._trouble.retry(
+                    await self._runs.trouble.retry(
                         what, lambda: self.backend.append_events(run_id, [resumed]), exc, self.lease
                     )
-                self._events.wake(run_id)
+                self._runs.events.wake(run_id)
         except GivenBack as exc:  # (the run is resumed all the same; only its log misses the resume)
             logger.warning("run {} is resumed, but {}", run_id, exc)
-        return RunHandle(self, run_id, self._active.get(run_id))
+        return RunHandle(self, run_id, self._runs.active.get(run_id))
 
     async def _resumed_with(self, run_id: str, key: str) -> bool:
         """Whether the run was resumed with ``key`` before (its log says so)."""
         return any(
             data.get("kind") == EventKind.RUN_RESUMED.value and data.get("key") == key
-            for _, data in await self._events.read_all(run_id)
+            for _, data in await self._runs.events.read_all(run_id)
         )
 
     async def list_runs(
@@ -1131,7 +793,7 @@ class Engine:
             RunStateError: the run is executing in this engine (cancel it first).
         """
         self._require_open()
-        active = self._active.get(run_id)
+        active = self._runs.active.get(run_id)
         if active is not None and not active.done.is_set():
             raise RunStateError(f"run {run_id!r} is running in this engine; cancel it before deleting it")
         return await self.backend.delete_run(run_id) if _could_be_stored(run_id) else False
