@@ -639,3 +639,46 @@ def test_malformed_retry_definition_raises_invalid_definition_naming_the_stage(r
     definition = {"id": "w", "stages": [{"id": "charge-card", "retry": retry}]}
     with pytest.raises(af.InvalidDefinition, match="charge-card"):
         af.Workflow.from_definition(definition)
+
+
+# ---- 10. a resume while the suspension's execution is in its last steps ---------------------
+
+
+class SlowAfterSuspending(MemoryBackend):
+    """A memory backend whose write of a suspension returns only once ``go`` is set (committed before)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = anyio.Event()
+
+    async def update_run(self, run_id: str, **fields: Any) -> bool:
+        updated = await super().update_run(run_id, **fields)
+        if fields.get("status") is af.RunStatus.SUSPENDED:
+            await self.go.wait()  # (the commit is done; the engine has not heard back yet)
+        return updated
+
+
+async def test_a_resume_as_the_suspension_is_still_being_recorded_runs_the_run_on() -> None:
+    """Resumed once the database says suspended, before its execution here has ended: the run completes."""
+    backend = SlowAfterSuspending()
+    async with make_engine(backend, flows.APPROVAL) as engine:
+        handle = await engine.start(flows.APPROVAL)
+
+        async def suspended() -> bool:
+            info = await backend.get_run(handle.run_id)
+            return info is not None and info.status is af.RunStatus.SUSPENDED
+
+        await flows.eventually(suspended)
+        async with anyio.create_task_group() as group:
+            resumed: list[af.RunHandle] = []
+
+            async def resume() -> None:
+                resumed.append(await engine.resume(handle.run_id, {"by": "me"}))
+
+            group.start_soon(resume)
+            await anyio.wait_all_tasks_blocked()
+            backend.go.set()
+        with anyio.fail_after(10):
+            result = await resumed[0].result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("after") == 1
