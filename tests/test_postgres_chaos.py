@@ -169,7 +169,9 @@ async def test_a_paused_worker_past_its_lease_is_refused_on_waking(
     await paused.ready()
     async with client(postgres_url) as app:
         handle = await app.start(pg_flows.SLOW)
-        await eventually(lambda: len(ledger.started()) == 1, within=20)
+        # (looked at every 50 ms: the stop lands inside the action, seldom inside the commit of its
+        # start's event, which would hold the run's locks, and the other worker's writes, until SIGCONT)
+        await eventually(lambda: len(ledger.started()) == 1, within=20, every=0.05)
         paused.signal(signal.SIGSTOP)
         other = new_worker(postgres_url, tmp_path, "other", workers, "--poll", "0.2", "--lease", "5")
         with anyio.fail_after(30):
