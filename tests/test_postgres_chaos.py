@@ -169,9 +169,15 @@ async def test_a_paused_worker_past_its_lease_is_refused_on_waking(
     await paused.ready()
     async with client(postgres_url) as app:
         handle = await app.start(pg_flows.SLOW)
-        # (looked at every 50 ms: the stop lands inside the action, seldom inside the commit of its
-        # start's event, which would hold the run's locks, and the other worker's writes, until SIGCONT)
-        await eventually(lambda: len(ledger.started()) == 1, within=20, every=0.05)
+        await eventually(lambda: len(ledger.started()) == 1, within=20)
+
+        async def start_committed() -> bool:  # (the action's start event is in the database)
+            events = await app.events(handle.run_id)
+            return any(e.kind is af.EventKind.ACTION_STARTED for e in events)
+
+        # Stopped inside the action, not inside the commit of its start's event: PostgreSQL would
+        # hold that commit's locks, and so the other worker's writes to the run, until SIGCONT.
+        await eventually(start_committed, within=20)
         paused.signal(signal.SIGSTOP)
         other = new_worker(postgres_url, tmp_path, "other", workers, "--poll", "0.2", "--lease", "5")
         with anyio.fail_after(30):
