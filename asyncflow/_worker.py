@@ -11,11 +11,19 @@ the actions in flight finish for up to ``--grace`` seconds (each run is
 given back after its next checkpoint), then gives back every run it still
 holds, so another worker takes them at once, and exits 0. A second signal
 stops it at once (runs are still given back).
+
+Its log lines go to stderr. With ``--json``, stdout has one JSON object per
+line for each thing a supervisor may follow, ``event`` saying which
+(``worker_ready``, ``run_started``, ``run_finished`` with the run's
+``status``, ``run_suspended``, ``run_given_back``, ``worker_draining``,
+``worker_stopped``), with ``at`` (Unix time), the ``worker``'s name and the
+run's ``run_id`` and ``workflow_id``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -173,14 +181,54 @@ def run_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(f"--log-level {args.log_level!r}: {exc}", 2) from None
     logger.enable("asyncflow")
-    return anyio.run(_serve, engine, args.grace)
+    return anyio.run(_serve, engine, args.grace, bool(args.json))
 
 
-async def _serve(engine: Engine, grace: float) -> int:
+def _emit(event: str, **fields: Any) -> None:
+    """(``--json``) One JSON line on stdout: ``event``, the time, then ``fields``."""
+    line = json.dumps({"event": event, "at": time.time(), **fields}, ensure_ascii=False, default=str)
+    print(line, flush=True)
+
+
+def _emit_run_events(engine: Engine) -> None:
+    """(``--json``) A line for each run that starts executing here, ends, suspends or is given back."""
+    from ._core.events import Event, EventKind
+
+    names = {
+        EventKind.RUN_STARTED: "run_started",
+        EventKind.RUN_FINISHED: "run_finished",
+        EventKind.RUN_SUSPENDED: "run_suspended",
+        EventKind.RUN_INTERRUPTED: "run_given_back",
+    }
+
+    def on_event(event: Event) -> None:
+        name = names.get(event.kind)
+        if name is None:
+            return
+        fields: dict[str, Any] = {
+            "worker": engine.owner,
+            "run_id": event.run_id,
+            "workflow_id": event.workflow_id,
+        }
+        if event.kind is EventKind.RUN_FINISHED:
+            fields["status"] = event.status
+            if event.error is not None:
+                fields["error"] = f"{type(event.error).__name__}: {event.error}"
+        elif event.kind is EventKind.RUN_SUSPENDED:
+            fields["reason"] = event.reason
+        _emit(name, **fields)
+
+    engine.runner.on_event(on_event)
+
+
+async def _serve(engine: Engine, grace: float, as_json: bool = False) -> int:
     import anyio
     from loguru import logger
 
     from ._core.errors import BackendError
+
+    if as_json:
+        _emit_run_events(engine)
 
     signals = 0
     stop = anyio.Event()
@@ -195,6 +243,8 @@ async def _serve(engine: Engine, grace: float) -> int:
                 signal.Signals(signum).name,
                 grace,
             )
+            if as_json:
+                _emit("worker_draining", worker=engine.owner, signal=signal.Signals(signum).name, grace=grace)
             stop.set()
         else:
             logger.warning("{} received again: stopping now", signal.Signals(signum).name)
@@ -220,6 +270,14 @@ async def _serve(engine: Engine, grace: float) -> int:
                     ", ".join(sorted(w.id for w in engine.workflows)),
                     engine.concurrency,
                 )
+                if as_json:
+                    _emit(
+                        "worker_ready",
+                        worker=engine.owner,
+                        database=engine.backend.url,
+                        workflows=sorted(w.id for w in engine.workflows),
+                        concurrency=engine.concurrency,
+                    )
                 with now_scope:  # (a second signal cancels it)
                     await stop.wait()
                     started = time.monotonic()
@@ -236,10 +294,14 @@ async def _serve(engine: Engine, grace: float) -> int:
             with anyio.move_on_after(delay):
                 await stop.wait()
             if stop.is_set():
+                if as_json:
+                    _emit("worker_stopped", worker=engine.owner)
                 return 0
             delay = min(delay * 2, 5.0)
     if signals:
         logger.info("worker {} stopped; its unfinished runs are given back", engine.owner)
+    if as_json:
+        _emit("worker_stopped", worker=engine.owner)
     return 0
 
 

@@ -1,5 +1,5 @@
 """The ``asyncflow`` command line (``pip install 'asyncflow[cli]'``): ``asyncflow run``, ``draw``,
-``demo``, ``worker`` and ``runs list|show|resume|watch|cancel``.
+``demo``, ``worker`` and ``runs list|show|resume|watch|cancel|vacuum``.
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments
 and sets ``handler``: a function taking the parsed arguments and returning an
@@ -874,6 +874,52 @@ def _runs_watch(args: argparse.Namespace) -> int:
     return _run(main)
 
 
+def _runs_vacuum(args: argparse.Namespace) -> int:
+    from .backends import SQLiteBackend
+
+    out = _Output(args)
+    engine = _open_engine(args.db)
+    backend = engine.backend
+    if not isinstance(backend, SQLiteBackend):
+        raise CommandError(
+            f"'runs vacuum' gives space back to an SQLite file; {backend.url} is not one (PostgreSQL "
+            "gives the space of deleted runs back through its own autovacuum)",
+            2,
+        )
+    path = backend.path
+
+    def size() -> int:
+        return path.stat().st_size if path.exists() else 0
+
+    before = size()
+
+    async def main() -> int:
+        async with engine:
+            return await backend.reclaim_space()
+
+    pages = _run(main)
+    after = size()  # (the file shrinks as the last connection closes: unless another process has it open)
+    if out.json:
+        out.dump(
+            {"database": backend.url, "pages_freed": pages, "bytes_before": before, "bytes_after": after}
+        )
+        return 0
+    if not pages:
+        out.print(f"no free pages in {path}: nothing to give back ({_mib(after)})")
+        return 0
+    shrunk = (
+        f"the file went from {_mib(before)} to {_mib(after)}"
+        if after < before
+        else f"the file ({_mib(after)}) shrinks when the processes that have it open write or close it"
+    )
+    out.print(f"gave back {pages:,} free pages of {path}; {shrunk}")
+    return 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB"
+
+
 def _limit(text: str) -> int:
     try:
         value = int(text)
@@ -894,8 +940,11 @@ def _add_runs(
 
     parser = commands.add_parser(
         "runs",
-        help="list, inspect, resume and cancel the runs of a database",
-        description="List, inspect, resume and cancel the runs of a database.",
+        help="list, inspect, resume, cancel and watch the runs of a database; give space back",
+        description=(
+            "List, inspect, resume, cancel and watch the runs of a database; give the space of "
+            "deleted runs back (vacuum)."
+        ),
     )
     database = argparse.ArgumentParser(add_help=False, parents=[output])
     database.add_argument(
@@ -972,6 +1021,22 @@ def _add_runs(
     )
     cancel.add_argument("run_id", metavar="RUN_ID", help=_RUN_ID_HELP)
     cancel.set_defaults(handler=_runs_cancel)
+
+    vacuum = actions.add_parser(
+        "vacuum",
+        parents=[database],
+        help="give the space of deleted runs back to the file system (SQLite)",
+        description=(
+            "Give the pages that deleted runs left free in an SQLite file back to the file system, "
+            "256 (1 MiB) at a time, each step a short transaction of its own, so engines running on "
+            "the file keep committing in between. engine.purge and Engine(retention=...) do this "
+            "after each purge; this command is for the rest (runs deleted one by one, a purge "
+            "interrupted). The file shrinks when the last process that has it open closes it (or "
+            "writes 32 MiB more). Exit code 0 when done, 1 when the database refused, 2 for a "
+            "database that is not an SQLite file."
+        ),
+    )
+    vacuum.set_defaults(handler=_runs_vacuum)
 
 
 # ---- the parser -------------------------------------------------------------------

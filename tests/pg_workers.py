@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -126,21 +125,6 @@ class Ledger:
     def started(self) -> collections.Counter[tuple[str, str]]:
         """How many times each (run, step) started."""
         return collections.Counter((r, k) for r, k, what, _ in self.lines() if what == "start")
-
-
-async def wait_until(predicate: object, within: float, step: float = 0.05) -> None:
-    """Wait until ``predicate()`` (sync or async) is true; fail after ``within`` seconds."""
-    timeout = within
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()  # type: ignore[operator]
-        if hasattr(value, "__await__"):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {predicate!r}")
-        await anyio.sleep(step)
 
 
 def client(url: str, poll_interval: float = 0.2) -> af.Engine:

@@ -340,9 +340,12 @@ def test_runs_commands_never_take_over_an_interrupted_run(tmp_path: Path) -> Non
     """``runs list`` and ``runs show`` leave a run whose engine died alone (they open with recover=False)."""
     (tmp_path / "crash.py").write_text(CRASH)
     subprocess.run([sys.executable, "crash.py"], cwd=tmp_path, check=True, timeout=60)
-    time.sleep(0.3)  # past the lease: an engine that recovers would take the run over now
-    listed = run_cli("runs", "list", "--db", "runs.db", cwd=tmp_path)
-    [row] = table_rows(listed.stdout)
+    deadline = time.monotonic() + 30
+    while True:  # until past the lease: an engine that recovers would take the run over then
+        listed = run_cli("runs", "list", "--db", "runs.db", cwd=tmp_path)
+        [row] = table_rows(listed.stdout)
+        if row[-1] == "lease expired" or time.monotonic() > deadline:
+            break
     assert row[2:] == ["running", *row[3:5], "lease expired"]
     shown = run_cli("runs", "show", row[0], "--db", "runs.db", cwd=tmp_path)
     assert re.search(r"^status\s+running$", shown.stdout, re.MULTILINE)

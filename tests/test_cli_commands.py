@@ -580,3 +580,144 @@ def test_runs_watch_of_an_ended_run_draws_it(flows: Path) -> None:
     assert watched.returncode == 1, watched.stderr
     assert normalized(watched.stdout).splitlines()[0] == "fail · run RUNID · failed"
     assert "ValueError: no stock" in watched.stdout
+
+
+# ---- asyncflow runs vacuum ------------------------------------------------------------------
+
+DELETED_RUNS = """
+import anyio, asyncflow as af, flows
+
+async def main():
+    async with af.Engine("sqlite:///runs.db") as engine:
+        handles = [await engine.start(flows.GROW, store={"pad": "x" * 20_000}) for _ in range(100)]
+        for handle in handles:
+            await handle.result()
+        for handle in handles:  # (one by one: a delete gives no space back, a purge would)
+            await engine.delete_run(handle.run_id)
+
+anyio.run(main)
+"""
+
+
+def test_runs_vacuum_gives_back_the_space_of_deleted_runs(flows: Path) -> None:
+    """After runs are deleted one by one, runs vacuum gives their pages back and the file shrinks."""
+    subprocess.run([sys.executable, "-c", DELETED_RUNS], cwd=flows, check=True, timeout=120)
+    before = (flows / "runs.db").stat().st_size
+    data = as_json(cli(flows, "runs", "vacuum", "--db", "runs.db", "--json"))
+    assert data["pages_freed"] > 400  # (100 runs of 20 kB: about 500 pages of 4 KiB)
+    assert data["bytes_before"] == before
+    assert data["bytes_after"] < before / 2
+    assert (flows / "runs.db").stat().st_size == data["bytes_after"]
+    again = cli(flows, "runs", "vacuum", "--db", "runs.db")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("no free pages in ")
+
+
+def test_runs_vacuum_says_what_it_gave_back(flows: Path) -> None:
+    """The plain output names the pages given back and the file's size before and after."""
+    subprocess.run([sys.executable, "-c", DELETED_RUNS], cwd=flows, check=True, timeout=120)
+    done = cli(flows, "runs", "vacuum", "--db", "runs.db")
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(
+        r"gave back [\d,]+ free pages of \S*runs\.db; the file went from [\d.]+ MiB to [\d.]+ MiB\n",
+        done.stdout,
+    ), done.stdout
+
+
+def test_runs_vacuum_of_a_missing_file_exits_1(flows: Path) -> None:
+    """A --db file that does not exist: exit 1, one line naming it, no file created."""
+    done = cli(flows, "runs", "vacuum", "--db", "nope.db")
+    assert done.returncode == 1
+    assert done.stderr.startswith("asyncflow: no database at ")
+    assert "nope.db" in done.stderr
+    assert not (flows / "nope.db").exists()
+
+
+def test_runs_vacuum_of_a_postgresql_database_exits_2(flows: Path) -> None:
+    """A PostgreSQL URL: exit 2, one line saying the command is for SQLite files (nothing is reached)."""
+    done = cli(flows, "runs", "vacuum", "--db", "postgresql://127.0.0.1:1/nowhere")
+    assert done.returncode == 2
+    assert done.stderr.startswith("asyncflow: 'runs vacuum' gives space back to an SQLite file; ")
+    assert done.stdout == ""
+
+
+# ---- asyncflow worker --json -----------------------------------------------------------------
+
+PENDING_RUN = """
+import anyio, asyncflow as af, flows
+
+async def main():
+    async with af.Engine("sqlite:///runs.db", concurrency=0) as engine:  # (written down, for workers)
+        print((await engine.start(flows.GROW)).run_id)
+
+anyio.run(main)
+"""
+
+
+class _Lines:
+    """The lines a child process writes to a pipe, read by a thread, each awaited with a deadline."""
+
+    def __init__(self, stream: Any) -> None:
+        import queue
+        import threading
+
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.queue.put(line)
+        self.queue.put("")
+
+    def next(self, within: float = 30.0) -> str:
+        line = self.queue.get(timeout=within)
+        assert line, "the stream ended"
+        return line
+
+
+def test_worker_json_writes_a_line_per_worker_and_run_event(flows: Path) -> None:
+    """worker --json: JSON lines for ready, each run started and finished, draining and stopped."""
+    import signal
+
+    environment = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    environment.pop("ASYNCFLOW_DB", None)
+    command = ["worker", "flows:BOTH", "--db", "runs.db", "--json", "--poll", "0.05", "--lease", "2"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "asyncflow", *command],
+        cwd=flows,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as worker:
+        try:
+            lines = _Lines(worker.stdout)
+            ready = json.loads(lines.next())
+            assert ready["event"] == "worker_ready"
+            assert ready["workflows"] == ["fail", "grow"]
+            assert ready["database"].endswith("runs.db")
+            started = subprocess.run(
+                [sys.executable, "-c", PENDING_RUN],
+                cwd=flows,
+                check=True,
+                timeout=60,
+                capture_output=True,
+                text=True,
+            )
+            run_id = started.stdout.strip()
+            events = [json.loads(lines.next()) for _ in range(2)]
+            assert [(e["event"], e["run_id"], e["workflow_id"]) for e in events] == [
+                ("run_started", run_id, "grow"),
+                ("run_finished", run_id, "grow"),
+            ]
+            assert events[1]["status"] == "completed"
+            assert {e["worker"] for e in [ready, *events]} == {ready["worker"]}
+            worker.send_signal(signal.SIGTERM)
+            draining, stopped = json.loads(lines.next()), json.loads(lines.next())
+            assert (draining["event"], draining["signal"]) == ("worker_draining", "SIGTERM")
+            assert stopped["event"] == "worker_stopped"
+            assert worker.wait(timeout=30) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()

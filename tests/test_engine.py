@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import durable_flows as flows
 import pytest
+from faults.faulty import Faults, FaultyBackend
 
 import asyncflow as af
 from asyncflow.testing import FakeClock
@@ -397,12 +398,14 @@ async def test_cancel_of_a_suspended_run_marks_it_cancelled(engine_url: str, clo
 
 async def test_cancel_of_a_sleeping_run_marks_it_cancelled(engine_url: str, clock: FakeClock) -> None:
     """engine.cancel of a sleeping run ends it CANCELLED; advancing the clock does not wake it."""
-    async with make_engine(engine_url, clock) as engine:
+    counted = Faults()  # (no write fails: it counts the engine's looks for runs to take)
+    async with make_engine(FaultyBackend(af.backends.open_backend(engine_url), counted), clock) as engine:
         handle = await engine.start(flows.SLEEPY)
         await wait_for_status(engine, handle.run_id, af.RunStatus.SLEEPING)
         await engine.cancel(handle.run_id)
         await clock.advance(200)
-        await anyio.sleep(0.05)
+        looks = counted.written["claim"]
+        await flows.eventually(lambda: counted.written["claim"] >= looks + 2)  # (one would wake it)
         assert (await engine.get_run(handle.run_id)).status is af.RunStatus.CANCELLED
     assert flows.runs_of("woke") == 0
 

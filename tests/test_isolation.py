@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import isolation_flows as flows
 import pytest
-from helpers import run_example
+from helpers import eventually, run_example
 from loguru import logger
 
 import asyncflow as af
@@ -49,13 +49,6 @@ def alive(pid: int) -> bool:
 def open_fds() -> int:
     """How many file descriptors this process has open."""
     return len(os.listdir("/proc/self/fd"))
-
-
-async def wait_until(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Poll ``check`` until it is true; fail after ``seconds``."""
-    with anyio.fail_after(seconds):
-        while not check():  # noqa: ASYNC110 (what is awaited happens in other processes)
-            await anyio.sleep(0.01)
 
 
 @pytest.fixture
@@ -276,7 +269,7 @@ async def test_a_crash_takes_what_the_child_started_along(no_leftovers: None) ->
     pids: list[int] = []
     error = await _failure_of(isolated(flows.orphan_maker), pids)
     assert error.exit_code == 1
-    await wait_until(lambda: not alive(pids[0]) or _state(pids[0]) == "Z")
+    await eventually(lambda: not alive(pids[0]) or _state(pids[0]) == "Z", within=10)
 
 
 def _state(pid: int) -> str:
@@ -437,7 +430,7 @@ async def test_a_killed_parent_takes_its_child_along_and_recovery_reruns_only_th
         stderr=None,
     )
     try:
-        await wait_until(lambda: ledger.exists() and "second" in ledger.read_text(), 60)
+        await eventually(lambda: ledger.exists() and "second" in ledger.read_text(), within=60)
         child = int(ledger.read_text().split("second ")[1].split()[0])
         assert alive(child)
         parent.kill()
@@ -446,7 +439,7 @@ async def test_a_killed_parent_takes_its_child_along_and_recovery_reruns_only_th
         if parent.returncode is None:
             parent.kill()
         await parent.aclose()
-    await wait_until(lambda: not alive(child))
+    await eventually(lambda: not alive(child), within=10)
     hold.unlink()
     sys.path.insert(0, str(TESTS))
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -203,3 +205,45 @@ async def test_disabling_the_running_stage_says_so_in_the_log(records: list[dict
         logger.disable("asyncflow")
     notes = [r["message"] for r in from_library(records) if "'busy'" in r["message"]]
     assert any("running" in note for note in notes), notes
+
+
+TO_STDLIB_APP = """
+import logging, sys
+import anyio
+from loguru import logger
+import asyncflow as af
+from asyncflow.integrations.logging import to_stdlib
+
+@af.action
+async def note(ctx):
+    ctx.logger.info("noted by the action")
+
+@af.action
+async def boom(ctx):
+    raise ValueError("boom")
+
+to_stdlib()
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="stdlib %(name)s %(message)s")
+logger.info("the app's own loguru line")
+anyio.run(af.run, af.Workflow("wf", stages=[af.Stage("s", actions=[note])]))
+try:
+    anyio.run(af.run, af.Workflow("bad", stages=[af.Stage("s", actions=[boom])]))
+except af.ActionFailed:
+    pass
+"""
+
+
+def test_to_stdlib_writes_each_record_once_though_loguru_default_sink_is_there() -> None:
+    """An app that keeps loguru's default sink sees each asyncflow line once (from logging), its own still."""
+    done = subprocess.run(
+        [sys.executable, "-c", TO_STDLIB_APP], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stderr.splitlines()
+    noted = [line for line in lines if "noted by the action" in line]
+    assert len(noted) == 1, lines
+    assert noted[0].startswith("stdlib "), lines
+    failed = [line for line in lines if "boom" in line and "asyncflow" in line]
+    assert failed, lines
+    assert all(line.startswith("stdlib asyncflow.") for line in failed), lines
+    [own] = [line for line in lines if "the app's own loguru line" in line]
+    assert " | INFO     | __main__:<module>:" in own, own

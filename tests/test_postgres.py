@@ -286,7 +286,15 @@ async def test_a_heartbeat_crossing_a_new_claim_of_the_run_does_not_lose_it(
             f"SELECT 1 FROM \"{_schema(postgres_url)}\".runs WHERE run_id = 'r2' FOR UPDATE"
         )
         beat = asyncio.ensure_future(backend.heartbeat("a", ["r1", "r2"], now=1002.0, lease_until=1032.0))
-        await asyncio.sleep(0)  # (the beat is on its way, without a token for r1)
+
+        async def beat_waits_for_the_row() -> bool:  # (on its way, without a token for r1)
+            blocked: int = await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                blocker.get_server_pid(),
+            )
+            return blocked > 0
+
+        await eventually(beat_waits_for_the_row, within=10)
         assert [i.run_id for i in await backend.claim("a", now=1002.0, lease_until=1032.0, limit=1)] == ["r1"]
         await transaction.commit()
         with anyio.fail_after(10):
@@ -574,8 +582,7 @@ async def test_a_released_run_is_taken_at_once_by_notice(postgres_url: str) -> N
         await a.create_run(_info("r1", owner="a"), [])
         engine = af.Engine(postgres_url, poll_interval=5.0, lease=30.0)
         engine.register(af.Workflow("wf", stages=[af.Stage("s", actions=[noop])]))
-        async with engine:
-            await anyio.sleep(0.2)  # (its first look found nothing free)
+        async with engine:  # (opening, it looked for runs to take, and found none free)
             t0 = time.monotonic()
             await a.update_run("r1", holder="a", now=1001.0, owner=None, lease_until=None)
             with anyio.fail_after(4):

@@ -24,7 +24,8 @@ import anyio
 import asyncpg
 import pg_flows
 import pytest
-from pg_workers import TESTS, Ledger, Worker, client, wait_until
+from helpers import eventually
+from pg_workers import TESTS, Ledger, Worker, client
 
 import asyncflow as af
 
@@ -144,13 +145,21 @@ async def test_a_paused_worker_past_its_lease_is_refused_on_waking(
     await paused.ready()
     async with client(postgres_url) as app:
         handle = await app.start(pg_flows.SLOW)
-        await wait_until(lambda: len(ledger.started()) == 1, 20)
+        await eventually(lambda: len(ledger.started()) == 1, within=20)
+
+        async def start_committed() -> bool:  # (the action's start event is in the database)
+            events = await app.events(handle.run_id)
+            return any(e.kind is af.EventKind.ACTION_STARTED for e in events)
+
+        # Stopped inside the action, not inside the commit of its start's event: PostgreSQL would
+        # hold that commit's locks, and so the other worker's writes to the run, until SIGCONT.
+        await eventually(start_committed, within=20)
         paused.signal(signal.SIGSTOP)
         other = new_worker(postgres_url, tmp_path, "other", workers, "--poll", "0.2", "--lease", "5")
         with anyio.fail_after(30):
             result = await handle.result()
         paused.signal(signal.SIGCONT)
-        await wait_until(lambda: "taken over by another engine" in paused.log(), 20)
+        await eventually(lambda: "taken over by another engine" in paused.log(), within=20)
         info = await app.get_run(handle.run_id)
     assert result.status is af.RunStatus.COMPLETED
     assert info.status is af.RunStatus.COMPLETED
@@ -233,7 +242,7 @@ async def test_a_server_restart_mid_batch_loses_nothing(
     app = client(postgres_url)
     async with app:
         run_ids = [(await app.start(pg_flows.CHAOS)).run_id for _ in range(runs)]
-        await wait_until(lambda: len(ledger.done()) > runs * 3, 60)
+        await eventually(lambda: len(ledger.done()) > runs * 3, within=60)
     done = await anyio.run_process(restart, check=False)
     assert done.returncode == 0, done.stderr
     async with client(postgres_url) as app:

@@ -10,7 +10,8 @@ from pathlib import Path
 import anyio
 import pg_flows
 import pytest
-from pg_workers import TESTS, Ledger, Worker, client, wait_until
+from helpers import eventually
+from pg_workers import TESTS, Ledger, Worker, client
 
 import asyncflow as af
 
@@ -48,7 +49,7 @@ async def test_sigterm_finishes_the_action_in_flight_gives_back_and_exits_0(
     await first.ready()
     async with client(postgres_url, poll_interval=0.1) as app:
         handle = await app.start(pg_flows.SLOW)
-        await wait_until(lambda: len(ledger.started()) == 1, 20)
+        await eventually(lambda: len(ledger.started()) == 1, within=20)
         first.signal(signal.SIGTERM)
         assert await first.wait(15) == 0
         info = await app.get_run(handle.run_id)
@@ -74,9 +75,9 @@ async def test_a_second_signal_stops_the_worker_at_once(
     await w.ready()
     async with client(postgres_url, poll_interval=0.1) as app:
         handle = await app.start(pg_flows.SLOW)
-        await wait_until(lambda: len(ledger.started()) == 1, 20)
+        await eventually(lambda: len(ledger.started()) == 1, within=20)
         w.signal(signal.SIGTERM)
-        await wait_until(lambda: "taking no more runs" in w.log(), 10)
+        await eventually(lambda: "taking no more runs" in w.log(), within=10)
         w.signal(signal.SIGTERM)
         assert await w.wait(10) == 0
         info = await app.get_run(handle.run_id)
@@ -91,7 +92,8 @@ async def test_a_worker_leaves_runs_of_workflows_it_has_not(
     await slow_only.ready()
     async with client(postgres_url, poll_interval=0.1) as app:
         handle = await app.start(pg_flows.CHAOS)
-        await anyio.sleep(1.0)  # (several looks for runs by the worker)
+        # (the worker took the run, found its workflow missing and gave it back, waiting)
+        await eventually(lambda: "which is not registered with this engine" in slow_only.log(), within=20)
         info = await app.get_run(handle.run_id)
         assert info.status is af.RunStatus.PENDING
         assert info.error is None
@@ -113,7 +115,7 @@ async def test_runs_list_shows_the_worker_that_holds_each_run(
     await w.ready()
     async with client(postgres_url, poll_interval=0.1) as app:
         await app.start(pg_flows.SLOW)
-        await wait_until(lambda: len(ledger.started()) == 1, 20)
+        await eventually(lambda: len(ledger.started()) == 1, within=20)
         done = await anyio.run_process(
             [sys.executable, "-m", "asyncflow", "runs", "list", "--db", postgres_url],
             cwd=TESTS,

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -343,15 +344,20 @@ async def test_same_registry_in_the_new_engine_recovers_the_insertion(url: str) 
 # ---- leases ----------------------------------------------------------------------------------
 
 
-async def test_run_with_a_fresh_lease_is_not_claimed_by_a_second_engine(url: str) -> None:
+async def test_run_with_a_fresh_lease_is_not_claimed_by_a_second_engine(db_path: Path, url: str) -> None:
     """Engine B opened on the file while engine A holds a run never runs it, even past A's first lease."""
     options: dict[str, Any] = {"lease": 2.0, "poll_interval": 0.2}
     async with make_engine(url, flows.BLOCKING, owner="engine-a", **options) as a:
         handle = await a.start(flows.BLOCKING)
         with anyio.fail_after(5):
             await flows.gate("block").wait()
-        async with make_engine(url, flows.BLOCKING, owner="engine-b", **options) as b:
-            await anyio.sleep(2.5)  # past the lease A took at start: only A's heartbeats keep it
+        first_lease = (await a.get_run(handle.run_id)).lease_until
+        assert first_lease is not None
+        counted = flows.CountingSQLite(db_path)
+        async with make_engine(counted, flows.BLOCKING, owner="engine-b", **options) as b:
+            # Past the lease A took at start (only A's heartbeats keep it), and B has looked since.
+            await flows.eventually(lambda: time.time() > first_lease, within=30)
+            await counted.passes(2)
             info = await b.get_run(handle.run_id)
             assert flows.runs_of("block") == 1
             flows.gate("block.release").set()

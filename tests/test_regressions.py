@@ -56,10 +56,11 @@ RETRIED_INSERTION = af.Workflow(
 
 @af.action
 async def insert_x_second(ctx: af.ActionContext) -> None:
-    """Wait until the other action has inserted its stage "x", then insert one too (the second)."""
+    """Wait until the other action inserted its stage "x" and completed, then insert one (the second)."""
     with anyio.fail_after(5):
         await flows.gate("first-inserted").wait()
-    await anyio.sleep(0.1)  # let the other action complete (and commit) first
+    # It is completed once its checkpoint is committed: its "x" is the first in the database.
+    await flows.eventually(lambda: ctx.plan.action_status("insert-x-first") is af.StepStatus.COMPLETED)
     ctx.add_dynamic_stage(af.Stage("x", actions=[flows.HangOnce("mark-a")]), allow_duplicate=True)
 
 
@@ -519,8 +520,8 @@ async def test_backend_error_recording_one_runs_end_does_not_break_the_engine() 
     async with make_engine(backend, flows.BLOCKING, flows.QUICK) as engine:
         good = await engine.start(flows.BLOCKING, run_id="good")
         await engine.start(flows.QUICK, run_id="bad")
-        await flows.eventually(lambda: "bad" in backend.refused)
-        await anyio.sleep(0.1)
+        # (refused again: the engine holds the end and writes it again, while the other run goes on)
+        await flows.eventually(lambda: len(backend.refused) >= 2)
         flows.gate("block.release").set()
         with anyio.fail_after(5):
             result = await good.result()
@@ -651,3 +652,46 @@ def test_malformed_retry_definition_raises_invalid_definition_naming_the_stage(r
     definition = {"id": "w", "stages": [{"id": "charge-card", "retry": retry}]}
     with pytest.raises(af.InvalidDefinition, match="charge-card"):
         af.Workflow.from_definition(definition)
+
+
+# ---- 10. a resume while the suspension's execution is in its last steps ---------------------
+
+
+class SlowAfterSuspending(MemoryBackend):
+    """A memory backend whose write of a suspension returns only once ``go`` is set (committed before)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = anyio.Event()
+
+    async def update_run(self, run_id: str, **fields: Any) -> bool:
+        updated = await super().update_run(run_id, **fields)
+        if fields.get("status") is af.RunStatus.SUSPENDED:
+            await self.go.wait()  # (the commit is done; the engine has not heard back yet)
+        return updated
+
+
+async def test_a_resume_as_the_suspension_is_still_being_recorded_runs_the_run_on() -> None:
+    """Resumed once the database says suspended, before its execution here has ended: the run completes."""
+    backend = SlowAfterSuspending()
+    async with make_engine(backend, flows.APPROVAL) as engine:
+        handle = await engine.start(flows.APPROVAL)
+
+        async def suspended() -> bool:
+            info = await backend.get_run(handle.run_id)
+            return info is not None and info.status is af.RunStatus.SUSPENDED
+
+        await flows.eventually(suspended)
+        async with anyio.create_task_group() as group:
+            resumed: list[af.RunHandle] = []
+
+            async def resume() -> None:
+                resumed.append(await engine.resume(handle.run_id, {"by": "me"}))
+
+            group.start_soon(resume)
+            await anyio.wait_all_tasks_blocked()
+            backend.go.set()
+        with anyio.fail_after(10):
+            result = await resumed[0].result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("after") == 1

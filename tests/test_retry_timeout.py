@@ -10,10 +10,12 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import eventually
 
 import asyncflow as af
 from asyncflow import backoff
 from asyncflow import middleware as mw
+from asyncflow.testing import FakeClock
 
 NO_WAIT = backoff.fixed(0)
 
@@ -400,14 +402,16 @@ async def test_timed_out_attempt_discards_its_writes() -> None:
 
 
 def option_retry(action: Callable[[af.ActionContext], Any]) -> tuple[af.Action, af.Runner]:
-    """The action with a Retry(backoff=fixed(10)) option, and a plain runner."""
-    return af.action(name="flaky", retry=af.Retry(attempts=3, backoff=backoff.fixed(10)))(action), af.Runner()
+    """The action with a Retry(backoff=fixed(10)) option, and a plain runner on a FakeClock."""
+    return af.action(name="flaky", retry=af.Retry(attempts=3, backoff=backoff.fixed(10)))(action), af.Runner(
+        clock=FakeClock()
+    )
 
 
 def middleware_retry(action: Callable[[af.ActionContext], Any]) -> tuple[af.Action, af.Runner]:
-    """The plain action, and a runner with mw.retry(backoff=fixed(10))."""
+    """The plain action, and a runner on a FakeClock with mw.retry(backoff=fixed(10))."""
     return af.action(name="flaky")(action), af.Runner(
-        action_middleware=[mw.retry(attempts=3, backoff=backoff.fixed(10))]
+        action_middleware=[mw.retry(attempts=3, backoff=backoff.fixed(10))], clock=FakeClock()
     )
 
 
@@ -443,7 +447,9 @@ async def test_cancellation_during_backoff_sleep_stops_the_run_promptly(
         group.start_soon(drive)
         with anyio.fail_after(2):
             await failed.wait()
-        await anyio.sleep(0.02)  # let the run enter its 10 s back-off sleep
+        clock = runner.clock
+        assert isinstance(clock, FakeClock)
+        await eventually(lambda: clock.sleepers == 1)  # the run is in its 10 s back-off sleep
         scope.cancel()
     assert perf_counter() - started < 2
     assert outcome == {"cancelled": True}

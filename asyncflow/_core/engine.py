@@ -704,6 +704,13 @@ class Engine:
                 f"registered with this engine, and {why}; resume it with an engine that can re-create "
                 f"that version (the run is unchanged)"
             )
+        stale = self._runs.active.get(run_id)
+        if stale is not None and stale.running:
+            # Suspended in the database, its execution here is in its last steps (after the commit
+            # that recorded it): let it end, or the run resumed now would find it still executing
+            # and not be launched again (its handle would give the suspension).
+            with anyio.move_on_after(self.lease):
+                await stale.done.wait()
         updated = await self.backend.update_run(
             run_id,
             expect=frozenset({RunStatus.SUSPENDED}),

@@ -31,7 +31,7 @@ from .records import RunResult, RunStatus
 from .runner import Runner
 from .serial import Codec, end_fields
 from .state import RunState
-from .trouble import GivenBack, WriteTrouble
+from .trouble import GivenBack, MaintenanceTrouble, WriteTrouble
 from .versions import Versions
 from .watch import EventLog
 from .workflow import Workflow
@@ -94,6 +94,8 @@ class Executions:
         self.backend, self.codec, self.trouble = backend, codec, trouble
         self.owner, self.lease, self.clock, self.registry = owner, lease, clock, registry
         self.concurrency, self.keep_events = concurrency, keep_events
+        #: episodes of failing maintenance ticks (heartbeats, looks for runs), logged once each
+        self.maintenance = MaintenanceTrouble(backend.url)
         #: the event logs of the runs here (made again each time the engine opens)
         self.events = EventLog(backend, self.executes, keep_events, trouble)
         #: the runs executing here (and those that ended here since the last heartbeat), by id
@@ -443,13 +445,13 @@ class Executions:
             self.wake = anyio.Event()
             if anyio.current_time() < beat_at + poll_interval:
                 # Woken by a notice (a run to take): only look for runs; heartbeats keep their pace.
-                try:
-                    if recover and not self.draining:
+                if recover and not self.draining:
+                    try:
                         await self.take_over()
-                except Exception as exc:
-                    logger.opt(exception=exc).error(
-                        "engine maintenance failed: {}: {}", type(exc).__name__, exc
-                    )
+                    except Exception as exc:
+                        self.maintenance.failed(exc)
+                    else:
+                        self.maintenance.worked()
                 continue
             beat_at = anyio.current_time()
             ticks += 1
@@ -473,5 +475,8 @@ class Executions:
                 if retention is not None and ticks % 60 == 1:
                     await self.backend.purge(finished_before=self.clock.now() - retention.total_seconds())
             except Exception as exc:
-                # Heartbeats go on next time: a passing database error must not stop the engine.
-                logger.opt(exception=exc).error("engine maintenance failed: {}: {}", type(exc).__name__, exc)
+                # Heartbeats go on next time: a passing database error must not stop the engine
+                # (nor fill its log: one line as an outage begins, one as it ends).
+                self.maintenance.failed(exc)
+            else:
+                self.maintenance.worked()

@@ -110,3 +110,43 @@ class WriteTrouble:
             )
             self.since = None
             self.failures = 0
+
+
+class MaintenanceTrouble:
+    """Episodes of an engine's maintenance (heartbeats, looks for runs) failing, each logged once.
+
+    During a database outage every tick fails the same way: the first failure
+    logs one error (the database, the cause, with its traceback), the ticks
+    after it are quiet, and the first tick that works again logs how long the
+    episode lasted and how many ticks failed.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.since: float | None = None
+        self.failures = 0
+
+    def failed(self, exc: Exception) -> None:
+        """A tick failed with ``exc``; the next tick tries again."""
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            logger.opt(exception=exc).error(
+                "engine maintenance against {} is failing ({}: {}); heartbeats and looks for runs are "
+                "tried again every poll interval, logged again only when they work",
+                self.url,
+                type(exc).__name__,
+                exc,
+            )
+
+    def worked(self) -> None:
+        """A tick went through: an episode of failures, if one was on, ends."""
+        if self.since is not None:
+            logger.info(
+                "engine maintenance against {} works again, after {:.2f}s and {} failed ticks",
+                self.url,
+                time.monotonic() - self.since,
+                self.failures,
+            )
+            self.since = None
+            self.failures = 0

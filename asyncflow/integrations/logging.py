@@ -14,12 +14,20 @@ attributes of the :class:`logging.LogRecord`::
 
 A record's fields are also under ``record.asyncflow`` (a dict), for a
 formatter that wants them all. No extra is needed.
+
+Each record is written once, by :mod:`logging`: loguru's default sink (its
+handler 0, to stderr, there until an app removes it) would print the same
+records again, so it is put back as the same sink without them (the app's own
+loguru records still reach stderr there, as before). Sinks the app added
+itself are left as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -66,14 +74,38 @@ def _ours(record: Record) -> bool:
     return (record["name"] or "").startswith("asyncflow") or "run_id" in record["extra"]
 
 
+def _not_ours(record: Record) -> bool:
+    return not _ours(record)
+
+
+def _leave_ours_out_of_loguru_default_sink() -> None:
+    """Put loguru's default stderr sink back as the same sink without asyncflow's records.
+
+    Only handler 0 writing to stderr is loguru's default (with ``LOGURU_AUTOINIT``
+    off, handler 0 is the app's own): the logger's repr shows each handler's sink.
+    """
+    if not re.search(r"\(id=0, level=\d+, sink=<stderr>\)", repr(logger)):
+        return
+    try:
+        logger.remove(0)
+    except ValueError:  # (removed meanwhile, by another thread)
+        return
+    # (logger.add's defaults are loguru's default sink's: LOGURU_LEVEL, LOGURU_FORMAT...)
+    logger.add(sys.stderr, filter=_not_ours)
+
+
 def to_stdlib(level: str | int = "DEBUG") -> int:
     """Send asyncflow's log records, from ``level`` up, to :mod:`logging`; return loguru's handler id.
 
-    Turns asyncflow's logging on (``logger.enable("asyncflow")``). Calling it
-    again changes nothing but the level; ``logger.remove(id)`` undoes it.
-    Which records show is then up to :mod:`logging`'s own levels and handlers.
+    Turns asyncflow's logging on (``logger.enable("asyncflow")``). Each record
+    is then written by :mod:`logging` only: loguru's default stderr sink, if
+    the app still has it, is put back without asyncflow's records (and those
+    of ``ctx.logger``), so they do not show twice. Calling it again changes
+    nothing but the level; ``logger.remove(id)`` stops the forwarding. Which
+    records show is then up to :mod:`logging`'s own levels and handlers.
     """
     global _handler_id
+    _leave_ours_out_of_loguru_default_sink()
     if _handler_id is not None:
         with contextlib.suppress(ValueError):  # (removed by the app meanwhile: logger.remove())
             logger.remove(_handler_id)

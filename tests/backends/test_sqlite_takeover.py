@@ -140,3 +140,31 @@ async def test_runs_of_engines_not_provably_dead_wait_for_their_lease(db_path: P
         assert await db.claim("me", now=now, lease_until=now + 30, limit=10) == []
         later = await db.claim("me", now=now + 3601, lease_until=now + 3631, limit=10)
     assert [info.run_id for info in later] == ["r1"]
+
+
+def engines_directory(db_path: Path) -> Path:
+    """The directory of the engines' lock files next to the database."""
+    return db_path.with_name(db_path.name + "-engines")
+
+
+async def test_the_engines_lock_directory_goes_when_the_last_engine_closes(db_path: Path) -> None:
+    """Two engines on one file: the lock directory stays while one is open and goes with the last."""
+    first, second = next_engine(db_path), next_engine(db_path)
+    async with first:  # (each takes its lock as it opens: it looks for runs to take over)
+        async with second:
+            assert len(list(engines_directory(db_path).iterdir())) == 2
+        assert len(list(engines_directory(db_path).iterdir())) == 1
+    assert not engines_directory(db_path).exists()
+    assert sorted(p.name for p in db_path.parent.iterdir() if p.name.startswith(db_path.name)) == [
+        db_path.name
+    ]
+
+
+async def test_a_dead_engines_lock_file_keeps_the_directory(db_path: Path) -> None:
+    """A lock file left by another engine (one killed, say) is not removed with the directory."""
+    engines_directory(db_path).mkdir()
+    left = engines_directory(db_path) / "0123456789abcdef01234567.lock"
+    left.write_text("elsewhere:1:abc\n")
+    async with next_engine(db_path):
+        assert len(list(engines_directory(db_path).iterdir())) == 2
+    assert [p.name for p in engines_directory(db_path).iterdir()] == [left.name]

@@ -225,3 +225,26 @@ async def test_a_run_whose_write_goes_through_does_not_end_the_episode_of_one_st
             assert (await a.result()).status is af.RunStatus.COMPLETED
     assert len([r for r in asyncflow_log if "are failing" in r["message"]]) == 1
     assert len([r for r in asyncflow_log if "go through again" in r["message"]]) == 1
+
+
+async def test_maintenance_failing_through_an_outage_is_logged_once_and_once_when_it_recovers(
+    storage: Storage, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """Heartbeats failing for many ticks log one error (database, cause), then one line when they work."""
+    faults = Faults(first=8, only={"heartbeat"})
+    async with faulty_engine(storage, faults) as engine:
+        faults.arm()
+        await eventually(lambda: faults.failed["heartbeat"] == 8 and faults.written["heartbeat"] > 0)
+        await eventually(lambda: any("works again" in r["message"] for r in asyncflow_log))
+    url = engine.backend.url
+    failing = [r for r in asyncflow_log if "maintenance" in r["message"] and "is failing" in r["message"]]
+    assert [r["message"] for r in failing] == [
+        f"engine maintenance against {url} is failing (OSError: [Errno 28] No space left on device); "
+        f"heartbeats and looks for runs are tried again every poll interval, logged again only when "
+        f"they work"
+    ]
+    assert failing[0]["level"].name == "ERROR"
+    [recovered] = [r["message"] for r in asyncflow_log if "works again" in r["message"]]
+    assert re.fullmatch(
+        rf"engine maintenance against {re.escape(url)} works again, after \S+s and 8 failed ticks", recovered
+    ), recovered

@@ -54,10 +54,8 @@ class Liveness:
         with _HELD_GUARD:
             if path in _HELD:  # (another backend of this process holds it: this process is alive)
                 return
-            try:
-                self.directory.mkdir(exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError:
+            fd = self._open_lock_file(path)
+            if fd is None:
                 return  # (a read-only directory: others fall back to the pid, or the lease)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -69,16 +67,38 @@ class Liveness:
             _HELD[path] = fd
             self.mine.add(path)
 
+    def _open_lock_file(self, path: Path) -> int | None:
+        """Open (creating it and its directory) the lock file ``path``; ``None`` if it cannot be."""
+        for _ in range(10):
+            try:
+                self.directory.mkdir(exist_ok=True)
+                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:
+                continue  # (the last engine of another process removed the directory meanwhile)
+            except OSError:
+                return None
+        return None
+
     def release(self) -> None:
-        """Give up the locks this backend took, and remove their files (its engines are closed)."""
+        """Give up the locks this backend took, and remove their files (its engines are closed).
+
+        The directory goes too once no lock file is left in it (the last
+        engine of the database closed): ``rmdir`` removes only an empty one,
+        so a live engine's file, or a dead one's still naming runs, keeps it.
+        """
         with _HELD_GUARD:
+            released = False
             for path in self.mine:
                 fd = _HELD.pop(path, None)
                 if fd is not None:
                     with contextlib.suppress(OSError):
                         path.unlink()
                     os.close(fd)
+                    released = True
             self.mine.clear()
+            if released:
+                with contextlib.suppress(OSError):  # (not empty: another engine's file is there)
+                    self.directory.rmdir()
 
     def dead(self, owner: str) -> bool:
         """Whether ``owner`` is provably dead (its lock is free, or its process gone from this host)."""
