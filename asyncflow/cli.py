@@ -1,5 +1,5 @@
 """The ``asyncflow`` command line (``pip install 'asyncflow[cli]'``): ``asyncflow run``, ``draw``,
-``demo``, ``worker`` and ``runs list|show|resume|cancel``.
+``demo``, ``worker`` and ``runs list|show|resume|watch|cancel``.
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments
 and sets ``handler``: a function taking the parsed arguments and returning an
@@ -463,12 +463,29 @@ async def _run_main(
     return EXIT_INTERRUPTED if interrupted else 0
 
 
+def _add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    output: argparse.ArgumentParser,
+    name: str,
+    handler: Handler,
+    *,
+    help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """A subcommand that writes with ``output``'s options (``--json``...) and runs ``handler``."""
+    parser = commands.add_parser(name, parents=[output], help=help, description=description)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def _add_run(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], output: argparse.ArgumentParser
 ) -> None:
-    parser = commands.add_parser(
+    parser = _add_command(
+        commands,
+        output,
         "run",
-        parents=[output],
+        _run_command,
         help="run a workflow here and draw its tree live",
         description=(
             "Run a workflow in this process and draw its tree as it grows, with a progress line. "
@@ -487,7 +504,6 @@ def _add_run(
         metavar="URL",
         help="run it durably on this database (sqlite:///runs.db, or a path), to resume or inspect it later",
     )
-    parser.set_defaults(handler=_run_command)
 
 
 # ---- asyncflow draw ---------------------------------------------------------------------
@@ -515,9 +531,11 @@ def _draw(args: argparse.Namespace) -> int:
 def _add_draw(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], output: argparse.ArgumentParser
 ) -> None:
-    parser = commands.add_parser(
+    parser = _add_command(
+        commands,
+        output,
         "draw",
-        parents=[output],
+        _draw,
         help="draw a workflow's definition",
         description="Draw a workflow's definition: its stages and their actions, as a tree or in Mermaid.",
     )
@@ -525,7 +543,6 @@ def _add_draw(
     parser.add_argument(
         "--format", choices=["tree", "mermaid"], default="tree", help="tree (default) or a Mermaid flowchart"
     )
-    parser.set_defaults(handler=_draw)
 
 
 # ---- asyncflow demo ---------------------------------------------------------------------
@@ -601,9 +618,11 @@ async def _demo_main(args: argparse.Namespace) -> int:
 def _add_demo(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], output: argparse.ArgumentParser
 ) -> None:
-    parser = commands.add_parser(
+    parser = _add_command(
+        commands,
+        output,
         "demo",
-        parents=[output],
+        _demo,
         help="run a small discovery workflow durably: it grows its own plan and waits for approval",
         description=(
             "Run a demo workflow on an SQLite file: a discover stage inserts one stage per "
@@ -628,7 +647,6 @@ def _add_demo(
         action="store_true",
         help="also print the executed plan as a Mermaid flowchart (paste it into mermaid.live)",
     )
-    parser.set_defaults(handler=_demo)
 
 
 # ---- asyncflow runs ---------------------------------------------------------------------

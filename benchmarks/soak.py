@@ -2,11 +2,11 @@
 
 Run with ``make soak`` (or ``python benchmarks/soak.py --minutes 30``). A
 worker process runs an engine on one SQLite file with a steady mixed load:
-about 20 runs in flight at any time (three stages, a suspension for one run
-in five, a durable sleep), resumes of the suspended runs, a cancel every two
-seconds, and a purge of runs finished more than a minute ago every ten
-seconds. Every minute the worker is killed with SIGKILL and a new one opens
-the file and takes over the interrupted runs.
+20 runs started a second (three stages, a suspension for one run in five, a
+durable sleep), resumes of the suspended runs, a cancel every two seconds,
+and a purge of runs finished more than a minute ago every two seconds.
+Every minute the worker is killed with SIGKILL and a new one opens the file
+and takes over the interrupted runs.
 
 Every 10 s the soak samples the worker's resident memory and open file
 descriptors (from /proc), the size of the database file (and of its WAL),
@@ -88,8 +88,13 @@ class TimedSQLite(SQLiteBackend):
         self.latencies.append(time.perf_counter() - started)
 
 
-async def keep_starting(engine: af.Engine, in_flight: int) -> None:
-    """Keep about ``in_flight`` runs going: start one whenever fewer are running or pending."""
+async def keep_starting(engine: af.Engine, rate: float, cap: int) -> None:
+    """Start ``rate`` runs a second, whatever the machine does, with at most ``cap`` of them unfinished.
+
+    A steady arrival rate, not a number of runs kept going: kept at 20 runs in
+    flight, the rate followed the CPU the other processes on the machine left,
+    and so did the number of finished runs the file held (a minute's worth).
+    """
     handles: set[af.RunHandle] = set()
 
     async def follow(handle: af.RunHandle) -> None:
@@ -98,14 +103,17 @@ async def keep_starting(engine: af.Engine, in_flight: int) -> None:
         finally:
             handles.discard(handle)
 
+    started, due = time.monotonic(), 0
     async with anyio.create_task_group() as group:
         while True:
-            if len(handles) < in_flight:
-                handle = await engine.start(WORKFLOW)
-                handles.add(handle)
-                group.start_soon(follow, handle)
-            else:
-                await anyio.sleep(0.01)
+            due_now = int((time.monotonic() - started) * rate)
+            while due < due_now:
+                due += 1
+                if len(handles) < cap:  # (over it: the machine cannot keep up; that run is skipped)
+                    handle = await engine.start(WORKFLOW)
+                    handles.add(handle)
+                    group.start_soon(follow, handle)
+            await anyio.sleep(0.01)
 
 
 async def keep_resuming(engine: af.Engine) -> None:
@@ -128,10 +136,14 @@ async def keep_cancelling(engine: af.Engine) -> None:
                 await engine.cancel(random.choice(page.runs).run_id)
 
 
-async def keep_purging(engine: af.Engine) -> None:
-    """Purge the runs that finished more than a minute ago, every ten seconds."""
+async def keep_purging(engine: af.Engine, every: float) -> None:
+    """Purge the runs that finished more than a minute ago, every ``every`` seconds.
+
+    Often, so the file holds between 60 and 60 + ``every`` seconds of them (every
+    10 s, in step with the samples, the file's size swung by a sixth of itself).
+    """
     while True:
-        await anyio.sleep(10)
+        await anyio.sleep(every)
         await engine.purge(older_than=timedelta(minutes=1))
 
 
@@ -153,23 +165,23 @@ def p99(values: Sequence[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def work(db: Path, report: Path, in_flight: int) -> None:
+async def work(db: Path, report: Path, rate: float, cap: int, purge_every: float) -> None:
     """The worker: an engine on ``db`` under the mixed load, until it is killed."""
     backend = TimedSQLite(str(db))
     engine = af.Engine(backend, lease=2.0, poll_interval=0.2)
     engine.register(WORKFLOW)
     async with engine, anyio.create_task_group() as group:
-        group.start_soon(keep_starting, engine, in_flight)
+        group.start_soon(keep_starting, engine, rate, cap)
         group.start_soon(keep_resuming, engine)
         group.start_soon(keep_cancelling, engine)
-        group.start_soon(keep_purging, engine)
+        group.start_soon(keep_purging, engine, purge_every)
         group.start_soon(keep_reporting, backend, report)
 
 
 # ---- the soak: the worker killed every minute, and samples --------------------------------
 
 
-def start_worker(db: Path, report: Path, in_flight: int) -> subprocess.Popen[bytes]:
+def start_worker(db: Path, report: Path, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -178,8 +190,12 @@ def start_worker(db: Path, report: Path, in_flight: int) -> subprocess.Popen[byt
             str(db),
             "--report",
             str(report),
-            "--in-flight",
-            str(in_flight),
+            "--rate",
+            str(args.rate),
+            "--cap",
+            str(args.cap),
+            "--purge-every",
+            str(args.purge_every),
         ],
         stdout=subprocess.DEVNULL,
     )
@@ -272,7 +288,7 @@ def soak(args: argparse.Namespace) -> int:
     db, report = workdir / "soak.db", workdir / "report.jsonl"
     total, interval, kill_every = args.minutes * 60, args.interval, args.kill_every
     print(f"soak: {args.minutes} min, a kill every {kill_every} s, samples every {interval} s, in {workdir}")
-    worker = start_worker(db, report, args.in_flight)
+    worker = start_worker(db, report, args)
     started = time.monotonic()
     next_kill = kill_every
     kills: list[float] = []
@@ -285,7 +301,7 @@ def soak(args: argparse.Namespace) -> int:
                 worker.wait()
                 kills.append(now - started)
                 next_kill += kill_every
-                worker = start_worker(db, report, args.in_flight)
+                worker = start_worker(db, report, args)
             time.sleep(min(0.2, max(0.0, due - now)))
         row = {
             "t": time.monotonic() - started,
@@ -339,13 +355,15 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=20, help="minutes at the end checked for flatness")
     parser.add_argument("--interval", type=float, default=10, help="seconds between samples")
     parser.add_argument("--kill-every", type=float, default=60, help="seconds between kills")
-    parser.add_argument("--in-flight", type=int, default=20, help="runs kept going at once")
+    parser.add_argument("--rate", type=float, default=20, help="runs started per second")
+    parser.add_argument("--cap", type=int, default=200, help="most unfinished runs a worker starts")
+    parser.add_argument("--purge-every", type=float, default=2, help="seconds between purges")
     parser.add_argument("--out", default=str(HERE / "soak"), help="CSV and PNG path, without suffix")
     parser.add_argument("--worker", metavar="DB", help=argparse.SUPPRESS)
     parser.add_argument("--report", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        asyncio.run(work(Path(args.worker), Path(args.report), args.in_flight))
+        asyncio.run(work(Path(args.worker), Path(args.report), args.rate, args.cap, args.purge_every))
         return 0
     return soak(args)
 

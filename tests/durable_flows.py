@@ -274,6 +274,33 @@ async def raise_suspend_with_an_object(ctx: af.ActionContext) -> None:
     raise af.Suspend("check", {"when": object()})
 
 
+@af.action(timeout=30)
+async def raise_suspend_with_int_keys_timed(ctx: af.ActionContext) -> None:
+    """raise_suspend_with_int_keys with a time limit (its attempt takes the slower path)."""
+    raise af.Suspend("check", {7: "seven"})
+
+
+@af.action(name="put-tagged")
+async def put_tagged(ctx: af.ActionContext) -> None:
+    """Put an entry with tags and properties."""
+    ctx.store.put("tagged", 1, tags={"t"}, properties={"p": "v"})
+
+
+@af.action(name="read-tagged")
+async def read_tagged(ctx: af.ActionContext) -> None:
+    """Record what find(tag="t") and properties_of("tagged") give."""
+    record("read-tagged", (ctx.store.find(tag="t"), ctx.store.properties_of("tagged")))
+
+
+@af.action(name="merge-not-json")
+async def merge_not_json(ctx: af.ActionContext) -> None:
+    """ctx.store.merge a value that is not JSON; record the message of the refusal."""
+    try:
+        ctx.store.merge({"fine": 1, "when": {1, 2}})
+    except af.NotSerializable as exc:
+        record("merge-refused", str(exc))
+
+
 @af.action
 async def send_int_keys(ctx: af.ActionContext) -> None:
     """Send a message whose payload has an int key."""
@@ -439,6 +466,71 @@ BASIC = af.Workflow(
     ],
 )
 
+
+@af.action(name="switch-off")
+async def switch_off(ctx: af.ActionContext) -> None:
+    """Disable stage "later-on", every "late-on", b's "skip-me" and what is tagged "opt" or "never"."""
+    record("switch-off", ctx.idempotency_key)
+    ctx.plan.disable_stage("later-on")
+    ctx.plan.disable_action("late-on")
+    ctx.plan.disable_by_tag("opt")
+    ctx.plan.disable_action("skip-me", stage_id="b")
+    ctx.plan.disable_by_tag("never")
+
+
+@af.action(name="switch-on")
+async def switch_on(ctx: af.ActionContext) -> None:
+    """Enable "later-on", "late-on" of stage "b" and the tag "opt" again; remove "gone" and b's "dropped"."""
+    record("switch-on", ctx.idempotency_key)
+    ctx.plan.enable_stage("later-on")
+    ctx.plan.enable_action("late-on", stage_id="b")
+    ctx.plan.enable_by_tag("opt")
+    ctx.plan.remove_stage("gone")
+    ctx.plan.remove_action("dropped", stage_id="b")
+
+
+class LateOn(Record):
+    """A Record named "late-on" (one in each of two stages)."""
+
+    name = "late-on"
+
+
+class Dropped(Record):
+    """A Record named "dropped" (one in each of two stages)."""
+
+    name = "dropped"
+
+
+class SkipMe(Record):
+    """A Record named "skip-me" (one in each of two stages)."""
+
+    name = "skip-me"
+
+
+class Optional(Record):
+    """A Record tagged "opt"."""
+
+    name = "optional"
+    tags = frozenset({"opt"})
+
+
+#: Each plan change but the insertions, made by completed actions before the run is interrupted.
+REPLAN = af.Workflow(
+    "recover-replan",
+    stages=[
+        af.Stage("a", actions=[switch_off, switch_on, HangOnce("hang")]),
+        af.Stage("later-on", actions=[Record("later-on")]),
+        af.Stage("b", actions=[LateOn("late-on@b"), Dropped("dropped@b"), SkipMe("skip-me@b")]),
+        af.Stage("gone", actions=[Record("gone")]),
+        af.Stage("opt", tags={"opt"}, actions=[Record("opt-stage")]),
+        af.Stage("never", tags={"never"}, actions=[Record("never")]),
+        af.Stage(
+            "c",
+            actions=[LateOn("late-on@c"), Dropped("dropped@c"), SkipMe("skip-me@c"), Optional("optional@c")],
+        ),
+    ],
+)
+
 RESHAPE = af.Workflow(
     "recover-reshape",
     stages=[
@@ -466,6 +558,9 @@ APPROVAL = af.Workflow("approval", stages=[af.Stage("s", actions=[step_one, appr
 SLEEPY = af.Workflow(
     "sleepy", stages=[af.Stage("s", actions=[Record("before"), af.sleep(100), Record("woke")])]
 )
+SLEEPY_THEN_HANG = af.Workflow(
+    "sleepy-then-hang", stages=[af.Stage("s", actions=[af.sleep(100), HangOnce("hang")])]
+)
 
 FLAKY = af.Workflow("flaky", stages=[af.Stage("s", actions=[flaky])])
 
@@ -478,6 +573,19 @@ QUICK = af.Workflow("quick", stages=[af.Stage("s", actions=[step_one])])
 INSERTS_REGISTERED = af.Workflow(
     "inserts-registered", stages=[af.Stage("s", actions=[insert_registered, Record("after")])]
 )
+
+
+@af.action(name="insert-registered-stage")
+async def insert_registered_stage(ctx: af.ActionContext) -> None:
+    """Insert a stage holding an action registered only in the first engine's registry."""
+    record("insert-registered-stage", ctx.idempotency_key)
+    ctx.add_dynamic_stage(af.Stage("registered", actions=[ONLY_IN_FIRST_REGISTRY]))
+
+
+INSERTS_REGISTERED_STAGE = af.Workflow(
+    "inserts-registered-stage", stages=[af.Stage("s", actions=[insert_registered_stage, Record("after")])]
+)
+
 
 INSERTS_CLOSURE = af.Workflow("inserts-closure", stages=[af.Stage("s", actions=[insert_closure])])
 
@@ -508,6 +616,13 @@ SUSPENDS_WITH_INT_KEYS = af.Workflow(
 SENDS_INT_KEYS = af.Workflow("send-int-keys", stages=[af.Stage("s", actions=[send_int_keys])])
 RAISES_SUSPEND_WITH_INT_KEYS = af.Workflow(
     "raise-suspend-int-keys", stages=[af.Stage("s", actions=[raise_suspend_with_int_keys])]
+)
+METADATA_ACROSS_A_RESTART = af.Workflow(
+    "metadata-across-a-restart", stages=[af.Stage("s", actions=[put_tagged, HangOnce("hang"), read_tagged])]
+)
+MERGES_NOT_JSON = af.Workflow("merges-not-json", stages=[af.Stage("s", actions=[merge_not_json])])
+RAISES_SUSPEND_WITH_INT_KEYS_TIMED = af.Workflow(
+    "raise-suspend-int-keys-timed", stages=[af.Stage("s", actions=[raise_suspend_with_int_keys_timed])]
 )
 RAISES_SUSPEND_WITH_AN_OBJECT = af.Workflow(
     "raise-suspend-object", stages=[af.Stage("s", actions=[raise_suspend_with_an_object])]

@@ -8,7 +8,10 @@ deadline, so a slow machine only makes a test slower, never wrong.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
 
@@ -61,3 +64,37 @@ async def eventually(
             if outcome:
                 return
             await anyio.sleep(every)
+
+
+@af.action
+async def approval(ctx: af.ActionContext) -> None:
+    """Suspend the run ("needs approval", ``{"amount": 5}``) until resumed; then keep the resume data."""
+    if not ctx.is_resuming:
+        ctx.suspend("needs approval", {"amount": 5})
+    ctx.store["approved"] = ctx.resume_data
+
+
+#: label -> an event: an action of the test sets or waits for it (a module's fixture clears them)
+GATES: dict[str, anyio.Event] = {}
+
+
+def gate(label: str) -> anyio.Event:
+    """The event of ``label`` (made on first use)."""
+    event = GATES.get(label)
+    if event is None:
+        event = GATES[label] = anyio.Event()
+    return event
+
+
+#: the example scripts, ``examples/*.py``
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
+
+
+def run_example(name: str) -> str:
+    """The stdout of ``python examples/NAME``, which must exit 0."""
+    path = next(path for path in EXAMPLES if path.name == name)
+    done = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 import anyio
+import pg_flows
+
+import asyncflow as af
 
 TESTS = Path(__file__).resolve().parent
 
@@ -138,3 +141,11 @@ async def wait_until(predicate: object, within: float, step: float = 0.05) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {predicate!r}")
         await anyio.sleep(step)
+
+
+def client(url: str, poll_interval: float = 0.2) -> af.Engine:
+    """An engine that only starts runs, for the workers to take (``concurrency=0``)."""
+    engine = af.Engine(url, concurrency=0, poll_interval=poll_interval, lease=5.0)
+    for workflow in pg_flows.WORKFLOWS:
+        engine.register(workflow)
+    return engine

@@ -233,3 +233,31 @@ async def test_action_disabled_by_a_sibling_in_a_concurrent_stage_is_skipped() -
     assert "late" not in ran
     [record] = [s for s in result.steps if s.action_name == "late"]
     assert record.status is af.StepStatus.SKIPPED
+    assert record.reason == "disabled"
+
+
+async def test_a_removed_action_in_a_concurrent_stage_does_not_end_the_stage() -> None:
+    """Stage(concurrency=2): the actions after one removed earlier in the run all run."""
+    ran: list[str] = []
+
+    def probe(name: str) -> af.Action:
+        async def body(ctx: af.ActionContext) -> None:
+            ran.append(name)
+
+        return af.action(name=name)(body)
+
+    @af.action
+    async def remover(ctx: af.ActionContext) -> None:
+        ctx.plan.remove_action("gone")
+
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[remover]),
+            af.Stage("b", actions=[probe("gone"), probe("after-1"), probe("after-2")], concurrency=2),
+        ],
+    )
+    with anyio.fail_after(5):
+        result = await af.run(wf)
+    assert result.status is af.RunStatus.COMPLETED
+    assert sorted(ran) == ["after-1", "after-2"]

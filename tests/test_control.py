@@ -314,6 +314,29 @@ async def test_enable_action_returns_how_many_changed() -> None:
     assert ran(result) == ["toggle", "x", "x"]
 
 
+async def test_enable_action_with_stage_id_enables_only_that_stage() -> None:
+    """enable_action(name, stage_id=...) turns the action back on in that stage only."""
+    shared = probe("x")
+    seen: list[int] = []
+
+    def toggle(ctx: af.ActionContext) -> None:
+        seen.append(ctx.plan.disable_action("x"))
+        seen.append(ctx.plan.enable_action("x", stage_id="c"))
+
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("toggle", toggle)]),
+            af.Stage("b", actions=[shared]),
+            af.Stage("c", actions=[shared]),
+        ],
+    )
+    result = await af.run(wf)
+    assert seen == [2, 1]
+    skipped_or_ran = [(s.stage_id, s.status) for s in result.steps if s.action_name == "x"]
+    assert skipped_or_ran == [("b", af.StepStatus.SKIPPED), ("c", af.StepStatus.COMPLETED)]
+
+
 # ---- tags ------------------------------------------------------------------------
 
 
@@ -355,6 +378,26 @@ async def test_enable_by_tag_turns_tagged_steps_back_on() -> None:
     result = await af.run(wf)
     assert seen == [2, 2, 0]
     assert ran(result) == ["toggle", "in-b", "tagged"]
+
+
+async def test_by_tag_counts_every_tagged_stage() -> None:
+    """disable_by_tag and enable_by_tag count each tagged stage they change, not only the last."""
+    seen: list[int] = []
+
+    def toggle(ctx: af.ActionContext) -> None:
+        seen.append(ctx.plan.disable_by_tag("opt"))
+        seen.append(ctx.plan.enable_by_tag("opt"))
+
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("toggle", toggle)]),
+            af.Stage("b", tags={"opt"}, actions=[probe("in-b")]),
+            af.Stage("c", tags={"opt"}, actions=[probe("in-c")]),
+        ],
+    )
+    await af.run(wf)
+    assert seen == [2, 2]
 
 
 async def test_disable_by_tag_reaches_dynamic_steps() -> None:
@@ -595,6 +638,43 @@ async def test_find_actions_returns_action_objects() -> None:
     assert found[0] is target
 
 
+async def test_find_stages_where_is_given_each_stage() -> None:
+    """find_stages(where=...) calls the predicate with each af.Stage and keeps those it accepts."""
+    found: list[str] = []
+
+    def find(ctx: af.ActionContext) -> None:
+        found.extend(s.id for s in ctx.plan.find_stages(where=lambda stage: len(stage.actions) == 2))
+
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("find", find)]),
+            af.Stage("b", actions=[probe("b1"), probe("b2")]),
+            af.Stage("c", actions=[probe("c1")]),
+        ],
+    )
+    await af.run(wf)
+    assert found == ["b"]
+
+
+async def test_find_actions_where_is_given_each_action() -> None:
+    """find_actions(where=...) calls the predicate with each af.Action and keeps those it accepts."""
+    found: list[str] = []
+
+    def find(ctx: af.ActionContext) -> None:
+        found.extend(a.name for a in ctx.plan.find_actions(where=lambda action: action.name.endswith("2")))
+
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[probe("find", find)]),
+            af.Stage("b", actions=[probe("b1"), probe("b2")]),
+        ],
+    )
+    await af.run(wf)
+    assert found == ["b2"]
+
+
 # ---- status ----------------------------------------------------------------------
 
 
@@ -655,6 +735,27 @@ async def test_action_status_shows_pending_running_completed_and_skipped() -> No
         "last": af.StepStatus.PENDING,
         "last@s": af.StepStatus.PENDING,
     }
+
+
+async def test_action_status_with_stage_id_looks_only_there() -> None:
+    """action_status(name, stage_id=...) reports that stage's action, not the first of the name."""
+    seen: list[af.StepStatus] = []
+    shared = probe("x")
+
+    def look(ctx: af.ActionContext) -> None:
+        seen.append(ctx.plan.action_status("x"))
+        seen.append(ctx.plan.action_status("x", stage_id="c"))
+
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("a", actions=[shared]),
+            af.Stage("b", actions=[probe("look", look)]),
+            af.Stage("c", actions=[shared]),
+        ],
+    )
+    await af.run(wf)
+    assert seen == [af.StepStatus.COMPLETED, af.StepStatus.PENDING]
 
 
 # ---- unknown ids -----------------------------------------------------------------
@@ -742,6 +843,24 @@ async def test_removed_stage_is_unknown_afterwards() -> None:
     assert "'b'" in str(caught[0])
 
 
+@pytest.mark.parametrize(
+    ("stage_id", "where"), [(None, "in any stage"), ("s", "in stage 's'")], ids=["any-stage", "one-stage"]
+)
+async def test_unknown_action_error_says_where_it_looked(stage_id: str | None, where: str) -> None:
+    """af.UnknownStep for an action name says whether it looked in one stage or in all."""
+    caught: list[BaseException] = []
+
+    def call(ctx: af.ActionContext) -> None:
+        try:
+            ctx.plan.disable_action("ghost", stage_id=stage_id)
+        except af.UnknownStep as exc:
+            caught.append(exc)
+
+    await af.run(af.Workflow("wf", stages=[af.Stage("s", actions=[probe("here", call)])]))
+    [error] = caught
+    assert str(error).endswith(f"has no action 'ghost' {where}")
+
+
 # ---- undo on failure ---------------------------------------------------------------
 
 
@@ -811,4 +930,22 @@ async def test_remove_stage_of_a_failed_attempt_is_undone() -> None:
     result = await af.run(wf)
     assert result.status is af.RunStatus.COMPLETED
     assert seen == [["first", "later"]]
+    assert ran(result) == ["remover", "tail"]
+
+
+async def test_remove_action_of_a_failed_attempt_is_undone() -> None:
+    """A failed attempt's remove_action is undone like its other plan changes: the action runs after all."""
+
+    @af.action(name="remover", retry=af.Retry(attempts=2, backoff=lambda attempt: 0.0))
+    async def remover(ctx: af.ActionContext) -> None:
+        if ctx.attempt == 1:
+            assert ctx.plan.remove_action("tail") == 1
+            raise ConnectionError("first attempt")
+
+    wf = af.Workflow(
+        "wf",
+        stages=[af.Stage("first", actions=[remover]), af.Stage("later", actions=[probe("tail")])],
+    )
+    result = await af.run(wf)
+    assert result.status is af.RunStatus.COMPLETED
     assert ran(result) == ["remover", "tail"]

@@ -151,6 +151,14 @@ async def test_bail_ends_the_run_bailed_with_its_reason() -> None:
     assert result.error is None
 
 
+async def test_the_bailing_step_records_the_bail_and_its_reason() -> None:
+    """The bailing action's step record reads "bailed: <reason>"."""
+    wf = af.Workflow("wf", stages=[af.Stage("s", actions=[bailer("stop", "nothing to do")])])
+    result = await af.run(wf)
+    [record] = [s for s in result.steps if s.action_name == "stop"]
+    assert record.reason == "bailed: nothing to do"
+
+
 @pytest.mark.parametrize("reason", [123, None])
 async def test_bail_reason_must_be_a_string(reason: object) -> None:
     """ctx.bail(123) fails the action with a TypeError naming the reason; the run does not bail."""
@@ -343,11 +351,11 @@ async def test_asyncio_task_cancel_propagates_from_a_concurrent_stage() -> None:
 # ---- closed context ------------------------------------------------------------------
 
 
-async def kept_context() -> af.ActionContext:
-    """Run a one-action workflow whose action hands its ctx out, and return that ctx."""
+async def kept_context(limit: float | None = None) -> af.ActionContext:
+    """Run a one-action workflow whose action (time limit ``limit``) hands its ctx out; return that ctx."""
     kept: list[af.ActionContext] = []
 
-    @af.action(name="keeper")
+    @af.action(name="keeper", timeout=limit)
     async def keeper(ctx: af.ActionContext) -> None:
         kept.append(ctx)
 
@@ -360,6 +368,13 @@ async def test_add_dynamic_stage_after_the_action_finished_raises_context_closed
     ctx = await kept_context()
     with pytest.raises(af.ContextClosed, match="keeper"):
         ctx.add_dynamic_stage(af.Stage("late", actions=[recorder("x", [])]))
+
+
+async def test_the_context_of_an_action_with_a_time_limit_closes_when_it_ends() -> None:
+    """An action with a time limit (its attempts take another path): its ctx is closed once it ended too."""
+    ctx = await kept_context(limit=30)
+    with pytest.raises(af.ContextClosed, match="keeper"):
+        ctx.add_dynamic_action(recorder("x", []))
 
 
 async def test_add_dynamic_action_after_the_action_finished_raises_context_closed() -> None:

@@ -82,6 +82,24 @@ async def record_failing_run(error: BaseException) -> list[af.Event]:
 # ---- order and content ------------------------------------------------------------------
 
 
+async def test_insertions_of_an_action_with_a_time_limit_are_announced() -> None:
+    """An action with a time limit that inserts steps (and writes nothing) sends their inserted events."""
+    runner = af.Runner()
+    seen: list[af.Event] = []
+    runner.on_event(seen.append)
+
+    @af.action(name="grow", timeout=30)
+    async def grow(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_action(noop("d"))
+        ctx.add_dynamic_stage(af.Stage("inserted", actions=[noop("e")]))
+
+    await runner.run(af.Workflow("wf", stages=[af.Stage("s", actions=[grow])]))
+    inserts = [
+        (e.kind, e.stage_id, e.action_name) for e in seen if e.kind in (K.ACTION_INSERTED, K.STAGE_INSERTED)
+    ]
+    assert inserts == [(K.ACTION_INSERTED, "s", "d"), (K.STAGE_INSERTED, "inserted", None)]
+
+
 async def test_event_order_with_insertions_a_skipped_stage_and_a_failure() -> None:
     """Events come in execution order: starts, inserts, finishes, the skip, the failure and the run's end."""
     seen = await record_failing_run(ValueError("broken"))
@@ -502,6 +520,16 @@ async def test_slow_subscriber_never_blocks_the_run_and_is_told_what_it_missed()
     assert finished == emitted[-1]
     assert finished.kind is K.RUN_FINISHED
     assert len(kept) + marker.dropped + 1 == len(emitted)
+
+
+async def test_a_stream_holds_1000_events_by_default() -> None:
+    """subscribe() without buffer= holds 1,000 events (RUN_FINISHED among them) and the drop marker."""
+    runner = af.Runner()
+    async with runner.subscribe() as events:
+        await runner.run(one_stage(*(f"step-{i}" for i in range(600))))
+        received = await read_until_run_finished(events)
+    assert len(received) == 1001
+    assert [e.kind for e in received[-2:]] == [K.EVENTS_DROPPED, K.RUN_FINISHED]
 
 
 async def test_slow_subscriber_that_caught_up_gets_the_next_run_in_full() -> None:

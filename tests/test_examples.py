@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
+from helpers import EXAMPLES, run_example
 
 
 def test_there_are_examples() -> None:
@@ -28,16 +25,6 @@ def test_there_are_examples() -> None:
 def test_example_runs(path: Path) -> None:
     """``python examples/NAME.py`` exits 0 and prints something to stdout."""
     assert run_example(path.name).strip()
-
-
-def run_example(name: str) -> str:
-    """The stdout of ``python examples/NAME``, which must exit 0."""
-    path = next(path for path in EXAMPLES if path.name == name)
-    done = subprocess.run(
-        [sys.executable, str(path)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def test_durable_example_runs_the_committed_action_once_and_the_one_in_flight_again() -> None:

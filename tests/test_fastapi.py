@@ -13,20 +13,13 @@ import anyio
 import httpx
 import pytest
 from fastapi import Depends, FastAPI, Header, HTTPException
+from helpers import GATES, approval, gate
 
 import asyncflow as af
 from asyncflow.integrations.fastapi import EngineDep, lifespan, runs_router
 from asyncflow.integrations.logging import to_stdlib
 
 PROBLEM = "application/problem+json"
-GATES: dict[str, anyio.Event] = {}
-
-
-def gate(label: str) -> anyio.Event:
-    event = GATES.get(label)
-    if event is None:
-        event = GATES[label] = anyio.Event()
-    return event
 
 
 @pytest.fixture(autouse=True)
@@ -49,14 +42,6 @@ async def branch(ctx: af.ActionContext) -> None:
 
 
 @af.action
-async def wait_for_approval(ctx: af.ActionContext) -> None:
-    """Suspend until resumed."""
-    if not ctx.is_resuming:
-        ctx.suspend("needs approval", {"amount": 5})
-    ctx.store["approved"] = ctx.resume_data
-
-
-@af.action
 async def hold(ctx: af.ActionContext) -> None:
     """Wait until the test lets it go."""
     gate("hold").set()
@@ -66,7 +51,7 @@ async def hold(ctx: af.ActionContext) -> None:
 GROWING = af.Workflow(
     "growing", stages=[af.Stage("first", actions=[branch]), af.Stage("last", actions=[note])]
 )
-APPROVAL = af.Workflow("approval", stages=[af.Stage("s", actions=[note, wait_for_approval])])
+APPROVAL = af.Workflow("approval", stages=[af.Stage("s", actions=[note, approval])])
 HOLDING = af.Workflow("holding", stages=[af.Stage("s", actions=[hold])])
 
 

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from helpers import GATES, gate
 
 import asyncflow as af
 from asyncflow.integrations.fastapi import lifespan, runs_router
@@ -36,15 +37,6 @@ CHROMIUM_ARGS = [
 ]
 
 pytestmark = pytest.mark.once
-
-GATES: dict[str, anyio.Event] = {}
-
-
-def gate(label: str) -> anyio.Event:
-    event = GATES.get(label)
-    if event is None:
-        event = GATES[label] = anyio.Event()
-    return event
 
 
 class Step(af.Action):

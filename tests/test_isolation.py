@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import isolation_flows as flows
 import pytest
+from helpers import run_example
 from loguru import logger
 
 import asyncflow as af
@@ -488,8 +489,6 @@ def test_an_isolated_stage_runs_on_trio_too(no_leftovers: None) -> None:
 
 def test_the_example_retries_the_crashed_parser_with_live_progress() -> None:
     """examples/isolation.py: progress from the child, a crash, a retry that completes, then a failure."""
-    from test_examples import run_example
-
     out = run_example("isolation.py")
     assert "progress 1/3 from child pid" in out
     assert "the child died (SIGSEGV); attempt 2 in another child" in out

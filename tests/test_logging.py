@@ -88,6 +88,107 @@ async def test_action_that_never_uses_the_logger_runs() -> None:
     assert result.status is af.RunStatus.COMPLETED
 
 
+ENABLE_TOO_LATE: list[tuple[str, Any, list[str]]] = [
+    ("enable_stage", lambda plan: plan.enable_stage("off"), ["stage 'off'"]),
+    ("enable_action", lambda plan: plan.enable_action("skipped"), ["action 'skipped' of stage 's'"]),
+    ("enable_by_tag", lambda plan: plan.enable_by_tag("t"), ["stage 'off'", "action 'skipped' of stage 's'"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [(change, named) for _, change, named in ENABLE_TOO_LATE],
+    ids=[name for name, _, _ in ENABLE_TOO_LATE],
+)
+async def test_enabling_a_skipped_step_says_so_in_the_log(
+    records: list[dict[str, Any]], change: Any, named: list[str]
+) -> None:
+    """Enabling a step that was already skipped is logged as having no effect, naming the step."""
+
+    @af.action(name="first")
+    async def first(ctx: af.ActionContext) -> None:
+        ctx.plan.disable_by_tag("t")
+
+    @af.action(name="skipped", tags={"t"})
+    async def skipped(ctx: af.ActionContext) -> None:
+        """Never runs."""
+
+    @af.action(name="late")
+    async def late(ctx: af.ActionContext) -> None:
+        change(ctx.plan)
+
+    wf = af.Workflow(
+        "wf",
+        stages=[
+            af.Stage("s", actions=[first, skipped]),
+            af.Stage("off", tags={"t"}, actions=[quiet]),
+            af.Stage("last", actions=[late]),
+        ],
+    )
+    logger.enable("asyncflow")
+    try:
+        result = await af.run(wf)
+    finally:
+        logger.disable("asyncflow")
+    assert result.status is af.RunStatus.COMPLETED
+    notes = [r["message"] for r in from_library(records)]
+    for step in named:
+        assert f"{step} is already skipped; enabling it has no effect on this execution" in notes, notes
+
+
+async def test_a_retried_attempt_is_logged_with_its_error_and_delay(records: list[dict[str, Any]]) -> None:
+    """A failed attempt that will be retried is logged: action, stage, run, attempt, error and delay."""
+
+    @af.action(name="flaky", retry=af.Retry(attempts=2, backoff=lambda attempt: 0.0))
+    async def flaky(ctx: af.ActionContext) -> None:
+        if ctx.attempt == 1:
+            raise ConnectionError("first attempt")
+
+    logger.enable("asyncflow")
+    try:
+        result = await af.run(af.Workflow("wf", stages=[af.Stage("s", actions=[flaky])]))
+    finally:
+        logger.disable("asyncflow")
+    expected = (
+        f"action 'flaky' of stage 's' in run {result.run_id} failed on attempt 1 "
+        "(ConnectionError: first attempt); retrying in 0.000s"
+    )
+    assert expected in [r["message"] for r in from_library(records)]
+
+
+async def test_a_failed_run_is_logged_as_an_error_with_its_exception(records: list[dict[str, Any]]) -> None:
+    """A failed run logs one ERROR line: the failure's text, with the exception attached."""
+    logger.enable("asyncflow")
+    try:
+        with pytest.raises(af.ActionFailed) as info:
+            await af.run(af.Workflow("wf", stages=[af.Stage("s", actions=[boom])]))
+    finally:
+        logger.disable("asyncflow")
+    errors = [r for r in from_library(records) if r["level"].name == "ERROR"]
+    assert [r["message"] for r in errors] == [str(info.value)]
+    assert errors[0]["exception"] is not None
+    assert isinstance(errors[0]["exception"].value, ValueError)
+
+
+async def test_disabling_an_action_that_ran_says_so_in_the_log(records: list[dict[str, Any]]) -> None:
+    """Disabling an action that already completed is logged as having no effect, naming it and its stage."""
+
+    @af.action(name="late")
+    async def late(ctx: af.ActionContext) -> None:
+        ctx.plan.disable_action("quiet")
+
+    logger.enable("asyncflow")
+    try:
+        await af.run(af.Workflow("wf", stages=[af.Stage("s", actions=[quiet, late])]))
+    finally:
+        logger.disable("asyncflow")
+    notes = [r["message"] for r in from_library(records)]
+    expected = (
+        "action 'quiet' of stage 's' is already completed; disabling it has no effect on this execution"
+    )
+    assert expected in notes, notes
+
+
 async def test_disabling_the_running_stage_says_so_in_the_log(records: list[dict[str, Any]]) -> None:
     """Disabling the running stage is logged by asyncflow as having no effect, naming the stage."""
 

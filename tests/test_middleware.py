@@ -339,6 +339,25 @@ async def test_skip_of_a_dynamic_stage_by_workflow_middleware() -> None:
 # ---- retry by calling call_next again (action level) ------------------------------------------
 
 
+async def test_an_action_retry_policy_holds_under_two_action_middlewares() -> None:
+    """With two action-level middlewares, an action's own retry policy still retries inside them."""
+    log: list[str] = []
+    attempts: list[int] = []
+
+    @af.action(name="flaky", retry=af.Retry(attempts=2, backoff=lambda attempt: 0.0))
+    async def flaky(ctx: af.ActionContext) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise ConnectionError("first attempt")
+
+    runner = af.Runner(action_middleware=[tracer("a", log), tracer("b", log)])
+    result = await runner.run(af.Workflow("wf", stages=[af.Stage("s", actions=[flaky])]))
+    assert result.status is af.RunStatus.COMPLETED
+    assert attempts == [1, 2]
+    assert step(result, "s", "flaky").attempts == 2
+    assert log == wrap(["a", "b"], "flaky", [])
+
+
 async def test_hand_written_retry_discards_failed_attempts_and_counts_them() -> None:
     """Calling call_next 3 times: the action sees attempt 1, 2, 3; failed writes and insertions vanish."""
     attempts_seen: list[int] = []
@@ -583,6 +602,61 @@ async def test_raising_run_middleware_fails_the_run() -> None:
     assert info.value.__cause__ is error
     assert info.value.result is not None
     assert info.value.result.status is af.RunStatus.FAILED
+
+
+async def _refuse(ctx: af.MiddlewareContext, call_next: af.CallNext) -> None:
+    raise RuntimeError("not today")
+
+
+async def _broken(ctx: af.ActionContext) -> None:
+    raise RuntimeError("not today")
+
+
+FAILURES: list[tuple[str, Callable[[], af.Runner], Callable[[], af.Workflow], type[af.RunFailed]]] = [
+    (
+        "action",
+        af.Runner,
+        lambda: af.Workflow("wf", stages=[af.Stage("s", actions=[af.action(name="broken")(_broken)])]),
+        af.ActionFailed,
+    ),
+    (
+        "stage",
+        af.Runner,
+        lambda: af.Workflow("wf", stages=[af.Stage("s", actions=[recorder("a", [])])]).use(_refuse),
+        af.StageFailed,
+    ),
+    (
+        "run",
+        lambda: af.Runner(middleware=[_refuse]),
+        lambda: af.Workflow("wf", stages=[af.Stage("s", actions=[recorder("a", [])])]),
+        af.RunFailed,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("runner", "workflow", "kind"), [f[1:] for f in FAILURES], ids=[f[0] for f in FAILURES]
+)
+async def test_a_failure_names_its_run_and_workflow_and_keeps_the_error(
+    runner: Callable[[], af.Runner], workflow: Callable[[], af.Workflow], kind: type[af.RunFailed]
+) -> None:
+    """ActionFailed, StageFailed and RunFailed carry the run id, the workflow id and the error raised."""
+    with pytest.raises(kind) as info:
+        await runner().run(workflow(), run_id="r-1")
+    failure = info.value
+    assert type(failure) is kind
+    assert (failure.run_id, failure.workflow_id) == ("r-1", "wf")
+    assert isinstance(failure.error, RuntimeError)
+    assert str(failure.error) == "not today"
+
+
+async def test_a_run_level_failure_says_which_run_and_what_was_raised() -> None:
+    """The message of a RunFailed from the run level names the run, its workflow and the error."""
+    with pytest.raises(af.RunFailed) as info:
+        await af.Runner(middleware=[_refuse]).run(
+            af.Workflow("wf", stages=[af.Stage("s", actions=[recorder("a", [])])]), run_id="r-1"
+        )
+    assert str(info.value) == "run 'r-1' (workflow 'wf') failed: RuntimeError: not today"
 
 
 # ---- call_next twice outside the action level ----------------------------------------------

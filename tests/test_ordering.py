@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -674,6 +675,42 @@ async def test_swallowing_insertion_limit_exceeded_still_fails_the_run() -> None
     assert exc.result.status is af.RunStatus.FAILED
 
 
+async def test_swallowed_insertion_limit_error_names_the_run_and_its_bound() -> None:
+    """The InsertionLimitExceeded that fails a run whose action swallowed one names the run and the bound."""
+
+    @af.action
+    async def greedy(ctx: af.ActionContext) -> None:
+        for _ in range(4):
+            with contextlib.suppress(af.InsertionLimitExceeded):
+                ctx.add_dynamic_action(noop)
+
+    exc = await run_failing(_wf(greedy), max_insertions=2)
+    assert isinstance(exc.__cause__, af.InsertionLimitExceeded)
+    assert exc.result is not None
+    assert f"run {exc.result.run_id!r} exceeded its bound of 2 dynamic insertions" in str(exc.__cause__)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"retry": af.Retry(attempts=2, backoff=backoff.fixed(0))}, {"timeout": 30.0}],
+    ids=["with-retry", "with-timeout"],
+)
+async def test_swallowing_insertion_limit_exceeded_fails_an_action_with_a_policy_too(
+    options: dict[str, Any],
+) -> None:
+    """An action with a retry policy or a time limit that swallows InsertionLimitExceeded fails with it."""
+
+    @af.action(name="greedy", **options)
+    async def greedy(ctx: af.ActionContext) -> None:
+        for _ in range(4):
+            with contextlib.suppress(af.InsertionLimitExceeded):
+                ctx.add_dynamic_action(noop)
+
+    exc = await run_failing(_wf(greedy), max_insertions=2)
+    assert isinstance(exc.__cause__, af.InsertionLimitExceeded)
+    assert exc.action_name == "greedy"
+
+
 async def test_swallowing_insertion_limit_exceeded_discards_the_action_store_writes() -> None:
     """An action failed for swallowing InsertionLimitExceeded leaves no store writes (as any failure)."""
 
@@ -945,3 +982,69 @@ async def test_discarded_insertions_of_failed_attempts_do_not_count_toward_the_b
     result = await af.run(_wf(inserting_then_flaky), max_insertions=4)
     assert result.status is af.RunStatus.COMPLETED
     assert actions_ran(result).count("noop") == 4
+
+
+async def test_step_depth_is_zero_for_static_steps_and_grows_per_insertion_level() -> None:
+    """StepRecord.depth: 0 for a static stage and action, +1 for each level of dynamic insertion."""
+
+    @af.action(name="inner")
+    async def inner(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_action(noop)
+
+    @af.action(name="grow")
+    async def grow(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_action(inner)
+        ctx.add_dynamic_stage(af.Stage("dyn", actions=[noop]))
+
+    result = await af.run(af.Workflow("w", stages=[af.Stage("s", actions=[grow])]))
+    depths = [(s.kind, s.stage_id, s.action_name, s.depth) for s in result.steps if s.stage_id == "s"]
+    assert depths == [
+        ("stage", "s", None, 0),
+        ("action", "s", "grow", 0),
+        ("action", "s", "inner", 1),
+        ("action", "s", "noop", 2),
+    ]
+    assert [s.depth for s in result.steps if s.kind == "stage" and s.stage_id == "dyn"] == [1]
+
+
+@pytest.mark.parametrize("stages", [False, True], ids=["actions", "stages"])
+async def test_a_discarded_insertion_gives_back_exactly_one_place(stages: bool) -> None:
+    """A failed attempt's insertion gives back one place under the bound, no more than one."""
+
+    @af.action(retry=af.Retry(attempts=2, backoff=backoff.fixed(0)))
+    async def greedy_after_a_failure(ctx: af.ActionContext) -> None:
+        for i in range(1 if ctx.attempt == 1 else 3):
+            if stages:
+                ctx.add_dynamic_stage(af.Stage(f"ins-{i}", actions=[noop]))
+            else:
+                ctx.add_dynamic_action(noop)
+        if ctx.attempt == 1:
+            raise ConnectionError("first attempt")
+
+    exc = await run_failing(_wf(greedy_after_a_failure), max_insertions=2)
+    assert isinstance(exc.__cause__, af.InsertionLimitExceeded)
+
+
+async def test_undoing_a_stage_insertion_leaves_a_siblings_later_one() -> None:
+    """Concurrent siblings: undoing a failed attempt's inserted stage keeps one a sibling inserted later."""
+    inserted = anyio.Event()
+
+    @af.action(name="flaky", retry=af.Retry(attempts=2, backoff=backoff.fixed(0)))
+    async def flaky(ctx: af.ActionContext) -> None:
+        if ctx.attempt == 1:
+            ctx.add_dynamic_stage(af.Stage("from-flaky", actions=[noop]))
+            await inserted.wait()
+            raise ConnectionError("first attempt")
+
+    @af.action(name="steady")
+    async def steady(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_stage(af.Stage("from-steady", actions=[noop]))
+        inserted.set()
+
+    wf = af.Workflow(
+        "wf", stages=[af.Stage("s", concurrency=2, actions=[flaky, steady]), af.Stage("end", actions=[noop])]
+    )
+    with anyio.fail_after(5):
+        result = await af.run(wf)
+    assert result.status is af.RunStatus.COMPLETED
+    assert stages_ran(result) == ["s", "from-steady", "end"]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -296,3 +300,180 @@ async def test_engine_run_is_a_child_of_the_starting_span(tmp_path: Path) -> Non
     assert run.parent is not None
     assert run.parent.span_id == request.get_span_context().span_id
     assert tel.parent_name(tel.by_name("action leaf")) == "stage only"
+
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An engine URL on a real SQLite file, or on the test PostgreSQL server (skipped without one)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def _hex(span: ReadableSpan) -> tuple[str, str]:
+    assert span.context is not None
+    return f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}"
+
+
+async def test_run_resumed_in_another_process_starts_a_new_trace_linked_to_the_first(
+    durable_url: str,
+) -> None:
+    """A run resumed in another process gets a run span in a new trace, with a link to its first run span."""
+    import otel_child
+
+    engine = af.Engine(durable_url)
+    engine.register(otel_child.WORKFLOW)
+    tel = Telemetry(engine)
+    async with engine:
+        handle = await engine.start(otel_child.WORKFLOW)
+        result = await handle.result()
+    assert result.status is af.RunStatus.SUSPENDED
+    first_trace, first_span = _hex(tel.by_name("run approval"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+    }
+    with anyio.fail_after(120):
+        done = await anyio.run_process(
+            [sys.executable, str(TESTS / "otel_child.py"), durable_url, handle.run_id], env=env
+        )
+    spans = {span["name"]: span for span in json.loads(done.stdout)}
+    run = spans["run approval"]
+    assert run["trace_id"] != first_trace
+    assert run["parent"] is None
+    assert run["links"] == [[first_trace, first_span]]
+    assert spans["action approve"]["trace_id"] == run["trace_id"]
+    assert spans["stage gate"]["parent"] == run["span_id"]
+
+
+class Hold:
+    """Whether the ``hold`` action waits forever, and the event it sets when it begins to."""
+
+    on = True
+    started = anyio.Event()
+
+
+@af.action(name="hold")
+async def hold_action(ctx: af.ActionContext) -> None:
+    if Hold.on:
+        Hold.started.set()
+        await anyio.sleep_forever()
+
+
+async def test_run_taken_over_by_another_engine_links_to_its_first_execution(tmp_path: Path) -> None:
+    """A run given back by a closing engine and taken over by another gets a run span linked to the first."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    workflow = af.Workflow("held", stages=[af.Stage("only", actions=[hold_action])])
+    first = af.Engine(url)
+    first_tel = Telemetry(first)
+    Hold.on, Hold.started = True, anyio.Event()
+    try:
+        async with first:
+            handle = await first.start(workflow)
+            with anyio.fail_after(10):
+                await Hold.started.wait()
+            Hold.on = False
+    finally:
+        Hold.on = False
+    interrupted = first_tel.by_name("run held")
+    assert interrupted.attributes is not None
+    assert interrupted.attributes["asyncflow.status"] == "interrupted"
+    second = af.Engine(url, poll_interval=0.05)
+    second.register(workflow)
+    second_tel = Telemetry(second)
+    async with second:
+        with anyio.fail_after(30):
+            result = await second.wait(handle.run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    run = second_tel.by_name("run held")
+    assert interrupted.context is not None
+    assert run.context is not None
+    assert [link.context.span_id for link in run.links] == [interrupted.context.span_id]
+    assert run.context.trace_id != interrupted.context.trace_id
+
+
+async def test_spans_made_in_a_child_process_join_the_actions_trace(
+    telemetry: tuple[af.Runner, Telemetry],
+) -> None:
+    """A span that user code makes in an isolated stage's child process is a child of the action's span."""
+    import otel_child
+
+    runner, tel = telemetry
+    workflow = af.Workflow(
+        "isolated", stages=[af.Stage("apart", actions=[otel_child.traced_in_child], isolation="process")]
+    )
+    result = await runner.run(workflow)
+    made = result.store["child_span"]
+    assert made["pid"] != os.getpid()
+    action = tel.by_name("action traced-in-child")
+    assert (made["trace_id"], made["parent"]) == _hex(action)
+
+
+async def test_spans_made_in_an_action_are_children_of_its_span(
+    telemetry: tuple[af.Runner, Telemetry],
+) -> None:
+    """While an action runs its span is the current one: spans its code makes nest under it."""
+    runner, tel = telemetry
+    tracer = tel.tracer_provider.get_tracer("user code")
+
+    @af.action(name="calls-out")
+    async def calls_out(ctx: af.ActionContext) -> None:
+        with tracer.start_as_current_span("HTTP GET"):
+            pass
+
+    await runner.run(af.Workflow("outward", stages=[af.Stage("only", actions=[calls_out, leaf])]))
+    assert tel.parent_name(tel.by_name("HTTP GET")) == "action calls-out"
+    from opentelemetry import trace
+
+    assert not trace.get_current_span().get_span_context().is_valid  # nothing left current after the run
+
+
+async def test_run_left_for_workers_links_to_the_span_that_started_it(tmp_path: Path) -> None:
+    """A run started for workers keeps the caller's context; the worker's run span links to that span."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    workflow = af.Workflow("queued", stages=[af.Stage("only", actions=[leaf])])
+    starter = af.Engine(url, concurrency=0)
+    starter_tel = Telemetry(starter)
+    async with starter:
+        with starter_tel.tracer_provider.get_tracer("app").start_as_current_span("POST /queue") as request:
+            handle = await starter.start(workflow)
+    assert [span.name for span in starter_tel.spans()] == ["POST /queue"]  # (nothing runs here)
+    worker = af.Engine(url, poll_interval=0.05)
+    worker.register(workflow)
+    worker_tel = Telemetry(worker)
+    async with worker:
+        with anyio.fail_after(30):
+            result = await worker.wait(handle.run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    run = worker_tel.by_name("run queued")
+    assert [link.context.span_id for link in run.links] == [request.get_span_context().span_id]
+
+
+async def test_log_lines_from_a_child_process_are_written_in_the_actions_trace_context(
+    telemetry: tuple[af.Runner, Telemetry],
+) -> None:
+    """A log line an isolated action writes in its child is relayed with the action's span current."""
+    import otel_child
+    from loguru import logger
+    from opentelemetry import trace
+
+    runner, tel = telemetry
+    seen: list[str] = []
+
+    def sink(message: Any) -> None:
+        if message.record["message"] == "working in the child":
+            seen.append(f"{trace.get_current_span().get_span_context().span_id:016x}")
+
+    handler = logger.add(sink, level="INFO")
+    try:
+        actions = [otel_child.traced_in_child, otel_child.logs_in_child]
+        await runner.run(
+            af.Workflow("isolated", stages=[af.Stage("apart", actions=actions, isolation="process")])
+        )
+    finally:
+        logger.remove(handler)
+    assert seen == [_hex(tel.by_name(f"action {name}"))[1] for name in ("traced-in-child", "logs-in-child")]

@@ -19,43 +19,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import asyncpg
 import pg_flows
 import pytest
-from pg_workers import TESTS, Ledger, Worker, wait_until
+from pg_workers import TESTS, Ledger, Worker, client, wait_until
 
 import asyncflow as af
 
 pytestmark = pytest.mark.once
 
 LARGE = os.environ.get("ASYNCFLOW_CHAOS", "") == "large"
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ledger:
-    path = tmp_path / "ledger.txt"
-    monkeypatch.setenv("ASYNCFLOW_TEST_LEDGER", str(path))
-    return Ledger(path)
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
-def client(url: str) -> af.Engine:
-    """An engine that only starts runs, for the workers to take."""
-    engine = af.Engine(url, concurrency=0, poll_interval=0.2, lease=5.0)
-    for workflow in pg_flows.WORKFLOWS:
-        engine.register(workflow)
-    return engine
 
 
 def new_worker(url: str, tmp: Path, name: str, started: list[Worker], *args: str) -> Worker:

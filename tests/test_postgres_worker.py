@@ -6,39 +6,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import asyncpg
 import pg_flows
 import pytest
-from pg_workers import TESTS, Ledger, Worker, wait_until
+from pg_workers import TESTS, Ledger, Worker, client, wait_until
 
 import asyncflow as af
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ledger:
-    path = tmp_path / "ledger.txt"
-    monkeypatch.setenv("ASYNCFLOW_TEST_LEDGER", str(path))
-    return Ledger(path)
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
-def client(url: str) -> af.Engine:
-    """An engine that only starts runs, for the workers to take (concurrency=0)."""
-    engine = af.Engine(url, concurrency=0, poll_interval=0.1, lease=5.0)
-    for workflow in pg_flows.WORKFLOWS:
-        engine.register(workflow)
-    return engine
 
 
 def worker(url: str, tmp: Path, name: str, started: list[Worker], *args: str, **kw: object) -> Worker:
@@ -54,7 +30,7 @@ async def test_a_worker_runs_the_runs_an_app_starts(
     """Runs started by an engine with concurrency=0 are run by the worker, each step once."""
     w = worker(postgres_url, tmp_path, "w1", workers)
     await w.ready()
-    async with client(postgres_url) as app:
+    async with client(postgres_url, poll_interval=0.1) as app:
         handles = [await app.start(pg_flows.CHAOS) for _ in range(5)]
         with anyio.fail_after(30):
             results = [await h.result() for h in handles]
@@ -72,7 +48,7 @@ async def test_sigterm_finishes_the_action_in_flight_gives_back_and_exits_0(
     monkeypatch.setenv("ASYNCFLOW_TEST_SLOW_SECONDS", "1")
     first = worker(postgres_url, tmp_path, "first", workers, "--grace", "10")
     await first.ready()
-    async with client(postgres_url) as app:
+    async with client(postgres_url, poll_interval=0.1) as app:
         handle = await app.start(pg_flows.SLOW)
         await wait_until(lambda: len(ledger.started()) == 1, 20)
         first.signal(signal.SIGTERM)
@@ -98,7 +74,7 @@ async def test_a_second_signal_stops_the_worker_at_once(
     monkeypatch.setenv("ASYNCFLOW_TEST_SLOW_SECONDS", "60")
     w = worker(postgres_url, tmp_path, "w", workers, "--grace", "60")
     await w.ready()
-    async with client(postgres_url) as app:
+    async with client(postgres_url, poll_interval=0.1) as app:
         handle = await app.start(pg_flows.SLOW)
         await wait_until(lambda: len(ledger.started()) == 1, 20)
         w.signal(signal.SIGTERM)
@@ -115,7 +91,7 @@ async def test_a_worker_leaves_runs_of_workflows_it_has_not(
     """A worker without a run's workflow leaves the run waiting (not failed) for a worker that has it."""
     slow_only = worker(postgres_url, tmp_path, "slow-only", workers, app="pg_flows:ONLY_SLOW")
     await slow_only.ready()
-    async with client(postgres_url) as app:
+    async with client(postgres_url, poll_interval=0.1) as app:
         handle = await app.start(pg_flows.CHAOS)
         await anyio.sleep(1.0)  # (several looks for runs by the worker)
         info = await app.get_run(handle.run_id)
@@ -137,7 +113,7 @@ async def test_runs_list_shows_the_worker_that_holds_each_run(
     monkeypatch.setenv("ASYNCFLOW_TEST_SLOW_SECONDS", "60")
     w = worker(postgres_url, tmp_path, "holder", workers)
     await w.ready()
-    async with client(postgres_url) as app:
+    async with client(postgres_url, poll_interval=0.1) as app:
         await app.start(pg_flows.SLOW)
         await wait_until(lambda: len(ledger.started()) == 1, 20)
         done = await anyio.run_process(

@@ -192,6 +192,28 @@ async def test_recovery_replays_plan_changes_so_the_plan_is_the_same(url: str) -
     assert result.store == {"dyn-child": True, "hang": "done", "extra-action": "x", "b": True}
 
 
+async def test_recovery_replays_enables_and_removals(url: str) -> None:
+    """Enables, removals and a disable_action in one stage made before a restart are replayed as made."""
+    run_id = await interrupt(url, flows.REPLAN)
+    result = await finish(url, run_id, flows.REPLAN)
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.stage_order() == ["a", "later-on", "b", "opt", "c"]
+    assert set(flows.LEDGER) == {
+        "switch-off",
+        "switch-on",
+        "hang",
+        "later-on",
+        "late-on@b",
+        "opt-stage",
+        "dropped@c",
+        "skip-me@c",
+        "optional@c",
+    }
+    assert {label: len(runs) for label, runs in flows.LEDGER.items() if label != "hang"} == dict.fromkeys(
+        set(flows.LEDGER) - {"hang"}, 1
+    )
+
+
 async def test_replayed_insertions_are_not_run_again(url: str) -> None:
     """An action inserted and completed before the interruption is not run again after it."""
     run_id = await interrupt(url, flows.RESHAPE)
@@ -203,6 +225,16 @@ async def test_replayed_insertions_are_not_run_again(url: str) -> None:
         "extra-action": 1,
         "b": 1,
     }
+
+
+async def test_replayed_steps_keep_one_attempt(url: str) -> None:
+    """A step replayed after a restart is recorded with the one attempt it took before it."""
+    run_id = await interrupt(url, flows.RESHAPE)
+    result = await finish(url, run_id, flows.RESHAPE)
+    replayed = [
+        (s.action_name, s.attempts) for s in result.steps if s.reason == "completed in an earlier execution"
+    ]
+    assert replayed == [("reshape", 1), ("record", 1)]
 
 
 async def test_replayed_steps_are_recorded_as_completed_earlier(url: str) -> None:
@@ -255,7 +287,7 @@ async def test_unknown_workflow_on_recovery_is_left_for_an_engine_that_has_it(ur
 
 
 async def test_unknown_action_reference_on_recovery_fails_the_run(url: str) -> None:
-    """A replayed insertion of an action the new engine's registry lacks fails the run: UnknownReference."""
+    """A replayed insertion of an action the new registry lacks fails the run (UnknownReference, where)."""
     first_registry = af.Registry()
     first_registry.register(flows.ONLY_IN_FIRST_REGISTRY)
     run_id = await interrupt(url, flows.INSERTS_REGISTERED, "only-in-first", registry=first_registry)
@@ -266,8 +298,23 @@ async def test_unknown_action_reference_on_recovery_fails_the_run(url: str) -> N
     assert info.error is not None
     assert info.error.startswith("UnknownReference: ")
     assert "only-in-first-registry" in info.error
+    assert "replaying action 'insert-registered' of stage" in info.error
     assert flows.runs_of("insert-registered") == 1
     assert flows.runs_of("after") == 0
+
+
+async def test_unknown_reference_in_a_replayed_stage_insertion_names_where(url: str) -> None:
+    """A replayed stage insertion with an action the new registry lacks fails the run, naming the inserter."""
+    first_registry = af.Registry()
+    first_registry.register(flows.ONLY_IN_FIRST_REGISTRY)
+    run_id = await interrupt(url, flows.INSERTS_REGISTERED_STAGE, "only-in-first", registry=first_registry)
+    result = await finish(url, run_id, flows.INSERTS_REGISTERED_STAGE, registry=af.Registry())
+    info = await info_of(url, run_id)
+    assert result.status is af.RunStatus.FAILED
+    assert info.error is not None
+    assert info.error.startswith("UnknownReference: ")
+    assert "'only-in-first-registry'" in info.error
+    assert "replaying action 'insert-registered-stage' of stage 's'" in info.error
 
 
 async def test_unknown_action_reference_is_reported_as_the_replaying_actions_failure(url: str) -> None:
@@ -469,6 +516,18 @@ async def test_sleep_not_yet_due_waits_only_what_is_left(url: str) -> None:
     assert flows.runs_of("woke") == 1
 
 
+async def test_a_run_that_woke_is_running_again_in_the_database(url: str) -> None:
+    """Once its sleep is over and the next action runs, the run's status reads RUNNING again."""
+    clock = FakeClock(START)
+    async with make_engine(url, flows.SLEEPY_THEN_HANG, clock=clock) as engine:
+        handle = await engine.start(flows.SLEEPY_THEN_HANG)
+        await flows.eventually(lambda: is_sleeping(engine, handle.run_id))
+        await clock.advance(100)
+        with anyio.fail_after(5):
+            await flows.gate("hang").wait()
+        assert (await engine.get_run(handle.run_id)).status is af.RunStatus.RUNNING
+
+
 # ---- persisted retries ---------------------------------------------------------------------
 
 
@@ -620,6 +679,9 @@ async def test_suspend_data_with_non_string_dict_keys_fails_the_action(url: str)
     [
         pytest.param(flows.RAISES_SUSPEND_WITH_INT_KEYS, "dict key 7 is not a string", id="int-keys"),
         pytest.param(flows.RAISES_SUSPEND_WITH_AN_OBJECT, "not JSON serializable", id="object"),
+        pytest.param(
+            flows.RAISES_SUSPEND_WITH_INT_KEYS_TIMED, "dict key 7 is not a string", id="with-timeout"
+        ),
     ],
 )
 async def test_suspend_raised_directly_with_data_the_run_cannot_keep_fails_the_action(
@@ -688,6 +750,32 @@ async def test_start_refuses_a_value_beyond_json_naming_its_key(url: str, value:
         assert (await engine.list_runs()).runs == []
 
 
+async def test_tags_and_properties_of_an_entry_survive_a_restart(url: str) -> None:
+    """An entry's tags and properties written before a restart are there after it."""
+    run_id = await interrupt(url, flows.METADATA_ACROSS_A_RESTART)
+    result = await finish(url, run_id, flows.METADATA_ACROSS_A_RESTART)
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.LEDGER["read-tagged"] == [(["tagged"], {"p": "v"})]
+
+
+async def test_merge_in_a_durable_run_refuses_a_value_that_is_not_json(url: str) -> None:
+    """ctx.store.merge in a durable run raises af.NotSerializable naming the key, as a write does."""
+    _, result = await run_here(url, flows.MERGES_NOT_JSON)
+    assert result.status is af.RunStatus.COMPLETED
+    [message] = flows.LEDGER["merge-refused"]
+    assert "'when'" in message
+
+
+async def test_a_wide_shallow_value_of_many_containers_is_kept(url: str) -> None:
+    """A value of more than 1,000 containers nested two deep is no deep nesting: a durable run keeps it."""
+    wide = {"rows": [[i] for i in range(1500)], "maps": [{"k": [i]} for i in range(10)]}
+    async with make_engine(url, flows.QUICK) as engine:
+        handle = await engine.start(flows.QUICK, store={"wide": wide})
+        result = await handle.result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store["wide"] == wide
+
+
 @pytest.mark.parametrize(("value", "why"), BEYOND_JSON)
 async def test_resume_refuses_data_beyond_json(url: str, value: Any, why: str) -> None:
     """engine.resume with a huge int, deep nesting, NaN or infinity raises af.NotSerializable."""
@@ -742,7 +830,7 @@ async def test_start_refuses_a_workflow_with_a_lambda_made_action(url: str) -> N
 
 
 async def test_dynamic_closure_action_fails_the_run_naming_it(url: str) -> None:
-    """ctx.add_dynamic_action of a closure in a SQLite run fails the action there, naming it and the fix."""
+    """ctx.add_dynamic_action of a closure in a SQLite run fails the action, naming it, where and the fix."""
     async with make_engine(url, flows.INSERTS_CLOSURE) as engine:
         handle = await engine.start(flows.INSERTS_CLOSURE)
         result = await handle.result()
@@ -751,6 +839,7 @@ async def test_dynamic_closure_action_fails_the_run_naming_it(url: str) -> None:
     assert info.error is not None
     assert info.error.startswith("NotReferenceable: ")
     assert "'inner-closure'" in info.error
+    assert "inserted by action 'insert-closure' of stage" in info.error
     assert "module level" in info.error
     assert info.failed_action == "insert-closure"
     assert flows.runs_of("after-insert") == 0

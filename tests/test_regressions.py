@@ -97,6 +97,18 @@ async def write_then_bail(ctx: af.ActionContext) -> None:
 WRITE_THEN_BAIL = af.Workflow("regress-write-then-bail", stages=[af.Stage("s", actions=[write_then_bail])])
 
 
+@af.action(timeout=30)
+async def write_then_bail_timed(ctx: af.ActionContext) -> None:
+    """Write the store, then bail: an action with a time limit (its attempts take the slower path)."""
+    ctx.store["reason.detail"] = "out of stock"
+    ctx.bail("nothing to do")
+
+
+WRITE_THEN_BAIL_TIMED = af.Workflow(
+    "regress-write-then-bail-timed", stages=[af.Stage("s", actions=[write_then_bail_timed])]
+)
+
+
 @af.action
 async def put_date_property(ctx: af.ActionContext) -> None:
     """Put an entry whose properties hold a date; record the NotSerializable raised at the put."""
@@ -435,10 +447,11 @@ async def test_checkpoint_saves_the_value_as_it_is_when_the_action_completes(url
     assert result.store == {"items": [1]}
 
 
-async def test_store_writes_of_a_bailing_action_are_in_the_database(url: str) -> None:
-    """A bailing action's store writes are returned by a fresh engine's wait."""
-    run_id, _ = await run_here(url, WRITE_THEN_BAIL)
-    result = await finish(url, run_id, WRITE_THEN_BAIL)
+@pytest.mark.parametrize("workflow", [WRITE_THEN_BAIL, WRITE_THEN_BAIL_TIMED], ids=["plain", "with-timeout"])
+async def test_store_writes_of_a_bailing_action_are_in_the_database(url: str, workflow: af.Workflow) -> None:
+    """A bailing action's store writes are returned by a fresh engine's wait (with a time limit too)."""
+    run_id, _ = await run_here(url, workflow)
+    result = await finish(url, run_id, workflow)
     assert result.status is af.RunStatus.BAILED
     assert result.store == {"reason.detail": "out of stock"}
 

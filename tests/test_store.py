@@ -156,10 +156,11 @@ def test_get_or_returns_default_for_missing_key_with_type() -> None:
 
 
 def test_get_or_raises_type_mismatch_for_present_value_of_wrong_type() -> None:
-    """get_or raises af.TypeMismatch when the key is present with a value of the wrong type."""
+    """get_or raises af.TypeMismatch naming the key, the type asked for and the one held."""
     store = af.Store({"k": "one"})
-    with pytest.raises(af.TypeMismatch):
+    with pytest.raises(af.TypeMismatch, match="store key 'k' holds a str, not a int") as info:
         store.get_or("k", 7, int)
+    assert (info.value.key, info.value.expected, info.value.actual) == ("k", int, "one")
 
 
 def test_delete_present_key_returns_true() -> None:
@@ -350,6 +351,27 @@ def test_ttl_expired_get_raises_missing_key() -> None:
     """get of an expired entry raises af.MissingKey."""
     with pytest.raises(af.MissingKey, match="short"):
         expired_store().get("short")
+
+
+def test_ttl_expired_missing_key_says_it_expired() -> None:
+    """The af.MissingKey for an expired entry says it has expired (and is marked so)."""
+    with pytest.raises(af.MissingKey) as info:
+        expired_store().get("short")
+    assert info.value.expired is True
+    assert str(info.value) == "store key 'short' has expired"
+
+
+def test_a_key_of_a_str_subclass_is_stored_under_its_text() -> None:
+    """A key that is an instance of a str subclass is stored under the same text."""
+
+    class Name(str):
+        pass
+
+    store = af.Store()
+    store.delete(Name("a"))
+    store.put(Name("a"), 1)
+    assert store.snapshot() == {"a": 1}
+    assert store.delete(Name("a")) is True
 
 
 def test_ttl_expired_getitem_raises_missing_key() -> None:
@@ -583,6 +605,19 @@ def test_find_criteria_combine_with_and() -> None:
     assert store.find(tag="red", all_tags={"big"}) == ["a"]
 
 
+@pytest.mark.parametrize(
+    "criteria",
+    [{"tag": "blue"}, {"any_tags": {"blue"}}, {"property": ("source", "db")}],
+    ids=["tag", "any_tags", "property"],
+)
+def test_find_looks_past_entries_that_do_not_match(criteria: dict[str, Any]) -> None:
+    """find goes on past the entries that do not match to the ones after them that do."""
+    store = af.Store()
+    store.put("first", 0, tags={"red"}, properties={"source": "api"})
+    store.put("later", 1, tags={"blue"}, properties={"source": "db"})
+    assert store.find(**criteria) == ["later"]
+
+
 def test_find_returns_list_of_str() -> None:
     """find returns a list of key names."""
     result = tagged_store().find(tag="big")
@@ -610,6 +645,11 @@ def test_properties_of_is_a_copy() -> None:
     store = tagged_store()
     store.properties_of("a")["source"] = "hacked"
     assert store.properties_of("a")["source"] == "api"
+
+
+def test_properties_of_an_entry_without_metadata_is_empty() -> None:
+    """properties_of an entry put without tags or properties is an empty dict."""
+    assert tagged_store().properties_of("d") == {}
 
 
 def test_tags_of_missing_key_raises_missing_key() -> None:
@@ -748,6 +788,28 @@ def test_merge_of_a_typed_key_with_a_value_of_another_type_merges_nothing() -> N
     with pytest.raises(af.TypeMismatch, match="'n'"):
         store.merge({"other": 1, af.Key("n", int): "x"})
     assert dict(store) == {}
+
+
+def test_merge_of_a_typed_key_with_a_value_of_its_type_merges_it() -> None:
+    """merge({af.Key("n", int): 5}) writes 5 under "n"."""
+    store = af.Store()
+    store.merge({af.Key("n", int): 5})
+    assert store.snapshot() == {"n": 5}
+
+
+def test_merge_of_something_else_is_a_type_error_showing_it() -> None:
+    """merge(42) raises TypeError saying what merge takes and showing what it got."""
+    with pytest.raises(TypeError, match=r"Store\.merge takes a Store or a mapping, got 42"):
+        af.Store().merge(42)  # type: ignore[arg-type]
+
+
+def test_merge_of_a_store_keeps_each_entry_s_time_to_live() -> None:
+    """An entry merged from another store expires when it would have there."""
+    source, clock = ttl_store()
+    target = af.Store(clock=clock)
+    target.merge(source)
+    clock.advance(10)
+    assert target.snapshot() == {"long": 2}
 
 
 async def test_run_refuses_an_initial_store_with_a_mistyped_typed_key() -> None:
@@ -968,8 +1030,10 @@ def test_key_equality_by_name_and_type() -> None:
 
 @pytest.mark.parametrize("name", ["", 3, None])
 def test_key_rejects_bad_name(name: Any) -> None:
-    """af.Key with an empty or non-str name is a TypeError."""
-    with pytest.raises(TypeError):
+    """af.Key with an empty or non-str name is a TypeError saying what the name must be and showing it."""
+    with pytest.raises(
+        TypeError, match=f"af.Key name must be a non-empty string, got {re.escape(repr(name))}"
+    ):
         af.Key(name, int)
 
 
@@ -1125,6 +1189,20 @@ async def test_action_sees_consistent_view_of_its_writes() -> None:
 
     await af.run(one_stage(write), store={"a": 1, "b": 2})
     assert seen == [(2, ["a", "c"], {"a": 10, "c": 3})]
+
+
+async def test_action_deleting_an_absent_key_completes() -> None:
+    """An action that deletes a key the store does not hold gets False and the run completes unchanged."""
+    seen: list[bool] = []
+
+    @af.action
+    async def tidy(ctx: af.ActionContext) -> None:
+        seen.append(ctx.store.delete("never-there"))
+
+    result = await af.run(one_stage(tidy), store={"a": 1})
+    assert result.status is af.RunStatus.COMPLETED
+    assert seen == [False]
+    assert result.store == {"a": 1}
 
 
 async def test_action_delete_then_put_moves_key_to_end() -> None:

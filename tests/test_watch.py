@@ -10,21 +10,12 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import GATES, approval, gate
 
 import asyncflow as af
 from asyncflow.backends.base import SCHEMA_VERSION
 
 K = af.EventKind
-
-#: label -> set when the action of that label has started (and waits for label + ".go")
-GATES: dict[str, anyio.Event] = {}
-
-
-def gate(label: str) -> anyio.Event:
-    event = GATES.get(label)
-    if event is None:
-        event = GATES[label] = anyio.Event()
-    return event
 
 
 @pytest.fixture(autouse=True)
@@ -58,14 +49,6 @@ async def grow(ctx: af.ActionContext) -> None:
     ctx.add_dynamic_stage(af.Stage("grown", actions=[tell]))
 
 
-@af.action
-async def approval(ctx: af.ActionContext) -> None:
-    """Suspend until resumed; then keep the resume data."""
-    if not ctx.is_resuming:
-        ctx.suspend("needs approval", {"amount": 5})
-    ctx.store["approved"] = ctx.resume_data
-
-
 QUICK = af.Workflow("w-quick", stages=[af.Stage("s", actions=[tell])])
 OTHER = af.Workflow("w-other", stages=[af.Stage("s", actions=[tell])])
 HOLDING = af.Workflow(
@@ -74,9 +57,25 @@ HOLDING = af.Workflow(
 APPROVAL = af.Workflow("w-approval", stages=[af.Stage("s", actions=[tell, approval])])
 
 
+@af.action
+async def remove_gone(ctx: af.ActionContext) -> None:
+    """Take the stage "gone" out of the plan."""
+    ctx.plan.remove_stage("gone")
+
+
+HOLDING_AFTER_A_REMOVAL = af.Workflow(
+    "w-holding-after-a-removal",
+    stages=[
+        af.Stage("a", actions=[remove_gone, hold]),
+        af.Stage("gone", actions=[tell]),
+        af.Stage("b", actions=[tell]),
+    ],
+)
+
+
 def make_engine(url: str, **options: Any) -> af.Engine:
     engine = af.Engine(url, lease=1.0, **options)
-    for workflow in (QUICK, OTHER, HOLDING, APPROVAL):
+    for workflow in (QUICK, OTHER, HOLDING, APPROVAL, HOLDING_AFTER_A_REMOVAL):
         engine.register(workflow)
     return engine
 
@@ -199,6 +198,19 @@ async def test_get_run_gives_the_plan_so_far_while_the_run_is_running(url: str) 
         ("stage", "b", None, "pending", False),
         ("action", "b", "tell", "pending", False),
     ]
+
+
+async def test_the_plan_so_far_leaves_out_a_removed_stage_and_goes_on_after_it(url: str) -> None:
+    """While a run runs, RunInfo.steps leaves out a removed stage and still lists the stages after it."""
+    async with make_engine(url) as engine:
+        handle = await engine.start(HOLDING_AFTER_A_REMOVAL)
+        with anyio.fail_after(5):
+            await gate("hold").wait()
+        info = await engine.get_run(handle.run_id)
+        gate("hold.go").set()
+        await handle.result()
+    stages = [(s["stage_id"], s["status"]) for s in info.steps or [] if s["kind"] == "stage"]
+    assert stages == [("a", "running"), ("b", "pending")]
 
 
 # ---- RUN_SUSPENDED ------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ class RunDurability(Durability):
     # ---- checkpoints ------------------------------------------------------------------------
 
     async def _write(self, checkpoint: Checkpoint) -> None:
-        if faults._PLAN is not None:
+        if faults.CRASH_PLAN is not None:
             faults.hit("before_commit")
         try:
             await self._send(checkpoint)
@@ -126,7 +126,7 @@ class RunDurability(Durability):
         else:
             if self.trouble.since is not None:  # (an episode that ended with runs given back)
                 self.trouble.went_through()
-        if faults._PLAN is not None:
+        if faults.CRASH_PLAN is not None:
             faults.hit("after_commit")
 
     async def _send(self, checkpoint: Checkpoint) -> None:

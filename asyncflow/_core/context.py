@@ -15,7 +15,7 @@ from .errors import Bail, ContextClosed, DuplicateStageId, InsertionLimitExceede
 from .events import EventKind, Message
 from .jsonvalues import exact_json
 from .middleware import Level
-from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, Plan, StageNode, UndoEntry, undo
+from .plan import UNDO_ACTION, UNDO_STAGE, ActionNode, Plan, StageNode, UndoEntry, undo
 from .records import (
     STEP_CANCELLED,
     STEP_COMPLETED,
@@ -34,7 +34,25 @@ if TYPE_CHECKING:
     from .state import RunState
 
 
-class ActionContext:
+class _RunView:
+    """What both contexts read of their run the same way: its id and its workflow."""
+
+    __slots__ = ("_run",)
+
+    _run: RunState
+
+    @property
+    def run_id(self) -> str:
+        """The id of this run."""
+        return self._run.run_id
+
+    @property
+    def workflow(self) -> Workflow:
+        """The workflow definition being run (do not change it)."""
+        return self._run.workflow
+
+
+class ActionContext(_RunView):
     """What an action sees of its run: ids, the store, the plan, a logger.
 
     One context is made per action execution. ``store``, ``plan`` and
@@ -51,7 +69,6 @@ class ActionContext:
         "_overlay",
         "_plan",
         "_replaying",
-        "_run",
         "attempt",
     )
     # Set only in durable runs (read with getattr): the plan changes this
@@ -70,17 +87,7 @@ class ActionContext:
         self._closed = False
         self.attempt = attempt
 
-    # ---- identity ------------------------------------------------------------
-
-    @property
-    def run_id(self) -> str:
-        """The id of this run."""
-        return self._run.run_id
-
-    @property
-    def workflow(self) -> Workflow:
-        """The workflow definition being run (do not change it)."""
-        return self._run.workflow
+    # ---- identity (``run_id`` and ``workflow`` too) ------------------------------
 
     @property
     def stage(self) -> Stage:
@@ -225,7 +232,7 @@ class ActionContext:
         if parent.children is None:
             parent.children = []
         parent.children.append(child)
-        self._ensure_journal().append((_UNDO_ACTION, parent, child))
+        self._ensure_journal().append((UNDO_ACTION, parent, child))
 
     def add_dynamic_stage(self, stage: Stage, *, allow_duplicate: bool = False) -> None:
         """Run ``stage`` right after the current stage, after stages inserted before it.
@@ -283,7 +290,7 @@ class ActionContext:
         if current.inserted is None:
             current.inserted = []
         current.inserted.insert(position, child)
-        self._ensure_journal().append((_UNDO_STAGE, current, child))
+        self._ensure_journal().append((UNDO_STAGE, current, child))
 
     async def send(self, kind: str, payload: Any = None) -> None:
         """Send a message to the handlers registered with ``runner.on_message``.
@@ -378,6 +385,42 @@ class ActionContext:
         )
 
 
+# ---- the package's door into an action's context ------------------------------------------
+# (The execution of an action, the runner and process isolation work on a context through
+# these functions: its state stays in its slots, and an action sees only the public API.)
+
+
+def context_run(ctx: ActionContext) -> RunState:
+    """The run state behind ``ctx``."""
+    return ctx._run
+
+
+def context_node(ctx: ActionContext) -> ActionNode:
+    """The plan node of the action ``ctx`` was made for."""
+    return ctx._node
+
+
+def context_changes(ctx: ActionContext) -> tuple[Store | None, list[Op] | None]:
+    """What the action of ``ctx`` did so far: its store overlay (if it touched the store), its plan ops."""
+    return ctx._overlay, getattr(ctx, "_ops", None)
+
+
+def finish_context(ctx: ActionContext, ok: bool) -> list[UndoEntry] | None:
+    """Close ``ctx``; commit its effects if ``ok``, else undo them; the journal of committed plan changes."""
+    return ctx._finish(ok)
+
+
+def close_context(ctx: ActionContext) -> list[UndoEntry] | None:
+    """Close the context of an attempt that completed and commit its effects (the per-action fast path).
+
+    Returns the journal of its plan changes, ``None`` if it made none.
+    """
+    ctx._closed = True
+    if ctx._overlay is None and ctx._journal is None:
+        return None
+    return ctx._finish(True)
+
+
 def replay_plan_changes(run: RunState, node: ActionNode, ops: list[Op], durable: Durability) -> None:
     """Re-apply the plan changes ``ops`` that ``node`` made in an earlier execution, without running it."""
     ctx = ActionContext(run, node)
@@ -459,7 +502,7 @@ def suspend_data_error(ctx: ActionContext, data: Any) -> NotSerializable | None:
     return None
 
 
-class MiddlewareContext:
+class MiddlewareContext(_RunView):
     """What a middleware sees of the step it wraps.
 
     Attributes:
@@ -473,7 +516,7 @@ class MiddlewareContext:
     """
 
     # Made once per wrapped step, so it holds only what it must; the rest is derived.
-    __slots__ = ("_logger", "_node", "_ran", "_run", "level")
+    __slots__ = ("_logger", "_node", "level")
 
     _logger: Logger
 
@@ -481,7 +524,6 @@ class MiddlewareContext:
         self.level = level
         self._run = run
         self._node: Any = node  # the stage node, or the action node at action level
-        self._ran = False  # set by the innermost handler: the wrapped step ran
 
     @property
     def _stage_node(self) -> Any:
@@ -494,29 +536,19 @@ class MiddlewareContext:
         return self._node.attempts + 1 if self.level == "action" else 1
 
     @property
-    def run_id(self) -> str:
-        """The id of the run."""
-        return self._run.run_id
-
-    @property
-    def workflow(self) -> Workflow:
-        """The workflow being run."""
-        return self._run.workflow
-
-    @property
     def store(self) -> Store:
         """The run's store (writes are visible to the run at once)."""
         return self._run.store
 
     @property
-    def clock(self) -> Clock:
-        """The run's clock (the runner's or the engine's: a FakeClock in tests)."""
-        return self._run.clock
-
-    @property
     def plan(self) -> Plan:
         """Control over the rest of the run."""
         return Plan(self._run.plan)
+
+    @property
+    def clock(self) -> Clock:
+        """The run's clock (the runner's or the engine's: a FakeClock in tests)."""
+        return self._run.clock
 
     @property
     def stage(self) -> Stage | None:

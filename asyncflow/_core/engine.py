@@ -141,7 +141,7 @@ class Engine:
             raise ValueError(f"concurrency must be an int of at least 0, or None, got {concurrency!r}")
         self.concurrency = concurrency
         self.backend = open_backend(url)
-        #: how runs reach the backend: JSON for a database, live values in memory (see serial.Codec)
+        #: how runs reach the backend: JSON, objects JSON cannot carry kept live in memory (serial.Codec)
         self.codec = codec_for(self.backend)
         self.clock: Clock = clock or (runner.clock if runner is not None else SYSTEM_CLOCK)
         self.runner = runner if runner is not None else Runner(clock=self.clock)
@@ -177,22 +177,22 @@ class Engine:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._workflows: dict[str, Workflow] = {}
         self._definitions: dict[str, dict[str, Any]] = {}  # (of registered workflows, once made)
-        self._versions = Versions(self.backend, self.registry, self.clock, self.lease)
+        self._versions = Versions(self.backend, self.registry, self.clock, self.lease, self.codec)
         trouble = WriteTrouble(self.backend.url)  # (episodes of failing writes, logged once each)
         #: the runs executing here and their leases
         self._runs = Executions(
-            backend=self.backend,
-            registry=self.registry,
-            clock=self.clock,
+            self.runner,
+            self._workflows,
+            self._versions,
+            self.backend,
+            self.codec,
+            self.clock,
+            self.registry,
             owner=self.owner,
             lease=self.lease,
-            codec=self.codec,
-            runner=self.runner,
-            versions=self._versions,
-            keep_events=events,
             trouble=trouble,
-            workflows=self._workflows,
             concurrency=concurrency,
+            keep_events=events,
         )
         self._unhook: list[Any] = []
         self._open = False  # between __aenter__ and the end of __aexit__
@@ -395,37 +395,37 @@ class Engine:
             lease_until=now + self.lease if here else None,
             workflow_version=version,
         )
-        if faults._PLAN is not None:
+        if faults.CRASH_PLAN is not None:
             faults.hit("before_start")
-        request = None
+        created_event: dict[str, Any] = {"kind": EventKind.RUN_CREATED.value, "at": now}
         if idempotency_key is not None:
-            request = request_fingerprint(
+            created_event["request"] = request_fingerprint(
                 workflow.id,
                 [(e.key, self.codec.read(e.value)) for e in entries],
                 self.codec.requires_json,
             )
-        info, created = await self.backend.create_run(info, entries)
+        tracing = self.runner.hub.tracing
+        if tracing is not None:
+            # The trace context kept with the run (in its log): later executions link to it.
+            trace = tracing.run_created(info.run_id, workflow.id, here)
+            if trace is not None:
+                created_event["trace"] = trace
+        new_id = info.run_id
+        created = False
+        try:
+            info, created = await self.backend.create_run(info, entries)
+        finally:
+            if not created and tracing is not None:  # (an idempotency key found an earlier run)
+                tracing.run_dropped(new_id)
         if created and here:
             # (its events are its log's from now)
-            self._runs.active[info.run_id] = active = ActiveRun(info.run_id)
-            self._runs.events.add(
-                info.run_id,
-                {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
-                if request is not None
-                else {"kind": EventKind.RUN_CREATED.value, "at": now},
-            )
+            self._runs.active[info.run_id] = active = ActiveRun(info.run_id, fresh=True)
+            self._runs.events.add(info.run_id, created_event)
             self._runs.launch(group, SavedRun(info, list(entries), []), active)
         elif created:  # (for the workers: its log begins here)
-            await self.backend.append_events(
-                info.run_id,
-                [
-                    {"kind": EventKind.RUN_CREATED.value, "at": now, "request": request}
-                    if request is not None
-                    else {"kind": EventKind.RUN_CREATED.value, "at": now}
-                ],
-            )
+            await self.backend.append_events(info.run_id, [created_event])
         elif idempotency_key is not None:
-            await self._check_same_request(info, workflow, idempotency_key, request)
+            await self._check_same_request(info, workflow, idempotency_key, created_event["request"])
         return RunHandle(self, info.run_id, self._runs.active.get(info.run_id), created=created)
 
     async def _check_same_request(self, info: RunInfo, workflow: Workflow, key: str, request: Any) -> None:

@@ -13,11 +13,14 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 import attrs
 from loguru import logger
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 
 class EventKind(enum.StrEnum):
@@ -257,6 +260,8 @@ class Hub:
         self.routes: list[_MessageRoute] = []
         #: whether anyone wants events: a plain attribute, read twice per action
         self.listening = False
+        #: the tracing integration of this runner's runs, if one is set (see tracing.py)
+        self.tracing: Tracing | None = None
 
     def _refresh(self) -> None:
         self.listening = bool(self.event_handlers or self.streams)

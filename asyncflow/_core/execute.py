@@ -6,12 +6,9 @@ for events) is one context object, two clock reads and the await of the
 action itself (and in a durable run its checkpoint); everything else is paid
 only by those who use it.
 
-Two reaches into another module's private slots are kept on purpose, both on
-the per-action hot path where a call costs a measurable share: the fast path
-closes the :class:`ActionContext` by its slots (``_closed``, ``_overlay``,
-``_journal``, ``_finish``), and :class:`ActionLevel` is made without an
-``__init__`` call, its inherited ``MiddlewareContext`` slots filled inline
-(the runner does the same for its ``_Entering``).
+The context is closed through :func:`~asyncflow._core.context.close_context`
+(its state stays private to ``context.py``), and :class:`ActionLevel` fills
+its inherited ``MiddlewareContext`` slots in its own ``__init__``.
 """
 
 from __future__ import annotations
@@ -25,12 +22,19 @@ import anyio
 from loguru import logger
 
 from .clock import sleep_until
-from .context import ActionContext, MiddlewareContext, commit_checkpoint, end_attempt, replay_plan_changes
+from .context import (
+    ActionContext,
+    MiddlewareContext,
+    close_context,
+    commit_checkpoint,
+    end_attempt,
+    replay_plan_changes,
+)
 from .durable import Op
 from .errors import ActionTimeout, Bail, InsertionLimitExceeded, Suspend
 from .events import EventKind
 from .middleware import Handler, Middleware
-from .plan import _UNDO_ACTION, _UNDO_STAGE, ActionNode, StageNode, UndoEntry
+from .plan import UNDO_ACTION, UNDO_STAGE, ActionNode, StageNode, UndoEntry
 from .records import (
     STEP_CANCELLED,
     STEP_COMPLETED,
@@ -113,20 +117,15 @@ async def run_action(run: RunState, node: ActionNode) -> None:
                 if failure is not exc:
                     raise failure from None
                 raise
-            ctx._closed = True
-            if ctx._overlay is not None or ctx._journal is not None:
-                journal = ctx._finish(True)
-                if journal is not None and listening:
-                    await _emit_inserts(run, journal)
+            journal = close_context(ctx)
+            if journal is not None and listening:
+                await _emit_inserts(run, journal)
         else:
             # Middleware, a retry policy or a time limit: the attempts run in the frame of
             # the context's own method. Made here, inline, and the outermost middleware
             # called as call_chain does: this is the hottest place that wraps a step.
-            mctx: ActionLevel = _new_object(ActionLevel)
-            mctx._run = run
-            mctx._node = node
-            mctx._limit = action.timeout or stage.timeout
-            retry = mctx._retry = action.retry or stage.retry
+            retry = action.retry or stage.retry
+            mctx = ActionLevel(run, node, action.timeout or stage.timeout, retry)
             attempt = mctx._attempt if retry is None else mctx._retrying
             chain = stage.chain
             if chain is None:
@@ -186,8 +185,12 @@ class ActionLevel(MiddlewareContext):
     __slots__ = ("_limit", "_retry")
     level = "action"  # a class attribute: one store less per action
 
-    _limit: float | None
-    _retry: Retry | None
+    def __init__(self, run: RunState, node: ActionNode, limit: float | None, retry: Retry | None) -> None:
+        # (MiddlewareContext.__init__ is not called: this is the hottest place that wraps a step.)
+        self._run = run
+        self._node = node
+        self._limit = limit
+        self._retry = retry
 
     async def _retrying(self) -> None:
         """The attempts of the action under its retry policy, with back-off between them."""
@@ -269,17 +272,12 @@ class ActionLevel(MiddlewareContext):
             if failure is not exc:
                 raise failure from None
             raise
-        ctx._closed = True
-        if ctx._overlay is not None or ctx._journal is not None:
-            journal = ctx._finish(True)
-            if journal is not None and run.hub.listening:
-                await _emit_inserts(run, journal)
+        journal = close_context(ctx)
+        if journal is not None and run.hub.listening:
+            await _emit_inserts(run, journal)
         if node.status is STEP_FAILED:  # an earlier attempt failed (a middleware retries)
             node.status = STEP_RUNNING
             node.error = None
-
-
-_new_object = object.__new__
 
 
 def attempting(mw: Middleware) -> Handler:
@@ -298,7 +296,7 @@ def _over_limit(run: RunState) -> InsertionLimitExceeded:
 
 async def _emit_inserts(run: RunState, journal: list[UndoEntry]) -> None:
     for kind, _, child in journal:
-        if kind == _UNDO_STAGE:
+        if kind == UNDO_STAGE:
             await run.hub.emit(run.event(EventKind.STAGE_INSERTED, child))
-        elif kind == _UNDO_ACTION:
+        elif kind == UNDO_ACTION:
             await run.hub.emit(run.event(EventKind.ACTION_INSERTED, child))

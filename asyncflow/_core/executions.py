@@ -26,6 +26,7 @@ from .checkpoints import RunDurability
 from .clock import Clock
 from .definitions import Registry
 from .errors import LeaseLost, RunFailed
+from .events import EventKind
 from .records import RunResult, RunStatus
 from .runner import Runner
 from .serial import Codec, end_fields
@@ -54,6 +55,8 @@ class ActiveRun:
     superseded: bool = False
     durability: RunDurability | None = None
     run: RunState | None = None
+    #: launched by the engine.start that wrote it down (its first execution, in the starter's context)
+    fresh: bool = False
 
     @property
     def running(self) -> bool:
@@ -73,34 +76,26 @@ class Executions:
 
     def __init__(
         self,
-        *,
+        runner: Runner,
+        workflows: dict[str, Workflow],
+        versions: Versions,
         backend: Backend,
-        registry: Registry,
+        codec: Codec,
         clock: Clock,
+        registry: Registry,
+        *,
         owner: str,
         lease: float,
-        codec: Codec,
-        runner: Runner,
-        versions: Versions,
-        keep_events: bool,
         trouble: WriteTrouble,
-        workflows: dict[str, Workflow],
         concurrency: int | None,
+        keep_events: bool,
     ) -> None:
-        self.backend = backend
-        self.registry = registry
-        self.clock = clock
-        self.owner = owner
-        self.lease = lease
-        self.codec = codec
-        self.runner = runner
-        self.versions = versions
-        self.trouble = trouble
-        self.keep_events = keep_events
+        self.runner, self.workflows, self.versions = runner, workflows, versions
+        self.backend, self.codec, self.trouble = backend, codec, trouble
+        self.owner, self.lease, self.clock, self.registry = owner, lease, clock, registry
+        self.concurrency, self.keep_events = concurrency, keep_events
         #: the event logs of the runs here (made again each time the engine opens)
         self.events = EventLog(backend, self.executes, keep_events, trouble)
-        self.workflows = workflows
-        self.concurrency = concurrency
         #: the runs executing here (and those that ended here since the last heartbeat), by id
         self.active: dict[str, ActiveRun] = {}
         #: the engine's task group while it is open
@@ -210,6 +205,9 @@ class Executions:
                 self.clock,
                 durability,
             )
+            tracing = self.runner.hub.tracing
+            if tracing is not None and not active.fresh:
+                tracing.run_continues(info.run_id, await self._trace_origin(info.run_id))
             result: RunResult | None = None
             with active.scope:
                 try:
@@ -283,6 +281,21 @@ class Executions:
         finally:
             self.events.forget(info.run_id)
             active.done.set()
+
+    async def _trace_origin(self, run_id: str) -> dict[str, str] | None:
+        """The trace context kept when the run was created (its log's first event), if any."""
+        try:
+            first = await self.backend.read_events(run_id, after=0, limit=1)
+        except Exception as exc:  # (only a span link is missing: the run goes on)
+            logger.warning(
+                "run {}: its trace context could not be read ({}: {})", run_id, type(exc).__name__, exc
+            )
+            return None
+        for _, data in first:
+            trace = data.get("trace")
+            if data.get("kind") == EventKind.RUN_CREATED.value and isinstance(trace, dict):
+                return {str(key): str(value) for key, value in trace.items()}
+        return None
 
     async def _leave_unknown_workflow(self, info: RunInfo) -> None:
         """Give back a run of a workflow not registered here, for an engine that has it (pools by workflow).

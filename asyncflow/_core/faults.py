@@ -27,15 +27,16 @@ def _parse(spec: str | None) -> tuple[str, int] | None:
     return point, int(count)
 
 
-_PLAN = _parse(os.environ.get("ASYNCFLOW_CRASH_AT"))
+#: (point, N) from ``ASYNCFLOW_CRASH_AT``, or ``None``: callers check it before calling :func:`hit`
+CRASH_PLAN = _parse(os.environ.get("ASYNCFLOW_CRASH_AT"))
 _hits = 0
 
 
 def hit(point: str) -> None:
     """Count a pass through ``point``; die there if the plan says so."""
     global _hits
-    if _PLAN is None or _PLAN[0] != point:
+    if CRASH_PLAN is None or CRASH_PLAN[0] != point:
         return
     _hits += 1
-    if _hits >= _PLAN[1]:
+    if _hits >= CRASH_PLAN[1]:
         os.kill(os.getpid(), signal.SIGKILL)

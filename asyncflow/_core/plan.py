@@ -63,9 +63,10 @@ class ActionNode:
         depth: int = 0,
         parent: ActionNode | None = None,
         pos: int = 0,
+        key: str | None = None,
     ) -> None:
         self.action = action
-        self._key: str | None = None
+        self._key = key  # (given: a child process rebuilds a node its parent keyed; else made on use)
         self.parent = parent  # the action that inserted this one, if it is dynamic
         self.pos = pos
         # Calling the function straight away saves a coroutine frame per action.
@@ -204,20 +205,21 @@ class StageNode:
 # A journal entry undoes one plan change: (kind, node, detail). Tuples, not
 # closures: an insertion-heavy run makes thousands and the GC sees each object.
 UndoEntry = tuple[int, Any, Any]
-_UNDO_ENABLED = 0
-_UNDO_REMOVED = 1
-_UNDO_ACTION = 2
-_UNDO_STAGE = 3
+#: the kinds of journal entries (read by the contexts, which write the insertions' entries)
+UNDO_ENABLED = 0
+UNDO_REMOVED = 1
+UNDO_ACTION = 2
+UNDO_STAGE = 3
 
 
 def undo(state: PlanState, journal: list[UndoEntry]) -> None:
     """Revert the plan changes in ``journal``, newest first."""
     for kind, node, detail in reversed(journal):
-        if kind == _UNDO_ENABLED:
+        if kind == UNDO_ENABLED:
             node.enabled = detail
-        elif kind == _UNDO_REMOVED:
+        elif kind == UNDO_REMOVED:
             node.removed = False
-        elif kind == _UNDO_ACTION:
+        elif kind == UNDO_ACTION:
             _remove_newest(node.children, detail)
             state.insertions -= 1
         else:
@@ -393,7 +395,7 @@ class Plan:
             return False
         node.enabled = enabled
         if self._journal is not None:
-            self._journal.append((_UNDO_ENABLED, node, not enabled))
+            self._journal.append((UNDO_ENABLED, node, not enabled))
         return True
 
     def disable_stage(self, stage_id: str) -> bool:
@@ -468,7 +470,7 @@ class Plan:
             return False
         node.removed = True
         if self._journal is not None:
-            self._journal.append((_UNDO_REMOVED, node, None))
+            self._journal.append((UNDO_REMOVED, node, None))
         self._note("remove_stage", id=stage_id)
         return True
 
@@ -480,6 +482,6 @@ class Plan:
                 node.removed = True
                 removed += 1
                 if self._journal is not None:
-                    self._journal.append((_UNDO_REMOVED, node, None))
+                    self._journal.append((UNDO_REMOVED, node, None))
         self._note("remove_action", name=name, stage_id=stage_id)
         return removed

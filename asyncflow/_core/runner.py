@@ -224,7 +224,7 @@ class Runner:
         suspended: Suspend | None = None
         try:
             if (run_chain := self._run_chain) is not None:
-                mctx = _entered("run", run, None, self._drive)
+                mctx = _Entering("run", run, None, self._drive)
                 await call_chain(run_chain, mctx, mctx._enter)
                 if not mctx._ran:
                     status = RunStatus.SKIPPED
@@ -382,7 +382,7 @@ class Runner:
             if chain is None:
                 await self._stage_body(run, node)
             else:
-                mctx = _entered("stage", run, node, self._stage_body)
+                mctx = _Entering("stage", run, node, self._stage_body)
                 await call_chain(chain, mctx, mctx._enter)
                 if not mctx._ran:
                     node.status = STEP_SKIPPED
@@ -460,7 +460,7 @@ class Runner:
             block_mws = stage.middleware
             if block_mws:
                 chain = self._block_chains.get(block_mws) or self._chain(block_mws, _entering)
-                mctx = _entered("actions", run, node, self._actions)
+                mctx = _Entering("actions", run, node, self._actions)
                 await call_chain(chain, mctx, mctx._enter)
                 if not mctx._ran:
                     for action in node.actions:
@@ -536,9 +536,6 @@ class Runner:
             raise outcome[0]
 
 
-_new_object = object.__new__
-
-
 class _Entering(MiddlewareContext):
     """The context of run, stage and actions-block middleware.
 
@@ -546,27 +543,26 @@ class _Entering(MiddlewareContext):
     step (``_step``, the runner's method for the level), once.
     """
 
-    __slots__ = ("_step",)
+    __slots__ = ("_ran", "_step")
 
-    _step: Callable[[RunState, Any], Awaitable[None]]
+    def __init__(
+        self,
+        level: Level,
+        run: RunState,
+        node: StageNode | None,
+        step: Callable[[RunState, Any], Awaitable[None]],
+    ) -> None:
+        self.level = level
+        self._run = run
+        self._node = node
+        self._ran = False  # set by _enter: the wrapped step ran
+        self._step = step
 
     def _enter(self) -> Awaitable[None]:
         if self._ran:
             raise called_twice(self)
         self._ran = True
         return self._step(self._run, self._node)
-
-
-def _entered(
-    level: Level, run: RunState, node: StageNode | None, step: Callable[[RunState, Any], Awaitable[None]]
-) -> _Entering:
-    mctx: _Entering = _new_object(_Entering)
-    mctx.level = level
-    mctx._run = run
-    mctx._node = node
-    mctx._ran = False
-    mctx._step = step
-    return mctx
 
 
 def _entering(mw: Middleware) -> Handler:

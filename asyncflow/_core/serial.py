@@ -7,15 +7,17 @@ encodings; nothing here runs anything.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import attrs
 
 from ..backends.base import Backend, RunInfo, StoreEntry
 from .actions import Action
 from .clock import Clock
 from .definitions import Registry
 from .durable import Op
-from .errors import NotSerializable, RecordedError
+from .errors import NotReferenceable, NotSerializable, RecordedError
 from .jsonvalues import exact_json, json_value_check
 from .records import (
     STEP_COLUMNS,
@@ -33,47 +35,68 @@ from .store import Meta, Store, typed_name
 from .workflow import Stage, Workflow
 
 
-class Codec:
-    """How one engine's runs reach its backend and come back: the engine asks it, never its backend's kind.
+@attrs.frozen
+class Live:
+    """A value an in-process backend keeps as the object it is: one that JSON cannot carry.
 
-    Two codecs, one contract. :data:`JSON_CODEC` (every database) writes store
-    values, their properties and plan changes as JSON text, and actions a run
-    inserts as definitions its registry can re-create. :data:`LIVE_CODEC` (the
-    memory backend) hands the same records over with the values as they are,
-    so a memory run keeps the user's own objects (values that are not JSON,
-    actions that are closures). :func:`codec_for` picks one for a backend.
+    Only the codec of a backend that keeps its records in this process makes
+    these (the memory backend); it never reaches a database.
     """
 
-    #: whether what a run keeps (store values, messages, suspend and resume data) must be JSON
-    requires_json: bool
+    value: Any
+
+
+class Codec:
+    """How one engine's runs reach its backend and come back: one encoding for every backend.
+
+    Store values, their properties and an action's plan changes are JSON
+    text, and the actions and stages a run inserts are definitions its
+    registry can re-create: what every database keeps, and what the memory
+    backend keeps too, so it is a faithful stand-in for one. The one
+    difference: a backend that keeps its records in this process
+    (``in_process``, the memory backend) keeps the user's own objects that
+    JSON cannot carry (a value that is not JSON, an action that is a
+    closure) as they are, wrapped in :class:`Live`, where a database refuses
+    them (:class:`~asyncflow.NotSerializable`, :class:`~asyncflow.NotReferenceable`).
+    :func:`codec_for` makes the one for a backend.
+    """
+
+    __slots__ = ("in_process", "requires_json")
+
+    def __init__(self, *, in_process: bool) -> None:
+        #: whether the backend keeps records in this process (objects JSON cannot carry stay live)
+        self.in_process = in_process
+        #: whether what a run keeps (store values, messages, suspend and resume data) must be JSON
+        self.requires_json = not in_process
+
+    # ---- store values ------------------------------------------------------------------------
+
+    def value(self, key: str, value: Any) -> Any:
+        """One store value as the backend keeps it: its JSON text (or, in process, :class:`Live`)."""
+        try:
+            return json_value_check(key, value)
+        except NotSerializable:
+            if self.in_process:
+                return Live(value)
+            raise
 
     def read(self, stored: Any) -> Any:
         """A store value (or its properties) as the backend gave it back."""
-        raise NotImplementedError
+        if type(stored) is Live:
+            return stored.value
+        return json.loads(stored)
 
     def entry(self, key: str, value: Any, meta: Meta | None) -> StoreEntry:
         """One store value (and its TTL, tags and properties) as the backend keeps it."""
-        raise NotImplementedError
-
-    def encode_ops(self, ops: list[Op]) -> Any:
-        """An action's plan changes as its checkpoint carries them."""
-        raise NotImplementedError
-
-    def decode_ops(self, stored: Any) -> list[Op]:
-        """An action's plan changes as its checkpoint gave them back."""
-        raise NotImplementedError
-
-    def reference(self, registry: Registry, action: Action, where: str) -> dict[str, Any]:
-        """What a checkpoint keeps of an action a run inserted (raises NotReferenceable)."""
-        raise NotImplementedError
-
-    def stage_definition(self, registry: Registry, stage: Stage, where: str) -> dict[str, Any]:
-        """What a checkpoint keeps of a stage a run inserted (raises NotReferenceable)."""
-        raise NotImplementedError
-
-    def definition(self, registry: Registry, workflow: Workflow) -> dict[str, Any] | None:
-        """The definition of a workflow registered with the engine, if the backend keeps versions."""
-        raise NotImplementedError
+        if meta is None:  # the common case, once per key an action writes
+            return StoreEntry(key, self.value(key, value))
+        return StoreEntry(
+            key,
+            self.value(key, value),
+            meta.expires,
+            tuple(sorted(meta.tags)),
+            self.value(f"{key} (its properties)", meta.properties) if meta.properties else None,
+        )
 
     def initial_entries(self, values: Mapping[Any, Any]) -> list[StoreEntry]:
         """The initial store of a run, keyed as a run's store is (``str`` or ``af.Key``, else TypeError)."""
@@ -105,6 +128,39 @@ class Codec:
                 f"keeps it in a database until the run resumes (the run is unchanged)"
             ) from None
 
+    # ---- plan changes ------------------------------------------------------------------------
+
+    def encode_ops(self, ops: list[Op]) -> Any:
+        """An action's plan changes as its checkpoint carries them: JSON text (or :class:`Live`)."""
+        try:
+            return json.dumps(ops)
+        except TypeError:  # (in process: an inserted action or stage kept as the object it is)
+            if self.in_process:
+                return Live(list(ops))
+            raise
+
+    def decode_ops(self, stored: Any) -> list[Op]:
+        """An action's plan changes as its checkpoint gave them back."""
+        ops: list[Op] = stored.value if type(stored) is Live else json.loads(stored)
+        return ops
+
+    def reference(self, registry: Registry, action: Action, where: str) -> dict[str, Any]:
+        """What a checkpoint keeps of an action a run inserted (raises NotReferenceable)."""
+        return self._definition_or_object(lambda: registry.reference(action, where=where), action)
+
+    def stage_definition(self, registry: Registry, stage: Stage, where: str) -> dict[str, Any]:
+        """What a checkpoint keeps of a stage a run inserted (raises NotReferenceable)."""
+        return self._definition_or_object(lambda: registry.stage_definition(stage, where=where), stage)
+
+    def _definition_or_object(self, define: Callable[[], dict[str, Any]], thing: object) -> dict[str, Any]:
+        """``define()``; in process, the object itself where it cannot be defined (a closure, say)."""
+        try:
+            return define()
+        except NotReferenceable:
+            if self.in_process:
+                return {"object": thing}
+            raise
+
     def resolve(self, registry: Registry, ref: dict[str, Any], where: str) -> Action:
         """The action a checkpoint's reference names."""
         found = ref.get("object")
@@ -119,80 +175,27 @@ class Codec:
             return found
         return registry.stage_from_definition(definition, where=where)
 
-
-class JsonCodec(Codec):
-    """Everything as JSON text and definitions: what every database keeps."""
-
-    requires_json = True
-
-    def read(self, stored: Any) -> Any:
-        return json.loads(stored)
-
-    def entry(self, key: str, value: Any, meta: Meta | None) -> StoreEntry:
-        if meta is None:  # the common case, once per key an action writes
-            return StoreEntry(key, json_value_check(key, value))
-        return StoreEntry(
-            key,
-            json_value_check(key, value),
-            meta.expires,
-            tuple(sorted(meta.tags)),
-            json.dumps(meta.properties) if meta.properties else None,
-        )
-
-    def encode_ops(self, ops: list[Op]) -> Any:
-        return json.dumps(ops)
-
-    def decode_ops(self, stored: Any) -> list[Op]:
-        ops: list[Op] = json.loads(stored)
-        return ops
-
-    def reference(self, registry: Registry, action: Action, where: str) -> dict[str, Any]:
-        return registry.reference(action, where=where)
-
-    def stage_definition(self, registry: Registry, stage: Stage, where: str) -> dict[str, Any]:
-        return registry.stage_definition(stage, where=where)
+    # ---- versions ----------------------------------------------------------------------------
 
     def definition(self, registry: Registry, workflow: Workflow) -> dict[str, Any] | None:
+        """The definition of a workflow registered with the engine, if the backend keeps versions.
+
+        A backend in this process keeps none: nothing it holds outlives the process.
+        """
+        if self.in_process:
+            return None
         return registry.workflow_definition(workflow)
 
 
-class LiveCodec(Codec):
-    """The same records with the user's own objects as they are: the memory backend's."""
-
-    requires_json = False
-
-    def read(self, stored: Any) -> Any:
-        return stored
-
-    def entry(self, key: str, value: Any, meta: Meta | None) -> StoreEntry:
-        if meta is None:
-            return StoreEntry(key, value)
-        return StoreEntry(key, value, meta.expires, tuple(meta.tags), meta.properties)
-
-    def encode_ops(self, ops: list[Op]) -> Any:
-        return list(ops)
-
-    def decode_ops(self, stored: Any) -> list[Op]:
-        ops: list[Op] = stored
-        return ops
-
-    def reference(self, registry: Registry, action: Action, where: str) -> dict[str, Any]:
-        return {"object": action}
-
-    def stage_definition(self, registry: Registry, stage: Stage, where: str) -> dict[str, Any]:
-        return {"object": stage}
-
-    def definition(self, registry: Registry, workflow: Workflow) -> dict[str, Any] | None:
-        return None  # (the memory backend keeps no versions: nothing outlives the process)
-
-
-JSON_CODEC = JsonCodec()
-LIVE_CODEC = LiveCodec()
+#: the codec of every database
+JSON_CODEC = Codec(in_process=False)
+#: the codec of a backend that keeps its records in this process (the memory backend)
+IN_PROCESS_CODEC = Codec(in_process=True)
 
 
 def codec_for(backend: Backend) -> Codec:
-    """The codec of ``backend``: live values for a backend that keeps them in this process, else JSON."""
-    return JSON_CODEC if backend.persistent else LIVE_CODEC
+    """The codec of ``backend``: objects JSON cannot carry stay live only in a backend in this process."""
+    return JSON_CODEC if backend.persistent else IN_PROCESS_CODEC
 
 
 def _named(values: Mapping[Any, Any]) -> list[tuple[str, Any]]:

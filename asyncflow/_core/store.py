@@ -182,6 +182,10 @@ class Store:
         if meta is not None:
             self._meta[key] = meta
 
+    def now(self) -> float:
+        """The time on this store's clock, which its TTLs are measured on (internal)."""
+        return self._clock()
+
     def check_values(self, check: ValueCheck) -> None:
         """Check every value written from now on with ``check`` (durable runs: that it is JSON; internal)."""
         self._check = check
@@ -209,8 +213,8 @@ class Store:
             store = store._parent
         raise MissingKey(key)
 
-    def _live_items(self) -> Iterator[tuple[str, Any, Meta | None]]:
-        """Every live entry as (key, value, meta), in first-insertion order."""
+    def live_items(self) -> Iterator[tuple[str, Any, Meta | None]]:
+        """Every live entry as (key, value, meta), in first-insertion order (internal)."""
         chain: list[Store] = []
         store: Store | None = self
         while store is not None:
@@ -360,7 +364,7 @@ class Store:
         any_set = frozenset(any_tags) if any_tags is not None else None
         all_set = frozenset(all_tags) if all_tags is not None else None
         found: list[str] = []
-        for key, _, meta in self._live_items():
+        for key, _, meta in self.live_items():
             tags = meta.tags if meta is not None else frozenset()
             if tag is not None and tag not in tags:
                 continue
@@ -388,13 +392,13 @@ class Store:
 
     def snapshot(self) -> dict[str, Any]:
         """A plain dict of every live entry (values are not copied)."""
-        return {key: value for key, value, _ in self._live_items()}
+        return {key: value for key, value, _ in self.live_items()}
 
     def clone(self) -> Store:
         """An independent store with the same live entries and metadata."""
         copy = Store(clock=self._clock)
         copy._check = self._check
-        for key, value, meta in self._live_items():
+        for key, value, meta in self.live_items():
             copy._values[key] = value
             if meta is not None:
                 copy._meta[key] = Meta(meta.expires, meta.tags, dict(meta.properties))
@@ -415,7 +419,7 @@ class Store:
         if on_conflict not in ("overwrite", "keep", "error"):
             raise ValueError(f"on_conflict must be 'overwrite', 'keep' or 'error', got {on_conflict!r}")
         if isinstance(other, Store):
-            incoming = list(other._live_items())
+            incoming = list(other.live_items())
         elif isinstance(other, Mapping):
             incoming = [(typed_name(k, v), v, None) for k, v in other.items()]
         else:
@@ -465,22 +469,22 @@ class Store:
         return True
 
     def __iter__(self) -> Iterator[str]:
-        return iter([key for key, _, _ in self._live_items()])
+        return iter([key for key, _, _ in self.live_items()])
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._live_items())
+        return sum(1 for _ in self.live_items())
 
     def keys(self) -> list[str]:
         """The live keys, in insertion order."""
-        return [key for key, _, _ in self._live_items()]
+        return [key for key, _, _ in self.live_items()]
 
     def items(self) -> list[tuple[str, Any]]:
         """The live (key, value) pairs, in insertion order."""
-        return [(key, value) for key, value, _ in self._live_items()]
+        return [(key, value) for key, value, _ in self.live_items()]
 
     def values(self) -> list[Any]:
         """The live values, in insertion order."""
-        return [value for _, value, _ in self._live_items()]
+        return [value for _, value, _ in self.live_items()]
 
     def __repr__(self) -> str:
         return f"Store({self.snapshot()!r})"

@@ -28,6 +28,7 @@ from .actions import Action, FunctionAction, constructor_arguments
 from .clock import Clock
 from .definitions import Registry
 from .jsonvalues import exact_json
+from .serial import JSON_CODEC, Codec
 from .workflow import Workflow, with_middleware_of
 
 Shape = list[Any]  # [[stage_id, [entry, ...]], ...]; an entry is a name or [name, args, kwargs]
@@ -165,7 +166,7 @@ def _digest(value: Any) -> str:
 
 
 class Versions:
-    """An engine's side of versions (persistent backends): saving them, and choosing a run's workflow.
+    """An engine's side of versions (backends that keep them): saving them, and choosing a run's workflow.
 
     Args:
         backend: where versions are kept.
@@ -176,8 +177,11 @@ class Versions:
             that works here meanwhile).
     """
 
-    def __init__(self, backend: Backend, registry: Registry, clock: Clock, lease: float) -> None:
+    def __init__(
+        self, backend: Backend, registry: Registry, clock: Clock, lease: float, codec: Codec = JSON_CODEC
+    ) -> None:
         self.backend = backend
+        self.codec = codec  # (how the plan changes of a run's checkpoints read back)
         self.registry = registry
         self.clock = clock
         self.lease = lease
@@ -282,7 +286,7 @@ class Versions:
             return decision.workflow, decision.why
         if saved is None:
             saved = await self.backend.load(info.run_id)
-        named, by_tag = _plan_changes(saved)
+        named, by_tag = _plan_changes(saved, self.codec)
         named &= decision.renamed
         if named or by_tag:
             what = f"name {sorted(named)}" if named else "choose actions by tag"
@@ -399,14 +403,14 @@ class _Decision:
     renamed: set[str] | None = None  # (no workflow) names renamed or replaced in place, if only that
 
 
-def _plan_changes(saved: SavedRun | None) -> tuple[set[str], bool]:
+def _plan_changes(saved: SavedRun | None, codec: Codec) -> tuple[set[str], bool]:
     """The action names the run's recorded plan changes refer to; whether one chose actions by tag."""
     named: set[str] = set()
     by_tag = False
     for checkpoint in saved.checkpoints if saved is not None else ():
         if checkpoint.kind != "action" or not checkpoint.ops:
             continue
-        ops = json.loads(checkpoint.ops) if isinstance(checkpoint.ops, str) else checkpoint.ops
+        ops = codec.decode_ops(checkpoint.ops)
         for op in ops:
             if isinstance(op.get("name"), str):
                 named.add(op["name"])

@@ -30,7 +30,8 @@ from .._core.records import CheckpointKind, RunStatus
 #: 4: each run names the version of its workflow it started on, and the versions are kept.
 #: 5: each run keeps a log of its events (``engine.watch``).
 #: 6: an index per filter of list_runs, and auto_vacuum=INCREMENTAL (space given back after a purge).
-SCHEMA_VERSION = 6
+#: 7: (SQLite) the events of runs in a rowid table, appended in the order written, with an index by run.
+SCHEMA_VERSION = 7
 
 
 def _utc(timestamp: float) -> datetime:
@@ -129,9 +130,12 @@ class RunPage:
 
 
 class StoreEntry(NamedTuple):
-    """One store key of a run as persisted: its value (JSON text if persistent), TTL and metadata."""
+    """One store key of a run as persisted: its value and properties as JSON text, TTL and tags.
 
-    # A memory backend keeps values and properties as the objects themselves.
+    The engine hands every backend the same encoding; only a backend that keeps
+    its records in this process (the memory backend) may also be given a value
+    JSON cannot carry, wrapped as it is (the engine's codec reads it back).
+    """
 
     key: str
     value: Any

@@ -44,8 +44,12 @@ import attrs
 from .._core.engine import Engine
 from .._core.events import Event, EventKind
 from .._core.runner import Runner
+from .._core.tracing import Carrier, Tracing
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
+    from opentelemetry.context import Context
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
@@ -58,11 +62,12 @@ _NS = 1_000_000_000
 def _import_otel() -> Any:
     try:
         from opentelemetry import context, metrics, trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     except ImportError as exc:  # pragma: no cover - exercised without the extra only
         raise ImportError(
             f"asyncflow.integrations.opentelemetry needs OpenTelemetry: {_EXTRA} ({exc})"
         ) from None
-    return context, metrics, trace
+    return context, metrics, trace, TraceContextTextMapPropagator()
 
 
 @attrs.define(slots=True)
@@ -71,9 +76,19 @@ class _RunSpans:
 
     run: Span
     workflow_id: str
+    #: the run span as a parent (made once per run, not per stage)
+    run_parent: Context
+    #: what every step span of the run carries
+    base: dict[str, Any]
     stages: dict[str, Span] = attrs.field(factory=dict)
-    actions: dict[str, Span] = attrs.field(factory=dict)
-    open: set[int] = attrs.field(factory=set)  # ids of the spans not yet ended
+    #: each stage span as a parent (made once per stage, not per action)
+    stage_parents: dict[str, Context] = attrs.field(factory=dict)
+    #: the actions running now, by key: their span, made current for their code until they end
+    running: dict[str, tuple[Span, Token[Context]]] = attrs.field(factory=dict)
+    #: the spans (as parents) of the actions that added actions; no other action span is kept
+    #: once ended: a run of 10,000 actions would otherwise hold 10,000 spans for the collector to walk
+    inserters: dict[str, Context] = attrs.field(factory=dict)
+    open: set[int] = attrs.field(factory=set)  # ids of the stage spans not yet ended
 
 
 class Instrumentation:
@@ -82,9 +97,10 @@ class Instrumentation:
     def __init__(self, runner: Runner, tracer_provider: Any, meter_provider: Any) -> None:
         from .. import __version__
 
-        context, metrics, trace = _import_otel()
+        context, metrics, trace, propagator = _import_otel()
         self._context = context
         self._trace = trace
+        self._propagator = propagator
         self._status_error = trace.Status(trace.StatusCode.ERROR)
         self.tracer: Tracer = trace.get_tracer("asyncflow", __version__, tracer_provider=tracer_provider)
         meter = metrics.get_meter("asyncflow", __version__, meter_provider=meter_provider)
@@ -104,8 +120,16 @@ class Instrumentation:
             "asyncflow.action.duration", unit="s", description="How long actions took, retries included."
         )
         self._runs: dict[str, _RunSpans] = {}
-        # The attributes of each (workflow, action)'s measurements, made once.
+        # Run spans begun by engine.start (their context is kept with the run), until the run starts.
+        self._created: dict[str, Span] = {}
+        # Runs that continue (resumed, woken, recovered): the context to link their new span to.
+        self._continuing: dict[str, Carrier | None] = {}
+        # The attributes of each (workflow, action)'s measurements, and span names, made once.
         self._measured: dict[tuple[str, str], dict[str, str]] = {}
+        self._names: dict[str | None, str] = {}
+        self._runner = runner
+        self._previous: Tracing | None = runner.hub.tracing
+        runner.hub.tracing = self
         self._unregister: Callable[[], None] | None = runner.on_event(self._on_event)
 
     def uninstrument(self) -> None:
@@ -114,8 +138,52 @@ class Instrumentation:
             return
         self._unregister()
         self._unregister = None
+        if self._runner.hub.tracing is self:
+            self._runner.hub.tracing = self._previous
         for run_id in list(self._runs):
             self._end_run(run_id, None, None)
+        for span in self._created.values():
+            span.end()
+        self._created.clear()
+        self._continuing.clear()
+
+    # ---- trace contexts for the engine and child processes (tracing.Tracing) ----------
+
+    def _carrier(self, context: Context | None) -> Carrier | None:
+        carrier: Carrier = {}
+        self._propagator.inject(carrier, context=context)
+        return carrier or None
+
+    def current(self) -> Carrier | None:
+        """The context current here (the running action's span) as W3C headers, for a child process."""
+        return self._carrier(None)
+
+    def run_created(self, run_id: str, workflow_id: str, executes_here: bool) -> Carrier | None:
+        """``engine.start`` writes a run down: begin its span now, and keep its context with the run.
+
+        A run that workers execute (``executes_here`` false) keeps the
+        caller's context instead (their spans link to it).
+        """
+        if not executes_here:
+            return self._carrier(None)
+        span = self.tracer.start_span(
+            f"run {workflow_id}",
+            attributes={"asyncflow.run_id": run_id, "asyncflow.workflow_id": workflow_id},
+        )
+        self._created[run_id] = span
+        return self._carrier(self._trace.set_span_in_context(span))
+
+    def run_dropped(self, run_id: str) -> None:
+        """The run was not written down: its span is dropped, never ended (so never exported)."""
+        self._created.pop(run_id, None)
+
+    def run_continues(self, run_id: str, origin: Carrier | None) -> None:
+        """A later execution of a run begins: its run span will link to ``origin``."""
+        stale = self._created.pop(run_id, None)
+        if stale is not None:  # (its first execution here never began: given back)
+            stale.set_attribute("asyncflow.status", "given back")
+            stale.end()
+        self._continuing[run_id] = origin
 
     # ---- the events -------------------------------------------------------------------
 
@@ -128,80 +196,152 @@ class Instrumentation:
         elif kind is EventKind.STAGE_STARTED:
             self._stage_started(event)
         elif kind is EventKind.STAGE_FINISHED:
-            self._step_finished(self._runs.get(event.run_id), event, stage=True)
+            self._stage_finished(event)
+        elif kind is EventKind.ACTION_INSERTED:
+            self._action_inserted(event)
         elif kind is EventKind.ACTION_RETRY:
             self._retry(event)
         elif kind is EventKind.STEP_SKIPPED:
             self._skipped(event)
         elif kind is EventKind.RUN_STARTED:
             self._run_started(event)
-        elif kind is EventKind.RUN_FINISHED or kind.value == "run_suspended":
+        elif kind is EventKind.RUN_FINISHED or kind is EventKind.RUN_SUSPENDED:
             self._end_run(event.run_id, event, event.status or "suspended")
         elif kind is EventKind.RUN_INTERRUPTED:
             self._end_run(event.run_id, event, None)
 
     def _run_started(self, event: Event) -> None:
-        attributes = {"asyncflow.run_id": event.run_id, "asyncflow.workflow_id": event.workflow_id}
-        # The current context is the caller's: runner.run runs in its task, and the
-        # engine starts a run's task from engine.start, which copies it.
-        span = self.tracer.start_span(
-            f"run {event.workflow_id}", attributes=attributes, start_time=int(event.at * _NS)
-        )
-        old = self._runs.pop(event.run_id, None)
+        run_id = event.run_id
+        span = self._created.pop(run_id, None)
+        if span is None:
+            links = None
+            origin = self._continuing.pop(run_id, None)
+            if origin is not None:
+                linked = self._trace.get_current_span(self._propagator.extract(origin)).get_span_context()
+                if linked.is_valid:
+                    links = [self._trace.Link(linked, {"asyncflow.link": "earlier execution"})]
+            # The current context is the caller's: runner.run runs in its task, and the engine
+            # starts a run's task from engine.start (or engine.resume), which copies it.
+            span = self.tracer.start_span(
+                f"run {event.workflow_id}",
+                attributes={"asyncflow.run_id": run_id, "asyncflow.workflow_id": event.workflow_id},
+                links=links,
+                start_time=int(event.at * _NS),
+            )
+        old = self._runs.pop(run_id, None)
         if old is not None:  # (a run id reused by hand while the first is still open)
             self._close_all(old, event.at)
-        spans = self._runs[event.run_id] = _RunSpans(span, event.workflow_id)
-        spans.open.add(id(span))
+        self._runs[run_id] = _RunSpans(
+            span,
+            event.workflow_id,
+            self._trace.set_span_in_context(span),
+            {"asyncflow.run_id": run_id, "asyncflow.workflow_id": event.workflow_id},
+        )
         workflow = {"asyncflow.workflow_id": event.workflow_id}
         self._started.add(1, workflow)
         self._in_flight.add(1, workflow)
 
-    def _parent(self, spans: _RunSpans, event: Event, *, stage: bool) -> Span:
+    def _stage_parent(self, spans: _RunSpans, event: Event) -> Context:
         parent_key = event.parent_key
-        if parent_key is not None:
-            if stage:
-                found = spans.stages.get(parent_key.rpartition("/")[0])
-            else:
-                found = spans.actions.get(parent_key)
+        if parent_key is not None:  # inserted by an action of another stage: a child of that stage
+            inserter = parent_key.rpartition("/")[0]
+            found = spans.stage_parents.get(inserter)
             if found is not None:
                 return found
-        if stage:
-            return spans.run
-        return spans.stages.get(event.stage_id or "", spans.run)
+        return spans.run_parent
 
-    def _start(self, spans: _RunSpans, event: Event, name: str, *, stage: bool) -> Span:
-        attributes: dict[str, Any] = {
-            "asyncflow.run_id": event.run_id,
-            "asyncflow.workflow_id": event.workflow_id,
+    def _action_parent(self, spans: _RunSpans, event: Event) -> Context:
+        parent_key = event.parent_key
+        if parent_key is not None:  # added by an action: a child of that action
+            found = spans.inserters.get(parent_key)
+            if found is not None:
+                return found
+        return spans.stage_parents.get(event.stage_id or "", spans.run_parent)
+
+    def _stage_span(self, spans: _RunSpans, event: Event) -> Span:
+        attributes = {
+            **spans.base,
             "asyncflow.stage_id": event.stage_id,
             "asyncflow.dynamic": event.dynamic,
         }
-        if not stage:
-            attributes["asyncflow.action"] = event.action_name
-        parent = self._trace.set_span_in_context(self._parent(spans, event, stage=stage))
-        return self.tracer.start_span(
-            name, context=parent, attributes=attributes, start_time=int(event.at * _NS)
+        span = self.tracer.start_span(
+            f"stage {event.stage_id}",
+            context=self._stage_parent(spans, event),
+            attributes=attributes,
+            start_time=int(event.at * _NS),
         )
+        stage_id = event.stage_id or ""
+        spans.stages[stage_id] = span
+        spans.stage_parents[stage_id] = self._trace.set_span_in_context(span)
+        return span
 
     def _stage_started(self, event: Event) -> None:
         spans = self._runs.get(event.run_id)
+        if spans is not None:
+            spans.open.add(id(self._stage_span(spans, event)))
+
+    def _stage_finished(self, event: Event) -> None:
+        spans = self._runs.get(event.run_id)
         if spans is None:
             return
-        span = self._start(spans, event, f"stage {event.stage_id}", stage=True)
-        spans.stages[event.stage_id or ""] = span
-        spans.open.add(id(span))
+        span = spans.stages.get(event.stage_id or "")
+        if span is None or id(span) not in spans.open:
+            return
+        spans.open.discard(id(span))
+        self._end(span, event)
+
+    def _action_name(self, name: str | None) -> str:
+        found = self._names.get(name)
+        if found is None:
+            found = self._names[name] = f"action {name}"
+        return found
+
+    def _action_span(self, spans: _RunSpans, event: Event, attempt: int) -> Span:
+        attributes = {
+            **spans.base,
+            "asyncflow.stage_id": event.stage_id,
+            "asyncflow.action": event.action_name,
+            "asyncflow.dynamic": event.dynamic,
+            "asyncflow.attempt": attempt,
+        }
+        return self.tracer.start_span(
+            self._action_name(event.action_name),
+            context=self._action_parent(spans, event),
+            attributes=attributes,
+            start_time=int(event.at * _NS),
+        )
 
     def _action_started(self, event: Event) -> None:
         spans = self._runs.get(event.run_id)
         if spans is None:
             return
-        span = self._start(spans, event, f"action {event.action_name}", stage=False)
-        spans.actions[event.key or ""] = span
-        spans.open.add(id(span))
+        span = self._action_span(spans, event, 1)
+        # Current for the action's own code (and its middleware): spans it makes are its children,
+        # and a child process it runs in gets its context.
+        spans.running[event.key or ""] = (span, self._context.attach(self._trace.set_span_in_context(span)))
+
+    def _action_inserted(self, event: Event) -> None:
+        spans = self._runs.get(event.run_id)
+        parent_key = event.parent_key
+        if spans is None or parent_key is None or parent_key in spans.inserters:
+            return
+        running = spans.running.get(parent_key)
+        if running is not None:  # (the inserting action is still running: it reports its insertions)
+            spans.inserters[parent_key] = self._trace.set_span_in_context(running[0])
 
     def _action_finished(self, event: Event) -> None:
         spans = self._runs.get(event.run_id)
-        self._step_finished(spans, event, stage=False)
+        if spans is None:
+            return
+        running = spans.running.pop(event.key or "", None)
+        if running is None:
+            return
+        span, token = running
+        self._context.detach(token)
+        attempt = event.attempt
+        if attempt is not None and attempt != 1:
+            span.set_attribute("asyncflow.attempt", attempt)
+        self._end(span, event)
         if event.duration is not None:
             which = (event.workflow_id, event.action_name or "")
             attributes = self._measured.get(which)
@@ -212,34 +352,25 @@ class Instrumentation:
                 }
             self._duration.record(event.duration, attributes)
 
-    def _step_finished(self, spans: _RunSpans | None, event: Event, *, stage: bool) -> None:
-        if spans is None:
-            return
-        span = spans.stages.get(event.stage_id or "") if stage else spans.actions.get(event.key or "")
-        if span is None or id(span) not in spans.open:
-            return
-        spans.open.discard(id(span))
-        self._end(span, event)
-
     def _end(self, span: Span, event: Event) -> None:
-        if event.attempt is not None:
-            span.set_attributes({"asyncflow.status": event.status or "", "asyncflow.attempt": event.attempt})
-        elif event.status is not None:
-            span.set_attribute("asyncflow.status", event.status)
+        status = event.status
+        if status is not None:
+            span.set_attribute("asyncflow.status", status)
         error = event.error
         if error is not None:
             span.record_exception(error, timestamp=int(event.at * _NS))
-            if event.status == "failed":
+            if status == "failed":
                 span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, _describe(error)))
-        elif event.status == "failed":
+        elif status == "failed":
             span.set_status(self._status_error)
         span.end(end_time=int(event.at * _NS))
 
     def _retry(self, event: Event) -> None:
         spans = self._runs.get(event.run_id)
-        span = None if spans is None else spans.actions.get(event.key or "")
-        if span is None:
+        running = None if spans is None else spans.running.get(event.key or "")
+        if running is None:
             return
+        span = running[0]
         attributes: dict[str, Any] = {"asyncflow.attempt": event.attempt or 0}
         if event.error is not None:
             attributes["exception.type"] = _qualified(event.error)
@@ -250,14 +381,13 @@ class Instrumentation:
         spans = self._runs.get(event.run_id)
         if spans is None:
             return
-        stage = event.action_name is None
-        name = f"stage {event.stage_id}" if stage else f"action {event.action_name}"
-        span = self._start(spans, event, name, stage=stage)
+        if event.action_name is None:
+            span = self._stage_span(spans, event)
+        else:
+            span = self._action_span(spans, event, 0)
         span.set_attribute("asyncflow.status", "skipped")
         if event.reason is not None:
             span.set_attribute("asyncflow.skip_reason", event.reason)
-        if stage:
-            spans.stages[event.stage_id or ""] = span
         span.end(end_time=int(event.at * _NS))
 
     def _end_run(self, run_id: str, event: Event | None, status: str | None) -> None:
@@ -289,8 +419,11 @@ class Instrumentation:
     def _close_all(self, spans: _RunSpans, at: float | None) -> None:
         """End the run's step spans still open (a suspended run's stage and action), newest first."""
         end_time = None if at is None else int(at * _NS)
-        opened = [*spans.stages.values(), *spans.actions.values()]
-        for span in reversed(opened):
+        for span, token in reversed(list(spans.running.values())):
+            self._context.detach(token)
+            span.end(end_time=end_time)
+        spans.running.clear()
+        for span in reversed(list(spans.stages.values())):
             if id(span) in spans.open:
                 spans.open.discard(id(span))
                 span.end(end_time=end_time)

@@ -442,6 +442,37 @@ async def test_list_runs_refuses_a_malformed_cursor(db: Backend) -> None:
         await db.list_runs(status=None, workflow_id=None, limit=10, cursor="not-a-cursor")
 
 
+# ---- event logs --------------------------------------------------------------------
+
+
+async def test_events_of_several_runs_are_numbered_on_from_each_runs_last(db: Backend) -> None:
+    """One call adds events to several runs' logs, each numbered on from that run's last event."""
+    await db.create_run(pending("r1"), [])
+    await db.create_run(pending("r2"), [])
+    assert await db.append_events("r1", [{"kind": "a"}]) in (1, None)
+    numbered = await db.append_events_of_runs({"r1": [{"kind": "b"}, {"kind": "c"}], "r2": [{"kind": "x"}]})
+    assert numbered in ({"r1": 3, "r2": 1}, None)
+    assert await db.append_events_of_runs({"r1": [{"kind": "d", "at": 0.1}]}) in ({"r1": 4}, None)
+    assert await db.read_events("r1") == [
+        (1, {"kind": "a"}),
+        (2, {"kind": "b"}),
+        (3, {"kind": "c"}),
+        (4, {"kind": "d", "at": 0.1}),
+    ]
+    assert await db.read_events("r2") == [(1, {"kind": "x"})]
+    assert await db.read_events("r1", after=2, limit=1) == [(3, {"kind": "c"})]
+
+
+async def test_events_of_a_run_that_is_gone_are_dropped_and_the_others_kept(db: Backend) -> None:
+    """Events for a run that does not exist are dropped; the other runs' events of the call are kept."""
+    await db.create_run(pending("r1"), [])
+    numbered = await db.append_events_of_runs({"gone": [{"kind": "a"}], "r1": [{"kind": "b"}]})
+    assert numbered in ({"r1": 1}, None)
+    assert await db.read_events("r1") == [(1, {"kind": "b"})]
+    assert await db.read_events("gone") == []
+    assert await db.append_events_of_runs({"gone": [{"kind": "a"}]}) in ({}, None)
+
+
 # ---- deleting ----------------------------------------------------------------------
 
 

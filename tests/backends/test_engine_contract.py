@@ -37,6 +37,16 @@ async def test_a_run_completes_and_another_engine_reads_its_result(backend: Stor
     ]
 
 
+async def test_store_values_read_back_from_every_backend_as_json_gives_them(backend: Storage) -> None:
+    """The engine speaks JSON to every backend: a tuple in a run's store reads back as a list on each."""
+    async with backend.engine(flows.QUICK) as engine:
+        handle = await engine.start(flows.QUICK, store={"pair": (1, 2), "nested": {"a": (3,)}})
+        with anyio.fail_after(5):
+            await handle.result()
+    async with backend.engine(flows.QUICK) as other:
+        assert await other.get_store(handle.run_id) == {"pair": [1, 2], "nested": {"a": [3]}, "one": 1}
+
+
 async def test_an_interrupted_run_is_taken_over_without_repeating_completed_actions(backend: Storage) -> None:
     """A run left mid-action by a closed engine is finished by the next; completed actions do not rerun."""
     async with backend.engine(flows.BASIC) as first:

@@ -197,6 +197,91 @@ async def test_a_schema_5_file_is_upgraded_and_its_interrupted_run_recovers(db_p
     assert pragma(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
+# ---- schema 7: the event log, appended in the order written ----------------------------
+
+
+def as_schema_6(path: Path) -> None:
+    """Rewrite the file as schema 6 had it: the event log a WITHOUT ROWID table keyed by (run, number)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.executescript(
+            """
+            BEGIN;
+            DROP TRIGGER run_events_go_with_their_run;
+            CREATE TABLE run_events_v6 (
+                run_no INTEGER NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run_no, seq)
+            ) WITHOUT ROWID;
+            INSERT INTO run_events_v6 SELECT run_no, seq, data FROM run_events;
+            DROP TABLE run_events;
+            ALTER TABLE run_events_v6 RENAME TO run_events;
+            CREATE TRIGGER run_events_go_with_their_run AFTER DELETE ON runs
+            BEGIN
+                DELETE FROM run_events WHERE run_no = old.run_no;
+            END;
+            UPDATE asyncflow_meta SET value = '6' WHERE key = 'schema_version';
+            COMMIT;
+            """
+        )
+    finally:
+        conn.close()
+
+
+def event_table_sql(path: Path) -> str:
+    """The CREATE TABLE statement of the file's event log."""
+    return str(pragma(path, "SELECT sql FROM sqlite_master WHERE name = 'run_events'")[0][0])
+
+
+async def events_of(path: Path, run_id: str) -> list[tuple[int, dict[str, Any]]]:
+    """Every event of the run's log, numbered, read through the backend."""
+    async with SQLiteBackend(path) as backend:
+        return await backend.read_events(run_id, limit=10_000)
+
+
+async def test_a_new_file_appends_events_to_a_rowid_table_indexed_by_run(db_path: Path) -> None:
+    """A file created now keeps the event log in a rowid table, with a unique index by run and number."""
+    await completed_run(db_path)
+    assert "WITHOUT ROWID" not in event_table_sql(db_path).upper()
+    assert "run_events_by_run" in indexes(db_path)
+    plan = pragma_params(
+        db_path,
+        "EXPLAIN QUERY PLAN SELECT data FROM run_events WHERE run_no = ? AND seq > ? ORDER BY seq",
+        [1, 0],
+    )
+    assert "USING INDEX run_events_by_run" in " / ".join(str(row[3]) for row in plan)
+
+
+async def test_a_schema_6_file_is_upgraded_and_keeps_its_events_in_order(db_path: Path) -> None:
+    """A schema-6 file opens at schema 7 with every event of its runs kept, numbered as before."""
+    url = f"sqlite:///{db_path}"
+    done = await completed_run(db_path)
+    interrupted = await flows.interrupt(url, flows.BASIC)
+    before = {run_id: await events_of(db_path, run_id) for run_id in (done, interrupted)}
+    assert before[done]
+    assert before[interrupted]
+    as_schema_6(db_path)
+    assert "WITHOUT ROWID" in event_table_sql(db_path).upper()
+    result = await flows.finish(url, interrupted, flows.BASIC)
+    assert result.status is af.RunStatus.COMPLETED
+    assert pragma(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
+    assert "WITHOUT ROWID" not in event_table_sql(db_path).upper()
+    assert await events_of(db_path, done) == before[done]
+    after = await events_of(db_path, interrupted)
+    assert after[: len(before[interrupted])] == before[interrupted]
+    assert [number for number, _ in after] == list(range(1, len(after) + 1))
+    assert after[-1][1]["kind"] == "run_finished"
+
+
+async def test_events_of_a_purged_run_go_with_it_after_the_upgrade(db_path: Path) -> None:
+    """On a file upgraded from schema 6, deleting a run still deletes its events (the trigger is back)."""
+    run_id = await completed_run(db_path)
+    as_schema_6(db_path)
+    async with engine_on(db_path, flows.QUICK) as engine:
+        assert await engine.delete_run(run_id)
+    assert pragma(db_path, "SELECT COUNT(*) FROM run_events") == [(0,)]
+
+
 @pytest.mark.parametrize("status", [None, af.RunStatus.COMPLETED])
 @pytest.mark.parametrize("workflow_id", [None, "w"])
 @pytest.mark.parametrize("cursor", [None, encode_cursor(1.0, "r")])
@@ -229,6 +314,19 @@ async def test_the_file_shrinks_after_a_purge(db_path: Path) -> None:
         assert await engine.purge(older_than=timedelta(0)) == 100
     assert (await anyio.Path(db_path).stat()).st_size < full / 5
     assert pragma(db_path, "PRAGMA freelist_count")[0][0] < 256
+
+
+async def test_the_write_ahead_log_is_cut_back_after_a_big_write(db_path: Path) -> None:
+    """A write bigger than the WAL's limit leaves no bigger WAL once it is copied in and writes go on."""
+    wal = db_path.with_name(db_path.name + "-wal")
+    limit = 8000 * 4096  # (the pages a checkpoint lets the WAL reach)
+    async with engine_on(db_path, flows.QUICK) as engine:
+        with anyio.fail_after(30):
+            # One commit of more than the limit: the WAL holds it all until it is copied in.
+            await (await engine.start(flows.QUICK, store={"blob": "x" * (limit + 4 * 2**20)})).result()
+            for _ in range(3):  # (the first write after the WAL was copied in starts it over)
+                await (await engine.start(flows.QUICK)).result()
+        assert (await anyio.Path(wal).stat()).st_size <= limit
 
 
 def test_a_close_cancelled_before_the_writer_stops_leaves_its_thread_quiet(tmp_path: Path) -> None:

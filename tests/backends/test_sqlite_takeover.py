@@ -125,9 +125,15 @@ async def test_an_engine_of_this_host_whose_process_is_gone_is_taken_over(db_pat
     assert [info.run_id for info in claimed] == ["r1"]
 
 
-@pytest.mark.parametrize("owner", ["elsewhere:1:abc", f"{socket.gethostname()}:{os.getpid()}:here", "custom"])
-async def test_runs_of_engines_not_provably_dead_wait_for_their_lease(db_path: Path, owner: str) -> None:
+# (the test ids stay the same from one process to the next: make mutate names tests by their ids)
+@pytest.mark.parametrize("where", ["other-host", "this-process", "custom"])
+async def test_runs_of_engines_not_provably_dead_wait_for_their_lease(db_path: Path, where: str) -> None:
     """Runs of an engine of another host, of this process, or of a custom name without a lock wait."""
+    owner = {
+        "other-host": "elsewhere:1:abc",
+        "this-process": f"{socket.gethostname()}:{os.getpid()}:here",
+        "custom": "custom",
+    }[where]
     await held_by(db_path, owner)
     async with SQLiteBackend(db_path) as db:
         now = time.time()

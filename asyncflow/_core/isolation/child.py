@@ -28,12 +28,13 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
 
 from ..actions import Action
-from ..context import ActionContext
+from ..context import ActionContext, context_changes, finish_context
 from ..definitions import registry
 from ..durable import Durability, Op
 from ..errors import Bail, InsertionLimitExceeded, NotSerializable, Suspend
@@ -227,8 +228,8 @@ class _Session:
             depth=frame.get("depth", 1),
             parent=parent,
             pos=frame["pos"],
+            key=key,
         )
-        node._key = key
         if parent is not None:
             if parent.children is None:
                 parent.children = []
@@ -254,6 +255,16 @@ class _Session:
             self.out.write(failure)
 
     async def _run(self, frame: dict[str, Any]) -> dict[str, Any]:
+        trace = frame.get("trace")
+        if trace is None:
+            return await self._run_action(frame)
+        detach = _enter_trace(trace)
+        try:
+            return await self._run_action(frame)
+        finally:
+            detach()
+
+    async def _run_action(self, frame: dict[str, Any]) -> dict[str, Any]:
         node = self._node(frame)
         run = self.run
         durable = self.durable
@@ -273,7 +284,7 @@ class _Session:
             self._commit(ctx, node)
             return reply
         except Suspend as suspend:
-            ctx._finish(False)
+            finish_context(ctx, False)
             node.status = StepStatus.SUSPENDED
             try:
                 exact_json(suspend.data)
@@ -285,7 +296,7 @@ class _Session:
                 )
             return {"t": "suspend", "reason": suspend.reason, "data": suspend.data}
         except Exception as exc:
-            ctx._finish(False)
+            finish_context(ctx, False)
             node.status = STEP_FAILED
             return _failure(exc)
         finally:
@@ -296,16 +307,31 @@ class _Session:
         return reply
 
     def _commit(self, ctx: ActionContext, node: ActionNode) -> None:
-        ctx._finish(True)
+        finish_context(ctx, True)
         node.status = STEP_COMPLETED
         nodes = self.nodes
         for inserted in node.walk():
             nodes.setdefault(inserted.key, inserted)
 
 
+def _enter_trace(carrier: dict[str, str]) -> Callable[[], None]:
+    """Make the parent's trace context (W3C headers) current here; return what undoes it.
+
+    Only OpenTelemetry's API is needed (the parent sends a context only when
+    it traces); without it, user code here has no tracing to join anyway.
+    """
+    try:
+        from opentelemetry import context
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    except ImportError:
+        return lambda: None
+    token = context.attach(TraceContextTextMapPropagator().extract(carrier))
+    return lambda: context.detach(token)
+
+
 def _changes(ctx: ActionContext, reply: dict[str, Any]) -> dict[str, Any]:
     """``reply`` with the store writes and plan changes of the action of ``ctx``."""
-    overlay = ctx._overlay
+    overlay, ops = context_changes(ctx)
     if overlay is not None:
         deleted, values, meta = overlay.changes()
         if deleted:
@@ -319,7 +345,6 @@ def _changes(ctx: ActionContext, reply: dict[str, Any]) -> dict[str, Any]:
                 else:
                     rows.append([key, value, entry.expires, sorted(entry.tags), entry.properties])
             reply["puts"] = rows
-    ops = getattr(ctx, "_ops", None)
     if ops:
         reply["ops"] = ops
     return reply

@@ -18,6 +18,7 @@ dies, the next attempt gets a new child and a new snapshot.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 import types
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,7 @@ import anyio
 from anyio.abc import TaskGroup
 from loguru import logger
 
-from ..context import ActionContext
+from ..context import ActionContext, context_node, context_run
 from ..definitions import registry
 from ..errors import Bail, ChildProcessFailed, NotSerializable, RecordedError, Suspend
 from ..events import Message
@@ -45,12 +46,15 @@ StageBody = Callable[["RunState", StageNode], Awaitable[None]]
 class _Call:
     """One request to the child: starting a stage (``begin``) or running an action."""
 
-    __slots__ = ("child", "ctx", "event", "failure", "node", "reply")
+    __slots__ = ("child", "context", "ctx", "event", "failure", "node", "reply")
 
     def __init__(self, child: ChildProcess, node: ActionNode, ctx: ActionContext | None) -> None:
         self.child = child
         self.node = node
         self.ctx = ctx
+        # The action's own context (made in its task): the log lines the child sends for it are
+        # written in it, so they carry what its code would see (its trace span, say).
+        self.context = contextvars.copy_context() if ctx is not None else None
         self.event = anyio.Event()
         self.reply: dict[str, Any] | None = None
         self.failure: BaseException | None = None
@@ -258,7 +262,11 @@ class StageSession:
             if call is not None and call.ctx is not None:
                 await _relay_message(call.ctx, frame, child.pid)
         elif kind == "log":
-            _relay_log(frame, child.pid)
+            call = self.calls.get(frame.get("id", -1))
+            if call is not None and call.context is not None:
+                call.context.run(_relay_log, frame, child.pid)
+            else:
+                _relay_log(frame, child.pid)
         else:
             call = self.calls.pop(frame.get("id", -1), None)
             if call is not None:
@@ -288,7 +296,7 @@ class StageSession:
 
     async def call(self, ctx: ActionContext) -> None:
         """Run the action of ``ctx`` in the stage's child and apply what it did through ``ctx``."""
-        node = ctx._node
+        node = context_node(ctx)
         child = await self._child_for(node, ctx)
         call = self._start(child, node, ctx)
         call_id = self.next_id
@@ -307,6 +315,12 @@ class StageSession:
         if resuming:
             frame["resuming"] = True
             frame["resume_data"] = ctx.resume_data
+        tracing = self.run.hub.tracing
+        if tracing is not None:
+            # The action's trace context (W3C headers): what user code makes in the child joins it.
+            trace = tracing.current()
+            if trace is not None:
+                frame["trace"] = trace
         try:
             await _send(child, frame)
             await call.event.wait()
@@ -345,7 +359,7 @@ async def _send(child: ChildProcess, frame: dict[str, Any]) -> None:
 def _store_rows(run: RunState) -> list[list[Any]]:
     """The run's store as rows ``[key, value]`` or ``[key, value, expires, tags, properties]``."""
     rows: list[list[Any]] = []
-    for key, value, meta in run.store._live_items():
+    for key, value, meta in run.store.live_items():
         try:
             exact_json(value)
         except (TypeError, ValueError) as exc:
@@ -366,7 +380,7 @@ def _apply(session: StageSession, ctx: ActionContext, reply: dict[str, Any]) -> 
     for key in reply.get("deletes", ()):
         store.delete(key)
     if reply.get("puts"):
-        clock = ctx._run.store._clock
+        clock = store.now
         for row in reply["puts"]:
             if len(row) == 2:
                 store.put(row[0], row[1])
@@ -377,9 +391,8 @@ def _apply(session: StageSession, ctx: ActionContext, reply: dict[str, Any]) -> 
     ops = reply.get("ops")
     if not ops:
         return
-    run = ctx._run
-    durable = run.durable
-    node = ctx._node
+    durable = context_run(ctx).durable
+    node = context_node(ctx)
     where = f"inserted in the child by action {node.action.name!r} of stage {node.stage_node.id!r}"
     for op in ops:
         kind = op["op"]
@@ -410,12 +423,12 @@ def _apply(session: StageSession, ctx: ActionContext, reply: dict[str, Any]) -> 
 
 async def _relay_message(ctx: ActionContext, frame: dict[str, Any], pid: int) -> None:
     """``ctx.send`` on behalf of the child: the same handlers, marked as from the child."""
-    run = ctx._run
+    run = context_run(ctx)
     run.message_seq += 1
     hub = run.hub
     if not hub.routes:
         return
-    node = ctx._node
+    node = context_node(ctx)
     stage = node.stage_node
     message = Message(
         kind=frame["kind"],

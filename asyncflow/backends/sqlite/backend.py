@@ -40,6 +40,22 @@ _SELECT_RUN = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
 _SELECT_NUMBERED_RUN = f"SELECT run_no, {', '.join(_RUN_COLUMNS)} FROM runs WHERE run_id = ?"
 _CLAIMABLE = ("pending", "running", "sleeping")
 _PURGE_CHUNK = 1000
+
+
+# The events of runs, a JSON object of run id -> its events (a JSON array), one row per run
+# numbered by its last event, on from the run's last row; a run that is gone joins nothing (its
+# events are dropped with it). One text for every run: one json.dumps on the loop, and SQLite
+# splits it without the GIL.
+_APPEND_EVENTS_SQL = (
+    "INSERT INTO run_events (run_no, seq, data) "
+    "SELECT r.run_no, COALESCE((SELECT MAX(e.seq) FROM run_events AS e WHERE e.run_no = r.run_no), 0) "
+    "+ json_array_length(j.value), j.value FROM json_each(?) AS j JOIN runs AS r ON r.run_id = j.key"
+)
+# The numbers the rows of that statement were given (found by their rowids), as one JSON object.
+_NUMBERED_SQL = (
+    "SELECT json_group_object(r.run_id, e.seq) FROM run_events AS e JOIN runs AS r ON r.run_no = e.run_no "
+    "WHERE e.event_no BETWEEN ? AND ?"
+)
 # The engines other than the claimer that hold runs on a live lease (their liveness is checked).
 _HELD_BY_OTHERS = (
     "SELECT DISTINCT owner FROM runs WHERE status IN ('running', 'sleeping') "
@@ -363,17 +379,25 @@ class SQLiteBackend(Backend):
         marks = ", ".join("?" * len(finished))
 
         def purge(conn: sqlite3.Connection) -> int:
-            numbers = conn.execute(
-                f"SELECT run_no FROM runs WHERE status IN ({marks}) AND updated_at < ? LIMIT ?",
-                (*finished, finished_before, _PURGE_CHUNK),
-            ).fetchall()
-            conn.executemany("DELETE FROM checkpoints WHERE run_no = ?", numbers)
-            conn.executemany("DELETE FROM runs WHERE run_no = ?", numbers)
-            return len(numbers)
+            # A few statements, each for the whole chunk (a statement per run would wait for the
+            # loop's GIL after each); the trigger deletes their events.
+            with atomic(conn):
+                numbers = conn.execute(
+                    "SELECT json_group_array(run_no) FROM (SELECT run_no FROM runs "
+                    f"WHERE status IN ({marks}) AND updated_at < ? LIMIT ?)",
+                    (*finished, finished_before, _PURGE_CHUNK),
+                ).fetchone()[0]
+                conn.execute(
+                    "DELETE FROM checkpoints WHERE run_no IN (SELECT value FROM json_each(?))", (numbers,)
+                )
+                deleted = conn.execute(
+                    "DELETE FROM runs WHERE run_no IN (SELECT value FROM json_each(?))", (numbers,)
+                ).rowcount
+            return int(deleted)
 
         total = 0
         while True:
-            deleted: int = await self._writer.submit(purge, writes=True)
+            deleted: int = await self._writer.submit(purge, writes=True, alone=True)
             total += deleted
             if deleted < _PURGE_CHUNK:
                 break
@@ -396,55 +420,53 @@ class SQLiteBackend(Backend):
         def give_back(conn: sqlite3.Connection) -> int:
             free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             pages = min(free, step)
-            # One page per statement: the sqlite3 module steps a statement without columns
-            # once, and incremental_vacuum gives back a page per step.
-            for _ in range(pages):
-                conn.execute("PRAGMA incremental_vacuum(1)")
+            if pages:
+                # incremental_vacuum gives back one page per step of its statement; executescript
+                # steps it to the end in one call (execute would step it once: one page), its own
+                # transaction (this job runs outside any: see Writer.submit).
+                conn.executescript(f"PRAGMA incremental_vacuum({pages})")
             return free - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
         total = 0
         while True:
-            freed: int = await self._writer.submit(give_back, writes=True)
+            freed: int = await self._writer.submit(give_back, writes=True, alone=True)
             total += freed
             if freed < step:
                 return total
 
     async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> int | None:
         """Add the events to the end of the run's log, in the next commit."""
-        texts = [json.dumps(data) for data in events]
-        if not texts:
+        if not events:
             return None
 
         numbered = await self.append_events_of_runs({run_id: events})
         return (numbered or {}).get(run_id)
 
     async def append_events_of_runs(self, events: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, int]:
-        """Add the events of several runs to their logs, in one job of the next commit."""
-        # One row per run and call: its events as one JSON array, keyed by the number of the last
-        # (a busy engine writes a few events per run each time, and a row costs more than its bytes).
-        texts = {run_id: (len(batch), json.dumps(batch)) for run_id, batch in events.items() if batch}
-        if not texts:
+        """Add the events of several runs to their logs, by one statement for all of them.
+
+        One row per run and call: its events as one JSON array, keyed by the number of
+        the last (a busy engine writes a few events per run each time, and a row costs
+        more than its bytes). The writer thread runs that statement, then one that reads
+        the numbers it gave back as one JSON text (the rows it added are the last rowids:
+        no other writer can come between). Next to checkpoints alone, these go after the
+        checkpoints' results are handed back, outside a transaction (see
+        ``Writer.submit``): every statement on the writer waits for the loop's GIL.
+        """
+        batches = {run_id: batch for run_id, batch in events.items() if batch}
+        if not batches:
             return {}
+        text = json.dumps(batches, separators=(",", ":"))
 
-        def append(conn: sqlite3.Connection) -> dict[str, int]:
-            numbered: dict[str, int] = {}
-            rows: list[tuple[int, int, str]] = []
-            for run_id, (count, text) in texts.items():
-                row = conn.execute(
-                    "SELECT r.run_no, (SELECT MAX(seq) FROM run_events WHERE run_no = r.run_no) "
-                    "FROM runs AS r WHERE r.run_id = ?",
-                    (run_id,),
-                ).fetchone()
-                if row is None:  # (deleted meanwhile)
-                    continue
-                run_no, last = row[0], row[1] or 0
-                rows.append((run_no, last + count, text))
-                numbered[run_id] = int(last + count)
-            conn.executemany("INSERT INTO run_events (run_no, seq, data) VALUES (?, ?, ?)", rows)
-            return numbered
+        def append(conn: sqlite3.Connection) -> str | None:
+            cursor = conn.execute(_APPEND_EVENTS_SQL, (text,))  # one statement: atomic by itself
+            added, last = cursor.rowcount, cursor.lastrowid
+            if added <= 0 or last is None:  # (every run gone)
+                return None
+            return str(conn.execute(_NUMBERED_SQL, (last - added + 1, last)).fetchone()[0])
 
-        result: dict[str, int] = await self._writer.submit(append, writes=True)
-        return result
+        numbers: str | None = await self._writer.submit(append, writes=True, alone=True)
+        return {} if numbers is None else {run_id: int(n) for run_id, n in json.loads(numbers).items()}
 
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int = 1000

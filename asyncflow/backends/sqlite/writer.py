@@ -37,14 +37,19 @@ from .schema import atomic, connect, locked
 
 
 class _Job:
-    __slots__ = ("error", "fn", "future", "result", "writes")
+    __slots__ = ("alone", "error", "fn", "future", "result", "writes")
 
     def __init__(
-        self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], writes: bool
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        future: asyncio.Future[Any],
+        writes: bool,
+        alone: bool = False,
     ) -> None:
         self.fn = fn
         self.future = future
         self.writes = writes
+        self.alone = alone  # writes atomically by itself, outside a transaction: see Writer.submit
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -182,19 +187,36 @@ class Writer:
                     if len(batch) + len(checkpoints) >= 1024 or jobs.empty():
                         break  # (this thread alone takes jobs: not empty now, not empty below)
                     job = jobs.get_nowait()
+                # Jobs that write alone go last, each its own transaction, once the results of
+                # the others are handed back: their runs go on meanwhile (see submit).
+                alone = [job for job in batch if job.alone]
+                if alone:
+                    batch = [job for job in batch if not job.alone]
                 if batch or checkpoints:
-                    try:
-                        self._execute(conn, batch, checkpoints)
-                    except Exception as exc:  # (a failure SQLite's own handling let through)
-                        # From the checkpoints, written first, or from finding which of them
-                        # failed: they and the calls after them (not made yet) fail with it,
-                        # even a checkpoint that was written, and the writer goes on.
-                        _fail_all(batch, checkpoints, _wrap(exc, self.path, self.busy_timeout))
-                    self._hand_back(loop, batch, checkpoints)
+                    self._run(loop, conn, batch, checkpoints)
+                if alone:
+                    self._run(loop, conn, alone, [])
         finally:
             conn.close()
             if closed is not None:
                 _call_in_loop(loop, _resolve_future, closed, None)
+
+    def _run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: sqlite3.Connection,
+        batch: list[_Job],
+        checkpoints: list[_Batch],
+    ) -> None:
+        """Execute ``batch`` and ``checkpoints`` and give the results to the loop (on the writer thread)."""
+        try:
+            self._execute(conn, batch, checkpoints)
+        except Exception as exc:  # (a failure SQLite's own handling let through)
+            # From the checkpoints, written first, or from finding which of them
+            # failed: they and the calls after them (not made yet) fail with it,
+            # even a checkpoint that was written, and the writer goes on.
+            _fail_all(batch, checkpoints, _wrap(exc, self.path, self.busy_timeout))
+        self._hand_back(loop, batch, checkpoints)
 
     def _hand_back(
         self, loop: asyncio.AbstractEventLoop, batch: list[_Job], checkpoints: list[_Batch]
@@ -264,10 +286,11 @@ class Writer:
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Job], checkpoints: list[_Batch]) -> None:
         if batch:
-            writes = [job for job in batch if job.writes]
+            writes = [job for job in batch if job.writes and not job.alone]
             reads = [job for job in batch if not job.writes]
+            alone = [job for job in batch if job.alone]
         else:  # the common case: only checkpoints
-            writes = reads = []
+            writes = reads = alone = []
         if checkpoints and not writes:
             # One statement, its own transaction, so the writer wins the GIL back once
             # per batch (each SQLite call gives it up).
@@ -285,6 +308,11 @@ class Writer:
                     conn.execute("ROLLBACK")
                 error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
                 _fail_all(writes, checkpoints, _wrap(error, self.path, self.busy_timeout))
+        for job in alone:
+            try:
+                job.result = job.fn(conn)
+            except Exception as exc:
+                job.error = exc
         for job in reads:
             try:
                 job.result = job.fn(conn)
@@ -294,13 +322,22 @@ class Writer:
             if job.error is not None:
                 job.error = _wrap(job.error, self.path, self.busy_timeout)
 
-    def submit(self, fn: Callable[[sqlite3.Connection], Any], *, writes: bool) -> asyncio.Future[Any]:
-        """Run ``fn(conn)`` on the writer (in the next transaction if it ``writes``); its future."""
+    def submit(
+        self, fn: Callable[[sqlite3.Connection], Any], *, writes: bool, alone: bool = False
+    ) -> asyncio.Future[Any]:
+        """Run ``fn(conn)`` on the writer (in the next transaction if it ``writes``); its future.
+
+        ``alone``: ``fn`` writes atomically by itself (one statement, or its own
+        ``atomic`` block), outside a transaction: the writer runs it after the
+        other jobs and checkpoints of its batch, once their results are handed
+        back. Every statement on the writer waits for the loop's GIL, and a
+        transaction adds four (BEGIN, SAVEPOINT, RELEASE, COMMIT).
+        """
         loop = self._loop
         if self._thread is None or loop is None:
             raise self.not_open()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending_jobs.append(_Job(fn, future, writes))
+        self._pending_jobs.append(_Job(fn, future, writes, alone))
         self._hand_over(loop)
         return future
 
