@@ -306,6 +306,13 @@ async def _serve(engine: Engine, grace: float, as_json: bool = False) -> int:
 
 
 def _unreachable(exc: BaseException) -> bool:
-    """Whether an error opening the database means the server did not answer (worth waiting for)."""
+    """Whether an error opening the database means the server did not answer (worth waiting for).
+
+    A server that is starting, or that has no connection to spare (``too many
+    clients``), counts too: both pass.
+    """
     cause = exc.__cause__
-    return isinstance(cause, OSError | TimeoutError) or type(cause).__name__ == "CannotConnectNowError"
+    return isinstance(cause, OSError | TimeoutError) or type(cause).__name__ in (
+        "CannotConnectNowError",
+        "TooManyConnectionsError",
+    )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import anyio
+import asyncpg
 import pg_flows
 import pytest
 from helpers import eventually
@@ -125,6 +127,34 @@ async def test_runs_list_shows_the_worker_that_holds_each_run(
     assert done.returncode == 0, done.stderr.decode()
     assert "held by" in out
     assert str(w.process.pid if w.process else "") in out
+
+
+async def test_a_worker_waits_for_a_server_with_no_connection_to_spare(
+    postgres_server: str, postgres_url: str, tmp_path: Path, ledger: Ledger, workers: list[Worker]
+) -> None:
+    """A worker whose role is at its connection limit waits with back-off, and starts once there is room."""
+    conn = await asyncpg.connect(postgres_server)
+    role = f"af_full_{os.getpid()}"
+    database = await conn.fetchval("SELECT current_database()")
+    query = "&".join(p for p in postgres_url.split("?", 1)[1].split("&") if not p.startswith("host="))
+    url = f"postgresql://{role}:pw@127.0.0.1:5432/{database}?{query}"
+    try:
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw' CONNECTION LIMIT 0")
+        await conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {role}')
+        w = worker(url, tmp_path, "full", workers)
+        await wait_until(lambda: "retrying with back-off until it answers" in w.log(), 30)
+        assert w.process is not None
+        assert w.process.poll() is None
+        await conn.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
+        await w.ready()
+        w.stop()
+    finally:
+        schema = postgres_url.rsplit("schema=", 1)[1]
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.execute(f'REVOKE ALL ON DATABASE "{database}" FROM {role}')
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        await conn.close()
 
 
 def test_worker_with_a_bad_app_exits_2(postgres_url: str) -> None:

@@ -171,8 +171,13 @@ def is_disconnect(exc: BaseException) -> bool:
             asyncpg.CannotConnectNowError,
             asyncpg.exceptions.OperatorInterventionError,
             asyncpg.exceptions.TooManyConnectionsError,
+            asyncpg.exceptions.IdleInTransactionSessionTimeoutError,  # (this engine was frozen)
         ),
     ) and not isinstance(exc, asyncpg.exceptions.QueryCanceledError)
+
+
+#: how long (ms) the server lets one of asyncflow's sessions sit idle inside a transaction
+IDLE_IN_TRANSACTION_MS = 5000
 
 
 def connect_kwargs(url: PostgresURL) -> dict[str, Any]:
@@ -183,4 +188,10 @@ def connect_kwargs(url: PostgresURL) -> dict[str, Any]:
     }
     if url.pooler == "transaction":
         kwargs["statement_cache_size"] = 0  # (prepared statements do not survive a pooler's switches)
+    else:
+        # asyncflow's transactions are a few statements sent back to back. One left idle is an engine
+        # frozen in the middle of it (SIGSTOP, a VM paused), whose locks would hold up every other
+        # engine writing that run's events: the server ends its session instead (its writes are
+        # retried when it wakes). (Not set behind a pooler, which may refuse startup settings.)
+        kwargs["server_settings"]["idle_in_transaction_session_timeout"] = str(IDLE_IN_TRANSACTION_MS)
     return kwargs
