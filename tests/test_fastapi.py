@@ -285,6 +285,15 @@ async def test_resume_continues_a_suspended_run_and_a_retried_key_is_not_an_erro
     assert run["store"]["approved"] == {"ok": True}
 
 
+async def test_a_blank_resume_key_is_a_422_problem(engine: af.Engine) -> None:
+    """A resume key of whitespace only ("\\x1d" too) is refused as bad input, not a server error."""
+    async with serving(make_app(engine)) as client:
+        run_id = await start(client, "approval")
+        await until(client, run_id, "suspended")
+        response = await client.post(f"/runs/{run_id}/resume", json={"data": 1, "key": "\x1d"})
+    assert_problem(response, 422, "blank")
+
+
 async def test_resume_of_a_run_that_is_not_suspended_is_409(engine: af.Engine) -> None:
     """Resuming a completed run is a 409 problem saying it is not suspended."""
     async with serving(make_app(engine)) as client:

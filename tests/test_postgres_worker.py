@@ -143,7 +143,7 @@ async def test_a_worker_waits_for_a_server_with_no_connection_to_spare(
         await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw' CONNECTION LIMIT 0")
         await conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {role}')
         w = worker(url, tmp_path, "full", workers)
-        await wait_until(lambda: "retrying with back-off until it answers" in w.log(), 30)
+        await eventually(lambda: "retrying with back-off until it answers" in w.log(), within=30)
         assert w.process is not None
         assert w.process.poll() is None
         await conn.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")

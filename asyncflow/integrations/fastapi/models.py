@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...backends import RunInfo
 
@@ -35,6 +35,20 @@ class ResumeRequest(BaseModel):
         max_length=MAX_KEY_LENGTH,
         description="Makes resuming idempotent: a key the run was resumed with before resumes nothing.",
     )
+
+    @field_validator("key")
+    @classmethod
+    def _key_is_text(cls, key: str | None) -> str | None:
+        """Refuse a key the engine refuses (blank, or not Unicode text), as bad input, not a server error."""
+        if key is None:
+            return key
+        if key.isspace():
+            raise ValueError("the resume key must not be blank")
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the resume key must be Unicode text (it holds a lone surrogate)") from None
+        return key
 
 
 class Accepted(BaseModel):
