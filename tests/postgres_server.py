@@ -82,3 +82,16 @@ async def drop_schema(url: str, schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+async def drop_role(conn: asyncpg.Connection, role: str) -> None:
+    """Drop a login role a test made, with what it owns here (the schema its engine created).
+
+    The test's own role may be no superuser (CI's has CREATEROLE only): it joins ``role``
+    first, so that it may drop what ``role`` owns.
+    """
+    if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role) is None:
+        return
+    await conn.execute(f"GRANT {role} TO CURRENT_USER")
+    await conn.execute(f"DROP OWNED BY {role} CASCADE")
+    await conn.execute(f"DROP ROLE {role}")

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import asyncpg
+import postgres_server as pg
 import pytest
 from faults.faulty import Faults, FaultyBackend
 from helpers import eventually
@@ -129,10 +130,10 @@ async def test_calls_wait_for_a_connection_when_the_server_has_no_more(postgres_
                 infos = await asyncio.gather(*(backend.get_run("r1") for _ in range(16)))
             assert {info.run_id for info in infos if info is not None} == {"r1"}
     finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.execute(f'REVOKE ALL ON DATABASE "{database}" FROM {role}')
-        await conn.execute(f"DROP ROLE IF EXISTS {role}")
-        await conn.close()
+        try:
+            await pg.drop_role(conn, role)
+        finally:
+            await conn.close()
 
 
 def test_missing_extra_names_it() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pg_flows
+import postgres_server as pg
 import pytest
 from helpers import eventually
 from pg_workers import TESTS, Ledger, Worker, client
@@ -150,11 +151,10 @@ async def test_a_worker_waits_for_a_server_with_no_connection_to_spare(
         await w.ready()
         w.stop()
     finally:
-        schema = postgres_url.rsplit("schema=", 1)[1]
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.execute(f'REVOKE ALL ON DATABASE "{database}" FROM {role}')
-        await conn.execute(f"DROP ROLE IF EXISTS {role}")
-        await conn.close()
+        try:
+            await pg.drop_role(conn, role)
+        finally:
+            await conn.close()
 
 
 def test_worker_with_a_bad_app_exits_2(postgres_url: str) -> None:
