@@ -275,9 +275,6 @@ class ActionLevel(MiddlewareContext):
         journal = close_context(ctx)
         if journal is not None and run.hub.listening:
             await _emit_inserts(run, journal)
-        if node.status is STEP_FAILED:  # an earlier attempt failed (a middleware retries)
-            node.status = STEP_RUNNING
-            node.error = None
 
 
 def attempting(mw: Middleware) -> Handler:
