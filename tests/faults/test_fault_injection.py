@@ -7,30 +7,13 @@ See :mod:`.campaign` for what each seed checks.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
-from backends.storages import BACKENDS, STORAGES, Storage
+from backends.storages import Storage
 
-from . import workload
 from .campaign import campaign
 
 SEEDS = int(os.environ.get("ASYNCFLOW_FAULT_SEEDS", "20"))
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ledger() -> Iterator[None]:
-    workload.reset()
-    yield
-    workload.reset()
-
-
-@pytest.fixture(params=BACKENDS)
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    """A fresh database of each backend in turn."""
-    async with STORAGES[request.param](tmp_path) as made:
-        yield made
 
 
 @pytest.mark.once

@@ -9,14 +9,12 @@ start a second execution that suspends the run again over the resume.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-import pytest
-from backends.storages import BACKENDS, STORAGES, Storage
+from backends.storages import Storage
 from helpers import eventually
 
 import asyncflow as af
@@ -26,20 +24,6 @@ from . import workload
 from .faulty import Faults, FaultyBackend
 
 APPROVE = af.Workflow("races-approve", stages=[af.Stage("approve", actions=[workload.approval])])
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ledger() -> Iterator[None]:
-    workload.reset()
-    yield
-    workload.reset()
-
-
-@pytest.fixture(params=BACKENDS)
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    """A fresh database of each backend in turn."""
-    async with STORAGES[request.param](tmp_path) as made:
-        yield made
 
 
 class Gated(FaultyBackend):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from backends.storages import BACKENDS, STORAGES, Storage
+from backends.storages import Storage
 from helpers import eventually
 
 import asyncflow as af
@@ -20,20 +18,6 @@ from . import workload
 from .faulty import Faults, FaultyBackend, disk_full
 
 
-@pytest.fixture(autouse=True)
-def _fresh_ledger() -> Iterator[None]:
-    workload.reset()
-    yield
-    workload.reset()
-
-
-@pytest.fixture(params=BACKENDS)
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    """A fresh database of each backend in turn."""
-    async with STORAGES[request.param](tmp_path) as made:
-        yield made
-
-
 def faulty_engine(storage: Storage, faults: Faults, *workflows: af.Workflow, **options: Any) -> af.Engine:
     """An engine on ``storage`` whose writes fail as ``faults`` says, ``workflows`` registered."""
     options.setdefault("lease", 2.0)
@@ -42,6 +26,17 @@ def faulty_engine(storage: Storage, faults: Faults, *workflows: af.Workflow, **o
     for workflow in workflows:
         engine.register(workflow)
     return engine
+
+
+async def run_through_failing_checkpoints(storage: Storage, failures: int) -> str:
+    """One run whose next ``failures`` checkpoint writes fail, run to its end; its id."""
+    faults = Faults(first=failures, only={"checkpoint"})
+    async with faulty_engine(storage, faults, workload.STEADY) as engine:
+        faults.arm()
+        handle = await engine.start(workload.STEADY)
+        with anyio.fail_after(30):
+            await handle.result()
+    return handle.run_id
 
 
 @pytest.mark.parametrize("failures", [1, 5, 40])
@@ -81,12 +76,7 @@ async def test_an_episode_of_failing_writes_is_logged_once_naming_the_database_a
     storage: Storage, asyncflow_log: list[dict[str, Any]]
 ) -> None:
     """Six failed checkpoint writes in a row log one warning (database, cause) and one line when over."""
-    faults = Faults(first=6, only={"checkpoint"})
-    async with faulty_engine(storage, faults, workload.STEADY) as engine:
-        faults.arm()
-        handle = await engine.start(workload.STEADY)
-        with anyio.fail_after(30):
-            await handle.result()
+    await run_through_failing_checkpoints(storage, 6)
     failing = [r for r in asyncflow_log if "are failing" in r["message"]]
     recovered = [r for r in asyncflow_log if "go through again" in r["message"]]
     assert len(failing) == 1, [r["message"] for r in failing]
@@ -100,18 +90,13 @@ async def test_the_episode_lines_say_what_failed_how_and_how_many_times(
     storage: Storage, asyncflow_log: list[dict[str, Any]]
 ) -> None:
     """The warning names the database, the error, its cause and the write; the end line counts failures."""
-    faults = Faults(first=6, only={"checkpoint"})
-    async with faulty_engine(storage, faults, workload.STEADY) as engine:
-        faults.arm()
-        handle = await engine.start(workload.STEADY)
-        with anyio.fail_after(30):
-            await handle.result()
+    run_id = await run_through_failing_checkpoints(storage, 6)
     url = storage.new().url
     [failing] = [r["message"] for r in asyncflow_log if "are failing" in r["message"]]
     [recovered] = [r["message"] for r in asyncflow_log if "go through again" in r["message"]]
     assert failing == (
         f"writes to {url} are failing (OSError: [Errno 28] No space left on device, writing the stage "
-        f"checkpoint of run {handle.run_id}); checkpoints are kept and written again with back-off, "
+        f"checkpoint of run {run_id}); checkpoints are kept and written again with back-off, "
         f"and their runs held, not failed"
     )
     seconds = re.fullmatch(
