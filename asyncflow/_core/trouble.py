@@ -35,7 +35,34 @@ class GivenBack(LeaseLost):
     """
 
 
-class WriteTrouble:
+class Episodes:
+    """Stretches of failures against one database: each counted and timed from its first failure."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        #: when the episode on began (``time.monotonic()``), or None between episodes
+        self.since: float | None = None
+        self.failures = 0
+
+    def count(self) -> bool:
+        """Count one failure; true for the first of an episode (the one to log)."""
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            return True
+        return False
+
+    def end(self) -> tuple[float, int] | None:
+        """End the episode on, if any: how long it lasted and how many failures it counted."""
+        if self.since is None:
+            return None
+        ended = (time.monotonic() - self.since, self.failures)
+        self.since = None
+        self.failures = 0
+        return ended
+
+
+class WriteTrouble(Episodes):
     """One engine's episodes of failing writes: each logged once as it begins and once as it ends.
 
     An episode begins with the first write that fails and ends when no write
@@ -43,16 +70,12 @@ class WriteTrouble:
     """
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        super().__init__(url)
         self.waiting = 0
-        self.since: float | None = None
-        self.failures = 0
 
     def failed(self, what: str, exc: BaseException) -> None:
         """``what`` failed with ``exc`` and will be tried again."""
-        self.failures += 1
-        if self.since is None:
-            self.since = time.monotonic()
+        if self.count():
             logger.warning(
                 "writes to {} are failing ({}: {}, writing {}); checkpoints are kept and written "
                 "again with back-off, and their runs held, not failed",
@@ -101,18 +124,11 @@ class WriteTrouble:
 
     def went_through(self) -> None:
         """A write went through: the episode ends, unless other writes still wait to be tried again."""
-        if self.waiting == 0 and self.since is not None:
-            logger.info(
-                "writes to {} go through again, after {:.2f}s and {} failed writes",
-                self.url,
-                time.monotonic() - self.since,
-                self.failures,
-            )
-            self.since = None
-            self.failures = 0
+        if self.waiting == 0 and (ended := self.end()) is not None:
+            logger.info("writes to {} go through again, after {:.2f}s and {} failed writes", self.url, *ended)
 
 
-class MaintenanceTrouble:
+class MaintenanceTrouble(Episodes):
     """Episodes of an engine's maintenance (heartbeats, looks for runs) failing, each logged once.
 
     During a database outage every tick fails the same way: the first failure
@@ -121,16 +137,9 @@ class MaintenanceTrouble:
     episode lasted and how many ticks failed.
     """
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.since: float | None = None
-        self.failures = 0
-
     def failed(self, exc: Exception) -> None:
         """A tick failed with ``exc``; the next tick tries again."""
-        self.failures += 1
-        if self.since is None:
-            self.since = time.monotonic()
+        if self.count():
             logger.opt(exception=exc).error(
                 "engine maintenance against {} is failing ({}: {}); heartbeats and looks for runs are "
                 "tried again every poll interval, logged again only when they work",
@@ -141,12 +150,9 @@ class MaintenanceTrouble:
 
     def worked(self) -> None:
         """A tick went through: an episode of failures, if one was on, ends."""
-        if self.since is not None:
+        if (ended := self.end()) is not None:
             logger.info(
                 "engine maintenance against {} works again, after {:.2f}s and {} failed ticks",
                 self.url,
-                time.monotonic() - self.since,
-                self.failures,
+                *ended,
             )
-            self.since = None
-            self.failures = 0
