@@ -534,6 +534,33 @@ async def test_a_run_that_woke_is_running_again_in_the_database(url: str) -> Non
         assert (await engine.get_run(handle.run_id)).status is af.RunStatus.RUNNING
 
 
+async def test_a_run_that_sleeps_twice_wakes_at_each_sleep_s_own_time(url: str) -> None:
+    """A second durable sleep in one run is kept with its own wake time, and the run completes."""
+    clock = FakeClock(START)
+    async with make_engine(url, flows.SLEEPS_TWICE, clock=clock) as engine:
+        handle = await engine.start(flows.SLEEPS_TWICE)
+        await flows.eventually(lambda: is_sleeping(engine, handle.run_id))
+        await clock.advance(100)
+        await flows.eventually(lambda: flows.runs_of("between") == 1)
+        await flows.eventually(lambda: is_sleeping(engine, handle.run_id))
+        assert (await engine.get_run(handle.run_id)).wake_at == START + 150
+        await clock.advance(50)
+        with anyio.fail_after(5):
+            result = await handle.result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("woke") == 1
+
+
+async def test_a_retried_sleep_wakes_at_its_first_attempt_s_wake_time(url: str) -> None:
+    """A sleep timed out and retried in the same execution waits for the wake time first stored, not anew."""
+    async with make_engine(url, flows.SLEEP_OUTLASTS_ITS_LIMIT) as engine:
+        handle = await engine.start(flows.SLEEP_OUTLASTS_ITS_LIMIT)
+        with anyio.fail_after(10):
+            result = await handle.result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("woke") == 1
+
+
 # ---- persisted retries ---------------------------------------------------------------------
 
 
