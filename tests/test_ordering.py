@@ -619,6 +619,13 @@ async def test_runner_max_insertions_can_be_overridden_per_run() -> None:
     assert result.status is af.RunStatus.COMPLETED
 
 
+async def test_run_max_insertions_overrides_the_bound_of_the_runner_it_is_given() -> None:
+    """af.run(wf, runner=..., max_insertions=N) bounds that run by N, not by the runner's own bound."""
+    runner = af.Runner(max_insertions=5)
+    result = await af.run(_wf(_inserting(8)), runner=runner, max_insertions=8)
+    assert result.status is af.RunStatus.COMPLETED
+
+
 async def test_insertion_bound_is_exact() -> None:
     """Exactly max_insertions insertions is fine."""
     result = await af.run(_wf(_inserting(5)), max_insertions=5)
