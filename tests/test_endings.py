@@ -82,6 +82,13 @@ async def test_failed_run_message_names_run_stage_and_action() -> None:
     assert "card declined" in message
 
 
+async def test_a_result_s_repr_names_its_run_workflow_status_and_step_count() -> None:
+    """repr of a RunResult shows the run id, the workflow, the status and how many steps it recorded."""
+    wf = af.Workflow("orders", stages=[af.Stage("s", actions=[recorder("a", []), recorder("b", [])])])
+    result = await af.run(wf, run_id="run-7")
+    assert repr(result) == "<RunResult run-7 workflow='orders' status=completed steps=3>"
+
+
 async def test_failed_run_result_has_status_failed_and_the_error() -> None:
     """af.ActionFailed.result is the run's result with status FAILED and the original error."""
     error = ValueError("card declined")

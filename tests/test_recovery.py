@@ -639,6 +639,15 @@ async def test_tuple_in_the_store_reads_back_as_a_list_after_a_restart(url: str)
     assert type(result.store["pair"]) is list
 
 
+async def test_repr_of_a_result_read_from_the_database_counts_its_steps(url: str) -> None:
+    """repr of a RunResult a new engine reads from the database shows the steps recorded there."""
+    run_id, _ = await run_here(url, flows.QUICK)
+    async with make_engine(url, flows.QUICK) as engine:
+        with anyio.fail_after(5):
+            result = await engine.wait(run_id)
+    assert repr(result) == f"<RunResult {run_id} workflow='quick' status=completed steps=2>"
+
+
 async def test_json_values_round_trip_through_the_database_result(url: str) -> None:
     """A run's final store read back by another engine (from the database) keeps every JSON type."""
     wf = af.Workflow("json-only", stages=[af.Stage("s", actions=[flows.write_json_values])])
