@@ -558,6 +558,9 @@ APPROVAL = af.Workflow("approval", stages=[af.Stage("s", actions=[step_one, appr
 SLEEPY = af.Workflow(
     "sleepy", stages=[af.Stage("s", actions=[Record("before"), af.sleep(100), Record("woke")])]
 )
+STAGE_WITH_INITIAL = af.Workflow(
+    "stage-with-initial", stages=[af.Stage("s", actions=[Record("a")], initial={"region": "eu"})]
+)
 SLEEPS_TWICE = af.Workflow(
     "sleeps-twice",
     stages=[af.Stage("s", actions=[af.sleep(100), Record("between"), af.sleep(50), Record("woke")])],
