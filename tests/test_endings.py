@@ -131,6 +131,30 @@ async def test_failed_run_records_the_failed_action_and_stage() -> None:
     ]
 
 
+async def test_a_failed_stage_s_duration_is_within_the_run_s() -> None:
+    """The recorded duration of the stage that failed is measured from its start: no longer than the run."""
+    with pytest.raises(af.ActionFailed) as info:
+        await af.run(failing_workflow([], ValueError("card declined")))
+    result = info.value.result
+    assert result is not None
+    [stage] = [s for s in result.steps if s.kind == "stage" and s.stage_id == "charge"]
+    assert 0 <= stage.duration <= result.duration
+
+
+async def test_the_stage_of_a_suspending_action_is_recorded_suspended() -> None:
+    """When an action suspends the run, the stage around it is recorded SUSPENDED, as the action is."""
+
+    @af.action
+    async def approve(ctx: af.ActionContext) -> None:
+        ctx.suspend("needs approval")
+
+    result = await af.run(af.Workflow("orders", stages=[af.Stage("s", actions=[approve])]))
+    assert [(s.kind, s.status) for s in result.steps] == [
+        ("stage", af.StepStatus.SUSPENDED),
+        ("action", af.StepStatus.SUSPENDED),
+    ]
+
+
 async def test_failure_of_a_custom_action_class_uses_its_kebab_case_name() -> None:
     """A failing Action subclass without a name is reported under its class name in kebab-case."""
 
