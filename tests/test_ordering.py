@@ -953,6 +953,25 @@ async def test_stages_inserted_by_a_failed_stage_are_recorded_skipped_and_not_ru
     ]
 
 
+def add_d(ctx: af.ActionContext) -> None:
+    """Insert a stage "D" after the current one."""
+    ctx.add_dynamic_stage(stage("D", []))
+
+
+async def test_stages_inserted_by_a_bailing_stage_are_skipped_because_the_run_bailed() -> None:
+    """A stage inserted by a stage whose action then bails is recorded skipped: "the run bailed"."""
+
+    async def stop(ctx: af.ActionContext) -> None:
+        ctx.bail("enough")
+
+    wf = af.Workflow(
+        "w", stages=[af.Stage("A", actions=[step("a1", [], add_d), af.action(name="stop")(stop)])]
+    )
+    result = await af.run(wf)
+    [inserted] = [s for s in result.steps if s.stage_id == "D"]
+    assert (inserted.status, inserted.reason) == (S, "the run bailed")
+
+
 async def test_insertions_of_a_failed_action_are_discarded() -> None:
     """Stages and actions inserted by an action that then fails are neither run nor recorded."""
     trace: list[str] = []
