@@ -23,7 +23,7 @@ from helpers import eventually
 import asyncflow as af
 from asyncflow.backends import Checkpoint, RunInfo
 from asyncflow.backends.postgres import PG_SCHEMA_VERSION, PostgresBackend
-from asyncflow.backends.postgres.schema import lock_space
+from asyncflow.backends.postgres.schema import MIGRATIONS, lock_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -203,6 +203,51 @@ async def test_newer_schema_is_refused(postgres_server: str, postgres_url: str) 
     with pytest.raises(af.BackendError, match=r"newer asyncflow.*schema version 999"):
         async with PostgresBackend(postgres_url):
             pass
+
+
+@pytest.mark.parametrize("version", range(1, PG_SCHEMA_VERSION))
+async def test_a_schema_of_each_older_version_is_migrated_and_its_runs_resume_with_a_key(
+    postgres_server: str, postgres_url: str, version: int
+) -> None:
+    """A schema of each older version opens at the current one; its suspended run resumes with a key."""
+    schema = _schema(postgres_url)
+    conn = await asyncpg.connect(postgres_server)
+    try:
+        async with conn.transaction():
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
+            await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+            await conn.execute("CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)")
+            for statements in MIGRATIONS[:version]:
+                for statement in statements:
+                    await conn.execute(statement)
+            await conn.execute("INSERT INTO meta VALUES ('schema_version', $1)", str(version))
+            await conn.execute(
+                "INSERT INTO runs (run_id, workflow_id, status, created_at, updated_at, suspend_reason) "
+                "VALUES ('old', 'wf', 'suspended', 1000, 1000, 'needs approval')"
+            )
+    finally:
+        await conn.close()
+    async with PostgresBackend(postgres_url) as backend:
+        info = await backend.get_run("old")
+        assert info is not None
+        assert (info.status, info.suspend_reason, info.resume_key) == (
+            af.RunStatus.SUSPENDED,
+            "needs approval",
+            None,
+        )
+        expect = frozenset({af.RunStatus.SUSPENDED})
+        assert await backend.update_run(
+            "old", expect=expect, now=1001, status=af.RunStatus.PENDING, resume_key="k1"
+        )
+        resumed = await backend.get_run("old")
+    assert resumed is not None
+    assert (resumed.status, resumed.resume_key) == (af.RunStatus.PENDING, "k1")
+    conn = await asyncpg.connect(postgres_server)
+    try:
+        found = await conn.fetchval(f"SELECT value FROM \"{schema}\".meta WHERE key = 'schema_version'")
+    finally:
+        await conn.close()
+    assert found == str(PG_SCHEMA_VERSION)
 
 
 # ---- claims, leases and fencing ---------------------------------------------------------------------
