@@ -136,10 +136,12 @@ class StepRecord:
             with ``allow_duplicate=True``).
         action_name: the action's name; ``None`` for a stage record.
         status: completed, failed, skipped or cancelled.
-        dynamic: inserted at run time.
+        dynamic: inserted at run time: by an action, or as an action of an
+            inserted stage.
         duration: seconds from start to end (0 for a skipped step).
         started_at: seconds from the start of the run.
-        depth: nesting: 0 for static steps, +1 for each dynamic insertion level.
+        depth: nesting: 0 for static steps, +1 for each dynamic insertion level
+            (the actions of an inserted stage are at its depth).
         inserted_by: ``"stage/action"``: the action that inserted this step.
         inserted_by_stage: the id of the stage of that action.
         reason: why a step was skipped (``"disabled"``, ``"stage 'x' failed"``...).
@@ -193,6 +195,16 @@ def _step_values(node: StageNode | ActionNode, run_start: float) -> tuple[Any, .
         attempts,
         node.recovered,
     )
+
+
+def is_insertion(record: StepRecord) -> bool:
+    """Whether an action inserted this very step: a dynamic stage, or a dynamic action with an inserter.
+
+    The actions an inserted stage brings with it are dynamic too, but drawings
+    mark only the stage: they are drawn inside it, and a mark on each would
+    say again what the stage says.
+    """
+    return record.dynamic and (record.kind is _STAGE or record.inserted_by is not None)
 
 
 def _record(node: StageNode | ActionNode, run_start: float) -> StepRecord:
