@@ -243,10 +243,14 @@ class StepRows:
 def step_dicts(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
     """Stored step ``rows`` of ``columns`` as dicts of :class:`StepRecord` field names, times in seconds."""
     names = [_FROM_NS.get(column, column) for column in columns]
-    in_ns = [column in _FROM_NS for column in columns]
+    in_ns = [name for column, name in zip(columns, names, strict=True) if column in _FROM_NS]
     steps = []
+    # (A dict made by zip in C, then the two times fixed: a dict comprehension testing each
+    # field took most of the time of loading a finished run of 10,000 steps.)
     for row in rows:
-        step = {name: value / 1e9 if ns else value for name, ns, value in zip(names, in_ns, row, strict=True)}
+        step = dict(zip(names, row, strict=True))
+        for name in in_ns:
+            step[name] /= 1e9
         step["status"] = str(step["status"])  # plain strings, as JSON gives them back
         step["kind"] = str(step["kind"])
         steps.append(step)
