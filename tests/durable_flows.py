@@ -540,6 +540,17 @@ RESHAPE = af.Workflow(
     ],
 )
 
+
+@af.action
+async def insert_hanging_stage(ctx: af.ActionContext) -> None:
+    """Insert a stage whose first action completes and whose second hangs once."""
+    record("insert-hanging-stage", ctx.idempotency_key)
+    ctx.add_dynamic_stage(af.Stage("extra", actions=[Record("extra-first"), HangOnce("hang")]))
+
+
+#: An inserted stage interrupted after its first action: its steps are replayed and re-run after a restart.
+INSERTED_STAGE = af.Workflow("recover-inserted-stage", stages=[af.Stage("a", actions=[insert_hanging_stage])])
+
 OTHER = af.Workflow("recover-other", stages=[af.Stage("s", actions=[HangOnce("other")])])
 
 JSON_ROUND_TRIP = af.Workflow(

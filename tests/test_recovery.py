@@ -249,6 +249,24 @@ async def test_replayed_steps_are_recorded_as_completed_earlier(url: str) -> Non
     assert replayed == [("reshape", False), ("record", True)]
 
 
+async def test_recovered_actions_of_an_inserted_stage_keep_its_depth_and_are_dynamic(url: str) -> None:
+    """After a restart, the replayed and the re-run actions of an inserted stage are dynamic at its depth."""
+    run_id = await interrupt(url, flows.INSERTED_STAGE)
+    result = await finish(url, run_id, flows.INSERTED_STAGE)
+    expected = [
+        ("stage", "a", None, False, 0),
+        ("action", "a", "insert-hanging-stage", False, 0),
+        ("stage", "extra", None, True, 1),
+        ("action", "extra", "record", True, 1),
+        ("action", "extra", "hang-once", True, 1),
+    ]
+    assert [(s.kind, s.stage_id, s.action_name, s.dynamic, s.depth) for s in result.steps] == expected
+    stored = (await info_of(url, run_id)).steps
+    assert stored is not None
+    stored_fields = [(s["kind"], s["stage_id"], s["action_name"], s["dynamic"], s["depth"]) for s in stored]
+    assert stored_fields == expected
+
+
 async def test_recover_false_leaves_interrupted_runs_alone(db_path: Path, url: str) -> None:
     """An engine opened with recover=False neither resumes an interrupted run nor claims it."""
     run_id = await interrupt(url, flows.BASIC)
