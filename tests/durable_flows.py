@@ -567,6 +567,10 @@ FLAKY = af.Workflow("flaky", stages=[af.Stage("s", actions=[flaky])])
 ALWAYS_FAILS = af.Workflow("always-fails", stages=[af.Stage("s", actions=[always_fails])])
 
 BLOCKING = af.Workflow("blocking", stages=[af.Stage("s", actions=[Blocker("block")])])
+#: a blocking step, then another: a drain gives the run back between the two
+BLOCK_THEN_RECORD = af.Workflow(
+    "block-then-record", stages=[af.Stage("s", actions=[Blocker("block"), Record("after")])]
+)
 
 QUICK = af.Workflow("quick", stages=[af.Stage("s", actions=[step_one])])
 

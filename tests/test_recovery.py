@@ -263,6 +263,20 @@ async def test_recover_false_leaves_interrupted_runs_alone(db_path: Path, url: s
     assert result.status is af.RunStatus.COMPLETED
 
 
+async def test_a_draining_engine_takes_no_more_runs(db_path: Path, url: str) -> None:
+    """After engine.drain, the engine's passes claim nothing: a run given back meanwhile waits for another."""
+    counted = flows.CountingSQLite(db_path)
+    async with make_engine(counted, flows.BASIC) as draining:
+        await draining.drain(0)
+        claims = counted.claims
+        run_id = await interrupt(url, flows.BASIC)
+        heartbeats = counted.heartbeats
+        await flows.eventually(lambda: counted.heartbeats >= heartbeats + 6)  # several poll intervals
+        info = await draining.get_run(run_id)
+    assert counted.claims == claims
+    assert (info.status, info.owner, flows.runs_of("hang")) == (af.RunStatus.RUNNING, None, 1)
+
+
 async def test_unknown_workflow_on_recovery_is_left_for_an_engine_that_has_it(url: str) -> None:
     """A recovered run of an unregistered workflow waits, held by nobody; an engine with it finishes it."""
     async with make_engine(url, flows.BASIC, flows.OTHER) as engine:
