@@ -172,6 +172,24 @@ async def test_a_result_read_from_the_database_lasts_from_the_runs_creation_to_i
     assert there.duration == 0.25
 
 
+async def test_an_error_read_from_the_database_keeps_its_type_and_whole_message(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A recorded error comes back as its type's name and its message, a colon in the message kept in it."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with make_engine(url, clock) as engine:
+        handle = await engine.start(flows.FAILS_WITH_A_COLON)
+        with anyio.fail_after(5):
+            await handle.result()
+    async with make_engine(url, clock) as other:
+        there = await other.wait(handle.run_id)
+    errors = [there.error, *(s.error for s in there.steps if s.status is af.StepStatus.FAILED)]
+    assert len(errors) == 3  # the run's, its stage's and its action's
+    for error in errors:
+        assert isinstance(error, af.RecordedError)
+        assert (error.type_name, error.message) == ("ValueError", "row 7: no id")
+
+
 async def test_run_info_steps_are_plain_json_dicts(engine_url: str, clock: FakeClock) -> None:
     """get_run gives an ended run's steps as dicts of plain JSON values, times in seconds (both backends)."""
     async with make_engine(engine_url, clock) as engine:
