@@ -301,6 +301,32 @@ async def test_unknown_workflow_on_recovery_is_left_for_an_engine_that_has_it(ur
     assert result.status is af.RunStatus.COMPLETED
 
 
+async def test_runs_of_a_workflow_not_registered_are_left_with_one_warning_per_workflow(
+    url: str, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """Runs of a workflow an engine has not registered: one warning naming a run and the workflow, and why."""
+    async with make_engine(url, flows.BLOCKING) as engine:
+        handles = [await engine.start(flows.BLOCKING) for _ in range(2)]
+        await flows.eventually(lambda: flows.runs_of("block") == 2)
+    async with make_engine(url, flows.QUICK) as engine:
+
+        async def both_left() -> bool:
+            infos = [await engine.get_run(h.run_id) for h in handles]
+            return all(i.status is af.RunStatus.PENDING and i.owner is None for i in infos)
+
+        await flows.eventually(both_left)
+    warnings = [r for r in asyncflow_log if "not registered with this engine" in r["message"]]
+    assert [r["level"].name for r in warnings] == ["WARNING"]
+    assert warnings[0]["message"] in {
+        f"run {h.run_id} is of workflow 'blocking', which is not registered with this engine; it is left "
+        f"for an engine that has it (engine.register(workflow) to run it here)"
+        for h in handles
+    }
+    left = [r["message"] for r in asyncflow_log if "This engine leaves the run as it is" in r["message"]]
+    assert left
+    assert all(", and workflow 'blocking' is not registered here. " in message for message in left)
+
+
 async def test_unknown_action_reference_on_recovery_fails_the_run(url: str) -> None:
     """A replayed insertion of an action the new registry lacks fails the run (UnknownReference, where)."""
     first_registry = af.Registry()
