@@ -412,6 +412,12 @@ async def boom(ctx: af.ActionContext) -> None:
 
 
 @af.action
+async def fail_with_a_colon(ctx: af.ActionContext) -> None:
+    """Raise ValueError("row 7: no id"): a message with a colon of its own."""
+    raise ValueError("row 7: no id")
+
+
+@af.action
 async def announce(ctx: af.ActionContext) -> None:
     """Send a "progress" message."""
     await ctx.send("progress", {"pct": 50})
@@ -598,6 +604,10 @@ FLAKY = af.Workflow("flaky", stages=[af.Stage("s", actions=[flaky])])
 ALWAYS_FAILS = af.Workflow("always-fails", stages=[af.Stage("s", actions=[always_fails])])
 
 BLOCKING = af.Workflow("blocking", stages=[af.Stage("s", actions=[Blocker("block")])])
+#: a blocking step, then another: a drain gives the run back between the two
+BLOCK_THEN_RECORD = af.Workflow(
+    "block-then-record", stages=[af.Stage("s", actions=[Blocker("block"), Record("after")])]
+)
 
 QUICK = af.Workflow("quick", stages=[af.Stage("s", actions=[step_one])])
 
@@ -625,6 +635,7 @@ INSERTS_LAMBDA_STAGE = af.Workflow(
 )
 
 FAILING = af.Workflow("failing", stages=[af.Stage("s", actions=[boom])])
+FAILS_WITH_A_COLON = af.Workflow("fails-with-a-colon", stages=[af.Stage("s", actions=[fail_with_a_colon])])
 
 ANNOUNCING = af.Workflow("announcing", stages=[af.Stage("s", actions=[announce])])
 
