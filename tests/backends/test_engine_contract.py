@@ -10,6 +10,7 @@ import durable_flows as flows
 import pytest
 
 import asyncflow as af
+from asyncflow.backends import Backend, RunInfo
 from asyncflow.testing import FakeClock
 from backends.storages import Storage
 
@@ -109,6 +110,19 @@ async def test_a_sleeping_run_wakes_on_time_in_a_new_engine(backend: Storage) ->
     assert (flows.runs_of("before"), flows.runs_of("woke")) == (1, 1)
 
 
+async def _claim_when_unlocked(thief: Backend, *, now: float) -> list[RunInfo]:
+    """Claim as "thief" until a run is taken: PostgreSQL's claim skips (SKIP LOCKED) a run whose row
+    the engine running it has locked for a moment, writing its step."""
+    taken: list[af.RunInfo] = []
+
+    async def took() -> bool:
+        taken.extend(await thief.claim("thief", now=now, lease_until=START + 100, limit=10))
+        return bool(taken)
+
+    await flows.eventually(took)
+    return taken
+
+
 async def test_an_engine_that_lost_its_lease_stops_the_run(backend: Storage) -> None:
     """When another owner takes a run over, the engine running it stops it and records nothing more."""
     clock = FakeClock(START)
@@ -118,7 +132,7 @@ async def test_an_engine_that_lost_its_lease_stops_the_run(backend: Storage) -> 
             await flows.gate("block").wait()
         # Another engine claims the run as if this one's lease had run out.
         async with backend.new() as thief:
-            taken = await thief.claim("thief", now=START + 10, lease_until=START + 100, limit=10)
+            taken = await _claim_when_unlocked(thief, now=START + 10)
         assert [info.run_id for info in taken] == [handle.run_id]
         await flows.eventually(lambda: flows.runs_of("block.cancelled") == 1)
         # (What is recorded: engine.get_run would add the plan so far of a running run.)
@@ -140,7 +154,7 @@ async def test_an_end_refused_after_a_take_over_is_not_the_runs_result(
         with anyio.fail_after(5):
             await flows.gate("suspender").wait()
         async with backend.new() as thief:
-            taken = await thief.claim("thief", now=START + 40, lease_until=START + 100, limit=10)
+            taken = await _claim_when_unlocked(thief, now=START + 40)
             assert [info.run_id for info in taken] == [handle.run_id]
             flows.gate("suspender.release").set()  # it suspends here; its end is refused
 
