@@ -142,6 +142,14 @@ async def test_failed_run_events_carry_the_error() -> None:
     assert finished.error is error
 
 
+async def test_the_failed_stage_s_finished_event_carries_the_error() -> None:
+    """The STAGE_FINISHED (status "failed") of the stage whose action failed carries the original error."""
+    error = ValueError("broken")
+    seen = await record_failing_run(error)
+    finished = next(e for e in seen if e.kind is K.STAGE_FINISHED and e.stage_id == "last")
+    assert (finished.status, finished.error) == ("failed", error)
+
+
 async def test_completed_steps_carry_no_error() -> None:
     """Finished events of steps that completed carry no error."""
     seen = await record_failing_run(ValueError("broken"))

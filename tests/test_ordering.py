@@ -626,6 +626,30 @@ async def test_run_max_insertions_overrides_the_bound_of_the_runner_it_is_given(
     assert result.status is af.RunStatus.COMPLETED
 
 
+@pytest.mark.parametrize(
+    ("bound", "error", "message"),
+    [
+        (True, TypeError, "must be an int, got True"),
+        ("5", TypeError, "must be an int, got '5'"),
+        (-1, ValueError, "must be zero or more, got -1"),
+    ],
+    ids=["bool", "text", "negative"],
+)
+def test_max_insertions_refuses_what_is_not_a_count(
+    bound: object, error: type[Exception], message: str
+) -> None:
+    """af.Runner(max_insertions=...) of a bool, a string or a negative number is refused, showing it."""
+    with pytest.raises(error, match=f"max_insertions {message}"):
+        af.Runner(max_insertions=bound)  # type: ignore[arg-type]
+
+
+async def test_a_bound_of_zero_insertions_lets_a_run_that_inserts_nothing_complete() -> None:
+    """max_insertions=0 is a valid bound: a run inserting nothing completes, one insertion fails it."""
+    assert (await af.run(_wf(_inserting(0)), max_insertions=0)).status is af.RunStatus.COMPLETED
+    exc = await run_failing(_wf(_inserting(1)), max_insertions=0)
+    assert isinstance(exc.__cause__, af.InsertionLimitExceeded)
+
+
 async def test_insertion_bound_is_exact() -> None:
     """Exactly max_insertions insertions is fine."""
     result = await af.run(_wf(_inserting(5)), max_insertions=5)

@@ -117,7 +117,7 @@ _STATUS_CTE = """, moved AS (
     UPDATE runs SET status = COALESCE(s.status, runs.status), wake_at = COALESCE(s.wake_at, runs.wake_at)
     FROM owned, unnest($11::text[], $12::text[], $13::float8[], $14::text[], $15::bigint[])
         AS s(run_id, status, wake_at, owner, fence)
-    WHERE runs.run_no = owned.run_no AND owned.run_id = s.run_id
+    WHERE runs.run_no = owned.run_no AND owned.run_id = s.run_id AND runs.run_id = s.run_id
       AND runs.owner = s.owner AND runs.fence = s.fence
 )"""
 _CHECKPOINTS_SQL = _INSERT_SQL.format(lock="SHARE", status="")
