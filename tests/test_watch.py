@@ -187,16 +187,17 @@ async def test_get_run_gives_the_plan_so_far_while_the_run_is_running(url: str) 
         gate("hold.go").set()
         await handle.result()
     steps = [
-        (s["kind"], s["stage_id"], s["action_name"], s["status"], s["dynamic"]) for s in info.steps or []
+        (s["kind"], s["stage_id"], s["action_name"], s["status"], s["dynamic"], s["depth"])
+        for s in info.steps or []
     ]
     assert steps == [
-        ("stage", "a", None, "running", False),
-        ("action", "a", "grow", "completed", False),
-        ("action", "a", "hold", "running", False),
-        ("stage", "grown", None, "pending", True),
-        ("action", "grown", "tell", "pending", True),
-        ("stage", "b", None, "pending", False),
-        ("action", "b", "tell", "pending", False),
+        ("stage", "a", None, "running", False, 0),
+        ("action", "a", "grow", "completed", False, 0),
+        ("action", "a", "hold", "running", False, 0),
+        ("stage", "grown", None, "pending", True, 1),
+        ("action", "grown", "tell", "pending", True, 1),  # (an inserted stage's own: dynamic, at its depth)
+        ("stage", "b", None, "pending", False, 0),
+        ("action", "b", "tell", "pending", False, 0),
     ]
 
 
