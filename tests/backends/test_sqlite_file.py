@@ -370,3 +370,23 @@ async def test_a_backend_called_before_it_is_opened_says_so(db_path: Path) -> No
     assert str(info.value) == (
         f"the SQLite backend for {str(db_path)!r} is not open (use 'async with engine')"
     )
+
+
+async def test_a_checkpoint_refused_while_a_neighbour_holds_the_write_lock_is_written_after(
+    db_path: Path, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """A step that completes while another process holds the write lock is committed once it lets go."""
+    async with engine_on(db_path, flows.BLOCK_THEN_RECORD, busy_timeout=0.2, lease=30.0) as engine:
+        handle = await engine.start(flows.BLOCK_THEN_RECORD)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        with write_lock_held(db_path):
+            flows.gate("block.release").set()
+            await flows.eventually(
+                lambda: any("another process holds the write lock" in r["message"] for r in asyncflow_log)
+            )
+        with anyio.fail_after(10):
+            result = await handle.result()
+    assert result.status is af.RunStatus.COMPLETED
+    async with engine_on(db_path, recover=False) as reader:
+        assert await reader.get_store(handle.run_id) == {"block": "released", "after": True}
