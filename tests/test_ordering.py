@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -553,6 +555,16 @@ async def test_run_ids_are_unique_per_run() -> None:
     assert len(set(ids)) == 200
     assert seen == ids
     assert all(isinstance(i, str) and i for i in ids)
+
+
+async def test_a_run_id_is_32_hex_digits_led_by_its_creation_time_in_milliseconds() -> None:
+    """A run id is 32 hex digits, the first 12 the time the run was created, in milliseconds."""
+    wf = af.Workflow("w", stages=[af.Stage("s", actions=[noop])])
+    before = time.time_ns() // 1_000_000
+    ids = [(await af.run(wf)).run_id for _ in range(40)]
+    after = time.time_ns() // 1_000_000
+    assert [i for i in ids if not re.fullmatch("[0-9a-f]{32}", i)] == []
+    assert [i for i in ids if not before <= int(i[:12], 16) <= after] == []
 
 
 # ---- the insertion bound -------------------------------------------------------------------------
