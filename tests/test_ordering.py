@@ -420,7 +420,7 @@ async def test_records_of_inserted_steps_are_marked_dynamic() -> None:
         ("A", "x"): True,
         ("A", "a2"): False,
         ("D", None): True,
-        ("D", "d1"): False,
+        ("D", "d1"): True,
         ("B", None): False,
         ("B", "b1"): False,
     }
@@ -1067,6 +1067,31 @@ async def test_step_depth_is_zero_for_static_steps_and_grows_per_insertion_level
         ("action", "s", "noop", 2),
     ]
     assert [s.depth for s in result.steps if s.kind == "stage" and s.stage_id == "dyn"] == [1]
+
+
+async def test_actions_of_an_inserted_stage_have_its_depth_and_are_dynamic() -> None:
+    """An inserted stage's actions are dynamic at its depth; what they insert is one level deeper."""
+
+    @af.action(name="deeper")
+    async def deeper(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_action(noop)
+        ctx.add_dynamic_stage(af.Stage("dyn2", actions=[noop]))
+
+    @af.action(name="grow")
+    async def grow(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_stage(af.Stage("dyn", actions=[deeper]))
+
+    result = await af.run(af.Workflow("w", stages=[af.Stage("s", actions=[grow])]))
+    records = [(s.kind, s.stage_id, s.action_name, s.dynamic, s.depth) for s in result.steps]
+    assert records == [
+        ("stage", "s", None, False, 0),
+        ("action", "s", "grow", False, 0),
+        ("stage", "dyn", None, True, 1),
+        ("action", "dyn", "deeper", True, 1),
+        ("action", "dyn", "noop", True, 2),
+        ("stage", "dyn2", None, True, 2),
+        ("action", "dyn2", "noop", True, 2),
+    ]
 
 
 @pytest.mark.parametrize("stages", [False, True], ids=["actions", "stages"])

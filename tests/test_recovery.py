@@ -249,6 +249,24 @@ async def test_replayed_steps_are_recorded_as_completed_earlier(url: str) -> Non
     assert replayed == [("reshape", False), ("record", True)]
 
 
+async def test_recovered_actions_of_an_inserted_stage_keep_its_depth_and_are_dynamic(url: str) -> None:
+    """After a restart, the replayed and the re-run actions of an inserted stage are dynamic at its depth."""
+    run_id = await interrupt(url, flows.INSERTED_STAGE)
+    result = await finish(url, run_id, flows.INSERTED_STAGE)
+    expected = [
+        ("stage", "a", None, False, 0),
+        ("action", "a", "insert-hanging-stage", False, 0),
+        ("stage", "extra", None, True, 1),
+        ("action", "extra", "record", True, 1),
+        ("action", "extra", "hang-once", True, 1),
+    ]
+    assert [(s.kind, s.stage_id, s.action_name, s.dynamic, s.depth) for s in result.steps] == expected
+    stored = (await info_of(url, run_id)).steps
+    assert stored is not None
+    stored_fields = [(s["kind"], s["stage_id"], s["action_name"], s["dynamic"], s["depth"]) for s in stored]
+    assert stored_fields == expected
+
+
 async def test_recover_false_leaves_interrupted_runs_alone(db_path: Path, url: str) -> None:
     """An engine opened with recover=False neither resumes an interrupted run nor claims it."""
     run_id = await interrupt(url, flows.BASIC)
@@ -1268,3 +1286,29 @@ async def test_a_backend_reopened_after_a_cancelled_close_serves_calls(db_path: 
             await backend.aclose()
     assert info is not None
     assert info.status is af.RunStatus.COMPLETED
+
+
+async def test_a_take_over_of_a_run_executing_here_does_not_run_it_a_second_time(db_path: Path) -> None:
+    """The engine claims its own run back (its lease ran out) while it ends here: no second execution."""
+    clock = FakeClock(START)
+    backend = flows.StallingSQLite(db_path, clock, stall=31.0)
+    engine = af.Engine(backend, clock=clock, lease=30.0, poll_interval=0.05)
+    engine.register(flows.SUSPENDS_WHEN_RELEASED)
+    async with engine:
+        handle = await engine.start(flows.SUSPENDS_WHEN_RELEASED)
+        with anyio.fail_after(5):
+            await flows.gate("suspender").wait()
+        # Starved past its lease: its next look for runs claims this run back (and may load it).
+        backend.hold_load = True
+        backend.stall_after_heartbeat = True
+        await backend.looked_after_stall()
+        # The execution here suspends the run (what a load made meanwhile read is out of date now).
+        flows.gate("suspender.release").set()
+        with anyio.fail_after(5):
+            suspended = await engine.wait(handle.run_id)
+        backend.let_load_go.set()
+        await backend.passes(3)
+        info = await engine.get_run(handle.run_id)
+    assert suspended.status is af.RunStatus.SUSPENDED
+    assert info.status is af.RunStatus.SUSPENDED
+    assert flows.runs_of("suspender") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import anyio
 import durable_flows as flows
@@ -128,6 +129,40 @@ async def test_an_engine_that_lost_its_lease_stops_the_run(backend: Storage) -> 
     assert info is not None
     assert (info.owner, info.status) == ("thief", af.RunStatus.RUNNING)
     assert info.steps is None
+
+
+async def test_an_end_refused_after_a_take_over_is_not_the_runs_result(
+    backend: Storage, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """A run that ends here after another owner took it over: wait gives what the database records."""
+    clock = FakeClock(START)
+    # (No heartbeat comes during the test: the take-over is seen only when the end is refused.)
+    options = {"clock": clock, "lease": 30.0, "poll_interval": 10.0}
+    async with backend.engine(flows.SUSPENDS_WHEN_RELEASED, **options) as engine:
+        handle = await engine.start(flows.SUSPENDS_WHEN_RELEASED)
+        with anyio.fail_after(5):
+            await flows.gate("suspender").wait()
+        async with backend.new() as thief:
+            taken = await thief.claim("thief", now=START + 40, lease_until=START + 100, limit=10)
+            assert [info.run_id for info in taken] == [handle.run_id]
+            flows.gate("suspender.release").set()  # it suspends here; its end is refused
+
+            def refused() -> bool:
+                return any("its end was not recorded" in r["message"] for r in asyncflow_log)
+
+            await flows.eventually(refused)
+            # The owner that took it over ends it otherwise.
+            await thief.update_run(
+                handle.run_id,
+                holder="thief",
+                now=START + 41,
+                status=af.RunStatus.COMPLETED,
+                owner=None,
+                lease_until=None,
+            )
+        with anyio.fail_after(5):
+            result = await engine.wait(handle.run_id)
+    assert result.status is af.RunStatus.COMPLETED
 
 
 async def test_a_cancel_from_another_engine_stops_the_run(backend: Storage) -> None:
