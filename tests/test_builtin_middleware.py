@@ -143,6 +143,16 @@ async def test_timing_sends_timing_events() -> None:
     assert [e.duration for e in timings] == [t.seconds for t in result.timings]
 
 
+async def test_timing_of_a_stage_sends_an_event_without_an_action() -> None:
+    """mw.timing around a stage sends a TIMING event naming the stage and no action."""
+    events: list[af.Event] = []
+    runner = af.Runner(stage_middleware=[mw.timing()])
+    runner.on_event(events.append)
+    await runner.run(one_stage(recorder("a", [])), run_id="r-s")
+    timings = [e for e in events if e.kind is af.EventKind.TIMING]
+    assert [(e.run_id, e.stage_id, e.action_name) for e in timings] == [("r-s", "s", None)]
+
+
 async def test_timing_records_failed_steps_too() -> None:
     """A failed action's duration is recorded as well."""
     with pytest.raises(af.ActionFailed) as info:

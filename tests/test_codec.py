@@ -93,3 +93,31 @@ async def test_the_memory_backend_keeps_json_text_and_live_objects_only_where_js
     # Read back as a database gives it back: the tuple as a list, the object as itself.
     assert store["pair"] == [1, 2]
     assert store["thing"] is values["thing"].value
+
+
+async def test_a_stage_json_cannot_describe_comes_back_as_itself_when_a_memory_run_resumes() -> None:
+    """In memory, a stage inserted with a closure in it is replayed on resume as that very stage."""
+    ran: list[str] = []
+
+    @af.action
+    async def closure(ctx: af.ActionContext) -> None:
+        ran.append("closure")
+
+    @af.action
+    async def insert(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_stage(af.Stage("inserted", actions=[closure]))
+
+    @af.action
+    async def approve(ctx: af.ActionContext) -> None:
+        if not ctx.is_resuming:
+            ctx.suspend("waits for a resume")
+
+    workflow = af.Workflow("closure-stage", stages=[af.Stage("s", actions=[insert, approve])])
+    async with af.Engine(MemoryBackend()) as engine:
+        engine.register(workflow)
+        handle = await engine.start(workflow)
+        with anyio.fail_after(5):
+            assert (await handle.result()).status is af.RunStatus.SUSPENDED
+            result = await (await engine.resume(handle.run_id)).result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert ran == ["closure"]

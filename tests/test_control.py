@@ -847,7 +847,7 @@ async def test_removed_stage_is_unknown_afterwards() -> None:
     ("stage_id", "where"), [(None, "in any stage"), ("s", "in stage 's'")], ids=["any-stage", "one-stage"]
 )
 async def test_unknown_action_error_says_where_it_looked(stage_id: str | None, where: str) -> None:
-    """af.UnknownStep for an action name says whether it looked in one stage or in all."""
+    """af.UnknownStep for an action name names the run and says whether it looked in one stage or in all."""
     caught: list[BaseException] = []
 
     def call(ctx: af.ActionContext) -> None:
@@ -856,9 +856,9 @@ async def test_unknown_action_error_says_where_it_looked(stage_id: str | None, w
         except af.UnknownStep as exc:
             caught.append(exc)
 
-    await af.run(af.Workflow("wf", stages=[af.Stage("s", actions=[probe("here", call)])]))
+    result = await af.run(af.Workflow("wf", stages=[af.Stage("s", actions=[probe("here", call)])]))
     [error] = caught
-    assert str(error).endswith(f"has no action 'ghost' {where}")
+    assert str(error) == f"run {result.run_id!r} has no action 'ghost' {where}"
 
 
 # ---- undo on failure ---------------------------------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -555,6 +557,16 @@ async def test_run_ids_are_unique_per_run() -> None:
     assert all(isinstance(i, str) and i for i in ids)
 
 
+async def test_a_run_id_is_32_hex_digits_led_by_its_creation_time_in_milliseconds() -> None:
+    """A run id is 32 hex digits, the first 12 the time the run was created, in milliseconds."""
+    wf = af.Workflow("w", stages=[af.Stage("s", actions=[noop])])
+    before = time.time_ns() // 1_000_000
+    ids = [(await af.run(wf)).run_id for _ in range(40)]
+    after = time.time_ns() // 1_000_000
+    assert [i for i in ids if not re.fullmatch("[0-9a-f]{32}", i)] == []
+    assert [i for i in ids if not before <= int(i[:12], 16) <= after] == []
+
+
 # ---- the insertion bound -------------------------------------------------------------------------
 
 
@@ -619,13 +631,6 @@ async def test_runner_max_insertions_can_be_overridden_per_run() -> None:
     assert result.status is af.RunStatus.COMPLETED
 
 
-async def test_run_max_insertions_overrides_the_bound_of_the_runner_it_is_given() -> None:
-    """af.run(wf, runner=..., max_insertions=N) bounds that run by N, not by the runner's own bound."""
-    runner = af.Runner(max_insertions=5)
-    result = await af.run(_wf(_inserting(8)), runner=runner, max_insertions=8)
-    assert result.status is af.RunStatus.COMPLETED
-
-
 @pytest.mark.parametrize(
     ("bound", "error", "message"),
     [
@@ -648,6 +653,13 @@ async def test_a_bound_of_zero_insertions_lets_a_run_that_inserts_nothing_comple
     assert (await af.run(_wf(_inserting(0)), max_insertions=0)).status is af.RunStatus.COMPLETED
     exc = await run_failing(_wf(_inserting(1)), max_insertions=0)
     assert isinstance(exc.__cause__, af.InsertionLimitExceeded)
+
+
+async def test_run_max_insertions_overrides_the_bound_of_the_runner_it_is_given() -> None:
+    """af.run(wf, runner=..., max_insertions=N) bounds that run by N, not by the runner's own bound."""
+    runner = af.Runner(max_insertions=5)
+    result = await af.run(_wf(_inserting(8)), runner=runner, max_insertions=8)
+    assert result.status is af.RunStatus.COMPLETED
 
 
 async def test_insertion_bound_is_exact() -> None:

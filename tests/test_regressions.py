@@ -25,7 +25,7 @@ from durable_flows import finish, info_of, interrupt, make_engine, run_here
 import asyncflow as af
 from asyncflow import backoff
 from asyncflow import middleware as mw
-from asyncflow.backends import MemoryBackend
+from asyncflow.backends import MemoryBackend, SQLiteBackend
 from asyncflow.testing import FakeClock
 
 START = 1_800_000_000.0
@@ -357,6 +357,37 @@ async def test_heartbeat_that_finds_its_lease_taken_stops_a_hanging_action(
         await flows.eventually(lambda: flows.runs_of("block.cancelled") == 1)
     messages = lease_messages(asyncflow_log, handle.run_id)
     assert any("taken over by another engine" in m for m in messages), messages
+
+
+class RunsUnreadable(SQLiteBackend):
+    """An SQLite backend whose get_run fails while ``failing`` is set (its other calls go through)."""
+
+    failing = False
+
+    async def get_run(self, run_id: str) -> af.RunInfo | None:
+        if self.failing:
+            raise af.BackendError("the runs cannot be read for a moment")
+        return await super().get_run(run_id)
+
+
+async def test_a_lost_lease_whose_run_cannot_be_read_is_logged_as_taken_over(
+    db_path: Path, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """A heartbeat finds its lease taken and the run's record cannot be read: logged as a take-over."""
+    backend = RunsUnreadable(db_path)
+    async with make_engine(backend, flows.BLOCKING, owner="A", lease=1.0, poll_interval=0.05) as a:  # type: ignore[arg-type]
+        handle = await a.start(flows.BLOCKING)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        backend.failing = True
+        with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+            conn.execute("UPDATE runs SET owner = 'B' WHERE run_id = ?", (handle.run_id,))
+        await flows.eventually(lambda: flows.runs_of("block.cancelled") == 1)
+        backend.failing = False
+    messages = lease_messages(asyncflow_log, handle.run_id)
+    assert any("lost the lease" in m for m in messages), messages
+    assert any("taken over by another engine" in m for m in messages), messages
+    assert not any("cancelled elsewhere" in m for m in messages), messages
 
 
 async def test_checkpoints_sharing_a_commit_with_one_of_a_cancelled_run_are_kept(url: str) -> None:

@@ -8,9 +8,11 @@ from typing import Any
 import anyio
 import durable_flows as flows
 import pytest
+from faults.faulty import Faults, FaultyBackend
 
 import asyncflow as af
 from asyncflow.backends import Backend, RunInfo
+from asyncflow.backends.base import Checkpoint
 from asyncflow.testing import FakeClock
 from backends.storages import Storage
 
@@ -214,6 +216,49 @@ async def test_a_drained_engine_gives_a_run_back_after_its_next_checkpoint(backe
     assert result.status is af.RunStatus.COMPLETED
     assert result.store == {"block": "released", "after": True}
     assert (flows.runs_of("block"), flows.runs_of("block.cancelled"), flows.runs_of("after")) == (1, 0, 1)
+
+
+class CancelAsItCommits(FaultyBackend):
+    """Cancels the run through ``engine`` just as its first action's checkpoint is committed."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner, Faults())
+        self.engine: af.Engine | None = None
+        self.cancelled = False
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        await super().checkpoint(checkpoint)
+        if checkpoint.kind == "action" and self.engine is not None and not self.cancelled:
+            self.cancelled = True
+            engine, asked = self.engine, anyio.Event()
+
+            async def cancel() -> None:
+                asked.set()
+                await engine.cancel(checkpoint.run_id)  # (asks at once, then waits for the run to stop)
+
+            with anyio.CancelScope(shield=True):  # (the step is committed; the run sees the cancel after)
+                async with anyio.create_task_group() as group:
+                    group.start_soon(cancel)
+                    await asked.wait()
+                    group.cancel_scope.cancel()
+
+
+async def test_a_run_cancelled_as_a_draining_engine_commits_its_step_ends_cancelled(backend: Storage) -> None:
+    """A cancel that comes as a draining engine commits a run's step cancels the run; it is not given back."""
+    wrapped = CancelAsItCommits(backend.new())
+    async with af.Engine(wrapped, lease=1.0, poll_interval=0.05) as engine:
+        engine.register(flows.BLOCK_THEN_RECORD)
+        handle = await engine.start(flows.BLOCK_THEN_RECORD)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        await engine.drain(0)
+        wrapped.engine = engine
+        flows.gate("block.release").set()
+        with anyio.fail_after(5):
+            result = await handle.result()
+        info = await engine.get_run(handle.run_id)
+    assert wrapped.cancelled
+    assert (result.status, info.status, flows.runs_of("after")) == (af.RunStatus.CANCELLED,) * 2 + (0,)
 
 
 async def engine_store(backend: Storage, run_id: str) -> dict[str, object]:

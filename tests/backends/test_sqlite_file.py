@@ -388,3 +388,50 @@ def test_a_close_cancelled_before_the_writer_stops_leaves_its_thread_quiet(tmp_p
     for thread in threading.enumerate():
         if thread.name.startswith("asyncflow-sqlite"):
             thread.join(10)  # an exception in it would fail this test (warnings are errors)
+
+
+# ---- the backend used on its own ---------------------------------------------------
+
+
+async def test_integrity_check_says_ok_of_a_sound_file_even_while_a_neighbour_holds_the_write_lock(
+    db_path: Path,
+) -> None:
+    """SQLiteBackend.integrity_check gives SQLite's verdict ("ok"), reading: it needs no write lock."""
+    await completed_run(db_path)
+    backend = SQLiteBackend(db_path, busy_timeout=0.5)
+    await backend.open()
+    try:
+        with write_lock_held(db_path):
+            assert await backend.integrity_check() == "ok"
+    finally:
+        await backend.aclose()
+
+
+async def test_a_backend_called_before_it_is_opened_says_so(db_path: Path) -> None:
+    """A call on an SQLite backend that is not open is af.BackendError naming the file and the remedy."""
+    backend = SQLiteBackend(db_path)
+    with pytest.raises(af.BackendError) as info:
+        await backend.get_run("some-run")
+    assert str(info.value) == (
+        f"the SQLite backend for {str(db_path)!r} is not open (use 'async with engine')"
+    )
+
+
+async def test_a_checkpoint_refused_while_a_neighbour_holds_the_write_lock_is_written_after(
+    db_path: Path, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """A step that completes while another process holds the write lock is committed once it lets go."""
+    async with engine_on(db_path, flows.BLOCK_THEN_RECORD, busy_timeout=0.2, lease=30.0) as engine:
+        handle = await engine.start(flows.BLOCK_THEN_RECORD)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        with write_lock_held(db_path):
+            flows.gate("block.release").set()
+            await flows.eventually(
+                lambda: any("another process holds the write lock" in r["message"] for r in asyncflow_log)
+            )
+        with anyio.fail_after(10):
+            result = await handle.result()
+    assert result.status is af.RunStatus.COMPLETED
+    async with engine_on(db_path, recover=False) as reader:
+        assert await reader.get_store(handle.run_id) == {"block": "released", "after": True}
