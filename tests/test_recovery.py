@@ -686,6 +686,13 @@ async def test_non_json_store_write_fails_at_the_write_naming_the_key(url: str) 
     assert "JSON" in message
 
 
+async def test_an_in_memory_run_started_from_a_durable_action_s_store_keeps_any_object(url: str) -> None:
+    """af.run(store=ctx.store) in a durable action runs in memory, keeping values that are not JSON."""
+    _, result = await run_here(url, flows.NESTS_AN_IN_MEMORY_RUN)
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store == {"inner": ["completed", [1, 2]]}
+
+
 async def test_non_json_store_write_is_recorded_as_the_actions_failure(url: str) -> None:
     """The run failed by a non-JSON write records NotSerializable and the action that wrote it."""
     async with make_engine(url, flows.NOT_JSON) as engine:
