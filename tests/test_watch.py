@@ -443,6 +443,7 @@ async def test_schema_4_file_is_upgraded_and_its_old_runs_watched(tmp_path: Path
             BEGIN;
             DROP TRIGGER run_events_go_with_their_run;
             DROP TABLE run_events;
+            ALTER TABLE runs DROP COLUMN resume_key;
             UPDATE asyncflow_meta SET value = '4' WHERE key = 'schema_version';
             COMMIT;
             """
