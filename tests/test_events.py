@@ -176,7 +176,7 @@ async def test_completed_steps_carry_no_error() -> None:
 
 
 async def test_inserted_steps_are_marked_dynamic_in_their_events() -> None:
-    """Events about inserted stages and actions say dynamic; events about defined steps do not."""
+    """Events about inserted stages and actions (an inserted stage's own too) say dynamic; others do not."""
     seen = await record_failing_run(ValueError("broken"))
     dynamic = {(e.kind, e.stage_id, e.action_name) for e in seen if e.dynamic}
     assert dynamic == {
@@ -186,6 +186,8 @@ async def test_inserted_steps_are_marked_dynamic_in_their_events() -> None:
         (K.STAGE_INSERTED, "inserted", None),
         (K.STAGE_STARTED, "inserted", None),
         (K.STAGE_FINISHED, "inserted", None),
+        (K.ACTION_STARTED, "inserted", "x"),
+        (K.ACTION_FINISHED, "inserted", "x"),
     }
 
 
