@@ -264,6 +264,22 @@ async def step_one(ctx: af.ActionContext) -> None:
 
 
 @af.action
+async def put_a_set(ctx: af.ActionContext) -> None:
+    """Write a set (not JSON) at "s"."""
+    ctx.store["s"] = {1, 2}
+
+
+IN_MEMORY_WRITES_A_SET = af.Workflow("in-memory-writes-a-set", stages=[af.Stage("s", actions=[put_a_set])])
+
+
+@af.action
+async def run_in_memory_on_my_store(ctx: af.ActionContext) -> None:
+    """Run IN_MEMORY_WRITES_A_SET in memory from this action's store; keep its status and what it wrote."""
+    result = await af.run(IN_MEMORY_WRITES_A_SET, store=ctx.store)
+    ctx.store["inner"] = [result.status.value, sorted(result.store["s"])]
+
+
+@af.action
 async def reshape(ctx: af.ActionContext) -> None:
     """Change the plan: disable stage "skipme", insert an action and a stage."""
     record("reshape", ctx.idempotency_key)
@@ -632,6 +648,9 @@ APPROVAL = af.Workflow("approval", stages=[af.Stage("s", actions=[step_one, appr
 
 SLEEPY = af.Workflow(
     "sleepy", stages=[af.Stage("s", actions=[Record("before"), af.sleep(100), Record("woke")])]
+)
+NESTS_AN_IN_MEMORY_RUN = af.Workflow(
+    "nests-an-in-memory-run", stages=[af.Stage("s", actions=[run_in_memory_on_my_store])]
 )
 STAGE_WITH_INITIAL = af.Workflow(
     "stage-with-initial", stages=[af.Stage("s", actions=[Record("a")], initial={"region": "eu"})]

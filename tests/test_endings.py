@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import anyio
 import pytest
@@ -139,6 +140,21 @@ async def test_a_failed_stage_s_duration_is_within_the_run_s() -> None:
     assert result is not None
     [stage] = [s for s in result.steps if s.kind == "stage" and s.stage_id == "charge"]
     assert 0 <= stage.duration <= result.duration
+
+
+async def test_a_run_s_duration_is_no_longer_than_the_call_that_ran_it() -> None:
+    """RunResult.duration is measured from the run's start: between 0 and the time af.run took."""
+    before = time.perf_counter()
+    result = await af.run(af.Workflow("orders", stages=[af.Stage("s", actions=[recorder("a", [])])]))
+    took = time.perf_counter() - before
+    assert 0 <= result.duration <= took
+
+
+async def test_each_step_starts_within_the_run() -> None:
+    """Each step's started_at is counted from the run's start: between 0 and the run's duration."""
+    wf = af.Workflow("orders", stages=[af.Stage("s", actions=[recorder("a", [])]), af.Stage("t", actions=[])])
+    result = await af.run(wf)
+    assert [0 <= s.started_at <= result.duration for s in result.steps] == [True, True, True]
 
 
 async def test_a_completed_stage_s_duration_is_within_the_run_s() -> None:

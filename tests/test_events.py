@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from typing import Any
 
@@ -148,6 +149,22 @@ async def test_the_failed_stage_s_finished_event_carries_the_error() -> None:
     seen = await record_failing_run(error)
     finished = next(e for e in seen if e.kind is K.STAGE_FINISHED and e.stage_id == "last")
     assert (finished.status, finished.error) == ("failed", error)
+
+
+async def test_a_stage_whose_middleware_swallowed_a_failure_finishes_completed_carrying_it() -> None:
+    """A stage whose middleware swallowed an error finishes "completed", its event carrying that error."""
+    error = ValueError("broken")
+
+    async def swallow(ctx: af.MiddlewareContext, call_next: af.CallNext) -> None:
+        with contextlib.suppress(ValueError):
+            await call_next()
+
+    runner = af.Runner()
+    seen: list[af.Event] = []
+    runner.on_event(seen.append)
+    await runner.run(af.Workflow("wf", stages=[af.Stage("s", actions=[raiser("bad", error)])]).use(swallow))
+    finished = next(e for e in seen if e.kind is K.STAGE_FINISHED)
+    assert (finished.status, finished.error) == ("completed", error)
 
 
 async def test_completed_steps_carry_no_error() -> None:

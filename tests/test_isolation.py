@@ -192,6 +192,13 @@ def test_a_closure_action_is_refused_when_added() -> None:
     assert stage.actions == ()
 
 
+@pytest.mark.parametrize("pool", ["pool", 2])
+def test_a_runner_refuses_a_process_pool_that_is_not_one(pool: Any) -> None:
+    """af.Runner(process_pool=...) of anything but an af.ProcessPool is a TypeError showing what it got."""
+    with pytest.raises(TypeError, match=rf"^process_pool must be an af\.ProcessPool, got {pool!r}$"):
+        af.Runner(process_pool=pool)
+
+
 def test_a_pool_of_size_zero_is_refused() -> None:
     """A pool needs at least one child."""
     with pytest.raises(ValueError, match=r"size of af\.ProcessPool must be at least 1, got 0"):

@@ -783,9 +783,11 @@ def register_stage_use_action(mw: Any) -> object:
 
 
 REGISTRATIONS = [
-    pytest.param(register_runner_run, "run level", id="Runner(middleware)"),
-    pytest.param(register_runner_stage, "stage level", id="Runner(stage_middleware)"),
-    pytest.param(register_runner_action, "action level", id="Runner(action_middleware)"),
+    pytest.param(register_runner_run, "for the runner (run level) must", id="Runner(middleware)"),
+    pytest.param(register_runner_stage, "for the runner (stage level) must", id="Runner(stage_middleware)"),
+    pytest.param(
+        register_runner_action, "for the runner (action level) must", id="Runner(action_middleware)"
+    ),
     pytest.param(register_wf_use, "'orders'", id="Workflow.use"),
     pytest.param(register_wf_use_action, "'orders'", id="Workflow.use_action"),
     pytest.param(register_stage_use, "'checkout'", id="Stage.use"),

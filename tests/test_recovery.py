@@ -744,6 +744,13 @@ async def test_non_json_store_write_fails_at_the_write_naming_the_key(url: str) 
     assert "JSON" in message
 
 
+async def test_an_in_memory_run_started_from_a_durable_action_s_store_keeps_any_object(url: str) -> None:
+    """af.run(store=ctx.store) in a durable action runs in memory, keeping values that are not JSON."""
+    _, result = await run_here(url, flows.NESTS_AN_IN_MEMORY_RUN)
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store == {"inner": ["completed", [1, 2]]}
+
+
 async def test_non_json_store_write_is_recorded_as_the_actions_failure(url: str) -> None:
     """The run failed by a non-JSON write records NotSerializable and the action that wrote it."""
     async with make_engine(url, flows.NOT_JSON) as engine:
@@ -839,13 +846,25 @@ def nested(depth: int) -> list[Any]:
     return value
 
 
+#: what a durable run says of NaN and infinity (a pattern)
+NAN_OR_INFINITY = r"\(it holds NaN or infinity, which standard JSON cannot carry\)"
+
+
+def nested_dicts(depth: int) -> dict[str, Any]:
+    """A dict nested ``depth`` deep: ``{"in": {"in": ...}}``."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"in": value}
+    return value
+
+
 BEYOND_JSON = [
     pytest.param(10**5000, "digits", id="huge-int"),
     pytest.param([1, -(10**5000)], "digits", id="huge-int-inside"),
     pytest.param(nested(5000), "nested", id="nested-5000-deep"),
-    pytest.param(float("nan"), "NaN", id="nan"),
-    pytest.param(float("inf"), "infinity", id="inf"),
-    pytest.param({"x": [float("-inf")]}, "infinity", id="minus-inf-inside"),
+    pytest.param(float("nan"), NAN_OR_INFINITY, id="nan"),
+    pytest.param(float("inf"), NAN_OR_INFINITY, id="inf"),
+    pytest.param({"x": [float("-inf")]}, NAN_OR_INFINITY, id="minus-inf-inside"),
 ]
 
 
@@ -897,6 +916,8 @@ async def test_the_nesting_bound_keeps_1000_levels_and_refuses_1001(url: str) ->
         assert (await handle.result()).status is af.RunStatus.COMPLETED
         with pytest.raises(af.NotSerializable, match=r"'deeper'.*nested too deep"):
             await engine.start(flows.QUICK, store={"deeper": {"in": [nested(999), []]}})
+        with pytest.raises(af.NotSerializable, match=r"'dicts'.*nested too deep"):
+            await engine.start(flows.QUICK, store={"dicts": nested_dicts(1001)})
 
 
 @pytest.mark.parametrize(("value", "why"), BEYOND_JSON)

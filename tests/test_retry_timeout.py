@@ -492,7 +492,7 @@ def test_retry_option_must_be_a_retry() -> None:
         af.action(name="fetch", retry=not_a_retry)(fetch)
     with pytest.raises(TypeError, match="'s'"):
         af.Stage("s", retry=not_a_retry)
-    with pytest.raises(TypeError, match="runner"):
+    with pytest.raises(TypeError, match=r"^retry of the runner must be an af\.Retry, got 3$"):
         af.Runner(retry=not_a_retry)
 
 
@@ -522,7 +522,7 @@ def make_subclass(timeout: Any) -> object:
 TIMEOUT_OWNERS = [
     pytest.param(make_action, "'call-api'", id="@af.action"),
     pytest.param(make_stage, "'checkout'", id="Stage"),
-    pytest.param(make_runner, "runner", id="Runner"),
+    pytest.param(make_runner, "timeout of the runner must", id="Runner"),
     pytest.param(make_subclass, "CallApi", id="Action-subclass"),
 ]
 

@@ -395,9 +395,12 @@ class Store:
         return {key: value for key, value, _ in self.live_items()}
 
     def clone(self) -> Store:
-        """An independent store with the same live entries and metadata."""
+        """An independent store with the same live entries and metadata.
+
+        It checks no values, even if this one does: the run that gets it decides (a durable
+        run's store handed to ``af.run`` starts an in-memory run, which keeps any object).
+        """
         copy = Store(clock=self._clock)
-        copy._check = self._check
         for key, value, meta in self.live_items():
             copy._values[key] = value
             if meta is not None:
