@@ -50,7 +50,8 @@ bench-instructions: $(STAMP)
 	$(BIN)/python benchmarks/instructions.py
 
 # make stress KILLS=60 FAULT_SEEDS=50 for a shorter campaign: kills, then the fault suite
-# (tests/faults: 200 runs per seed and backend, with writes that fail) on FAULT_SEEDS seeds.
+# (tests/faults: 200 runs per seed and backend, with writes that fail) on FAULT_SEEDS seeds. In parts:
+# ASYNCFLOW_FAULT_SEED_FROM=100 ASYNCFLOW_FAULT_SEEDS=100 pytest tests/faults -k postgres (seeds 100-199).
 KILLS ?= 500
 FAULT_SEEDS ?= 500
 stress: $(STAMP)

@@ -97,6 +97,12 @@ async def test_a_worker_leaves_runs_of_workflows_it_has_not(
         handle = await app.start(pg_flows.CHAOS)
         # (the worker took the run, found its workflow missing and gave it back, waiting)
         await eventually(lambda: "which is not registered with this engine" in slow_only.log(), within=20)
+
+        async def given_back() -> bool:  # (it logs that before its write of the run goes through)
+            found = await app.get_run(handle.run_id)
+            return found.status is af.RunStatus.PENDING and found.owner is None
+
+        await eventually(given_back, within=20)
         info = await app.get_run(handle.run_id)
         assert info.status is af.RunStatus.PENDING
         assert info.error is None

@@ -242,7 +242,13 @@ class PostgresBackend(Backend):
         self._channel = f"asyncflow_{self.schema}"
         self._dead_owners = _DEAD_OWNERS.format(space=self._space)
         self._held = _HELD.format(space=self._space)
-        self._outage = False
+        # Outages, logged once as each begins and once as it ends: every attempt of a call is
+        # numbered as it begins, and only an attempt begun after the outage was seen can say it is
+        # over (a query sent before may be answered late), and only one begun after the server
+        # came back can say a new one began (an attempt made while it was down may fail late).
+        self._attempts = 0
+        self._outage_from: int | None = None  # (the first attempt that may end the outage)
+        self._back_from = 0  # (the first attempt that may begin a new one)
         self._closing = False
         self.session_liveness = self._url.pooler == "session"
         self._settled_at = 0.0  # (monotonic) runs of engines whose session died are claimed from then on
@@ -406,6 +412,8 @@ class PostgresBackend(Backend):
         delay = 0.05
         deadline = time.monotonic() + self._reconnect_timeout
         while True:
+            attempt = self._attempts
+            self._attempts += 1
             try:
                 async with pool.acquire() as conn:
                     result = await fn(conn)
@@ -417,8 +425,8 @@ class PostgresBackend(Backend):
                         f"PostgreSQL at {self._url.where} did not come back within "
                         f"{self._reconnect_timeout:g} s: {type(exc).__name__}: {exc}"
                     ) from exc
-                if not self._outage:
-                    self._outage = True
+                if self._outage_from is None and attempt >= self._back_from:
+                    self._outage_from = self._attempts
                     logger.warning(
                         "lost the connection to PostgreSQL at {} ({}: {}); retrying with back-off",
                         self._url.where,
@@ -428,8 +436,9 @@ class PostgresBackend(Backend):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            if self._outage:
-                self._outage = False
+            if self._outage_from is not None and attempt >= self._outage_from:
+                self._outage_from = None
+                self._back_from = self._attempts
                 logger.info("reconnected to PostgreSQL at {}", self._url.where)
             return result
 
