@@ -132,6 +132,50 @@ class CountingSQLite(SQLiteBackend):
         await eventually(lambda: self.claims >= claims + more and self.heartbeats >= heartbeats + more)
 
 
+class StallingSQLite(CountingSQLite):
+    """A counting SQLite backend that can stall as a starved engine does, once each, when armed.
+
+    ``stall_after_heartbeat``: the next heartbeat is followed by a stall past
+    the lease (``clock`` moved on by ``stall`` seconds), so the engine's next
+    look for runs finds its own runs' leases run out. ``hold_load``: the next
+    load reads the run, then holds its answer until :attr:`let_load_go` is set
+    (a slow answer: what it gives may be out of date by then).
+    """
+
+    def __init__(self, path: Path, clock: Any, stall: float) -> None:
+        super().__init__(path)
+        self.clock, self.stall = clock, stall
+        self.stall_after_heartbeat = False
+        self.hold_load = False
+        self.load_held = anyio.Event()
+        self.let_load_go = anyio.Event()
+        self.stalled_at: int | None = None  # (the count of heartbeats when it stalled)
+
+    async def heartbeat(self, owner: str, run_ids: Any, *, now: float, lease_until: float) -> set[str]:
+        lost = await super().heartbeat(owner, run_ids, now=now, lease_until=lease_until)
+        if self.stall_after_heartbeat:
+            self.stall_after_heartbeat = False
+            await self.clock.advance(self.stall)
+            self.stalled_at = self.heartbeats
+        return lost
+
+    async def looked_after_stall(self) -> None:
+        """Wait until the engine's look for runs after the stall is over, or holds a load."""
+        await eventually(
+            lambda: (
+                self.load_held.is_set() or (self.stalled_at is not None and self.heartbeats > self.stalled_at)
+            )
+        )
+
+    async def load(self, run_id: str) -> Any:
+        saved = await super().load(run_id)
+        if self.hold_load:
+            self.hold_load = False
+            self.load_held.set()
+            await self.let_load_go.wait()
+        return saved
+
+
 def query(db_path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
     """Rows of ``statement`` read from the database file with a plain sqlite3 connection."""
     conn = sqlite3.connect(db_path)
@@ -196,6 +240,20 @@ class Blocker(af.Action):
             record(f"{self.label}.cancelled", True)
             raise
         ctx.store[self.label] = "released"
+
+
+class SuspendWhenReleased(af.Action):
+    """Record, open the gate ``label``, wait for the gate ``f"{label}.release"``, then suspend the run."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    async def execute(self, ctx: af.ActionContext) -> None:
+        """Wait to be released, then suspend (no checkpoint comes between)."""
+        record(self.label, ctx.idempotency_key)
+        gate(self.label).set()
+        await gate(f"{self.label}.release").wait()
+        ctx.suspend("released")
 
 
 @af.action
@@ -412,6 +470,12 @@ async def boom(ctx: af.ActionContext) -> None:
 
 
 @af.action
+async def fail_with_a_colon(ctx: af.ActionContext) -> None:
+    """Raise ValueError("row 7: no id"): a message with a colon of its own."""
+    raise ValueError("row 7: no id")
+
+
+@af.action
 async def announce(ctx: af.ActionContext) -> None:
     """Send a "progress" message."""
     await ctx.send("progress", {"pct": 50})
@@ -540,6 +604,17 @@ RESHAPE = af.Workflow(
     ],
 )
 
+
+@af.action
+async def insert_hanging_stage(ctx: af.ActionContext) -> None:
+    """Insert a stage whose first action completes and whose second hangs once."""
+    record("insert-hanging-stage", ctx.idempotency_key)
+    ctx.add_dynamic_stage(af.Stage("extra", actions=[Record("extra-first"), HangOnce("hang")]))
+
+
+#: An inserted stage interrupted after its first action: its steps are replayed and re-run after a restart.
+INSERTED_STAGE = af.Workflow("recover-inserted-stage", stages=[af.Stage("a", actions=[insert_hanging_stage])])
+
 OTHER = af.Workflow("recover-other", stages=[af.Stage("s", actions=[HangOnce("other")])])
 
 JSON_ROUND_TRIP = af.Workflow(
@@ -587,6 +662,14 @@ FLAKY = af.Workflow("flaky", stages=[af.Stage("s", actions=[flaky])])
 ALWAYS_FAILS = af.Workflow("always-fails", stages=[af.Stage("s", actions=[always_fails])])
 
 BLOCKING = af.Workflow("blocking", stages=[af.Stage("s", actions=[Blocker("block")])])
+#: a blocking step, then another: a drain gives the run back between the two
+BLOCK_THEN_RECORD = af.Workflow(
+    "block-then-record", stages=[af.Stage("s", actions=[Blocker("block"), Record("after")])]
+)
+
+SUSPENDS_WHEN_RELEASED = af.Workflow(
+    "suspends-when-released", stages=[af.Stage("s", actions=[SuspendWhenReleased("suspender")])]
+)
 
 QUICK = af.Workflow("quick", stages=[af.Stage("s", actions=[step_one])])
 
@@ -614,6 +697,7 @@ INSERTS_LAMBDA_STAGE = af.Workflow(
 )
 
 FAILING = af.Workflow("failing", stages=[af.Stage("s", actions=[boom])])
+FAILS_WITH_A_COLON = af.Workflow("fails-with-a-colon", stages=[af.Stage("s", actions=[fail_with_a_colon])])
 
 ANNOUNCING = af.Workflow("announcing", stages=[af.Stage("s", actions=[announce])])
 

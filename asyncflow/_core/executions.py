@@ -266,9 +266,10 @@ class Executions:
             with anyio.CancelScope(shield=True):
                 # The run's events first: a watcher that sees the end has seen all before it.
                 await self.events.flush(info.run_id)
-                await self._record_end(info, result, durability)
+                recorded = await self._record_end(info, result, durability)
             self.events.wake(info.run_id)
-            active.result = result
+            if recorded:  # (else it is not the run's result: engine.wait reads the database's)
+                active.result = result
         except Exception as exc:
             # One run's trouble (its database row, say) must not stop the engine's other runs:
             # this run is given back, for a restart or another engine to take over.
@@ -282,6 +283,9 @@ class Executions:
                 await self.release(info.run_id)
         finally:
             self.events.forget(info.run_id)
+            tracing = self.runner.hub.tracing
+            if tracing is not None:  # (before done: another execution of the run may begin after it)
+                tracing.run_left(info.run_id, None if active.result is None else active.result.status.value)
             active.done.set()
 
     async def _trace_origin(self, run_id: str) -> dict[str, str] | None:
@@ -320,7 +324,8 @@ class Executions:
             fields["status"] = RunStatus.PENDING
         await self.release(info.run_id, **fields)
 
-    async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> None:
+    async def _record_end(self, info: RunInfo, result: RunResult, durability: RunDurability) -> bool:
+        """Record the run's end (or suspension); whether it was recorded (still this engine's run)."""
         fields = end_fields(info, result, durability.suspended_key)
 
         async def record() -> bool:
@@ -340,6 +345,7 @@ class Executions:
             logger.warning(
                 "run {} ended here but another engine owns it now; its end was not recorded", info.run_id
             )
+        return updated
 
     async def release(self, run_id: str, **fields: Any) -> None:
         """Give a run this engine holds back (setting ``fields`` too): another engine may take it at once."""
@@ -411,12 +417,21 @@ class Executions:
                     self.owner, now=now, lease_until=now + self.lease, limit=limit
                 )
                 given_back = False
+                # The executions here as the claim left them. A run claimed back while it executes
+                # here (its lease ran out: the engine was starved) goes on in that execution, which
+                # may change the run (end it, give it back) while it is loaded: not launched again.
+                here = {info.run_id: self.active.get(info.run_id) for info in claimed}
                 for info in claimed:
                     if self.versions.held(info):  # left before: for another engine to take
                         await self.release(info.run_id)
                         given_back = True
                         continue
+                    earlier = here[info.run_id]
+                    if earlier is not None and earlier.running:
+                        continue
                     saved = await self.backend.load(info.run_id)
+                    if self.active.get(info.run_id) is not earlier:
+                        continue  # (executed here meanwhile, resumed say: what was loaded is out of date)
                     if saved is not None and not self.holds(saved.info):
                         # Changed since the claim (its execution here recorded its end, or it was
                         # resumed or cancelled meanwhile): not this engine's to run now.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import anyio
 import durable_flows as flows
@@ -127,6 +128,40 @@ async def test_an_engine_that_lost_its_lease_stops_the_run(backend: Storage) -> 
     assert info.steps is None
 
 
+async def test_an_end_refused_after_a_take_over_is_not_the_runs_result(
+    backend: Storage, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """A run that ends here after another owner took it over: wait gives what the database records."""
+    clock = FakeClock(START)
+    # (No heartbeat comes during the test: the take-over is seen only when the end is refused.)
+    options = {"clock": clock, "lease": 30.0, "poll_interval": 10.0}
+    async with backend.engine(flows.SUSPENDS_WHEN_RELEASED, **options) as engine:
+        handle = await engine.start(flows.SUSPENDS_WHEN_RELEASED)
+        with anyio.fail_after(5):
+            await flows.gate("suspender").wait()
+        async with backend.new() as thief:
+            taken = await thief.claim("thief", now=START + 40, lease_until=START + 100, limit=10)
+            assert [info.run_id for info in taken] == [handle.run_id]
+            flows.gate("suspender.release").set()  # it suspends here; its end is refused
+
+            def refused() -> bool:
+                return any("its end was not recorded" in r["message"] for r in asyncflow_log)
+
+            await flows.eventually(refused)
+            # The owner that took it over ends it otherwise.
+            await thief.update_run(
+                handle.run_id,
+                holder="thief",
+                now=START + 41,
+                status=af.RunStatus.COMPLETED,
+                owner=None,
+                lease_until=None,
+            )
+        with anyio.fail_after(5):
+            result = await engine.wait(handle.run_id)
+    assert result.status is af.RunStatus.COMPLETED
+
+
 async def test_a_cancel_from_another_engine_stops_the_run(backend: Storage) -> None:
     """A run cancelled through another engine ends CANCELLED, and the engine running it stops it."""
     async with backend.engine(flows.BLOCKING) as engine:
@@ -139,6 +174,32 @@ async def test_a_cancel_from_another_engine_stops_the_run(backend: Storage) -> N
         info = await engine.get_run(handle.run_id)
     assert info.status is af.RunStatus.CANCELLED
     assert "block" not in (await engine_store(backend, handle.run_id))
+
+
+async def test_a_drained_engine_gives_a_run_back_after_its_next_checkpoint(backend: Storage) -> None:
+    """engine.drain lets the action in flight finish, then gives its run back (interrupted) for others."""
+    runner = af.Runner()
+    seen: list[af.Event] = []
+    runner.on_event(seen.append)
+    async with backend.engine(flows.BLOCK_THEN_RECORD, runner=runner) as first:
+        handle = await first.start(flows.BLOCK_THEN_RECORD)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        await first.drain(0)  # (draining from here on; waits for nothing)
+        flows.gate("block.release").set()
+        with anyio.fail_after(5):
+            await first.drain(5)  # returns once the run has stopped here
+        info = await first.get_run(handle.run_id)
+        assert (info.status, info.owner, flows.runs_of("after")) == (af.RunStatus.RUNNING, None, 0)
+    kinds = [event.kind for event in seen if event.run_id == handle.run_id]
+    assert kinds[-1] is af.EventKind.RUN_INTERRUPTED
+    assert af.EventKind.RUN_FINISHED not in kinds
+    async with backend.engine(flows.BLOCK_THEN_RECORD) as second:
+        with anyio.fail_after(5):
+            result = await second.wait(handle.run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store == {"block": "released", "after": True}
+    assert (flows.runs_of("block"), flows.runs_of("block.cancelled"), flows.runs_of("after")) == (1, 0, 1)
 
 
 async def engine_store(backend: Storage, run_id: str) -> dict[str, object]:
