@@ -821,6 +821,7 @@ def run_info_json(info: RunInfo) -> dict[str, Any]:
         "suspend_data": info.suspend_data if info.status is RunStatus.SUSPENDED else None,
         "suspended_step": info.suspended_step if info.status is RunStatus.SUSPENDED else None,
         "resume_data": info.resume_data,
+        "resume_key": info.resume_key,
         "error": info.error,
         "failed_stage": info.failed_stage,
         "failed_action": info.failed_action,

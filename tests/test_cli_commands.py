@@ -296,6 +296,7 @@ def test_runs_list_json_fields(gated_db: tuple[Path, str]) -> None:
     assert run["resume_data"] is None
     assert run["error"] is None
     assert run["created_at"] <= run["updated_at"]
+    assert run["resume_key"] is None
     assert set(run) >= {"owner", "lease_until", "wake_at", "idempotency_key", "workflow_version"}
 
 

@@ -285,6 +285,16 @@ async def test_resume_continues_a_suspended_run_and_a_retried_key_is_not_an_erro
     assert run["store"]["approved"] == {"ok": True}
 
 
+async def test_a_run_resumed_with_a_key_shows_it(engine: af.Engine) -> None:
+    """GET /runs/{id} gives resume_key: null while suspended, the key once resumed with one."""
+    async with serving(make_app(engine)) as client:
+        run_id = await start(client, "approval")
+        parked = await until(client, run_id, "suspended")
+        await client.post(f"/runs/{run_id}/resume", json={"data": {"ok": True}, "key": "approval-7"})
+        run = await until(client, run_id, "completed")
+    assert (parked["resume_key"], run["resume_key"]) == (None, "approval-7")
+
+
 async def test_a_blank_resume_key_is_a_422_problem(engine: af.Engine) -> None:
     """A resume key of whitespace only ("\\x1d" too) is refused as bad input, not a server error."""
     async with serving(make_app(engine)) as client:

@@ -111,6 +111,7 @@ class RunView(RunSummary):
     failed_action: str | None = None
     bail_reason: str | None = None
     workflow_version: str | None = None
+    resume_key: str | None = Field(default=None, description="The key the run was last resumed with.")
     plan: list[StageView] = Field(
         description="The stages in plan order (inserted ones after the stage that inserted them), each "
         "with its actions; empty while the run executes in another process."
@@ -190,6 +191,7 @@ def view(info: RunInfo, url: str, store: dict[str, Any] | None) -> RunView:
         failed_action=info.failed_action,
         bail_reason=info.bail_reason,
         workflow_version=info.workflow_version,
+        resume_key=info.resume_key,
         plan=plan_tree(info.steps),
         store=store,
     )
