@@ -616,6 +616,26 @@ APPROVAL = af.Workflow("approval", stages=[af.Stage("s", actions=[step_one, appr
 SLEEPY = af.Workflow(
     "sleepy", stages=[af.Stage("s", actions=[Record("before"), af.sleep(100), Record("woke")])]
 )
+STAGE_WITH_INITIAL = af.Workflow(
+    "stage-with-initial", stages=[af.Stage("s", actions=[Record("a")], initial={"region": "eu"})]
+)
+SLEEPS_TWICE = af.Workflow(
+    "sleeps-twice",
+    stages=[af.Stage("s", actions=[af.sleep(100), Record("between"), af.sleep(50), Record("woke")])],
+)
+#: a 0.6 s sleep under a 0.2 s time limit per attempt and ten attempts: only a retry that keeps
+#: the first attempt's wake time (by then at most 0.4 s away) ever wakes
+SLEEP_OUTLASTS_ITS_LIMIT = af.Workflow(
+    "sleep-outlasts-its-limit",
+    stages=[
+        af.Stage(
+            "s",
+            actions=[af.sleep(0.6), Record("woke")],
+            timeout=0.2,
+            retry=af.Retry(attempts=10, backoff=af.backoff.fixed(0)),
+        )
+    ],
+)
 SLEEPY_THEN_HANG = af.Workflow(
     "sleepy-then-hang", stages=[af.Stage("s", actions=[af.sleep(100), HangOnce("hang")])]
 )

@@ -463,6 +463,32 @@ async def test_format_run_shows_the_failure() -> None:
     assert "publish" not in text
 
 
+async def test_format_run_marks_a_bailing_action_and_gives_its_reason_below() -> None:
+    """A bailing action is drawn "bailed", with the reason it gave (and only that) on the line below."""
+
+    @af.action
+    async def check(ctx: af.ActionContext) -> None:
+        ctx.bail("nothing to do")
+
+    result = await af.run(af.Workflow("orders", stages=[af.Stage("s", actions=[check])]))
+    lines = format_run(result, color=False).splitlines()
+    bailed = next(i for i, line in enumerate(lines) if "✓ check" in line)
+    assert lines[bailed].split()[2:4] == ["check", "bailed"]
+    assert lines[bailed + 1].strip() == "nothing to do"
+
+
+async def test_format_run_gives_the_reason_a_suspended_action_gave() -> None:
+    """A suspended action is drawn "suspended: <reason>", with the reason it gave once."""
+
+    @af.action
+    async def approve(ctx: af.ActionContext) -> None:
+        ctx.suspend("needs approval")
+
+    result = await af.run(af.Workflow("orders", stages=[af.Stage("s", actions=[approve])]))
+    text = format_run(result, color=False)
+    assert re.search(r"approve  suspended: needs approval +\S+ ms$", text, re.MULTILINE), text
+
+
 async def test_format_run_colors_only_when_asked() -> None:
     """ANSI codes appear with ``color=True`` (red for the failure) and never without."""
     result = await failed_result()

@@ -82,6 +82,13 @@ async def test_failed_run_message_names_run_stage_and_action() -> None:
     assert "card declined" in message
 
 
+async def test_a_result_s_repr_names_its_run_workflow_status_and_step_count() -> None:
+    """repr of a RunResult shows the run id, the workflow, the status and how many steps it recorded."""
+    wf = af.Workflow("orders", stages=[af.Stage("s", actions=[recorder("a", []), recorder("b", [])])])
+    result = await af.run(wf, run_id="run-7")
+    assert repr(result) == "<RunResult run-7 workflow='orders' status=completed steps=3>"
+
+
 async def test_failed_run_result_has_status_failed_and_the_error() -> None:
     """af.ActionFailed.result is the run's result with status FAILED and the original error."""
     error = ValueError("card declined")
@@ -121,6 +128,30 @@ async def test_failed_run_records_the_failed_action_and_stage() -> None:
         "charge",
         "before",
         "pay",
+    ]
+
+
+async def test_a_failed_stage_s_duration_is_within_the_run_s() -> None:
+    """The recorded duration of the stage that failed is measured from its start: no longer than the run."""
+    with pytest.raises(af.ActionFailed) as info:
+        await af.run(failing_workflow([], ValueError("card declined")))
+    result = info.value.result
+    assert result is not None
+    [stage] = [s for s in result.steps if s.kind == "stage" and s.stage_id == "charge"]
+    assert 0 <= stage.duration <= result.duration
+
+
+async def test_the_stage_of_a_suspending_action_is_recorded_suspended() -> None:
+    """When an action suspends the run, the stage around it is recorded SUSPENDED, as the action is."""
+
+    @af.action
+    async def approve(ctx: af.ActionContext) -> None:
+        ctx.suspend("needs approval")
+
+    result = await af.run(af.Workflow("orders", stages=[af.Stage("s", actions=[approve])]))
+    assert [(s.kind, s.status) for s in result.steps] == [
+        ("stage", af.StepStatus.SUSPENDED),
+        ("action", af.StepStatus.SUSPENDED),
     ]
 
 

@@ -172,6 +172,30 @@ async def test_skipped_stage_event_says_why() -> None:
     assert "disabled" in skipped.reason
 
 
+async def test_a_stage_inserted_before_a_cancel_is_reported_skipped_because_the_run_was_cancelled() -> None:
+    """A stage inserted by a stage that is then cancelled gets STEP_SKIPPED "the run was cancelled"."""
+    started = anyio.Event()
+
+    @af.action
+    async def insert(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_stage(af.Stage("later", actions=[insert]))
+
+    @af.action
+    async def hang(ctx: af.ActionContext) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    runner = af.Runner()
+    seen: list[af.Event] = []
+    runner.on_event(seen.append)
+    async with anyio.create_task_group() as group:
+        group.start_soon(runner.run, af.Workflow("wf", stages=[af.Stage("s", actions=[insert, hang])]))
+        await started.wait()
+        group.cancel_scope.cancel()
+    skipped = [(e.stage_id, e.reason) for e in seen if e.kind is K.STEP_SKIPPED]
+    assert skipped == [("later", "the run was cancelled")]
+
+
 async def test_disabled_action_is_reported_skipped() -> None:
     """A disabled action gets a STEP_SKIPPED event naming it, in its place, and no start or finish."""
 

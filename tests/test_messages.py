@@ -507,6 +507,26 @@ async def test_run_on_message_is_only_for_that_run() -> None:
     assert len(got) == 3
 
 
+async def test_run_on_message_hears_nothing_of_another_run_of_its_runner_at_the_same_time() -> None:
+    """A handler given to af.run(runner=..., on_message=...) hears no other run of the runner meanwhile."""
+    waiting, gate = anyio.Event(), anyio.Event()
+
+    async def body(ctx: af.ActionContext) -> None:
+        waiting.set()
+        await gate.wait()
+        await ctx.send("progress", "mine")
+
+    mine = af.Workflow("mine", stages=[af.Stage("s", actions=[af.action(name="wait")(body)])])
+    runner = af.Runner()
+    got, handler = collector()
+    async with anyio.create_task_group() as group:
+        group.start_soon(functools.partial(af.run, mine, runner=runner, run_id="mine", on_message=handler))
+        await waiting.wait()
+        await runner.run(three_senders(), run_id="other")
+        gate.set()
+    assert [(m.run_id, m.payload) for m in got] == [("mine", "mine")]
+
+
 async def test_run_on_message_counts_handler_errors() -> None:
     """A raising handler given to af.run is counted in the result and does not fail the run."""
     result = await af.run(three_senders(), on_message={"progress": boom})

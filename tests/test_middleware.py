@@ -472,6 +472,16 @@ async def test_swallow_at_stage_level_records_the_stage_completed_with_recovered
     assert result.status is af.RunStatus.COMPLETED
 
 
+async def test_actions_left_unrun_by_a_swallowed_failure_are_skipped_naming_it() -> None:
+    """After a stage middleware swallowed a failure, the stage's later actions are skipped, naming it."""
+    wf = af.Workflow(
+        "wf", stages=[af.Stage("first", actions=[raiser("bad", ValueError("no")), recorder("later", [])])]
+    ).use(swallower)
+    result = await af.run(wf)
+    later = step(result, "first", "later")
+    assert (later.status, later.reason) == (af.StepStatus.SKIPPED, "action 'bad' failed")
+
+
 async def test_swallow_at_actions_level_records_the_stage_completed_with_recovered_error() -> None:
     """A stage.use middleware that swallows: the stage is COMPLETED with recovered_error, the run goes on."""
     log: list[str] = []

@@ -619,6 +619,13 @@ async def test_runner_max_insertions_can_be_overridden_per_run() -> None:
     assert result.status is af.RunStatus.COMPLETED
 
 
+async def test_run_max_insertions_overrides_the_bound_of_the_runner_it_is_given() -> None:
+    """af.run(wf, runner=..., max_insertions=N) bounds that run by N, not by the runner's own bound."""
+    runner = af.Runner(max_insertions=5)
+    result = await af.run(_wf(_inserting(8)), runner=runner, max_insertions=8)
+    assert result.status is af.RunStatus.COMPLETED
+
+
 async def test_insertion_bound_is_exact() -> None:
     """Exactly max_insertions insertions is fine."""
     result = await af.run(_wf(_inserting(5)), max_insertions=5)
@@ -944,6 +951,25 @@ async def test_stages_inserted_by_a_failed_stage_are_recorded_skipped_and_not_ru
         ("stage", "D1", None, S, True),
         ("stage", "D2", None, S, True),
     ]
+
+
+def add_d(ctx: af.ActionContext) -> None:
+    """Insert a stage "D" after the current one."""
+    ctx.add_dynamic_stage(stage("D", []))
+
+
+async def test_stages_inserted_by_a_bailing_stage_are_skipped_because_the_run_bailed() -> None:
+    """A stage inserted by a stage whose action then bails is recorded skipped: "the run bailed"."""
+
+    async def stop(ctx: af.ActionContext) -> None:
+        ctx.bail("enough")
+
+    wf = af.Workflow(
+        "w", stages=[af.Stage("A", actions=[step("a1", [], add_d), af.action(name="stop")(stop)])]
+    )
+    result = await af.run(wf)
+    [inserted] = [s for s in result.steps if s.stage_id == "D"]
+    assert (inserted.status, inserted.reason) == (S, "the run bailed")
 
 
 async def test_insertions_of_a_failed_action_are_discarded() -> None:

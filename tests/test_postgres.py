@@ -23,7 +23,7 @@ from helpers import eventually
 import asyncflow as af
 from asyncflow.backends import Checkpoint, RunInfo
 from asyncflow.backends.postgres import PG_SCHEMA_VERSION, PostgresBackend
-from asyncflow.backends.postgres.schema import lock_space
+from asyncflow.backends.postgres.schema import MIGRATIONS, lock_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -203,6 +203,51 @@ async def test_newer_schema_is_refused(postgres_server: str, postgres_url: str) 
     with pytest.raises(af.BackendError, match=r"newer asyncflow.*schema version 999"):
         async with PostgresBackend(postgres_url):
             pass
+
+
+@pytest.mark.parametrize("version", range(1, PG_SCHEMA_VERSION))
+async def test_a_schema_of_each_older_version_is_migrated_and_its_runs_resume_with_a_key(
+    postgres_server: str, postgres_url: str, version: int
+) -> None:
+    """A schema of each older version opens at the current one; its suspended run resumes with a key."""
+    schema = _schema(postgres_url)
+    conn = await asyncpg.connect(postgres_server)
+    try:
+        async with conn.transaction():
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
+            await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+            await conn.execute("CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)")
+            for statements in MIGRATIONS[:version]:
+                for statement in statements:
+                    await conn.execute(statement)
+            await conn.execute("INSERT INTO meta VALUES ('schema_version', $1)", str(version))
+            await conn.execute(
+                "INSERT INTO runs (run_id, workflow_id, status, created_at, updated_at, suspend_reason) "
+                "VALUES ('old', 'wf', 'suspended', 1000, 1000, 'needs approval')"
+            )
+    finally:
+        await conn.close()
+    async with PostgresBackend(postgres_url) as backend:
+        info = await backend.get_run("old")
+        assert info is not None
+        assert (info.status, info.suspend_reason, info.resume_key) == (
+            af.RunStatus.SUSPENDED,
+            "needs approval",
+            None,
+        )
+        expect = frozenset({af.RunStatus.SUSPENDED})
+        assert await backend.update_run(
+            "old", expect=expect, now=1001, status=af.RunStatus.PENDING, resume_key="k1"
+        )
+        resumed = await backend.get_run("old")
+    assert resumed is not None
+    assert (resumed.status, resumed.resume_key) == (af.RunStatus.PENDING, "k1")
+    conn = await asyncpg.connect(postgres_server)
+    try:
+        found = await conn.fetchval(f"SELECT value FROM \"{schema}\".meta WHERE key = 'schema_version'")
+    finally:
+        await conn.close()
+    assert found == str(PG_SCHEMA_VERSION)
 
 
 # ---- claims, leases and fencing ---------------------------------------------------------------------
@@ -405,6 +450,69 @@ async def test_a_bad_checkpoint_fails_alone(backend: PostgresBackend) -> None:
     assert results[0] is None
     assert results[2] is None
     assert isinstance(results[1], af.BackendError)
+
+
+# ---- the order in which runs' rows are locked ---------------------------------------------------------
+
+
+async def waiting_behind(monitor: Any, pid: int) -> int:
+    """How many sessions wait for a lock of session ``pid``, or for one of a session that does."""
+    count: int = await monitor.fetchval(
+        "WITH first AS (SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))) "
+        "SELECT (SELECT count(*) FROM first) + (SELECT count(*) FROM pg_stat_activity "
+        "WHERE pid NOT IN (SELECT pid FROM first) AND pg_blocking_pids(pid) && ARRAY(SELECT pid FROM first))",
+        pid,
+    )
+    return count
+
+
+@pytest.mark.parametrize("beaten", [["r0", "r1", "r2"], ["r2", "r1", "r0"]], ids=["ascending", "descending"])
+async def test_a_heartbeat_and_a_group_commit_of_the_same_runs_never_deadlock(
+    backend: PostgresBackend, postgres_server: str, postgres_url: str, beaten: list[str]
+) -> None:
+    """A heartbeat and a group commit (a run's status too) of the same runs, held up together, both go in."""
+    for i in range(3):
+        await backend.create_run(_info(f"r{i}", now=1000.0 + i), [])
+    await backend.claim("a", now=1100.0, lease_until=1130.0, limit=3)
+    blocker, monitor = await asyncpg.connect(postgres_server), await asyncpg.connect(postgres_server)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        # A third session holds the middle run: the heartbeat (of the runs in either order) waits
+        # there, and the group commit, which locks all three and changes r2's status, waits too.
+        await blocker.execute(
+            f"SELECT 1 FROM \"{_schema(postgres_url)}\".runs WHERE run_id = 'r1' FOR UPDATE"
+        )
+        beat = asyncio.ensure_future(backend.heartbeat("a", beaten, now=1101.0, lease_until=1131.0))
+        await eventually(lambda: waiting_behind(monitor, blocker.get_server_pid()), within=10)
+        before = backend.batches
+        commits = [
+            asyncio.ensure_future(backend.checkpoint(Checkpoint("r0", "a", "s/0", "action", seq=1))),
+            asyncio.ensure_future(backend.checkpoint(Checkpoint("r1", "a", "s/0", "action", seq=1))),
+            asyncio.ensure_future(
+                backend.checkpoint(
+                    Checkpoint("r2", "a", "s/0", "sleep", at=1200.0, status=af.RunStatus.SLEEPING, seq=1)
+                )
+            ),
+        ]
+
+        async def both_wait() -> bool:
+            return await waiting_behind(monitor, blocker.get_server_pid()) == 2
+
+        await eventually(both_wait, within=10)
+        await transaction.rollback()
+        with anyio.fail_after(20):
+            lost = await beat
+            await asyncio.gather(*commits)
+    finally:
+        await blocker.close()
+        await monitor.close()
+    assert lost == set()
+    # One group commit: a deadlock would have failed it, and its checkpoints gone in one by one.
+    assert backend.batches - before == 1
+    info = await backend.get_run("r2")
+    assert info is not None
+    assert (info.status, info.wake_at, info.lease_until) == (af.RunStatus.SLEEPING, 1200.0, 1131.0)
 
 
 # ---- engines sharing a database --------------------------------------------------------------------

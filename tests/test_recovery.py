@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -534,6 +535,33 @@ async def test_a_run_that_woke_is_running_again_in_the_database(url: str) -> Non
         assert (await engine.get_run(handle.run_id)).status is af.RunStatus.RUNNING
 
 
+async def test_a_run_that_sleeps_twice_wakes_at_each_sleep_s_own_time(url: str) -> None:
+    """A second durable sleep in one run is kept with its own wake time, and the run completes."""
+    clock = FakeClock(START)
+    async with make_engine(url, flows.SLEEPS_TWICE, clock=clock) as engine:
+        handle = await engine.start(flows.SLEEPS_TWICE)
+        await flows.eventually(lambda: is_sleeping(engine, handle.run_id))
+        await clock.advance(100)
+        await flows.eventually(lambda: flows.runs_of("between") == 1)
+        await flows.eventually(lambda: is_sleeping(engine, handle.run_id))
+        assert (await engine.get_run(handle.run_id)).wake_at == START + 150
+        await clock.advance(50)
+        with anyio.fail_after(5):
+            result = await handle.result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("woke") == 1
+
+
+async def test_a_retried_sleep_wakes_at_its_first_attempt_s_wake_time(url: str) -> None:
+    """A sleep timed out and retried in the same execution waits for the wake time first stored, not anew."""
+    async with make_engine(url, flows.SLEEP_OUTLASTS_ITS_LIMIT) as engine:
+        handle = await engine.start(flows.SLEEP_OUTLASTS_ITS_LIMIT)
+        with anyio.fail_after(10):
+            result = await handle.result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert flows.runs_of("woke") == 1
+
+
 # ---- persisted retries ---------------------------------------------------------------------
 
 
@@ -610,6 +638,22 @@ async def test_tuple_in_the_store_reads_back_as_a_list_after_a_restart(url: str)
     result = await finish(url, run_id, flows.JSON_ROUND_TRIP)
     assert flows.LEDGER["read-tuple"] == [[1, "a"]]
     assert type(result.store["pair"]) is list
+
+
+async def test_a_stage_s_initial_values_are_in_a_durable_run_s_store_and_database(url: str) -> None:
+    """A stage's ``initial`` values are merged into a durable run's store; a new engine reads them back."""
+    run_id, result = await run_here(url, flows.STAGE_WITH_INITIAL)
+    stored = await finish(url, run_id, flows.STAGE_WITH_INITIAL)
+    assert result.store == stored.store == {"region": "eu", "a": True}
+
+
+async def test_repr_of_a_result_read_from_the_database_counts_its_steps(url: str) -> None:
+    """repr of a RunResult a new engine reads from the database shows the steps recorded there."""
+    run_id, _ = await run_here(url, flows.QUICK)
+    async with make_engine(url, flows.QUICK) as engine:
+        with anyio.fail_after(5):
+            result = await engine.wait(run_id)
+    assert repr(result) == f"<RunResult {run_id} workflow='quick' status=completed steps=2>"
 
 
 async def test_json_values_round_trip_through_the_database_result(url: str) -> None:
@@ -780,6 +824,21 @@ async def test_a_wide_shallow_value_of_many_containers_is_kept(url: str) -> None
         result = await handle.result()
     assert result.status is af.RunStatus.COMPLETED
     assert result.store["wide"] == wide
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 13), reason="the JSON encoder of Python 3.11 and 3.12 stops short of 1,000 levels"
+)
+async def test_the_nesting_bound_keeps_1000_levels_and_refuses_1001(url: str) -> None:
+    """A value nested 1,000 deep, the bound, is kept; one nested 1,001 deep is af.NotSerializable.
+
+    (Each with more than 1,000 brackets, so that the depth is walked, not told by the count.)
+    """
+    async with make_engine(url, flows.QUICK) as engine:
+        handle = await engine.start(flows.QUICK, store={"deep": [nested(999), []]})
+        assert (await handle.result()).status is af.RunStatus.COMPLETED
+        with pytest.raises(af.NotSerializable, match=r"'deeper'.*nested too deep"):
+            await engine.start(flows.QUICK, store={"deeper": {"in": [nested(999), []]}})
 
 
 @pytest.mark.parametrize(("value", "why"), BEYOND_JSON)

@@ -653,13 +653,14 @@ async def test_backend_keeps_the_first_version_saved_under_a_key(backend: Any, d
 
 
 def as_schema_3(db_path: Path) -> None:
-    """Rewrite the file as schema 3 had it: no version column on runs, no table of versions."""
+    """Rewrite the file as schema 3 had it: no version nor resume key on runs, no table of versions."""
     conn = sqlite3.connect(db_path, isolation_level=None)
     try:
         conn.executescript(
             """
             BEGIN;
             ALTER TABLE runs DROP COLUMN workflow_version;
+            ALTER TABLE runs DROP COLUMN resume_key;
             DROP TABLE workflow_versions;
             UPDATE asyncflow_meta SET value = '3' WHERE key = 'schema_version';
             COMMIT;

@@ -213,6 +213,28 @@ async def test_the_plan_so_far_leaves_out_a_removed_stage_and_goes_on_after_it(u
     assert stages == [("a", "running"), ("b", "pending")]
 
 
+async def hold_before_the_first_step(ctx: af.MiddlewareContext, call_next: af.CallNext) -> None:
+    """A run-level middleware: signal, and wait until the test lets the run's stages begin."""
+    gate("before").set()
+    await gate("before.go").wait()
+    await call_next()
+
+
+async def test_the_plan_so_far_before_any_step_started_lists_every_step_pending(url: str) -> None:
+    """get_run of a running run none of whose steps has started yet lists them all as pending."""
+    async with make_engine(url, runner=af.Runner(middleware=[hold_before_the_first_step])) as engine:
+        handle = await engine.start(QUICK)
+        with anyio.fail_after(5):
+            await gate("before").wait()
+        info = await engine.get_run(handle.run_id)
+        gate("before.go").set()
+        await handle.result()
+    assert [(s["kind"], s["status"]) for s in info.steps or []] == [
+        ("stage", "pending"),
+        ("action", "pending"),
+    ]
+
+
 # ---- RUN_SUSPENDED ------------------------------------------------------------------------------
 
 
@@ -421,6 +443,7 @@ async def test_schema_4_file_is_upgraded_and_its_old_runs_watched(tmp_path: Path
             BEGIN;
             DROP TRIGGER run_events_go_with_their_run;
             DROP TABLE run_events;
+            ALTER TABLE runs DROP COLUMN resume_key;
             UPDATE asyncflow_meta SET value = '4' WHERE key = 'schema_version';
             COMMIT;
             """

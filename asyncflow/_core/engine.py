@@ -680,13 +680,11 @@ class Engine:
             if not isinstance(key, str) or not key or key.isspace():
                 raise TypeError(f"resume key must be a non-blank string, got {key!r}")
             check_text(key, "resume key")
-            if await self._resumed_with(run_id, key):
-                return RunHandle(self, run_id, self._runs.active.get(run_id), created=False)
-        self.codec.check_resume_data(run_id, data)
         info = await self._stored_run(run_id)
+        if key is not None and await self._resumed_with(info, key):
+            return RunHandle(self, run_id, self._runs.active.get(run_id), created=False)
+        self.codec.check_resume_data(run_id, data)
         if info.status is not RunStatus.SUSPENDED:
-            if key is not None and await self._resumed_with(run_id, key):
-                return RunHandle(self, run_id, self._runs.active.get(run_id), created=False)
             raise RunStateError(
                 f"run {run_id!r} is {info.status.value}, not suspended; only a suspended run resumes"
             )
@@ -711,6 +709,9 @@ class Engine:
             # and not be launched again (its handle would give the suspension).
             with anyio.move_on_after(self.lease):
                 await stale.done.wait()
+        # The key goes with the status change, in one write: a retry with it finds it, from any
+        # process, even if the resume's event below never reaches the log.
+        keyed = {} if key is None else {"resume_key": key}
         updated = await self.backend.update_run(
             run_id,
             expect=frozenset({RunStatus.SUSPENDED}),
@@ -719,9 +720,10 @@ class Engine:
             resume_data=data,
             owner=None,
             lease_until=None,
+            **keyed,
         )
         if not updated:
-            if key is not None and await self._resumed_with(run_id, key):
+            if key is not None and await self._resumed_with(await self._stored_run(run_id), key):
                 return RunHandle(self, run_id, self._runs.active.get(run_id), created=False)
             raise RunStateError(f"run {run_id!r} is no longer suspended (resumed or cancelled meanwhile)")
         self._runs.supersede(run_id)
@@ -775,11 +777,18 @@ class Engine:
             logger.warning("run {} is resumed, but {}", run_id, exc)
         return RunHandle(self, run_id, self._runs.active.get(run_id))
 
-    async def _resumed_with(self, run_id: str, key: str) -> bool:
-        """Whether the run was resumed with ``key`` before (its log says so)."""
+    async def _resumed_with(self, info: RunInfo, key: str) -> bool:
+        """Whether the run was resumed with ``key`` before.
+
+        Its row names the key of its last resume (written with the status
+        change); the keys of earlier resumes, and of resumes written before
+        runs kept their key, are in its log.
+        """
+        if info.resume_key == key:
+            return True
         return any(
             data.get("kind") == EventKind.RUN_RESUMED.value and data.get("key") == key
-            for _, data in await self._runs.events.read_all(run_id)
+            for _, data in await self._runs.events.read_all(info.run_id)
         )
 
     async def list_runs(

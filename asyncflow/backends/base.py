@@ -31,7 +31,8 @@ from .._core.records import CheckpointKind, RunStatus
 #: 5: each run keeps a log of its events (``engine.watch``).
 #: 6: an index per filter of list_runs, and auto_vacuum=INCREMENTAL (space given back after a purge).
 #: 7: (SQLite) the events of runs in a rowid table, appended in the order written, with an index by run.
-SCHEMA_VERSION = 7
+#: 8: (SQLite) each run keeps the key it was last resumed with, written with the resume's status change.
+SCHEMA_VERSION = 8
 
 
 def _utc(timestamp: float) -> datetime:
@@ -62,6 +63,9 @@ class RunInfo:
         workflow_version: the version of its workflow the run started on
             (see :class:`WorkflowVersion`); ``None`` for a run started before
             asyncflow recorded versions, or in memory.
+        resume_key: the key the run was last resumed with (``engine.resume(...,
+            key=...)``), set in the same write as the resume's status change (a
+            resume without a key leaves it); ``None`` if it never was.
     """
 
     run_id: str
@@ -83,6 +87,7 @@ class RunInfo:
     bail_reason: str | None = None
     steps: list[dict[str, Any]] | None = None
     workflow_version: str | None = None
+    resume_key: str | None = None
 
     @property
     def created(self) -> datetime:

@@ -390,6 +390,51 @@ async def test_suspend_and_resume_records_round_trip(db: Backend) -> None:
     )
 
 
+async def suspended(db: Backend, run_id: str) -> None:
+    """Create ``run_id``, claim it for "a" and suspend it (given back, as the engine does)."""
+    await held(db, run_id, "a")
+    assert await db.update_run(
+        run_id, holder="a", now=T0 + 1, status=af.RunStatus.SUSPENDED, owner=None, lease_until=None
+    )
+
+
+async def test_a_resume_key_is_written_with_the_status_change_and_read_back_everywhere(db: Backend) -> None:
+    """resume_key set with a resume's status change is read back by get_run, list_runs, claim and load."""
+    await suspended(db, "r1")
+    before = await db.get_run("r1")
+    assert before is not None
+    assert before.resume_key is None
+    assert await db.update_run(
+        "r1",
+        expect=frozenset({af.RunStatus.SUSPENDED}),
+        now=T0 + 2,
+        status=af.RunStatus.PENDING,
+        resume_data=1,
+        resume_key="approval-7",
+    )
+    listed = (await db.list_runs(status=None, workflow_id=None, limit=10, cursor=None)).runs
+    (claimed,) = await db.claim("b", now=T0 + 3, lease_until=T0 + 33, limit=10)
+    saved = await db.load("r1")
+    got = await db.get_run("r1")
+    assert saved is not None
+    assert got is not None
+    keys = [got.resume_key, listed[0].resume_key, claimed.resume_key, saved.info.resume_key]
+    assert keys == ["approval-7"] * 4
+
+
+async def test_a_resume_that_finds_the_run_not_suspended_writes_no_key(db: Backend) -> None:
+    """update_run expecting SUSPENDED on a run resumed already writes neither its status nor its key."""
+    await suspended(db, "r1")
+    expect = frozenset({af.RunStatus.SUSPENDED})
+    assert await db.update_run("r1", expect=expect, now=T0 + 2, status=af.RunStatus.PENDING, resume_key="k1")
+    assert not await db.update_run(
+        "r1", expect=expect, now=T0 + 3, status=af.RunStatus.PENDING, resume_key="k2"
+    )
+    info = await db.get_run("r1")
+    assert info is not None
+    assert (info.resume_key, info.updated_at) == ("k1", T0 + 2)
+
+
 # ---- listing -----------------------------------------------------------------------
 
 

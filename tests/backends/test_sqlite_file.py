@@ -138,7 +138,7 @@ def pragma(path: Path, statement: str) -> list[tuple[Any, ...]]:
 
 
 def as_schema_5(path: Path) -> None:
-    """Rewrite the file as schema 5 had it: no indexes of list_runs' filters, no auto_vacuum."""
+    """Rewrite the file as schema 5 had it: no list indexes, no auto_vacuum, no resume_key."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode = DELETE")
@@ -148,6 +148,7 @@ def as_schema_5(path: Path) -> None:
             DROP INDEX runs_by_status_created;
             DROP INDEX runs_by_workflow_created;
             DROP INDEX runs_by_workflow_status_created;
+            ALTER TABLE runs DROP COLUMN resume_key;
             UPDATE asyncflow_meta SET value = '5' WHERE key = 'schema_version';
             COMMIT;
             """
@@ -201,7 +202,7 @@ async def test_a_schema_5_file_is_upgraded_and_its_interrupted_run_recovers(db_p
 
 
 def as_schema_6(path: Path) -> None:
-    """Rewrite the file as schema 6 had it: the event log a WITHOUT ROWID table keyed by (run, number)."""
+    """Rewrite the file as schema 6 had it: events WITHOUT ROWID by (run, number), no resume_key."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.executescript(
@@ -218,6 +219,7 @@ def as_schema_6(path: Path) -> None:
             BEGIN
                 DELETE FROM run_events WHERE run_no = old.run_no;
             END;
+            ALTER TABLE runs DROP COLUMN resume_key;
             UPDATE asyncflow_meta SET value = '6' WHERE key = 'schema_version';
             COMMIT;
             """
@@ -280,6 +282,49 @@ async def test_events_of_a_purged_run_go_with_it_after_the_upgrade(db_path: Path
     async with engine_on(db_path, flows.QUICK) as engine:
         assert await engine.delete_run(run_id)
     assert pragma(db_path, "SELECT COUNT(*) FROM run_events") == [(0,)]
+
+
+# ---- schema 8: the key of a run's last resume, on its row -----------------------------
+
+
+def as_schema_7(path: Path) -> None:
+    """Rewrite the file as schema 7 had it: runs without the key of their last resume."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.executescript(
+            """
+            BEGIN;
+            ALTER TABLE runs DROP COLUMN resume_key;
+            UPDATE asyncflow_meta SET value = '7' WHERE key = 'schema_version';
+            COMMIT;
+            """
+        )
+    finally:
+        conn.close()
+
+
+async def test_a_schema_7_file_is_upgraded_and_keys_resumed_with_before_are_still_repeats(
+    db_path: Path,
+) -> None:
+    """A schema-7 file gets resume_key; a key used before the upgrade (only in the log) is still a repeat."""
+    async with engine_on(db_path, flows.APPROVAL) as engine:
+        with anyio.fail_after(10):
+            earlier = await engine.start(flows.APPROVAL)
+            await earlier.result()
+            await (await engine.resume(earlier.run_id, {"ok": 1}, key="k1")).result()
+            waiting = await engine.start(flows.APPROVAL)
+            assert (await waiting.result()).status is af.RunStatus.SUSPENDED
+    as_schema_7(db_path)
+    async with engine_on(db_path, flows.APPROVAL) as engine:
+        with anyio.fail_after(10):
+            repeat = await engine.resume(earlier.run_id, {"ok": 2}, key="k1")
+            resumed = await engine.resume(waiting.run_id, {"ok": 3}, key="k2")
+            assert (await resumed.result()).status is af.RunStatus.COMPLETED
+    assert (repeat.created, resumed.created) == (False, True)
+    assert pragma(db_path, "SELECT value FROM asyncflow_meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
+    assert pragma(db_path, "SELECT resume_key FROM runs ORDER BY run_no") == [(None,), ("k2",)]
 
 
 @pytest.mark.parametrize("status", [None, af.RunStatus.COMPLETED])

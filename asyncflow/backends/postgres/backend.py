@@ -79,9 +79,18 @@ _SETTLE = 3.0
 #: A notice handler: ``(kind, run_id)``, kind ``"work"`` (a run may be claimed) or ``"cancel"``.
 Notice = Callable[[str, "str | None"], None]
 
+# Deadlocks: every statement that locks several runs' rows and may wait for them takes them in
+# one order, by run_no (ORDER BY ... FOR ... in a CTE: the rows are locked as the sort gives them),
+# and takes every row lock it needs at once, so that a transaction never holds one run's row while
+# it waits for a lower one's. A heartbeat and a group commit of the same runs (from two of an
+# engine's connections) then never wait for each other in a circle: whichever locks the lowest run
+# of the two first goes through. (A claim waits for no row: SKIP LOCKED. Other writes lock one run.)
+
 # The checkpoints of one batch, as arrays (one element per checkpoint). Each row goes in only
-# if its run's owner and fencing token are still those of the engine that wrote it; the run's
-# row is share-locked, so a claim cannot slip in between the check and the insert.
+# if its run's owner and fencing token are still those of the engine that wrote it; the runs'
+# rows are share-locked (in run_no order, see above), so a claim cannot slip in between the
+# check and the insert. A batch in which some runs change status (or sleep) locks its rows for
+# update instead, and sets them in the same statement: one lock per row, taken in order.
 _INSERT_SQL = """
 WITH v AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -91,8 +100,9 @@ WITH v AS (
     SELECT runs.run_no, runs.run_id FROM runs
     WHERE runs.run_id = ANY($1::text[]) AND EXISTS (
         SELECT 1 FROM v WHERE v.run_id = runs.run_id AND v.owner = runs.owner AND v.fence = runs.fence)
-    FOR SHARE OF runs
-), ins AS (
+    ORDER BY runs.run_no
+    FOR {lock} OF runs
+){status}, ins AS (
     INSERT INTO checkpoints (run_no, seq, step_key, kind, changes, ops, attempts, at)
     SELECT owned.run_no, v.seq, v.step_key, v.kind, v.changes, v.ops, v.attempts, v.at
     FROM v JOIN owned ON owned.run_id = v.run_id
@@ -101,12 +111,16 @@ WITH v AS (
 )
 SELECT count(*) FROM ins
 """
-_STATUS_SQL = """
-UPDATE runs SET status = COALESCE(v.status, runs.status), wake_at = COALESCE(v.wake_at, runs.wake_at)
-FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::bigint[])
-    AS v(run_id, status, wake_at, owner, fence)
-WHERE runs.run_id = v.run_id AND runs.owner = v.owner AND runs.fence = v.fence
-"""
+# (Rows of runs that are not owned are not updated: only owned's, which it has locked already.)
+_STATUS_CTE = """, moved AS (
+    UPDATE runs SET status = COALESCE(s.status, runs.status), wake_at = COALESCE(s.wake_at, runs.wake_at)
+    FROM owned, unnest($11::text[], $12::text[], $13::float8[], $14::text[], $15::bigint[])
+        AS s(run_id, status, wake_at, owner, fence)
+    WHERE runs.run_no = owned.run_no AND owned.run_id = s.run_id
+      AND runs.owner = s.owner AND runs.fence = s.fence
+)"""
+_CHECKPOINTS_SQL = _INSERT_SQL.format(lock="SHARE", status="")
+_CHECKPOINTS_AND_STATUS_SQL = _INSERT_SQL.format(lock="NO KEY UPDATE", status=_STATUS_CTE)
 _WRITTEN_SQL = """
 SELECT 1 FROM runs JOIN checkpoints ON checkpoints.run_no = runs.run_no AND checkpoints.seq = $2
 WHERE runs.run_id = $1 AND runs.owner = $3 AND runs.fence = $4
@@ -665,11 +679,10 @@ class PostgresBackend(Backend):
         async def write(conn: Any) -> int:
             self.batches += 1
             if status_rows:
-                async with conn.transaction():
-                    await conn.execute(_STATUS_SQL, *map(list, zip(*status_rows, strict=True)))
-                    count: int = await conn.fetchval(_INSERT_SQL, *columns)
-                    return count
-            count = await conn.fetchval(_INSERT_SQL, *columns)
+                statuses = map(list, zip(*status_rows, strict=True))
+                count: int = await conn.fetchval(_CHECKPOINTS_AND_STATUS_SQL, *columns, *statuses)
+                return count
+            count = await conn.fetchval(_CHECKPOINTS_SQL, *columns)
             return count
 
         try:
@@ -869,8 +882,12 @@ class PostgresBackend(Backend):
 
         async def beat(conn: Any) -> set[str]:
             rows = await conn.fetch(
-                "UPDATE runs SET lease_until = $1 FROM unnest($3::text[], $4::bigint[]) AS v(run_id, fence) "
-                "WHERE runs.run_id = v.run_id AND runs.fence = v.fence AND runs.owner = $2 "
+                # (the rows locked in run_no order: see _INSERT_SQL)
+                "WITH mine AS (SELECT runs.run_no FROM runs "
+                "JOIN unnest($3::text[], $4::bigint[]) AS v(run_id, fence) "
+                "ON runs.run_id = v.run_id AND runs.fence = v.fence WHERE runs.owner = $2 "
+                "ORDER BY runs.run_no FOR NO KEY UPDATE OF runs) "
+                "UPDATE runs SET lease_until = $1 FROM mine WHERE runs.run_no = mine.run_no "
                 "RETURNING runs.run_id",
                 lease_until + self.clock_offset,
                 owner,
@@ -913,8 +930,11 @@ class PostgresBackend(Backend):
                 numbers = [
                     row[0]
                     for row in await conn.fetch(
-                        "DELETE FROM runs WHERE status = ANY($1::text[]) AND updated_at < $2 "
-                        "RETURNING run_no",
+                        # (the rows locked in run_no order: see _INSERT_SQL)
+                        "WITH doomed AS (SELECT run_no FROM runs WHERE status = ANY($1::text[]) "
+                        "AND updated_at < $2 ORDER BY run_no FOR UPDATE) "
+                        "DELETE FROM runs USING doomed WHERE runs.run_no = doomed.run_no "
+                        "RETURNING runs.run_no",
                         list(_FINISHED),
                         finished_before,
                     )

@@ -93,6 +93,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE workers DROP CONSTRAINT workers_pkey",
         "ALTER TABLE workers ADD PRIMARY KEY (owner, lock_key)",
     ],
+    # 4: the key a run was last resumed with, written with the resume's status change, so that a
+    # retried resume finds it even when the resume's event never reached the log.
+    ["ALTER TABLE runs ADD COLUMN resume_key text"],
 ]
 
 #: The version of the schema this asyncflow writes (how many migrations it has).

@@ -40,7 +40,8 @@ def _tables(runs: str, checkpoints: str) -> list[str]:
             failed_action TEXT,
             bail_reason TEXT,
             steps TEXT,
-            workflow_version TEXT
+            workflow_version TEXT,
+            resume_key TEXT
         )""",
         f"""CREATE TABLE {checkpoints} (
             run_no INTEGER NOT NULL,
@@ -293,6 +294,13 @@ def _to_7(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _to_8(conn: sqlite3.Connection) -> None:
+    """The column of the key a run was last resumed with (runs of before have none: their log has it)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    if "resume_key" not in columns:  # (a file upgraded from schema 2 or before has it: see _to_3)
+        conn.execute("ALTER TABLE runs ADD COLUMN resume_key TEXT")
+
+
 #: version -> the step that brings a file of the version before to it, in the upgrade's transaction
 _UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _to_2,
@@ -301,6 +309,7 @@ _UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
     5: _to_5,
     6: _to_6,
     7: _to_7,
+    8: _to_8,
 }
 
 
