@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(BIN)/asyncflow demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check asyncflow tests benchmarks examples
-	$(BIN)/ruff format --check asyncflow tests benchmarks examples
+	$(BIN)/ruff check asyncflow tests benchmarks examples docs
+	$(BIN)/ruff format --check asyncflow tests benchmarks examples docs
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)

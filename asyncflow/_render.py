@@ -48,6 +48,7 @@ from ._core.records import (
     StepNote,
     StepRecord,
     StepStatus,
+    is_insertion,
     read_step_reason,
     short_run_id,
 )
@@ -338,7 +339,7 @@ class _Renderer:
         if record.dynamic and record.kind == "stage" and record.inserted_by:
             # Stages are drawn at one level: who inserted this one is said here.
             marks.append((f"  + inserted by {record.inserted_by}", _CYAN))
-        elif record.dynamic:
+        elif is_insertion(record):  # not each action of an inserted stage: the stage says it
             marks.append(("  + dynamic", _CYAN))
         if record.attempts > 1:
             marks.append((f"  {record.attempts} attempts", _YELLOW))
@@ -514,7 +515,7 @@ def run_lines(
         (f": {_plural(len(stages), 'stage')}, {_plural(len(actions), 'action')}", ""),
     ]
     counts = {
-        "dynamic": sum(s.dynamic for s in steps),
+        "dynamic": sum(map(is_insertion, steps)),
         "skipped": sum(s.status is StepStatus.SKIPPED for s in steps),
         "failed": sum(s.status is StepStatus.FAILED for s in actions),
         "cancelled": sum(s.status is StepStatus.CANCELLED for s in actions),
@@ -891,6 +892,11 @@ class LiveRun:
         stage = event.action_name is None
         parent = None if event.parent_key is None else self._actions.get(event.parent_key)
         inserter = None if parent is None else self._steps[parent]
+        if inserter is not None:
+            depth = inserter["depth"] + 1
+        else:  # a static step, or an action an inserted stage brought: its stage's depth
+            own_stage = None if stage else self._stages.get(event.stage_id or "")
+            depth = 0 if own_stage is None else self._steps[own_stage]["depth"]
         step: dict[str, Any] = {
             "kind": StepKind.STAGE if stage else StepKind.ACTION,
             "stage_id": event.stage_id or "",
@@ -899,7 +905,7 @@ class LiveRun:
             "dynamic": event.dynamic,
             "duration": 0.0,
             "started_at": event.at - (self._t0 or event.at),
-            "depth": 0 if inserter is None else inserter["depth"] + 1,
+            "depth": depth,
             "inserted_by": None if inserter is None else f"{inserter['stage_id']}/{inserter['action_name']}",
             "inserted_by_stage": None if inserter is None else inserter["stage_id"],
             "reason": event.reason,

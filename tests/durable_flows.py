@@ -470,6 +470,12 @@ async def boom(ctx: af.ActionContext) -> None:
 
 
 @af.action
+async def fail_with_a_colon(ctx: af.ActionContext) -> None:
+    """Raise ValueError("row 7: no id"): a message with a colon of its own."""
+    raise ValueError("row 7: no id")
+
+
+@af.action
 async def announce(ctx: af.ActionContext) -> None:
     """Send a "progress" message."""
     await ctx.send("progress", {"pct": 50})
@@ -598,6 +604,17 @@ RESHAPE = af.Workflow(
     ],
 )
 
+
+@af.action
+async def insert_hanging_stage(ctx: af.ActionContext) -> None:
+    """Insert a stage whose first action completes and whose second hangs once."""
+    record("insert-hanging-stage", ctx.idempotency_key)
+    ctx.add_dynamic_stage(af.Stage("extra", actions=[Record("extra-first"), HangOnce("hang")]))
+
+
+#: An inserted stage interrupted after its first action: its steps are replayed and re-run after a restart.
+INSERTED_STAGE = af.Workflow("recover-inserted-stage", stages=[af.Stage("a", actions=[insert_hanging_stage])])
+
 OTHER = af.Workflow("recover-other", stages=[af.Stage("s", actions=[HangOnce("other")])])
 
 JSON_ROUND_TRIP = af.Workflow(
@@ -645,6 +662,10 @@ FLAKY = af.Workflow("flaky", stages=[af.Stage("s", actions=[flaky])])
 ALWAYS_FAILS = af.Workflow("always-fails", stages=[af.Stage("s", actions=[always_fails])])
 
 BLOCKING = af.Workflow("blocking", stages=[af.Stage("s", actions=[Blocker("block")])])
+#: a blocking step, then another: a drain gives the run back between the two
+BLOCK_THEN_RECORD = af.Workflow(
+    "block-then-record", stages=[af.Stage("s", actions=[Blocker("block"), Record("after")])]
+)
 
 SUSPENDS_WHEN_RELEASED = af.Workflow(
     "suspends-when-released", stages=[af.Stage("s", actions=[SuspendWhenReleased("suspender")])]
@@ -676,6 +697,7 @@ INSERTS_LAMBDA_STAGE = af.Workflow(
 )
 
 FAILING = af.Workflow("failing", stages=[af.Stage("s", actions=[boom])])
+FAILS_WITH_A_COLON = af.Workflow("fails-with-a-colon", stages=[af.Stage("s", actions=[fail_with_a_colon])])
 
 ANNOUNCING = af.Workflow("announcing", stages=[af.Stage("s", actions=[announce])])
 

@@ -141,6 +141,13 @@ async def test_a_failed_stage_s_duration_is_within_the_run_s() -> None:
     assert 0 <= stage.duration <= result.duration
 
 
+async def test_a_completed_stage_s_duration_is_within_the_run_s() -> None:
+    """The recorded duration of a stage that completed is measured from its start: no longer than the run."""
+    result = await af.run(af.Workflow("orders", stages=[af.Stage("s", actions=[recorder("a", [])])]))
+    [stage] = [s for s in result.steps if s.kind == "stage"]
+    assert 0 <= stage.duration <= result.duration
+
+
 async def test_the_stage_of_a_suspending_action_is_recorded_suspended() -> None:
     """When an action suspends the run, the stage around it is recorded SUSPENDED, as the action is."""
 

@@ -154,6 +154,42 @@ async def test_recorded_steps_match_the_steps_of_the_result(tmp_path: Path, cloc
     assert [s.started_at for s in there.steps] == pytest.approx([s.started_at for s in here.steps], abs=1e-9)
 
 
+async def test_a_result_read_from_the_database_lasts_from_the_runs_creation_to_its_end(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A run's result read back from the database lasts from its creation to its end, by the clock."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with make_engine(url, clock) as engine:
+        handle = await engine.start(flows.BLOCKING)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        await clock.advance(0.25)
+        flows.gate("block.release").set()
+        with anyio.fail_after(5):
+            await handle.result()
+    async with make_engine(url, clock) as other:
+        there = await other.wait(handle.run_id)
+    assert there.duration == 0.25
+
+
+async def test_an_error_read_from_the_database_keeps_its_type_and_whole_message(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A recorded error comes back as its type's name and its message, a colon in the message kept in it."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with make_engine(url, clock) as engine:
+        handle = await engine.start(flows.FAILS_WITH_A_COLON)
+        with anyio.fail_after(5):
+            await handle.result()
+    async with make_engine(url, clock) as other:
+        there = await other.wait(handle.run_id)
+    errors = [there.error, *(s.error for s in there.steps if s.status is af.StepStatus.FAILED)]
+    assert len(errors) == 3  # the run's, its stage's and its action's
+    for error in errors:
+        assert isinstance(error, af.RecordedError)
+        assert (error.type_name, error.message) == ("ValueError", "row 7: no id")
+
+
 async def test_run_info_steps_are_plain_json_dicts(engine_url: str, clock: FakeClock) -> None:
     """get_run gives an ended run's steps as dicts of plain JSON values, times in seconds (both backends)."""
     async with make_engine(engine_url, clock) as engine:
@@ -349,6 +385,11 @@ def test_sleep_refuses_a_negative_or_endless_duration(seconds: float, message: s
     """af.sleep of a negative, NaN or infinite number of seconds is a ValueError saying which."""
     with pytest.raises(ValueError, match=message):
         af.sleep(seconds)
+
+
+def test_sleep_takes_zero_a_fraction_or_a_timedelta() -> None:
+    """af.sleep takes zero seconds, a fraction of one, or a timedelta (as its seconds)."""
+    assert [af.sleep(d).seconds for d in (0, 0.5, timedelta(minutes=2))] == [0.0, 0.5, 120.0]
 
 
 @pytest.mark.parametrize("seconds", ["1", True, None])

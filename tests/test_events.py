@@ -142,6 +142,14 @@ async def test_failed_run_events_carry_the_error() -> None:
     assert finished.error is error
 
 
+async def test_the_failed_stage_s_finished_event_carries_the_error() -> None:
+    """The STAGE_FINISHED (status "failed") of the stage whose action failed carries the original error."""
+    error = ValueError("broken")
+    seen = await record_failing_run(error)
+    finished = next(e for e in seen if e.kind is K.STAGE_FINISHED and e.stage_id == "last")
+    assert (finished.status, finished.error) == ("failed", error)
+
+
 async def test_completed_steps_carry_no_error() -> None:
     """Finished events of steps that completed carry no error."""
     seen = await record_failing_run(ValueError("broken"))
@@ -151,7 +159,7 @@ async def test_completed_steps_carry_no_error() -> None:
 
 
 async def test_inserted_steps_are_marked_dynamic_in_their_events() -> None:
-    """Events about inserted stages and actions say dynamic; events about defined steps do not."""
+    """Events about inserted stages and actions (an inserted stage's own too) say dynamic; others do not."""
     seen = await record_failing_run(ValueError("broken"))
     dynamic = {(e.kind, e.stage_id, e.action_name) for e in seen if e.dynamic}
     assert dynamic == {
@@ -161,6 +169,8 @@ async def test_inserted_steps_are_marked_dynamic_in_their_events() -> None:
         (K.STAGE_INSERTED, "inserted", None),
         (K.STAGE_STARTED, "inserted", None),
         (K.STAGE_FINISHED, "inserted", None),
+        (K.ACTION_STARTED, "inserted", "x"),
+        (K.ACTION_FINISHED, "inserted", "x"),
     }
 
 

@@ -118,7 +118,7 @@ async def test_dynamic_actions_and_stages_join_the_plan_in_process_order() -> No
     for isolation in ("process", None):
         stage = af.Stage("s", actions=[flows.insert_children, flows.mark_pid], isolation=isolation)
         result = await af.run(af.Workflow("iso", stages=[stage, af.Stage("end", actions=[flows.mark_pid])]))
-        orders.append([(s.kind, s.stage_id, s.action_name, s.dynamic) for s in result.steps])
+        orders.append([(s.kind, s.stage_id, s.action_name, s.dynamic, s.depth) for s in result.steps])
         if isolation:
             assert result.store["pid:later-1"] == os.getpid()
             assert result.store["pid:later-2"] != os.getpid()

@@ -712,6 +712,7 @@ async def test_call_next_twice_at_actions_level_is_a_middleware_error() -> None:
     message = str(cause_of(info.value))
     assert "call_next" in message
     assert "'block'" in message
+    assert "by an actions-level middleware" in message
     assert log == ["a"]
 
 

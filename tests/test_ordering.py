@@ -418,7 +418,7 @@ async def test_records_of_inserted_steps_are_marked_dynamic() -> None:
         ("A", "x"): True,
         ("A", "a2"): False,
         ("D", None): True,
-        ("D", "d1"): False,
+        ("D", "d1"): True,
         ("B", None): False,
         ("B", "b1"): False,
     }
@@ -624,6 +624,30 @@ async def test_run_max_insertions_overrides_the_bound_of_the_runner_it_is_given(
     runner = af.Runner(max_insertions=5)
     result = await af.run(_wf(_inserting(8)), runner=runner, max_insertions=8)
     assert result.status is af.RunStatus.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("bound", "error", "message"),
+    [
+        (True, TypeError, "must be an int, got True"),
+        ("5", TypeError, "must be an int, got '5'"),
+        (-1, ValueError, "must be zero or more, got -1"),
+    ],
+    ids=["bool", "text", "negative"],
+)
+def test_max_insertions_refuses_what_is_not_a_count(
+    bound: object, error: type[Exception], message: str
+) -> None:
+    """af.Runner(max_insertions=...) of a bool, a string or a negative number is refused, showing it."""
+    with pytest.raises(error, match=f"max_insertions {message}"):
+        af.Runner(max_insertions=bound)  # type: ignore[arg-type]
+
+
+async def test_a_bound_of_zero_insertions_lets_a_run_that_inserts_nothing_complete() -> None:
+    """max_insertions=0 is a valid bound: a run inserting nothing completes, one insertion fails it."""
+    assert (await af.run(_wf(_inserting(0)), max_insertions=0)).status is af.RunStatus.COMPLETED
+    exc = await run_failing(_wf(_inserting(1)), max_insertions=0)
+    assert isinstance(exc.__cause__, af.InsertionLimitExceeded)
 
 
 async def test_insertion_bound_is_exact() -> None:
@@ -1031,6 +1055,31 @@ async def test_step_depth_is_zero_for_static_steps_and_grows_per_insertion_level
         ("action", "s", "noop", 2),
     ]
     assert [s.depth for s in result.steps if s.kind == "stage" and s.stage_id == "dyn"] == [1]
+
+
+async def test_actions_of_an_inserted_stage_have_its_depth_and_are_dynamic() -> None:
+    """An inserted stage's actions are dynamic at its depth; what they insert is one level deeper."""
+
+    @af.action(name="deeper")
+    async def deeper(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_action(noop)
+        ctx.add_dynamic_stage(af.Stage("dyn2", actions=[noop]))
+
+    @af.action(name="grow")
+    async def grow(ctx: af.ActionContext) -> None:
+        ctx.add_dynamic_stage(af.Stage("dyn", actions=[deeper]))
+
+    result = await af.run(af.Workflow("w", stages=[af.Stage("s", actions=[grow])]))
+    records = [(s.kind, s.stage_id, s.action_name, s.dynamic, s.depth) for s in result.steps]
+    assert records == [
+        ("stage", "s", None, False, 0),
+        ("action", "s", "grow", False, 0),
+        ("stage", "dyn", None, True, 1),
+        ("action", "dyn", "deeper", True, 1),
+        ("action", "dyn", "noop", True, 2),
+        ("stage", "dyn2", None, True, 2),
+        ("action", "dyn2", "noop", True, 2),
+    ]
 
 
 @pytest.mark.parametrize("stages", [False, True], ids=["actions", "stages"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ import anyio
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -451,6 +452,54 @@ async def test_run_left_for_workers_links_to_the_span_that_started_it(tmp_path: 
     assert result.status is af.RunStatus.COMPLETED
     run = worker_tel.by_name("run queued")
     assert [link.context.span_id for link in run.links] == [request.get_span_context().span_id]
+
+
+def spans_left_open(run_ids: set[str]) -> list[Span]:
+    """The spans of ``run_ids`` still in memory and never ended (so never exported)."""
+    gc.collect()
+    return [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, Span)
+        and obj.end_time is None
+        and (obj.attributes or {}).get("asyncflow.run_id") in run_ids
+    ]
+
+
+async def test_runs_started_for_workers_leave_no_span_in_the_starting_process(tmp_path: Path) -> None:
+    """Starting many runs for workers keeps no span for them; the request span they link to is exported."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    workflow = af.Workflow("queued", stages=[af.Stage("only", actions=[leaf])])
+    starter = af.Engine(url, concurrency=0)
+    starter_tel = Telemetry(starter)
+    tracer = starter_tel.tracer_provider.get_tracer("app")
+    async with starter:
+        run_ids = set()
+        for _ in range(200):
+            with tracer.start_as_current_span("POST /queue"):
+                run_ids.add((await starter.start(workflow)).run_id)
+        assert spans_left_open(run_ids) == []
+    assert [span.name for span in starter_tel.spans()] == ["POST /queue"] * 200
+
+
+async def test_a_run_cancelled_before_it_began_ends_its_run_span(tmp_path: Path) -> None:
+    """A run cancelled before it began here ends (exports) the span begun by engine.start; none is kept."""
+    engine = af.Engine(f"sqlite:///{tmp_path / 'runs.db'}")
+    tel = Telemetry(engine)
+    workflow = af.Workflow("stopped", stages=[af.Stage("only", actions=[leaf])])
+    async with engine:
+        run_ids = set()
+        for _ in range(20):
+            handle = await engine.start(workflow)
+            await engine.cancel(handle.run_id)  # before its task began
+            run_ids.add(handle.run_id)
+        with anyio.fail_after(30):
+            for run_id in run_ids:
+                assert (await engine.wait(run_id)).status is af.RunStatus.CANCELLED
+        assert spans_left_open(run_ids) == []
+    runs = [span for span in tel.spans() if span.name == "run stopped"]
+    assert {(span.attributes or {}).get("asyncflow.run_id") for span in runs} == run_ids
+    assert {(span.attributes or {}).get("asyncflow.status") for span in runs} == {"cancelled"}
 
 
 async def test_log_lines_from_a_child_process_are_written_in_the_actions_trace_context(

@@ -126,7 +126,7 @@ def model(program: list[StageSpec]) -> tuple[list[Record], tuple[str, str] | Non
         inserted: list[StageSpec] = []
         try:
             for action in spec.actions:
-                run_action(spec.id, action, False, inserted)
+                run_action(spec.id, action, dynamic, inserted)  # an inserted stage's actions are dynamic
         except _Stop:
             set_status(index, af.StepStatus.FAILED)
             for skipped in inserted:

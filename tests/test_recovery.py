@@ -249,6 +249,24 @@ async def test_replayed_steps_are_recorded_as_completed_earlier(url: str) -> Non
     assert replayed == [("reshape", False), ("record", True)]
 
 
+async def test_recovered_actions_of_an_inserted_stage_keep_its_depth_and_are_dynamic(url: str) -> None:
+    """After a restart, the replayed and the re-run actions of an inserted stage are dynamic at its depth."""
+    run_id = await interrupt(url, flows.INSERTED_STAGE)
+    result = await finish(url, run_id, flows.INSERTED_STAGE)
+    expected = [
+        ("stage", "a", None, False, 0),
+        ("action", "a", "insert-hanging-stage", False, 0),
+        ("stage", "extra", None, True, 1),
+        ("action", "extra", "record", True, 1),
+        ("action", "extra", "hang-once", True, 1),
+    ]
+    assert [(s.kind, s.stage_id, s.action_name, s.dynamic, s.depth) for s in result.steps] == expected
+    stored = (await info_of(url, run_id)).steps
+    assert stored is not None
+    stored_fields = [(s["kind"], s["stage_id"], s["action_name"], s["dynamic"], s["depth"]) for s in stored]
+    assert stored_fields == expected
+
+
 async def test_recover_false_leaves_interrupted_runs_alone(db_path: Path, url: str) -> None:
     """An engine opened with recover=False neither resumes an interrupted run nor claims it."""
     run_id = await interrupt(url, flows.BASIC)
@@ -262,6 +280,20 @@ async def test_recover_false_leaves_interrupted_runs_alone(db_path: Path, url: s
     assert flows.runs_of("hang") == 1
     result = await finish(url, run_id, flows.BASIC)
     assert result.status is af.RunStatus.COMPLETED
+
+
+async def test_a_draining_engine_takes_no_more_runs(db_path: Path, url: str) -> None:
+    """After engine.drain, the engine's passes claim nothing: a run given back meanwhile waits for another."""
+    counted = flows.CountingSQLite(db_path)
+    async with make_engine(counted, flows.BASIC) as draining:
+        await draining.drain(0)
+        claims = counted.claims
+        run_id = await interrupt(url, flows.BASIC)
+        heartbeats = counted.heartbeats
+        await flows.eventually(lambda: counted.heartbeats >= heartbeats + 6)  # several poll intervals
+        info = await draining.get_run(run_id)
+    assert counted.claims == claims
+    assert (info.status, info.owner, flows.runs_of("hang")) == (af.RunStatus.RUNNING, None, 1)
 
 
 async def test_unknown_workflow_on_recovery_is_left_for_an_engine_that_has_it(url: str) -> None:
@@ -286,6 +318,32 @@ async def test_unknown_workflow_on_recovery_is_left_for_an_engine_that_has_it(ur
     assert flows.runs_of("hang") == 1
     result = await finish(url, lost.run_id, flows.BASIC)
     assert result.status is af.RunStatus.COMPLETED
+
+
+async def test_runs_of_a_workflow_not_registered_are_left_with_one_warning_per_workflow(
+    url: str, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """Runs of a workflow an engine has not registered: one warning naming a run and the workflow, and why."""
+    async with make_engine(url, flows.BLOCKING) as engine:
+        handles = [await engine.start(flows.BLOCKING) for _ in range(2)]
+        await flows.eventually(lambda: flows.runs_of("block") == 2)
+    async with make_engine(url, flows.QUICK) as engine:
+
+        async def both_left() -> bool:
+            infos = [await engine.get_run(h.run_id) for h in handles]
+            return all(i.status is af.RunStatus.PENDING and i.owner is None for i in infos)
+
+        await flows.eventually(both_left)
+    warnings = [r for r in asyncflow_log if "not registered with this engine" in r["message"]]
+    assert [r["level"].name for r in warnings] == ["WARNING"]
+    assert warnings[0]["message"] in {
+        f"run {h.run_id} is of workflow 'blocking', which is not registered with this engine; it is left "
+        f"for an engine that has it (engine.register(workflow) to run it here)"
+        for h in handles
+    }
+    left = [r["message"] for r in asyncflow_log if "This engine leaves the run as it is" in r["message"]]
+    assert left
+    assert all(", and workflow 'blocking' is not registered here. " in message for message in left)
 
 
 async def test_unknown_action_reference_on_recovery_fails_the_run(url: str) -> None:

@@ -135,6 +135,31 @@ def test_type_mismatch_message_names_key_expected_and_actual() -> None:
     assert "str" in message
 
 
+@pytest.mark.parametrize(
+    ("held", "asked", "message"),
+    [
+        ("one", int, "store key 'k' holds a str, not an int"),
+        (1, str, "store key 'k' holds an int, not a str"),
+        (1, type, "store key 'k' holds an int, not a type"),
+        ([], dict, "store key 'k' holds a list, not a dict"),
+        (1.5, Exception, "store key 'k' holds a float, not an Exception"),
+        (None, int, "store key 'k' holds a NoneType, not an int"),
+    ],
+)
+def test_type_mismatch_message_reads_with_the_right_article(held: object, asked: type, message: str) -> None:
+    """The TypeMismatch message puts "an" before a type name that starts with a vowel, "a" before others."""
+    with pytest.raises(af.TypeMismatch) as info:
+        af.Store({"k": held}).get("k", asked)
+    assert str(info.value) == message
+
+
+def test_type_mismatch_message_names_each_type_of_a_tuple_with_its_article() -> None:
+    """A tuple of types asked for reads "an int or a str" in the TypeMismatch message."""
+    with pytest.raises(af.TypeMismatch) as info:
+        af.Store({"k": b"x"}).get("k", (int, str))  # type: ignore[arg-type]  # isinstance takes a tuple
+    assert str(info.value) == "store key 'k' holds a bytes, not an int or a str"
+
+
 def test_get_with_type_on_missing_key_raises_missing_key() -> None:
     """get(key, type) of an absent key raises MissingKey, not TypeMismatch."""
     with pytest.raises(af.MissingKey):
@@ -160,7 +185,7 @@ def test_get_or_returns_default_for_missing_key_with_type() -> None:
 def test_get_or_raises_type_mismatch_for_present_value_of_wrong_type() -> None:
     """get_or raises af.TypeMismatch naming the key, the type asked for and the one held."""
     store = af.Store({"k": "one"})
-    with pytest.raises(af.TypeMismatch, match="store key 'k' holds a str, not a int") as info:
+    with pytest.raises(af.TypeMismatch, match="store key 'k' holds a str, not an int") as info:
         store.get_or("k", 7, int)
     assert (info.value.key, info.value.expected, info.value.actual) == ("k", int, "one")
 

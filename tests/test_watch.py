@@ -194,7 +194,7 @@ async def test_get_run_gives_the_plan_so_far_while_the_run_is_running(url: str) 
         ("action", "a", "grow", "completed", False),
         ("action", "a", "hold", "running", False),
         ("stage", "grown", None, "pending", True),
-        ("action", "grown", "tell", "pending", False),
+        ("action", "grown", "tell", "pending", True),
         ("stage", "b", None, "pending", False),
         ("action", "b", "tell", "pending", False),
     ]

@@ -665,7 +665,10 @@ class Engine:
         With a ``key`` (an approval's id, say), resuming is idempotent: a call
         with a key this run was already resumed with resumes nothing and
         returns the run's handle (``handle.created`` false), whatever the run
-        does now, so a retried approval never fails.
+        does now, so a retried approval never fails. The key is written with
+        the run's status change (:attr:`RunInfo.resume_key`), so a retry from
+        any process finds it, even after a call that failed once the run was
+        resumed (its ``RUN_RESUMED`` event not written, say).
 
         Raises:
             EngineNotOpen: the engine is not open, or is closing.

@@ -129,7 +129,7 @@ class TypeMismatch(WorkflowError, TypeError):
         self.expected = expected
         self.actual = actual
         super().__init__(
-            f"store key {key!r} holds a {_type_name(type(actual))}, not a {_type_name(expected)}"
+            f"store key {key!r} holds {with_article(_type_name(type(actual)))}, not {_a_type(expected)}"
         )
 
 
@@ -464,9 +464,25 @@ class StoreConflict(WorkflowError, ValueError):
         super().__init__(f"merge conflict on store keys {keys!r}; nothing was merged")
 
 
+# Names starting with a vowel letter that is said as a consonant ("a uuid.UUID").
+_SAID_YOU = ("uni", "use", "usu", "uu", "uti", "ur")
+
+
+def with_article(name: str) -> str:
+    """``name`` after its indefinite article: ``an int``, ``a str``."""
+    lower = name.lower()
+    vowel = lower[:1] in ("a", "e", "i", "o", "u") and not lower.startswith(_SAID_YOU)
+    return f"an {name}" if vowel else f"a {name}"
+
+
+def _a_type(tp: Any) -> str:
+    """``tp`` named with its article; each of a tuple of types with its own: ``an int or a str``."""
+    if isinstance(tp, tuple):
+        return " or ".join(_a_type(t) for t in tp)
+    return with_article(_type_name(tp))
+
+
 def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
         return tp.__qualname__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
-    if isinstance(tp, tuple):
-        return " or ".join(_type_name(t) for t in tp)
     return repr(tp)

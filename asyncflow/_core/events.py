@@ -62,13 +62,14 @@ class Event(NamedTuple):
         status: the step's or run's status for ``*_FINISHED`` and ``STEP_SKIPPED``.
         error: the exception of a failed step or run (or one a middleware recovered from).
         duration: seconds the step or run took, for ``*_FINISHED`` and ``TIMING``.
-        dynamic: the step was inserted at run time.
+        dynamic: the step was inserted at run time (by an action, or as an action of an
+            inserted stage), as in ``StepRecord``.
         attempt: the attempt number, for action events.
         reason: why a step was skipped; for ``RUN_FINISHED``, why the run suspended or bailed.
         dropped: for ``EVENTS_DROPPED``, how many events this subscriber missed.
         key: an action's place in the plan (``stage/2.0.1``, as in ``StepRecord``), for action events.
-        parent_key: for a dynamic step, the key of the action that inserted it (its stage
-            is the part before the last ``/``).
+        parent_key: for a step an action inserted, the key of that action (its stage is
+            the part before the last ``/``); ``None`` for an inserted stage's own actions.
     """
 
     kind: EventKind
@@ -412,12 +413,12 @@ class RunEvent:
             ``STEP_SKIPPED`` and ``RUN_SUSPENDED``.
         error: ``"Type: message"`` of a failed step or run.
         duration: seconds the step or run took, for ``*_FINISHED``.
-        dynamic: the step was inserted at run time.
+        dynamic: the step was inserted at run time (as in :class:`Event`).
         attempt: the attempt number, for action events.
         reason: why a step was skipped.
         message: for ``MESSAGE``, the kind given to ``ctx.send``; ``payload`` its payload.
-        key, parent_key: an action's place in the plan, and for a dynamic step the
-            place of the action that inserted it (as in :class:`Event`).
+        key, parent_key: an action's place in the plan, and for a step an action
+            inserted the place of that action (as in :class:`Event`).
     """
 
     cursor: str

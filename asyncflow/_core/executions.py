@@ -288,6 +288,9 @@ class Executions:
                 await self.release(info.run_id)
         finally:
             self.events.forget(info.run_id)
+            tracing = self.runner.hub.tracing
+            if tracing is not None:  # (before done: another execution of the run may begin after it)
+                tracing.run_left(info.run_id, None if active.result is None else active.result.status.value)
             active.done.set()
 
     async def _trace_origin(self, run_id: str) -> dict[str, str] | None:

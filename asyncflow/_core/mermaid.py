@@ -3,8 +3,9 @@
 Both are plain text (``flowchart TD``) that renders on GitHub, in
 mermaid.live, or in any Markdown viewer with Mermaid support. Each stage is
 a subgraph holding its actions in order; in a run, inserted stages are
-drawn inside the stage that inserted them, and dynamic, skipped, failed and
-cancelled steps carry classes with their own styles.
+drawn inside the stage that inserted them, and inserted, skipped, failed and
+cancelled steps carry classes with their own styles (the actions an inserted
+stage brought with it are inside its subgraph, which is marked, not each).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
-from .records import short_run_id
+from .records import is_insertion, short_run_id
 
 if TYPE_CHECKING:
     from .records import RunResult, StepRecord
@@ -81,7 +82,7 @@ class _Group:
 
 def _marks(record: StepRecord) -> str:
     parts = []
-    if record.dynamic:
+    if is_insertion(record):
         parts.append("+ dynamic")
     status = record.status.value
     if status != "completed":
@@ -112,7 +113,7 @@ def run_to_mermaid(result: RunResult) -> str:
             if record.inserted_by_stage is not None:
                 parent = groups.get(record.inserted_by_stage)
             (parent.children if parent is not None else roots).append(group)
-            add_class(group.key, record.status.value, *(["dynamic"] if record.dynamic else []))
+            add_class(group.key, record.status.value, *(["dynamic"] if is_insertion(record) else []))
             if record.status.value == "skipped":
                 placeholder = f"{group.key}x"
                 group.actions.append((placeholder, record))
@@ -125,7 +126,7 @@ def run_to_mermaid(result: RunResult) -> str:
         node = f"{owner.key}a{len(owner.actions) + 1}"
         owner.actions.append((node, record))
         order.append(node)
-        add_class(node, record.status.value, *(["dynamic"] if record.dynamic else []))
+        add_class(node, record.status.value, *(["dynamic"] if is_insertion(record) else []))
 
     title = f"run {short_run_id(result.run_id)} of {result.workflow_id}: {result.status.value}"
     lines = ["flowchart TD", f"    %% {_comment(title)}"]

@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
-from .errors import MiddlewareError
+from .errors import MiddlewareError, with_article
 
 if TYPE_CHECKING:
     from .context import MiddlewareContext
@@ -77,7 +77,7 @@ def called_twice(ctx: MiddlewareContext) -> MiddlewareError:
     ``call_next`` itself can stay a plain partial or bound method.
     """
     return MiddlewareError(
-        f"call_next was called twice by a {ctx.level}-level middleware of {ctx.describe()}; "
+        f"call_next was called twice by {with_article(ctx.level)}-level middleware of {ctx.describe()}; "
         f"only action-level middleware may call it again (to retry)"
     )
 

@@ -188,11 +188,16 @@ class StageNode:
 
     @property
     def actions(self) -> list[ActionNode]:
-        """The stage's static action nodes, created on first use."""
+        """The stage's own action nodes (not those its actions insert), created on first use.
+
+        They came into the run with the stage: in an inserted stage they are
+        dynamic and at its depth.
+        """
         nodes = self._actions
         if nodes is None:
+            dynamic, depth = self.dynamic, self.depth
             nodes = self._actions = [
-                ActionNode(a, self, pos=index) for index, a in enumerate(self.stage.actions)
+                ActionNode(a, self, dynamic, depth, pos=index) for index, a in enumerate(self.stage.actions)
             ]
         return nodes
 

@@ -37,3 +37,12 @@ class Tracing(Protocol):
         (Resumed, woken or recovered, or taken by a worker.) ``origin`` is the
         context kept when the run was created, if any.
         """
+
+    def run_left(self, run_id: str, status: str | None) -> None:
+        """This engine's execution of the run is over, or never began (cancelled first, given back).
+
+        What was kept for it goes: a run span begun by :meth:`run_created`
+        that never began executing is ended (its context is kept with the run,
+        so it is exported for later executions to link to). ``status``: how the
+        run ended here, or ``None`` if it was given back.
+        """

@@ -25,7 +25,10 @@ length with its reason. Attributes: ``asyncflow.run_id``,
 ERROR; each retry is an ``asyncflow.retry`` event on the action's span; a
 suspended run's span ends with status UNSET and an ``asyncflow.suspended``
 event (its reason). A durable run resumed later (or taken over after a crash)
-gets a new run span, in the trace of whoever resumed it.
+gets a new run span, in the trace of whoever resumed it. The run span that
+``engine.start`` begins for a run that then never begins executing here
+(cancelled first, or given back) is ended at once, with ``asyncflow.status``
+``cancelled`` or ``given back``: nothing is kept for runs executing elsewhere.
 
 **Metrics.** Counters ``asyncflow.runs.started``, ``.completed``,
 ``.failed``, ``.cancelled``, ``.bailed`` and ``.suspended`` (attribute
@@ -184,6 +187,16 @@ class Instrumentation:
             stale.set_attribute("asyncflow.status", "given back")
             stale.end()
         self._continuing[run_id] = origin
+
+    def run_left(self, run_id: str, status: str | None) -> None:
+        """The run's execution here is over or never began: nothing is kept for it any longer."""
+        self._continuing.pop(run_id, None)
+        span = self._created.pop(run_id, None)
+        if span is not None:  # (never began here: cancelled first, or given back)
+            span.set_attribute("asyncflow.status", status or "given back")
+            span.end()
+        if run_id in self._runs:  # (began, and stopped without a last event)
+            self._end_run(run_id, None, None)
 
     # ---- the events -------------------------------------------------------------------
 

@@ -239,6 +239,25 @@ async def test_checkpoints_are_loaded_in_order_with_their_store_changes(db: Back
     assert decoded(saved.store) == {"a": (2, None, (), None), "b": ("y", None, (), None)}
 
 
+async def test_loaded_store_applies_each_checkpoint_in_turn_keeping_write_order(db: Backend) -> None:
+    """A key written again keeps its place, one deleted and written again moves last; the last write wins."""
+    await db.create_run(pending("r1"), [StoreEntry("a", "1"), StoreEntry("b", "1"), StoreEntry("c", "1")])
+    await db.claim("a", now=T0, lease_until=T0 + LEASE, limit=1)
+    await db.checkpoint(step("r1", "a", 1, "s/0", StoreEntry("a", "2"), deletes=("b",)))
+    await db.checkpoint(
+        step("r1", "a", 2, "s/1", StoreEntry("b", "3"), StoreEntry("c", "4", 9.5, ("t",), '{"p":1}'))
+    )
+    await db.checkpoint(Checkpoint("r1", "a", "s/2", "attempt", attempts=1, at=T0 + 5, seq=3))
+    await db.checkpoint(step("r1", "a", 4, "s/2", StoreEntry("c", '{"v":[5]}')))
+    saved = await db.load("r1")
+    assert saved is not None
+    assert list(decoded(saved.store).items()) == [
+        ("a", (2, None, (), None)),
+        ("c", ({"v": [5]}, None, (), None)),
+        ("b", (3, None, (), None)),
+    ]
+
+
 async def test_a_checkpoint_of_an_engine_that_lost_the_lease_is_refused(db: Backend) -> None:
     """A checkpoint from the former owner of a run taken over raises LeaseLost and writes nothing."""
     await held(db, "r1", "a")

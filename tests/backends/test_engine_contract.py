@@ -176,6 +176,32 @@ async def test_a_cancel_from_another_engine_stops_the_run(backend: Storage) -> N
     assert "block" not in (await engine_store(backend, handle.run_id))
 
 
+async def test_a_drained_engine_gives_a_run_back_after_its_next_checkpoint(backend: Storage) -> None:
+    """engine.drain lets the action in flight finish, then gives its run back (interrupted) for others."""
+    runner = af.Runner()
+    seen: list[af.Event] = []
+    runner.on_event(seen.append)
+    async with backend.engine(flows.BLOCK_THEN_RECORD, runner=runner) as first:
+        handle = await first.start(flows.BLOCK_THEN_RECORD)
+        with anyio.fail_after(5):
+            await flows.gate("block").wait()
+        await first.drain(0)  # (draining from here on; waits for nothing)
+        flows.gate("block.release").set()
+        with anyio.fail_after(5):
+            await first.drain(5)  # returns once the run has stopped here
+        info = await first.get_run(handle.run_id)
+        assert (info.status, info.owner, flows.runs_of("after")) == (af.RunStatus.RUNNING, None, 0)
+    kinds = [event.kind for event in seen if event.run_id == handle.run_id]
+    assert kinds[-1] is af.EventKind.RUN_INTERRUPTED
+    assert af.EventKind.RUN_FINISHED not in kinds
+    async with backend.engine(flows.BLOCK_THEN_RECORD) as second:
+        with anyio.fail_after(5):
+            result = await second.wait(handle.run_id)
+    assert result.status is af.RunStatus.COMPLETED
+    assert result.store == {"block": "released", "after": True}
+    assert (flows.runs_of("block"), flows.runs_of("block.cancelled"), flows.runs_of("after")) == (1, 0, 1)
+
+
 async def engine_store(backend: Storage, run_id: str) -> dict[str, object]:
     """The store of ``run_id`` as a new engine reads it."""
     async with backend.engine(recover=False) as engine:

@@ -167,6 +167,22 @@ async def test_a_checkpoint_that_never_goes_through_gives_the_run_back(
     assert re.search(re.escape(f"to {url} for 0.5s ") + cause, given_back[0]), given_back[0]
 
 
+async def test_a_write_failing_for_a_whole_lease_is_tried_again_with_back_off(storage: Storage) -> None:
+    """A checkpoint failing until its run is given back is tried again a few times, not in a busy loop."""
+    faults = Faults(first=10**9, only={"checkpoint"})
+    async with faulty_engine(storage, faults, workload.STEADY, lease=0.5, poll_interval=0.05) as engine:
+        faults.arm()
+        handle = await engine.start(workload.STEADY)
+
+        async def given_back() -> bool:
+            return (await engine.get_run(handle.run_id)).owner is None
+
+        await eventually(given_back)
+        tries = faults.failed["checkpoint"]
+    # Pauses from 10 ms, doubling up to lease/8 (62.5 ms), jittered: about 10 tries in the 0.5 s held.
+    assert 2 <= tries <= 100
+
+
 class FailsForOneRun(FaultyBackend):
     """Checkpoints of ``held`` fail while ``holding``; every other run's first checkpoint fails once."""
 
@@ -216,7 +232,7 @@ async def test_a_run_whose_write_goes_through_does_not_end_the_episode_of_one_st
 async def test_maintenance_failing_through_an_outage_is_logged_once_and_once_when_it_recovers(
     storage: Storage, asyncflow_log: list[dict[str, Any]]
 ) -> None:
-    """Heartbeats failing for many ticks log one error (database, cause), then one line when they work."""
+    """Heartbeats failing for many ticks log one error (database, cause, traceback), then one as they work."""
     faults = Faults(first=8, only={"heartbeat"})
     async with faulty_engine(storage, faults) as engine:
         faults.arm()
@@ -230,6 +246,7 @@ async def test_maintenance_failing_through_an_outage_is_logged_once_and_once_whe
         f"they work"
     ]
     assert failing[0]["level"].name == "ERROR"
+    assert failing[0]["exception"].type is OSError  # (with its traceback)
     [recovered] = [r["message"] for r in asyncflow_log if "works again" in r["message"]]
     assert re.fullmatch(
         rf"engine maintenance against {re.escape(url)} works again, after \S+s and 8 failed ticks", recovered

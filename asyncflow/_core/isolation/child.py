@@ -197,10 +197,10 @@ class _Session:
         current: StageNode | None = None
         for row in frame["plan"]:
             if row["current"]:
-                node = current = StageNode(stage, row["id"], dynamic=row["dynamic"])
+                node = current = StageNode(stage, row["id"], dynamic=row["dynamic"], depth=row["depth"])
             else:
                 shadow = Stage(row["stage_id"], name=row["name"], tags=row["tags"])
-                node = StageNode(shadow, row["id"], dynamic=row["dynamic"])
+                node = StageNode(shadow, row["id"], dynamic=row["dynamic"], depth=row["depth"])
             node.status = StepStatus(row["status"])
             node.enabled = row["enabled"]
             node.removed = row["removed"]

@@ -209,6 +209,7 @@ class StageSession:
                     "enabled": other.enabled,
                     "removed": other.removed,
                     "dynamic": other.dynamic,
+                    "depth": other.depth,
                     "current": other is node,
                 }
                 for other in run.plan.walk_stages()

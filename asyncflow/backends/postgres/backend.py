@@ -42,8 +42,9 @@ import attrs
 from loguru import logger
 
 from ..._core.errors import BackendError, LeaseLost
-from ..._core.records import STEP_COLUMNS, CheckpointKind, RunStatus, StepRows, step_dicts
+from ..._core.records import STEP_COLUMNS, RunStatus, StepRows, step_dicts
 from ..base import (
+    CHECKPOINT_ROW,
     Backend,
     Checkpoint,
     RunInfo,
@@ -51,11 +52,11 @@ from ..base import (
     SavedRun,
     StoreEntry,
     WorkflowVersion,
-    apply_changes,
     check_updatable,
     decode_cursor,
     encode_changes,
     encode_cursor,
+    replay,
     run_id_taken,
     shape_key,
 )
@@ -116,7 +117,7 @@ _STATUS_CTE = """, moved AS (
     UPDATE runs SET status = COALESCE(s.status, runs.status), wake_at = COALESCE(s.wake_at, runs.wake_at)
     FROM owned, unnest($11::text[], $12::text[], $13::float8[], $14::text[], $15::bigint[])
         AS s(run_id, status, wake_at, owner, fence)
-    WHERE runs.run_no = owned.run_no AND owned.run_id = s.run_id
+    WHERE runs.run_no = owned.run_no AND owned.run_id = s.run_id AND runs.run_id = s.run_id
       AND runs.owner = s.owner AND runs.fence = s.fence
 )"""
 _CHECKPOINTS_SQL = _INSERT_SQL.format(lock="SHARE", status="")
@@ -727,8 +728,7 @@ class PostgresBackend(Backend):
                 if row is None:
                     return None
                 rows = await conn.fetch(
-                    "SELECT seq, step_key, kind, changes, ops, attempts, at FROM checkpoints "
-                    "WHERE run_no = $1 ORDER BY seq",
+                    f"SELECT {CHECKPOINT_ROW} FROM checkpoints WHERE run_no = $1 ORDER BY seq",
                     row["run_no"],
                 )
             return row, rows
@@ -737,18 +737,8 @@ class PostgresBackend(Backend):
         if found is None:
             return None
         row, rows = found
-        store: dict[str, StoreEntry] = {}
-        checkpoints = []
-        for seq, step_key, kind, changes, ops, attempts, at in rows:
-            if changes is not None:
-                apply_changes(store, changes)
-            if kind != "start":
-                checkpoints.append(
-                    Checkpoint(
-                        run_id, "", step_key, CheckpointKind(kind), ops=ops, attempts=attempts, at=at, seq=seq
-                    )
-                )
-        return SavedRun(_row_to_info(row, self.clock_offset), list(store.values()), checkpoints)
+        store, checkpoints = replay(run_id, rows)
+        return SavedRun(_row_to_info(row, self.clock_offset), store, checkpoints)
 
     async def update_run(
         self,

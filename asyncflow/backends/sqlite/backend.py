@@ -13,8 +13,9 @@ from typing import Any
 import attrs
 from loguru import logger
 
-from ..._core.records import STEP_COLUMNS, CheckpointKind, RunStatus, StepRows, step_dicts
+from ..._core.records import STEP_COLUMNS, RunStatus, StepRows, step_dicts
 from ..base import (
+    CHECKPOINT_ROW,
     Backend,
     Checkpoint,
     RunInfo,
@@ -22,11 +23,11 @@ from ..base import (
     SavedRun,
     StoreEntry,
     WorkflowVersion,
-    apply_changes,
     check_updatable,
     decode_cursor,
     encode_changes,
     encode_cursor,
+    replay,
     run_id_taken,
     shape_key,
 )
@@ -212,29 +213,10 @@ class SQLiteBackend(Backend):
                     return None
                 run_no, *fields = row
                 rows = conn.execute(
-                    "SELECT seq, step_key, kind, changes, ops, attempts, at FROM checkpoints "
-                    "WHERE run_no = ? ORDER BY seq",
-                    (run_no,),
+                    f"SELECT {CHECKPOINT_ROW} FROM checkpoints WHERE run_no = ? ORDER BY seq", (run_no,)
                 ).fetchall()
-            store: dict[str, StoreEntry] = {}
-            checkpoints = []
-            for seq, step_key, kind, changes, ops, attempts, at in rows:
-                if changes is not None:
-                    apply_changes(store, changes)
-                if kind != "start":
-                    checkpoints.append(
-                        Checkpoint(
-                            run_id,
-                            "",
-                            step_key,
-                            CheckpointKind(kind),
-                            ops=ops,
-                            attempts=attempts,
-                            at=at,
-                            seq=seq,
-                        )
-                    )
-            return SavedRun(_row_to_info(fields), list(store.values()), checkpoints)
+            store, checkpoints = replay(run_id, rows)
+            return SavedRun(_row_to_info(fields), store, checkpoints)
 
         result: SavedRun | None = await self._writer.submit(load, writes=False)
         return result

@@ -66,8 +66,10 @@ class Step(BaseModel):
     stage_id: str
     action_name: str | None = None
     status: str = Field(description="pending, running, completed, failed, skipped, cancelled or suspended.")
-    dynamic: bool = Field(description="Inserted at run time.")
-    depth: int = Field(description="0 for static steps, +1 per level of insertion.")
+    dynamic: bool = Field(description="Inserted at run time (by an action, or with an inserted stage).")
+    depth: int = Field(
+        description="0 for static steps, +1 per level of insertion (an inserted stage's actions: its depth)."
+    )
     started_at: float = Field(description="Seconds from the start of the run.")
     duration: float = Field(description="Seconds the step took (so far).")
     attempts: int = 0

@@ -89,7 +89,8 @@
     return el("div", { class: "step" + (fresh ? " new" : ""), "data-step": key },
       el("span", { class: "name" }, step.kind === "stage" ? step.stage_id : step.action_name),
       badge(step.status),
-      step.dynamic ? badge("dynamic", "dynamic") : null,
+      // An inserted stage's own actions are dynamic too; the badge is on the stage that holds them.
+      step.dynamic && (step.kind === "stage" || step.inserted_by) ? badge("dynamic", "dynamic") : null,
       replayed ? badge("replayed", "replayed") : null,
       meta.length ? el("span", { class: "meta" }, meta.join(" · ")) : null,
       step.error ? el("span", { class: "error" }, step.error) : null);
