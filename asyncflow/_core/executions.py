@@ -265,7 +265,12 @@ class Executions:
                 )
             with anyio.CancelScope(shield=True):
                 # The run's events first: a watcher that sees the end has seen all before it.
-                await self.events.flush(info.run_id)
+                try:
+                    await self.events.flush(info.run_id)
+                except Exception as exc:  # (kept: written again, as a checkpoint is; GivenBack if never)
+                    run_id = info.run_id
+                    what = f"the last events of run {run_id}"
+                    await self.trouble.retry(what, lambda: self.events.flush(run_id), exc, self.lease)
                 recorded = await self._record_end(info, result, durability)
             self.events.wake(info.run_id)
             if recorded:  # (else it is not the run's result: engine.wait reads the database's)

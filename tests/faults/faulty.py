@@ -17,7 +17,7 @@ import errno
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from asyncflow.backends import Backend, RunInfo, RunPage, SavedRun
@@ -205,9 +205,17 @@ class FaultyBackend(Backend):
     def keeps_events(self) -> bool:  # (as the wrapped backend)
         return self.inner.keeps_events
 
-    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+    async def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> int | None:
         self.faults.check("append_events")
-        await self.inner.append_events(run_id, events)
+        return await self.inner.append_events(run_id, events)
+
+    async def append_events_of_runs(
+        self, events: Mapping[str, Sequence[dict[str, Any]]]
+    ) -> dict[str, int] | None:
+        # One write, all or none, as the wrapped backend makes it (the default would write run
+        # after run, so that a fault in the middle left the first runs' events written).
+        self.faults.check("append_events")
+        return await self.inner.append_events_of_runs(events)
 
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int = 1000

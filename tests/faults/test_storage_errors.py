@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import anyio
+import durable_flows as flows
 import pytest
 from backends.storages import Storage
 from helpers import eventually
@@ -250,3 +251,23 @@ async def test_maintenance_failing_through_an_outage_is_logged_once_and_once_whe
     assert re.fullmatch(
         rf"engine maintenance against {re.escape(url)} works again, after \S+s and 8 failed ticks", recovered
     ), recovered
+
+
+async def test_a_run_whose_last_events_fail_to_write_ends_here(
+    storage: Storage, asyncflow_log: list[dict[str, Any]]
+) -> None:
+    """Event writes that fail as a run ends are written again: the run ends here, it is not given back."""
+    flows.reset()
+    faults = Faults(first=5, only={"append_events"})
+    async with faulty_engine(storage, faults, flows.BLOCKING) as engine:
+        handle = await engine.start(flows.BLOCKING)
+        with anyio.fail_after(10):
+            await flows.gate("block").wait()
+        faults.arm()  # (its last events, written as it ends, fail five times)
+        flows.gate("block.release").set()
+        with anyio.fail_after(30):
+            result = await handle.result()
+    assert result.status is af.RunStatus.COMPLETED
+    assert faults.failed["append_events"] == 5
+    assert not [r["message"] for r in asyncflow_log if "stopped here" in r["message"]]
+    assert not [r["message"] for r in asyncflow_log if "taking over run" in r["message"]]
