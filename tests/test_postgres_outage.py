@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 from helpers import eventually
 from pg_proxy import Proxy, proxy, through
 
@@ -42,22 +43,33 @@ async def rig(url: str) -> AsyncIterator[tuple[Proxy, PostgresBackend]]:
         yield net, backend
 
 
+async def _outage_with_a_query_in_flight(
+    net: Proxy,
+    backend: PostgresBackend,
+    group: anyio.abc.TaskGroup,
+    answers: list[RunInfo | None],
+    log: list[dict[str, Any]],
+) -> None:
+    """One call's query held in the proxy, then the server gone and a second call seeing it (logged)."""
+
+    async def call() -> None:
+        answers.append(await backend.get_run("r1"))
+
+    net.freeze()
+    group.start_soon(call)  # its query waits in the proxy
+    await eventually(lambda: net.answers_waiting == 1, within=10)
+    net.cut()  # (the server goes down, and every other connection with it)
+    group.start_soon(call)
+    await eventually(lambda: _said(log, LOST) == 1, within=10)
+
+
 async def test_a_query_failing_after_the_server_came_back_is_not_a_new_outage(
     postgres_url: str, asyncflow_log: list[dict[str, Any]]
 ) -> None:
     """A query in flight as the server went down, failing after another call got through, logs nothing."""
     answers: list[RunInfo | None] = []
     async with rig(postgres_url) as (net, backend), anyio.create_task_group() as group:
-
-        async def call() -> None:
-            answers.append(await backend.get_run("r1"))
-
-        net.freeze()
-        group.start_soon(call)  # its query waits in the proxy
-        await eventually(lambda: net.answers_waiting == 1, within=10)
-        net.cut()  # (the server goes down, and every other connection with it)
-        group.start_soon(call)
-        await eventually(lambda: _said(asyncflow_log, LOST) == 1, within=10)
+        await _outage_with_a_query_in_flight(net, backend, group, answers, asyncflow_log)
         net.restore()
         await eventually(lambda: len(answers) == 1, within=10)  # the second call got through
         assert _said(asyncflow_log, BACK) == 1
@@ -74,16 +86,7 @@ async def test_an_answer_sent_before_the_outage_does_not_end_it(
     """A query answered late, after another call saw the server gone, does not end the outage."""
     answers: list[RunInfo | None] = []
     async with rig(postgres_url) as (net, backend), anyio.create_task_group() as group:
-
-        async def call() -> None:
-            answers.append(await backend.get_run("r1"))
-
-        net.freeze()
-        group.start_soon(call)  # its query waits in the proxy
-        await eventually(lambda: net.answers_waiting == 1, within=10)
-        net.cut()  # (the server goes down, and every other connection with it)
-        group.start_soon(call)
-        await eventually(lambda: _said(asyncflow_log, LOST) == 1, within=10)
+        await _outage_with_a_query_in_flight(net, backend, group, answers, asyncflow_log)
         net.thaw()  # the first query is answered after the second call failed
         await eventually(lambda: len(answers) == 1, within=10)
         # Still down: the second call tries again (so does the pool, at most every second).
