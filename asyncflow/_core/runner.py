@@ -552,9 +552,7 @@ class _Entering(MiddlewareContext):
         node: StageNode | None,
         step: Callable[[RunState, Any], Awaitable[None]],
     ) -> None:
-        self.level = level
-        self._run = run
-        self._node = node
+        super().__init__(level, run, node)
         self._ran = False  # set by _enter: the wrapped step ran
         self._step = step
 
