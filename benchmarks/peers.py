@@ -160,23 +160,29 @@ def sqlalchemy_pragmas(enabled: bool) -> Iterator[None]:
         event.remove(Engine, "connect", on_connect)
 
 
+async def dbos_run(url: str, chain: Any, runs: int, steps: int) -> tuple[float, list[Any]]:
+    """DBOS launched on ``url``: the seconds ``runs`` workflows of ``steps`` took, and their results."""
+    from dbos import DBOS
+
+    DBOS(config={"name": "peers", "system_database_url": url, "log_level": "ERROR"})
+    try:
+        DBOS.launch()
+        gc.collect()
+        started = time.perf_counter()
+        handles = [await DBOS.start_workflow_async(chain, steps) for _ in range(runs)]
+        results = [await handle.get_result() for handle in handles]
+        return time.perf_counter() - started, results
+    finally:
+        DBOS.destroy()
+
+
 def dbos_measure(matched: bool) -> Measure:
     chain = dbos_workflow()
 
     async def measure(path: Path, runs: int, steps: int) -> float:
-        from dbos import DBOS
 
         with sqlalchemy_pragmas(matched):
-            DBOS(config={"name": "peers", "system_database_url": f"sqlite:///{path}", "log_level": "ERROR"})
-            try:
-                DBOS.launch()
-                gc.collect()
-                started = time.perf_counter()
-                handles = [await DBOS.start_workflow_async(chain, steps) for _ in range(runs)]
-                results = [await handle.get_result() for handle in handles]
-                elapsed = time.perf_counter() - started
-            finally:
-                DBOS.destroy()
+            elapsed, results = await dbos_run(f"sqlite:///{path}", chain, runs, steps)
         assert results == [steps] * runs
         recorded = count_rows(path, "SELECT count(*) FROM operation_outputs")
         assert recorded >= runs * steps, f"DBOS recorded {recorded} step outputs, expected {runs * steps}"
@@ -247,22 +253,12 @@ def dbos_pg_measure(server: str) -> Measure:
 
     async def measure(path: Path, runs: int, steps: int) -> float:
         import asyncpg
-        from dbos import DBOS
 
         database = f"peers_dbos_{uuid.uuid4().hex[:12]}"
         await admin(server, f'CREATE DATABASE "{database}"')
         try:
             url = in_database(server, database)
-            DBOS(config={"name": "peers", "system_database_url": url, "log_level": "ERROR"})
-            try:
-                DBOS.launch()
-                gc.collect()
-                started = time.perf_counter()
-                handles = [await DBOS.start_workflow_async(chain, steps) for _ in range(runs)]
-                results = [await handle.get_result() for handle in handles]
-                elapsed = time.perf_counter() - started
-            finally:
-                DBOS.destroy()
+            elapsed, results = await dbos_run(url, chain, runs, steps)
             conn = await asyncpg.connect(url)
             try:
                 recorded = await conn.fetchval("SELECT count(*) FROM dbos.operation_outputs")
